@@ -1,0 +1,80 @@
+//! `remoractl`: the operator's command line for Remora.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use remora_api::{SpiffeId, DEFAULT_TRUST_DOMAIN};
+use remora_injector::ca::{Authority, DEFAULT_WORKLOAD_TTL};
+
+#[derive(Parser)]
+#[command(name = "remoractl", version, about = "Operate a Remora service mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Local certificate authority: make a mesh root and workload certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a new self-signed mesh root CA in DIR (ca-cert.pem, ca-key.pem, root-cert.pem).
+    Init {
+        dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// Issue a workload certificate for spiffe://<trust-domain>/ns/<NS>/sa/<SA> into --out
+    /// (cert-chain.pem, key.pem, root-cert.pem).
+    Issue {
+        /// Directory of the signing CA (as made by `remoractl ca init`, or Istio plug-in certs).
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        ns: String,
+        #[arg(long)]
+        sa: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Certificate lifetime in seconds.
+        #[arg(long, default_value_t = DEFAULT_WORKLOAD_TTL.as_secs())]
+        ttl_secs: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ca(CaCommand::Init { dir, trust_domain }) => {
+            let ca = Authority::generate(&trust_domain)?;
+            ca.save_new(&dir)?;
+            println!(
+                "created mesh root CA for {trust_domain} in {}",
+                dir.display()
+            );
+        }
+        Command::Ca(CaCommand::Issue {
+            ca,
+            ns,
+            sa,
+            out,
+            trust_domain,
+            ttl_secs,
+        }) => {
+            let id = SpiffeId::new(&trust_domain, &ns, &sa).context("--ns/--sa/--trust-domain")?;
+            let authority = Authority::load(&ca)
+                .with_context(|| format!("loading the CA in {}", ca.display()))?;
+            authority
+                .issue(&id, Duration::from_secs(ttl_secs))?
+                .save(&out)?;
+            println!("issued {id} into {}", out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Remora's control plane (the role istiod plays in Istio) and the pieces `remoractl` shares
+//! with it.
+
+pub mod ca;

@@ -1,0 +1,139 @@
+//! Protocol detection from a connection's first bytes.
+//!
+//! Apps are not told about the mesh, so the sidecar learns what a connection speaks by reading
+//! ahead: an HTTP/1.x request line means HTTP; a TLS record header means TLS (an app's own, or
+//! mesh mTLS on the inbound side); anything else, or silence until the timeout (a protocol whose
+//! server speaks first), is opaque TCP. The bytes read are handed back in a [`PrefixedIo`].
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::prefixed::PrefixedIo;
+
+/// Enough for any request line we are willing to treat as HTTP, and for a TLS ClientHello.
+const MAX_PEEK: usize = 16 * 1024 + 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Tls,
+    Opaque,
+}
+
+/// Classifies the bytes read so far, or `None` when more are needed to decide.
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    match buf {
+        [] => None,
+        // A TLS handshake record: content type 22, protocol major version 3.
+        [0x16] => None,
+        [0x16, 0x03, ..] => Some(Protocol::Tls),
+        _ => classify_http1(buf),
+    }
+}
+
+/// An HTTP/1.x request line: httparse with room for no headers stops with `TooManyHeaders`
+/// exactly when the request line was valid and a header follows.
+fn classify_http1(buf: &[u8]) -> Option<Protocol> {
+    let mut no_headers = [];
+    let mut request = httparse::Request::new(&mut no_headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            Some(Protocol::Http1)
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_PEEK => None,
+        Ok(httparse::Status::Partial) | Err(_) => Some(Protocol::Opaque),
+    }
+}
+
+/// What was detected, and the connection with the bytes read put back.
+pub struct Detected<S> {
+    pub protocol: Protocol,
+    pub io: PrefixedIo<S>,
+}
+
+/// Reads until the protocol is known, the peer stops sending (EOF), or `timeout` passes.
+pub async fn detect<S: AsyncRead + Unpin>(
+    mut io: S,
+    timeout: Duration,
+) -> std::io::Result<Detected<S>> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let protocol = loop {
+        if let Some(protocol) = classify(&buf) {
+            break protocol;
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break classify(&buf).unwrap_or(Protocol::Opaque),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    };
+    Ok(Detected {
+        protocol,
+        io: PrefixedIo::new(buf.freeze(), io),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classifies_first_bytes() {
+        let cases: &[(&[u8], Option<Protocol>)] = &[
+            (b"", None),
+            (b"GE", None),
+            (b"GET /get?n=1 HTTP/1.1\r\n", None),
+            (
+                b"GET /get?n=1 HTTP/1.1\r\nHost: a\r\n",
+                Some(Protocol::Http1),
+            ),
+            (b"POST / HTTP/1.0\r\n\r\n", Some(Protocol::Http1)),
+            (b"\x16", None),
+            (b"\x16\x03\x01\x02\x00\x01", Some(Protocol::Tls)),
+            (b"hello world\n", Some(Protocol::Opaque)),
+            (b"\x00\x01\x02", Some(Protocol::Opaque)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::Opaque)),
+            (b"SSH-2.0-OpenSSH_9.2\r\n", Some(Protocol::Opaque)),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                classify(bytes),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn an_endless_request_line_is_not_http() {
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_PEEK + 1, b'a');
+        assert_eq!(classify(&line), Some(Protocol::Opaque));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_until_the_timeout_is_opaque() {
+        let (_far, near) = tokio::io::duplex(64);
+        let detected = detect(near, Duration::from_millis(100))
+            .await
+            .expect("detect");
+        assert_eq!(detected.protocol, Protocol::Opaque);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_read_are_replayed() {
+        let (mut far, near) = tokio::io::duplex(64);
+        far.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let detected = detect(near, Duration::from_secs(1)).await.expect("detect");
+        assert_eq!(detected.protocol, Protocol::Http1);
+        let (prefix, _) = detected.io.into_parts();
+        assert!(prefix.starts_with(b"GET / HTTP/1.1\r\n"));
+    }
+}

@@ -1,0 +1,65 @@
+//! `remora-proxy`: the Remora sidecar. It intercepts the pod's traffic (redirected by
+//! `remora-init`'s iptables rules), wraps mesh traffic in mTLS with SPIFFE identities and
+//! reports Istio-standard metrics.
+
+mod app;
+mod detect;
+mod http1;
+mod identity;
+mod inbound;
+mod metrics;
+mod outbound;
+mod prefixed;
+mod status;
+mod tls;
+mod transport;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use remora_api::Bootstrap;
+
+#[derive(Parser)]
+#[command(name = "remora-proxy", version, about = "Remora sidecar proxy")]
+struct Args {
+    /// Bootstrap file (YAML): pod metadata, identity files and an optional static snapshot.
+    #[arg(long, env = "REMORA_CONFIG")]
+    config: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let bootstrap = Bootstrap::from_yaml(&text)
+        .with_context(|| format!("invalid bootstrap {}", args.config.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(app::run(bootstrap, shutdown_signal()))
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

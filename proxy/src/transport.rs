@@ -1,0 +1,100 @@
+//! TCP plumbing shared by both directions: the original destination of a redirected
+//! connection, dialing out, and splicing two streams together with half-close.
+
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+
+use crate::prefixed::PrefixedIo;
+
+/// Source address for traffic the sidecar hands to its own app. Istio's iptables rules exempt
+/// it (`-o lo -s 127.0.0.6/32 -j RETURN`) so the connection is not captured a second time.
+pub const INBOUND_PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+
+/// Where the app meant to connect before iptables redirected it to us (`SO_ORIGINAL_DST`).
+pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(tcp)
+        .original_dst_v4()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("original destination is not an IP address"))
+}
+
+/// Dials `dst` directly. The proxy runs as the excluded uid, so this is not captured again.
+pub async fn connect(dst: SocketAddr) -> io::Result<TcpStream> {
+    let tcp = TcpStream::connect(dst).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Dials the local app at `dst` from [`INBOUND_PASSTHROUGH_SOURCE`].
+pub async fn connect_to_app(dst: SocketAddr) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(INBOUND_PASSTHROUGH_SOURCE.into(), 0))?;
+    let tcp = socket.connect(dst).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Byte counts of a finished splice, from the point of view of the caller's side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spliced {
+    pub received: u64,
+    pub sent: u64,
+}
+
+/// Copies both ways until both sides are done. When one side finishes sending, the other side's
+/// write half is shut down and the opposite direction keeps flowing (TCP half-close).
+pub async fn splice<A, B>(caller: PrefixedIo<A>, mut callee: B) -> io::Result<Spliced>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (prefix, mut caller) = caller.into_parts();
+    callee.write_all(&prefix).await?;
+    let (received, sent) = tokio::io::copy_bidirectional(&mut caller, &mut callee).await?;
+    Ok(Spliced {
+        received: received + prefix.len() as u64,
+        sent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn splice_replays_prefix_and_half_closes() {
+        let (mut app, caller) = tokio::io::duplex(64);
+        let (callee, mut server) = tokio::io::duplex(64);
+        let task = tokio::spawn(splice(PrefixedIo::new(&b"he"[..], caller), callee));
+        app.write_all(b"llo").await.expect("write");
+        app.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        server
+            .read_to_end(&mut got)
+            .await
+            .expect("server reads to EOF");
+        assert_eq!(got, b"hello");
+        // The caller's half-close did not stop the other direction.
+        server.write_all(b"bye").await.expect("write back");
+        drop(server);
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await.expect("read back");
+        assert_eq!(back, b"bye");
+        let spliced = task.await.expect("join").expect("splice");
+        assert_eq!(
+            spliced,
+            Spliced {
+                received: 5,
+                sent: 3
+            }
+        );
+    }
+}
