@@ -51,7 +51,10 @@ impl SpiffeId {
 
     /// The `index`th `/`-separated part after the scheme; [`FromStr`] checked the shape.
     fn part(&self, index: usize) -> &str {
-        self.0[SCHEME.len()..].split('/').nth(index).unwrap_or_default()
+        self.0[SCHEME.len()..]
+            .split('/')
+            .nth(index)
+            .unwrap_or_default()
     }
 }
 

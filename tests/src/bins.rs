@@ -1,0 +1,75 @@
+//! Finding the workspace's binaries (`remora-proxy`, `remora-init`, `remoractl`), built fresh
+//! so a test never runs a stale proxy.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use anyhow::{bail, Context};
+
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub proxy: PathBuf,
+    pub init: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries next to the running executable (`target/<profile>/`), after one
+    /// `cargo build --workspace --bins` per process when started by cargo. `REMORA_BIN_DIR`
+    /// points elsewhere and skips the build.
+    pub fn get() -> anyhow::Result<Self> {
+        static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let dir = BUILT
+            .get_or_init(|| locate_and_build().map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(anyhow::Error::msg)?;
+        let bins = Self {
+            proxy: dir.join("remora-proxy"),
+            init: dir.join("remora-init"),
+        };
+        for bin in [&bins.proxy, &bins.init] {
+            if !bin.is_file() {
+                bail!(
+                    "{} is missing; build with `cargo build --workspace --bins`",
+                    bin.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+fn locate_and_build() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("REMORA_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe.parent().context("executable has no directory")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        build(Path::new(&cargo), dir)?;
+    }
+    Ok(dir.to_owned())
+}
+
+fn build(cargo: &Path, profile_dir: &Path) -> anyhow::Result<()> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the harness crate lives inside the workspace")?;
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--workspace", "--bins", "--quiet"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --workspace --bins failed ({status})");
+    }
+    Ok(())
+}

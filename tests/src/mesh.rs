@@ -1,0 +1,365 @@
+//! The local mesh: a bridge in its own namespace, pods hanging off it, a mesh CA, sidecars.
+//!
+//! Layout (all inside namespaces this mesh creates; nothing touches the host's network):
+//! - namespace `<prefix>-sw` holds bridge `br0`;
+//! - each pod is namespace `<prefix>-<pod>` with `eth0` (a veth whose peer is on `br0`), a /32
+//!   address in 198.18.0.0/16 and a single route, 198.18.0.0/15 via `eth0`;
+//! - `remora-init` runs in each pod with the injector's default arguments, and the sidecar runs
+//!   as uid/gid 1337 with its bootstrap, certificates and log in the pod's directory.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Output,
+    sync::atomic::{AtomicU8, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use parking_lot::Mutex;
+use remora_api::{
+    Bootstrap, Endpoint, FileIdentity, IdentitySource, ProxyMetadata, Snapshot, SpiffeId,
+};
+use remora_injector::ca::{Authority, DEFAULT_WORKLOAD_TTL};
+
+use crate::{
+    bins::Binaries,
+    capture::Capture,
+    netns::{exec_in, run_checked, Netns, Process},
+};
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// The proxy's uid and gid, excluded from capture by the iptables rules.
+const PROXY_UID: u32 = 1337;
+/// What the injector passes to `remora-init` (Istio's defaults).
+const INIT_ARGS: [&str; 16] = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Which CA signs a sidecar's certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CertOrigin {
+    /// The mesh CA, as every well-behaved sidecar.
+    #[default]
+    Mesh,
+    /// A CA the rest of the mesh does not trust. The sidecar itself trusts both roots, so any
+    /// refusal observed is its peer's doing.
+    Foreign,
+}
+
+/// How to start one sidecar.
+#[derive(Clone, Debug, Default)]
+pub struct SidecarOptions {
+    /// Mesh endpoints this sidecar may call, with the identity each must present.
+    pub endpoints: Vec<(SocketAddr, SpiffeId)>,
+    pub cert: CertOrigin,
+}
+
+/// A pod: a network namespace with an address on the mesh bridge.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub namespace: String,
+    pub service_account: String,
+    pub dir: PathBuf,
+}
+
+pub struct Mesh {
+    // Fields drop in order: processes before the namespaces they run in.
+    processes: Mutex<Vec<Process>>,
+    pods: Mutex<Vec<Netns>>,
+    switch: Netns,
+    prefix: String,
+    dir: PathBuf,
+    bins: Binaries,
+    ca: Authority,
+    foreign_ca: Authority,
+    next_host: AtomicU8,
+}
+
+impl Mesh {
+    /// Creates an empty mesh. `name` keeps concurrent meshes (one per test) apart.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        crate::require_root()?;
+        let bins = Binaries::get()?;
+        let prefix = format!("rmr-{name}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        let switch = Netns::create(&format!("{prefix}-sw"))?;
+        switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        switch.run(&["ip", "link", "set", "br0", "up"])?;
+        Ok(Self {
+            processes: Mutex::new(Vec::new()),
+            pods: Mutex::new(Vec::new()),
+            switch,
+            prefix,
+            dir,
+            bins,
+            ca: Authority::generate(TRUST_DOMAIN)?,
+            foreign_ca: Authority::generate(TRUST_DOMAIN)?,
+            next_host: AtomicU8::new(10),
+        })
+    }
+
+    /// Adds a pod and installs `remora-init`'s rules in it.
+    pub fn add_pod(
+        &self,
+        name: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<Pod> {
+        let host = self.next_host.fetch_add(1, Ordering::Relaxed);
+        let ip = Ipv4Addr::new(198, 18, 0, host);
+        let netns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        let veth = format!("veth{host}");
+        self.switch.run(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ])?;
+        self.switch
+            .run(&["ip", "link", "set", &veth, "master", "br0", "up"])?;
+        netns.run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        netns.run(&["ip", "link", "set", "eth0", "up"])?;
+        netns.run(&["ip", "route", "add", "198.18.0.0/15", "dev", "eth0"])?;
+        let init = self.bins.init.to_string_lossy().into_owned();
+        let mut argv = vec![init.as_str()];
+        argv.extend(INIT_ARGS);
+        netns.run(&argv).context("remora-init")?;
+
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        let pod = Pod {
+            name: name.to_owned(),
+            netns: netns.name().to_owned(),
+            ip,
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            dir,
+        };
+        self.pods.lock().push(netns);
+        Ok(pod)
+    }
+
+    /// The SPIFFE identity a pod's sidecar runs as.
+    pub fn identity(pod: &Pod) -> anyhow::Result<SpiffeId> {
+        Ok(SpiffeId::new(
+            TRUST_DOMAIN,
+            &pod.namespace,
+            &pod.service_account,
+        )?)
+    }
+
+    /// Starts `pod`'s sidecar and waits until it reports ready on 15021.
+    pub fn start_sidecar(&self, pod: &Pod, options: &SidecarOptions) -> anyhow::Result<()> {
+        let id = Self::identity(pod)?;
+        let certs = pod.dir.join("certs");
+        let issued = match options.cert {
+            CertOrigin::Mesh => self.ca.issue(&id, DEFAULT_WORKLOAD_TTL)?,
+            CertOrigin::Foreign => {
+                let mut cert = self.foreign_ca.issue(&id, DEFAULT_WORKLOAD_TTL)?;
+                cert.roots_pem.push_str(self.ca.roots_pem());
+                cert
+            }
+        };
+        issued.save(&certs)?;
+        for path in [certs.clone(), certs.join("key.pem")] {
+            std::os::unix::fs::chown(&path, Some(PROXY_UID), Some(PROXY_UID))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        let bootstrap = Bootstrap {
+            metadata: ProxyMetadata {
+                pod_name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                service_account: pod.service_account.clone(),
+                labels: Default::default(),
+            },
+            trust_domain: TRUST_DOMAIN.to_owned(),
+            identity: IdentitySource::Files(FileIdentity {
+                cert_chain: certs.join("cert-chain.pem"),
+                key: certs.join("key.pem"),
+                roots: certs.join("root-cert.pem"),
+            }),
+            control_plane: None,
+            static_snapshot: Some(Snapshot {
+                version: "1".to_owned(),
+                endpoints: options
+                    .endpoints
+                    .iter()
+                    .map(|(address, identity)| Endpoint {
+                        address: *address,
+                        identity: identity.clone(),
+                    })
+                    .collect(),
+            }),
+        };
+        let config = pod.dir.join("bootstrap.yaml");
+        fs::write(&config, serde_json::to_string_pretty(&bootstrap)?)?;
+
+        let proxy = self.bins.proxy.to_string_lossy().into_owned();
+        let config = config.to_string_lossy().into_owned();
+        let uid = PROXY_UID.to_string();
+        let cmd = exec_in(
+            &pod.netns,
+            &[
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+                "--",
+                &proxy,
+                "--config",
+                &config,
+            ],
+        );
+        self.spawn_process(pod, "sidecar", cmd)?;
+        self.wait_until(pod, "sidecar", READY_TIMEOUT, || {
+            let out = pod.exec(&[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:15021/healthz/ready",
+            ])?;
+            Ok(out.stdout == b"200")
+        })
+        .context("waiting for the sidecar to be ready")
+    }
+
+    /// Starts an app process in `pod` and waits until something listens on `port`.
+    pub fn start_app(&self, pod: &Pod, name: &str, argv: &[&str], port: u16) -> anyhow::Result<()> {
+        self.spawn_process(pod, name, exec_in(&pod.netns, argv))?;
+        let filter = format!("sport = :{port}");
+        self.wait_until(pod, name, READY_TIMEOUT, || {
+            let out = pod.exec(&["ss", "-Hltn", &filter])?;
+            Ok(!out.stdout.is_empty())
+        })
+        .with_context(|| format!("waiting for {name} to listen on {port}"))
+    }
+
+    fn spawn_process(
+        &self,
+        pod: &Pod,
+        name: &str,
+        cmd: std::process::Command,
+    ) -> anyhow::Result<()> {
+        let log = pod.dir.join(format!("{name}.log"));
+        let process = Process::spawn(&format!("{}/{name}", pod.name), cmd, &log)?;
+        self.processes.lock().push(process);
+        Ok(())
+    }
+
+    /// Polls `check` until it holds; fails early, with its log, if the process exits.
+    fn wait_until(
+        &self,
+        pod: &Pod,
+        name: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let full = format!("{}/{name}", pod.name);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check()? {
+                return Ok(());
+            }
+            if let Some((status, log)) = self
+                .with_process(&full, |p| p.exited().map(|s| (s, p.log())))
+                .flatten()
+            {
+                bail!("{full} exited ({status}); its output:\n{log}");
+            }
+            if Instant::now() >= deadline {
+                let log = self.log(pod, name);
+                bail!("{full} not ready after {timeout:?}; its output:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn with_process<T>(&self, full_name: &str, f: impl FnOnce(&mut Process) -> T) -> Option<T> {
+        let mut processes = self.processes.lock();
+        processes.iter_mut().find(|p| p.name() == full_name).map(f)
+    }
+
+    /// What a process started in `pod` printed so far.
+    pub fn log(&self, pod: &Pod, name: &str) -> String {
+        fs::read_to_string(pod.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Starts capturing every packet crossing the bridge.
+    pub fn capture(&self) -> anyhow::Result<Capture> {
+        Capture::start(&self.switch, &self.dir.join("bridge.pcap"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.processes.lock().clear();
+        self.pods.lock().clear();
+        if std::env::var_os("REMORA_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Pod {
+    /// Runs `argv` inside the pod as root (an app container's view of the network).
+    pub fn exec(&self, argv: &[&str]) -> anyhow::Result<Output> {
+        exec_in(&self.netns, argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running {argv:?} in {}", self.name))
+    }
+
+    /// Like [`Pod::exec`], failing unless the command succeeds.
+    pub fn run(&self, argv: &[&str]) -> anyhow::Result<Output> {
+        run_checked(&mut exec_in(&self.netns, argv))
+    }
+
+    /// The Prometheus text a sidecar serves on 15090.
+    pub fn sidecar_metrics(&self) -> anyhow::Result<String> {
+        let out = self.run(&["curl", "-sS", "http://127.0.0.1:15090/stats/prometheus"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
