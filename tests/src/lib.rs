@@ -10,6 +10,7 @@ mod bins;
 mod capture;
 mod mesh;
 mod netns;
+pub mod two_pods;
 
 pub use bins::Binaries;
 pub use capture::Capture;

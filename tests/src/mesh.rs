@@ -124,12 +124,32 @@ impl Mesh {
         })
     }
 
-    /// Adds a pod and installs `remora-init`'s rules in it.
+    /// Adds a pod and installs `remora-init`'s rules in it, ready for a sidecar.
     pub fn add_pod(
         &self,
         name: &str,
         namespace: &str,
         service_account: &str,
+    ) -> anyhow::Result<Pod> {
+        self.create_pod(name, namespace, service_account, true)
+    }
+
+    /// Adds a pod outside the mesh (as `sidecar.istio.io/inject: "false"`): no rules, no sidecar.
+    pub fn add_pod_without_sidecar(
+        &self,
+        name: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<Pod> {
+        self.create_pod(name, namespace, service_account, false)
+    }
+
+    fn create_pod(
+        &self,
+        name: &str,
+        namespace: &str,
+        service_account: &str,
+        intercept: bool,
     ) -> anyhow::Result<Pod> {
         let host = self.next_host.fetch_add(1, Ordering::Relaxed);
         let ip = Ipv4Addr::new(198, 18, 0, host);
@@ -153,10 +173,12 @@ impl Mesh {
         netns.run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         netns.run(&["ip", "link", "set", "eth0", "up"])?;
         netns.run(&["ip", "route", "add", "198.18.0.0/15", "dev", "eth0"])?;
-        let init = self.bins.init.to_string_lossy().into_owned();
-        let mut argv = vec![init.as_str()];
-        argv.extend(INIT_ARGS);
-        netns.run(&argv).context("remora-init")?;
+        if intercept {
+            let init = self.bins.init.to_string_lossy().into_owned();
+            let mut argv = vec![init.as_str()];
+            argv.extend(INIT_ARGS);
+            netns.run(&argv).context("remora-init")?;
+        }
 
         let dir = self.dir.join(name);
         fs::create_dir_all(&dir)?;

@@ -1,115 +1,24 @@
 //! The walking skeleton end to end: plain curl in one pod, httpbin in another, two Remora
 //! sidecars between them over mTLS, with real iptables interception in network namespaces.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use remora_e2e::{CertOrigin, Mesh, Pod, SidecarOptions};
+use remora_e2e::{
+    two_pods::{fixture, CurlResult, TwoPods, TwoPodsOptions, ECHO_PORT, HTTPBIN_PORT},
+    CertOrigin, Mesh,
+};
 
-const HTTPBIN_PORT: u16 = 8000;
-const ECHO_PORT: u16 = 9000;
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
+const FORGED_XFCC: &str =
+    "X-Forwarded-Client-Cert: By=spiffe://evil/ns/x/sa/y;URI=spiffe://cluster.local/ns/default/sa/forged";
 
 fn nonce() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// A server pod running httpbin (and a TCP echo server) and a client pod, both with sidecars.
-struct TwoPods {
-    mesh: Mesh,
-    server: Pod,
-    client: Pod,
-}
-
-impl TwoPods {
-    /// `server_sa` is the service account the server pod really runs as; the client's snapshot
-    /// always expects `httpbin`.
-    fn start(
-        name: &str,
-        server_sa: &str,
-        server_cert: CertOrigin,
-        client_cert: CertOrigin,
-    ) -> anyhow::Result<Self> {
-        let mesh = Mesh::new(name)?;
-        let server = mesh.add_pod("httpbin", "default", server_sa)?;
-        let client = mesh.add_pod("sleep", "default", "sleep")?;
-        let access_log = server.dir.join("access.log").to_string_lossy().into_owned();
-        mesh.start_app(
-            &server,
-            "httpbin",
-            &[
-                "gunicorn",
-                "-b",
-                "0.0.0.0:8000",
-                "-w",
-                "1",
-                "--access-logfile",
-                &access_log,
-                "httpbin:app",
-            ],
-            HTTPBIN_PORT,
-        )?;
-        mesh.start_app(
-            &server,
-            "echo",
-            &[
-                "python3",
-                &fixture("echo_server.py"),
-                &ECHO_PORT.to_string(),
-            ],
-            ECHO_PORT,
-        )?;
-        mesh.start_sidecar(
-            &server,
-            &SidecarOptions {
-                endpoints: vec![],
-                cert: server_cert,
-            },
-        )?;
-        let expected = remora_api::SpiffeId::new("cluster.local", "default", "httpbin")?;
-        mesh.start_sidecar(
-            &client,
-            &SidecarOptions {
-                endpoints: [HTTPBIN_PORT, ECHO_PORT]
-                    .into_iter()
-                    .map(|port| (SocketAddr::from((server.ip, port)), expected.clone()))
-                    .collect(),
-                cert: client_cert,
-            },
-        )?;
-        Ok(Self {
-            mesh,
-            server,
-            client,
-        })
-    }
-
-    /// Plain curl from the client pod, with a forged XFCC header; returns (status, body).
-    fn curl_get(&self, nonce: &str) -> anyhow::Result<(u16, String)> {
-        let url = format!("http://{}:{HTTPBIN_PORT}/get?n={nonce}", self.server.ip);
-        let out = self.client.exec(&[
-            "curl", "-sS", "-m", "10", "-H",
-            "X-Forwarded-Client-Cert: By=spiffe://evil/ns/x/sa/y;URI=spiffe://cluster.local/ns/default/sa/forged",
-            "-w", "\n%{http_code}", &url,
-        ])?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
-    }
-
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.server.dir.join("access.log")).unwrap_or_default()
-    }
+/// curl from the client pod through both sidecars, claiming a forged client certificate.
+fn curl_get(pods: &TwoPods, nonce: &str) -> anyhow::Result<CurlResult> {
+    pods.curl(&pods.client, &format!("/get?n={nonce}"), &[FORGED_XFCC])
 }
 
 /// Sum of a counter's samples whose label set contains every `label`.
@@ -134,14 +43,14 @@ fn has_client_hello(pcap: &[u8]) -> bool {
 
 #[test]
 fn curl_crosses_two_sidecars_over_mtls() -> anyhow::Result<()> {
-    let pods = TwoPods::start("mtls", "httpbin", CertOrigin::Mesh, CertOrigin::Mesh)?;
+    let pods = TwoPods::start("mtls", &TwoPodsOptions::default())?;
     let capture = pods.mesh.capture()?;
     let nonce = nonce();
-    let (status, body) = pods.curl_get(&nonce)?;
+    let response = curl_get(&pods, &nonce)?;
     let pcap = capture.finish()?;
-    assert_eq!(status, 200, "body: {body}");
+    assert_eq!(response.status, 200, "{response:?}");
 
-    let seen: serde_json::Value = serde_json::from_str(&body).context("httpbin's JSON")?;
+    let seen: serde_json::Value = serde_json::from_str(&response.body).context("httpbin's JSON")?;
     assert_eq!(seen["args"]["n"], nonce.as_str());
     let xfcc = seen["headers"]["X-Forwarded-Client-Cert"]
         .as_str()
@@ -184,12 +93,67 @@ fn curl_crosses_two_sidecars_over_mtls() -> anyhow::Result<()> {
         1.0,
         "{server_metrics}"
     );
+
+    // A port the snapshot does not list (the server sidecar's own health port) is passed
+    // through untouched: plain HTTP reaches it, and neither sidecar counts it as a request.
+    let capture = pods.mesh.capture()?;
+    let health = format!("http://{}:15021/healthz/ready", pods.server.ip);
+    let out = pods.client.run(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &health,
+    ])?;
+    let pcap = capture.finish()?;
+    assert_eq!(out.stdout, b"200");
+    assert!(
+        contains(&pcap, b"GET /healthz/ready"),
+        "passthrough was not plain text"
+    );
+    let client_metrics = pods.client.sidecar_metrics()?;
+    assert_eq!(
+        counter(&client_metrics, "istio_requests_total", &[]),
+        1.0,
+        "{client_metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn plaintext_caller_is_accepted_and_its_forged_xfcc_dropped() -> anyhow::Result<()> {
+    let pods = TwoPods::start("plain", &TwoPodsOptions::default())?;
+    let legacy = pods
+        .mesh
+        .add_pod_without_sidecar("legacy", "default", "legacy")?;
+    let response = pods.curl(&legacy, "/headers", &[FORGED_XFCC])?;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen: serde_json::Value = serde_json::from_str(&response.body).context("httpbin's JSON")?;
+    assert!(
+        seen["headers"].get("X-Forwarded-Client-Cert").is_none(),
+        "a plaintext caller's XFCC reached the app: {seen}"
+    );
+    let server_metrics = pods.server.sidecar_metrics()?;
+    assert_eq!(
+        counter(
+            &server_metrics,
+            "istio_requests_total",
+            &[
+                r#"reporter="destination""#,
+                r#"connection_security_policy="none""#
+            ]
+        ),
+        1.0,
+        "{server_metrics}"
+    );
     Ok(())
 }
 
 #[test]
 fn tcp_echo_crosses_the_mesh_with_half_close() -> anyhow::Result<()> {
-    let pods = TwoPods::start("echo", "httpbin", CertOrigin::Mesh, CertOrigin::Mesh)?;
+    let pods = TwoPods::start("echo", &TwoPodsOptions::default())?;
     let capture = pods.mesh.capture()?;
     let payload = format!("hello {}\n", nonce());
     let out = pods.client.run(&[
@@ -231,10 +195,16 @@ fn tcp_echo_crosses_the_mesh_with_half_close() -> anyhow::Result<()> {
 
 #[test]
 fn client_refuses_server_with_unexpected_identity() -> anyhow::Result<()> {
-    let pods = TwoPods::start("wrongid", "impostor", CertOrigin::Mesh, CertOrigin::Mesh)?;
+    let pods = TwoPods::start(
+        "wrongid",
+        &TwoPodsOptions {
+            server_sa: "impostor".to_owned(),
+            ..Default::default()
+        },
+    )?;
     let nonce = nonce();
-    let (status, body) = pods.curl_get(&nonce)?;
-    assert_ne!(status, 200, "{body}");
+    let response = curl_get(&pods, &nonce)?;
+    assert_ne!(response.status, 200, "{response:?}");
     assert!(
         !pods.access_log().contains(&nonce),
         "request reached the app"
@@ -249,10 +219,16 @@ fn client_refuses_server_with_unexpected_identity() -> anyhow::Result<()> {
 
 #[test]
 fn client_refuses_server_from_foreign_root() -> anyhow::Result<()> {
-    let pods = TwoPods::start("srvroot", "httpbin", CertOrigin::Foreign, CertOrigin::Mesh)?;
+    let pods = TwoPods::start(
+        "srvroot",
+        &TwoPodsOptions {
+            server_cert: CertOrigin::Foreign,
+            ..Default::default()
+        },
+    )?;
     let nonce = nonce();
-    let (status, body) = pods.curl_get(&nonce)?;
-    assert_ne!(status, 200, "{body}");
+    let response = curl_get(&pods, &nonce)?;
+    assert_ne!(response.status, 200, "{response:?}");
     assert!(
         !pods.access_log().contains(&nonce),
         "request reached the app"
@@ -264,10 +240,16 @@ fn client_refuses_server_from_foreign_root() -> anyhow::Result<()> {
 
 #[test]
 fn server_refuses_client_from_foreign_root() -> anyhow::Result<()> {
-    let pods = TwoPods::start("cliroot", "httpbin", CertOrigin::Mesh, CertOrigin::Foreign)?;
+    let pods = TwoPods::start(
+        "cliroot",
+        &TwoPodsOptions {
+            client_cert: CertOrigin::Foreign,
+            ..Default::default()
+        },
+    )?;
     let nonce = nonce();
-    let (status, body) = pods.curl_get(&nonce)?;
-    assert_ne!(status, 200, "{body}");
+    let response = curl_get(&pods, &nonce)?;
+    assert_ne!(response.status, 200, "{response:?}");
     assert!(
         !pods.access_log().contains(&nonce),
         "request reached the app"
@@ -295,14 +277,13 @@ fn pod_rules_match_istio_rule_set() -> anyhow::Result<()> {
     let mesh = Mesh::new("rules")?;
     let pod = mesh.add_pod("app", "default", "app")?;
     let scratch = remora_e2e::Netns::create(&format!("rmr-rules-{}-scratch", std::process::id()))?;
-    let fixture: PathBuf =
+    let rules: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../init/tests/fixtures/istio-default.rules");
-    let rules = std::fs::File::open(&fixture)?;
     let status = scratch
         .command(&["iptables-restore"])
-        .stdin(rules)
+        .stdin(std::fs::File::open(&rules)?)
         .status()?;
-    assert!(status.success(), "loading {}", fixture.display());
+    assert!(status.success(), "loading {}", rules.display());
     let expected = nat_view(&scratch.run(&["iptables-save", "-t", "nat"])?.stdout);
     let actual = nat_view(&pod.run(&["iptables-save", "-t", "nat"])?.stdout);
     assert!(expected.contains("ISTIO_OUTPUT"), "{expected}");

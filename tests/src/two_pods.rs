@@ -1,0 +1,134 @@
+//! The skeleton's scenario, shared by the e2e tests and the README demo: httpbin (and a TCP
+//! echo server) in one pod, a client pod running plain curl, a sidecar in front of each.
+
+use std::{net::SocketAddr, path::Path};
+
+use remora_api::SpiffeId;
+
+use crate::{CertOrigin, Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
+
+pub const HTTPBIN_PORT: u16 = 8000;
+pub const ECHO_PORT: u16 = 9000;
+
+/// Path of a helper script in `tests/fixtures/`.
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// How the two sidecars are set up; the default is a healthy mesh.
+#[derive(Clone, Debug)]
+pub struct TwoPodsOptions {
+    /// The service account the server pod really runs as (the client always expects `httpbin`).
+    pub server_sa: String,
+    pub server_cert: CertOrigin,
+    pub client_cert: CertOrigin,
+}
+
+impl Default for TwoPodsOptions {
+    fn default() -> Self {
+        Self {
+            server_sa: "httpbin".to_owned(),
+            server_cert: CertOrigin::Mesh,
+            client_cert: CertOrigin::Mesh,
+        }
+    }
+}
+
+pub struct TwoPods {
+    pub mesh: Mesh,
+    /// Runs httpbin on 8000 and an echo server on 9000, as service account `server_sa`.
+    pub server: Pod,
+    /// Runs nothing but what a test execs in it, as service account `sleep`.
+    pub client: Pod,
+}
+
+/// A response as plain curl saw it.
+#[derive(Debug)]
+pub struct CurlResult {
+    /// 0 when curl got no HTTP response at all.
+    pub status: u16,
+    pub body: String,
+}
+
+impl TwoPods {
+    pub fn start(name: &str, options: &TwoPodsOptions) -> anyhow::Result<Self> {
+        let mesh = Mesh::new(name)?;
+        let server = mesh.add_pod("httpbin", "default", &options.server_sa)?;
+        let client = mesh.add_pod("sleep", "default", "sleep")?;
+        let access_log = server.dir.join("access.log").to_string_lossy().into_owned();
+        mesh.start_app(
+            &server,
+            "httpbin",
+            &[
+                "gunicorn",
+                "-b",
+                "0.0.0.0:8000",
+                "-w",
+                "1",
+                "--access-logfile",
+                &access_log,
+                "httpbin:app",
+            ],
+            HTTPBIN_PORT,
+        )?;
+        mesh.start_app(
+            &server,
+            "echo",
+            &[
+                "python3",
+                &fixture("echo_server.py"),
+                &ECHO_PORT.to_string(),
+            ],
+            ECHO_PORT,
+        )?;
+        mesh.start_sidecar(
+            &server,
+            &SidecarOptions {
+                endpoints: vec![],
+                cert: options.server_cert,
+            },
+        )?;
+        let expected = SpiffeId::new(TRUST_DOMAIN, "default", "httpbin")?;
+        mesh.start_sidecar(
+            &client,
+            &SidecarOptions {
+                endpoints: [HTTPBIN_PORT, ECHO_PORT]
+                    .into_iter()
+                    .map(|port| (SocketAddr::from((server.ip, port)), expected.clone()))
+                    .collect(),
+                cert: options.client_cert,
+            },
+        )?;
+        Ok(Self {
+            mesh,
+            server,
+            client,
+        })
+    }
+
+    /// `curl http://<server>:8000<path>` from `from`, with extra `-H` headers.
+    pub fn curl(&self, from: &Pod, path: &str, headers: &[&str]) -> anyhow::Result<CurlResult> {
+        let url = format!("http://{}:{HTTPBIN_PORT}{path}", self.server.ip);
+        let mut argv = vec!["curl", "-sS", "-m", "10", "-w", "\n%{http_code}"];
+        for header in headers {
+            argv.extend(["-H", header]);
+        }
+        argv.push(&url);
+        let out = from.exec(&argv)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        Ok(CurlResult {
+            status: code.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+        })
+    }
+
+    /// httpbin's access log: every request that reached the app.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.server.dir.join("access.log")).unwrap_or_default()
+    }
+}
