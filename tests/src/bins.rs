@@ -11,6 +11,8 @@ use anyhow::{bail, Context};
 
 #[derive(Clone, Debug)]
 pub struct Binaries {
+    /// The directory holding them; pass it on as `REMORA_BIN_DIR` to child harness processes.
+    pub dir: PathBuf,
     pub proxy: PathBuf,
     pub init: PathBuf,
 }
@@ -26,6 +28,7 @@ impl Binaries {
             .clone()
             .map_err(anyhow::Error::msg)?;
         let bins = Self {
+            dir: dir.clone(),
             proxy: dir.join("remora-proxy"),
             init: dir.join("remora-init"),
         };

@@ -158,7 +158,9 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// Teardown does not wait for graceful exits: SIGKILL the whole group.
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the local mesh needs, only what is missing (safe to run again):
+# Debian packages for namespaces, iptables and captures; httpbin + gunicorn as the demo app.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: run as root (network namespaces, iptables, sidecars as uid 1337):" >&2
+  echo "  sudo -E env \"PATH=\$PATH\" $0" >&2
+  exit 1
+fi
+
+# command -> Debian package providing it
+declare -A packages=(
+  [iptables]=iptables
+  [iptables-restore]=iptables
+  [ip]=iproute2
+  [ss]=iproute2
+  [curl]=curl
+  [tcpdump]=tcpdump
+  [setpriv]=util-linux
+  [python3]=python3
+)
+missing=()
+for cmd in "${!packages[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import httpbin, gunicorn' >/dev/null 2>&1; then
+  echo "installing Python packages: httpbin gunicorn"
+  python3 -m pip install --quiet --disable-pip-version-check 'httpbin==0.10.4' 'gunicorn==27.0.1'
+fi
+if ! command -v gunicorn >/dev/null 2>&1; then
+  echo "error: gunicorn was installed but is not on PATH ($PATH)" >&2
+  exit 1
+fi

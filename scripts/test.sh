@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Everything CI checks: formatting, lints, and the whole test suite (unit and end-to-end).
+# Needs root: the end-to-end tests build pods out of network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The e2e harness runs these binaries; building them first keeps the test run itself quick.
+cargo build --workspace --bins
+cargo test --workspace
