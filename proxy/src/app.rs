@@ -1,5 +1,6 @@
-//! Wiring: loads the identity, binds the listeners in Istio's order (status first, so
-//! `/healthz/ready` answers "not ready" until everything else is up), and runs them.
+//! Wiring: loads the identity (a bad one stops the sidecar before it binds anything), binds the
+//! status listeners first so `/healthz/ready` answers "not ready" until the capture listeners are
+//! up, and runs them.
 
 use std::{
     future::Future,
@@ -41,6 +42,12 @@ pub struct Proxy {
 
 /// Runs the sidecar until `shutdown` completes.
 pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let id = bootstrap.spiffe_id().context("bootstrap identity")?;
+    let identity = match &bootstrap.identity {
+        IdentitySource::Files(files) => Identity::load(files, &id)
+            .with_context(|| format!("loading the workload identity of {id}"))?,
+    };
+    let tls = MeshTls::new(&identity).context("building mesh TLS")?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let health = bind(HEALTH_PORT).await?;
@@ -48,12 +55,6 @@ pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> an
     tokio::spawn(status::serve_health(health, readiness.clone()));
     tokio::spawn(status::serve_stats(stats, metrics.clone()));
 
-    let id = bootstrap.spiffe_id().context("bootstrap identity")?;
-    let identity = match &bootstrap.identity {
-        IdentitySource::Files(files) => Identity::load(files, &id)
-            .with_context(|| format!("loading the workload identity of {id}"))?,
-    };
-    let tls = MeshTls::new(&identity).context("building mesh TLS")?;
     let snapshot = bootstrap.static_snapshot.unwrap_or_default();
     tracing::info!(
         id = %identity.id,

@@ -8,7 +8,10 @@ use nix::sys::signal::{SigSet, Signal};
 use remora_e2e::two_pods::{TwoPods, TwoPodsOptions};
 
 #[derive(Parser)]
-#[command(name = "remora-demo", about = "Run a two-pod Remora mesh locally (needs root)")]
+#[command(
+    name = "remora-demo",
+    about = "Run a two-pod Remora mesh locally (needs root)"
+)]
 struct Args {
     /// Keep the mesh running after the request until Ctrl-C.
     #[arg(long)]
