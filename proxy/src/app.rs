@@ -31,6 +31,13 @@ pub const STATS_PORT: u16 = 15090;
 /// whose server speaks first.
 const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Whether a connection's original destination is one of the sidecar's own capture ports.
+/// Such a connection (e.g. a caller dialing `<pod-ip>:15006` directly) would be forwarded back
+/// to the same listener forever, so both directions refuse it, as Envoy's listeners do.
+pub fn addressed_to_proxy(dst: SocketAddr) -> bool {
+    matches!(dst.port(), OUTBOUND_PORT | INBOUND_PORT)
+}
+
 /// What every connection handler shares.
 pub struct Proxy {
     pub id: SpiffeId,

@@ -10,7 +10,7 @@ use hyper::{
     body::Incoming, client::conn::http1 as client, server::conn::http1 as server,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Body of a proxied response: the upstream's, or one the sidecar wrote itself.
@@ -110,7 +110,9 @@ where
         let handle = handle.clone();
         async move { Ok::<_, Infallible>(handle(req).await) }
     });
+    // With a timer, hyper enforces its header read timeout (30 s) against slow clients.
     server::Builder::new()
+        .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), service)
         .await
 }

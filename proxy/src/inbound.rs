@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    app::Proxy,
+    app::{addressed_to_proxy, Proxy},
     detect::{detect, Protocol},
     http1::{self, Connect, ForwardError, Upstream},
     metrics::{Reporter, Security},
@@ -29,6 +29,8 @@ const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
+    #[error("refusing a connection addressed to the sidecar's own port {0}")]
+    Loop(SocketAddr),
     #[error("reading the original destination: {0}")]
     OriginalDst(#[source] std::io::Error),
     #[error("{0}")]
@@ -43,6 +45,9 @@ pub enum InboundError {
 
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), InboundError> {
     let app = original_dst(&tcp).map_err(InboundError::OriginalDst)?;
+    if addressed_to_proxy(app) {
+        return Err(InboundError::Loop(app));
+    }
     let detected = detect(tcp, proxy.detect_timeout).await?;
     if detected.protocol != Protocol::Tls {
         return to_app(&proxy, app, detected.protocol, detected.io, None).await;

@@ -11,7 +11,7 @@ use remora_api::SpiffeId;
 use tokio::net::TcpStream;
 
 use crate::{
-    app::Proxy,
+    app::{addressed_to_proxy, Proxy},
     detect::{detect, Protocol},
     http1::{self, Connect, ForwardError, Upstream},
     metrics::{Reporter, Security},
@@ -21,6 +21,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
+    #[error("refusing a connection addressed to the sidecar's own port {0}")]
+    Loop(SocketAddr),
     #[error("reading the original destination: {0}")]
     OriginalDst(#[source] std::io::Error),
     #[error("{0}")]
@@ -33,6 +35,9 @@ pub enum OutboundError {
 
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), OutboundError> {
     let dst = original_dst(&tcp).map_err(OutboundError::OriginalDst)?;
+    if addressed_to_proxy(dst) {
+        return Err(OutboundError::Loop(dst));
+    }
     let Some(expected) = proxy.endpoints.identity(dst).cloned() else {
         let upstream = transport::connect(dst).await?;
         let caller = crate::prefixed::PrefixedIo::new(bytes::Bytes::new(), tcp);

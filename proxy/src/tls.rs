@@ -248,3 +248,62 @@ pub async fn offers_mesh_alpn<S: AsyncRead + Unpin>(
     };
     Ok((mesh, PrefixedIo::new(buf.freeze(), inner)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// The first flight of a real rustls client offering `alpn`.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::IpAddress(IpAddr::from([198, 18, 0, 10]).into()),
+        )
+        .expect("client connection");
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).expect("client hello");
+        hello
+    }
+
+    #[tokio::test]
+    async fn mesh_alpn_is_recognised_in_a_real_client_hello() {
+        let cases: &[(&[&[u8]], bool)] = &[
+            (&[b"remora"], true),
+            (&[b"istio-peer-exchange", b"istio"], true),
+            (&[b"istio-http/1.1"], true),
+            (&[b"h2", b"http/1.1"], false),
+            (&[], false),
+        ];
+        for (alpn, mesh) in cases {
+            let hello = client_hello(alpn);
+            // Deliver the hello in two pieces, so more than one read is needed.
+            let (mut far, near) = tokio::io::duplex(64 * 1024);
+            let (head, tail) = hello.split_at(3);
+            far.write_all(head).await.expect("write");
+            let writer = {
+                let tail = tail.to_vec();
+                tokio::spawn(async move { far.write_all(&tail).await.map(|()| far) })
+            };
+            let io = PrefixedIo::new(bytes::Bytes::new(), near);
+            let (found, io) = offers_mesh_alpn(io, Duration::from_secs(5))
+                .await
+                .expect("read hello");
+            assert_eq!(found, *mesh, "{alpn:?}");
+            let (prefix, _) = io.into_parts();
+            assert_eq!(
+                prefix.as_ref(),
+                hello.as_slice(),
+                "hello kept for the next reader"
+            );
+            drop(writer);
+        }
+    }
+}

@@ -148,6 +148,20 @@ fn plaintext_caller_is_accepted_and_its_forged_xfcc_dropped() -> anyhow::Result<
         1.0,
         "{server_metrics}"
     );
+
+    // Dialing the sidecar's inbound port itself is refused instead of looping through it.
+    let direct = format!("http://{}:15006/", pods.server.ip);
+    let out = legacy.exec(&["curl", "-sS", "-m", "5", &direct])?;
+    assert!(
+        !out.status.success(),
+        "a request to 15006 itself was answered"
+    );
+    let log = pods.mesh.log(&pods.server, "sidecar");
+    assert!(
+        log.contains("refusing a connection addressed to the sidecar's own port"),
+        "{log}"
+    );
+    assert_eq!(pods.curl(&legacy, "/status/204", &[])?.status, 204);
     Ok(())
 }
 
