@@ -60,18 +60,25 @@ pub fn read_state(family: Family) -> Result<NatState, ApplyError> {
             command: command.clone(),
             source,
         })?;
-    if !output.status.success() {
-        return Err(ApplyError::Failed {
-            command,
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+    let command = succeeded(command, &output)?;
     let text = String::from_utf8(output.stdout).map_err(|source| ApplyError::NotUtf8 {
         command: command.clone(),
         source,
     })?;
     NatState::parse(&text).map_err(|source| ApplyError::State { command, source })
+}
+
+/// Hands `command` back if it exited successfully, or reports its status and stderr.
+fn succeeded(command: String, output: &std::process::Output) -> Result<String, ApplyError> {
+    if output.status.success() {
+        Ok(command)
+    } else {
+        Err(ApplyError::Failed {
+            command,
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
 }
 
 /// Applies `input` with one `iptables-restore --noflush` call.
@@ -100,13 +107,7 @@ pub fn restore(family: Family, input: &str) -> Result<(), ApplyError> {
             command: command.clone(),
             source,
         })?;
-    if !output.status.success() {
-        return Err(ApplyError::Failed {
-            command,
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+    let command = succeeded(command, &output)?;
     written.map_err(|source| ApplyError::Stdin { command, source })
 }
 

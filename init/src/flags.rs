@@ -13,6 +13,27 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
+/// The arguments Istio's injector passes to `istio-iptables` by default, which Remora's injector
+/// passes to `remora-init`: capture everything, except the sidecar's own status and metrics ports.
+pub const INJECTOR_DEFAULT_ARGS: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
+
 /// `remora-init`: install (or remove) the iptables nat rules that redirect a
 /// pod's traffic to its sidecar proxy, the way Istio's `istio-iptables` does.
 #[derive(Debug, Parser)]
@@ -572,25 +593,7 @@ mod tests {
 
     #[test]
     fn default_invocation_is_valid() {
-        let cfg = validate(&[
-            "-p",
-            "15001",
-            "-z",
-            "15006",
-            "-u",
-            "1337",
-            "-m",
-            "REDIRECT",
-            "-i",
-            "*",
-            "-x",
-            "",
-            "-b",
-            "*",
-            "-d",
-            "15090,15021,15020",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = validate(INJECTOR_DEFAULT_ARGS).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.proxy_port.get(), 15001);
         assert_eq!(cfg.inbound_capture_port.get(), 15006);
         assert_eq!(cfg.inbound_tunnel_port.get(), 15008);

@@ -423,28 +423,9 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::flags::Cli;
+    use crate::flags::{Cli, INJECTOR_DEFAULT_ARGS as DEFAULT_ARGS};
 
     const FIXTURE: &str = include_str!("../tests/fixtures/istio-default.rules");
-
-    const DEFAULT_ARGS: &[&str] = &[
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-    ];
 
     fn config(args: &[&str]) -> Config {
         let argv = std::iter::once("remora-init").chain(args.iter().copied());

@@ -14,24 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const BIN: &str = env!("CARGO_BIN_EXE_remora-init");
 const FIXTURE: &str = include_str!("fixtures/istio-default.rules");
 
-const DEFAULT_ARGS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
+use remora_init::flags::INJECTOR_DEFAULT_ARGS as DEFAULT_ARGS;
 
 fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

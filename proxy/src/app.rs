@@ -14,12 +14,14 @@ use remora_api::{Bootstrap, EndpointTable, IdentitySource, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
+    http1::ForwardError,
     identity::Identity,
     inbound,
     metrics::Metrics,
     outbound,
     status::{self, Readiness},
-    tls::MeshTls,
+    tls::{MeshTls, TlsError},
+    transport::original_dst,
 };
 
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -31,11 +33,32 @@ pub const STATS_PORT: u16 = 15090;
 /// whose server speaks first.
 const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Whether a connection's original destination is one of the sidecar's own capture ports.
-/// Such a connection (e.g. a caller dialing `<pod-ip>:15006` directly) would be forwarded back
-/// to the same listener forever, so both directions refuse it, as Envoy's listeners do.
-pub fn addressed_to_proxy(dst: SocketAddr) -> bool {
-    matches!(dst.port(), OUTBOUND_PORT | INBOUND_PORT)
+/// Why a captured connection ended in failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("refusing a connection addressed to the sidecar's own port {0}")]
+    Loop(SocketAddr),
+    #[error("reading the original destination: {0}")]
+    OriginalDst(#[source] std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("mesh mTLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Forward(#[from] ForwardError),
+    #[error("serving HTTP/1: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Where a redirected connection was headed. One addressed to the sidecar's own capture ports
+/// (e.g. a caller dialing `<pod-ip>:15006` directly) would be forwarded back to the same
+/// listener forever, so it is refused, as Envoy's listeners do.
+pub fn intended_destination(tcp: &TcpStream) -> Result<SocketAddr, ConnectionError> {
+    let dst = original_dst(tcp).map_err(ConnectionError::OriginalDst)?;
+    if matches!(dst.port(), OUTBOUND_PORT | INBOUND_PORT) {
+        return Err(ConnectionError::Loop(dst));
+    }
+    Ok(dst)
 }
 
 /// What every connection handler shares.
@@ -83,12 +106,8 @@ pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> an
     tracing::info!("ready");
 
     tokio::select! {
-        () = accept(outbound_listener, proxy.clone(), "outbound", |p, tcp| async move {
-            outbound::handle(p, tcp).await.map_err(|e| e.to_string())
-        }) => {}
-        () = accept(inbound_listener, proxy, "inbound", |p, tcp| async move {
-            inbound::handle(p, tcp).await.map_err(|e| e.to_string())
-        }) => {}
+        () = accept(outbound_listener, proxy.clone(), "outbound", outbound::handle) => {}
+        () = accept(inbound_listener, proxy, "inbound", inbound::handle) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
     Ok(())
@@ -104,7 +123,7 @@ async fn bind(port: u16) -> anyhow::Result<TcpListener> {
 async fn accept<H, F>(listener: TcpListener, proxy: Arc<Proxy>, direction: &'static str, handle: H)
 where
     H: Fn(Arc<Proxy>, TcpStream) -> F,
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<(), ConnectionError>> + Send + 'static,
 {
     loop {
         let (tcp, peer) = match listener.accept().await {

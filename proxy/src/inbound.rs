@@ -16,38 +16,18 @@ use tokio::{
 };
 
 use crate::{
-    app::{addressed_to_proxy, Proxy},
+    app::{intended_destination, ConnectionError, Proxy},
     detect::{detect, Protocol},
     http1::{self, Connect, ForwardError, Upstream},
     metrics::{Reporter, Security},
     prefixed::PrefixedIo,
-    tls::{self, TlsError},
-    transport::{self, original_dst},
+    tls, transport,
 };
 
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
-#[derive(Debug, thiserror::Error)]
-pub enum InboundError {
-    #[error("refusing a connection addressed to the sidecar's own port {0}")]
-    Loop(SocketAddr),
-    #[error("reading the original destination: {0}")]
-    OriginalDst(#[source] std::io::Error),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("mesh mTLS: {0}")]
-    Tls(#[from] TlsError),
-    #[error("{0}")]
-    Forward(#[from] ForwardError),
-    #[error("serving HTTP/1: {0}")]
-    Http(#[from] hyper::Error),
-}
-
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), InboundError> {
-    let app = original_dst(&tcp).map_err(InboundError::OriginalDst)?;
-    if addressed_to_proxy(app) {
-        return Err(InboundError::Loop(app));
-    }
+pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
+    let app = intended_destination(&tcp)?;
     let detected = detect(tcp, proxy.detect_timeout).await?;
     if detected.protocol != Protocol::Tls {
         return to_app(&proxy, app, detected.protocol, detected.io, None).await;
@@ -69,7 +49,7 @@ async fn to_app<S>(
     protocol: Protocol,
     io: PrefixedIo<S>,
     peer: Option<SpiffeId>,
-) -> Result<(), InboundError>
+) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

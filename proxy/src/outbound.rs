@@ -11,33 +11,16 @@ use remora_api::SpiffeId;
 use tokio::net::TcpStream;
 
 use crate::{
-    app::{addressed_to_proxy, Proxy},
+    app::{intended_destination, ConnectionError, Proxy},
     detect::{detect, Protocol},
     http1::{self, Connect, ForwardError, Upstream},
     metrics::{Reporter, Security},
     tls::{ClientStream, MeshTls},
-    transport::{self, original_dst},
+    transport,
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum OutboundError {
-    #[error("refusing a connection addressed to the sidecar's own port {0}")]
-    Loop(SocketAddr),
-    #[error("reading the original destination: {0}")]
-    OriginalDst(#[source] std::io::Error),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Forward(#[from] ForwardError),
-    #[error("serving HTTP/1: {0}")]
-    Http(#[from] hyper::Error),
-}
-
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), OutboundError> {
-    let dst = original_dst(&tcp).map_err(OutboundError::OriginalDst)?;
-    if addressed_to_proxy(dst) {
-        return Err(OutboundError::Loop(dst));
-    }
+pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
+    let dst = intended_destination(&tcp)?;
     let Some(expected) = proxy.endpoints.identity(dst).cloned() else {
         let upstream = transport::connect(dst).await?;
         let caller = crate::prefixed::PrefixedIo::new(bytes::Bytes::new(), tcp);

@@ -70,6 +70,27 @@ fn build(cargo: &Path, profile_dir: &Path) -> anyhow::Result<()> {
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
+    // Cargo describes the running package to it in these; some build scripts (ring's) track
+    // them, so passing them on would rebuild half the dependency tree for nothing.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
         bail!("cargo build --workspace --bins failed ({status})");

@@ -34,25 +34,6 @@ use crate::{
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// The proxy's uid and gid, excluded from capture by the iptables rules.
 const PROXY_UID: u32 = 1337;
-/// What the injector passes to `remora-init` (Istio's defaults).
-const INIT_ARGS: [&str; 16] = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which CA signs a sidecar's certificate.
@@ -176,7 +157,7 @@ impl Mesh {
         if intercept {
             let init = self.bins.init.to_string_lossy().into_owned();
             let mut argv = vec![init.as_str()];
-            argv.extend(INIT_ARGS);
+            argv.extend(remora_init::flags::INJECTOR_DEFAULT_ARGS);
             netns.run(&argv).context("remora-init")?;
         }
 

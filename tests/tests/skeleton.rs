@@ -207,15 +207,21 @@ fn tcp_echo_crosses_the_mesh_with_half_close() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn client_refuses_server_with_unexpected_identity() -> anyhow::Result<()> {
-    let pods = TwoPods::start(
-        "wrongid",
-        &TwoPodsOptions {
-            server_sa: "impostor".to_owned(),
-            ..Default::default()
-        },
-    )?;
+/// Which sidecar is expected to refuse the mTLS connection.
+enum Refuser {
+    Client,
+    Server,
+}
+
+/// Starts the two pods with `options`, sends one request and checks that it failed, never
+/// reached the app, and that `refuser`'s sidecar logged `reason`.
+fn assert_refused(
+    name: &str,
+    options: TwoPodsOptions,
+    refuser: Refuser,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let pods = TwoPods::start(name, &options)?;
     let nonce = nonce();
     let response = curl_get(&pods, &nonce)?;
     assert_ne!(response.status, 200, "{response:?}");
@@ -223,54 +229,53 @@ fn client_refuses_server_with_unexpected_identity() -> anyhow::Result<()> {
         !pods.access_log().contains(&nonce),
         "request reached the app"
     );
-    let log = pods.mesh.log(&pods.client, "sidecar");
-    assert!(
-        log.contains("peer is spiffe://cluster.local/ns/default/sa/impostor, expected spiffe://cluster.local/ns/default/sa/httpbin"),
-        "{log}"
-    );
+    let pod = match refuser {
+        Refuser::Client => &pods.client,
+        Refuser::Server => &pods.server,
+    };
+    let log = pods.mesh.log(pod, "sidecar");
+    assert!(log.contains(reason), "{log}");
     Ok(())
+}
+
+#[test]
+fn client_refuses_server_with_unexpected_identity() -> anyhow::Result<()> {
+    assert_refused(
+        "wrongid",
+        TwoPodsOptions {
+            server_sa: "impostor".to_owned(),
+            ..Default::default()
+        },
+        Refuser::Client,
+        "peer is spiffe://cluster.local/ns/default/sa/impostor, \
+         expected spiffe://cluster.local/ns/default/sa/httpbin",
+    )
 }
 
 #[test]
 fn client_refuses_server_from_foreign_root() -> anyhow::Result<()> {
-    let pods = TwoPods::start(
+    assert_refused(
         "srvroot",
-        &TwoPodsOptions {
+        TwoPodsOptions {
             server_cert: CertOrigin::Foreign,
             ..Default::default()
         },
-    )?;
-    let nonce = nonce();
-    let response = curl_get(&pods, &nonce)?;
-    assert_ne!(response.status, 200, "{response:?}");
-    assert!(
-        !pods.access_log().contains(&nonce),
-        "request reached the app"
-    );
-    let log = pods.mesh.log(&pods.client, "sidecar");
-    assert!(log.contains("invalid peer certificate"), "{log}");
-    Ok(())
+        Refuser::Client,
+        "invalid peer certificate",
+    )
 }
 
 #[test]
 fn server_refuses_client_from_foreign_root() -> anyhow::Result<()> {
-    let pods = TwoPods::start(
+    assert_refused(
         "cliroot",
-        &TwoPodsOptions {
+        TwoPodsOptions {
             client_cert: CertOrigin::Foreign,
             ..Default::default()
         },
-    )?;
-    let nonce = nonce();
-    let response = curl_get(&pods, &nonce)?;
-    assert_ne!(response.status, 200, "{response:?}");
-    assert!(
-        !pods.access_log().contains(&nonce),
-        "request reached the app"
-    );
-    let log = pods.mesh.log(&pods.server, "sidecar");
-    assert!(log.contains("invalid peer certificate"), "{log}");
-    Ok(())
+        Refuser::Server,
+        "invalid peer certificate",
+    )
 }
 
 /// Comparable text of a nat table: no comments, no packet counters.
