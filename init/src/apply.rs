@@ -1,9 +1,22 @@
 //! The only part of `remora-init` that touches the kernel: it runs
 //! `iptables-save -t nat` to learn the current state and applies a computed
 //! input with a single `iptables-restore --noflush` call, so each install or
-//! cleanup is one atomic transaction. Deciding *what* to apply is left to
+//! cleanup is one atomic transaction per IP family (`ip6tables-save` /
+//! `ip6tables-restore` for IPv6). Deciding *what* to apply is left to
 //! [`crate::state`], which is pure.
+//!
+//! With `--dual-stack`, [`install_all`] and [`cleanup_all`] handle both
+//! families: every table is read before any is changed, then IPv4 is applied,
+//! then IPv6. Two tables cannot change in one transaction, so if IPv6 fails
+//! after IPv4 was installed, the IPv4 nat table is rolled back to the exact
+//! `iptables-save` snapshot taken moments before (a plain `iptables-restore`
+//! of that snapshot, which replaces the nat table only); the error says which
+//! family failed and whether the rollback worked. A failed cleanup is not
+//! rolled back (removing rules is what was asked for, and a second cleanup
+//! finishes the job); its error says which families were already cleaned.
 
+use std::error::Error as _;
+use std::fmt;
 use std::io::Write;
 use std::process::{Command, ExitStatus, Stdio};
 use std::string::FromUtf8Error;
@@ -11,6 +24,9 @@ use std::string::FromUtf8Error;
 use crate::flags::Interface;
 use crate::rules::{Family, Plan, TABLE};
 use crate::state::{cleanup_input, install_input, NatState, StateError};
+
+/// The arguments every install or cleanup input is applied with.
+pub const RESTORE_ARGS: &[&str] = &["--noflush"];
 
 /// A failure to read or change the nat table.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +63,22 @@ pub enum ApplyError {
     },
 }
 
+/// A family's nat table as read before changing it: the raw `iptables-save`
+/// text, to roll back to, and what it means.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub family: Family,
+    pub text: String,
+    pub state: NatState,
+}
+
 /// Reads the current nat table of `family` with `iptables-save -t nat`.
 pub fn read_state(family: Family) -> Result<NatState, ApplyError> {
+    snapshot(family).map(|s| s.state)
+}
+
+/// Reads the current nat table of `family`, keeping the raw text too.
+pub fn snapshot(family: Family) -> Result<Snapshot, ApplyError> {
     let program = family.save_command();
     let args = ["-t", TABLE];
     let command = describe(program, &args);
@@ -65,7 +95,12 @@ pub fn read_state(family: Family) -> Result<NatState, ApplyError> {
         command: command.clone(),
         source,
     })?;
-    NatState::parse(&text).map_err(|source| ApplyError::State { command, source })
+    let state = NatState::parse(&text).map_err(|source| ApplyError::State { command, source })?;
+    Ok(Snapshot {
+        family,
+        text,
+        state,
+    })
 }
 
 /// Hands `command` back if it exited successfully, or reports its status and stderr.
@@ -83,9 +118,20 @@ fn succeeded(command: String, output: &std::process::Output) -> Result<String, A
 
 /// Applies `input` with one `iptables-restore --noflush` call.
 pub fn restore(family: Family, input: &str) -> Result<(), ApplyError> {
+    run_restore(family, RESTORE_ARGS, input)
+}
+
+/// Puts back a nat table exactly as `snapshot` read it: a plain
+/// `iptables-restore` (no `--noflush`), which replaces the tables present in
+/// its input — here the nat table only.
+fn roll_back(snapshot: &Snapshot) -> Result<(), ApplyError> {
+    run_restore(snapshot.family, &[], &snapshot.text)
+}
+
+/// Pipes `input` into `family`'s restore command run with `args`.
+fn run_restore(family: Family, args: &[&str], input: &str) -> Result<(), ApplyError> {
     let program = family.restore_command();
-    let args = ["--noflush"];
-    let command = describe(program, &args);
+    let command = describe(program, args);
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -133,6 +179,206 @@ pub fn cleanup(
     };
     restore(family, &input)?;
     Ok(Some(input))
+}
+
+/// A multi-family install or cleanup that did not complete. Each variant
+/// names the family that failed and says what became of the others.
+#[derive(Debug, thiserror::Error)]
+pub enum FamiliesError {
+    /// A table could not be read; tables are all read first, so none changed.
+    #[error("could not read the {family} nat table; no table was changed")]
+    Read {
+        family: Family,
+        #[source]
+        source: ApplyError,
+    },
+    /// Installing `family` failed. Its own restore is atomic, so its table
+    /// is unchanged; the `rolled_back` families, installed before it, were
+    /// put back as they were.
+    #[error("the {family} install failed{}", rolled_back_note(.rolled_back))]
+    Install {
+        family: Family,
+        rolled_back: Vec<Family>,
+        #[source]
+        source: ApplyError,
+    },
+    /// Installing `family` failed, and so did rolling back the families
+    /// installed before it: those are left with the new rules.
+    #[error(
+        "the {family} install failed, and rolling back {} failed too ({}): \
+         the {} nat table keeps the new rules while the {family} one does not; \
+         run cleanup with the same --dual-stack setting to remove them",
+        Families(.installed),
+        .rollback_errors.iter().map(|(f, e)| format!("{f}: {}", chain(e))).collect::<Vec<_>>().join("; "),
+        Families(.installed)
+    )]
+    RollbackFailed {
+        family: Family,
+        /// The families still holding the new rules.
+        installed: Vec<Family>,
+        rollback_errors: Vec<(Family, ApplyError)>,
+        #[source]
+        source: ApplyError,
+    },
+    /// Cleaning up `family` failed (its table is unchanged); the `cleaned`
+    /// families had already been cleaned up.
+    #[error("the {family} cleanup failed{}", cleaned_note(.cleaned))]
+    Cleanup {
+        family: Family,
+        cleaned: Vec<Family>,
+        #[source]
+        source: ApplyError,
+    },
+}
+
+/// Families in prose: `IPv4`, `IPv4 and IPv6`.
+struct Families<'a>(&'a [Family]);
+
+impl fmt::Display for Families<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, family) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" and ")?;
+            }
+            write!(f, "{family}")?;
+        }
+        Ok(())
+    }
+}
+
+fn rolled_back_note(rolled_back: &[Family]) -> String {
+    if rolled_back.is_empty() {
+        "; no table was changed".to_owned()
+    } else {
+        format!(
+            "; the {} rules installed just before were rolled back, \
+             so no table was changed",
+            Families(rolled_back)
+        )
+    }
+}
+
+fn cleaned_note(cleaned: &[Family]) -> String {
+    if cleaned.is_empty() {
+        "; no table was changed".to_owned()
+    } else {
+        format!(
+            "; the {} rules were already removed (run cleanup again to finish)",
+            Families(cleaned)
+        )
+    }
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(error: &ApplyError) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// Installs each plan (one per family, applied in the given order) so that
+/// each table holds exactly one copy of its plan; returns the restore inputs
+/// that were applied.
+///
+/// All tables are read before any is changed. If a family fails, the ones
+/// installed before it are rolled back to their snapshots, so on error no
+/// table is left changed unless [`FamiliesError::RollbackFailed`] says so.
+pub fn install_all(plans: &[Plan]) -> Result<Vec<(Family, String)>, FamiliesError> {
+    let snapshots = snapshots(plans.iter().map(Plan::family))?;
+    let mut applied: Vec<(&Snapshot, String)> = Vec::new();
+    for (plan, snapshot) in plans.iter().zip(&snapshots) {
+        let input = install_input(plan, &snapshot.state);
+        if let Err(source) = restore(plan.family(), &input) {
+            return Err(roll_back_all(
+                plan.family(),
+                applied.iter().map(|(s, _)| *s),
+                source,
+            ));
+        }
+        applied.push((snapshot, input));
+    }
+    Ok(applied
+        .into_iter()
+        .map(|(s, input)| (s.family, input))
+        .collect())
+}
+
+/// Rolls back the `applied` families after `family` failed with `source`.
+fn roll_back_all<'a>(
+    family: Family,
+    applied: impl DoubleEndedIterator<Item = &'a Snapshot>,
+    source: ApplyError,
+) -> FamiliesError {
+    let mut rolled_back = Vec::new();
+    let mut installed = Vec::new();
+    let mut rollback_errors = Vec::new();
+    for snapshot in applied.rev() {
+        match roll_back(snapshot) {
+            Ok(()) => rolled_back.push(snapshot.family),
+            Err(e) => {
+                installed.push(snapshot.family);
+                rollback_errors.push((snapshot.family, e));
+            }
+        }
+    }
+    rolled_back.reverse();
+    installed.reverse();
+    if rollback_errors.is_empty() {
+        FamiliesError::Install {
+            family,
+            rolled_back,
+            source,
+        }
+    } else {
+        FamiliesError::RollbackFailed {
+            family,
+            installed,
+            rollback_errors,
+            source,
+        }
+    }
+}
+
+/// Removes everything `install_all` added to each family's table (and the
+/// `-c` RETURNs for `exclude_interfaces`), in the given order. Returns, per
+/// family, the applied input or `None` when there was nothing to remove.
+/// All tables are read before any is changed.
+pub fn cleanup_all(
+    families: &[Family],
+    exclude_interfaces: &[Interface],
+) -> Result<Vec<(Family, Option<String>)>, FamiliesError> {
+    let snapshots = snapshots(families.iter().copied())?;
+    let mut done = Vec::new();
+    for snapshot in &snapshots {
+        let input = cleanup_input(&snapshot.state, exclude_interfaces);
+        if let Some(input) = &input {
+            if let Err(source) = restore(snapshot.family, input) {
+                return Err(FamiliesError::Cleanup {
+                    family: snapshot.family,
+                    cleaned: done
+                        .iter()
+                        .filter(|(_, input): &&(Family, Option<String>)| input.is_some())
+                        .map(|(f, _)| *f)
+                        .collect(),
+                    source,
+                });
+            }
+        }
+        done.push((snapshot.family, input));
+    }
+    Ok(done)
+}
+
+/// Reads every family's table, stopping at the first that cannot be read.
+fn snapshots(families: impl Iterator<Item = Family>) -> Result<Vec<Snapshot>, FamiliesError> {
+    families
+        .map(|family| snapshot(family).map_err(|source| FamiliesError::Read { family, source }))
+        .collect()
 }
 
 fn describe(program: &str, args: &[&str]) -> String {

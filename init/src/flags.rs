@@ -5,13 +5,25 @@
 //! `remora-init` unchanged. Arguments arrive as raw strings and are turned
 //! into a typed [`Config`] in one pass that collects *every* problem, each
 //! naming its flag, so that bad input is reported completely and before any
-//! iptables command runs.
+//! iptables command runs. [`Cli::validate`] does this for a whole invocation
+//! and yields an [`Invocation`].
+//!
+//! IPv6 is opt-in, through Istio's `--dual-stack` flag (or its
+//! `ISTIO_DUAL_STACK` environment variable): with it, the same rules are also
+//! installed (or cleaned up) with `ip6tables`. Istio additionally turns IPv6 on
+//! by itself when the pod's first non-loopback address is IPv6, and with
+//! `--dual-stack` only when the pod has an IPv6 address at all; `remora-init`
+//! does not inspect the pod's addresses, so the flag is the only switch and
+//! means "program ip6tables too" — the injector must pass it for IPv6-only and
+//! dual-stack pods alike.
 
 use std::fmt;
 use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+
+use crate::rules::Family;
 
 /// The arguments Istio's injector passes to `istio-iptables` by default, which Remora's injector
 /// passes to `remora-init`: capture everything, except the sidecar's own status and metrics ports.
@@ -34,6 +46,12 @@ pub const INJECTOR_DEFAULT_ARGS: &[&str] = &[
     "15090,15021,15020",
 ];
 
+/// The environment variable Istio reads for `--dual-stack`.
+pub const DUAL_STACK_ENV: &str = "ISTIO_DUAL_STACK";
+
+/// How `--dual-stack` / `$ISTIO_DUAL_STACK` is named in error messages.
+const DUAL_STACK_FLAG: &str = "--dual-stack ($ISTIO_DUAL_STACK)";
+
 /// `remora-init`: install (or remove) the iptables nat rules that redirect a
 /// pod's traffic to its sidecar proxy, the way Istio's `istio-iptables` does.
 #[derive(Debug, Parser)]
@@ -45,6 +63,20 @@ pub struct Cli {
     /// Print the iptables-restore input that would be applied; change nothing.
     #[arg(short = 'n', long = "dry-run", global = true)]
     pub dry_run: bool,
+
+    /// Also program IPv6: apply (or clean up) the same rules with ip6tables,
+    /// for dual-stack and IPv6-only pods. `--dual-stack` alone means true;
+    /// `--dual-stack=false` overrides the environment variable.
+    #[arg(
+        long = "dual-stack",
+        env = DUAL_STACK_ENV,
+        global = true,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub dual_stack: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -350,6 +382,37 @@ pub struct CleanupConfig {
     pub exclude_interfaces: Vec<Interface>,
 }
 
+/// What a validated invocation does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// No subcommand: install the rules.
+    Install(Config),
+    /// `cleanup`: remove them.
+    Cleanup(CleanupConfig),
+}
+
+/// A fully validated command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub action: Action,
+    /// `--dual-stack`: program ip6tables as well as iptables.
+    pub dual_stack: bool,
+    /// `--dry-run`: print the restore inputs, change nothing.
+    pub dry_run: bool,
+}
+
+impl Invocation {
+    /// The IP families to program, in the order they are applied: IPv4
+    /// always, then IPv6 with `--dual-stack`.
+    pub fn families(&self) -> &'static [Family] {
+        if self.dual_stack {
+            &[Family::V4, Family::V6]
+        } else {
+            &[Family::V4]
+        }
+    }
+}
+
 /// What is wrong with one value of one flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -371,13 +434,16 @@ pub enum Problem {
     WildcardMixed,
     #[error("\"*\" is not allowed here")]
     WildcardNotAllowed,
+    #[error("invalid boolean {0:?} (expected true or false)")]
+    InvalidBool(String),
 }
 
 /// One rejected flag value, e.g. `-b: port 70000 out of range (1-65535)`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{flag}: {problem}")]
 pub struct FieldError {
-    /// The short flag, e.g. `-b`.
+    /// The flag: its short form where it has one (e.g. `-b`), otherwise its
+    /// long form and environment variable.
     pub flag: &'static str,
     #[source]
     pub problem: Problem,
@@ -456,6 +522,17 @@ impl Collector {
         }
     }
 
+    /// Takes over the errors of a validation done elsewhere.
+    fn absorb<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.extend(e.errors);
+                None
+            }
+        }
+    }
+
     fn finish<T>(self, value: Option<T>) -> Result<T, ConfigError> {
         match value {
             Some(v) if self.errors.is_empty() => Ok(v),
@@ -479,10 +556,48 @@ fn parse_cidr(item: &str) -> Result<IpNet, Problem> {
         .map_err(|_| Problem::InvalidCidr(item.to_owned()))
 }
 
+/// A boolean as Istio's flags accept it (Go's `strconv.ParseBool`, any case);
+/// empty counts as false, like an unset variable.
+fn parse_bool(raw: &str) -> Result<bool, Problem> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "f" | "false" => Ok(false),
+        "1" | "t" | "true" => Ok(true),
+        _ => Err(Problem::InvalidBool(raw.to_owned())),
+    }
+}
+
 fn parse_mode(raw: &str) -> Result<InterceptionMode, Problem> {
     match raw.trim() {
         "REDIRECT" => Ok(InterceptionMode::Redirect),
         other => Err(Problem::UnsupportedMode(other.to_owned())),
+    }
+}
+
+impl Cli {
+    /// Validates the whole command line — the flags of the action it asks
+    /// for and `--dual-stack` — reporting all bad values together.
+    pub fn validate(&self) -> Result<Invocation, ConfigError> {
+        let mut c = Collector::default();
+        let action = match &self.command {
+            None => c.absorb(self.capture.validate()).map(Action::Install),
+            Some(Command::Cleanup(args)) => c.absorb(args.validate()).map(Action::Cleanup),
+        };
+        let dual_stack = match self.dual_stack.as_deref().map(parse_bool) {
+            None => Some(false),
+            Some(Ok(on)) => Some(on),
+            Some(Err(problem)) => {
+                c.push(DUAL_STACK_FLAG, problem);
+                None
+            }
+        };
+        let invocation = (|| {
+            Some(Invocation {
+                action: action?,
+                dual_stack: dual_stack?,
+                dry_run: self.dry_run,
+            })
+        })();
+        c.finish(invocation)
     }
 }
 
@@ -733,6 +848,101 @@ mod tests {
             text.contains("-m: unsupported interception mode \"FOO\""),
             "{text}"
         );
+    }
+
+    fn invocation(args: &[&str]) -> Result<Invocation, ConfigError> {
+        let argv = std::iter::once("remora-init").chain(args.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.validate(),
+            Err(e) => panic!("clap rejected {args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn dual_stack_forms() {
+        // Explicit values win over $ISTIO_DUAL_STACK, so these hold whatever
+        // the test environment says.
+        let cases: &[(&[&str], bool)] = &[
+            (&["--dual-stack"], true),
+            (&["--dual-stack=true"], true),
+            (&["--dual-stack=1"], true),
+            (&["--dual-stack=T"], true),
+            (&["--dual-stack=false"], false),
+            (&["--dual-stack=0"], false),
+            (&["--dual-stack=False"], false),
+            (&["--dual-stack=", "-b", "*"], false),
+            // A following word is never taken as the flag's value.
+            (&["--dual-stack", "cleanup"], true),
+            (&["cleanup", "--dual-stack"], true),
+            (&["cleanup", "--dual-stack=false", "-c", "eth1"], false),
+            (&["--dual-stack", "-i", "*", "--dry-run"], true),
+        ];
+        for (args, want) in cases {
+            let inv = invocation(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(inv.dual_stack, *want, "{args:?}");
+            let families: &[Family] = if *want {
+                &[Family::V4, Family::V6]
+            } else {
+                &[Family::V4]
+            };
+            assert_eq!(inv.families(), families, "{args:?}");
+        }
+        let inv = invocation(&["--dual-stack", "cleanup", "-c", "eth1"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(inv.action, Action::Cleanup(ref c) if c.exclude_interfaces.len() == 1));
+        let inv =
+            invocation(&["--dual-stack", "-i", "*", "--dry-run"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(inv.dry_run);
+        assert!(matches!(inv.action, Action::Install(ref c) if c.outbound == OutboundCapture::All));
+    }
+
+    #[test]
+    fn dual_stack_is_off_unless_asked_for() {
+        let inv = invocation(INJECTOR_DEFAULT_ARGS).unwrap_or_else(|e| panic!("{e}"));
+        if std::env::var_os(DUAL_STACK_ENV).is_none() {
+            assert!(!inv.dual_stack);
+            assert_eq!(inv.families(), &[Family::V4]);
+        }
+    }
+
+    #[test]
+    fn bad_dual_stack_is_reported_with_the_other_errors() {
+        let err = match invocation(&["-b", "70000", "--dual-stack=maybe", "-x", "10.0.0/8"]) {
+            Ok(inv) => panic!("accepted: {inv:?}"),
+            Err(e) => e,
+        };
+        let flags: Vec<&str> = err.errors.iter().map(|e| e.flag).collect();
+        assert_eq!(flags, vec!["-b", "-x", "--dual-stack ($ISTIO_DUAL_STACK)"]);
+        assert!(
+            err.to_string().contains(
+                "--dual-stack ($ISTIO_DUAL_STACK): invalid boolean \"maybe\" (expected true or false)"
+            ),
+            "{err}"
+        );
+        // Same for cleanup, whose own flags are checked too.
+        let err = match invocation(&["cleanup", "-c", "a/b", "--dual-stack=yes please"]) {
+            Ok(inv) => panic!("accepted: {inv:?}"),
+            Err(e) => e,
+        };
+        let flags: Vec<&str> = err.errors.iter().map(|e| e.flag).collect();
+        assert_eq!(flags, vec!["-c", "--dual-stack ($ISTIO_DUAL_STACK)"]);
+    }
+
+    #[test]
+    fn parse_bool_accepts_what_istio_accepts() {
+        for yes in ["1", "t", "T", "true", "TRUE", "True", " true "] {
+            assert_eq!(parse_bool(yes), Ok(true), "{yes:?}");
+        }
+        for no in ["", "0", "f", "F", "false", "FALSE", "False"] {
+            assert_eq!(parse_bool(no), Ok(false), "{no:?}");
+        }
+        for bad in ["yes", "on", "2", "maybe"] {
+            assert_eq!(
+                parse_bool(bad),
+                Err(Problem::InvalidBool(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

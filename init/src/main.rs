@@ -1,19 +1,22 @@
 //! Entry point of the `remora-init` binary: parse and validate the flags
 //! (before any I/O, so bad input never touches the tables), then install,
 //! clean up, or — with `--dry-run` — print what would be applied.
+//!
+//! IPv4 is always programmed; `--dual-stack` (or `ISTIO_DUAL_STACK=true`)
+//! adds IPv6 through `ip6tables`. A dual-stack dry run prints one restore
+//! input per family, each preceded by a `# iptables-restore --noflush` /
+//! `# ip6tables-restore --noflush` comment line naming the command it is for.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use remora_init::apply;
-use remora_init::rules::{plan, Family};
+use remora_init::apply::{self, RESTORE_ARGS};
+use remora_init::flags::{Action, Invocation};
+use remora_init::rules::{plan, Family, Plan};
 use remora_init::state::{cleanup_input, install_input};
-use remora_init::{Cli, Command, ConfigError};
-
-/// Only IPv4 is applied for now; the plan itself is family-generic.
-const FAMILY: Family = Family::V4;
+use remora_init::{CleanupConfig, Cli, Config, ConfigError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,48 +36,96 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    match &cli.command {
-        None => install(cli),
-        Some(Command::Cleanup(args)) => {
-            let config = args.validate()?;
-            if cli.dry_run {
-                let state = apply::read_state(FAMILY)
-                    .context("--dry-run needs to read the current nat table")?;
-                match cleanup_input(&state, &config.exclude_interfaces) {
-                    Some(input) => print!("{input}"),
-                    None => eprintln!("remora-init: nothing to clean up"),
-                }
-                return Ok(());
-            }
-            match apply::cleanup(FAMILY, &config.exclude_interfaces)? {
-                Some(_) => eprintln!("remora-init: removed the nat redirection rules"),
-                None => eprintln!("remora-init: nothing to clean up"),
-            }
-            Ok(())
-        }
+    let invocation = cli.validate()?;
+    match &invocation.action {
+        Action::Install(config) => install(config, &invocation),
+        Action::Cleanup(config) => cleanup(config, &invocation),
     }
 }
 
-fn install(cli: &Cli) -> Result<()> {
-    let config = cli.capture.validate()?;
-    let plan = plan(&config, FAMILY);
-    if cli.dry_run {
-        // Show the exact input, reconciled with the current table when it can
-        // be read; otherwise the plan as it would apply to a clean table.
-        match apply::read_state(FAMILY) {
-            Ok(state) => print!("{}", install_input(&plan, &state)),
-            Err(e) => {
-                eprintln!(
-                    "remora-init: cannot read the current nat table ({:#}); \
-                     showing the input for a table without our rules",
-                    anyhow::Error::from(e)
-                );
-                print!("{}", plan.restore_text());
+/// Prints one family's restore input; labelled when there are several.
+fn print_input(invocation: &Invocation, family: Family, input: &str) {
+    if invocation.dual_stack {
+        println!("# {} {}", family.restore_command(), RESTORE_ARGS.join(" "));
+    }
+    print!("{input}");
+}
+
+/// `remora-init: ` plus, with several families, the family: messages that
+/// concern one table say which.
+fn prefix(invocation: &Invocation, family: Family) -> String {
+    if invocation.dual_stack {
+        format!("remora-init: {family}: ")
+    } else {
+        "remora-init: ".to_owned()
+    }
+}
+
+fn install(config: &Config, invocation: &Invocation) -> Result<()> {
+    let plans: Vec<Plan> = invocation
+        .families()
+        .iter()
+        .map(|&family| plan(config, family))
+        .collect();
+    if invocation.dry_run {
+        for plan in &plans {
+            let family = plan.family();
+            // Show the exact input, reconciled with the current table when it
+            // can be read; otherwise the plan as it would apply to a clean table.
+            let input = match apply::read_state(family) {
+                Ok(state) => install_input(plan, &state),
+                Err(e) => {
+                    eprintln!(
+                        "{}cannot read the current nat table ({:#}); \
+                         showing the input for a table without our rules",
+                        prefix(invocation, family),
+                        anyhow::Error::from(e)
+                    );
+                    plan.restore_text()
+                }
+            };
+            print_input(invocation, family, &input);
+        }
+        return Ok(());
+    }
+    apply::install_all(&plans).context("installing the nat redirection rules")?;
+    let counts: Vec<String> = plans
+        .iter()
+        .map(|p| {
+            if invocation.dual_stack {
+                format!("{} {}", p.rules().len(), p.family())
+            } else {
+                p.rules().len().to_string()
+            }
+        })
+        .collect();
+    eprintln!("remora-init: installed {} nat rules", counts.join(" and "));
+    Ok(())
+}
+
+fn cleanup(config: &CleanupConfig, invocation: &Invocation) -> Result<()> {
+    if invocation.dry_run {
+        for &family in invocation.families() {
+            let state = apply::read_state(family).with_context(|| {
+                format!("--dry-run needs to read the current {family} nat table")
+            })?;
+            match cleanup_input(&state, &config.exclude_interfaces) {
+                Some(input) => print_input(invocation, family, &input),
+                None => eprintln!("{}nothing to clean up", prefix(invocation, family)),
             }
         }
         return Ok(());
     }
-    apply::install(&plan).context("installing the nat redirection rules")?;
-    eprintln!("remora-init: installed {} nat rules", plan.rules().len());
+    let done = apply::cleanup_all(invocation.families(), &config.exclude_interfaces)
+        .context("removing the nat redirection rules")?;
+    for (family, input) in done {
+        match input {
+            Some(_) => eprintln!(
+                "{}removed the nat redirection rules",
+                prefix(invocation, family)
+            ),
+            None => eprintln!("{}nothing to clean up", prefix(invocation, family)),
+        }
+    }
     Ok(())
 }

@@ -3,8 +3,11 @@
 //!
 //! Nothing here performs I/O, so the exact rule set can be unit-tested
 //! without root and compared line by line with Istio's. The IP family is a
-//! parameter: it decides the loopback and inbound-passthrough addresses, which
-//! `-i`/`-x` CIDRs apply, and which commands apply the plan.
+//! parameter: it decides the loopback and inbound-passthrough addresses
+//! (`127.0.0.1/32` and `127.0.0.6/32`, or `::1/128` and `::6/128`), which
+//! `-i`/`-x` CIDRs apply, and which commands (`iptables-*` or `ip6tables-*`)
+//! apply the plan. With `--dual-stack` the binary computes and applies one
+//! plan per family.
 
 use std::fmt;
 
@@ -61,6 +64,15 @@ impl Family {
             (self, net),
             (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
         )
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
     }
 }
 
@@ -426,6 +438,7 @@ mod tests {
     use crate::flags::{Cli, INJECTOR_DEFAULT_ARGS as DEFAULT_ARGS};
 
     const FIXTURE: &str = include_str!("../tests/fixtures/istio-default.rules");
+    const FIXTURE_V6: &str = include_str!("../tests/fixtures/istio-default-v6.rules");
 
     fn config(args: &[&str]) -> Config {
         let argv = std::iter::once("remora-init").chain(args.iter().copied());
@@ -473,6 +486,56 @@ mod tests {
     fn default_invocation_matches_fixture_exactly() {
         let p = plan(&config(DEFAULT_ARGS), Family::V4);
         assert_eq!(p.restore_text(), FIXTURE);
+    }
+
+    #[test]
+    fn default_invocation_matches_v6_fixture_exactly() {
+        let p = plan(&config(DEFAULT_ARGS), Family::V6);
+        assert_eq!(p.family(), Family::V6);
+        assert_eq!(p.restore_text(), FIXTURE_V6);
+    }
+
+    #[test]
+    fn v6_fixture_is_the_v4_fixture_with_v6_addresses() {
+        let translated = FIXTURE
+            .replace("127.0.0.6/32", "::6/128")
+            .replace("127.0.0.1/32", "::1/128");
+        assert_eq!(FIXTURE_V6, translated);
+        assert!(!FIXTURE_V6.contains("127.0.0."));
+    }
+
+    #[test]
+    fn a_family_without_include_cidrs_gets_no_outbound_capture() {
+        // One flag set for both families: an -i list with only IPv6 CIDRs
+        // leaves the IPv4 plan without a catch-all, as in Istio.
+        let args = with(&["-i", "fd00::/8", "-x", "10.1.0.0/16"]);
+        let tail = |family: Family| -> Vec<String> {
+            let out = lines(&args, family)
+                .into_iter()
+                .filter(|l| l.starts_with("-A ISTIO_OUTPUT "))
+                .collect::<Vec<_>>();
+            out[out.len() - 2..].to_vec()
+        };
+        assert_eq!(
+            tail(Family::V4),
+            vec![
+                "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                "-A ISTIO_OUTPUT -d 10.1.0.0/16 -j RETURN",
+            ]
+        );
+        assert_eq!(
+            tail(Family::V6),
+            vec![
+                "-A ISTIO_OUTPUT -d ::1/128 -j RETURN",
+                "-A ISTIO_OUTPUT -d fd00::/8 -j ISTIO_REDIRECT",
+            ]
+        );
+    }
+
+    #[test]
+    fn families_display_as_ip_versions() {
+        assert_eq!(Family::V4.to_string(), "IPv4");
+        assert_eq!(Family::V6.to_string(), "IPv6");
     }
 
     #[test]

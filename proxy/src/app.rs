@@ -14,11 +14,13 @@ use remora_api::{Bootstrap, EndpointTable, IdentitySource, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    http1::ForwardError,
     identity::Identity,
-    inbound,
+    inbound::{self, app::AppClient},
     metrics::Metrics,
-    outbound,
+    outbound::{
+        self,
+        mesh::{MeshClient, MeshError},
+    },
     status::{self, Readiness},
     tls::{MeshTls, TlsError},
     transport::original_dst,
@@ -26,6 +28,7 @@ use crate::{
 
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
+pub use crate::outbound::mesh::TUNNEL_PORT;
 pub const HEALTH_PORT: u16 = 15021;
 pub const STATS_PORT: u16 = 15090;
 
@@ -44,18 +47,23 @@ pub enum ConnectionError {
     Io(#[from] std::io::Error),
     #[error("mesh mTLS: {0}")]
     Tls(#[from] TlsError),
-    #[error("{0}")]
-    Forward(#[from] ForwardError),
-    #[error("serving HTTP/1: {0}")]
+    #[error("mesh: {0}")]
+    Mesh(#[from] MeshError),
+    #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
 }
 
-/// Where a redirected connection was headed. One addressed to the sidecar's own capture ports
-/// (e.g. a caller dialing `<pod-ip>:15006` directly) would be forwarded back to the same
-/// listener forever, so it is refused, as Envoy's listeners do.
+/// Whether `port` is one the sidecar listens on for traffic to forward. A connection addressed
+/// to one of them (e.g. a caller dialing `<pod-ip>:15006` directly) would be forwarded back to
+/// the same listener forever, so it is refused, as Envoy's listeners do.
+pub fn is_proxy_port(port: u16) -> bool {
+    matches!(port, OUTBOUND_PORT | INBOUND_PORT | TUNNEL_PORT)
+}
+
+/// Where a redirected connection was headed.
 pub fn intended_destination(tcp: &TcpStream) -> Result<SocketAddr, ConnectionError> {
     let dst = original_dst(tcp).map_err(ConnectionError::OriginalDst)?;
-    if matches!(dst.port(), OUTBOUND_PORT | INBOUND_PORT) {
+    if is_proxy_port(dst.port()) {
         return Err(ConnectionError::Loop(dst));
     }
     Ok(dst)
@@ -65,6 +73,8 @@ pub fn intended_destination(tcp: &TcpStream) -> Result<SocketAddr, ConnectionErr
 pub struct Proxy {
     pub id: SpiffeId,
     pub tls: MeshTls,
+    pub mesh: MeshClient,
+    pub app: AppClient,
     pub endpoints: EndpointTable,
     pub metrics: Arc<Metrics>,
     pub detect_timeout: Duration,
@@ -94,6 +104,8 @@ pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> an
     );
     let proxy = Arc::new(Proxy {
         id: identity.id,
+        mesh: MeshClient::new(tls.clone()),
+        app: AppClient::new(),
         tls,
         endpoints: snapshot.table(),
         metrics,
@@ -102,12 +114,14 @@ pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> an
 
     let outbound_listener = bind(OUTBOUND_PORT).await?;
     let inbound_listener = bind(INBOUND_PORT).await?;
+    let tunnel_listener = bind(TUNNEL_PORT).await?;
     readiness.set_ready();
     tracing::info!("ready");
 
     tokio::select! {
         () = accept(outbound_listener, proxy.clone(), "outbound", outbound::handle) => {}
-        () = accept(inbound_listener, proxy, "inbound", inbound::handle) => {}
+        () = accept(inbound_listener, proxy.clone(), "inbound", inbound::handle) => {}
+        () = accept(tunnel_listener, proxy, "tunnel", inbound::tunnel::handle) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
     Ok(())

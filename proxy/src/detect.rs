@@ -18,12 +18,21 @@ const MAX_PEEK: usize = 16 * 1024 + 5;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
+    /// HTTP/2 with prior knowledge (h2c), gRPC's usual form inside a cluster.
+    Http2,
     Tls,
     Opaque,
 }
 
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Classifies the bytes read so far, or `None` when more are needed to decide.
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    let preface = buf.len().min(H2_PREFACE.len());
+    if buf[..preface] == H2_PREFACE[..preface] && !buf.is_empty() {
+        return (preface == H2_PREFACE.len()).then_some(Protocol::Http2);
+    }
     match buf {
         [] => None,
         // A TLS handshake record: content type 22, protocol major version 3.
@@ -96,7 +105,9 @@ mod tests {
             (b"\x16\x03\x01\x02\x00\x01", Some(Protocol::Tls)),
             (b"hello world\n", Some(Protocol::Opaque)),
             (b"\x00\x01\x02", Some(Protocol::Opaque)),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::Opaque)),
+            (b"PRI * HTTP/2.0\r\n", None),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::Http2)),
+            (b"PRI * HTTP/1.1\r\nHost: x\r\n", Some(Protocol::Http1)),
             (b"SSH-2.0-OpenSSH_9.2\r\n", Some(Protocol::Opaque)),
         ];
         for (bytes, expected) in cases {

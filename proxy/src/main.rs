@@ -3,16 +3,20 @@
 //! reports Istio-standard metrics.
 
 mod app;
+mod body;
 mod detect;
-mod http1;
+mod headers;
 mod identity;
 mod inbound;
 mod metrics;
 mod outbound;
+mod pool;
 mod prefixed;
+mod serve;
 mod status;
 mod tls;
 mod transport;
+mod upgrade;
 
 use std::{io::IsTerminal, path::PathBuf};
 

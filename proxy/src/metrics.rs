@@ -93,11 +93,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, reporter: Reporter, security: Security, status: http::StatusCode) {
+    pub fn request(
+        &self,
+        reporter: Reporter,
+        security: Security,
+        request_protocol: &'static str,
+        status: http::StatusCode,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 reporter,
-                request_protocol: "http",
+                request_protocol,
                 response_code: status.as_u16(),
                 connection_security_policy: security,
             })
@@ -127,6 +133,18 @@ impl Metrics {
     }
 }
 
+/// Istio's `request_protocol` of an HTTP request: `grpc` for gRPC, `http` otherwise.
+pub fn request_protocol(headers: &http::HeaderMap) -> &'static str {
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        "grpc"
+    } else {
+        "http"
+    }
+}
+
 fn tcp(reporter: Reporter, security: Security) -> TcpLabels {
     TcpLabels {
         reporter,
@@ -142,8 +160,18 @@ mod tests {
     #[test]
     fn exposes_istio_names_and_labels() {
         let metrics = Metrics::default();
-        metrics.request(Reporter::source, Security::mutual_tls, http::StatusCode::OK);
-        metrics.request(Reporter::source, Security::mutual_tls, http::StatusCode::OK);
+        metrics.request(
+            Reporter::source,
+            Security::mutual_tls,
+            "http",
+            http::StatusCode::OK,
+        );
+        metrics.request(
+            Reporter::source,
+            Security::mutual_tls,
+            "http",
+            http::StatusCode::OK,
+        );
         metrics.tcp_opened(Reporter::destination, Security::none);
         metrics.tcp_closed(Reporter::destination, Security::none, 5, 7);
         let text = metrics.encode();

@@ -1,58 +1,57 @@
 //! Outbound: connections the app opens, redirected to 15001.
 //!
-//! Destinations in the snapshot are mesh endpoints: the connection is carried over mTLS to the
-//! sidecar in front of them, which must prove the identity the snapshot names. HTTP/1 is
-//! proxied request by request; anything else is spliced as opaque TCP. Destinations not in the
-//! snapshot (another pod's health port, the outside world) are passed through untouched.
+//! Destinations in the snapshot are mesh endpoints: traffic goes to the sidecar in front of them,
+//! which must prove the identity the snapshot names, over the pooled sidecar-to-sidecar
+//! connection ([`mesh::MeshClient`]). HTTP/1.x and HTTP/2 are proxied request by request;
+//! anything else (opaque TCP, the app's own TLS, protocols whose server speaks first) rides a
+//! tunnel. Destinations not in the snapshot are passed through untouched.
+
+pub mod mesh;
 
 use std::{net::SocketAddr, sync::Arc};
 
+use http::{Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use remora_api::SpiffeId;
 use tokio::net::TcpStream;
 
 use crate::{
     app::{intended_destination, ConnectionError, Proxy},
+    body::{local_response, Body},
     detect::{detect, Protocol},
-    http1::{self, Connect, ForwardError, Upstream},
-    metrics::{Reporter, Security},
-    tls::{ClientStream, MeshTls},
-    transport,
+    headers,
+    metrics::{request_protocol, Reporter, Security},
+    prefixed::PrefixedIo,
+    serve, transport, upgrade,
 };
 
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let dst = intended_destination(&tcp)?;
-    let Some(expected) = proxy.endpoints.identity(dst).cloned() else {
+    let Some(identity) = proxy.endpoints.identity(dst).cloned() else {
         let upstream = transport::connect(dst).await?;
-        let caller = crate::prefixed::PrefixedIo::new(bytes::Bytes::new(), tcp);
-        transport::splice(caller, upstream).await?;
+        transport::splice(PrefixedIo::new(bytes::Bytes::new(), tcp), upstream).await?;
         return Ok(());
     };
-    let connector = MeshConnector {
-        dst,
-        expected,
-        tls: proxy.tls.clone(),
-    };
     let detected = detect(tcp, proxy.detect_timeout).await?;
+    let target = Arc::new(Target {
+        proxy,
+        dst,
+        identity,
+    });
     match detected.protocol {
         Protocol::Http1 => {
-            let upstream = Arc::new(Upstream::new(connector));
-            let metrics = proxy.metrics.clone();
-            http1::serve(detected.io, move |req| {
-                let upstream = upstream.clone();
-                let metrics = metrics.clone();
-                async move {
-                    let response = upstream.forward(req).await;
-                    metrics.request(Reporter::source, Security::mutual_tls, response.status());
-                    response
-                }
-            })
-            .await?;
+            serve::http1(detected.io, move |req| target.clone().forward(req)).await?
+        }
+        Protocol::Http2 => {
+            serve::http2(detected.io, move |req| target.clone().forward(req)).await?
         }
         Protocol::Tls | Protocol::Opaque => {
-            let upstream = connector.connect().await?;
-            let metrics = &proxy.metrics;
+            let tunnel = target.proxy.mesh.tunnel(dst, &target.identity).await?;
+            let metrics = &target.proxy.metrics;
             metrics.tcp_opened(Reporter::source, Security::mutual_tls);
-            let result = transport::splice(detected.io, upstream).await;
+            let result = transport::splice(detected.io, TokioIo::new(tunnel)).await;
             let spliced = result.as_ref().copied().unwrap_or_default();
             metrics.tcp_closed(
                 Reporter::source,
@@ -66,23 +65,61 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
     Ok(())
 }
 
-/// Dials the sidecar in front of a mesh endpoint over mTLS.
-struct MeshConnector {
+/// One app connection's destination: a mesh endpoint and who must be serving it.
+struct Target {
+    proxy: Arc<Proxy>,
     dst: SocketAddr,
-    expected: SpiffeId,
-    tls: MeshTls,
+    identity: SpiffeId,
 }
 
-impl Connect for MeshConnector {
-    type Io = ClientStream;
+impl Target {
+    async fn forward(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let protocol = request_protocol(req.headers());
+        let response = if headers::is_upgrade(&req) {
+            self.upgrade(req).await
+        } else {
+            let version = req.version();
+            match self
+                .proxy
+                .mesh
+                .request(self.dst, &self.identity, req.map(Either::Left))
+                .await
+            {
+                Ok(mut response) => {
+                    headers::strip_hop_by_hop(response.headers_mut());
+                    headers::strip_mesh(response.headers_mut());
+                    *response.version_mut() = version;
+                    response.map(Either::Left)
+                }
+                Err(error) => self.unavailable(&error),
+            }
+        };
+        self.proxy.metrics.request(
+            Reporter::source,
+            Security::mutual_tls,
+            protocol,
+            response.status(),
+        );
+        response
+    }
 
-    async fn connect(&self) -> Result<ClientStream, ForwardError> {
-        let tcp = transport::connect(self.dst)
+    /// A WebSocket-style upgrade: HTTP/1.1 end to end, inside a tunnel to the destination.
+    async fn upgrade(&self, req: Request<Incoming>) -> Response<Body> {
+        let tunnel = match self.proxy.mesh.tunnel(self.dst, &self.identity).await {
+            Ok(tunnel) => tunnel,
+            Err(error) => return self.unavailable(&error),
+        };
+        upgrade::forward(tunnel, req)
             .await
-            .map_err(|e| ForwardError::Connect(format!("{}: {e}", self.dst)))?;
-        self.tls
-            .connect(tcp, self.dst.ip(), &self.expected)
-            .await
-            .map_err(|e| ForwardError::Connect(format!("{}: {e}", self.dst)))
+            .unwrap_or_else(|error| self.unavailable(&error))
+    }
+
+    /// Envoy's answer when the upstream cannot be reached.
+    fn unavailable(&self, error: &dyn std::fmt::Display) -> Response<Body> {
+        tracing::info!(%error, dst = %self.dst, "request failed upstream");
+        local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream connect error or disconnect/reset before headers: {error}"),
+        )
     }
 }

@@ -16,8 +16,9 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::{
-    http1::{local_response, serve, ProxyBody},
+    body::{local_response, Body},
     metrics::Metrics,
+    serve,
 };
 
 /// Set once the listeners are bound and the identity is loaded.
@@ -40,13 +41,11 @@ pub async fn serve_health(listener: TcpListener, readiness: Readiness) {
         let ready = readiness.is_ready();
         async move {
             match (req.method(), req.uri().path(), ready) {
-                (&Method::GET, "/healthz/ready", true) => {
-                    local_response(StatusCode::OK, String::new())
-                }
+                (&Method::GET, "/healthz/ready", true) => local_response(StatusCode::OK, ""),
                 (&Method::GET, "/healthz/ready", false) => {
-                    local_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+                    local_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
-                _ => local_response(StatusCode::NOT_FOUND, String::new()),
+                _ => local_response(StatusCode::NOT_FOUND, ""),
             }
         }
     })
@@ -65,7 +64,7 @@ pub async fn serve_stats(listener: TcpListener, metrics: Arc<Metrics>) {
             );
             response
         } else {
-            local_response(StatusCode::NOT_FOUND, String::new())
+            local_response(StatusCode::NOT_FOUND, "")
         };
         async move { response }
     })
@@ -75,7 +74,7 @@ pub async fn serve_stats(listener: TcpListener, metrics: Arc<Metrics>) {
 async fn accept_loop<H, F>(listener: TcpListener, handle: H)
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     loop {
         let (tcp, peer): (_, SocketAddr) = match listener.accept().await {
@@ -87,7 +86,7 @@ where
         };
         let handle = handle.clone();
         tokio::spawn(async move {
-            if let Err(error) = serve(tcp, handle).await {
+            if let Err(error) = serve::http1(tcp, handle).await {
                 tracing::debug!(%error, %peer, "status connection failed");
             }
         });

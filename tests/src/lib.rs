@@ -24,7 +24,7 @@ pub fn require_root() -> anyhow::Result<()> {
     } else {
         anyhow::bail!(
             "the Remora local mesh needs root (network namespaces, iptables, running the sidecar \
-             as uid 1337); run as root, e.g. `sudo -E ./scripts/test.sh`"
+             as uid 1337); run as root, e.g. `sudo -E env \"PATH=$PATH\" ./scripts/test.sh`"
         )
     }
 }

@@ -1,0 +1,186 @@
+//! Headers the sidecar adds, removes or reads.
+//!
+//! Between Remora sidecars every request travels as HTTP/2 on one pooled connection per peer;
+//! two headers carry what HTTP/2 alone cannot say. The receiving sidecar removes them before the
+//! app sees anything:
+//! - `remora-orig-proto`: the HTTP/1.x version the app spoke, so the server side hands its app
+//!   HTTP/1.x again (absent: the app spoke HTTP/2);
+//! - `remora-dst-port`: the app port in the destination pod the request was addressed to.
+
+use std::net::SocketAddr;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Version};
+use remora_api::SpiffeId;
+
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("remora-orig-proto");
+pub const DST_PORT: HeaderName = HeaderName::from_static("remora-dst-port");
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Removes the headers that describe one hop rather than the message (RFC 9110 §7.6.1),
+/// including any the `Connection` header names. `te: trailers` is end-to-end in HTTP/2 (gRPC
+/// servers require it) and is kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let keep_te = headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if !keep_te {
+        headers.remove(header::TE);
+    }
+}
+
+/// Removes Remora's sidecar-to-sidecar headers, so an app can neither see nor forge them.
+pub fn strip_mesh(headers: &mut HeaderMap) {
+    headers.remove(ORIG_PROTO);
+    headers.remove(DST_PORT);
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and the like).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+pub fn orig_proto_value(version: Version) -> Option<HeaderValue> {
+    match version {
+        Version::HTTP_10 => Some(HeaderValue::from_static("HTTP/1.0")),
+        Version::HTTP_11 => Some(HeaderValue::from_static("HTTP/1.1")),
+        _ => None,
+    }
+}
+
+/// The HTTP/1.x version named by `remora-orig-proto`, or `None` for HTTP/2 (or nonsense).
+pub fn orig_proto(headers: &HeaderMap) -> Option<Version> {
+    match headers.get(ORIG_PROTO)?.as_bytes() {
+        b"HTTP/1.0" => Some(Version::HTTP_10),
+        b"HTTP/1.1" => Some(Version::HTTP_11),
+        _ => None,
+    }
+}
+
+/// The destination port a peer sidecar asked for.
+pub fn dst_port(headers: &HeaderMap) -> Option<u16> {
+    headers.get(DST_PORT)?.to_str().ok()?.parse().ok()
+}
+
+pub fn dst_port_value(dst: SocketAddr) -> HeaderValue {
+    HeaderValue::from(dst.port())
+}
+
+/// Envoy's `x-forwarded-client-cert` for a verified mesh peer: who we are, who called.
+pub fn forwarded_client_cert(own: &SpiffeId, peer: &SpiffeId) -> HeaderValue {
+    HeaderValue::try_from(format!("By={own};URI={peer}"))
+        .expect("SPIFFE ids are validated to contain only header-safe characters")
+}
+
+/// Envoy's SANITIZE_SET: drop whatever the caller claimed, then set ours for a mesh peer.
+pub fn set_forwarded_client_cert(headers: &mut HeaderMap, xfcc: Option<&HeaderValue>) {
+    headers.remove(XFCC);
+    if let Some(xfcc) = xfcc {
+        headers.insert(XFCC, xfcc.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("host", "httpbin:8000"),
+            ("x-end-to-end", "kept"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_trailers_survives_for_grpc() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(
+            headers.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let ws = Request::builder()
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .expect("request");
+        assert!(is_upgrade(&ws));
+        let no_connection = Request::builder()
+            .header("upgrade", "websocket")
+            .body(())
+            .expect("request");
+        assert!(!is_upgrade(&no_connection));
+    }
+
+    #[test]
+    fn mesh_headers_round_trip() {
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIG_PROTO, orig_proto_value(Version::HTTP_10).expect("1.0"));
+        headers.insert(
+            DST_PORT,
+            dst_port_value("198.18.0.10:8000".parse().expect("addr")),
+        );
+        assert_eq!(orig_proto(&headers), Some(Version::HTTP_10));
+        assert_eq!(dst_port(&headers), Some(8000));
+        strip_mesh(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn xfcc_names_both_sides_in_envoy_format() {
+        let own = SpiffeId::new("cluster.local", "default", "httpbin").expect("id");
+        let peer = SpiffeId::new("cluster.local", "default", "sleep").expect("id");
+        assert_eq!(
+            forwarded_client_cert(&own, &peer),
+            "By=spiffe://cluster.local/ns/default/sa/httpbin;URI=spiffe://cluster.local/ns/default/sa/sleep"
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! Serving one accepted connection as HTTP/1 or HTTP/2 with a handler per request.
+
+use std::{convert::Infallible, future::Future, sync::Arc};
+
+use http::{Request, Response};
+use hyper::{body::Incoming, server::conn, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{body::Body, pool::H2_SETTINGS};
+
+/// Serves HTTP/1.x (upgrades allowed) on `io`, answering each request with `handle`.
+pub async fn http1<IO, H, F>(io: IO, handle: H) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    // With a timer, hyper enforces its header read timeout (30 s) against slow clients.
+    conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service(handle))
+        .with_upgrades()
+        .await
+}
+
+/// Serves HTTP/2 on `io`, answering each request (stream) with `handle`.
+pub async fn http2<IO, H, F>(io: IO, handle: H) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_SETTINGS.stream_window)
+        .initial_connection_window_size(H2_SETTINGS.connection_window)
+        .max_frame_size(H2_SETTINGS.max_frame_size)
+        .serve_connection(TokioIo::new(io), service(handle))
+        .await
+}
+
+fn service<H, F>(
+    handle: H,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    service_fn(move |req| {
+        let response = handle(req);
+        async move { Ok::<_, Infallible>(response.await) }
+    })
+}
