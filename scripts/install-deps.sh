@@ -19,6 +19,7 @@ declare -A packages=(
   [tcpdump]=tcpdump
   [setpriv]=util-linux
   [python3]=python3
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!packages[@]}"; do
@@ -32,9 +33,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import httpbin, gunicorn' >/dev/null 2>&1; then
-  echo "installing Python packages: httpbin gunicorn"
-  python3 -m pip install --quiet --disable-pip-version-check 'httpbin==0.10.4' 'gunicorn==27.0.1'
+# Real peers for the e2e tests: httpbin under gunicorn, grpcio, websockets.
+if ! python3 -c 'import httpbin, gunicorn, grpc, websockets' >/dev/null 2>&1; then
+  echo "installing Python packages: httpbin gunicorn grpcio websockets"
+  python3 -m pip install --quiet --disable-pip-version-check \
+    'httpbin==0.10.4' 'gunicorn==27.0.1' 'grpcio==1.85.1' 'websockets==17.4'
 fi
 if ! command -v gunicorn >/dev/null 2>&1; then
   echo "error: gunicorn was installed but is not on PATH ($PATH)" >&2

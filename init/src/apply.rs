@@ -207,7 +207,7 @@ pub enum FamiliesError {
     #[error(
         "the {family} install failed, and rolling back {} failed too ({}): \
          the {} nat table keeps the new rules while the {family} one does not; \
-         run cleanup with the same --dual-stack setting to remove them",
+         run `remora-init --dual-stack cleanup` to remove them",
         Families(.installed),
         .rollback_errors.iter().map(|(f, e)| format!("{f}: {}", chain(e))).collect::<Vec<_>>().join("; "),
         Families(.installed)

@@ -50,14 +50,52 @@ impl Capture {
         })
     }
 
-    /// Stops the capture and returns the pcap file's bytes.
-    pub fn finish(mut self) -> anyhow::Result<Vec<u8>> {
+    /// Stops the capture and returns what it recorded.
+    pub fn finish(mut self) -> anyhow::Result<Pcap> {
         // Give packets in flight a moment to be written.
         thread::sleep(Duration::from_millis(200));
         self.process.stop();
         let bytes = std::fs::read(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
         let _ = std::fs::remove_file(&self.log);
-        Ok(bytes)
+        Ok(Pcap {
+            path: self.file.clone(),
+            bytes,
+        })
+    }
+}
+
+/// A finished capture.
+pub struct Pcap {
+    path: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+impl Pcap {
+    /// Whether `needle` appears anywhere in the captured bytes (payloads included).
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        self.bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// How many packets match the tcpdump `filter`.
+    pub fn count(&self, filter: &str) -> anyhow::Result<usize> {
+        let path = self.path.to_string_lossy();
+        let out = crate::netns::run_checked(
+            std::process::Command::new("tcpdump")
+                .args(["-nn", "-r", &path])
+                .arg(filter),
+        )?;
+        Ok(out
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count())
+    }
+
+    /// Connections opened: TCP SYNs that are not SYN-ACKs, matching `filter` as well.
+    pub fn connections(&self, filter: &str) -> anyhow::Result<usize> {
+        self.count(&format!(
+            "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and ({filter})"
+        ))
     }
 }

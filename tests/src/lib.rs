@@ -13,7 +13,7 @@ mod netns;
 pub mod two_pods;
 
 pub use bins::Binaries;
-pub use capture::Capture;
+pub use capture::{Capture, Pcap};
 pub use mesh::{CertOrigin, Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
 pub use netns::{Netns, Process};
 

@@ -26,6 +26,29 @@ pub struct TwoPodsOptions {
     pub server_sa: String,
     pub server_cert: CertOrigin,
     pub client_cert: CertOrigin,
+    /// More apps for the server pod; their ports join the client's snapshot.
+    pub extra_apps: Vec<App>,
+}
+
+/// An app process and the port it listens on.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub port: u16,
+}
+
+impl App {
+    /// `python3 tests/fixtures/<script> <args...>` listening on `port`.
+    pub fn fixture(script: &str, port: u16, args: &[&str]) -> Self {
+        let mut argv = vec!["python3".to_owned(), fixture(script)];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        Self {
+            name: script.trim_end_matches(".py").to_owned(),
+            argv,
+            port,
+        }
+    }
 }
 
 impl Default for TwoPodsOptions {
@@ -34,6 +57,7 @@ impl Default for TwoPodsOptions {
             server_sa: "httpbin".to_owned(),
             server_cert: CertOrigin::Mesh,
             client_cert: CertOrigin::Mesh,
+            extra_apps: Vec::new(),
         }
     }
 }
@@ -85,6 +109,10 @@ impl TwoPods {
             ],
             ECHO_PORT,
         )?;
+        for app in &options.extra_apps {
+            let argv: Vec<&str> = app.argv.iter().map(String::as_str).collect();
+            mesh.start_app(&server, &app.name, &argv, app.port)?;
+        }
         mesh.start_sidecar(
             &server,
             &SidecarOptions {
@@ -98,6 +126,7 @@ impl TwoPods {
             &SidecarOptions {
                 endpoints: [HTTPBIN_PORT, ECHO_PORT]
                     .into_iter()
+                    .chain(options.extra_apps.iter().map(|app| app.port))
                     .map(|port| (SocketAddr::from((server.ip, port)), expected.clone()))
                     .collect(),
                 cert: options.client_cert,

@@ -31,13 +31,10 @@ fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// A TLS handshake record carrying a ClientHello (record header, then handshake type 1).
-fn has_client_hello(pcap: &[u8]) -> bool {
-    pcap.windows(6)
+fn has_client_hello(pcap: &remora_e2e::Pcap) -> bool {
+    pcap.bytes
+        .windows(6)
         .any(|w| w[0] == 0x16 && w[1] == 0x03 && (w[2] == 0x01 || w[2] == 0x03) && w[5] == 0x01)
 }
 
@@ -67,13 +64,13 @@ fn curl_crosses_two_sidecars_over_mtls() -> anyhow::Result<()> {
     );
     assert_eq!(seen["origin"], "127.0.0.6");
 
-    assert!(!pcap.is_empty(), "nothing captured on the bridge");
+    assert!(!pcap.bytes.is_empty(), "nothing captured on the bridge");
     assert!(
-        !contains(&pcap, nonce.as_bytes()),
+        !pcap.contains(nonce.as_bytes()),
         "the nonce crossed the bridge in clear text"
     );
     assert!(has_client_hello(&pcap), "no TLS ClientHello on the bridge");
-    assert!(contains(&pcap, b"remora"), "no mesh ALPN on the bridge");
+    assert!(pcap.contains(b"remora"), "no mesh ALPN on the bridge");
 
     let client_metrics = pods.client.sidecar_metrics()?;
     let server_metrics = pods.server.sidecar_metrics()?;
@@ -110,7 +107,7 @@ fn curl_crosses_two_sidecars_over_mtls() -> anyhow::Result<()> {
     let pcap = capture.finish()?;
     assert_eq!(out.stdout, b"200");
     assert!(
-        contains(&pcap, b"GET /healthz/ready"),
+        pcap.contains(b"GET /healthz/ready"),
         "passthrough was not plain text"
     );
     let client_metrics = pods.client.sidecar_metrics()?;
@@ -180,7 +177,7 @@ fn tcp_echo_crosses_the_mesh_with_half_close() -> anyhow::Result<()> {
     let pcap = capture.finish()?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), payload);
     assert!(
-        !contains(&pcap, payload.as_bytes()),
+        !pcap.contains(payload.as_bytes()),
         "echo payload crossed in clear text"
     );
     let server_metrics = pods.server.sidecar_metrics()?;
