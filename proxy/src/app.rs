@@ -10,17 +10,24 @@ use std::{
 };
 
 use anyhow::Context;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use remora_api::{Bootstrap, EndpointTable, IdentitySource, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
+    admin::{Admin, LogControl},
+    body::Body,
+    drain::Drain,
     identity::Identity,
     inbound::{self, app::AppClient},
+    listen,
     metrics::Metrics,
     outbound::{
         self,
         mesh::{MeshClient, MeshError},
     },
+    serve,
     status::{self, Readiness},
     tls::{MeshTls, TlsError},
     transport::original_dst,
@@ -29,6 +36,7 @@ use crate::{
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
 pub use crate::outbound::mesh::TUNNEL_PORT;
+pub const ADMIN_PORT: u16 = 15000;
 pub const HEALTH_PORT: u16 = 15021;
 pub const STATS_PORT: u16 = 15090;
 
@@ -77,11 +85,17 @@ pub struct Proxy {
     pub app: AppClient,
     pub endpoints: EndpointTable,
     pub metrics: Arc<Metrics>,
+    pub drain: Drain,
     pub detect_timeout: Duration,
 }
 
-/// Runs the sidecar until `shutdown` completes.
-pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs the sidecar until `shutdown` completes (or a drain is requested over admin), then
+/// drains and returns.
+pub async fn run(
+    bootstrap: Bootstrap,
+    shutdown: impl Future<Output = ()>,
+    log: LogControl,
+) -> anyhow::Result<()> {
     let id = bootstrap.spiffe_id().context("bootstrap identity")?;
     let identity = match &bootstrap.identity {
         IdentitySource::Files(files) => Identity::load(files, &id)
@@ -90,10 +104,33 @@ pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> an
     let tls = MeshTls::new(&identity).context("building mesh TLS")?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let health = bind(HEALTH_PORT).await?;
-    let stats = bind(STATS_PORT).await?;
-    tokio::spawn(status::serve_health(health, readiness.clone()));
-    tokio::spawn(status::serve_stats(stats, metrics.clone()));
+    let drain = Drain::default();
+    let drain_duration = bootstrap.drain_duration();
+    let admin = Arc::new(Admin {
+        config_dump: serde_json::to_vec_pretty(&bootstrap)
+            .context("serialising the config dump")?
+            .into(),
+        drain: drain.clone(),
+        log,
+        metrics: metrics.clone(),
+    });
+    for listener in listen::bind_all(HEALTH_PORT).context("binding the health port")? {
+        let readiness = readiness.clone();
+        tokio::spawn(serve_status(listener, "health", move |req| {
+            status::health(&readiness, &req)
+        }));
+    }
+    for listener in listen::bind_all(STATS_PORT).context("binding the stats port")? {
+        let metrics = metrics.clone();
+        tokio::spawn(serve_status(listener, "stats", move |req| {
+            status::stats(&metrics, &req)
+        }));
+    }
+    let admin_listener = listen::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT)))
+        .context("binding the admin port")?;
+    tokio::spawn(serve_status(admin_listener, "admin", move |req| {
+        admin.handle(&req)
+    }));
 
     let snapshot = bootstrap.static_snapshot.unwrap_or_default();
     tracing::info!(
@@ -109,52 +146,70 @@ pub async fn run(bootstrap: Bootstrap, shutdown: impl Future<Output = ()>) -> an
         tls,
         endpoints: snapshot.table(),
         metrics,
+        drain: drain.clone(),
         detect_timeout: DETECT_TIMEOUT,
     });
 
-    let outbound_listener = bind(OUTBOUND_PORT).await?;
-    let inbound_listener = bind(INBOUND_PORT).await?;
-    let tunnel_listener = bind(TUNNEL_PORT).await?;
+    spawn_listeners(OUTBOUND_PORT, "outbound", &proxy, outbound::handle)?;
+    spawn_listeners(INBOUND_PORT, "inbound", &proxy, inbound::handle)?;
+    spawn_listeners(TUNNEL_PORT, "tunnel", &proxy, inbound::tunnel::handle)?;
     readiness.set_ready();
     tracing::info!("ready");
 
     tokio::select! {
-        () = accept(outbound_listener, proxy.clone(), "outbound", outbound::handle) => {}
-        () = accept(inbound_listener, proxy.clone(), "inbound", inbound::handle) => {}
-        () = accept(tunnel_listener, proxy, "tunnel", inbound::tunnel::handle) => {}
-        () = shutdown => tracing::info!("shutting down"),
+        () = shutdown => tracing::info!("shutdown signal: draining"),
+        () = drain.started() => {}
+    }
+    readiness.set_draining();
+    drain.start();
+    match drain.finish(drain_duration).await {
+        Ok(()) => tracing::info!("drained"),
+        Err(open) => tracing::warn!(
+            open,
+            ?drain_duration,
+            "drain duration passed with connections still open"
+        ),
     }
     Ok(())
 }
 
-async fn bind(port: u16) -> anyhow::Result<TcpListener> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))
-}
-
-async fn accept<H, F>(listener: TcpListener, proxy: Arc<Proxy>, direction: &'static str, handle: H)
+/// Binds `port` and accepts connections on it with `handle` until the drain starts.
+fn spawn_listeners<H, F>(
+    port: u16,
+    name: &'static str,
+    proxy: &Arc<Proxy>,
+    handle: H,
+) -> anyhow::Result<()>
 where
-    H: Fn(Arc<Proxy>, TcpStream) -> F,
+    H: Fn(Arc<Proxy>, TcpStream) -> F + Copy + Send + 'static,
     F: Future<Output = Result<(), ConnectionError>> + Send + 'static,
 {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, direction, "accept failed");
-                continue;
-            }
-        };
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "setting TCP_NODELAY");
-        }
-        let conn = handle(proxy.clone(), tcp);
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::info!(%error, %peer, direction, "connection failed");
-            }
-        });
+    for listener in listen::bind_all(port).with_context(|| format!("binding the {name} port"))? {
+        let proxy = proxy.clone();
+        let drain = Some(proxy.drain.clone());
+        tokio::spawn(listen::accept(listener, name, drain, move |tcp| {
+            handle(proxy.clone(), tcp)
+        }));
     }
+    Ok(())
+}
+
+/// Serves one of the sidecar's own HTTP endpoints; they stay up through a drain.
+async fn serve_status<H>(listener: TcpListener, name: &'static str, handle: H)
+where
+    H: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+{
+    let never = Drain::default();
+    listen::accept(listener, name, None, move |tcp| {
+        let handle = handle.clone();
+        let never = never.clone();
+        async move {
+            serve::http1(tcp, &never, move |req| {
+                let response = handle(req);
+                async move { response }
+            })
+            .await
+        }
+    })
+    .await
 }

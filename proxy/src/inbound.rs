@@ -69,6 +69,7 @@ where
         None => Security::none,
     };
     let xfcc = peer.map(|peer| headers::forwarded_client_cert(&proxy.id, &peer));
+    let drain = proxy.drain.clone();
     let target = Arc::new(AppTarget {
         proxy,
         app,
@@ -77,10 +78,10 @@ where
     });
     match detected.protocol {
         Protocol::Http1 => {
-            serve::http1(detected.io, move |req| target.clone().forward(req)).await?
+            serve::http1(detected.io, &drain, move |req| target.clone().forward(req)).await?
         }
         Protocol::Http2 => {
-            serve::http2(detected.io, move |req| target.clone().forward(req)).await?
+            serve::http2(detected.io, &drain, move |req| target.clone().forward(req)).await?
         }
         Protocol::Tls | Protocol::Opaque => {
             let upstream = transport::connect_to_app(app).await?;
@@ -115,7 +116,7 @@ impl AppTarget {
         headers::set_forwarded_client_cert(req.headers_mut(), self.xfcc.as_ref());
         let response = if headers::is_upgrade(&req) {
             match transport::connect_to_app(self.app).await {
-                Ok(tcp) => upgrade::forward(TokioIo::new(tcp), req)
+                Ok(tcp) => upgrade::forward(TokioIo::new(tcp), &self.proxy.drain, req)
                     .await
                     .unwrap_or_else(|error| app::unavailable(self.app, &error)),
                 Err(error) => app::unavailable(self.app, &error),

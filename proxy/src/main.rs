@@ -2,12 +2,15 @@
 //! `remora-init`'s iptables rules), wraps mesh traffic in mTLS with SPIFFE identities and
 //! reports Istio-standard metrics.
 
+mod admin;
 mod app;
 mod body;
 mod detect;
+mod drain;
 mod headers;
 mod identity;
 mod inbound;
+mod listen;
 mod metrics;
 mod outbound;
 mod pool;
@@ -33,14 +36,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let log = init_logging();
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
@@ -50,7 +46,27 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(app::run(bootstrap, shutdown_signal()))
+    runtime.block_on(app::run(bootstrap, shutdown_signal(), log))
+}
+
+/// Logs to stderr with the filter from `RUST_LOG` (default `info`), changeable at run time
+/// through the admin endpoint.
+fn init_logging() -> admin::LogControl {
+    use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .init();
+    std::sync::Arc::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log filter: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -35,6 +35,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
         return Ok(());
     };
     let detected = detect(tcp, proxy.detect_timeout).await?;
+    let drain = proxy.drain.clone();
     let target = Arc::new(Target {
         proxy,
         dst,
@@ -42,10 +43,10 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
     });
     match detected.protocol {
         Protocol::Http1 => {
-            serve::http1(detected.io, move |req| target.clone().forward(req)).await?
+            serve::http1(detected.io, &drain, move |req| target.clone().forward(req)).await?
         }
         Protocol::Http2 => {
-            serve::http2(detected.io, move |req| target.clone().forward(req)).await?
+            serve::http2(detected.io, &drain, move |req| target.clone().forward(req)).await?
         }
         Protocol::Tls | Protocol::Opaque => {
             let tunnel = target.proxy.mesh.tunnel(dst, &target.identity).await?;
@@ -109,7 +110,7 @@ impl Target {
             Ok(tunnel) => tunnel,
             Err(error) => return self.unavailable(&error),
         };
-        upgrade::forward(tunnel, req)
+        upgrade::forward(tunnel, &self.proxy.drain, req)
             .await
             .unwrap_or_else(|error| self.unavailable(&error))
     }

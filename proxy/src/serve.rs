@@ -7,37 +7,49 @@ use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{body::Body, pool::H2_SETTINGS};
+use crate::{body::Body, drain::Drain, pool::H2_SETTINGS};
 
-/// Serves HTTP/1.x (upgrades allowed) on `io`, answering each request with `handle`.
-pub async fn http1<IO, H, F>(io: IO, handle: H) -> Result<(), hyper::Error>
+/// Serves HTTP/1.x (upgrades allowed) on `io`, answering each request with `handle`, until
+/// the caller closes or a drain has let the request in flight finish.
+pub async fn http1<IO, H, F>(io: IO, drain: &Drain, handle: H) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // With a timer, hyper enforces its header read timeout (30 s) against slow clients.
-    conn::http1::Builder::new()
+    let conn = conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), service(handle))
-        .with_upgrades()
-        .await
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => return done,
+        () = drain.started() => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
 }
 
-/// Serves HTTP/2 on `io`, answering each request (stream) with `handle`.
-pub async fn http2<IO, H, F>(io: IO, handle: H) -> Result<(), hyper::Error>
+/// Serves HTTP/2 on `io`, answering each request (stream) with `handle`, until the caller
+/// closes or a drain has sent GOAWAY and let the streams in flight finish.
+pub async fn http2<IO, H, F>(io: IO, drain: &Drain, handle: H) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    conn::http2::Builder::new(TokioExecutor::new())
+    let conn = conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(H2_SETTINGS.stream_window)
         .initial_connection_window_size(H2_SETTINGS.connection_window)
         .max_frame_size(H2_SETTINGS.max_frame_size)
-        .serve_connection(TokioIo::new(io), service(handle))
-        .await
+        .serve_connection(TokioIo::new(io), service(handle));
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => return done,
+        () = drain.started() => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
 }
 
 fn service<H, F>(

@@ -7,10 +7,15 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::{body::Body, headers};
+use crate::{body::Body, drain::Drain, headers};
 
-/// Sends the upgrade request `req` over `io` and returns the app's answer to the caller.
-pub async fn forward<IO>(io: IO, mut req: Request<Incoming>) -> Result<Response<Body>, hyper::Error>
+/// Sends the upgrade request `req` over `io` and returns the app's answer to the caller. The
+/// upgraded connection then runs as work `drain` waits for.
+pub async fn forward<IO>(
+    io: IO,
+    drain: &Drain,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, hyper::Error>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -25,7 +30,7 @@ where
     let mut response = sender.send_request(req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
+        drain.spawn(async move {
             match tokio::try_join!(downstream, upstream) {
                 Ok((caller, app)) => {
                     let spliced = tokio::io::copy_bidirectional(

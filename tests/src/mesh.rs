@@ -53,6 +53,8 @@ pub struct SidecarOptions {
     /// Mesh endpoints this sidecar may call, with the identity each must present.
     pub endpoints: Vec<(SocketAddr, SpiffeId)>,
     pub cert: CertOrigin,
+    /// How long the sidecar drains on SIGTERM (the proxy's default when `None`).
+    pub drain_duration: Option<Duration>,
 }
 
 /// A pod: a network namespace with an address on the mesh bridge.
@@ -216,6 +218,7 @@ impl Mesh {
                 roots: certs.join("root-cert.pem"),
             }),
             control_plane: None,
+            drain_duration: options.drain_duration,
             static_snapshot: Some(Snapshot {
                 version: "1".to_owned(),
                 endpoints: options
@@ -314,6 +317,30 @@ impl Mesh {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sends `signal` to a process started in `pod` (e.g. SIGTERM to its sidecar).
+    pub fn signal(
+        &self,
+        pod: &Pod,
+        name: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> anyhow::Result<()> {
+        let full = format!("{}/{name}", pod.name);
+        self.with_process(&full, |p| p.signal(signal))
+            .with_context(|| format!("no process {full}"))?
+    }
+
+    /// Waits up to `timeout` for a process started in `pod` to exit.
+    pub fn wait_exit(
+        &self,
+        pod: &Pod,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let full = format!("{}/{name}", pod.name);
+        self.with_process(&full, |p| p.wait_timeout(timeout))
+            .with_context(|| format!("no process {full}"))
     }
 
     fn with_process<T>(&self, full_name: &str, f: impl FnOnce(&mut Process) -> T) -> Option<T> {

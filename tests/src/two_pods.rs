@@ -93,6 +93,8 @@ impl TwoPods {
                 "0.0.0.0:8000",
                 "-w",
                 "1",
+                "--threads",
+                "16",
                 "--access-logfile",
                 &access_log,
                 "httpbin:app",
@@ -118,6 +120,7 @@ impl TwoPods {
             &SidecarOptions {
                 endpoints: vec![],
                 cert: options.server_cert,
+                drain_duration: None,
             },
         )?;
         let expected = SpiffeId::new(TRUST_DOMAIN, "default", "httpbin")?;
@@ -130,6 +133,7 @@ impl TwoPods {
                     .map(|port| (SocketAddr::from((server.ip, port)), expected.clone()))
                     .collect(),
                 cert: options.client_cert,
+                drain_duration: None,
             },
         )?;
         Ok(Self {

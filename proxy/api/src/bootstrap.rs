@@ -1,6 +1,6 @@
 //! The sidecar's bootstrap: everything it knows before it has talked to anyone.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,18 @@ pub struct Bootstrap {
     /// Run-time config given inline (tests, local runs without a control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_snapshot: Option<Snapshot>,
+    /// How long a draining sidecar waits for open connections (Istio's `drainDuration`,
+    /// e.g. `5s`); default [`DEFAULT_DRAIN_DURATION`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub drain_duration: Option<Duration>,
 }
+
+/// How long a draining sidecar waits when the bootstrap does not say.
+pub const DEFAULT_DRAIN_DURATION: Duration = Duration::from_secs(5);
 
 fn default_trust_domain() -> String {
     DEFAULT_TRUST_DOMAIN.to_owned()
@@ -108,6 +119,10 @@ impl Bootstrap {
         ConfigError::from_problems(problems)
     }
 
+    pub fn drain_duration(&self) -> Duration {
+        self.drain_duration.unwrap_or(DEFAULT_DRAIN_DURATION)
+    }
+
     /// This sidecar's own SPIFFE identity.
     pub fn spiffe_id(&self) -> Result<crate::SpiffeId, crate::SpiffeIdError> {
         crate::SpiffeId::new(
@@ -133,6 +148,7 @@ identity:
     certChain: /certs/cert-chain.pem
     key: /certs/key.pem
     roots: /certs/root-cert.pem
+drainDuration: 2s
 staticSnapshot:
   version: "1"
   endpoints:
@@ -144,6 +160,7 @@ staticSnapshot:
     fn parses_a_full_bootstrap() {
         let b = Bootstrap::from_yaml(GOOD).expect("valid bootstrap");
         assert_eq!(b.trust_domain, "cluster.local");
+        assert_eq!(b.drain_duration(), Duration::from_secs(2));
         assert_eq!(
             b.spiffe_id().expect("valid id").to_string(),
             "spiffe://cluster.local/ns/default/sa/httpbin"
@@ -179,6 +196,10 @@ staticSnapshot:
             (GOOD.replace("  podName: httpbin-0\n", ""), "metadata"),
             (GOOD.replace("  files:", "  vault:"), "identity"),
             ("metadata: [".to_owned(), "line"),
+            (
+                GOOD.replace("drainDuration: 2s", "drainDuration: soon"),
+                "drainDuration",
+            ),
         ];
         for (text, field) in cases {
             let err = Bootstrap::from_yaml(&text).expect_err(field).to_string();

@@ -15,7 +15,10 @@ mod load;
 mod snapshot;
 mod spiffe;
 
-pub use bootstrap::{Bootstrap, FileIdentity, IdentitySource, ProxyMetadata, DEFAULT_TRUST_DOMAIN};
+pub use bootstrap::{
+    Bootstrap, FileIdentity, IdentitySource, ProxyMetadata, DEFAULT_DRAIN_DURATION,
+    DEFAULT_TRUST_DOMAIN,
+};
 pub use load::ConfigError;
 pub use snapshot::{Endpoint, EndpointTable, Snapshot};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -29,12 +29,13 @@ use crate::{
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let pod_ip = tcp.local_addr()?.ip();
     let (tls, peer) = proxy.tls.accept(PrefixedIo::new(Bytes::new(), tcp)).await?;
+    let drain = proxy.drain.clone();
     let conn = Arc::new(TunnelConn {
         xfcc: headers::forwarded_client_cert(&proxy.id, &peer),
         proxy,
         pod_ip,
     });
-    serve::http2(tls, move |req| conn.clone().handle(req)).await?;
+    serve::http2(tls, &drain, move |req| conn.clone().handle(req)).await?;
     Ok(())
 }
 
@@ -96,7 +97,7 @@ impl TunnelConn {
         };
         let upgrade = hyper::upgrade::on(&mut req);
         let metrics = self.proxy.metrics.clone();
-        tokio::spawn(async move {
+        self.proxy.drain.spawn(async move {
             let tunnel = match upgrade.await {
                 Ok(tunnel) => tunnel,
                 Err(error) => {
