@@ -8,12 +8,24 @@
 //! With `--dual-stack`, [`install_all`] and [`cleanup_all`] handle both
 //! families: every table is read before any is changed, then IPv4 is applied,
 //! then IPv6. Two tables cannot change in one transaction, so if IPv6 fails
-//! after IPv4 was installed, the IPv4 nat table is rolled back to the exact
-//! `iptables-save` snapshot taken moments before (a plain `iptables-restore`
-//! of that snapshot, which replaces the nat table only); the error says which
-//! family failed and whether the rollback worked. A failed cleanup is not
-//! rolled back (removing rules is what was asked for, and a second cleanup
-//! finishes the job); its error says which families were already cleaned.
+//! after IPv4 was installed, IPv4 is rolled back: if its table had none of our
+//! rules before (the usual case for an init container), what the install
+//! added is removed again with `iptables-restore --noflush`, touching nothing
+//! else; if it held an earlier install, which this one replaced, the nat table
+//! is put back exactly as `iptables-save` showed it moments before (a plain
+//! `iptables-restore` of that snapshot, which replaces the nat table only).
+//! The error says which family failed and whether the rollback worked. A
+//! failed cleanup is not rolled back (removing rules is what was asked for,
+//! and a second cleanup finishes the job); its error says which families
+//! were already cleaned.
+//!
+//! With `--dual-stack` the binary also puts `::6/128` on `lo` (see
+//! [`crate::address`]) with [`add_inbound_address`], before any table is
+//! changed, and takes it off again with [`remove_inbound_address`] if the
+//! install then fails (only if it added it) and on cleanup, after the
+//! tables. These run iproute2's `ip`: `ip -6 addr add|del ::6/128 dev lo`,
+//! and `ip -6 addr show dev lo` to tell an address that is already there
+//! (fine) or already gone (fine) from a real failure.
 
 use std::error::Error as _;
 use std::fmt;
@@ -21,14 +33,16 @@ use std::io::Write;
 use std::process::{Command, ExitStatus, Stdio};
 use std::string::FromUtf8Error;
 
+use crate::address::{self, Listed};
 use crate::flags::Interface;
 use crate::rules::{Family, Plan, TABLE};
-use crate::state::{cleanup_input, install_input, NatState, StateError};
+use crate::state::{cleanup_input, install_input, uninstall_input, NatState, StateError};
 
 /// The arguments every install or cleanup input is applied with.
 pub const RESTORE_ARGS: &[&str] = &["--noflush"];
 
-/// A failure to read or change the nat table.
+/// A failure to read or change a nat table or the loopback address: names
+/// the command that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("failed to run {command}")]
@@ -79,9 +93,19 @@ pub fn read_state(family: Family) -> Result<NatState, ApplyError> {
 
 /// Reads the current nat table of `family`, keeping the raw text too.
 pub fn snapshot(family: Family) -> Result<Snapshot, ApplyError> {
-    let program = family.save_command();
-    let args = ["-t", TABLE];
-    let command = describe(program, &args);
+    let (command, text) = capture(family.save_command(), &["-t", TABLE])?;
+    let state = NatState::parse(&text).map_err(|source| ApplyError::State { command, source })?;
+    Ok(Snapshot {
+        family,
+        text,
+        state,
+    })
+}
+
+/// Runs `program args` and returns its command line and stdout, or reports
+/// why it did not succeed.
+fn capture(program: &str, args: &[&str]) -> Result<(String, String), ApplyError> {
+    let command = describe(program, args);
     let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -91,16 +115,10 @@ pub fn snapshot(family: Family) -> Result<Snapshot, ApplyError> {
             source,
         })?;
     let command = succeeded(command, &output)?;
-    let text = String::from_utf8(output.stdout).map_err(|source| ApplyError::NotUtf8 {
-        command: command.clone(),
-        source,
-    })?;
-    let state = NatState::parse(&text).map_err(|source| ApplyError::State { command, source })?;
-    Ok(Snapshot {
-        family,
-        text,
-        state,
-    })
+    match String::from_utf8(output.stdout) {
+        Ok(text) => Ok((command, text)),
+        Err(source) => Err(ApplyError::NotUtf8 { command, source }),
+    }
 }
 
 /// Hands `command` back if it exited successfully, or reports its status and stderr.
@@ -121,11 +139,21 @@ pub fn restore(family: Family, input: &str) -> Result<(), ApplyError> {
     run_restore(family, RESTORE_ARGS, input)
 }
 
-/// Puts back a nat table exactly as `snapshot` read it: a plain
-/// `iptables-restore` (no `--noflush`), which replaces the tables present in
-/// its input — here the nat table only.
-fn roll_back(snapshot: &Snapshot) -> Result<(), ApplyError> {
-    run_restore(snapshot.family, &[], &snapshot.text)
+/// Undoes the install of `plan` over the table `snapshot` showed.
+///
+/// A table that had nothing of ours gets exactly that removed again
+/// (`--noflush`, nothing else touched). A table that held an earlier install
+/// is put back as `snapshot` read it: a plain `iptables-restore`, which
+/// replaces the tables present in its input — the nat table only.
+fn roll_back(plan: &Plan, snapshot: &Snapshot) -> Result<(), ApplyError> {
+    if uninstall_input(plan, &snapshot.state).is_none() {
+        match uninstall_input(plan, &read_state(plan.family())?) {
+            Some(input) => restore(plan.family(), &input),
+            None => Ok(()),
+        }
+    } else {
+        run_restore(snapshot.family, &[], &snapshot.text)
+    }
 }
 
 /// Pipes `input` into `family`'s restore command run with `args`.
@@ -290,35 +318,33 @@ fn chain(error: &ApplyError) -> String {
 /// table is left changed unless [`FamiliesError::RollbackFailed`] says so.
 pub fn install_all(plans: &[Plan]) -> Result<Vec<(Family, String)>, FamiliesError> {
     let snapshots = snapshots(plans.iter().map(Plan::family))?;
-    let mut applied: Vec<(&Snapshot, String)> = Vec::new();
+    let mut applied: Vec<(&Plan, &Snapshot, String)> = Vec::new();
     for (plan, snapshot) in plans.iter().zip(&snapshots) {
         let input = install_input(plan, &snapshot.state);
         if let Err(source) = restore(plan.family(), &input) {
-            return Err(roll_back_all(
-                plan.family(),
-                applied.iter().map(|(s, _)| *s),
-                source,
-            ));
+            let done = applied.iter().map(|(p, s, _)| (*p, *s));
+            return Err(roll_back_all(plan.family(), done, source));
         }
-        applied.push((snapshot, input));
+        applied.push((plan, snapshot, input));
     }
     Ok(applied
         .into_iter()
-        .map(|(s, input)| (s.family, input))
+        .map(|(plan, _, input)| (plan.family(), input))
         .collect())
 }
 
-/// Rolls back the `applied` families after `family` failed with `source`.
+/// Rolls back the `applied` installs, last first, after `family` failed
+/// with `source`.
 fn roll_back_all<'a>(
     family: Family,
-    applied: impl DoubleEndedIterator<Item = &'a Snapshot>,
+    applied: impl DoubleEndedIterator<Item = (&'a Plan, &'a Snapshot)>,
     source: ApplyError,
 ) -> FamiliesError {
     let mut rolled_back = Vec::new();
     let mut installed = Vec::new();
     let mut rollback_errors = Vec::new();
-    for snapshot in applied.rev() {
-        match roll_back(snapshot) {
+    for (plan, snapshot) in applied.rev() {
+        match roll_back(plan, snapshot) {
             Ok(()) => rolled_back.push(snapshot.family),
             Err(e) => {
                 installed.push(snapshot.family);
@@ -372,6 +398,47 @@ pub fn cleanup_all(
         done.push((snapshot.family, input));
     }
     Ok(done)
+}
+
+/// What [`add_inbound_address`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressAdded {
+    /// `ip -6 addr add ::6/128 dev lo` added it.
+    Added,
+    /// `::6` was on `lo` already (the add was refused and the listing shows
+    /// it), so nothing changed and nothing is ours to undo.
+    AlreadyThere,
+}
+
+/// Puts `::6/128` on `lo` unless `::6` is there already.
+///
+/// Runs `ip -6 addr add ::6/128 dev lo`; only if that fails does it list the
+/// addresses, and the add's error is returned unless `::6` is listed.
+pub fn add_inbound_address() -> Result<AddressAdded, ApplyError> {
+    match capture(address::PROGRAM, &address::add_args()) {
+        Ok(_) => Ok(AddressAdded::Added),
+        Err(error) => match list_inbound_address() {
+            Ok(listed) if listed.is_present() => Ok(AddressAdded::AlreadyThere),
+            _ => Err(error),
+        },
+    }
+}
+
+/// What `ip -6 addr show dev lo` says about `::6`.
+pub fn list_inbound_address() -> Result<Listed, ApplyError> {
+    capture(address::PROGRAM, &address::show_args()).map(|(_, text)| address::listed(&text))
+}
+
+/// Takes `::6/128` off `lo`: `ip -6 addr del ::6/128 dev lo` when the
+/// listing shows it, returning `true`; `false`, without running the delete,
+/// when it is not there (`::6` with another prefix length is not ours and
+/// stays).
+pub fn remove_inbound_address() -> Result<bool, ApplyError> {
+    if list_inbound_address()? != Listed::Ours {
+        return Ok(false);
+    }
+    capture(address::PROGRAM, &address::del_args())?;
+    Ok(true)
 }
 
 /// Reads every family's table, stopping at the first that cannot be read.

@@ -14,8 +14,8 @@
 //! by itself when the pod's first non-loopback address is IPv6, and with
 //! `--dual-stack` only when the pod has an IPv6 address at all; `remora-init`
 //! does not inspect the pod's addresses, so the flag is the only switch and
-//! means "program ip6tables too" — the injector must pass it for IPv6-only and
-//! dual-stack pods alike.
+//! means "program ip6tables too, and put `::6/128` on `lo`" — the injector
+//! must pass it for IPv6-only and dual-stack pods alike.
 
 use std::fmt;
 use std::str::FromStr;
@@ -60,12 +60,14 @@ pub struct Cli {
     #[command(flatten)]
     pub capture: CaptureArgs,
 
-    /// Print the iptables-restore input that would be applied; change nothing.
+    /// Print the iptables-restore input that would be applied (and, with
+    /// --dual-stack, the `ip` command as a `#` comment); change nothing.
     #[arg(short = 'n', long = "dry-run", global = true)]
     pub dry_run: bool,
 
     /// Also program IPv6: apply (or clean up) the same rules with ip6tables,
-    /// for dual-stack and IPv6-only pods. `--dual-stack` alone means true;
+    /// and add (or remove) the address ::6/128 on lo, for dual-stack and
+    /// IPv6-only pods. `--dual-stack` alone means true;
     /// `--dual-stack=false` overrides the environment variable.
     #[arg(
         long = "dual-stack",
@@ -395,7 +397,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub action: Action,
-    /// `--dual-stack`: program ip6tables as well as iptables.
+    /// `--dual-stack`: program ip6tables as well as iptables, and `::6/128`
+    /// on `lo`.
     pub dual_stack: bool,
     /// `--dry-run`: print the restore inputs, change nothing.
     pub dry_run: bool,

@@ -14,14 +14,23 @@
 //! - [`state`] reads `iptables-save` output and computes the
 //!   `iptables-restore --noflush` inputs that install or remove the plan
 //!   idempotently;
+//! - [`address`] has the `ip` command lines for the IPv6 inbound-passthrough
+//!   address `::6/128` on `lo`, and reads their output;
 //! - [`apply`] is the thin layer that runs `iptables-save` / `iptables-restore`
-//!   (and their `ip6tables` twins), one atomic restore per family.
+//!   (and their `ip6tables` twins), one atomic restore per family, and `ip`.
 //!
 //! IPv4 is always programmed. Istio's `--dual-stack` flag (or its
 //! `ISTIO_DUAL_STACK` environment variable) adds IPv6: the same rules with
 //! `::1/128` and `::6/128`, and only the IPv6 CIDRs of `-i`/`-x`, applied with
-//! `ip6tables-restore --noflush` after the IPv4 ones.
+//! `ip6tables-restore --noflush` after the IPv4 ones; and, like Istio, the
+//! address `::6/128` on `lo`, which the sidecar binds as the source of the
+//! inbound connections it hands to the application (IPv4's `127.0.0.6` needs
+//! no such step: all of `127.0.0.0/8` is loopback). The address is added
+//! before any table is changed, so that a failure to add it changes nothing,
+//! and removed on cleanup after the tables; this needs iproute2's `ip` in
+//! the image.
 
+pub mod address;
 pub mod apply;
 pub mod flags;
 pub mod rules;

@@ -3,16 +3,27 @@
 //! clean up, or — with `--dry-run` — print what would be applied.
 //!
 //! IPv4 is always programmed; `--dual-stack` (or `ISTIO_DUAL_STACK=true`)
-//! adds IPv6 through `ip6tables`. A dual-stack dry run prints one restore
-//! input per family, each preceded by a `# iptables-restore --noflush` /
-//! `# ip6tables-restore --noflush` comment line naming the command it is for.
+//! adds IPv6 through `ip6tables`, and the address `::6/128` on `lo`. A
+//! dual-stack dry run prints one restore input per family, each preceded by
+//! a `# iptables-restore --noflush` / `# ip6tables-restore --noflush` comment
+//! line naming the command it is for, and the `ip` command as a comment line
+//! of its own, where the real run would run it: `# ip -6 addr add ::6/128
+//! dev lo` first on install, `# ip -6 addr del ::6/128 dev lo` last on
+//! cleanup (only when the address is there).
+//!
+//! Install adds the address first, so that failing to add it leaves every
+//! table untouched; if a table then fails, an address this run added is
+//! taken off again. Cleanup removes the address after the tables, and only
+//! if they were all cleaned up. Every error says what failed and what, if
+//! anything, was left changed.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use remora_init::apply::{self, RESTORE_ARGS};
+use remora_init::address::{self, Listed};
+use remora_init::apply::{self, AddressAdded, RESTORE_ARGS};
 use remora_init::flags::{Action, Invocation};
 use remora_init::rules::{plan, Family, Plan};
 use remora_init::state::{cleanup_input, install_input};
@@ -68,6 +79,9 @@ fn install(config: &Config, invocation: &Invocation) -> Result<()> {
         .map(|&family| plan(config, family))
         .collect();
     if invocation.dry_run {
+        if invocation.dual_stack {
+            println!("# {}", address::command_line(&address::add_args()));
+        }
         for plan in &plans {
             let family = plan.family();
             // Show the exact input, reconciled with the current table when it
@@ -88,7 +102,39 @@ fn install(config: &Config, invocation: &Invocation) -> Result<()> {
         }
         return Ok(());
     }
-    apply::install_all(&plans).context("installing the nat redirection rules")?;
+    let added = if invocation.dual_stack {
+        Some(apply::add_inbound_address().with_context(|| {
+            format!(
+                "adding {} to {} failed; no nat table was changed",
+                address::address(),
+                address::DEVICE
+            )
+        })?)
+    } else {
+        None
+    };
+    if let Err(e) = apply::install_all(&plans) {
+        let note = match added {
+            Some(AddressAdded::Added) => match apply::remove_inbound_address() {
+                Ok(_) => format!(
+                    " ({}, added to {} just before, was removed again)",
+                    address::address(),
+                    address::DEVICE
+                ),
+                Err(undo) => format!(
+                    " ({0}, added to {1} just before, stays on {1}: removing it failed: {2:#}; \
+                     run `remora-init --dual-stack cleanup` to remove it)",
+                    address::address(),
+                    address::DEVICE,
+                    anyhow::Error::from(undo)
+                ),
+            },
+            Some(AddressAdded::AlreadyThere) | None => String::new(),
+        };
+        return Err(
+            anyhow::Error::from(e).context(format!("installing the nat redirection rules{note}"))
+        );
+    }
     let counts: Vec<String> = plans
         .iter()
         .map(|p| {
@@ -100,6 +146,19 @@ fn install(config: &Config, invocation: &Invocation) -> Result<()> {
         })
         .collect();
     eprintln!("remora-init: installed {} nat rules", counts.join(" and "));
+    match added {
+        Some(AddressAdded::Added) => eprintln!(
+            "remora-init: added {} to {}",
+            address::address(),
+            address::DEVICE
+        ),
+        Some(AddressAdded::AlreadyThere) => eprintln!(
+            "remora-init: {} was already on {}",
+            address::address(),
+            address::DEVICE
+        ),
+        None => {}
+    }
     Ok(())
 }
 
@@ -114,10 +173,34 @@ fn cleanup(config: &CleanupConfig, invocation: &Invocation) -> Result<()> {
                 None => eprintln!("{}nothing to clean up", prefix(invocation, family)),
             }
         }
+        if invocation.dual_stack {
+            let listed = apply::list_inbound_address().with_context(|| {
+                format!(
+                    "--dry-run needs to list the IPv6 addresses of {}",
+                    address::DEVICE
+                )
+            })?;
+            if listed == Listed::Ours {
+                println!("# {}", address::command_line(&address::del_args()));
+            } else {
+                address_not_there();
+            }
+        }
         return Ok(());
     }
-    let done = apply::cleanup_all(invocation.families(), &config.exclude_interfaces)
-        .context("removing the nat redirection rules")?;
+    let done = apply::cleanup_all(invocation.families(), &config.exclude_interfaces).with_context(
+        || {
+            if invocation.dual_stack {
+                format!(
+                    "removing the nat redirection rules ({} was left on {})",
+                    address::address(),
+                    address::DEVICE
+                )
+            } else {
+                "removing the nat redirection rules".to_owned()
+            }
+        },
+    )?;
     for (family, input) in done {
         match input {
             Some(_) => eprintln!(
@@ -127,5 +210,32 @@ fn cleanup(config: &CleanupConfig, invocation: &Invocation) -> Result<()> {
             None => eprintln!("{}nothing to clean up", prefix(invocation, family)),
         }
     }
+    if invocation.dual_stack {
+        let removed = apply::remove_inbound_address().with_context(|| {
+            format!(
+                "the nat redirection rules were removed, but removing {} from {} failed \
+                 (run cleanup again to finish)",
+                address::address(),
+                address::DEVICE
+            )
+        })?;
+        if removed {
+            eprintln!(
+                "remora-init: removed {} from {}",
+                address::address(),
+                address::DEVICE
+            );
+        } else {
+            address_not_there();
+        }
+    }
     Ok(())
+}
+
+fn address_not_there() {
+    eprintln!(
+        "remora-init: {} is not on {}: nothing to remove",
+        address::address(),
+        address::DEVICE
+    );
 }

@@ -201,9 +201,27 @@ pub fn install_input(plan: &Plan, state: &NatState) -> String {
 /// `exclude_interfaces`), then the managed chains. `None` when there is
 /// nothing to remove.
 pub fn cleanup_input(state: &NatState, exclude_interfaces: &[Interface]) -> Option<String> {
-    let also = exclude_interface_rules(exclude_interfaces);
+    removal_input(state, &exclude_interface_rules(exclude_interfaces))
+}
+
+/// Like [`cleanup_input`] for what installing `plan` adds: its jumps and
+/// its own `-c` RETURNs, then the managed chains. `None` when the table has
+/// none of it — i.e. when installing `plan` would start from a clean table.
+pub fn uninstall_input(plan: &Plan, state: &NatState) -> Option<String> {
+    let builtin: Vec<Rule> = plan
+        .rules()
+        .iter()
+        .filter(|r| r.chain.is_builtin())
+        .cloned()
+        .collect();
+    removal_input(state, &builtin)
+}
+
+/// The input removing the managed chains and, from the built-in chains, the
+/// jumps into them and the rules equal to one of `also`.
+fn removal_input(state: &NatState, also: &[Rule]) -> Option<String> {
     let mut lines: Vec<String> = state
-        .our_builtin_rules(&also)
+        .our_builtin_rules(also)
         .map(SavedRule::delete_line)
         .collect();
     let present: Vec<Chain> = Chain::MANAGED
@@ -413,6 +431,25 @@ COMMIT
 "
         );
         assert!(!state.is_clean(&[]));
+    }
+
+    #[test]
+    fn uninstall_removes_the_plans_own_builtin_rules() {
+        let p = default_plan(&["-c", "eth1"]);
+        let state = NatState::parse(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A PREROUTING -i eth1 -j RETURN\n-A PREROUTING -i eth2 -j RETURN\n-A OUTPUT -o eth1 -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            uninstall_input(&p, &state).unwrap_or_default(),
+            "*nat\n-D PREROUTING -i eth1 -j RETURN\n-D OUTPUT -o eth1 -j RETURN\n-D OUTPUT -j ISTIO_OUTPUT\n-F ISTIO_OUTPUT\n-X ISTIO_OUTPUT\nCOMMIT\n"
+        );
+        let foreign = NatState::parse(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth2 -j RETURN\nCOMMIT\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(uninstall_input(&p, &foreign), None);
+        assert_eq!(uninstall_input(&p, &NatState::default()), None);
     }
 
     #[test]

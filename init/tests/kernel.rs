@@ -13,6 +13,11 @@
 //! A failing IPv6 step is simulated with stub `ip6tables-*` commands put
 //! first on `PATH`. `$ISTIO_DUAL_STACK` is removed from the environment of
 //! every command, except where a test sets it on purpose.
+//!
+//! `--dual-stack` also puts `::6/128` on the namespace's `lo`: the tests
+//! check it with `ip -6 addr show dev lo`, and make the `ip` step fail with
+//! a stub `ip` that fails only that command and runs the real `ip` for
+//! everything else (the harness's own `ip netns exec` included).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -155,6 +160,28 @@ impl Netns {
     fn views(&self) -> (String, String) {
         (self.nat_view(), self.nat6_view())
     }
+
+    /// `ip -6 addr show dev lo` in the namespace.
+    fn lo6(&self) -> String {
+        let out = self.run("ip", &["-6", "addr", "show", "dev", "lo"], "");
+        assert!(
+            out.status.success(),
+            "ip -6 addr show: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// How many times `lo` lists `::6/128`.
+    fn inbound_addresses(&self) -> usize {
+        self.lo6().matches("inet6 ::6/128 ").count()
+    }
+
+    /// Runs `ip args` in the namespace, asserting success.
+    fn ip(&self, args: &[&str]) {
+        let out = self.run("ip", args, "");
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
+    }
 }
 
 /// A directory of stub commands, put first on `PATH`; removed on drop.
@@ -197,6 +224,26 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Where `program` really is, for stubs that hand over to it.
+fn real_path(program: &str) -> String {
+    let which = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("run `command -v`");
+    let real = text(&which.stdout).trim().to_owned();
+    assert!(which.status.success() && !real.is_empty(), "no {program}");
+    real
+}
+
+/// An `ip` stub failing `ip <args>` and running the real `ip` otherwise.
+fn ip_failing(args: &str) -> String {
+    format!(
+        "if [ \"$*\" = \"{args}\" ]; then echo 'stub ip: simulated failure' >&2; exit 2; fi\n\
+         exec {} \"$@\"",
+        real_path("ip")
+    )
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -653,10 +700,12 @@ fn dual_stack_dry_run_prints_both_labelled_inputs() {
     assert_eq!(
         stdout,
         format!(
-            "# iptables-restore --noflush\n{FIXTURE}# ip6tables-restore --noflush\n{FIXTURE_V6}"
+            "# ip -6 addr add ::6/128 dev lo\n\
+             # iptables-restore --noflush\n{FIXTURE}# ip6tables-restore --noflush\n{FIXTURE_V6}"
         )
     );
     assert_eq!(ns.views(), fresh);
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
 
     // Each labelled part, label included, is valid input for its command
     // and installs what the real run installs.
@@ -678,7 +727,7 @@ fn dual_stack_dry_run_prints_both_labelled_inputs() {
         .split_once("# ip6tables-restore --noflush\n")
         .unwrap_or_else(|| panic!("no IPv6 label: {stdout}"));
     assert!(
-        v4.starts_with("# iptables-restore --noflush\n*nat\n"),
+        v4.starts_with("# ip -6 addr add ::6/128 dev lo\n# iptables-restore --noflush\n*nat\n"),
         "{v4}"
     );
     for part in [v4, v6] {
@@ -698,7 +747,13 @@ fn dual_stack_dry_run_prints_both_labelled_inputs() {
         v4.contains("-X ISTIO_OUTPUT\n") && v6.contains("-X ISTIO_OUTPUT\n"),
         "{stdout}"
     );
+    // The address goes last, as the real cleanup removes it last.
+    assert!(
+        v6.ends_with("COMMIT\n# ip -6 addr del ::6/128 dev lo\n"),
+        "{v6}"
+    );
     assert_eq!(ns.views(), installed);
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
 }
 
 /// `ip6tables-restore` that always fails, after reading its input.
@@ -710,6 +765,16 @@ fn failed_ipv6_install_rolls_back_ipv4_and_says_so() {
     let stubs = Stubs::new(&[("ip6tables-restore", FAILING_RESTORE)]);
     let path = stubs.path();
     let ns = Netns::new();
+    ns.iptables(&[
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-i",
+        "eth7",
+        "-j",
+        "RETURN",
+    ]);
     let fresh = ns.views();
 
     let out = ns.remora_init_env(&dual_stack_args(), &[("PATH", &path)]);
@@ -727,7 +792,12 @@ fn failed_ipv6_install_rolls_back_ipv4_and_says_so() {
         "{stderr}"
     );
     assert!(stderr.contains("simulated failure"), "{stderr}");
+    assert!(
+        stderr.contains("(::6/128, added to lo just before, was removed again)"),
+        "{stderr}"
+    );
     assert_eq!(ns.views(), fresh);
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
 
     // On a reinstall the rollback puts back the previous IPv4 rules, and
     // leaves rules that are not ours alone.
@@ -747,6 +817,16 @@ fn failed_ipv6_install_rolls_back_ipv4_and_says_so() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_eq!(ns.views(), before);
     assert!(before.0.contains("--to-ports 16001") && before.0.contains("10.9.9.9"));
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
+
+    // An address that was there before the failed install stays.
+    ns.ip(&["-6", "addr", "add", "::6/128", "dev", "lo"]);
+    let out = ns.remora_init_env(&dual_stack_args(), &[("PATH", &path)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("::6/128"), "{stderr}");
+    assert_eq!(ns.views(), before);
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
 
     // Without --dual-stack the IPv6 commands are never run.
     ns.remora_init_ok(&["cleanup"]);
@@ -756,26 +836,17 @@ fn failed_ipv6_install_rolls_back_ipv4_and_says_so() {
 
 #[test]
 fn failed_rollback_is_reported_with_what_is_left() {
-    // iptables-restore works with --noflush (the install) but not without
-    // it (the rollback); ip6tables-restore always fails.
-    let which = Command::new("sh")
-        .args(["-c", "command -v iptables-restore"])
-        .output()
-        .expect("look up iptables-restore");
-    let real = text(&which.stdout).trim().to_owned();
-    assert!(
-        which.status.success() && !real.is_empty(),
-        "no iptables-restore"
+    // iptables-restore works once (the install) and fails after that (the
+    // rollback); ip6tables-restore always fails.
+    let real = real_path("iptables-restore");
+    let once = format!(
+        "used=\"$(dirname \"$0\")/used\"\n\
+         if [ ! -e \"$used\" ]; then touch \"$used\"; exec {real} \"$@\"; fi\n\
+         cat >/dev/null\necho 'stub iptables-restore: rollback refused' >&2\nexit 1"
     );
     let stubs = Stubs::new(&[
         ("ip6tables-restore", FAILING_RESTORE),
-        (
-            "iptables-restore",
-            &format!(
-                "if [ \"$1\" = --noflush ]; then exec {real} \"$@\"; fi\n\
-                 cat >/dev/null\necho 'stub iptables-restore: rollback refused' >&2\nexit 1"
-            ),
-        ),
+        ("iptables-restore", &once),
     ]);
     let ns = Netns::new();
     let (_, fresh6) = ns.views();
@@ -816,6 +887,7 @@ fn unreadable_ipv6_table_changes_nothing() {
             "{args:?}: {stderr}"
         );
         assert_eq!(ns.views(), fresh, "{args:?}");
+        assert_eq!(ns.inbound_addresses(), 0, "{args:?}: {}", ns.lo6());
     }
 }
 
@@ -836,8 +908,147 @@ fn failed_ipv6_cleanup_says_ipv4_was_already_removed() {
         ),
         "{stderr}"
     );
+    assert!(stderr.contains("(::6/128 was left on lo)"), "{stderr}");
     assert_eq!(ns.views(), (fresh4, installed6));
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
     // Running it again with a working ip6tables finishes the job.
     ns.remora_init_ok(&["cleanup", "--dual-stack"]);
     assert!(!ns.nat6_view().contains("ISTIO"));
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
+}
+
+#[test]
+fn dual_stack_adds_the_inbound_address_to_lo_and_cleanup_removes_it() {
+    let ns = Netns::new();
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
+    let out = ns.remora_init_ok(&dual_stack_args());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("added ::6/128 to lo"), "{stderr}");
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
+
+    // Installing again is fine: the address is there already.
+    let out = ns.remora_init_ok(&dual_stack_args());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("::6/128 was already on lo"), "{stderr}");
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
+
+    // A cleanup without --dual-stack leaves it (and the IPv6 rules) alone.
+    ns.remora_init_ok(&["cleanup"]);
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
+
+    let out = ns.remora_init_ok(&["cleanup", "--dual-stack"]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("removed ::6/128 from lo"), "{stderr}");
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
+    // Missing is fine.
+    let out = ns.remora_init_ok(&["cleanup", "--dual-stack"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("::6/128 is not on lo: nothing to remove"),
+        "{stderr}"
+    );
+    let out = ns.remora_init_ok(&["cleanup", "--dual-stack", "--dry-run"]);
+    assert!(
+        !text(&out.stdout).contains("# ip "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Other addresses on lo are not touched: ::6 with another prefix length
+    // counts as there for install, and is not ours to remove.
+    ns.ip(&["-6", "addr", "add", "::6/64", "dev", "lo"]);
+    ns.ip(&["-6", "addr", "add", "fd00::6/128", "dev", "lo"]);
+    let before = ns.lo6();
+    let out = ns.remora_init_ok(&dual_stack_args());
+    assert!(
+        text(&out.stderr).contains("::6/128 was already on lo"),
+        "{}",
+        text(&out.stderr)
+    );
+    ns.remora_init_ok(&["cleanup", "--dual-stack"]);
+    assert_eq!(ns.lo6(), before);
+}
+
+#[test]
+fn without_dual_stack_the_inbound_address_is_not_added() {
+    let ns = Netns::new();
+    let fresh = ns.lo6();
+    ns.remora_init_ok(DEFAULT_ARGS);
+    assert_eq!(ns.lo6(), fresh);
+    let out = ns.remora_init_env(DEFAULT_ARGS, &[(DUAL_STACK_ENV, "false")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
+    // $ISTIO_DUAL_STACK does add it.
+    let out = ns.remora_init_env(DEFAULT_ARGS, &[(DUAL_STACK_ENV, "true")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
+}
+
+#[test]
+fn dry_run_does_not_add_the_inbound_address() {
+    let ns = Netns::new();
+    let fresh = ns.lo6();
+    let mut args = dual_stack_args();
+    args.push("--dry-run");
+    let stdout = text(&ns.remora_init_ok(&args).stdout);
+    assert!(
+        stdout.starts_with("# ip -6 addr add ::6/128 dev lo\n"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("# ip -6 ").count(), 1, "{stdout}");
+    assert_eq!(ns.lo6(), fresh);
+    // Printed even when the address is there: the real run would run it.
+    ns.remora_init_ok(&dual_stack_args());
+    let stdout = text(&ns.remora_init_ok(&args).stdout);
+    assert!(
+        stdout.starts_with("# ip -6 addr add ::6/128 dev lo\n"),
+        "{stdout}"
+    );
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
+}
+
+#[test]
+fn failing_to_add_the_inbound_address_changes_no_table() {
+    let stubs = Stubs::new(&[("ip", &ip_failing("-6 addr add ::6/128 dev lo"))]);
+    let ns = Netns::new();
+    let fresh = ns.views();
+    let out = ns.remora_init_env(&dual_stack_args(), &[("PATH", &stubs.path())]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for part in [
+        "adding ::6/128 to lo failed; no nat table was changed",
+        "ip -6 addr add ::6/128 dev lo failed",
+        "stub ip: simulated failure",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing from {stderr}");
+    }
+    assert_eq!(ns.views(), fresh);
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
+
+    // Without --dual-stack, ip is not needed.
+    let out = ns.remora_init_env(DEFAULT_ARGS, &[("PATH", &stubs.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn failing_to_remove_the_inbound_address_says_the_rules_are_gone() {
+    let stubs = Stubs::new(&[("ip", &ip_failing("-6 addr del ::6/128 dev lo"))]);
+    let ns = Netns::new();
+    let fresh = ns.views();
+    ns.remora_init_ok(&dual_stack_args());
+    let out = ns.remora_init_env(&["cleanup", "--dual-stack"], &[("PATH", &stubs.path())]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for part in [
+        "the nat redirection rules were removed, but removing ::6/128 from lo failed \
+         (run cleanup again to finish)",
+        "ip -6 addr del ::6/128 dev lo failed",
+        "stub ip: simulated failure",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing from {stderr}");
+    }
+    assert_eq!(ns.views(), fresh);
+    assert_eq!(ns.inbound_addresses(), 1, "{}", ns.lo6());
+    ns.remora_init_ok(&["cleanup", "--dual-stack"]);
+    assert_eq!(ns.inbound_addresses(), 0, "{}", ns.lo6());
 }

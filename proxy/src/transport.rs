@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use tokio::{
@@ -16,11 +16,18 @@ use crate::prefixed::PrefixedIo;
 /// Source address for traffic the sidecar hands to its own app. Istio's iptables rules exempt
 /// it (`-o lo -s 127.0.0.6/32 -j RETURN`) so the connection is not captured a second time.
 pub const INBOUND_PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// The IPv6 twin (`-o lo -s ::6/128 -j RETURN`); `remora-init --dual-stack` puts it on `lo`.
+pub const INBOUND_PASSTHROUGH_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
-/// Where the app meant to connect before iptables redirected it to us (`SO_ORIGINAL_DST`).
+/// Where the app meant to connect before iptables redirected it to us (`SO_ORIGINAL_DST`, or
+/// `IP6T_SO_ORIGINAL_DST` for IPv6).
 pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
-    socket2::SockRef::from(tcp)
-        .original_dst_v4()?
+    let socket = socket2::SockRef::from(tcp);
+    let original = match tcp.local_addr()? {
+        SocketAddr::V4(_) => socket.original_dst_v4()?,
+        SocketAddr::V6(_) => socket.original_dst_v6()?,
+    };
+    original
         .as_socket()
         .ok_or_else(|| io::Error::other("original destination is not an IP address"))
 }
@@ -32,10 +39,16 @@ pub async fn connect(dst: SocketAddr) -> io::Result<TcpStream> {
     Ok(tcp)
 }
 
-/// Dials the local app at `dst` from [`INBOUND_PASSTHROUGH_SOURCE`].
+/// Dials the local app at `dst` from [`INBOUND_PASSTHROUGH_SOURCE`] (or its IPv6 twin).
 pub async fn connect_to_app(dst: SocketAddr) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(INBOUND_PASSTHROUGH_SOURCE.into(), 0))?;
+    let (socket, source) = match dst.ip() {
+        IpAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(INBOUND_PASSTHROUGH_SOURCE)),
+        IpAddr::V6(_) => (
+            TcpSocket::new_v6()?,
+            IpAddr::V6(INBOUND_PASSTHROUGH_SOURCE_V6),
+        ),
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
     let tcp = socket.connect(dst).await?;
     tcp.set_nodelay(true)?;
     Ok(tcp)

@@ -77,6 +77,14 @@ impl Pcap {
         self.bytes.windows(needle.len()).any(|w| w == needle)
     }
 
+    /// Whether a TLS ClientHello crossed: a handshake record header (type 22, version 3.x)
+    /// followed by handshake type 1.
+    pub fn has_tls_client_hello(&self) -> bool {
+        self.bytes
+            .windows(6)
+            .any(|w| w[0] == 0x16 && w[1] == 0x03 && (w[2] == 0x01 || w[2] == 0x03) && w[5] == 0x01)
+    }
+
     /// How many packets match the tcpdump `filter`.
     pub fn count(&self, filter: &str) -> anyhow::Result<usize> {
         let path = self.path.to_string_lossy();
@@ -94,8 +102,11 @@ impl Pcap {
 
     /// Connections opened: TCP SYNs that are not SYN-ACKs, matching `filter` as well.
     pub fn connections(&self, filter: &str) -> anyhow::Result<usize> {
+        // tcpdump's `tcp[...]` only reads IPv4; for IPv6 (no extension headers) the TCP flags
+        // byte is at 40 + 13.
         self.count(&format!(
-            "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and ({filter})"
+            "((ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn) \
+             or (ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02)) and ({filter})"
         ))
     }
 }

@@ -14,7 +14,7 @@ pub mod two_pods;
 
 pub use bins::Binaries;
 pub use capture::{Capture, Pcap};
-pub use mesh::{CertOrigin, Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
+pub use mesh::{counter, CertOrigin, Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
 pub use netns::{Netns, Process};
 
 /// Fails with a clear message unless running as root.

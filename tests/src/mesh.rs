@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Output,
@@ -63,6 +63,8 @@ pub struct Pod {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Set in a dual-stack mesh.
+    pub ip6: Option<Ipv6Addr>,
     pub namespace: String,
     pub service_account: String,
     pub dir: PathBuf,
@@ -79,11 +81,22 @@ pub struct Mesh {
     ca: Authority,
     foreign_ca: Authority,
     next_host: AtomicU8,
+    dual_stack: bool,
 }
 
 impl Mesh {
-    /// Creates an empty mesh. `name` keeps concurrent meshes (one per test) apart.
+    /// Creates an empty IPv4 mesh. `name` keeps concurrent meshes (one per test) apart.
     pub fn new(name: &str) -> anyhow::Result<Self> {
+        Self::create(name, false)
+    }
+
+    /// Creates an empty mesh whose pods also get an IPv6 address (in 2001:2::/48, the IPv6
+    /// benchmarking range) and `remora-init --dual-stack`.
+    pub fn new_dual_stack(name: &str) -> anyhow::Result<Self> {
+        Self::create(name, true)
+    }
+
+    fn create(name: &str, dual_stack: bool) -> anyhow::Result<Self> {
         crate::require_root()?;
         let bins = Binaries::get()?;
         let prefix = format!("rmr-{name}-{}", std::process::id());
@@ -104,6 +117,7 @@ impl Mesh {
             ca: Authority::generate(TRUST_DOMAIN)?,
             foreign_ca: Authority::generate(TRUST_DOMAIN)?,
             next_host: AtomicU8::new(10),
+            dual_stack,
         })
     }
 
@@ -156,11 +170,43 @@ impl Mesh {
         netns.run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         netns.run(&["ip", "link", "set", "eth0", "up"])?;
         netns.run(&["ip", "route", "add", "198.18.0.0/15", "dev", "eth0"])?;
+        let ip6 = self
+            .dual_stack
+            .then(|| Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, u16::from(host)));
+        if let Some(ip6) = ip6 {
+            // nodad: usable at once, no duplicate address detection delay.
+            netns.run(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            netns.run(&["ip", "-6", "route", "add", "2001:2::/48", "dev", "eth0"])?;
+        }
         if intercept {
             let init = self.bins.init.to_string_lossy().into_owned();
             let mut argv = vec![init.as_str()];
             argv.extend(remora_init::flags::INJECTOR_DEFAULT_ARGS);
-            netns.run(&argv).context("remora-init")?;
+            if self.dual_stack {
+                argv.push("--dual-stack");
+            }
+            netns
+                .command(&argv)
+                .env_remove("ISTIO_DUAL_STACK")
+                .output()
+                .context("running remora-init")
+                .and_then(|out| {
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "remora-init failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    Ok(())
+                })?;
         }
 
         let dir = self.dir.join(name);
@@ -170,6 +216,7 @@ impl Mesh {
             name: name.to_owned(),
             netns: netns.name().to_owned(),
             ip,
+            ip6,
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
             dir,
@@ -387,9 +434,29 @@ impl Pod {
         run_checked(&mut exec_in(&self.netns, argv))
     }
 
+    /// The sum of a sidecar counter's samples whose labels include every one of `labels`
+    /// (each written `name="value"`).
+    pub fn sidecar_counter(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        Ok(counter(&self.sidecar_metrics()?, name, labels))
+    }
+
     /// The Prometheus text a sidecar serves on 15090.
     pub fn sidecar_metrics(&self) -> anyhow::Result<String> {
         let out = self.run(&["curl", "-sS", "http://127.0.0.1:15090/stats/prometheus"])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// The sum of the samples of counter `name` in Prometheus text whose labels include every one
+/// of `labels`.
+pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter(|line| labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -1,7 +1,10 @@
 //! The skeleton's scenario, shared by the e2e tests and the README demo: httpbin (and a TCP
 //! echo server) in one pod, a client pod running plain curl, a sidecar in front of each.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use remora_api::SpiffeId;
 
@@ -28,6 +31,8 @@ pub struct TwoPodsOptions {
     pub client_cert: CertOrigin,
     /// More apps for the server pod; their ports join the client's snapshot.
     pub extra_apps: Vec<App>,
+    /// Give both pods an IPv6 address too (apps listen on both families).
+    pub dual_stack: bool,
 }
 
 /// An app process and the port it listens on.
@@ -58,6 +63,7 @@ impl Default for TwoPodsOptions {
             server_cert: CertOrigin::Mesh,
             client_cert: CertOrigin::Mesh,
             extra_apps: Vec::new(),
+            dual_stack: false,
         }
     }
 }
@@ -80,7 +86,11 @@ pub struct CurlResult {
 
 impl TwoPods {
     pub fn start(name: &str, options: &TwoPodsOptions) -> anyhow::Result<Self> {
-        let mesh = Mesh::new(name)?;
+        let mesh = if options.dual_stack {
+            Mesh::new_dual_stack(name)?
+        } else {
+            Mesh::new(name)?
+        };
         let server = mesh.add_pod("httpbin", "default", &options.server_sa)?;
         let client = mesh.add_pod("sleep", "default", "sleep")?;
         let access_log = server.dir.join("access.log").to_string_lossy().into_owned();
@@ -90,7 +100,11 @@ impl TwoPods {
             &[
                 "gunicorn",
                 "-b",
-                "0.0.0.0:8000",
+                if options.dual_stack {
+                    "[::]:8000"
+                } else {
+                    "0.0.0.0:8000"
+                },
                 "-w",
                 "1",
                 "--threads",
@@ -124,13 +138,17 @@ impl TwoPods {
             },
         )?;
         let expected = SpiffeId::new(TRUST_DOMAIN, "default", "httpbin")?;
+        let server_ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(server.ip))
+            .chain(server.ip6.map(IpAddr::V6))
+            .collect();
         mesh.start_sidecar(
             &client,
             &SidecarOptions {
                 endpoints: [HTTPBIN_PORT, ECHO_PORT]
                     .into_iter()
                     .chain(options.extra_apps.iter().map(|app| app.port))
-                    .map(|port| (SocketAddr::from((server.ip, port)), expected.clone()))
+                    .flat_map(|port| server_ips.iter().map(move |ip| SocketAddr::new(*ip, port)))
+                    .map(|address| (address, expected.clone()))
                     .collect(),
                 cert: options.client_cert,
                 drain_duration: None,
@@ -145,7 +163,18 @@ impl TwoPods {
 
     /// `curl http://<server>:8000<path>` from `from`, with extra `-H` headers.
     pub fn curl(&self, from: &Pod, path: &str, headers: &[&str]) -> anyhow::Result<CurlResult> {
-        let url = format!("http://{}:{HTTPBIN_PORT}{path}", self.server.ip);
+        self.curl_ip(from, IpAddr::V4(self.server.ip), path, headers)
+    }
+
+    /// Like [`TwoPods::curl`], to one of the server's addresses (IPv4 or IPv6).
+    pub fn curl_ip(
+        &self,
+        from: &Pod,
+        ip: IpAddr,
+        path: &str,
+        headers: &[&str],
+    ) -> anyhow::Result<CurlResult> {
+        let url = format!("http://{}{path}", SocketAddr::new(ip, HTTPBIN_PORT));
         let mut argv = vec!["curl", "-sS", "-m", "10", "-w", "\n%{http_code}"];
         for header in headers {
             argv.extend(["-H", header]);

@@ -36,17 +36,6 @@ fn client(pods: &TwoPods, script: &str, args: &[&str]) -> anyhow::Result<serde_j
     })
 }
 
-/// The server sidecar's count of requests labelled with all of `labels`.
-fn server_requests(pods: &TwoPods, labels: &[&str]) -> anyhow::Result<f64> {
-    let metrics = pods.server.sidecar_metrics()?;
-    Ok(metrics
-        .lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
 #[test]
 fn grpc_calls_keep_trailers_and_status() -> anyhow::Result<()> {
     let pods = with_apps(
@@ -73,8 +62,8 @@ fn grpc_calls_keep_trailers_and_status() -> anyhow::Result<()> {
     assert_eq!(seen["fail_trailer"], "failed");
     assert_eq!(seen["client_md"], "remora-e2e");
     // Four calls, each reported by the server sidecar as gRPC over mutual TLS.
-    let grpc = server_requests(
-        &pods,
+    let grpc = pods.server.sidecar_counter(
+        "istio_requests_total",
         &[
             r#"request_protocol="grpc""#,
             r#"connection_security_policy="mutual_tls""#,

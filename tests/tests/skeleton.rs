@@ -1,12 +1,11 @@
 //! The walking skeleton end to end: plain curl in one pod, httpbin in another, two Remora
 //! sidecars between them over mTLS, with real iptables interception in network namespaces.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::Context;
 use remora_e2e::{
+    counter,
     two_pods::{fixture, CurlResult, TwoPods, TwoPodsOptions, ECHO_PORT, HTTPBIN_PORT},
-    CertOrigin, Mesh,
+    CertOrigin,
 };
 
 const FORGED_XFCC: &str =
@@ -19,23 +18,6 @@ fn nonce() -> String {
 /// curl from the client pod through both sidecars, claiming a forged client certificate.
 fn curl_get(pods: &TwoPods, nonce: &str) -> anyhow::Result<CurlResult> {
     pods.curl(&pods.client, &format!("/get?n={nonce}"), &[FORGED_XFCC])
-}
-
-/// Sum of a counter's samples whose label set contains every `label`.
-fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter(|line| labels.iter().all(|l| line.contains(l)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A TLS handshake record carrying a ClientHello (record header, then handshake type 1).
-fn has_client_hello(pcap: &remora_e2e::Pcap) -> bool {
-    pcap.bytes
-        .windows(6)
-        .any(|w| w[0] == 0x16 && w[1] == 0x03 && (w[2] == 0x01 || w[2] == 0x03) && w[5] == 0x01)
 }
 
 #[test]
@@ -69,7 +51,10 @@ fn curl_crosses_two_sidecars_over_mtls() -> anyhow::Result<()> {
         !pcap.contains(nonce.as_bytes()),
         "the nonce crossed the bridge in clear text"
     );
-    assert!(has_client_hello(&pcap), "no TLS ClientHello on the bridge");
+    assert!(
+        pcap.has_tls_client_hello(),
+        "no TLS ClientHello on the bridge"
+    );
     assert!(pcap.contains(b"remora"), "no mesh ALPN on the bridge");
 
     let client_metrics = pods.client.sidecar_metrics()?;
@@ -273,36 +258,4 @@ fn server_refuses_client_from_foreign_root() -> anyhow::Result<()> {
         Refuser::Server,
         "invalid peer certificate",
     )
-}
-
-/// Comparable text of a nat table: no comments, no packet counters.
-fn nat_view(save: &[u8]) -> String {
-    String::from_utf8_lossy(save)
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| match line.split_once(" [") {
-            Some((chain, _counters)) if line.starts_with(':') => chain.to_owned(),
-            _ => line.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-#[test]
-fn pod_rules_match_istio_rule_set() -> anyhow::Result<()> {
-    let mesh = Mesh::new("rules")?;
-    let pod = mesh.add_pod("app", "default", "app")?;
-    let scratch = remora_e2e::Netns::create(&format!("rmr-rules-{}-scratch", std::process::id()))?;
-    let rules: PathBuf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../init/tests/fixtures/istio-default.rules");
-    let status = scratch
-        .command(&["iptables-restore"])
-        .stdin(std::fs::File::open(&rules)?)
-        .status()?;
-    assert!(status.success(), "loading {}", rules.display());
-    let expected = nat_view(&scratch.run(&["iptables-save", "-t", "nat"])?.stdout);
-    let actual = nat_view(&pod.run(&["iptables-save", "-t", "nat"])?.stdout);
-    assert!(expected.contains("ISTIO_OUTPUT"), "{expected}");
-    assert_eq!(actual, expected);
-    Ok(())
 }
