@@ -20,6 +20,8 @@ declare -A packages=(
   [setpriv]=util-linux
   [python3]=python3
   [openssl]=openssl
+  [nginx]=nginx-light
+  [wrk]=wrk
 )
 missing=()
 for cmd in "${!packages[@]}"; do
@@ -39,6 +41,12 @@ if ! python3 -c 'import httpbin, gunicorn, grpc, websockets' >/dev/null 2>&1; th
   python3 -m pip install --quiet --disable-pip-version-check \
     'httpbin==0.10.4' 'gunicorn==27.0.1' 'grpcio==1.85.1' 'websockets==17.4'
 fi
+# The benchmark's open-loop load generator (latency-corrected), from crates.io.
+if ! command -v oha >/dev/null 2>&1; then
+  echo "installing oha (cargo install; a few minutes the first time)"
+  cargo install --quiet --locked oha@1.16.0
+fi
+
 if ! command -v gunicorn >/dev/null 2>&1; then
   echo "error: gunicorn was installed but is not on PATH ($PATH)" >&2
   exit 1

@@ -10,3 +10,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The e2e harness runs these binaries; building them first keeps the test run itself quick.
 cargo build --workspace --bins
 cargo test --workspace
+# The benchmark harness end to end, for a few seconds (debug build: checks it works, not speed).
+"${CARGO_TARGET_DIR:-target}/debug/remora-bench" --smoke

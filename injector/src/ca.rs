@@ -151,8 +151,19 @@ impl Authority {
 
     /// Issues a workload certificate for `id` with a new key.
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<WorkloadCert, CaError> {
+        self.issue_with_dns(id, &[], ttl)
+    }
+
+    /// Issues a workload certificate for `id` that also names `dns_names`, for peers that
+    /// check host names rather than SPIFFE identities (Istio adds such SANs for gateways).
+    pub fn issue_with_dns(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[&str],
+        ttl: Duration,
+    ) -> Result<WorkloadCert, CaError> {
         let key = KeyPair::generate().map_err(crypto("generating the workload key"))?;
-        let leaf_pem = self.sign(id, &key, ttl)?;
+        let leaf_pem = self.sign(id, dns_names, &key, ttl)?;
         Ok(WorkloadCert {
             chain_pem: self.chain_after(&leaf_pem),
             key_pem: key.serialize_pem(),
@@ -165,6 +176,7 @@ impl Authority {
     fn sign(
         &self,
         id: &SpiffeId,
+        dns_names: &[&str],
         public_key: &impl rcgen::PublicKeyData,
         ttl: Duration,
     ) -> Result<String, CaError> {
@@ -175,6 +187,12 @@ impl Authority {
             .try_into()
             .map_err(crypto(format!("encoding {id} as a URI SAN")))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in dns_names {
+            let dns = (*name)
+                .try_into()
+                .map_err(crypto(format!("encoding {name} as a DNS SAN")))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

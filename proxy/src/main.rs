@@ -27,6 +27,10 @@ use anyhow::Context;
 use clap::Parser;
 use remora_api::Bootstrap;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "remora-proxy", version, about = "Remora sidecar proxy")]
 struct Args {

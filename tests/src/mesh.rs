@@ -326,6 +326,27 @@ impl Mesh {
         .with_context(|| format!("waiting for {name} to listen on {port}"))
     }
 
+    /// Issues a certificate from the mesh CA for `namespace`/`service_account` (plus DNS
+    /// names) into `dir`, as `cert-chain.pem`, `key.pem` and `root-cert.pem`.
+    pub fn issue_cert(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        dns_names: &[&str],
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        let id = SpiffeId::new(TRUST_DOMAIN, namespace, service_account)?;
+        self.ca
+            .issue_with_dns(&id, dns_names, DEFAULT_WORKLOAD_TTL)?
+            .save(dir)?;
+        Ok(())
+    }
+
+    /// The pid of a process started in `pod`.
+    pub fn pid(&self, pod: &Pod, name: &str) -> Option<u32> {
+        self.with_process(&format!("{}/{name}", pod.name), |p| p.pid())
+    }
+
     fn spawn_process(
         &self,
         pod: &Pod,

@@ -1,0 +1,214 @@
+//! The three request paths the benchmark compares, built as pod pairs in one local mesh:
+//! a client pod sending load to an app (nginx serving 1 KB) in a server pod,
+//! - directly, with no proxy at all (the baseline);
+//! - through a Remora sidecar pair (iptables interception, mTLS between the sidecars);
+//! - through an nginx mTLS pair: a forward nginx in the client pod (the load generator calls it
+//!   explicitly, nginx cannot intercept) and a TLS-terminating nginx in the server pod, with
+//!   client certificates verified on both sides, keep-alive upstreams and certificates from the
+//!   same mesh CA as Remora's.
+
+use std::{fmt, fs, net::SocketAddr};
+
+use anyhow::Context;
+use remora_e2e::{Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
+
+const APP_PORT: u16 = 8080;
+const NGINX_TLS_PORT: u16 = 8443;
+const NGINX_FORWARD: &str = "127.0.0.1:10000";
+/// The DNS name in the nginx server's certificate, which the nginx client checks.
+const NGINX_SERVER_NAME: &str = "server.bench.svc";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Remora,
+    Nginx,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Direct => "direct",
+            Kind::Remora => "remora",
+            Kind::Nginx => "nginx",
+        })
+    }
+}
+
+/// One way from the client pod to the app.
+pub struct RequestPath {
+    pub kind: Kind,
+    pub client: Pod,
+    /// What the load generator calls.
+    pub url: String,
+    /// The proxies on the path, client side first: (side, pid).
+    pub proxies: Vec<(&'static str, u32)>,
+}
+
+/// Builds the three paths in `mesh`.
+pub fn build(mesh: &Mesh) -> anyhow::Result<Vec<RequestPath>> {
+    Ok(vec![direct(mesh)?, remora(mesh)?, nginx(mesh)?])
+}
+
+fn direct(mesh: &Mesh) -> anyhow::Result<RequestPath> {
+    let client = mesh.add_pod_without_sidecar("d-client", "bench", "client")?;
+    let server = mesh.add_pod_without_sidecar("d-server", "bench", "server")?;
+    start_app(mesh, &server)?;
+    Ok(RequestPath {
+        kind: Kind::Direct,
+        url: format!("http://{}:{APP_PORT}/", server.ip),
+        client,
+        proxies: Vec::new(),
+    })
+}
+
+fn remora(mesh: &Mesh) -> anyhow::Result<RequestPath> {
+    let client = mesh.add_pod("r-client", "bench", "client")?;
+    let server = mesh.add_pod("r-server", "bench", "server")?;
+    start_app(mesh, &server)?;
+    mesh.start_sidecar(&server, &SidecarOptions::default())?;
+    let identity = remora_api::SpiffeId::new(TRUST_DOMAIN, "bench", "server")?;
+    mesh.start_sidecar(
+        &client,
+        &SidecarOptions {
+            endpoints: vec![(SocketAddr::from((server.ip, APP_PORT)), identity)],
+            ..Default::default()
+        },
+    )?;
+    let proxies = vec![
+        ("client", pid(mesh, &client, "sidecar")?),
+        ("server", pid(mesh, &server, "sidecar")?),
+    ];
+    Ok(RequestPath {
+        kind: Kind::Remora,
+        url: format!("http://{}:{APP_PORT}/", server.ip),
+        client,
+        proxies,
+    })
+}
+
+fn nginx(mesh: &Mesh) -> anyhow::Result<RequestPath> {
+    let client = mesh.add_pod_without_sidecar("n-client", "bench", "client")?;
+    let server = mesh.add_pod_without_sidecar("n-server", "bench", "server")?;
+    start_app(mesh, &server)?;
+    for pod in [&client, &server] {
+        mesh.issue_cert(
+            &pod.namespace,
+            &pod.service_account,
+            &[NGINX_SERVER_NAME],
+            &pod.dir.join("certs"),
+        )?;
+    }
+    let certs = server.dir.join("certs");
+    let terminate = format!(
+        "upstream app {{ server 127.0.0.1:{APP_PORT}; keepalive 64; }}
+        server {{
+            listen {NGINX_TLS_PORT} ssl;
+            keepalive_requests 1000000;
+            ssl_protocols TLSv1.3;
+            ssl_certificate {chain};
+            ssl_certificate_key {key};
+            ssl_client_certificate {roots};
+            ssl_verify_client on;
+            location / {{
+                proxy_pass http://app;
+                proxy_http_version 1.1;
+                proxy_set_header Connection \"\";
+            }}
+        }}",
+        chain = certs.join("cert-chain.pem").display(),
+        key = certs.join("key.pem").display(),
+        roots = certs.join("root-cert.pem").display(),
+    );
+    start_nginx(mesh, &server, "nginx-mtls", 2, &terminate, NGINX_TLS_PORT)?;
+    let certs = client.dir.join("certs");
+    let originate = format!(
+        "upstream mtls {{ server {server_ip}:{NGINX_TLS_PORT}; keepalive 64; }}
+        server {{
+            listen {NGINX_FORWARD};
+            keepalive_requests 1000000;
+            location / {{
+                proxy_pass https://mtls;
+                proxy_http_version 1.1;
+                proxy_set_header Connection \"\";
+                proxy_ssl_protocols TLSv1.3;
+                proxy_ssl_certificate {chain};
+                proxy_ssl_certificate_key {key};
+                proxy_ssl_trusted_certificate {roots};
+                proxy_ssl_verify on;
+                proxy_ssl_name {NGINX_SERVER_NAME};
+                proxy_ssl_session_reuse on;
+            }}
+        }}",
+        server_ip = server.ip,
+        chain = certs.join("cert-chain.pem").display(),
+        key = certs.join("key.pem").display(),
+        roots = certs.join("root-cert.pem").display(),
+    );
+    start_nginx(mesh, &client, "nginx-forward", 2, &originate, 10000)?;
+    let proxies = vec![
+        ("client", pid(mesh, &client, "nginx-forward")?),
+        ("server", pid(mesh, &server, "nginx-mtls")?),
+    ];
+    Ok(RequestPath {
+        kind: Kind::Nginx,
+        url: format!("http://{NGINX_FORWARD}/"),
+        client,
+        proxies,
+    })
+}
+
+/// The app: nginx answering every request with 1 KB, so the app costs next to nothing.
+fn start_app(mesh: &Mesh, server: &Pod) -> anyhow::Result<()> {
+    let body = "x".repeat(1024);
+    let app = format!(
+        "server {{
+            listen {APP_PORT} reuseport;
+            keepalive_requests 1000000;
+            location / {{ default_type text/plain; return 200 \"{body}\"; }}
+        }}"
+    );
+    start_nginx(mesh, server, "app", 1, &app, APP_PORT)
+}
+
+/// Runs nginx in the foreground with `http` as its whole `http {}` block.
+fn start_nginx(
+    mesh: &Mesh,
+    pod: &Pod,
+    name: &str,
+    workers: u32,
+    http: &str,
+    port: u16,
+) -> anyhow::Result<()> {
+    let dir = pod.dir.join(name);
+    let temp = dir.join("tmp");
+    fs::create_dir_all(&temp).with_context(|| format!("creating {}", temp.display()))?;
+    let temp = temp.display();
+    let config = format!(
+        "user root;
+        worker_processes {workers};
+        daemon off;
+        pid {dir}/nginx.pid;
+        error_log {dir}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            client_body_temp_path {temp}/body;
+            proxy_temp_path {temp}/proxy;
+            fastcgi_temp_path {temp}/fastcgi;
+            uwsgi_temp_path {temp}/uwsgi;
+            scgi_temp_path {temp}/scgi;
+            {http}
+        }}",
+        dir = dir.display(),
+    );
+    let path = dir.join("nginx.conf");
+    fs::write(&path, config)?;
+    let path = path.to_string_lossy().into_owned();
+    mesh.start_app(pod, name, &["nginx", "-c", &path], port)
+}
+
+fn pid(mesh: &Mesh, pod: &Pod, name: &str) -> anyhow::Result<u32> {
+    mesh.pid(pod, name)
+        .with_context(|| format!("no {name} process in {}", pod.name))
+}

@@ -1,0 +1,203 @@
+//! Medians of the interleaved rounds, printed as one table: Remora next to nginx, both as
+//! differences from the direct path where that is what matters (added latency), with ratios.
+
+use std::fmt::Write;
+
+use crate::{load::Latency, paths::Kind};
+
+/// What one round measured on one path.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    pub latency: Latency,
+    /// CPU microseconds per request of each proxy on the path, client side first.
+    pub cpu_us_per_request: Vec<f64>,
+    pub saturation_rps: f64,
+}
+
+/// All rounds of one path, plus its proxies' peak memory.
+#[derive(Clone, Debug)]
+pub struct PathResult {
+    pub kind: Kind,
+    pub rounds: Vec<Round>,
+    /// Peak RSS of each proxy in MiB, client side first.
+    pub peak_rss_mib: Vec<f64>,
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+impl PathResult {
+    fn median_of(&self, f: impl Fn(&Round) -> f64) -> f64 {
+        median(self.rounds.iter().map(f).collect())
+    }
+
+    fn proxy_cpu(&self, proxy: usize) -> f64 {
+        self.median_of(|r| r.cpu_us_per_request.get(proxy).copied().unwrap_or(f64::NAN))
+    }
+}
+
+/// The setting of the run, for the table's heading.
+pub struct Setup {
+    pub rate: u32,
+    pub connections: u32,
+    pub seconds: u64,
+    pub rounds: usize,
+    pub saturation_seconds: u64,
+}
+
+/// Renders the comparison. `results` holds direct, remora and nginx, in that order.
+pub fn render(setup: &Setup, results: &[PathResult]) -> String {
+    let find = |kind| results.iter().find(|r| r.kind == kind);
+    let (Some(direct), Some(remora), Some(nginx)) =
+        (find(Kind::Direct), find(Kind::Remora), find(Kind::Nginx))
+    else {
+        return "incomplete results\n".to_owned();
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "1 KB responses, {} connections, open loop {} req/s (oha, latency-corrected) for {} s; \
+         saturation: wrk closed loop for {} s; medians of {} interleaved rounds\n",
+        setup.connections, setup.rate, setup.seconds, setup.saturation_seconds, setup.rounds
+    );
+    let _ = writeln!(out, "| metric | direct | remora | nginx | remora / nginx |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let percentiles: [(&str, fn(&Latency) -> f64); 4] = [
+        ("p50", |l| l.p50),
+        ("p90", |l| l.p90),
+        ("p99", |l| l.p99),
+        ("p99.9", |l| l.p999),
+    ];
+    for (name, pick) in percentiles {
+        let d = direct.median_of(|r| pick(&r.latency));
+        let r = remora.median_of(|r| pick(&r.latency));
+        let n = nginx.median_of(|r| pick(&r.latency));
+        let _ = writeln!(out, "| {name} latency (ms) | {d:.3} | {r:.3} | {n:.3} | |");
+        let _ = writeln!(
+            out,
+            "| added {name} (ms) | | {:.3} | {:.3} | {} |",
+            r - d,
+            n - d,
+            ratio(r - d, n - d)
+        );
+    }
+    for (proxy, side) in ["client-side", "server-side"].iter().enumerate() {
+        let (r, n) = (remora.proxy_cpu(proxy), nginx.proxy_cpu(proxy));
+        let _ = writeln!(
+            out,
+            "| CPU per request, {side} proxy (µs) | | {r:.1} | {n:.1} | {} |",
+            ratio(r, n)
+        );
+    }
+    let (r, n) = (
+        remora.proxy_cpu(0) + remora.proxy_cpu(1),
+        nginx.proxy_cpu(0) + nginx.proxy_cpu(1),
+    );
+    let _ = writeln!(
+        out,
+        "| CPU per request, both proxies (µs) | | {r:.1} | {n:.1} | {} |",
+        ratio(r, n)
+    );
+    for (proxy, side) in ["client-side", "server-side"].iter().enumerate() {
+        let r = remora.peak_rss_mib.get(proxy).copied().unwrap_or(f64::NAN);
+        let n = nginx.peak_rss_mib.get(proxy).copied().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "| peak RSS, {side} proxy (MiB) | | {r:.1} | {n:.1} | {} |",
+            ratio(r, n)
+        );
+    }
+    let (d, r, n) = (
+        direct.median_of(|r| r.saturation_rps),
+        remora.median_of(|r| r.saturation_rps),
+        nginx.median_of(|r| r.saturation_rps),
+    );
+    let _ = writeln!(
+        out,
+        "| saturation (requests/s) | {d:.0} | {r:.0} | {n:.0} | {} |",
+        ratio(r, n)
+    );
+    out
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs.abs() < f64::EPSILON || !ours.is_finite() || !theirs.is_finite() {
+        "n/a".to_owned()
+    } else {
+        format!("{:.2}", ours / theirs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn table_compares_remora_with_nginx_over_direct() {
+        let round = |p50: f64, cpu: f64, rps: f64| Round {
+            latency: Latency {
+                p50,
+                p90: p50,
+                p99: p50,
+                p999: p50,
+                requests: 1000,
+            },
+            cpu_us_per_request: vec![cpu, cpu],
+            saturation_rps: rps,
+        };
+        let results = [
+            PathResult {
+                kind: Kind::Direct,
+                rounds: vec![round(0.1, 0.0, 9000.0)],
+                peak_rss_mib: vec![],
+            },
+            PathResult {
+                kind: Kind::Remora,
+                rounds: vec![round(0.3, 20.0, 6000.0)],
+                peak_rss_mib: vec![8.0, 8.0],
+            },
+            PathResult {
+                kind: Kind::Nginx,
+                rounds: vec![round(0.5, 40.0, 4000.0)],
+                peak_rss_mib: vec![10.0, 10.0],
+            },
+        ];
+        let setup = Setup {
+            rate: 1000,
+            connections: 16,
+            seconds: 20,
+            rounds: 1,
+            saturation_seconds: 10,
+        };
+        let table = render(&setup, &results);
+        assert!(
+            table.contains("| added p50 (ms) | | 0.200 | 0.400 | 0.50 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| CPU per request, both proxies (µs) | | 40.0 | 80.0 | 0.50 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| saturation (requests/s) | 9000 | 6000 | 4000 | 1.50 |"),
+            "{table}"
+        );
+    }
+}
