@@ -23,6 +23,9 @@ pub struct PathResult {
     pub peak_rss_mib: Vec<f64>,
 }
 
+/// Picks one percentile out of a run's latencies.
+type Percentile = fn(&Latency) -> f64;
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -72,7 +75,7 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
     );
     let _ = writeln!(out, "| metric | direct | remora | nginx | remora / nginx |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
-    let percentiles: [(&str, fn(&Latency) -> f64); 4] = [
+    let percentiles: [(&str, Percentile); 4] = [
         ("p50", |l| l.p50),
         ("p90", |l| l.p90),
         ("p99", |l| l.p99),
