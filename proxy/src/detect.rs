@@ -27,6 +27,18 @@ pub enum Protocol {
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+impl Protocol {
+    /// The name used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Tls => "tls",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
 /// Classifies the bytes read so far, or `None` when more are needed to decide.
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
     let preface = buf.len().min(H2_PREFACE.len());

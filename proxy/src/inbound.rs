@@ -37,6 +37,9 @@ use crate::{
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let app = intended_destination(&tcp)?;
     let detected = detect(tcp, proxy.detect_timeout).await?;
+    proxy
+        .metrics
+        .connection("inbound", detected.protocol.name());
     if detected.protocol != Protocol::Tls {
         return to_app(proxy, app, detected, None).await;
     }

@@ -38,8 +38,16 @@ pub struct TcpLabels {
     pub connection_security_policy: Security,
 }
 
+/// Which listener accepted a connection, and what it turned out to carry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub direction: &'static str,
+    pub protocol: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    connections: Family<ConnectionLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
@@ -50,12 +58,18 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
+        let connections = Family::default();
         let requests = Family::default();
         let tcp_opened = Family::default();
         let tcp_closed = Family::default();
         let tcp_sent = Family::default();
         let tcp_received = Family::default();
         // prometheus-client appends `_total` to counter names.
+        registry.register(
+            "remora_proxy_connections",
+            "Connections accepted, by listener (outbound, inbound, tunnel) and detected protocol",
+            connections.clone(),
+        );
         registry.register(
             "istio_requests",
             "Requests handled, by reporter and response code",
@@ -83,6 +97,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            connections,
             requests,
             tcp_opened,
             tcp_closed,
@@ -93,6 +108,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn connection(&self, direction: &'static str, protocol: &'static str) {
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                direction,
+                protocol,
+            })
+            .inc();
+    }
+
     pub fn request(
         &self,
         reporter: Reporter,
@@ -174,7 +198,14 @@ mod tests {
         );
         metrics.tcp_opened(Reporter::destination, Security::none);
         metrics.tcp_closed(Reporter::destination, Security::none, 5, 7);
+        metrics.connection("outbound", "http1");
         let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"remora_proxy_connections_total{direction="outbound",protocol="http1"} 1"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(
             r#"istio_requests_total{reporter="source",request_protocol="http",response_code="200",connection_security_policy="mutual_tls"} 2"#
         ), "{text}");

@@ -30,11 +30,15 @@ use crate::{
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let dst = intended_destination(&tcp)?;
     let Some(identity) = proxy.endpoints.identity(dst).cloned() else {
+        proxy.metrics.connection("outbound", "passthrough");
         let upstream = transport::connect(dst).await?;
         transport::splice(PrefixedIo::new(bytes::Bytes::new(), tcp), upstream).await?;
         return Ok(());
     };
     let detected = detect(tcp, proxy.detect_timeout).await?;
+    proxy
+        .metrics
+        .connection("outbound", detected.protocol.name());
     let drain = proxy.drain.clone();
     let target = Arc::new(Target {
         proxy,

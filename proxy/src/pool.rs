@@ -197,3 +197,6 @@ where
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests;

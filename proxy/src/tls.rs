@@ -47,6 +47,9 @@ const INBOUND_MESH_ALPNS: [&[u8]; 6] = [
     b"istio",
 ];
 
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Whether an ALPN protocol marks mesh mTLS rather than an app's own TLS.
 pub fn is_mesh_alpn(protocol: &[u8]) -> bool {
     INBOUND_MESH_ALPNS.contains(&protocol)
@@ -111,10 +114,12 @@ impl MeshTls {
         ip: IpAddr,
         expected: &SpiffeId,
     ) -> Result<ClientStream, TlsError> {
-        let tls = self
+        let handshake = self
             .connector
-            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .connect(ServerName::IpAddress(ip.into()), tcp);
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
+            .map_err(|_| TlsError::Handshake(std::io::ErrorKind::TimedOut.into()))?
             .map_err(TlsError::Handshake)?;
         let found = peer_identity(tls.get_ref().1.peer_certificates())?;
         if &found != expected {

@@ -4,6 +4,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
 };
 
 use tokio::{
@@ -32,9 +33,12 @@ pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("original destination is not an IP address"))
 }
 
+/// How long a TCP connect may take (Istio's default `connectTimeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Dials `dst` directly. The proxy runs as the excluded uid, so this is not captured again.
 pub async fn connect(dst: SocketAddr) -> io::Result<TcpStream> {
-    let tcp = TcpStream::connect(dst).await?;
+    let tcp = within_connect_timeout(TcpStream::connect(dst)).await?;
     tcp.set_nodelay(true)?;
     Ok(tcp)
 }
@@ -49,9 +53,17 @@ pub async fn connect_to_app(dst: SocketAddr) -> io::Result<TcpStream> {
         ),
     };
     socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(dst).await?;
+    let tcp = within_connect_timeout(socket.connect(dst)).await?;
     tcp.set_nodelay(true)?;
     Ok(tcp)
+}
+
+async fn within_connect_timeout(
+    connect: impl std::future::Future<Output = io::Result<TcpStream>>,
+) -> io::Result<TcpStream> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
 /// Byte counts of a finished splice, from the point of view of the caller's side.

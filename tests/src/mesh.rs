@@ -266,6 +266,7 @@ impl Mesh {
             }),
             control_plane: None,
             drain_duration: options.drain_duration,
+            concurrency: None,
             static_snapshot: Some(Snapshot {
                 version: "1".to_owned(),
                 endpoints: options

@@ -37,6 +37,9 @@ pub struct Bootstrap {
         with = "humantime_serde"
     )]
     pub drain_duration: Option<Duration>,
+    /// Worker threads (Istio's `concurrency`; 0 means one per CPU). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
 }
 
 /// How long a draining sidecar waits when the bootstrap does not say.
@@ -121,6 +124,15 @@ impl Bootstrap {
 
     pub fn drain_duration(&self) -> Duration {
         self.drain_duration.unwrap_or(DEFAULT_DRAIN_DURATION)
+    }
+
+    /// Worker threads to run, resolving 0 to the number of CPUs.
+    pub fn concurrency(&self) -> usize {
+        match self.concurrency {
+            None => 1,
+            Some(0) => std::thread::available_parallelism().map_or(1, usize::from),
+            Some(n) => n,
+        }
     }
 
     /// This sidecar's own SPIFFE identity.

@@ -28,6 +28,7 @@ use crate::{
 
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let pod_ip = tcp.local_addr()?.ip();
+    proxy.metrics.connection("tunnel", "http2");
     let (tls, peer) = proxy.tls.accept(PrefixedIo::new(Bytes::new(), tcp)).await?;
     let drain = proxy.drain.clone();
     let conn = Arc::new(TunnelConn {

@@ -1,0 +1,103 @@
+//! The pool against a real HTTP/2 server over in-memory pipes: one dial for a burst, a new
+//! connection (and a retried request) when the old one breaks, idle connections reaped.
+
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
+use http::{Request, Response, StatusCode};
+use tokio::{io::DuplexStream, sync::Notify};
+
+use super::*;
+use crate::{body, drain::Drain, serve};
+
+/// Dials by spawning an HTTP/2 server on the far end of a pipe; counts dials and can kill
+/// every connection it made.
+#[derive(Clone, Default)]
+struct PipeDialer {
+    dials: Arc<AtomicUsize>,
+    kill: Arc<Notify>,
+}
+
+impl Dial for PipeDialer {
+    type Io = DuplexStream;
+
+    async fn dial(&self) -> Result<DuplexStream, PoolError> {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            let drain = Drain::default();
+            let server = serve::http2(far, &drain, |_req| async {
+                // A little latency, so concurrent requests overlap.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Response::new(body::empty())
+            });
+            tokio::select! {
+                _ = server => {}
+                () = kill.notified() => {}
+            }
+        });
+        Ok(near)
+    }
+}
+
+fn get() -> Request<Body> {
+    Request::builder()
+        .uri("http://app.test/")
+        .version(http::Version::HTTP_2)
+        .body(body::empty())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_burst_of_requests_shares_one_connection() {
+    let pool = H2Pool::new(Duration::from_secs(60));
+    let dialer = PipeDialer::default();
+    let requests = (0..50).map(|_| {
+        let pool = pool.clone();
+        let dialer = dialer.clone();
+        tokio::spawn(async move { pool.send(&"app", &dialer, get()).await })
+    });
+    for request in requests {
+        let response = request.await.expect("join").expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(dialer.dials.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_broken_connection_is_replaced() {
+    let pool = H2Pool::new(Duration::from_secs(60));
+    let dialer = PipeDialer::default();
+    pool.send(&"app", &dialer, get()).await.expect("first");
+    dialer.kill.notify_waiters();
+    // Give the client side a moment to see the connection close.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let response = pool
+        .send(&"app", &dialer, get())
+        .await
+        .expect("after the break");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(dialer.dials.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn keys_get_their_own_connections_and_idle_ones_are_reaped() {
+    let pool = H2Pool::new(Duration::from_millis(200));
+    let dialer = PipeDialer::default();
+    pool.send(&"a", &dialer, get()).await.expect("a");
+    pool.send(&"b", &dialer, get()).await.expect("b");
+    pool.send(&"a", &dialer, get()).await.expect("a again");
+    assert_eq!(dialer.dials.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pool.send(&"a", &dialer, get())
+        .await
+        .expect("a after idling");
+    assert_eq!(
+        dialer.dials.load(Ordering::SeqCst),
+        3,
+        "idle connection was reused"
+    );
+}
