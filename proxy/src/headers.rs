@@ -20,6 +20,10 @@ pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// including any the `Connection` header names. `te: trailers` is end-to-end in HTTP/2 (gRPC
 /// servers require it) and is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names beats a hashed removal per candidate.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -46,6 +50,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !keep_te {
         headers.remove(header::TE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// Removes Remora's sidecar-to-sidecar headers, so an app can neither see nor forge them.
