@@ -21,7 +21,7 @@ use crate::{
     drain::Drain,
     identity::Identity,
     inbound::{self, app::AppClient},
-    listen,
+    listen::{self, Lifetime},
     metrics::Metrics,
     outbound::{
         self,
@@ -150,9 +150,29 @@ pub async fn run(
         detect_timeout: DETECT_TIMEOUT,
     });
 
-    spawn_listeners(OUTBOUND_PORT, "outbound", &proxy, outbound::handle)?;
-    spawn_listeners(INBOUND_PORT, "inbound", &proxy, inbound::handle)?;
-    spawn_listeners(TUNNEL_PORT, "tunnel", &proxy, inbound::tunnel::handle)?;
+    let until_drain = Lifetime::UntilDrain(drain.clone());
+    let through_drain = Lifetime::ThroughDrain(drain.clone());
+    spawn_listeners(
+        OUTBOUND_PORT,
+        "outbound",
+        &proxy,
+        through_drain,
+        outbound::handle,
+    )?;
+    spawn_listeners(
+        INBOUND_PORT,
+        "inbound",
+        &proxy,
+        until_drain.clone(),
+        inbound::handle,
+    )?;
+    spawn_listeners(
+        TUNNEL_PORT,
+        "tunnel",
+        &proxy,
+        until_drain,
+        inbound::tunnel::handle,
+    )?;
     readiness.set_ready();
     tracing::info!("ready");
 
@@ -173,11 +193,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds `port` and accepts connections on it with `handle` until the drain starts.
+/// Binds `port` and accepts connections on it with `handle` for `lifetime`.
 fn spawn_listeners<H, F>(
     port: u16,
     name: &'static str,
     proxy: &Arc<Proxy>,
+    lifetime: Lifetime,
     handle: H,
 ) -> anyhow::Result<()>
 where
@@ -186,10 +207,12 @@ where
 {
     for listener in listen::bind_all(port).with_context(|| format!("binding the {name} port"))? {
         let proxy = proxy.clone();
-        let drain = Some(proxy.drain.clone());
-        tokio::spawn(listen::accept(listener, name, drain, move |tcp| {
-            handle(proxy.clone(), tcp)
-        }));
+        tokio::spawn(listen::accept(
+            listener,
+            name,
+            lifetime.clone(),
+            move |tcp| handle(proxy.clone(), tcp),
+        ));
     }
     Ok(())
 }
@@ -200,7 +223,7 @@ where
     H: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
 {
     let never = Drain::default();
-    listen::accept(listener, name, None, move |tcp| {
+    listen::accept(listener, name, Lifetime::Forever, move |tcp| {
         let handle = handle.clone();
         let never = never.clone();
         async move {

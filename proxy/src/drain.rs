@@ -1,7 +1,8 @@
 //! Graceful shutdown. On SIGTERM (or admin `POST /drain`) the sidecar reports not ready, stops
-//! accepting, asks every HTTP connection to finish its in-flight requests and close (HTTP/2
-//! GOAWAY, HTTP/1 close after the current response), lets tunnels and TCP streams run to their
-//! end, and exits once all are done or the drain duration has passed.
+//! accepting inbound connections (outbound stays open for an app that is itself shutting down),
+//! asks every HTTP connection to finish its in-flight requests and close (HTTP/2 GOAWAY, HTTP/1
+//! close after the current response), lets tunnels and TCP streams run to their end, and exits
+//! once all are done or the drain duration has passed.
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -18,7 +18,8 @@ pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Removes the headers that describe one hop rather than the message (RFC 9110 §7.6.1),
 /// including any the `Connection` header names. `te: trailers` is end-to-end in HTTP/2 (gRPC
-/// servers require it) and is kept.
+/// servers require it) and is kept, as is `Trailer` (HTTP/1 peers only send the trailers it
+/// announces).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names beats a hashed removal per candidate.
     if !headers.keys().any(is_hop_by_hop) {
@@ -41,7 +42,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ] {
@@ -55,7 +55,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
-        || name == header::TRAILER
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
         || name.as_str() == "keep-alive"

@@ -36,6 +36,10 @@ use crate::{
 
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let app = intended_destination(&tcp)?;
+    if app.ip().is_loopback() {
+        // Only a forged packet arrives from outside addressed to loopback; never dial it.
+        return Err(ConnectionError::Loop(app));
+    }
     let detected = detect(tcp, proxy.detect_timeout).await?;
     proxy
         .metrics
@@ -88,17 +92,14 @@ where
         }
         Protocol::Tls | Protocol::Opaque => {
             let upstream = transport::connect_to_app(app).await?;
-            let metrics = &target.proxy.metrics;
-            metrics.tcp_opened(Reporter::destination, security);
-            let result = transport::splice(detected.io, upstream).await;
-            let spliced = result.as_ref().copied().unwrap_or_default();
-            metrics.tcp_closed(
+            transport::splice_recorded(
+                &target.proxy.metrics,
                 Reporter::destination,
                 security,
-                spliced.received,
-                spliced.sent,
-            );
-            result?;
+                detected.io,
+                upstream,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -121,8 +122,8 @@ impl AppTarget {
             match transport::connect_to_app(self.app).await {
                 Ok(tcp) => upgrade::forward(TokioIo::new(tcp), &self.proxy.drain, req)
                     .await
-                    .unwrap_or_else(|error| app::unavailable(self.app, &error)),
-                Err(error) => app::unavailable(self.app, &error),
+                    .unwrap_or_else(|error| app::unavailable(self.app, false, &error)),
+                Err(error) => app::unavailable(self.app, false, &error),
             }
         } else {
             let version = req.version();

@@ -5,12 +5,16 @@ use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
 };
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain::Drain;
+
+/// Pause after a failed accept (e.g. EMFILE) before trying again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Listeners on `port` for every address family the pod has: `0.0.0.0` always, `[::]` (IPv6
 /// only, so the two never overlap) unless the kernel has IPv6 turned off.
@@ -21,7 +25,7 @@ pub fn bind_all(port: u16) -> io::Result<Vec<TcpListener>> {
         Err(error) if error.kind() == io::ErrorKind::AddrNotAvailable => {
             tracing::debug!(port, "no IPv6 in this pod");
         }
-        Err(error) if error.raw_os_error() == Some(97) => {
+        Err(error) if error.kind() == io::ErrorKind::Unsupported => {
             // EAFNOSUPPORT: IPv6 disabled in the kernel.
             tracing::debug!(port, "IPv6 not supported");
         }
@@ -46,12 +50,23 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts connections and runs `handle` on each. With a `drain`, connections are work the
-/// drain waits for and accepting stops when it starts; without, it goes on for good.
+/// How a listener lives through a drain.
+#[derive(Clone)]
+pub enum Lifetime {
+    /// The sidecar's own endpoints: untouched by a drain, they answer until the process exits.
+    Forever,
+    /// Inbound: stop accepting when the drain starts; connections are work the drain waits for.
+    UntilDrain(Drain),
+    /// Outbound: the app may still be shutting down and need to call out, so keep accepting
+    /// (each new connection closes after its first request); connections are drain work.
+    ThroughDrain(Drain),
+}
+
+/// Accepts connections and runs `handle` on each, for the listener's `lifetime`.
 pub async fn accept<H, F, E>(
     listener: TcpListener,
     name: &'static str,
-    drain: Option<Drain>,
+    lifetime: Lifetime,
     handle: H,
 ) where
     H: Fn(TcpStream) -> F,
@@ -59,17 +74,19 @@ pub async fn accept<H, F, E>(
     E: Display,
 {
     loop {
-        let accepted = match &drain {
-            Some(drain) => tokio::select! {
+        let accepted = match &lifetime {
+            Lifetime::UntilDrain(drain) => tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = drain.started() => return,
             },
-            None => listener.accept().await,
+            Lifetime::Forever | Lifetime::ThroughDrain(_) => listener.accept().await,
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
+                // Out of file descriptors and the like: back off rather than spin.
                 tracing::warn!(%error, listener = name, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
         };
@@ -82,9 +99,9 @@ pub async fn accept<H, F, E>(
                 tracing::info!(%error, %peer, listener = name, "connection failed");
             }
         };
-        match &drain {
-            Some(drain) => drain.spawn(task),
-            None => {
+        match &lifetime {
+            Lifetime::UntilDrain(drain) | Lifetime::ThroughDrain(drain) => drain.spawn(task),
+            Lifetime::Forever => {
                 tokio::spawn(task);
             }
         }

@@ -8,9 +8,11 @@
 
 pub mod mesh;
 
+use mesh::MeshError;
+
 use std::{net::SocketAddr, sync::Arc};
 
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -19,7 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     app::{intended_destination, ConnectionError, Proxy},
-    body::{local_response, Body},
+    body::{local_response, upstream_unavailable, Body},
     detect::{detect, Protocol},
     headers,
     metrics::{request_protocol, Reporter, Security},
@@ -32,7 +34,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
     let Some(identity) = proxy.endpoints.identity(dst).cloned() else {
         proxy.metrics.connection("outbound", "passthrough");
         let upstream = transport::connect(dst).await?;
-        transport::splice(PrefixedIo::new(bytes::Bytes::new(), tcp), upstream).await?;
+        transport::splice(PrefixedIo::unread(tcp), upstream).await?;
         return Ok(());
     };
     let detected = detect(tcp, proxy.detect_timeout).await?;
@@ -54,17 +56,14 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
         }
         Protocol::Tls | Protocol::Opaque => {
             let tunnel = target.proxy.mesh.tunnel(dst, &target.identity).await?;
-            let metrics = &target.proxy.metrics;
-            metrics.tcp_opened(Reporter::source, Security::mutual_tls);
-            let result = transport::splice(detected.io, TokioIo::new(tunnel)).await;
-            let spliced = result.as_ref().copied().unwrap_or_default();
-            metrics.tcp_closed(
+            transport::splice_recorded(
+                &target.proxy.metrics,
                 Reporter::source,
                 Security::mutual_tls,
-                spliced.received,
-                spliced.sent,
-            );
-            result?;
+                detected.io,
+                TokioIo::new(tunnel),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -78,9 +77,15 @@ struct Target {
 }
 
 impl Target {
-    async fn forward(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn forward(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let protocol = request_protocol(req.headers());
-        let response = if headers::is_upgrade(&req) {
+        let grpc = protocol == "grpc";
+        let response = if req.method() == Method::CONNECT {
+            // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
+            local_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
+        } else if headers::is_upgrade(&req) {
+            // The upgrade travels as bytes to the app, so no sidecar can sanitise it later.
+            req.headers_mut().remove(headers::XFCC);
             self.upgrade(req).await
         } else {
             let version = req.version();
@@ -96,7 +101,11 @@ impl Target {
                     *response.version_mut() = version;
                     response.map(Either::Left)
                 }
-                Err(error) => self.unavailable(&error),
+                Err(MeshError::Authority(authority)) => local_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid authority {authority:?}\n"),
+                ),
+                Err(error) => self.unavailable(grpc, &error),
             }
         };
         self.proxy.metrics.request(
@@ -112,19 +121,15 @@ impl Target {
     async fn upgrade(&self, req: Request<Incoming>) -> Response<Body> {
         let tunnel = match self.proxy.mesh.tunnel(self.dst, &self.identity).await {
             Ok(tunnel) => tunnel,
-            Err(error) => return self.unavailable(&error),
+            Err(error) => return self.unavailable(false, &error),
         };
         upgrade::forward(tunnel, &self.proxy.drain, req)
             .await
-            .unwrap_or_else(|error| self.unavailable(&error))
+            .unwrap_or_else(|error| self.unavailable(false, &error))
     }
 
-    /// Envoy's answer when the upstream cannot be reached.
-    fn unavailable(&self, error: &dyn std::fmt::Display) -> Response<Body> {
+    fn unavailable(&self, grpc: bool, error: &dyn std::fmt::Display) -> Response<Body> {
         tracing::info!(%error, dst = %self.dst, "request failed upstream");
-        local_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream connect error or disconnect/reset before headers: {error}"),
-        )
+        upstream_unavailable(grpc, error)
     }
 }

@@ -34,14 +34,24 @@ pub struct H2Settings {
     pub stream_window: u32,
     pub connection_window: u32,
     pub max_frame_size: u32,
+    /// Streams one peer may have open at once (tunnels hold theirs for their lifetime).
+    pub max_concurrent_streams: u32,
+    /// Envoy's default limit, so requests that work app to app also work through the mesh.
+    pub max_header_list_size: u32,
+    /// Pings find a dead peer on an idle connection; no answer within the timeout closes it.
     pub keep_alive_interval: Duration,
+    pub keep_alive_timeout: Duration,
 }
 
 pub const H2_SETTINGS: H2Settings = H2Settings {
     stream_window: 2 * 1024 * 1024,
-    connection_window: 16 * 1024 * 1024,
+    // 32 stalled readers' worth before one slow stream can hold up its neighbours.
+    connection_window: 64 * 1024 * 1024,
     max_frame_size: 64 * 1024,
+    max_concurrent_streams: 4096,
+    max_header_list_size: 60 * 1024,
     keep_alive_interval: Duration::from_secs(20),
+    keep_alive_timeout: Duration::from_secs(20),
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +79,30 @@ pub struct H2Pool<K> {
 /// One key's connection. The async lock is held only while dialing (so concurrent callers wait
 /// for the one connection instead of opening their own) and while cloning the sender.
 struct Entry {
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    conn: tokio::sync::Mutex<Slot>,
     last_used_ms: AtomicU64,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<Conn>,
+    failure: Option<Failure>,
 }
 
 struct Conn {
     generation: u64,
     sender: http2::SendRequest<Body>,
 }
+
+/// The outcome of the last dial, when it failed: callers that queued behind it fail at once with
+/// the same reason instead of each waiting out their own connect timeout.
+struct Failure {
+    at: Instant,
+    reason: String,
+}
+
+/// How long a failed dial answers for its key before the next caller tries again.
+const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
     /// A pool whose idle connections are reaped by a background task that ends with the pool.
@@ -117,7 +143,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
         let mut entries = self.entries.lock();
         let entry = entries.entry(key.clone()).or_insert_with(|| {
             Arc::new(Entry {
-                conn: tokio::sync::Mutex::new(None),
+                conn: tokio::sync::Mutex::new(Slot::default()),
                 last_used_ms: AtomicU64::new(0),
             })
         });
@@ -135,18 +161,41 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
     ) -> Result<(u64, http2::SendRequest<Body>), PoolError> {
         let mut slot = entry.conn.lock().await;
         let reusable = slot
+            .conn
             .as_ref()
             .filter(|c| !c.sender.is_closed() && Some(c.generation) != broken);
         if let Some(conn) = reusable {
             return Ok((conn.generation, conn.sender.clone()));
         }
-        let generation = slot.as_ref().map_or(0, |c| c.generation + 1);
-        let sender = handshake(dial.dial().await?).await?;
-        *slot = Some(Conn {
-            generation,
-            sender: sender.clone(),
-        });
-        Ok((generation, sender))
+        if let Some(failure) = slot
+            .failure
+            .as_ref()
+            .filter(|f| f.at.elapsed() < FAILURE_HOLD)
+        {
+            return Err(PoolError::Dial(failure.reason.clone()));
+        }
+        let generation = slot.conn.as_ref().map_or(0, |c| c.generation + 1);
+        let dialed = match dial.dial().await {
+            Ok(io) => handshake(io).await,
+            Err(error) => Err(error),
+        };
+        match dialed {
+            Ok(sender) => {
+                slot.failure = None;
+                slot.conn = Some(Conn {
+                    generation,
+                    sender: sender.clone(),
+                });
+                Ok((generation, sender))
+            }
+            Err(error) => {
+                slot.failure = Some(Failure {
+                    at: Instant::now(),
+                    reason: error.to_string(),
+                });
+                Err(error)
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -186,7 +235,10 @@ where
         .initial_stream_window_size(H2_SETTINGS.stream_window)
         .initial_connection_window_size(H2_SETTINGS.connection_window)
         .max_frame_size(H2_SETTINGS.max_frame_size)
+        .max_header_list_size(H2_SETTINGS.max_header_list_size)
         .keep_alive_interval(H2_SETTINGS.keep_alive_interval)
+        .keep_alive_timeout(H2_SETTINGS.keep_alive_timeout)
+        .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await
         .map_err(PoolError::Handshake)?;

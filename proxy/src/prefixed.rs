@@ -23,6 +23,11 @@ impl<S> PrefixedIo<S> {
         }
     }
 
+    /// A stream nothing was read from yet.
+    pub fn unread(inner: S) -> Self {
+        Self::new(Bytes::new(), inner)
+    }
+
     /// Splits into the bytes not yet read back and the underlying stream.
     pub fn into_parts(self) -> (Bytes, S) {
         (self.prefix, self.inner)

@@ -43,6 +43,10 @@ where
         .initial_stream_window_size(H2_SETTINGS.stream_window)
         .initial_connection_window_size(H2_SETTINGS.connection_window)
         .max_frame_size(H2_SETTINGS.max_frame_size)
+        .max_concurrent_streams(H2_SETTINGS.max_concurrent_streams)
+        .max_header_list_size(H2_SETTINGS.max_header_list_size)
+        .keep_alive_interval(H2_SETTINGS.keep_alive_interval)
+        .keep_alive_timeout(H2_SETTINGS.keep_alive_timeout)
         .serve_connection(TokioIo::new(io), service(handle));
     tokio::pin!(conn);
     tokio::select! {

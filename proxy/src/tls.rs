@@ -37,10 +37,13 @@ use crate::{
 /// Our ALPN for sidecar-to-sidecar connections.
 pub const MESH_ALPN: &[u8] = b"remora";
 
+/// Istio's ALPN for Envoy's in-band metadata exchange.
+const ISTIO_PEER_EXCHANGE: &[u8] = b"istio-peer-exchange";
+
 /// ALPNs an inbound connection may offer to be treated as mesh mTLS: ours, then Istio's.
 const INBOUND_MESH_ALPNS: [&[u8]; 6] = [
     MESH_ALPN,
-    b"istio-peer-exchange",
+    ISTIO_PEER_EXCHANGE,
     b"istio-http/1.1",
     b"istio-http/1.0",
     b"istio-h2",
@@ -92,7 +95,13 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
-        server.alpn_protocols = INBOUND_MESH_ALPNS.iter().map(|p| p.to_vec()).collect();
+        // Recognised for detection, but never chosen: it would make an Envoy caller send its
+        // metadata-exchange preamble, which would reach the app. Envoy also offers `istio`.
+        server.alpn_protocols = INBOUND_MESH_ALPNS
+            .iter()
+            .filter(|p| **p != ISTIO_PEER_EXCHANGE)
+            .map(|p| p.to_vec())
+            .collect();
 
         let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -136,10 +145,9 @@ impl MeshTls {
         &self,
         io: PrefixedIo<TcpStream>,
     ) -> Result<(ServerStream, SpiffeId), TlsError> {
-        let tls = self
-            .acceptor
-            .accept(io)
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(io))
             .await
+            .map_err(|_| TlsError::Handshake(std::io::ErrorKind::TimedOut.into()))?
             .map_err(TlsError::Handshake)?;
         let peer = peer_identity(tls.get_ref().1.peer_certificates())?;
         Ok((tls, peer))

@@ -12,7 +12,10 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use crate::prefixed::PrefixedIo;
+use crate::{
+    metrics::{Metrics, Reporter, Security},
+    prefixed::PrefixedIo,
+};
 
 /// Source address for traffic the sidecar hands to its own app. Istio's iptables rules exempt
 /// it (`-o lo -s 127.0.0.6/32 -j RETURN`) so the connection is not captured a second time.
@@ -28,8 +31,10 @@ pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
         SocketAddr::V4(_) => socket.original_dst_v4()?,
         SocketAddr::V6(_) => socket.original_dst_v6()?,
     };
+    // Only address and port: IPv6 flow labels and scope ids would defeat snapshot lookups.
     original
         .as_socket()
+        .map(|addr| SocketAddr::new(addr.ip(), addr.port()))
         .ok_or_else(|| io::Error::other("original destination is not an IP address"))
 }
 
@@ -64,6 +69,25 @@ async fn within_connect_timeout(
     tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// [`splice`], recorded as one of Istio's TCP connections (opened, closed, bytes each way).
+pub async fn splice_recorded<A, B>(
+    metrics: &Metrics,
+    reporter: Reporter,
+    security: Security,
+    caller: PrefixedIo<A>,
+    callee: B,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    metrics.tcp_opened(reporter, security);
+    let result = splice(caller, callee).await;
+    let spliced = result.as_ref().copied().unwrap_or_default();
+    metrics.tcp_closed(reporter, security, spliced.received, spliced.sent);
+    result.map(|_| ())
 }
 
 /// Byte counts of a finished splice, from the point of view of the caller's side.

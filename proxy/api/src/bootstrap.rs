@@ -111,6 +111,15 @@ impl Bootstrap {
                 "metadata.namespace/metadata.serviceAccount/trustDomain: {err}"
             ));
         }
+        if self.control_plane.is_some() {
+            // Config discovery is not implemented yet: running without a snapshot would pass
+            // every destination through in plain text, so refuse instead of starting.
+            problems.push(
+                "controlPlane: discovery from a control plane is not available yet; \
+                 give a staticSnapshot instead"
+                    .to_owned(),
+            );
+        }
         if let Some(snapshot) = &self.static_snapshot {
             problems.extend(
                 snapshot
@@ -217,6 +226,18 @@ staticSnapshot:
             let err = Bootstrap::from_yaml(&text).expect_err(field).to_string();
             assert!(err.contains(field), "expected {field:?} in {err:?}");
         }
+    }
+
+    #[test]
+    fn a_control_plane_address_is_refused_until_discovery_exists() {
+        let text = GOOD.replace(
+            "identity:\n",
+            "controlPlane: istiod.istio-system.svc:15012\nidentity:\n",
+        );
+        let err = Bootstrap::from_yaml(&text)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("controlPlane: discovery"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
-use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper_util::{
     client::legacy::Client,
@@ -13,8 +13,9 @@ use hyper_util::{
 use tokio::net::TcpStream;
 
 use crate::{
-    body::{local_response, Body},
+    body::{upstream_unavailable, Body},
     headers,
+    metrics::request_protocol,
     pool::{Dial, H2Pool, PoolError},
     transport,
 };
@@ -48,6 +49,7 @@ impl AppClient {
         mut req: Request<Body>,
     ) -> Response<Body> {
         headers::strip_hop_by_hop(req.headers_mut());
+        let grpc = request_protocol(req.headers()) == "grpc";
         let result = match version {
             Some(version) => {
                 // The app reads the authority from Host; the URI only tells the pool where to go
@@ -68,7 +70,7 @@ impl AppClient {
                     .build();
                 match uri {
                     Ok(uri) => *req.uri_mut() = uri,
-                    Err(error) => return unavailable(app, &error),
+                    Err(error) => return unavailable(app, grpc, &error),
                 }
                 *req.version_mut() = version;
                 self.http1.request(req).await.map_err(|e| e.to_string())
@@ -86,18 +88,15 @@ impl AppClient {
                 headers::strip_hop_by_hop(response.headers_mut());
                 response.map(Either::Left)
             }
-            Err(error) => unavailable(app, &error),
+            Err(error) => unavailable(app, grpc, &error),
         }
     }
 }
 
 /// Envoy's answer when the app cannot be reached.
-pub fn unavailable(app: SocketAddr, error: &dyn std::fmt::Display) -> Response<Body> {
+pub fn unavailable(app: SocketAddr, grpc: bool, error: &dyn std::fmt::Display) -> Response<Body> {
     tracing::info!(%error, %app, "request to the app failed");
-    local_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("upstream connect error or disconnect/reset before headers: {error}"),
-    )
+    upstream_unavailable(grpc, error)
 }
 
 /// Connects hyper's HTTP/1 pool to the app named by the URI's authority.

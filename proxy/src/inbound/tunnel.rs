@@ -10,7 +10,6 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -29,7 +28,7 @@ use crate::{
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let pod_ip = tcp.local_addr()?.ip();
     proxy.metrics.connection("tunnel", "http2");
-    let (tls, peer) = proxy.tls.accept(PrefixedIo::new(Bytes::new(), tcp)).await?;
+    let (tls, peer) = proxy.tls.accept(PrefixedIo::unread(tcp)).await?;
     let drain = proxy.drain.clone();
     let conn = Arc::new(TunnelConn {
         xfcc: headers::forwarded_client_cert(&proxy.id, &peer),
@@ -94,7 +93,7 @@ impl TunnelConn {
         };
         let tcp = match transport::connect_to_app(app).await {
             Ok(tcp) => tcp,
-            Err(error) => return super::app::unavailable(app, &error),
+            Err(error) => return super::app::unavailable(app, false, &error),
         };
         let upgrade = hyper::upgrade::on(&mut req);
         let metrics = self.proxy.metrics.clone();
@@ -106,16 +105,15 @@ impl TunnelConn {
                     return;
                 }
             };
-            metrics.tcp_opened(Reporter::destination, Security::mutual_tls);
-            let caller = PrefixedIo::new(Bytes::new(), TokioIo::new(tunnel));
-            let result = transport::splice(caller, tcp).await;
-            let spliced = result.as_ref().copied().unwrap_or_default();
-            metrics.tcp_closed(
+            let caller = PrefixedIo::unread(TokioIo::new(tunnel));
+            let result = transport::splice_recorded(
+                &metrics,
                 Reporter::destination,
                 Security::mutual_tls,
-                spliced.received,
-                spliced.sent,
-            );
+                caller,
+                tcp,
+            )
+            .await;
             if let Err(error) = result {
                 tracing::debug!(%error, %app, "tunnel ended");
             }

@@ -101,3 +101,38 @@ async fn keys_get_their_own_connections_and_idle_ones_are_reaped() {
         "idle connection was reused"
     );
 }
+
+/// Dials that always fail, slowly, counting attempts.
+#[derive(Clone, Default)]
+struct DeadPeer {
+    dials: Arc<AtomicUsize>,
+}
+
+impl Dial for DeadPeer {
+    type Io = DuplexStream;
+
+    async fn dial(&self) -> Result<DuplexStream, PoolError> {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Err(PoolError::Dial("connect timed out".to_owned()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_to_a_dead_peer_waits_for_one_dial_not_one_each() {
+    let pool = H2Pool::new(Duration::from_secs(60));
+    let dead = DeadPeer::default();
+    let started = tokio::time::Instant::now();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let pool = pool.clone();
+            let dead = dead.clone();
+            tokio::spawn(async move { pool.send(&"dead", &dead, get()).await })
+        })
+        .collect();
+    for request in requests {
+        assert!(request.await.expect("join").is_err());
+    }
+    assert_eq!(dead.dials.load(Ordering::SeqCst), 1);
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+}
