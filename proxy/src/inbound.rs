@@ -84,11 +84,11 @@ where
         security,
     });
     match detected.protocol {
-        Protocol::Http1 => {
-            serve::http1(detected.io, &drain, move |req| target.clone().forward(req)).await?
-        }
-        Protocol::Http2 => {
-            serve::http2(detected.io, &drain, move |req| target.clone().forward(req)).await?
+        Protocol::Http1 | Protocol::Http2 => {
+            serve::http(detected.protocol, detected.io, &drain, move |req| {
+                target.clone().forward(req)
+            })
+            .await?
         }
         Protocol::Tls | Protocol::Opaque => {
             let upstream = transport::connect_to_app(app).await?;

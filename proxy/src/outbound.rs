@@ -48,11 +48,11 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
         identity,
     });
     match detected.protocol {
-        Protocol::Http1 => {
-            serve::http1(detected.io, &drain, move |req| target.clone().forward(req)).await?
-        }
-        Protocol::Http2 => {
-            serve::http2(detected.io, &drain, move |req| target.clone().forward(req)).await?
+        Protocol::Http1 | Protocol::Http2 => {
+            serve::http(detected.protocol, detected.io, &drain, move |req| {
+                target.clone().forward(req)
+            })
+            .await?
         }
         Protocol::Tls | Protocol::Opaque => {
             let tunnel = target.proxy.mesh.tunnel(dst, &target.identity).await?;

@@ -7,7 +7,7 @@ use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{body::Body, drain::Drain, pool::H2_SETTINGS};
+use crate::{body::Body, detect::Protocol, drain::Drain, pool::H2_SETTINGS};
 
 /// Serves HTTP/1.x (upgrades allowed) on `io`, answering each request with `handle`, until
 /// the caller closes or a drain has let the request in flight finish.
@@ -54,6 +54,24 @@ where
         () = drain.started() => conn.as_mut().graceful_shutdown(),
     }
     conn.await
+}
+
+/// Serves `io` as the HTTP version detection found: HTTP/2 for [`Protocol::Http2`], else HTTP/1.
+pub async fn http<IO, H, F>(
+    protocol: Protocol,
+    io: IO,
+    drain: &Drain,
+    handle: H,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    match protocol {
+        Protocol::Http2 => http2(io, drain, handle).await,
+        _ => http1(io, drain, handle).await,
+    }
 }
 
 fn service<H, F>(
