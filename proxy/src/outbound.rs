@@ -55,7 +55,11 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
             .await?
         }
         Protocol::Tls | Protocol::Opaque => {
-            let tunnel = target.proxy.mesh.tunnel(dst, &target.identity).await?;
+            let tunnel = target
+                .proxy
+                .mesh
+                .tunnel(dst, &target.identity, None)
+                .await?;
             transport::splice_recorded(
                 &target.proxy.metrics,
                 Reporter::source,
@@ -77,15 +81,13 @@ struct Target {
 }
 
 impl Target {
-    async fn forward(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+    async fn forward(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let protocol = request_protocol(req.headers());
         let grpc = protocol == "grpc";
         let response = if req.method() == Method::CONNECT {
             // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
             local_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
         } else if headers::is_upgrade(&req) {
-            // The upgrade travels as bytes to the app, so no sidecar can sanitise it later.
-            req.headers_mut().remove(headers::XFCC);
             self.upgrade(req).await
         } else {
             let version = req.version();
@@ -117,9 +119,15 @@ impl Target {
         response
     }
 
-    /// A WebSocket-style upgrade: HTTP/1.1 end to end, inside a tunnel to the destination.
+    /// A WebSocket-style upgrade: HTTP/1.1 inside a tunnel, served as HTTP again by the peer
+    /// sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end.
     async fn upgrade(&self, req: Request<Incoming>) -> Response<Body> {
-        let tunnel = match self.proxy.mesh.tunnel(self.dst, &self.identity).await {
+        let tunnel = self
+            .proxy
+            .mesh
+            .tunnel(self.dst, &self.identity, Some(req.version()))
+            .await;
+        let tunnel = match tunnel {
             Ok(tunnel) => tunnel,
             Err(error) => return self.unavailable(false, &error),
         };

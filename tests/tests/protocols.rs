@@ -88,6 +88,11 @@ fn websocket_echo_works() -> anyhow::Result<()> {
     assert_eq!(seen["text"], "hello over the mesh");
     assert_eq!(seen["binary_hex"], hex("hello over the mesh"));
     assert_eq!(seen["close_code"], 1000);
+    // The server sidecar handled the handshake as HTTP: the forged header is gone, its own is set.
+    assert_eq!(
+        seen["xfcc"],
+        "By=spiffe://cluster.local/ns/default/sa/httpbin;URI=spiffe://cluster.local/ns/default/sa/sleep"
+    );
     Ok(())
 }
 

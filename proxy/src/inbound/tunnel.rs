@@ -14,11 +14,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use remora_api::SpiffeId;
 use tokio::net::TcpStream;
 
 use crate::{
     app::{is_proxy_port, ConnectionError, Proxy},
     body::{self, local_response, Body},
+    detect::{Detected, Protocol},
     headers,
     metrics::{request_protocol, Reporter, Security},
     prefixed::PrefixedIo,
@@ -32,6 +34,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
     let drain = proxy.drain.clone();
     let conn = Arc::new(TunnelConn {
         xfcc: headers::forwarded_client_cert(&proxy.id, &peer),
+        peer,
         proxy,
         pod_ip,
     });
@@ -43,6 +46,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
 struct TunnelConn {
     proxy: Arc<Proxy>,
     pod_ip: IpAddr,
+    peer: SpiffeId,
     xfcc: HeaderValue,
 }
 
@@ -75,7 +79,9 @@ impl TunnelConn {
         response
     }
 
-    /// Opens a byte tunnel to the app port named by `CONNECT ip:port`.
+    /// Opens a byte tunnel to the app port named by `CONNECT ip:port`. A tunnel carrying HTTP/1
+    /// (an upgrade, per `remora-orig-proto`) is served as HTTP, like a plaintext caller on 15006
+    /// but with this peer's identity; anything else is spliced to the app.
     async fn connect(&self, mut req: Request<Incoming>) -> Response<Body> {
         let target = req
             .uri()
@@ -91,6 +97,26 @@ impl TunnelConn {
                 )
             }
         };
+        if headers::orig_proto(req.headers()).is_some() {
+            let upgrade = hyper::upgrade::on(&mut req);
+            let (proxy, peer) = (self.proxy.clone(), self.peer.clone());
+            self.proxy.drain.spawn(async move {
+                let result = match upgrade.await {
+                    Ok(tunnel) => {
+                        let detected = Detected {
+                            protocol: Protocol::Http1,
+                            io: PrefixedIo::unread(TokioIo::new(tunnel)),
+                        };
+                        super::to_app(proxy, app, detected, Some(peer)).await
+                    }
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, %app, "HTTP tunnel ended");
+                }
+            });
+            return Response::new(body::empty());
+        }
         let tcp = match transport::connect_to_app(app).await {
             Ok(tcp) => tcp,
             Err(error) => return super::app::unavailable(app, false, &error),

@@ -106,13 +106,19 @@ impl MeshClient {
         Ok(self.send(dst, identity, req).await?)
     }
 
-    /// Opens a byte stream to `dst` through its sidecar.
+    /// Opens a byte stream to `dst` through its sidecar. `carries` names the HTTP/1.x version
+    /// spoken inside (an upgrade), so the peer serves it as HTTP and sanitises it; `None` means
+    /// opaque bytes.
     pub async fn tunnel(
         &self,
         dst: SocketAddr,
         identity: &SpiffeId,
+        carries: Option<Version>,
     ) -> Result<Upgraded, MeshError> {
         let mut connect = Request::new(body::empty());
+        if let Some(proto) = carries.and_then(headers::orig_proto_value) {
+            connect.headers_mut().insert(headers::ORIG_PROTO, proto);
+        }
         *connect.method_mut() = Method::CONNECT;
         *connect.uri_mut() = dst
             .to_string()
