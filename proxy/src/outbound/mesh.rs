@@ -92,11 +92,13 @@ impl MeshClient {
         headers::strip_mesh(req.headers_mut());
         if let Some(orig) = headers::orig_proto_value(req.version()) {
             // HTTP/2 needs the authority in the URI; HTTP/1 had it in Host (or nowhere).
-            let authority = req
-                .headers_mut()
-                .remove(header::HOST)
-                .and_then(|h| h.to_str().ok().map(str::to_owned))
-                .unwrap_or_else(|| dst.to_string());
+            let authority = match req.headers_mut().remove(header::HOST) {
+                Some(host) => host
+                    .to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| MeshError::Authority(format!("{host:?}")))?,
+                None => dst.to_string(),
+            };
             *req.uri_mut() = absolute(&authority, req.uri().path_and_query())?;
             req.headers_mut().insert(headers::ORIG_PROTO, orig);
             *req.version_mut() = Version::HTTP_2;
