@@ -306,3 +306,64 @@ fn a_killed_sidecar_connection_is_replaced() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn large_bodies_stream_both_ways_intact() -> anyhow::Result<()> {
+    const BLOB_PORT: u16 = 8088;
+    const SIZE: usize = 24 * 1024 * 1024;
+    let pods = with_apps(
+        "bulk",
+        vec![App::fixture(
+            "blob_server.py",
+            BLOB_PORT,
+            &[&BLOB_PORT.to_string()],
+        )],
+    )?;
+    // The same pattern blob_server.py generates, to hash on this side.
+    let pattern: Vec<u8> = (0..=255u8).cycle().take(SIZE).collect();
+    let upload = pods.mesh.dir().join("upload.bin");
+    std::fs::write(&upload, &pattern)?;
+    let expected = sha256_hex(&upload)?;
+    let base = format!("http://{}:{BLOB_PORT}", pods.server.ip);
+
+    // Upload, chunked (no length known up front), through both sidecars.
+    let out = pods.client.run(&[
+        "curl",
+        "-sS",
+        "-m",
+        "60",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &format!("{base}/sink"),
+    ])?;
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(seen["length"], SIZE);
+    assert_eq!(seen["sha256"], expected.as_str());
+
+    // Download a chunked stream of the same size.
+    let download = pods.mesh.dir().join("download.bin");
+    pods.client.run(&[
+        "curl",
+        "-sS",
+        "-m",
+        "60",
+        "-o",
+        &download.to_string_lossy(),
+        &format!("{base}/blob/{SIZE}"),
+    ])?;
+    assert_eq!(std::fs::metadata(&download)?.len(), SIZE as u64);
+    assert_eq!(sha256_hex(&download)?, expected);
+    Ok(())
+}
+
+fn sha256_hex(path: &std::path::Path) -> anyhow::Result<String> {
+    let out = std::process::Command::new("sha256sum").arg(path).output()?;
+    ensure!(out.status.success(), "sha256sum failed");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
