@@ -8,15 +8,14 @@
 
 pub mod mesh;
 
-use mesh::MeshError;
+use mesh::{MeshError, MeshRoute};
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use remora_api::SpiffeId;
 use tokio::net::TcpStream;
 
 use crate::{
@@ -43,9 +42,8 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
         .connection("outbound", detected.protocol.name());
     let drain = proxy.drain.clone();
     let target = Arc::new(Target {
+        route: proxy.mesh.route(dst, identity),
         proxy,
-        dst,
-        identity,
     });
     match detected.protocol {
         Protocol::Http1 | Protocol::Http2 => {
@@ -55,11 +53,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
             .await?
         }
         Protocol::Tls | Protocol::Opaque => {
-            let tunnel = target
-                .proxy
-                .mesh
-                .tunnel(dst, &target.identity, None)
-                .await?;
+            let tunnel = target.route.tunnel(None).await?;
             transport::splice_recorded(
                 &target.proxy.metrics,
                 Reporter::source,
@@ -73,11 +67,10 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
     Ok(())
 }
 
-/// One app connection's destination: a mesh endpoint and who must be serving it.
+/// One app connection's destination: a mesh endpoint and the way to its sidecar.
 struct Target {
     proxy: Arc<Proxy>,
-    dst: SocketAddr,
-    identity: SpiffeId,
+    route: MeshRoute,
 }
 
 impl Target {
@@ -91,12 +84,7 @@ impl Target {
             self.upgrade(req).await
         } else {
             let version = req.version();
-            match self
-                .proxy
-                .mesh
-                .request(self.dst, &self.identity, req.map(Either::Left))
-                .await
-            {
+            match self.route.request(req.map(Either::Left)).await {
                 Ok(mut response) => {
                     headers::strip_hop_by_hop(response.headers_mut());
                     headers::strip_mesh(response.headers_mut());
@@ -122,11 +110,7 @@ impl Target {
     /// A WebSocket-style upgrade: HTTP/1.1 inside a tunnel, served as HTTP again by the peer
     /// sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end.
     async fn upgrade(&self, req: Request<Incoming>) -> Response<Body> {
-        let tunnel = self
-            .proxy
-            .mesh
-            .tunnel(self.dst, &self.identity, Some(req.version()))
-            .await;
+        let tunnel = self.route.tunnel(Some(req.version())).await;
         let tunnel = match tunnel {
             Ok(tunnel) => tunnel,
             Err(error) => return self.unavailable(false, &error),
@@ -137,7 +121,7 @@ impl Target {
     }
 
     fn unavailable(&self, grpc: bool, error: &dyn std::fmt::Display) -> Response<Body> {
-        tracing::info!(%error, dst = %self.dst, "request failed upstream");
+        tracing::info!(%error, dst = %self.route.dst(), "request failed upstream");
         upstream_unavailable(grpc, error)
     }
 }

@@ -72,23 +72,33 @@ pub trait Dial: Send + Sync {
 
 pub struct H2Pool<K> {
     entries: Mutex<HashMap<K, Arc<Entry>>>,
-    started: Instant,
+    clock: Clock,
     idle_timeout: Duration,
 }
 
-/// One key's connection. The async lock is held only while dialing (so concurrent callers wait
-/// for the one connection instead of opening their own) and while cloning the sender.
+/// Milliseconds since the pool started, for cheap last-use stamps.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One key's connection. Requests take the sender from `live` under a short synchronous lock;
+/// only dialing takes the async `dialing` lock, so a burst waits for one dial instead of each
+/// opening its own connection.
 struct Entry {
-    conn: tokio::sync::Mutex<Slot>,
+    live: Mutex<Option<Conn>>,
+    /// Held while dialing; remembers the last failed dial.
+    dialing: tokio::sync::Mutex<Option<Failure>>,
+    /// Numbers connections, so a caller can say which one it saw break.
+    generations: AtomicU64,
     last_used_ms: AtomicU64,
 }
 
-#[derive(Default)]
-struct Slot {
-    conn: Option<Conn>,
-    failure: Option<Failure>,
-}
-
+#[derive(Clone)]
 struct Conn {
     generation: u64,
     sender: http2::SendRequest<Body>,
@@ -104,12 +114,19 @@ struct Failure {
 /// How long a failed dial answers for its key before the next caller tries again.
 const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
+/// A caller's hold on one key's connection, kept for as long as it sends there (e.g. for the
+/// life of an app connection), so each request skips the pool's map.
+pub struct PoolHandle {
+    entry: Arc<Entry>,
+    clock: Clock,
+}
+
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
     /// A pool whose idle connections are reaped by a background task that ends with the pool.
     pub fn new(idle_timeout: Duration) -> Arc<Self> {
         let pool = Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
-            started: Instant::now(),
+            clock: Clock(Instant::now()),
             idle_timeout,
         });
         tokio::spawn(reap(Arc::downgrade(&pool), idle_timeout));
@@ -124,18 +141,14 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, PoolError> {
         let entry = self.entry(key);
-        let (generation, mut sender) = self.checkout(&entry, dial, None).await?;
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(response),
-            Err(mut failed) => match failed.take_message() {
-                // The connection broke before the request left: retry once on a new one.
-                Some(req) => {
-                    tracing::debug!(error = %failed.error(), "retrying an unsent request");
-                    let (_, mut sender) = self.checkout(&entry, dial, Some(generation)).await?;
-                    Ok(sender.send_request(req).await?)
-                }
-                None => Err(failed.into_error().into()),
-            },
+        send(&entry, self.clock.now_ms(), dial, req).await
+    }
+
+    /// A handle on `key`'s connection, for a caller that will send there repeatedly.
+    pub fn handle(self: &Arc<Self>, key: &K) -> PoolHandle {
+        PoolHandle {
+            entry: self.entry(key),
+            clock: self.clock,
         }
     }
 
@@ -143,72 +156,112 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
         let mut entries = self.entries.lock();
         let entry = entries.entry(key.clone()).or_insert_with(|| {
             Arc::new(Entry {
-                conn: tokio::sync::Mutex::new(Slot::default()),
+                live: Mutex::new(None),
+                dialing: tokio::sync::Mutex::new(None),
+                generations: AtomicU64::new(0),
                 last_used_ms: AtomicU64::new(0),
             })
         });
-        entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        entry
+            .last_used_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
         entry.clone()
     }
 
-    /// A ready sender for `entry`, dialing if its connection is missing or closed, or is the
-    /// `broken` generation a caller just saw fail.
-    async fn checkout<D: Dial>(
-        &self,
-        entry: &Entry,
-        dial: &D,
-        broken: Option<u64>,
-    ) -> Result<(u64, http2::SendRequest<Body>), PoolError> {
-        let mut slot = entry.conn.lock().await;
-        let reusable = slot
-            .conn
-            .as_ref()
-            .filter(|c| !c.sender.is_closed() && Some(c.generation) != broken);
-        if let Some(conn) = reusable {
-            return Ok((conn.generation, conn.sender.clone()));
-        }
-        if let Some(failure) = slot
-            .failure
-            .as_ref()
-            .filter(|f| f.at.elapsed() < FAILURE_HOLD)
-        {
-            return Err(PoolError::Dial(failure.reason.clone()));
-        }
-        let generation = slot.conn.as_ref().map_or(0, |c| c.generation + 1);
-        let dialed = match dial.dial().await {
-            Ok(io) => handshake(io).await,
-            Err(error) => Err(error),
-        };
-        match dialed {
-            Ok(sender) => {
-                slot.failure = None;
-                slot.conn = Some(Conn {
-                    generation,
-                    sender: sender.clone(),
-                });
-                Ok((generation, sender))
-            }
-            Err(error) => {
-                slot.failure = Some(Failure {
-                    at: Instant::now(),
-                    reason: error.to_string(),
-                });
-                Err(error)
-            }
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Drops connections unused for the idle timeout.
+    /// Closes connections unused for the idle timeout (streams still open on them finish
+    /// first) and forgets keys nobody holds a handle on.
     fn reap_idle(&self) {
-        let now = self.now_ms();
+        let now = self.clock.now_ms();
         let idle = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
-        self.entries
-            .lock()
-            .retain(|_, e| now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) < idle);
+        self.entries.lock().retain(|_, entry| {
+            if now.saturating_sub(entry.last_used_ms.load(Ordering::Relaxed)) < idle {
+                return true;
+            }
+            entry.live.lock().take();
+            Arc::strong_count(entry) > 1
+        });
+    }
+}
+
+impl PoolHandle {
+    pub async fn send<D: Dial>(
+        &self,
+        dial: &D,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        send(&self.entry, self.clock.now_ms(), dial, req).await
+    }
+}
+
+async fn send<D: Dial>(
+    entry: &Entry,
+    now_ms: u64,
+    dial: &D,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, PoolError> {
+    entry.last_used_ms.store(now_ms, Ordering::Relaxed);
+    let mut conn = checkout(entry, dial, None).await?;
+    match conn.sender.try_send_request(req).await {
+        Ok(response) => Ok(response),
+        Err(mut failed) => match failed.take_message() {
+            // The connection broke before the request left: retry once on a new one.
+            Some(req) => {
+                tracing::debug!(error = %failed.error(), "retrying an unsent request");
+                let mut conn = checkout(entry, dial, Some(conn.generation)).await?;
+                Ok(conn.sender.send_request(req).await?)
+            }
+            None => Err(failed.into_error().into()),
+        },
+    }
+}
+
+/// The live connection of `entry` unless it is closed or is the `broken` generation a caller
+/// just saw fail.
+fn reusable(entry: &Entry, broken: Option<u64>) -> Option<Conn> {
+    entry
+        .live
+        .lock()
+        .as_ref()
+        .filter(|c| !c.sender.is_closed() && Some(c.generation) != broken)
+        .cloned()
+}
+
+/// A ready connection for `entry`, dialing if there is none worth using.
+async fn checkout<D: Dial>(
+    entry: &Entry,
+    dial: &D,
+    broken: Option<u64>,
+) -> Result<Conn, PoolError> {
+    if let Some(conn) = reusable(entry, broken) {
+        return Ok(conn);
+    }
+    let mut failure = entry.dialing.lock().await;
+    // Someone else may have dialed while this caller waited for the lock.
+    if let Some(conn) = reusable(entry, broken) {
+        return Ok(conn);
+    }
+    if let Some(recent) = failure.as_ref().filter(|f| f.at.elapsed() < FAILURE_HOLD) {
+        return Err(PoolError::Dial(recent.reason.clone()));
+    }
+    let generation = entry.generations.fetch_add(1, Ordering::Relaxed);
+    let dialed = match dial.dial().await {
+        Ok(io) => handshake(io).await,
+        Err(error) => Err(error),
+    };
+    match dialed {
+        Ok(sender) => {
+            *failure = None;
+            let conn = Conn { generation, sender };
+            *entry.live.lock() = Some(conn.clone());
+            Ok(conn)
+        }
+        Err(error) => {
+            *failure = Some(Failure {
+                at: Instant::now(),
+                reason: error.to_string(),
+            });
+            Err(error)
+        }
     }
 }
 

@@ -12,14 +12,16 @@ use std::{
     time::Duration,
 };
 
-use http::{header, uri::PathAndQuery, Method, Request, Response, StatusCode, Uri, Version};
+use http::{
+    header, uri::PathAndQuery, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use hyper::{body::Incoming, upgrade::Upgraded};
 use remora_api::SpiffeId;
 
 use crate::{
     body::{self, Body},
     headers,
-    pool::{Dial, H2Pool, PoolError},
+    pool::{Dial, H2Pool, PoolError, PoolHandle},
     tls::{ClientStream, MeshTls},
     transport,
 };
@@ -81,13 +83,39 @@ impl MeshClient {
         }
     }
 
-    /// Sends an app's HTTP request to `dst`, whose sidecar must be `identity`.
-    pub async fn request(
-        &self,
-        dst: SocketAddr,
-        identity: &SpiffeId,
-        mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, MeshError> {
+    /// The way to `dst`, whose sidecar must be `identity`; one per app connection, so its
+    /// requests go straight to the peer's pooled connection.
+    pub fn route(&self, dst: SocketAddr, identity: SpiffeId) -> MeshRoute {
+        let peer = Peer {
+            ip: dst.ip(),
+            identity,
+        };
+        MeshRoute {
+            dst,
+            dst_port: headers::dst_port_value(dst),
+            handle: self.pool.handle(&peer),
+            peer,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+/// One mesh destination and its peer sidecar's pooled connection.
+pub struct MeshRoute {
+    dst: SocketAddr,
+    dst_port: HeaderValue,
+    peer: Peer,
+    tls: MeshTls,
+    handle: PoolHandle,
+}
+
+impl MeshRoute {
+    pub fn dst(&self) -> SocketAddr {
+        self.dst
+    }
+
+    /// Sends an app's HTTP request to the destination.
+    pub async fn request(&self, mut req: Request<Body>) -> Result<Response<Incoming>, MeshError> {
         headers::strip_hop_by_hop(req.headers_mut());
         headers::strip_mesh(req.headers_mut());
         if let Some(orig) = headers::orig_proto_value(req.version()) {
@@ -97,26 +125,22 @@ impl MeshClient {
                     .to_str()
                     .map(str::to_owned)
                     .map_err(|_| MeshError::Authority(format!("{host:?}")))?,
-                None => dst.to_string(),
+                None => self.dst.to_string(),
             };
             *req.uri_mut() = absolute(&authority, req.uri().path_and_query())?;
             req.headers_mut().insert(headers::ORIG_PROTO, orig);
             *req.version_mut() = Version::HTTP_2;
         }
         req.headers_mut()
-            .insert(headers::DST_PORT, headers::dst_port_value(dst));
-        Ok(self.send(dst, identity, req).await?)
+            .insert(headers::DST_PORT, self.dst_port.clone());
+        Ok(self.send(req).await?)
     }
 
-    /// Opens a byte stream to `dst` through its sidecar. `carries` names the HTTP/1.x version
-    /// spoken inside (an upgrade), so the peer serves it as HTTP and sanitises it; `None` means
-    /// opaque bytes.
-    pub async fn tunnel(
-        &self,
-        dst: SocketAddr,
-        identity: &SpiffeId,
-        carries: Option<Version>,
-    ) -> Result<Upgraded, MeshError> {
+    /// Opens a byte stream to the destination. `carries` names the HTTP/1.x version spoken
+    /// inside (an upgrade), so the peer serves it as HTTP and sanitises it; `None` means opaque
+    /// bytes.
+    pub async fn tunnel(&self, carries: Option<Version>) -> Result<Upgraded, MeshError> {
+        let dst = self.dst;
         let mut connect = Request::new(body::empty());
         if let Some(proto) = carries.and_then(headers::orig_proto_value) {
             connect.headers_mut().insert(headers::ORIG_PROTO, proto);
@@ -127,7 +151,7 @@ impl MeshClient {
             .parse()
             .map_err(|_| MeshError::Authority(dst.to_string()))?;
         *connect.version_mut() = Version::HTTP_2;
-        let mut response = self.send(dst, identity, connect).await?;
+        let mut response = self.send(connect).await?;
         if response.status() != StatusCode::OK {
             return Err(MeshError::TunnelRefused {
                 dst,
@@ -139,21 +163,12 @@ impl MeshClient {
             .map_err(MeshError::Upgrade)
     }
 
-    async fn send(
-        &self,
-        dst: SocketAddr,
-        identity: &SpiffeId,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, PoolError> {
-        let peer = Peer {
-            ip: dst.ip(),
-            identity: identity.clone(),
-        };
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, PoolError> {
         let dialer = PeerDialer {
-            peer: &peer,
+            peer: &self.peer,
             tls: &self.tls,
         };
-        self.pool.send(&peer, &dialer, req).await
+        self.handle.send(&dialer, req).await
     }
 }
 

@@ -136,3 +136,22 @@ async fn a_burst_to_a_dead_peer_waits_for_one_dial_not_one_each() {
     assert_eq!(dead.dials.load(Ordering::SeqCst), 1);
     assert_eq!(started.elapsed(), Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn handles_share_one_connection_even_across_reaping() {
+    let pool = H2Pool::new(Duration::from_millis(200));
+    let dialer = PipeDialer::default();
+    let first = pool.handle(&"a");
+    first.send(&dialer, get()).await.expect("first");
+    // Idle long enough to be reaped: the connection closes, but the key stays while held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = pool.handle(&"a");
+    second.send(&dialer, get()).await.expect("second");
+    first.send(&dialer, get()).await.expect("first again");
+    pool.send(&"a", &dialer, get()).await.expect("by key");
+    assert_eq!(
+        dialer.dials.load(Ordering::SeqCst),
+        2,
+        "one dial, one re-dial after reaping"
+    );
+}
