@@ -259,3 +259,39 @@ fn server_refuses_client_from_foreign_root() -> anyhow::Result<()> {
         "invalid peer certificate",
     )
 }
+
+#[test]
+fn istio_sidecar_mtls_is_accepted_on_the_inbound_port() -> anyhow::Result<()> {
+    let pods = TwoPods::start("istioalpn", &TwoPodsOptions::default())?;
+    // A caller behind an Envoy sidecar during a migration: mesh certificate, Istio's ALPN.
+    let envoy = pods
+        .mesh
+        .add_pod_without_sidecar("envoy", "legacy", "productpage")?;
+    let certs = envoy.dir.join("certs");
+    pods.mesh.issue_cert("legacy", "productpage", &[], &certs)?;
+    let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+    let out = envoy.run(&[
+        "python3",
+        &fixture("istio_client.py"),
+        &pods.server.ip.to_string(),
+        &HTTPBIN_PORT.to_string(),
+        "/headers",
+        &file("cert-chain.pem"),
+        &file("key.pem"),
+        &file("root-cert.pem"),
+    ])?;
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).context("httpbin's JSON")?;
+    assert_eq!(
+        seen["headers"]["X-Forwarded-Client-Cert"],
+        "By=spiffe://cluster.local/ns/default/sa/httpbin;URI=spiffe://cluster.local/ns/legacy/sa/productpage"
+    );
+    let mtls = pods.server.sidecar_counter(
+        "istio_requests_total",
+        &[
+            r#"reporter="destination""#,
+            r#"connection_security_policy="mutual_tls""#,
+        ],
+    )?;
+    assert_eq!(mtls, 1.0);
+    Ok(())
+}
