@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/install-deps.sh
+./scripts/install-deps.sh --bench
 cargo build --release --workspace --bins
 exec "${CARGO_TARGET_DIR:-target}/release/remora-bench" "$@"

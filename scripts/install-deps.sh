@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the local mesh needs, only what is missing (safe to run again):
-# Debian packages for namespaces, iptables and captures; httpbin + gunicorn as the demo app.
+# Debian packages for namespaces, iptables and captures; the test apps from PyPI.
+# With --bench, also the benchmark's peers: nginx, wrk and oha.
 set -euo pipefail
+bench=false
+[ "${1:-}" = "--bench" ] && bench=true
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "error: run as root (network namespaces, iptables, sidecars as uid 1337):" >&2
@@ -20,9 +23,11 @@ declare -A packages=(
   [setpriv]=util-linux
   [python3]=python3
   [openssl]=openssl
-  [nginx]=nginx-light
-  [wrk]=wrk
 )
+if $bench; then
+  packages[nginx]=nginx-light
+  packages[wrk]=wrk
+fi
 missing=()
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
@@ -42,7 +47,7 @@ if ! python3 -c 'import httpbin, gunicorn, grpc, websockets' >/dev/null 2>&1; th
     'httpbin==0.10.4' 'gunicorn==27.0.1' 'grpcio==1.85.1' 'websockets==17.4'
 fi
 # The benchmark's open-loop load generator (latency-corrected), from crates.io.
-if ! command -v oha >/dev/null 2>&1; then
+if $bench && ! command -v oha >/dev/null 2>&1; then
   echo "installing oha (cargo install; a few minutes the first time)"
   cargo install --quiet --locked oha@1.16.0
 fi

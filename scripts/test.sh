@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/install-deps.sh
+./scripts/install-deps.sh --bench
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The e2e harness runs these binaries; building them first keeps the test run itself quick.

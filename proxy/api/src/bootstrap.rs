@@ -102,14 +102,13 @@ impl Bootstrap {
                 problems.push(format!("{field}: must not be empty"));
             }
         }
-        if let Err(err) = crate::SpiffeId::new(
-            &self.trust_domain,
-            &self.metadata.namespace,
-            &self.metadata.service_account,
-        ) {
-            problems.push(format!(
-                "metadata.namespace/metadata.serviceAccount/trustDomain: {err}"
-            ));
+        // Empty parts are reported above; only check the identity they make when all are there.
+        if problems.is_empty() {
+            if let Err(err) = self.spiffe_id() {
+                problems.push(format!(
+                    "metadata.namespace/metadata.serviceAccount/trustDomain: {err}"
+                ));
+            }
         }
         if self.control_plane.is_some() {
             // Config discovery is not implemented yet: running without a snapshot would pass
