@@ -49,6 +49,8 @@ const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub enum ConnectionError {
     #[error("refusing a connection addressed to the sidecar's own port {0}")]
     Loop(SocketAddr),
+    #[error("refusing an inbound connection addressed to {0}, not to this pod")]
+    NotThisPod(SocketAddr),
     #[error("reading the original destination: {0}")]
     OriginalDst(#[source] std::io::Error),
     #[error("{0}")]

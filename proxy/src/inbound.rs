@@ -36,9 +36,11 @@ use crate::{
 
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let app = intended_destination(&tcp)?;
-    if app.ip().is_loopback() {
-        // Only a forged packet arrives from outside addressed to loopback; never dial it.
-        return Err(ConnectionError::Loop(app));
+    // REDIRECT accepts on the pod's own address; a different original destination (loopback,
+    // another host) can only come from a forged packet, and must not be dialled from 127.0.0.6
+    // or ::6 on its behalf.
+    if app.ip() != tcp.local_addr()?.ip() {
+        return Err(ConnectionError::NotThisPod(app));
     }
     let detected = detect(tcp, proxy.detect_timeout).await?;
     proxy

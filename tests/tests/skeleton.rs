@@ -144,6 +144,32 @@ fn plaintext_caller_is_accepted_and_its_forged_xfcc_dropped() -> anyhow::Result<
         "{log}"
     );
     assert_eq!(pods.curl(&legacy, "/status/204", &[])?.status, 204);
+
+    // A packet for another address, steered at the server pod, is redirected by iptables but not
+    // relayed: the sidecar only serves its own pod's addresses.
+    legacy.run(&[
+        "ip",
+        "route",
+        "add",
+        "198.19.99.99/32",
+        "via",
+        &pods.server.ip.to_string(),
+        "dev",
+        "eth0",
+    ])?;
+    let out = legacy.exec(&[
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        "http://198.19.99.99:8000/status/200",
+    ])?;
+    assert!(!out.status.success(), "a foreign destination was relayed");
+    let log = pods.mesh.log(&pods.server, "sidecar");
+    assert!(
+        log.contains("refusing an inbound connection addressed to 198.19.99.99:8000"),
+        "{log}"
+    );
     Ok(())
 }
 
