@@ -132,7 +132,7 @@ impl AppTarget {
             let orig = (version != http::Version::HTTP_2).then_some(version);
             self.proxy
                 .app
-                .forward(self.app, orig, req.map(Either::Left))
+                .forward(self.app, orig, protocol, req.map(Either::Left))
                 .await
         };
         self.proxy.metrics.request(

@@ -4,10 +4,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    load::{self, ConfigError},
-    spiffe::SpiffeId,
-};
+use crate::spiffe::SpiffeId;
 
 /// A versioned view of the mesh, as one sidecar needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,13 +34,6 @@ pub struct EndpointTable {
 }
 
 impl Snapshot {
-    /// Parses and validates a snapshot document on its own.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let snapshot: Self = load::from_yaml(text)?;
-        ConfigError::from_problems(snapshot.problems())?;
-        Ok(snapshot)
-    }
-
     /// Problems with this snapshot, each prefixed by the path of its field.
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut seen = HashMap::new();
@@ -75,13 +65,5 @@ impl EndpointTable {
     /// The identity expected at `address`, or `None` when it is not a mesh endpoint.
     pub fn identity(&self, address: SocketAddr) -> Option<&SpiffeId> {
         self.by_address.get(&address)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_address.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_address.is_empty()
     }
 }

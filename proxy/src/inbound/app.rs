@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 use crate::{
     body::{upstream_unavailable, Body},
     headers,
-    metrics::request_protocol,
     pool::{Dial, H2Pool, PoolError},
     transport,
 };
@@ -42,14 +41,16 @@ impl AppClient {
     }
 
     /// Sends `req` to the app at `app`, as HTTP/1.x when `version` says so, else HTTP/2.
+    /// `protocol` is the request's Istio `request_protocol`, which shapes a local error reply.
     pub async fn forward(
         &self,
         app: SocketAddr,
         version: Option<Version>,
+        protocol: &'static str,
         mut req: Request<Body>,
     ) -> Response<Body> {
         headers::strip_hop_by_hop(req.headers_mut());
-        let grpc = request_protocol(req.headers()) == "grpc";
+        let grpc = protocol == "grpc";
         let result = match version {
             Some(version) => {
                 // The app reads the authority from Host; the URI only tells the pool where to go

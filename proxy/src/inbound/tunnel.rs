@@ -66,7 +66,7 @@ impl TunnelConn {
                 let app = SocketAddr::new(self.pod_ip, port);
                 self.proxy
                     .app
-                    .forward(app, version, req.map(Either::Left))
+                    .forward(app, version, protocol, req.map(Either::Left))
                     .await
             }
         };
