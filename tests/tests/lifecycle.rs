@@ -111,6 +111,10 @@ fn admin_dumps_config_changes_log_level_and_drains() -> anyhow::Result<()> {
         admin("http://127.0.0.1:15000/logging?level=no=such=level")?,
         "400"
     );
+    let stats = pods
+        .client
+        .run(&["curl", "-sS", "http://127.0.0.1:15000/stats/prometheus"])?;
+    assert!(String::from_utf8_lossy(&stats.stdout).contains("istio_requests_total{"));
     // Admin listens on loopback only: not reachable from another pod.
     let remote = format!("http://{}:15000/config_dump", pods.client.ip);
     assert_ne!(curl_status(&pods.server, &[&remote])?, "200");

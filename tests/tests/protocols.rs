@@ -162,29 +162,20 @@ fn app_tls_reaches_the_server_untouched() -> anyhow::Result<()> {
             ],
         )?;
         // The client verified the app's own certificate end to end: the very same one.
-        let der = std::process::Command::new("openssl")
-            .args(["x509", "-in", &file("server.pem"), "-outform", "DER"])
-            .output()?;
-        ensure!(der.status.success(), "openssl x509 failed");
-        let digest = std::process::Command::new("sha256sum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .context("stdin")
-                    .map_err(std::io::Error::other)?
-                    .write_all(&der.stdout)?;
-                child.wait_with_output()
-            })?;
-        let digest = String::from_utf8_lossy(&digest.stdout);
-        assert_eq!(
-            seen["peer_cert_sha256"].as_str(),
-            digest.split_whitespace().next()
-        );
+        let der = certs.join("server.der");
+        let converted = std::process::Command::new("openssl")
+            .args([
+                "x509",
+                "-in",
+                &file("server.pem"),
+                "-outform",
+                "DER",
+                "-out",
+            ])
+            .arg(&der)
+            .status()?;
+        ensure!(converted.success(), "openssl x509 failed");
+        assert_eq!(seen["peer_cert_sha256"], sha256_hex(&der)?.as_str());
         assert!(
             seen["reply"]
                 .as_str()
