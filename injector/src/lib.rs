@@ -2,3 +2,6 @@
 //! with it.
 
 pub mod ca;
+pub mod config;
+pub mod server;
+pub mod token;

@@ -1,19 +1,26 @@
 //! The admin endpoint on 127.0.0.1:15000 (reachable only from inside the pod, as Envoy's):
 //! - `GET /config_dump`: the bootstrap and the snapshot in use, as JSON;
+//! - `GET /certs`: the workload certificate in use (identity, serial, validity), as JSON;
 //! - `POST /logging?level=<filter>`: change the log filter (e.g. `debug`, `remora_proxy=trace`);
 //! - `POST /drain`: start a graceful drain, as SIGTERM does;
 //! - `GET /stats/prometheus`: the same metrics as 15090.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use remora_api::Snapshot;
 
 use crate::{
     body::{local_response, Body},
     drain::Drain,
+    identity::CurrentCert,
     metrics::Metrics,
     status,
 };
@@ -22,7 +29,9 @@ use crate::{
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 pub struct Admin {
-    pub config_dump: Bytes,
+    pub bootstrap: serde_json::Value,
+    pub config: Arc<ArcSwap<Snapshot>>,
+    pub cert: Arc<CurrentCert>,
     pub drain: Drain,
     pub log: LogControl,
     pub metrics: Arc<Metrics>,
@@ -31,14 +40,19 @@ pub struct Admin {
 impl Admin {
     pub fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/config_dump") => {
-                let mut response =
-                    Response::new(Either::Right(Full::new(self.config_dump.clone())));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json"),
-                );
-                response
+            (&Method::GET, "/config_dump") => json(&serde_json::json!({
+                "bootstrap": self.bootstrap,
+                "snapshot": self.config.load().source,
+            })),
+            (&Method::GET, "/certs") => {
+                let cert = self.cert.get();
+                let seconds =
+                    |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                json(&serde_json::json!({
+                    "serial": cert.serial,
+                    "notBefore": seconds(cert.not_before),
+                    "notAfter": seconds(cert.not_after),
+                }))
             }
             (&Method::POST, "/logging") => {
                 let level = req
@@ -64,5 +78,19 @@ impl Admin {
             (&Method::GET, "/stats/prometheus") => status::stats(&self.metrics, req),
             _ => local_response(StatusCode::NOT_FOUND, ""),
         }
+    }
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
     }
 }

@@ -1,6 +1,7 @@
-//! Wiring: loads the identity (a bad one stops the sidecar before it binds anything), binds the
-//! status listeners first so `/healthz/ready` answers "not ready" until the capture listeners are
-//! up, and runs them.
+//! Wiring: binds the status listeners first so `/healthz/ready` answers "not ready" until the
+//! sidecar has its certificate (files, or the mesh CA) and its config (static, or the discovery
+//! stream) and its capture listeners are up, then runs them. A bad bootstrap or certificate file
+//! stops the sidecar before it binds anything.
 
 use std::{
     future::Future,
@@ -10,16 +11,23 @@ use std::{
 };
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use remora_api::{Bootstrap, EndpointTable, IdentitySource, SpiffeId};
-use tokio::net::{TcpListener, TcpStream};
+use remora_api::{proto::config::Node, Bootstrap, IdentitySource, Snapshot, SpiffeId};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
 
 use crate::{
     admin::{Admin, LogControl},
+    backoff::Backoff,
     body::Body,
+    control_plane::ControlPlane,
+    discovery::Subscription,
     drain::Drain,
-    identity::Identity,
+    identity::{ca::CaClient, load_roots, rotation, CurrentCert, Identity, Issued},
     inbound::{self, app::AppClient},
     listen::{self, Lifetime},
     metrics::Metrics,
@@ -85,7 +93,8 @@ pub struct Proxy {
     pub tls: MeshTls,
     pub mesh: MeshClient,
     pub app: AppClient,
-    pub endpoints: EndpointTable,
+    /// The snapshot in use, swapped whole when a new one is accepted.
+    pub config: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
     pub detect_timeout: Duration,
@@ -99,23 +108,18 @@ pub async fn run(
     log: LogControl,
 ) -> anyhow::Result<()> {
     let id = bootstrap.spiffe_id().context("bootstrap identity")?;
-    let identity = match &bootstrap.identity {
-        IdentitySource::Files(files) => Identity::load(files, &id)
-            .with_context(|| format!("loading the workload identity of {id}"))?,
+    // Certificate files are checked before anything is bound: a bad one is a config error.
+    let from_files = match &bootstrap.identity {
+        IdentitySource::Files(files) => Some(
+            Identity::load(files, &id)
+                .with_context(|| format!("loading the workload identity of {id}"))?,
+        ),
+        IdentitySource::Ca(_) => None,
     };
-    let tls = MeshTls::new(&identity).context("building mesh TLS")?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let drain = Drain::default();
-    let drain_duration = bootstrap.drain_duration();
-    let admin = Arc::new(Admin {
-        config_dump: serde_json::to_vec_pretty(&bootstrap)
-            .context("serialising the config dump")?
-            .into(),
-        drain: drain.clone(),
-        log,
-        metrics: metrics.clone(),
-    });
+    let config = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     for listener in listen::bind_all(HEALTH_PORT).context("binding the health port")? {
         let readiness = readiness.clone();
         tokio::spawn(serve_status(listener, "health", move |req| {
@@ -128,25 +132,44 @@ pub async fn run(
             status::stats(&metrics, &req)
         }));
     }
+
+    tokio::pin!(shutdown);
+    // Not ready until the sidecar has both its certificate and its config; a signal meanwhile
+    // stops it without draining (nothing is being served yet).
+    let started = tokio::select! {
+        started = start(&bootstrap, from_files, &id, &config, &metrics) => started?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown signal before the sidecar was ready");
+            return Ok(());
+        }
+    };
+    let tls = MeshTls::new(&started.identity).context("building mesh TLS")?;
+    let admin = Arc::new(Admin {
+        bootstrap: serde_json::to_value(&bootstrap).context("serialising the config dump")?,
+        config: config.clone(),
+        cert: started.identity.cert.clone(),
+        drain: drain.clone(),
+        log,
+        metrics: metrics.clone(),
+    });
     let admin_listener = listen::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT)))
         .context("binding the admin port")?;
     tokio::spawn(serve_status(admin_listener, "admin", move |req| {
         admin.handle(&req)
     }));
-
-    let snapshot = bootstrap.static_snapshot.unwrap_or_default();
     tracing::info!(
-        id = %identity.id,
-        version = %snapshot.version,
-        endpoints = snapshot.endpoints.len(),
-        "identity loaded"
+        id = %started.identity.id,
+        serial = %started.identity.cert.get().serial,
+        version = %config.load().version(),
+        destinations = config.load().destination_count(),
+        "identity and config loaded"
     );
     let proxy = Arc::new(Proxy {
-        id: identity.id,
+        id: started.identity.id.clone(),
         mesh: MeshClient::new(tls.clone()),
         app: AppClient::new(),
         tls,
-        endpoints: snapshot.table(),
+        config: config.clone(),
         metrics,
         drain: drain.clone(),
         detect_timeout: DETECT_TIMEOUT,
@@ -182,6 +205,12 @@ pub async fn run(
         () = shutdown => tracing::info!("shutdown signal: draining"),
         () = drain.started() => {}
     }
+    // The mesh's `defaultConfig.drainDuration` (or the pod's override) wins over the bootstrap.
+    let drain_duration = config
+        .load()
+        .mesh
+        .drain_duration
+        .unwrap_or_else(|| bootstrap.drain_duration());
     readiness.set_draining();
     drain.start();
     match drain.finish(drain_duration).await {
@@ -193,6 +222,98 @@ pub async fn run(
         ),
     }
     Ok(())
+}
+
+/// What the sidecar needs before it can serve.
+struct Started {
+    identity: Identity,
+}
+
+/// Gets the workload certificate (from files, or from the CA, then keeps it renewed) and the
+/// first snapshot (static, or from the discovery stream, which then keeps it current).
+async fn start(
+    bootstrap: &Bootstrap,
+    from_files: Option<Identity>,
+    id: &SpiffeId,
+    config: &Arc<ArcSwap<Snapshot>>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Started> {
+    let identity = match (&bootstrap.identity, from_files) {
+        (_, Some(identity)) => identity,
+        (IdentitySource::Files(_), None) => anyhow::bail!("certificate files were not loaded"),
+        (IdentitySource::Ca(ca), None) => {
+            let roots = load_roots(&ca.roots).context("loading the mesh root certificate")?;
+            let channel = ControlPlane::new(&ca.address, roots.clone(), None)
+                .context("CA address")?
+                .channel(true)
+                .await
+                .context("CA address")?;
+            let client = CaClient::new(channel, id.clone(), ca.token.clone(), ca.ttl);
+            let issued = first_certificate(&client).await;
+            metrics.certificate(&issued);
+            let cert = Arc::new(CurrentCert::new(issued));
+            tokio::spawn(rotation::run(client, cert.clone(), metrics.clone()));
+            Identity {
+                id: id.clone(),
+                roots,
+                cert,
+            }
+        }
+    };
+    match (&bootstrap.static_snapshot, &bootstrap.control_plane) {
+        (Some(snapshot), _) => {
+            let snapshot =
+                Snapshot::try_from(snapshot.clone()).context("invalid static snapshot")?;
+            config.store(Arc::new(snapshot));
+        }
+        (None, Some(address)) => {
+            let control_plane =
+                ControlPlane::new(address, identity.roots.clone(), Some(identity.cert.clone()))
+                    .context("control-plane address")?;
+            let (first, applied) = oneshot::channel();
+            tokio::spawn(
+                Subscription {
+                    control_plane,
+                    node: Node {
+                        pod_name: bootstrap.metadata.pod_name.clone(),
+                        namespace: bootstrap.metadata.namespace.clone(),
+                        ip: bootstrap
+                            .metadata
+                            .instance_ip
+                            .map(|ip| ip.to_string())
+                            .unwrap_or_default(),
+                    },
+                    trust_domain: bootstrap.trust_domain.clone(),
+                    config: config.clone(),
+                    metrics: metrics.clone(),
+                }
+                .run(first),
+            );
+            applied
+                .await
+                .context("the discovery stream stopped before the first snapshot")?;
+        }
+        (None, None) => anyhow::bail!("the bootstrap gives no config source"),
+    }
+    Ok(Started { identity })
+}
+
+/// Asks the CA until it answers: without a certificate the sidecar cannot serve at all.
+async fn first_certificate(client: &CaClient) -> Issued {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match client.fetch().await {
+            Ok(issued) => {
+                tracing::info!(serial = %issued.serial, "certificate issued by the CA");
+                return issued;
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, ?delay, "no certificate yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
 }
 
 /// Binds `port` and accepts connections on it with `handle` for `lifetime`.

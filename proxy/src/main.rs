@@ -4,8 +4,11 @@
 
 mod admin;
 mod app;
+mod backoff;
 mod body;
+mod control_plane;
 mod detect;
+mod discovery;
 mod drain;
 mod headers;
 mod identity;
@@ -34,18 +37,27 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(name = "remora-proxy", version, about = "Remora sidecar proxy")]
 struct Args {
-    /// Bootstrap file (YAML): pod metadata, identity files and an optional static snapshot.
+    /// Bootstrap file (YAML): pod metadata, identity, and a control-plane address or a static
+    /// snapshot. Without it the sidecar bootstraps as Istio's injected one does, from `POD_NAME`,
+    /// `POD_NAMESPACE`, `SERVICE_ACCOUNT`, `INSTANCE_IP`, `CA_ADDR`, `SECRET_TTL` and the token and
+    /// root certificate mounted at Istio's paths.
     #[arg(long, env = "REMORA_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let log = init_logging();
     let args = Args::parse();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let bootstrap = Bootstrap::from_yaml(&text)
-        .with_context(|| format!("invalid bootstrap {}", args.config.display()))?;
+    let bootstrap = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Bootstrap::from_yaml(&text)
+                .with_context(|| format!("invalid bootstrap {}", path.display()))?
+        }
+        None => Bootstrap::from_env(|name| std::env::var(name).ok())
+            .context("invalid sidecar environment")?,
+    };
     // Istio's `concurrency`: worker threads. One runs everything on this thread, with no
     // cross-thread wake-ups, which costs the least CPU per request for a sidecar.
     let runtime = match bootstrap.concurrency() {

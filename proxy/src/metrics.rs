@@ -1,11 +1,15 @@
 //! Istio-standard Prometheus metrics (`istio_requests_total`, `istio_tcp_*`), so Kiali and the
 //! Istio dashboards read Remora sidecars unchanged. Exposed on 15090 `/stats/prometheus`.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+
+use crate::identity::Issued;
 
 /// Which side of a request this sidecar saw: as the caller's sidecar or the callee's.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -45,8 +49,25 @@ pub struct ConnectionLabels {
     pub protocol: &'static str,
 }
 
+/// Whether the sidecar took or refused a snapshot.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    pub result: &'static str,
+}
+
+/// How current the sidecar's config and certificate are: with the control plane gone it keeps
+/// serving, and these show for how long it has been on its own.
+#[derive(Default)]
+struct ControlPlaneMetrics {
+    connected: Gauge,
+    updates: Family<UpdateLabels, Counter>,
+    last_update: Gauge,
+    cert_expiry: Gauge,
+}
+
 pub struct Metrics {
     registry: Registry,
+    control_plane: ControlPlaneMetrics,
     connections: Family<ConnectionLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
@@ -95,8 +116,30 @@ impl Default for Metrics {
             "Bytes received from the caller on opaque TCP connections",
             tcp_received.clone(),
         );
+        let control_plane = ControlPlaneMetrics::default();
+        registry.register(
+            "remora_control_plane_connected",
+            "1 while the discovery stream to the control plane is up",
+            control_plane.connected.clone(),
+        );
+        registry.register(
+            "remora_config_updates",
+            "Snapshots received, by result (accepted, rejected)",
+            control_plane.updates.clone(),
+        );
+        registry.register(
+            "remora_config_last_update_timestamp_seconds",
+            "When the snapshot in use was received (Unix time)",
+            control_plane.last_update.clone(),
+        );
+        registry.register(
+            "remora_certificate_expiry_timestamp_seconds",
+            "When the workload certificate in use expires (Unix time)",
+            control_plane.cert_expiry.clone(),
+        );
         Self {
             registry,
+            control_plane,
             connections,
             requests,
             tcp_opened,
@@ -107,7 +150,35 @@ impl Default for Metrics {
     }
 }
 
+fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 impl Metrics {
+    pub fn control_plane_connected(&self, connected: bool) {
+        self.control_plane.connected.set(i64::from(connected));
+    }
+
+    pub fn config_update(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "rejected" };
+        self.control_plane
+            .updates
+            .get_or_create(&UpdateLabels { result })
+            .inc();
+        if accepted {
+            self.control_plane
+                .last_update
+                .set(unix_seconds(SystemTime::now()));
+        }
+    }
+
+    pub fn certificate(&self, issued: &Issued) {
+        self.control_plane
+            .cert_expiry
+            .set(unix_seconds(issued.not_after));
+    }
+
     pub fn connection(&self, direction: &'static str, protocol: &'static str) {
         self.connections
             .get_or_create(&ConnectionLabels {

@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use remora_api::{Resolved, Upstream};
 use tokio::net::TcpStream;
 
 use crate::{
@@ -30,11 +31,30 @@ use crate::{
 
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
     let dst = intended_destination(&tcp)?;
-    let Some(identity) = proxy.endpoints.identity(dst).cloned() else {
-        proxy.metrics.connection("outbound", "passthrough");
-        let upstream = transport::connect(dst).await?;
-        transport::splice(PrefixedIo::unread(tcp), upstream).await?;
-        return Ok(());
+    let resolved = proxy.config.load().resolve(dst);
+    let (upstream, identity) = match resolved {
+        Some(Resolved::Upstream(Upstream {
+            address,
+            identity: Some(identity),
+        })) => (address, identity),
+        Some(Resolved::NoEndpoints) => {
+            // A known service with nothing behind it: refuse, as Envoy does (no healthy upstream).
+            proxy.metrics.connection("outbound", "no_endpoints");
+            tracing::debug!(%dst, "service has no ready endpoints");
+            return Ok(());
+        }
+        // Not in the mesh registry (passed through as addressed), or an endpoint without a
+        // sidecar (reached directly, in the clear).
+        other => {
+            let address = match other {
+                Some(Resolved::Upstream(Upstream { address, .. })) => address,
+                _ => dst,
+            };
+            proxy.metrics.connection("outbound", "passthrough");
+            let upstream = transport::connect(address).await?;
+            transport::splice(PrefixedIo::unread(tcp), upstream).await?;
+            return Ok(());
+        }
     };
     let detected = detect(tcp, proxy.detect_timeout).await?;
     proxy
@@ -42,7 +62,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionE
         .connection("outbound", detected.protocol.name());
     let drain = proxy.drain.clone();
     let target = Arc::new(Target {
-        route: proxy.mesh.route(dst, identity),
+        route: proxy.mesh.route(upstream, identity),
         proxy,
     });
     match detected.protocol {

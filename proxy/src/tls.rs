@@ -12,7 +12,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 
-use remora_api::SpiffeId;
+use remora_api::{CertificateIdError, SpiffeId};
 use rustls::{
     client::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -30,7 +30,7 @@ use tokio::{
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
 use crate::{
-    identity::{spiffe_id_of, Identity, IdentityError},
+    identity::{provider, Identity},
     prefixed::PrefixedIo,
 };
 
@@ -69,7 +69,7 @@ pub enum TlsError {
     #[error("peer presented no certificate")]
     NoPeerCertificate,
     #[error("peer certificate: {0}")]
-    PeerIdentity(#[from] IdentityError),
+    PeerIdentity(#[from] CertificateIdError),
     #[error("peer is {found}, expected {expected}")]
     UnexpectedPeer { expected: SpiffeId, found: SpiffeId },
 }
@@ -86,7 +86,7 @@ pub type ServerStream = server::TlsStream<PrefixedIo<TcpStream>>;
 
 impl MeshTls {
     pub fn new(identity: &Identity) -> Result<Self, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let roots = Arc::new(identity.roots.clone());
 
         let client_verifier =
@@ -94,7 +94,7 @@ impl MeshTls {
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
-            .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+            .with_cert_resolver(identity.cert.clone());
         // Recognised for detection, but never chosen: it would make an Envoy caller send its
         // metadata-exchange preamble, which would reach the app. Envoy also offers `istio`.
         server.alpn_protocols = INBOUND_MESH_ALPNS
@@ -107,7 +107,7 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { roots, provider }))
-            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
+            .with_client_cert_resolver(identity.cert.clone());
         client.alpn_protocols = vec![MESH_ALPN.to_vec()];
 
         Ok(Self {
@@ -158,7 +158,7 @@ fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<SpiffeId, TlsEr
     let leaf = certs
         .and_then(|c| c.first())
         .ok_or(TlsError::NoPeerCertificate)?;
-    Ok(spiffe_id_of(leaf)?)
+    Ok(SpiffeId::from_certificate(leaf)?)
 }
 
 /// Verifies a server's chain against the mesh roots without a DNS name check; the SPIFFE

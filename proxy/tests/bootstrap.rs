@@ -40,7 +40,7 @@ fn bad_fields_are_named_and_the_proxy_does_not_start() {
         (
             "port.yaml",
             BOOTSTRAP.replace("198.18.0.10:8000", "198.18.0.10:80000"),
-            "staticSnapshot.endpoints[0].address: invalid socket address syntax",
+            "staticSnapshot.endpoints[0].address: \"198.18.0.10:80000\" is not an ip:port address",
         ),
         (
             "identity.yaml",
@@ -62,5 +62,26 @@ fn bad_fields_are_named_and_the_proxy_does_not_start() {
         let (ok, stderr) = start(&scratch_file(name, &text));
         assert!(!ok, "{name}: the proxy started");
         assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn without_a_bootstrap_file_the_environment_must_name_the_pod() {
+    let out = Command::new(env!("CARGO_BIN_EXE_remora-proxy"))
+        .env_clear()
+        .env("POD_NAMESPACE", "default")
+        .env("SECRET_TTL", "soon")
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run remora-proxy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the proxy started");
+    for expected in [
+        "invalid sidecar environment",
+        "POD_NAME: must be set",
+        "SERVICE_ACCOUNT: must be set",
+        "SECRET_TTL: \"soon\"",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing: {stderr}");
     }
 }

@@ -1,11 +1,12 @@
 //! The sidecar's bootstrap: everything it knows before it has talked to anyone.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     load::{self, ConfigError},
+    proto::config as proto,
     snapshot::Snapshot,
 };
 
@@ -13,7 +14,7 @@ use crate::{
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// What a sidecar knows at start.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Bootstrap {
     /// The pod this sidecar runs in.
@@ -23,12 +24,12 @@ pub struct Bootstrap {
     pub trust_domain: String,
     /// Where the workload certificate comes from.
     pub identity: IdentitySource,
-    /// Control-plane address (`host:port`), when config is discovered rather than static.
+    /// Control-plane address (`host:port`, TLS), when config is discovered rather than static.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<String>,
     /// Run-time config given inline (tests, local runs without a control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub static_snapshot: Option<Snapshot>,
+    pub static_snapshot: Option<proto::Snapshot>,
     /// How long a draining sidecar waits for open connections (Istio's `drainDuration`,
     /// e.g. `5s`); default [`DEFAULT_DRAIN_DURATION`].
     #[serde(
@@ -41,6 +42,15 @@ pub struct Bootstrap {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
 }
+
+/// Where an injected sidecar finds the control plane unless `CA_ADDR` says otherwise (Istio's).
+pub const DEFAULT_CA_ADDR: &str = "istiod.istio-system.svc:15012";
+/// The projected service-account token Kubernetes mounts for the sidecar (audience `istio-ca`).
+pub const TOKEN_PATH: &str = "/var/run/secrets/tokens/istio-token";
+/// The mesh root certificate, from the `istio-ca-root-cert` ConfigMap.
+pub const ROOT_CERT_PATH: &str = "/var/run/secrets/istio/root-cert.pem";
+/// Workload certificate lifetime unless `SECRET_TTL` says otherwise (Istio's).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How long a draining sidecar waits when the bootstrap does not say.
 pub const DEFAULT_DRAIN_DURATION: Duration = Duration::from_secs(5);
@@ -56,6 +66,9 @@ pub struct ProxyMetadata {
     pub pod_name: String,
     pub namespace: String,
     pub service_account: String,
+    /// The pod's IP (`INSTANCE_IP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -66,6 +79,24 @@ pub struct ProxyMetadata {
 pub enum IdentitySource {
     /// PEM files on disk, as `remoractl ca issue` writes them (and Istio's `/etc/certs` layout).
     Files(FileIdentity),
+    /// Certificates from the mesh CA, requested with a service-account token and renewed at
+    /// half their lifetime, as Istio's agent does.
+    Ca(CaIdentity),
+}
+
+/// How to get certificates from the mesh CA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaIdentity {
+    /// `host:port` of the CA (Istio's `CA_ADDR`).
+    pub address: String,
+    /// The projected service-account token proving who this pod runs as.
+    pub token: PathBuf,
+    /// Mesh root certificates, which the CA's serving certificate must chain to.
+    pub roots: PathBuf,
+    /// Requested certificate lifetime (Istio's `SECRET_TTL`, e.g. `24h`).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
 }
 
 /// PEM files holding a workload identity.
@@ -90,6 +121,59 @@ impl Bootstrap {
         Ok(bootstrap)
     }
 
+    /// The bootstrap of an injected sidecar, from the environment a Kubernetes pod gives it
+    /// (`POD_NAME`, `POD_NAMESPACE`, `SERVICE_ACCOUNT`, `INSTANCE_IP`, `CA_ADDR`, `TRUST_DOMAIN`,
+    /// `SECRET_TTL`) and the files mounted at Istio's paths. Every problem names its variable.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut required = |name: &str| {
+            var(name).filter(|v| !v.is_empty()).unwrap_or_else(|| {
+                problems.push(format!("{name}: must be set"));
+                String::new()
+            })
+        };
+        let metadata = ProxyMetadata {
+            pod_name: required("POD_NAME"),
+            namespace: required("POD_NAMESPACE"),
+            service_account: required("SERVICE_ACCOUNT"),
+            instance_ip: None,
+            labels: BTreeMap::new(),
+        };
+        let instance_ip = var("INSTANCE_IP").and_then(|ip| {
+            ip.parse()
+                .map_err(|_| problems.push(format!("INSTANCE_IP: {ip:?} is not an IP address")))
+                .ok()
+        });
+        let ttl = match var("SECRET_TTL") {
+            None => DEFAULT_CERT_TTL,
+            Some(text) => humantime::parse_duration(&text).unwrap_or_else(|e| {
+                problems.push(format!("SECRET_TTL: {text:?}: {e}"));
+                DEFAULT_CERT_TTL
+            }),
+        };
+        ConfigError::from_problems(problems)?;
+        let address = var("CA_ADDR").unwrap_or_else(|| DEFAULT_CA_ADDR.to_owned());
+        let bootstrap = Self {
+            metadata: ProxyMetadata {
+                instance_ip,
+                ..metadata
+            },
+            trust_domain: var("TRUST_DOMAIN").unwrap_or_else(default_trust_domain),
+            identity: IdentitySource::Ca(CaIdentity {
+                address: address.clone(),
+                token: TOKEN_PATH.into(),
+                roots: ROOT_CERT_PATH.into(),
+                ttl,
+            }),
+            control_plane: Some(address),
+            static_snapshot: None,
+            drain_duration: None,
+            concurrency: None,
+        };
+        bootstrap.validate()?;
+        Ok(bootstrap)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         for (field, value) in [
@@ -110,22 +194,15 @@ impl Bootstrap {
                 ));
             }
         }
-        if self.control_plane.is_some() {
-            // Config discovery is not implemented yet: running without a snapshot would pass
-            // every destination through in plain text, so refuse instead of starting.
-            problems.push(
-                "controlPlane: discovery from a control plane is not available yet; \
-                 give a staticSnapshot instead"
-                    .to_owned(),
-            );
+        if self.control_plane.is_some() == self.static_snapshot.is_some() {
+            // Without either, every destination would pass through in plain text; with both,
+            // it would be unclear which one wins.
+            problems.push("controlPlane/staticSnapshot: give exactly one of them".to_owned());
         }
         if let Some(snapshot) = &self.static_snapshot {
-            problems.extend(
-                snapshot
-                    .problems()
-                    .into_iter()
-                    .map(|p| format!("staticSnapshot.{p}")),
-            );
+            if let Err(ConfigError::Invalid(found)) = Snapshot::try_from(snapshot.clone()) {
+                problems.extend(found.into_iter().map(|p| format!("staticSnapshot.{p}")));
+            }
         }
         ConfigError::from_problems(problems)
     }
@@ -155,6 +232,8 @@ impl Bootstrap {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     const GOOD: &str = r#"
@@ -185,15 +264,18 @@ staticSnapshot:
             b.spiffe_id().expect("valid id").to_string(),
             "spiffe://cluster.local/ns/default/sa/httpbin"
         );
-        let snapshot = b.static_snapshot.expect("snapshot present");
-        let table = snapshot.table();
+        let snapshot = Snapshot::try_from(b.static_snapshot.expect("snapshot present"))
+            .expect("valid snapshot");
         let addr = "198.18.0.3:8000".parse().expect("addr");
+        let Some(crate::Resolved::Upstream(upstream)) = snapshot.resolve(addr) else {
+            panic!("{addr} not resolved");
+        };
         assert_eq!(
-            table.identity(addr).map(ToString::to_string).as_deref(),
+            upstream.identity.map(|id| id.to_string()).as_deref(),
             Some("spiffe://cluster.local/ns/default/sa/httpbin")
         );
-        assert!(table
-            .identity("198.18.0.3:15021".parse().expect("addr"))
+        assert!(snapshot
+            .resolve("198.18.0.3:15021".parse().expect("addr"))
             .is_none());
     }
 
@@ -228,7 +310,7 @@ staticSnapshot:
     }
 
     #[test]
-    fn a_control_plane_address_is_refused_until_discovery_exists() {
+    fn exactly_one_config_source() {
         let text = GOOD.replace(
             "identity:\n",
             "controlPlane: istiod.istio-system.svc:15012\nidentity:\n",
@@ -236,7 +318,61 @@ staticSnapshot:
         let err = Bootstrap::from_yaml(&text)
             .expect_err("refused")
             .to_string();
-        assert!(err.contains("controlPlane: discovery"), "{err}");
+        assert!(
+            err.contains("controlPlane/staticSnapshot: give exactly one"),
+            "{err}"
+        );
+        let without = &GOOD[..GOOD.find("staticSnapshot").expect("present")];
+        assert!(Bootstrap::from_yaml(without).is_err());
+    }
+
+    #[test]
+    fn the_injected_sidecar_bootstraps_from_its_environment() {
+        let env: HashMap<&str, &str> = [
+            ("POD_NAME", "sleep-7d9f-x2"),
+            ("POD_NAMESPACE", "client"),
+            ("SERVICE_ACCOUNT", "sleep"),
+            ("INSTANCE_IP", "198.18.0.7"),
+            ("SECRET_TTL", "20s"),
+        ]
+        .into();
+        let b = Bootstrap::from_env(|k| env.get(k).map(|v| (*v).to_owned())).expect("valid");
+        assert_eq!(b.control_plane.as_deref(), Some(DEFAULT_CA_ADDR));
+        assert_eq!(
+            b.metadata.instance_ip,
+            Some("198.18.0.7".parse().expect("ip"))
+        );
+        let IdentitySource::Ca(ca) = &b.identity else {
+            panic!("{:?}", b.identity)
+        };
+        assert_eq!(ca.ttl, Duration::from_secs(20));
+        assert_eq!(ca.token, PathBuf::from(TOKEN_PATH));
+        assert_eq!(
+            b.spiffe_id().expect("id").to_string(),
+            "spiffe://cluster.local/ns/client/sa/sleep"
+        );
+
+        let missing = Bootstrap::from_env(|k| {
+            (k != "SERVICE_ACCOUNT")
+                .then(|| env.get(k).map(|v| (*v).to_owned()))
+                .flatten()
+        })
+        .expect_err("no service account")
+        .to_string();
+        assert!(
+            missing.contains("SERVICE_ACCOUNT: must be set"),
+            "{missing}"
+        );
+        let bad_ttl = Bootstrap::from_env(|k| {
+            if k == "SECRET_TTL" {
+                Some("a day".to_owned())
+            } else {
+                env.get(k).map(|v| (*v).to_owned())
+            }
+        })
+        .expect_err("bad ttl")
+        .to_string();
+        assert!(bad_ttl.contains("SECRET_TTL"), "{bad_ttl}");
     }
 
     #[test]

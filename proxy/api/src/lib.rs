@@ -1,24 +1,29 @@
 //! Remora's configuration model, defined once and shared by the sidecar, the control plane and
 //! `remoractl`.
 //!
-//! Two types carry everything a sidecar needs:
 //! - [`Bootstrap`]: what the sidecar knows when it starts (its pod metadata, where its identity
-//!   comes from, optionally the control-plane address and a static [`Snapshot`]).
-//! - [`Snapshot`]: what changes at run time (a version plus the mesh endpoints this sidecar may
-//!   call, each with the SPIFFE identity it must present).
+//!   comes from, the control-plane address or a static snapshot), from a file or from the
+//!   environment Kubernetes gives an injected sidecar.
+//! - [`proto::config::Snapshot`]: what changes at run time (the services and workloads this
+//!   sidecar may call with the identity each must present, and mesh settings), defined once as
+//!   protobuf: the discovery stream sends it and a bootstrap's `staticSnapshot` spells it in YAML.
+//!   [`Snapshot`] is its validated, indexed form.
 //!
 //! The proxy never parses Istio YAML: the control plane translates Istio and Kubernetes resources
 //! into these types.
 
 mod bootstrap;
+mod certificate;
 mod load;
+pub mod proto;
 mod snapshot;
 mod spiffe;
 
 pub use bootstrap::{
-    Bootstrap, FileIdentity, IdentitySource, ProxyMetadata, DEFAULT_DRAIN_DURATION,
-    DEFAULT_TRUST_DOMAIN,
+    Bootstrap, CaIdentity, FileIdentity, IdentitySource, ProxyMetadata, DEFAULT_CA_ADDR,
+    DEFAULT_CERT_TTL, DEFAULT_DRAIN_DURATION, DEFAULT_TRUST_DOMAIN, ROOT_CERT_PATH, TOKEN_PATH,
 };
+pub use certificate::CertificateIdError;
 pub use load::ConfigError;
-pub use snapshot::{Endpoint, EndpointTable, Snapshot};
+pub use snapshot::{MeshSettings, Resolved, Snapshot, Upstream};
 pub use spiffe::{SpiffeId, SpiffeIdError};

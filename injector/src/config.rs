@@ -1,0 +1,24 @@
+//! The control plane's config pipeline: read Kubernetes and Istio objects from a source, reject
+//! the invalid ones with a reason, and translate the rest into the [`Snapshot`] each sidecar
+//! receives.
+//!
+//! The pipeline is split so the decisions stay pure: [`objects`] parses and checks documents,
+//! `translate` turns objects into snapshot parts, [`Catalog`] holds the result, and only the
+//! [`Source`] implementations ([`DirectorySource`] in local mode) do I/O.
+//!
+//! [`Snapshot`]: remora_api::proto::config::Snapshot
+//! [`objects`]: Rejection
+
+mod catalog;
+pub mod cluster_ip;
+pub(crate) mod directory;
+mod mesh;
+mod objects;
+mod source;
+mod translate;
+pub(crate) mod yaml;
+
+pub use catalog::Catalog;
+pub use directory::DirectorySource;
+pub use objects::Rejection;
+pub use source::{Source, SourceError};

@@ -1,0 +1,466 @@
+//! Istio's `MeshConfig` (the `mesh` key of the `istio` ConfigMap, or a local `mesh.yaml`) and
+//! the part of its `ProxyConfig` a sidecar acts on, read the way istiod reads them.
+//!
+//! Operators reuse the mesh config they already have, so parsing is lenient about what we do
+//! not implement (unknown fields are ignored) but strict about what we do: a wrong type or an
+//! unknown enum value is an error naming the field, never a silent default.
+
+use std::time::Duration;
+
+use remora_api::{proto::config as proto, SpiffeId, SpiffeIdError, DEFAULT_DRAIN_DURATION};
+use serde::{de, Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use super::yaml::{self, YamlError};
+
+/// Istio traces 1% of requests unless told otherwise.
+const DEFAULT_TRACING_SAMPLING: f64 = 1.0;
+
+/// The mesh-wide settings, with Istio's defaults for everything left out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct MeshConfig {
+    root_namespace: String,
+    #[serde(deserialize_with = "trust_domain")]
+    trust_domain: String,
+    outbound_traffic_policy: OutboundTrafficPolicy,
+    default_config: ProxyConfig,
+    enable_tracing: bool,
+    extension_providers: Vec<Provider>,
+    access_log_file: String,
+    access_log_encoding: AccessLogEncoding,
+    path_normalization: PathNormalization,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            root_namespace: "istio-system".to_owned(),
+            trust_domain: remora_api::DEFAULT_TRUST_DOMAIN.to_owned(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            default_config: ProxyConfig::default(),
+            enable_tracing: true,
+            extension_providers: Vec::new(),
+            access_log_file: String::new(),
+            access_log_encoding: AccessLogEncoding::default(),
+            path_normalization: PathNormalization::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct OutboundTrafficPolicy {
+    mode: OutboundMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum OutboundMode {
+    #[default]
+    AllowAny,
+    RegistryOnly,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum AccessLogEncoding {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct PathNormalization {
+    normalization: Normalization,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Normalization {
+    None,
+    /// Istio's `DEFAULT` means `BASE`.
+    #[default]
+    #[serde(alias = "DEFAULT")]
+    Base,
+    MergeSlashes,
+    DecodeAndMergeSlashes,
+}
+
+/// The `ProxyConfig` fields Remora uses: the mesh's `defaultConfig`, or a pod's
+/// `proxy.istio.io/config` annotation. Every field is optional so an annotation overrides only
+/// what it sets, as Istio merges them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct ProxyConfig {
+    #[serde(deserialize_with = "duration")]
+    drain_duration: Option<Duration>,
+    tracing: Tracing,
+    /// Worker threads (0: one per core). Validated and merged; `MeshSettings` has no field to
+    /// carry it yet.
+    concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct Tracing {
+    #[serde(deserialize_with = "sampling")]
+    sampling: Option<f64>,
+}
+
+/// One `extensionProviders` entry: `{name, <kind>: {service, port, ...}}`.
+#[derive(Debug, Clone, PartialEq)]
+struct Provider(proto::ExtensionProvider);
+
+impl MeshConfig {
+    /// Parses a `mesh.yaml` or the `mesh` key of the `istio` ConfigMap.
+    pub(crate) fn parse(text: &str) -> Result<Self, YamlError> {
+        let mesh: Self = yaml::from_str(text)?;
+        for (i, provider) in mesh.extension_providers.iter().enumerate() {
+            let name = &provider.0.name;
+            if mesh.extension_providers[..i]
+                .iter()
+                .any(|earlier| &earlier.0.name == name)
+            {
+                return Err(YamlError::Field {
+                    path: format!("extensionProviders[{i}].name"),
+                    message: format!("{name:?} is defined twice"),
+                });
+            }
+        }
+        Ok(mesh)
+    }
+
+    pub(crate) fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The settings one sidecar receives: the mesh's, with its pod's `proxy.istio.io/config`
+    /// applied over `defaultConfig`.
+    pub(crate) fn settings(&self, pod: Option<&ProxyConfig>) -> proto::MeshSettings {
+        let proxy = match pod {
+            Some(pod) => self.default_config.overridden_by(pod),
+            None => self.default_config.clone(),
+        };
+        let drain = proxy.drain_duration.unwrap_or(DEFAULT_DRAIN_DURATION);
+        proto::MeshSettings {
+            trust_domain: self.trust_domain.clone(),
+            root_namespace: self.root_namespace.clone(),
+            outbound_traffic_policy: match self.outbound_traffic_policy.mode {
+                OutboundMode::AllowAny => "ALLOW_ANY",
+                OutboundMode::RegistryOnly => "REGISTRY_ONLY",
+            }
+            .to_owned(),
+            drain_duration_ms: u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+            enable_tracing: self.enable_tracing,
+            tracing_sampling: proxy
+                .tracing
+                .sampling
+                .unwrap_or(DEFAULT_TRACING_SAMPLING),
+            access_log_file: self.access_log_file.clone(),
+            access_log_encoding: match self.access_log_encoding {
+                AccessLogEncoding::Text => "TEXT",
+                AccessLogEncoding::Json => "JSON",
+            }
+            .to_owned(),
+            path_normalization: match self.path_normalization.normalization {
+                Normalization::None => "NONE",
+                Normalization::Base => "BASE",
+                Normalization::MergeSlashes => "MERGE_SLASHES",
+                Normalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
+            }
+            .to_owned(),
+            extension_providers: self
+                .extension_providers
+                .iter()
+                .map(|provider| provider.0.clone())
+                .collect(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Parses a pod's `proxy.istio.io/config` annotation (ProxyConfig YAML).
+    pub(crate) fn from_annotation(text: &str) -> Result<Self, YamlError> {
+        yaml::from_str(text)
+    }
+
+    /// `self` with every field that `pod` sets replaced by the pod's value.
+    fn overridden_by(&self, pod: &ProxyConfig) -> ProxyConfig {
+        ProxyConfig {
+            drain_duration: pod.drain_duration.or(self.drain_duration),
+            tracing: Tracing {
+                sampling: pod.tracing.sampling.or(self.tracing.sampling),
+            },
+            concurrency: pod.concurrency.or(self.concurrency),
+        }
+    }
+}
+
+/// Trust domains end up in every SPIFFE identity, so one that cannot form an identity is
+/// rejected here rather than when the first pod is translated.
+fn trust_domain<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match SpiffeId::new(&text, "ns", "sa") {
+        Ok(_) => Ok(text),
+        Err(SpiffeIdError::Part { reason, .. }) => Err(de::Error::custom(format!(
+            "{text:?} is not a valid trust domain: {reason}"
+        ))),
+        Err(other) => Err(de::Error::custom(format!(
+            "{text:?} is not a valid trust domain: {other}"
+        ))),
+    }
+}
+
+/// Protobuf JSON durations (`5s`, `0.5s`) as Istio writes them, and the friendlier `1m30s` or
+/// `500ms` forms.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let seconds = text
+        .strip_suffix('s')
+        .and_then(|number| number.parse::<f64>().ok());
+    let parsed = match seconds {
+        Some(seconds) => Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string()),
+        None => humantime::parse_duration(&text).map_err(|e| e.to_string()),
+    };
+    parsed
+        .map(Some)
+        .map_err(|e| de::Error::custom(format!("{text:?} is not a duration such as \"5s\": {e}")))
+}
+
+fn sampling<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    let sampling = Option::<f64>::deserialize(deserializer)?;
+    match sampling {
+        Some(percent) if !(0.0..=100.0).contains(&percent) => Err(de::Error::custom(format!(
+            "{percent} is not a percentage between 0 and 100"
+        ))),
+        other => Ok(other),
+    }
+}
+
+impl<'de> Deserialize<'de> for Provider {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ProviderVisitor)
+    }
+}
+
+struct ProviderVisitor;
+
+/// The body of a provider kind: the backend address Remora interprets, and the rest kept as
+/// JSON for features that come later.
+#[derive(Default, Deserialize)]
+struct ProviderBody {
+    #[serde(default)]
+    service: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+impl<'de> de::Visitor<'de> for ProviderVisitor {
+    type Value = Provider;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an extension provider such as {name: otel, opentelemetry: {service: ..., port: ...}}")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Provider, A::Error> {
+        let mut name = None;
+        let mut kind: Option<(String, ProviderBody)> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "name" {
+                name = Some(map.next_value::<String>()?);
+            } else if let Some((first, _)) = &kind {
+                return Err(de::Error::custom(format!(
+                    "sets both {first:?} and {key:?}; a provider has exactly one kind"
+                )));
+            } else {
+                let body = map.next_value::<Option<ProviderBody>>()?;
+                kind = Some((key, body.unwrap_or_default()));
+            }
+        }
+        let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        let (kind, body) = kind.ok_or_else(|| {
+            de::Error::custom(format!(
+                "provider {name:?} names no kind (such as `opentelemetry` or `zipkin`)"
+            ))
+        })?;
+        Ok(Provider(proto::ExtensionProvider {
+            name,
+            kind,
+            service: body.service,
+            port: u32::from(body.port),
+            settings_json: Value::Object(body.rest).to_string(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+rootNamespace: mesh-root
+trustDomain: example.org
+outboundTrafficPolicy:
+  mode: REGISTRY_ONLY
+enableTracing: false
+accessLogFile: /dev/stdout
+accessLogEncoding: JSON
+pathNormalization:
+  normalization: MERGE_SLASHES
+defaultConfig:
+  drainDuration: 45s
+  concurrency: 2
+  tracing:
+    sampling: 12.5
+  discoveryAddress: istiod.istio-system.svc:15012
+extensionProviders:
+- name: otel
+  opentelemetry:
+    service: otel-collector.observability.svc.cluster.local
+    port: 4317
+    resource_detectors:
+      environment: {}
+- name: prom
+  prometheus: {}
+- name: log
+  envoyFileAccessLog:
+    path: /dev/stdout
+ingressClass: istio
+"#;
+
+    #[test]
+    fn parses_every_field() {
+        let mesh = MeshConfig::parse(FULL).expect("valid mesh config");
+        assert_eq!(mesh.default_config.concurrency, Some(2));
+        let settings = mesh.settings(None);
+        assert_eq!(
+            settings,
+            proto::MeshSettings {
+                trust_domain: "example.org".into(),
+                root_namespace: "mesh-root".into(),
+                outbound_traffic_policy: "REGISTRY_ONLY".into(),
+                drain_duration_ms: 45_000,
+                enable_tracing: false,
+                tracing_sampling: 12.5,
+                access_log_file: "/dev/stdout".into(),
+                access_log_encoding: "JSON".into(),
+                path_normalization: "MERGE_SLASHES".into(),
+                extension_providers: vec![
+                    proto::ExtensionProvider {
+                        name: "otel".into(),
+                        kind: "opentelemetry".into(),
+                        service: "otel-collector.observability.svc.cluster.local".into(),
+                        port: 4317,
+                        settings_json: r#"{"resource_detectors":{"environment":{}}}"#.into(),
+                    },
+                    proto::ExtensionProvider {
+                        name: "prom".into(),
+                        kind: "prometheus".into(),
+                        service: String::new(),
+                        port: 0,
+                        settings_json: "{}".into(),
+                    },
+                    proto::ExtensionProvider {
+                        name: "log".into(),
+                        kind: "envoyFileAccessLog".into(),
+                        service: String::new(),
+                        port: 0,
+                        settings_json: r#"{"path":"/dev/stdout"}"#.into(),
+                    },
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn empty_config_has_istio_defaults() {
+        let settings = MeshConfig::parse("").expect("empty is valid").settings(None);
+        assert_eq!(
+            settings,
+            proto::MeshSettings {
+                trust_domain: "cluster.local".into(),
+                root_namespace: "istio-system".into(),
+                outbound_traffic_policy: "ALLOW_ANY".into(),
+                drain_duration_ms: 5_000,
+                enable_tracing: true,
+                tracing_sampling: 1.0,
+                access_log_file: String::new(),
+                access_log_encoding: "TEXT".into(),
+                path_normalization: "BASE".into(),
+                extension_providers: Vec::new(),
+            }
+        );
+        assert_eq!(MeshConfig::default().settings(None), settings);
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let cases = [
+            ("outboundTrafficPolicy:\n  mode: DENY\n", "outboundTrafficPolicy.mode: unknown variant `DENY`"),
+            ("enableTracing: maybe\n", "enableTracing: "),
+            ("trustDomain: Example.ORG\n", "trustDomain: \"Example.ORG\" is not a valid trust domain"),
+            ("accessLogEncoding: XML\n", "accessLogEncoding: unknown variant"),
+            ("pathNormalization:\n  normalization: ALL\n", "pathNormalization.normalization: unknown variant"),
+            ("defaultConfig:\n  drainDuration: soon\n", "defaultConfig.drainDuration: \"soon\" is not a duration"),
+            ("defaultConfig:\n  drainDuration: 5\n", "defaultConfig.drainDuration: invalid type"),
+            ("defaultConfig:\n  tracing:\n    sampling: 101\n", "defaultConfig.tracing.sampling: 101 is not a percentage"),
+            ("defaultConfig:\n  concurrency: -1\n", "defaultConfig.concurrency: "),
+            ("extensionProviders:\n- opentelemetry: {port: 4317}\n", "extensionProviders[0]: missing field `name`"),
+            ("extensionProviders:\n- name: a\n", "extensionProviders[0]: provider \"a\" names no kind"),
+            ("extensionProviders:\n- name: a\n  zipkin: {}\n  opentelemetry: {}\n", "sets both \"zipkin\" and \"opentelemetry\""),
+            ("extensionProviders:\n- name: a\n  zipkin:\n    port: http\n", "extensionProviders[0].zipkin.port: invalid type"),
+            ("extensionProviders:\n- name: a\n  zipkin: {}\n- name: a\n  prometheus: {}\n", "extensionProviders[1].name: \"a\" is defined twice"),
+            ("mode: [", "not valid YAML"),
+        ];
+        for (text, expected) in cases {
+            let err = MeshConfig::parse(text).expect_err(text).to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_protobuf_and_human_forms() {
+        let cases = [("5s", 5_000), ("0.5s", 500), ("1m30s", 90_000), ("250ms", 250)];
+        for (text, millis) in cases {
+            let mesh = MeshConfig::parse(&format!("defaultConfig:\n  drainDuration: {text}\n"))
+                .expect(text);
+            assert_eq!(mesh.settings(None).drain_duration_ms, millis, "{text}");
+        }
+    }
+
+    #[test]
+    fn pod_annotation_overrides_only_what_it_sets() {
+        let mesh = MeshConfig::parse(
+            "defaultConfig:\n  drainDuration: 20s\n  concurrency: 2\n  tracing:\n    sampling: 10\n",
+        )
+        .expect("valid mesh config");
+        let cases = [
+            ("", 20_000, 10.0, Some(2)),
+            ("drainDuration: 3s\n", 3_000, 10.0, Some(2)),
+            ("tracing:\n  sampling: 100\n", 20_000, 100.0, Some(2)),
+            ("concurrency: 0\n", 20_000, 10.0, Some(0)),
+            ("{drainDuration: 1s, tracing: {sampling: 0}}", 1_000, 0.0, Some(2)),
+        ];
+        for (annotation, drain_ms, sampling, concurrency) in cases {
+            let pod = ProxyConfig::from_annotation(annotation).expect(annotation);
+            let settings = mesh.settings(Some(&pod));
+            assert_eq!(settings.drain_duration_ms, drain_ms, "{annotation}");
+            assert_eq!(settings.tracing_sampling, sampling, "{annotation}");
+            assert_eq!(
+                mesh.default_config.overridden_by(&pod).concurrency,
+                concurrency,
+                "{annotation}"
+            );
+        }
+        let err = ProxyConfig::from_annotation("tracing:\n  sampling: high\n")
+            .expect_err("bad sampling")
+            .to_string();
+        assert!(err.starts_with("tracing.sampling: "), "{err}");
+    }
+}

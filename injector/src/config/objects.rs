@@ -1,0 +1,357 @@
+//! Kubernetes manifests (multi-document YAML) to typed objects, one document at a time.
+//!
+//! A config source holds many objects written by different people; one bad document must not
+//! take the others down, and must not be half-applied either. So every document is parsed and
+//! checked on its own and either kept whole or turned into a [`Rejection`] that names the
+//! object, where it came from and the field at fault, the way `kubectl apply` would complain.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::Path,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{
+    mesh::MeshConfig,
+    yaml::{self, YamlError},
+};
+
+/// A document that was not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rejection {
+    /// What and where, e.g. `Service default/httpbin in /dir/app.yaml (document 2)`.
+    pub object: String,
+    /// What is wrong, naming the field, e.g. `spec.ports[0].port: invalid type ...`.
+    pub reason: String,
+}
+
+/// `(namespace, name)`.
+pub(crate) type Key = (String, String);
+
+/// A kept object and the description of where it came from, for rejections found later.
+#[derive(Debug)]
+pub(crate) struct Labelled<T> {
+    pub(crate) label: String,
+    pub(crate) object: T,
+}
+
+/// The objects the translation reads, keyed by `(namespace, name)`. Namespaces, Deployments
+/// and ServiceAccounts are checked (so mistakes surface) but not kept: nothing reads them yet.
+#[derive(Debug, Default)]
+pub(crate) struct Objects {
+    pub(crate) pods: BTreeMap<Key, Labelled<Pod>>,
+    pub(crate) services: BTreeMap<Key, Labelled<Service>>,
+    pub(crate) endpoint_slices: BTreeMap<Key, Labelled<EndpointSlice>>,
+    pub(crate) mesh: Option<MeshConfig>,
+    /// `(kind, namespace, name)` of everything kept, with its label, to reject duplicates.
+    seen: BTreeMap<(&'static str, Key), String>,
+}
+
+/// The namespace of objects that do not name one, as `kubectl` assumes.
+const DEFAULT_NAMESPACE: &str = "default";
+/// istiod reads the mesh config from the `mesh` key of this ConfigMap in its own namespace.
+const MESH_CONFIG_MAP: (&str, &str) = ("istio-system", "istio");
+/// A file with this name holds a bare `MeshConfig`, not Kubernetes objects.
+const MESH_FILE: &str = "mesh.yaml";
+
+impl Objects {
+    /// Parses `(origin, text)` pairs in order; a later object with the same kind, namespace
+    /// and name as a kept one is rejected.
+    pub(crate) fn parse(documents: &[(String, String)]) -> (Self, Vec<Rejection>) {
+        let mut objects = Self::default();
+        let mut rejected = Vec::new();
+        for (origin, text) in documents {
+            if Path::new(origin).file_name().is_some_and(|name| name == MESH_FILE) {
+                let label = format!("MeshConfig in {origin}");
+                match MeshConfig::parse(text) {
+                    Ok(mesh) => objects.keep_mesh(mesh, label, &mut rejected),
+                    Err(e) => rejected.push(Rejection {
+                        object: label,
+                        reason: e.to_string(),
+                    }),
+                }
+                continue;
+            }
+            match yaml::documents(text) {
+                Ok(values) => {
+                    for (index, value) in values.into_iter().enumerate() {
+                        let place = format!("{origin} (document {})", index + 1);
+                        objects.add(value, &place, &mut rejected);
+                    }
+                }
+                Err(e) => rejected.push(Rejection {
+                    object: origin.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        (objects, rejected)
+    }
+
+    fn add(&mut self, value: Value, place: &str, rejected: &mut Vec<Rejection>) {
+        let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_owned);
+        let (api_version, kind) = (text("apiVersion"), text("kind"));
+        let metadata = value.get("metadata");
+        let meta = |field: &str| {
+            metadata
+                .and_then(|m| m.get(field))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (name, namespace) = (meta("name"), meta("namespace"));
+        let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let (Some(api_version), Some(kind)) = (api_version, kind) else {
+            rejected.push(Rejection {
+                object: place.to_owned(),
+                reason: "apiVersion and kind are required".to_owned(),
+            });
+            return;
+        };
+        let cluster_scoped = kind == "Namespace";
+        let label = match &name {
+            Some(name) if cluster_scoped => format!("{kind} {name} in {place}"),
+            Some(name) => format!("{kind} {namespace}/{name} in {place}"),
+            None => format!("{kind} in {place}"),
+        };
+        let result = match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Namespace") => check(value, |_: &Namespace, _| {}).map(|_| Kept::Other("Namespace")),
+            ("v1", "ServiceAccount") => {
+                check(value, |_: &ServiceAccount, _| {}).map(|_| Kept::Other("ServiceAccount"))
+            }
+            ("apps/v1", "Deployment") => {
+                check(value, check_deployment).map(|_| Kept::Other("Deployment"))
+            }
+            ("v1", "Pod") => check(value, check_pod).map(Kept::Pod),
+            ("v1", "Service") => check(value, check_service).map(Kept::Service),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                check(value, check_endpoint_slice).map(Kept::EndpointSlice)
+            }
+            ("v1", "ConfigMap") if (namespace.as_str(), name.as_deref()) == (MESH_CONFIG_MAP.0, Some(MESH_CONFIG_MAP.1)) => {
+                mesh_config_map(value)
+            }
+            _ => {
+                tracing::debug!(object = %label, "ignoring a kind the control plane does not read");
+                return;
+            }
+        };
+        let kept = match result {
+            Ok(kept) => kept,
+            Err(reason) => {
+                rejected.push(Rejection { object: label, reason });
+                return;
+            }
+        };
+        let name = name.unwrap_or_default();
+        let key = if cluster_scoped {
+            (String::new(), name)
+        } else {
+            (namespace, name)
+        };
+        match kept {
+            Kept::Mesh(mesh) => self.keep_mesh(mesh, label, rejected),
+            Kept::Other(kind) => {
+                self.first_of(kind, key, label, rejected);
+            }
+            Kept::Pod(pod) => {
+                if let Some((key, label)) = self.first_of("Pod", key, label, rejected) {
+                    self.pods.insert(key, Labelled { label, object: pod });
+                }
+            }
+            Kept::Service(service) => {
+                if let Some((key, label)) = self.first_of("Service", key, label, rejected) {
+                    self.services.insert(key, Labelled { label, object: service });
+                }
+            }
+            Kept::EndpointSlice(slice) => {
+                if let Some((key, label)) = self.first_of("EndpointSlice", key, label, rejected) {
+                    self.endpoint_slices.insert(key, Labelled { label, object: slice });
+                }
+            }
+        }
+    }
+
+    /// Records `(kind, key)` and hands it back, or rejects it as a duplicate.
+    fn first_of(
+        &mut self,
+        kind: &'static str,
+        key: Key,
+        label: String,
+        rejected: &mut Vec<Rejection>,
+    ) -> Option<(Key, String)> {
+        if let Some(first) = self.seen.get(&(kind, key.clone())) {
+            rejected.push(Rejection {
+                reason: format!("duplicate: the same {kind} is already defined as {first}"),
+                object: label,
+            });
+            return None;
+        }
+        self.seen.insert((kind, key.clone()), label.clone());
+        Some((key, label))
+    }
+
+    /// `mesh.yaml` and the `istio` ConfigMap are two spellings of the one mesh config.
+    fn keep_mesh(&mut self, mesh: MeshConfig, label: String, rejected: &mut Vec<Rejection>) {
+        let key = (String::new(), String::new());
+        if self.first_of("MeshConfig", key, label, rejected).is_some() {
+            self.mesh = Some(mesh);
+        }
+    }
+}
+
+/// A document that passed its checks.
+enum Kept {
+    Pod(Pod),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Mesh(MeshConfig),
+    /// Checked for mistakes and duplicates, not kept.
+    Other(&'static str),
+}
+
+/// Something that has Kubernetes object metadata.
+trait Object: DeserializeOwned {
+    fn metadata(&self) -> &ObjectMeta;
+}
+
+macro_rules! object {
+    ($($kind:ty),*) => {
+        $(impl Object for $kind {
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+        })*
+    };
+}
+
+object!(Namespace, ServiceAccount, Deployment, Pod, Service, EndpointSlice, ConfigMap);
+
+/// Deserializes `value` (naming the field on error) and runs the checks every object gets plus
+/// the kind's own, reporting all problems found together.
+fn check<T: Object>(value: Value, kind_checks: impl Fn(&T, &mut Vec<String>)) -> Result<T, String> {
+    let object: T = yaml::from_value(value).map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    if object.metadata().name.as_deref().unwrap_or_default().is_empty() {
+        problems.push("metadata.name: required".to_owned());
+    }
+    kind_checks(&object, &mut problems);
+    if problems.is_empty() {
+        Ok(object)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn check_port(port: i32, path: &str, problems: &mut Vec<String>) {
+    if !(1..=65535).contains(&port) {
+        problems.push(format!("{path}: {port} is not a port number (1-65535)"));
+    }
+}
+
+fn check_ip(text: &str, path: &str, problems: &mut Vec<String>) {
+    if text.parse::<IpAddr>().is_err() {
+        problems.push(format!("{path}: {text:?} is not an IP address"));
+    }
+}
+
+fn check_pod(pod: &Pod, problems: &mut Vec<String>) {
+    for (c, container) in pod.spec.iter().flat_map(|spec| spec.containers.iter()).enumerate() {
+        for (p, port) in container.ports.iter().flatten().enumerate() {
+            check_port(
+                port.container_port,
+                &format!("spec.containers[{c}].ports[{p}].containerPort"),
+                problems,
+            );
+        }
+    }
+    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+        check_ip(ip, "status.podIP", problems);
+    }
+}
+
+/// Kubernetes refuses a Deployment whose selector does not select its own pod template.
+fn check_deployment(deployment: &Deployment, problems: &mut Vec<String>) {
+    let Some(spec) = &deployment.spec else {
+        problems.push("spec: required".to_owned());
+        return;
+    };
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    let selected = spec.selector.match_labels.iter().flatten().all(|(key, value)| {
+        labels.and_then(|labels| labels.get(key)) == Some(value)
+    });
+    if labels.is_none() || !selected {
+        problems.push(
+            "spec.template.metadata.labels: must match spec.selector.matchLabels".to_owned(),
+        );
+    }
+}
+
+fn check_service(service: &Service, problems: &mut Vec<String>) {
+    let Some(spec) = &service.spec else {
+        return;
+    };
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        let path = format!("spec.ports[{i}].port");
+        check_port(port.port, &path, problems);
+        let protocol = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".to_owned())
+        };
+        if spec.ports.iter().flatten().take(i).any(|earlier| {
+            earlier.port == port.port && protocol(earlier) == protocol(port)
+        }) {
+            problems.push(format!("{path}: {} is listed twice", port.port));
+        }
+    }
+    match spec.cluster_ip.as_deref() {
+        None | Some("" | "None") => {}
+        Some(ip) => check_ip(ip, "spec.clusterIP", problems),
+    }
+}
+
+fn check_endpoint_slice(slice: &EndpointSlice, problems: &mut Vec<String>) {
+    for (i, port) in slice.ports.iter().flatten().enumerate() {
+        if let Some(number) = port.port {
+            check_port(number, &format!("ports[{i}].port"), problems);
+        }
+    }
+    if matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+        for (e, endpoint) in slice.endpoints.iter().enumerate() {
+            for (a, address) in endpoint.addresses.iter().enumerate() {
+                check_ip(address, &format!("endpoints[{e}].addresses[{a}]"), problems);
+            }
+        }
+    }
+}
+
+fn mesh_config_map(value: Value) -> Result<Kept, String> {
+    let config_map: ConfigMap = check(value, |_: &ConfigMap, _| {})?;
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|data| data.get("mesh"))
+        .map(String::as_str)
+        .unwrap_or_default();
+    MeshConfig::parse(text)
+        .map(Kept::Mesh)
+        .map_err(|e| match e {
+            YamlError::Field { path, message } => format!("data.mesh: {path}: {message}"),
+            syntax => format!("data.mesh: {syntax}"),
+        })
+}
+
+#[cfg(test)]
+mod tests;

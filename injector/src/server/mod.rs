@@ -1,0 +1,159 @@
+//! The control plane's servers: gRPC over TLS on 15012 (the CA and config discovery) and plain
+//! HTTP on 15014 (metrics, readiness, rejected objects).
+//!
+//! The gRPC port serves both services on one TLS listener, as istiod does: a client certificate
+//! is optional at the TLS layer because the CA's callers do not have one yet (they prove
+//! themselves with a token), and the discovery service refuses callers without one.
+
+mod certificates;
+mod discovery;
+mod http;
+mod metrics;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use remora_api::{
+    proto::{
+        ca::istio_certificate_service_server::IstioCertificateServiceServer,
+        config::discovery_server::DiscoveryServer,
+    },
+    SpiffeId,
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::{
+    ca::{Authority, CaError},
+    config::{Catalog, Source, SourceError},
+    token::{Authenticator, TokenError},
+};
+
+pub use certificates::Certificates;
+pub use discovery::DiscoveryService;
+pub use metrics::Metrics;
+
+/// The latest valid config, as every service reads it.
+pub type CatalogWatch = watch::Receiver<Arc<Catalog>>;
+
+/// The control plane's DNS names, which its serving certificate carries (Istio's Service
+/// `istiod` in `istio-system`).
+pub const SERVING_NAMES: [&str; 3] = [
+    "istiod.istio-system.svc",
+    "istiod.istio-system.svc.cluster.local",
+    "istiod",
+];
+/// Lifetime of the serving certificate, made anew at each start.
+const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("config source: {0}")]
+    Source(#[from] SourceError),
+    #[error("CA in {dir}: {source}")]
+    Ca {
+        dir: PathBuf,
+        #[source]
+        source: CaError,
+    },
+    #[error("token verification key: {0}")]
+    Token(#[from] TokenError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the serving identity: {0}")]
+    Identity(String),
+}
+
+/// Where the control plane listens and what it serves.
+pub struct Options {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    /// CA files (Istio's plug-in layout); a new root is made here when there is none.
+    pub ca_dir: PathBuf,
+}
+
+/// Runs the control plane until the gRPC server fails.
+pub async fn run<A: Authenticator>(
+    options: Options,
+    source: Box<dyn Source>,
+    tokens: A,
+) -> Result<(), ServeError> {
+    let catalog = source.watch()?;
+    let trust_domain = catalog.borrow().trust_domain().to_owned();
+    let ca = Arc::new(load_or_create_ca(&options.ca_dir, &trust_domain)?);
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(track_rejections(catalog.clone(), metrics.clone()));
+
+    let id = SpiffeId::new(&trust_domain, "istio-system", "istiod")
+        .map_err(|e| ServeError::Identity(e.to_string()))?;
+    let serving = ca
+        .issue_with_dns(&id, &SERVING_NAMES, SERVING_TTL)
+        .map_err(|source| ServeError::Ca {
+            dir: options.ca_dir.clone(),
+            source,
+        })?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&serving.chain_pem, &serving.key_pem))
+        .client_ca_root(Certificate::from_pem(ca.roots_pem()))
+        .client_auth_optional(true);
+
+    let grpc = bind(options.grpc).await?;
+    let http = bind(options.http).await?;
+    tokio::spawn(http::serve(http, metrics.clone(), catalog.clone()));
+    tracing::info!(grpc = %options.grpc, http = %options.http, %trust_domain, "control plane serving");
+    Server::builder()
+        .tls_config(tls)?
+        .add_service(IstioCertificateServiceServer::new(Certificates {
+            ca,
+            tokens,
+            catalog: catalog.clone(),
+            metrics: metrics.clone(),
+        }))
+        .add_service(DiscoveryServer::new(DiscoveryService { catalog, metrics }))
+        .serve_with_incoming(TcpListenerStream::new(grpc))
+        .await?;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Loads the CA from `dir`, or makes and saves a new root there on first start.
+fn load_or_create_ca(dir: &std::path::Path, trust_domain: &str) -> Result<Authority, ServeError> {
+    let error = |source| ServeError::Ca {
+        dir: dir.to_owned(),
+        source,
+    };
+    match Authority::load(dir) {
+        Ok(ca) => Ok(ca),
+        Err(CaError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(dir = %dir.display(), "no CA found: creating a new mesh root");
+            let ca = Authority::generate(trust_domain).map_err(error)?;
+            ca.save_new(dir).map_err(error)?;
+            Ok(ca)
+        }
+        Err(e) => Err(error(e)),
+    }
+}
+
+/// Keeps the rejected-objects gauge in step with the catalog.
+async fn track_rejections(mut catalog: CatalogWatch, metrics: Arc<Metrics>) {
+    loop {
+        let rejected = catalog.borrow_and_update().rejected.len();
+        metrics
+            .rejected_objects
+            .set(i64::try_from(rejected).unwrap_or(i64::MAX));
+        if catalog.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Generates the protobuf types and gRPC stubs. `protox` parses the `.proto` files in Rust, so
+//! building needs no `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/istio/v1/auth/ca.proto",
+        "proto/remora/config/v1/snapshot.proto",
+        "proto/remora/config/v1/discovery.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        // The snapshot is also written by hand (a bootstrap's `staticSnapshot`) and dumped by
+        // the admin endpoint, in the same camelCase names Kubernetes-style YAML uses.
+        .type_attribute(
+            ".remora.config.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] \
+             #[serde(rename_all = \"camelCase\", default, deny_unknown_fields)]",
+        )
+        .compile_fds(descriptors)?;
+    Ok(())
+}

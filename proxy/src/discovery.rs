@@ -1,0 +1,133 @@
+//! The discovery stream: the sidecar subscribes once with who it is, takes each snapshot the
+//! control plane sends (checked whole, swapped atomically) and answers ACK or NACK. A rejected
+//! snapshot leaves the previous one in place. When the stream breaks the sidecar keeps serving
+//! what it has and resubscribes with jittered backoff.
+
+use std::{sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use remora_api::{
+    proto::config::{
+        discovery_client::DiscoveryClient, Node, Snapshot as WireSnapshot, SubscribeRequest,
+    },
+    Snapshot,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{backoff::Backoff, control_plane::ControlPlane, metrics::Metrics};
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("{0}")]
+    Connect(#[from] crate::control_plane::ControlPlaneError),
+    #[error("{0}")]
+    Status(#[from] tonic::Status),
+    #[error("the control plane closed the stream")]
+    Closed,
+}
+
+/// Everything the stream needs, moved into its task.
+pub struct Subscription {
+    pub control_plane: ControlPlane,
+    pub node: Node,
+    /// The sidecar's trust domain: its certificate and every peer check depend on it, so a
+    /// snapshot for another one is refused until the sidecar restarts.
+    pub trust_domain: String,
+    pub config: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Subscription {
+    /// Runs forever; `first` fires once the first snapshot is in use.
+    pub async fn run(self, first: oneshot::Sender<()>) {
+        let mut first = Some(first);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+        loop {
+            let error = self.subscribe(&mut first, &mut backoff).await;
+            self.metrics.control_plane_connected(false);
+            let delay = backoff.next_delay();
+            tracing::warn!(%error, ?delay, version = %self.config.load().version(), "discovery stream lost; serving the last snapshot");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        first: &mut Option<oneshot::Sender<()>>,
+        backoff: &mut Backoff,
+    ) -> StreamError {
+        match self.stream(first, backoff).await {
+            Ok(()) => StreamError::Closed,
+            Err(error) => error,
+        }
+    }
+
+    async fn stream(
+        &self,
+        first: &mut Option<oneshot::Sender<()>>,
+        backoff: &mut Backoff,
+    ) -> Result<(), StreamError> {
+        let channel = self.control_plane.channel(false).await?;
+        let (answers, requests) = mpsc::channel(4);
+        // The channel has room: the first message cannot block.
+        let _ = answers
+            .send(SubscribeRequest {
+                node: Some(self.node.clone()),
+                ..Default::default()
+            })
+            .await;
+        let mut snapshots = DiscoveryClient::new(channel)
+            .subscribe(ReceiverStream::new(requests))
+            .await?
+            .into_inner();
+        while let Some(wire) = snapshots.message().await? {
+            self.metrics.control_plane_connected(true);
+            backoff.reset();
+            let version = wire.version.clone();
+            let error = match self.accept(wire) {
+                Ok(snapshot) => {
+                    tracing::info!(
+                        version,
+                        destinations = snapshot.destination_count(),
+                        "snapshot applied"
+                    );
+                    self.config.store(Arc::new(snapshot));
+                    if let Some(first) = first.take() {
+                        let _ = first.send(());
+                    }
+                    String::new()
+                }
+                Err(reason) => {
+                    tracing::warn!(version, %reason, "snapshot rejected; keeping the previous one");
+                    reason
+                }
+            };
+            self.metrics.config_update(error.is_empty());
+            if answers
+                .send(SubscribeRequest {
+                    node: None,
+                    version,
+                    error,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&self, wire: WireSnapshot) -> Result<Snapshot, String> {
+        let snapshot = Snapshot::try_from(wire).map_err(|e| e.to_string())?;
+        match &snapshot.mesh.trust_domain {
+            Some(domain) if *domain != self.trust_domain => Err(format!(
+                "mesh.trustDomain: {domain:?} differs from this sidecar's {:?}; its certificate \
+                 and peers' identities are in the old one, so moving needs a restart",
+                self.trust_domain
+            )),
+            _ => Ok(snapshot),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Certificate rotation: a new certificate at half the current one's lifetime (Istio's agent
+//! default), retried with backoff until the CA answers. The old certificate keeps serving
+//! meanwhile, so rotation never fails a request.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use super::{ca::CaClient, CurrentCert};
+use crate::{backoff::Backoff, metrics::Metrics};
+
+/// Renews `cert` from `ca` forever.
+pub async fn run(ca: CaClient, cert: Arc<CurrentCert>, metrics: Arc<Metrics>) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let current = cert.get();
+        let lifetime = current
+            .not_after
+            .duration_since(current.not_before)
+            .unwrap_or_default();
+        let renew_at = current.not_before + lifetime / 2;
+        let wait = renew_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        match ca.fetch().await {
+            Ok(issued) => {
+                tracing::info!(serial = %issued.serial, previous = %current.serial, "certificate rotated");
+                metrics.certificate(&issued);
+                cert.replace(issued);
+                backoff.reset();
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, ?delay, "certificate renewal failed; keeping the current one");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
