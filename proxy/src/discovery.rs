@@ -85,7 +85,7 @@ impl Subscription {
             self.metrics.control_plane_connected(true);
             backoff.reset();
             let version = wire.version.clone();
-            let error = match self.accept(wire) {
+            let error = match accept(wire, &self.trust_domain) {
                 Ok(snapshot) => {
                     tracing::info!(
                         version,
@@ -118,16 +118,53 @@ impl Subscription {
         }
         Ok(())
     }
+}
 
-    fn accept(&self, wire: WireSnapshot) -> Result<Snapshot, String> {
-        let snapshot = Snapshot::try_from(wire).map_err(|e| e.to_string())?;
-        match &snapshot.mesh.trust_domain {
-            Some(domain) if *domain != self.trust_domain => Err(format!(
-                "mesh.trustDomain: {domain:?} differs from this sidecar's {:?}; its certificate \
-                 and peers' identities are in the old one, so moving needs a restart",
-                self.trust_domain
-            )),
-            _ => Ok(snapshot),
+/// Checks a received snapshot whole; the error is the NACK's reason.
+fn accept(wire: WireSnapshot, trust_domain: &str) -> Result<Snapshot, String> {
+    let snapshot = Snapshot::try_from(wire).map_err(|e| e.to_string())?;
+    match &snapshot.mesh.trust_domain {
+        Some(domain) if domain != trust_domain => Err(format!(
+            "mesh.trustDomain: {domain:?} differs from this sidecar's {trust_domain:?}; its \
+             certificate and its peers' identities are in the old one, so moving needs a restart"
+        )),
+        _ => Ok(snapshot),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use remora_api::proto::config::{Endpoint, MeshSettings};
+
+    use super::*;
+
+    fn wire(trust_domain: &str, address: &str) -> WireSnapshot {
+        WireSnapshot {
+            version: "v1".into(),
+            endpoints: vec![Endpoint {
+                address: address.into(),
+                identity: "spiffe://cluster.local/ns/demo/sa/httpbin".into(),
+            }],
+            services: vec![],
+            mesh: Some(MeshSettings {
+                trust_domain: trust_domain.into(),
+                ..Default::default()
+            }),
         }
+    }
+
+    #[test]
+    fn snapshots_are_checked_whole() {
+        let ok = accept(wire("cluster.local", "198.18.0.3:8080"), "cluster.local").expect("ok");
+        assert_eq!(ok.version(), "v1");
+        let moved = accept(wire("example.org", "198.18.0.3:8080"), "cluster.local")
+            .expect_err("trust domain change refused");
+        assert!(
+            moved.contains("mesh.trustDomain: \"example.org\""),
+            "{moved}"
+        );
+        let bad = accept(wire("cluster.local", "198.18.0.3"), "cluster.local")
+            .expect_err("bad address refused");
+        assert!(bad.contains("endpoints[0].address"), "{bad}");
     }
 }
