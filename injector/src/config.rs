@@ -2,12 +2,13 @@
 //! the invalid ones with a reason, and translate the rest into the [`Snapshot`] each sidecar
 //! receives.
 //!
-//! The pipeline is split so the decisions stay pure: [`objects`] parses and checks documents,
-//! `translate` turns objects into snapshot parts, [`Catalog`] holds the result, and only the
-//! [`Source`] implementations ([`DirectorySource`] in local mode) do I/O.
+//! The pipeline is split so the decisions stay pure and testable without files or clusters:
+//! `objects` parses and checks documents (`mesh` for Istio's `MeshConfig`), `translate` turns
+//! the objects into snapshot parts (`cluster_ip` gives Services without one an address),
+//! [`Catalog`] holds the result, and only the [`Source`] implementations ([`DirectorySource`]
+//! in local mode) do I/O.
 //!
 //! [`Snapshot`]: remora_api::proto::config::Snapshot
-//! [`objects`]: Rejection
 
 mod catalog;
 pub mod cluster_ip;

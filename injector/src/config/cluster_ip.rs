@@ -111,10 +111,12 @@ mod tests {
         }
         // Pinned, so a change of hash or range (which would renumber every local Service) is
         // deliberate.
-        assert_eq!(
-            allocate(&[("default", "httpbin", None)]),
-            BTreeMap::from([(key("default", "httpbin"), first_choice("default", "httpbin"))])
-        );
+        let pinned = allocate(&[
+            ("default", "httpbin", None),
+            ("istio-system", "istiod", None),
+        ]);
+        assert_eq!(pinned[&key("default", "httpbin")], ip("198.19.151.147"));
+        assert_eq!(pinned[&key("istio-system", "istiod")], ip("198.19.192.183"));
     }
 
     fn first_choice(namespace: &str, name: &str) -> IpAddr {
@@ -126,7 +128,11 @@ mod tests {
     #[test]
     fn explicit_addresses_are_kept_and_skipped() {
         let natural = first_choice("default", "b");
-        let cases: [(&str, Vec<(&str, &str, Option<IpAddr>)>, Vec<((&str, &str), IpAddr)>); 3] = [
+        let cases: [(
+            &str,
+            Vec<(&str, &str, Option<IpAddr>)>,
+            Vec<((&str, &str), IpAddr)>,
+        ); 3] = [
             (
                 "explicit address kept",
                 vec![("default", "a", Some(ip("10.96.0.10")))],

@@ -40,8 +40,7 @@ impl DirectorySource {
 
 impl Source for DirectorySource {
     fn watch(self: Box<Self>) -> Result<watch::Receiver<Arc<Catalog>>, SourceError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| SourceError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SourceError::NoRuntime)?;
         for dir in &self.dirs {
             fs::read_dir(dir).map_err(|source| SourceError::Directory {
                 path: dir.clone(),
@@ -204,7 +203,9 @@ impl Files {
 
     fn catalog(&self) -> Catalog {
         let mut catalog = Catalog::build(self.documents.clone());
-        catalog.rejected.splice(0..0, self.unreadable.iter().cloned());
+        catalog
+            .rejected
+            .splice(0..0, self.unreadable.iter().cloned());
         catalog
     }
 }

@@ -5,11 +5,7 @@
 //! checked on its own and either kept whole or turned into a [`Rejection`] that names the
 //! object, where it came from and the field at fault, the way `kubectl apply` would complain.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    path::Path,
-};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use k8s_openapi::{
     api::{
@@ -72,7 +68,10 @@ impl Objects {
         let mut objects = Self::default();
         let mut rejected = Vec::new();
         for (origin, text) in documents {
-            if Path::new(origin).file_name().is_some_and(|name| name == MESH_FILE) {
+            if Path::new(origin)
+                .file_name()
+                .is_some_and(|name| name == MESH_FILE)
+            {
                 let label = format!("MeshConfig in {origin}");
                 match MeshConfig::parse(text) {
                     Ok(mesh) => objects.keep_mesh(mesh, label, &mut rejected),
@@ -100,64 +99,28 @@ impl Objects {
     }
 
     fn add(&mut self, value: Value, place: &str, rejected: &mut Vec<Rejection>) {
-        let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_owned);
-        let (api_version, kind) = (text("apiVersion"), text("kind"));
-        let metadata = value.get("metadata");
-        let meta = |field: &str| {
-            metadata
-                .and_then(|m| m.get(field))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let (name, namespace) = (meta("name"), meta("namespace"));
-        let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-        let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        let Some(id) = Identity::of(&value, place) else {
             rejected.push(Rejection {
                 object: place.to_owned(),
                 reason: "apiVersion and kind are required".to_owned(),
             });
             return;
         };
-        let cluster_scoped = kind == "Namespace";
-        let label = match &name {
-            Some(name) if cluster_scoped => format!("{kind} {name} in {place}"),
-            Some(name) => format!("{kind} {namespace}/{name} in {place}"),
-            None => format!("{kind} in {place}"),
-        };
-        let result = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Namespace") => check(value, |_: &Namespace, _| {}).map(|_| Kept::Other("Namespace")),
-            ("v1", "ServiceAccount") => {
-                check(value, |_: &ServiceAccount, _| {}).map(|_| Kept::Other("ServiceAccount"))
-            }
-            ("apps/v1", "Deployment") => {
-                check(value, check_deployment).map(|_| Kept::Other("Deployment"))
-            }
-            ("v1", "Pod") => check(value, check_pod).map(Kept::Pod),
-            ("v1", "Service") => check(value, check_service).map(Kept::Service),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                check(value, check_endpoint_slice).map(Kept::EndpointSlice)
-            }
-            ("v1", "ConfigMap") if (namespace.as_str(), name.as_deref()) == (MESH_CONFIG_MAP.0, Some(MESH_CONFIG_MAP.1)) => {
-                mesh_config_map(value)
-            }
-            _ => {
-                tracing::debug!(object = %label, "ignoring a kind the control plane does not read");
-                return;
-            }
+        let Some(result) = checked(value, &id) else {
+            tracing::debug!(object = %id.label, "ignoring a kind the control plane does not read");
+            return;
         };
         let kept = match result {
             Ok(kept) => kept,
             Err(reason) => {
-                rejected.push(Rejection { object: label, reason });
+                rejected.push(Rejection {
+                    object: id.label,
+                    reason,
+                });
                 return;
             }
         };
-        let name = name.unwrap_or_default();
-        let key = if cluster_scoped {
-            (String::new(), name)
-        } else {
-            (namespace, name)
-        };
+        let (key, label) = (id.key, id.label);
         match kept {
             Kept::Mesh(mesh) => self.keep_mesh(mesh, label, rejected),
             Kept::Other(kind) => {
@@ -165,17 +128,20 @@ impl Objects {
             }
             Kept::Pod(pod) => {
                 if let Some((key, label)) = self.first_of("Pod", key, label, rejected) {
-                    self.pods.insert(key, Labelled { label, object: pod });
+                    let object = *pod;
+                    self.pods.insert(key, Labelled { label, object });
                 }
             }
             Kept::Service(service) => {
                 if let Some((key, label)) = self.first_of("Service", key, label, rejected) {
-                    self.services.insert(key, Labelled { label, object: service });
+                    let object = *service;
+                    self.services.insert(key, Labelled { label, object });
                 }
             }
             Kept::EndpointSlice(slice) => {
                 if let Some((key, label)) = self.first_of("EndpointSlice", key, label, rejected) {
-                    self.endpoint_slices.insert(key, Labelled { label, object: slice });
+                    let object = *slice;
+                    self.endpoint_slices.insert(key, Labelled { label, object });
                 }
             }
         }
@@ -209,11 +175,77 @@ impl Objects {
     }
 }
 
+/// What a document claims to be, read before it is checked so even a rejection can name it.
+struct Identity {
+    api_version: String,
+    kind: String,
+    /// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
+    key: Key,
+    /// e.g. `Service default/httpbin in /dir/app.yaml (document 2)`.
+    label: String,
+}
+
+impl Identity {
+    fn of(value: &Value, place: &str) -> Option<Self> {
+        let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_owned);
+        let meta = |field: &str| {
+            value
+                .get("metadata")
+                .and_then(|m| m.get(field))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (api_version, kind) = (text("apiVersion")?, text("kind")?);
+        let name = meta("name");
+        let namespace = if kind == "Namespace" {
+            String::new()
+        } else {
+            meta("namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+        };
+        let label = match (&name, namespace.is_empty()) {
+            (Some(name), true) => format!("{kind} {name} in {place}"),
+            (Some(name), false) => format!("{kind} {namespace}/{name} in {place}"),
+            (None, _) => format!("{kind} in {place}"),
+        };
+        Some(Self {
+            api_version,
+            kind,
+            key: (namespace, name.unwrap_or_default()),
+            label,
+        })
+    }
+}
+
+/// Checks a document of a kind the control plane reads; `None` for any other kind.
+fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
+    let (namespace, name) = (id.key.0.as_str(), id.key.1.as_str());
+    Some(match (id.api_version.as_str(), id.kind.as_str()) {
+        ("v1", "Namespace") => {
+            check(value, |_: &Namespace, _| {}).map(|_| Kept::Other("Namespace"))
+        }
+        ("v1", "ServiceAccount") => {
+            check(value, |_: &ServiceAccount, _| {}).map(|_| Kept::Other("ServiceAccount"))
+        }
+        ("apps/v1", "Deployment") => {
+            check(value, check_deployment).map(|_| Kept::Other("Deployment"))
+        }
+        ("v1", "Pod") => check(value, check_pod).map(|pod| Kept::Pod(Box::new(pod))),
+        ("v1", "Service") => {
+            check(value, check_service).map(|service| Kept::Service(Box::new(service)))
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            check(value, check_endpoint_slice).map(|slice| Kept::EndpointSlice(Box::new(slice)))
+        }
+        ("v1", "ConfigMap") if (namespace, name) == MESH_CONFIG_MAP => mesh_config_map(value),
+        _ => return None,
+    })
+}
+
 /// A document that passed its checks.
 enum Kept {
-    Pod(Pod),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
     Mesh(MeshConfig),
     /// Checked for mistakes and duplicates, not kept.
     Other(&'static str),
@@ -234,14 +266,28 @@ macro_rules! object {
     };
 }
 
-object!(Namespace, ServiceAccount, Deployment, Pod, Service, EndpointSlice, ConfigMap);
+object!(
+    Namespace,
+    ServiceAccount,
+    Deployment,
+    Pod,
+    Service,
+    EndpointSlice,
+    ConfigMap
+);
 
 /// Deserializes `value` (naming the field on error) and runs the checks every object gets plus
 /// the kind's own, reporting all problems found together.
 fn check<T: Object>(value: Value, kind_checks: impl Fn(&T, &mut Vec<String>)) -> Result<T, String> {
     let object: T = yaml::from_value(value).map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
-    if object.metadata().name.as_deref().unwrap_or_default().is_empty() {
+    if object
+        .metadata()
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
         problems.push("metadata.name: required".to_owned());
     }
     kind_checks(&object, &mut problems);
@@ -265,7 +311,12 @@ fn check_ip(text: &str, path: &str, problems: &mut Vec<String>) {
 }
 
 fn check_pod(pod: &Pod, problems: &mut Vec<String>) {
-    for (c, container) in pod.spec.iter().flat_map(|spec| spec.containers.iter()).enumerate() {
+    for (c, container) in pod
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .enumerate()
+    {
         for (p, port) in container.ports.iter().flatten().enumerate() {
             check_port(
                 port.container_port,
@@ -290,13 +341,15 @@ fn check_deployment(deployment: &Deployment, problems: &mut Vec<String>) {
         .metadata
         .as_ref()
         .and_then(|m| m.labels.as_ref());
-    let selected = spec.selector.match_labels.iter().flatten().all(|(key, value)| {
-        labels.and_then(|labels| labels.get(key)) == Some(value)
-    });
+    let selected = spec
+        .selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.and_then(|labels| labels.get(key)) == Some(value));
     if labels.is_none() || !selected {
-        problems.push(
-            "spec.template.metadata.labels: must match spec.selector.matchLabels".to_owned(),
-        );
+        problems
+            .push("spec.template.metadata.labels: must match spec.selector.matchLabels".to_owned());
     }
 }
 
@@ -310,9 +363,13 @@ fn check_service(service: &Service, problems: &mut Vec<String>) {
         let protocol = |p: &k8s_openapi::api::core::v1::ServicePort| {
             p.protocol.clone().unwrap_or_else(|| "TCP".to_owned())
         };
-        if spec.ports.iter().flatten().take(i).any(|earlier| {
-            earlier.port == port.port && protocol(earlier) == protocol(port)
-        }) {
+        if spec
+            .ports
+            .iter()
+            .flatten()
+            .take(i)
+            .any(|earlier| earlier.port == port.port && protocol(earlier) == protocol(port))
+        {
             problems.push(format!("{path}: {} is listed twice", port.port));
         }
     }

@@ -117,7 +117,11 @@ fn pod_facts(
     });
     let spec = pod.object.spec.as_ref();
     let service_account = spec
-        .and_then(|s| s.service_account_name.as_deref().or(s.service_account.as_deref()))
+        .and_then(|s| {
+            s.service_account_name
+                .as_deref()
+                .or(s.service_account.as_deref())
+        })
         .filter(|sa| !sa.is_empty())
         .unwrap_or("default")
         .to_owned();
@@ -303,7 +307,11 @@ fn app_protocol(port: &ServicePort) -> String {
         return protocol.to_owned();
     }
     let name = port.name.as_deref().unwrap_or_default();
-    let prefix = name.split('-').next().unwrap_or_default().to_ascii_lowercase();
+    let prefix = name
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if NAMED_PROTOCOLS.contains(&prefix.as_str()) {
         prefix
     } else {
@@ -362,4 +370,42 @@ fn ready_endpoints(
             identity,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_protocol_from_field_or_port_name() {
+        let cases = [
+            (
+                Some("kubernetes.io/h2c"),
+                Some("http-web"),
+                "kubernetes.io/h2c",
+            ),
+            (Some(""), Some("grpc"), "grpc"),
+            (None, Some("http"), "http"),
+            (None, Some("http2-api"), "http2"),
+            (None, Some("HTTPS-admin"), "https"),
+            (None, Some("grpc-web"), "grpc"),
+            (None, Some("tcp-db"), "tcp"),
+            (None, Some("tls"), "tls"),
+            (None, Some("mongo-1"), "mongo"),
+            (None, Some("redis"), "redis"),
+            (None, Some("mysql-primary"), "mysql"),
+            (None, Some("metrics"), ""),
+            (None, Some("web-http"), ""),
+            (None, None, ""),
+        ];
+        for (field, name, expected) in cases {
+            let port = ServicePort {
+                app_protocol: field.map(str::to_owned),
+                name: name.map(str::to_owned),
+                port: 80,
+                ..Default::default()
+            };
+            assert_eq!(app_protocol(&port), expected, "{field:?} {name:?}");
+        }
+    }
 }

@@ -1,1 +1,488 @@
+use std::net::IpAddr;
+
+use remora_api::proto::config::{Endpoint, Service, ServicePort};
+
 use super::*;
+use crate::config::cluster_ip;
+
+fn documents(files: &[(&str, &str)]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|(origin, text)| ((*origin).to_owned(), (*text).to_owned()))
+        .collect()
+}
+
+fn node(namespace: &str, pod_name: &str) -> Node {
+    Node {
+        pod_name: pod_name.to_owned(),
+        namespace: namespace.to_owned(),
+        ip: String::new(),
+    }
+}
+
+fn endpoint(address: &str, identity: &str) -> Endpoint {
+    Endpoint {
+        address: address.to_owned(),
+        identity: identity.to_owned(),
+    }
+}
+
+const MESH: &str = "defaultConfig:\n  drainDuration: 10s\n";
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: httpbin}
+  template:
+    metadata:
+      labels: {app: httpbin}
+    spec:
+      serviceAccountName: httpbin
+      containers:
+      - name: httpbin
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: httpbin
+spec:
+  selector: {app: httpbin}
+  ports:
+  - name: http
+    port: 8000
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+  - name: metrics
+    port: 15014
+    appProtocol: http
+  - name: grpc-api
+    port: 9090
+  - name: dns
+    port: 53
+    protocol: UDP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: headless
+spec:
+  clusterIP: None
+  ports:
+  - port: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: external
+spec:
+  type: ExternalName
+  externalName: example.com
+"#;
+
+/// The Pods and EndpointSlices the local launcher records for the Deployment above, plus a pod
+/// without a sidecar and one with a malformed `proxy.istio.io/config`.
+const RECORDED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: httpbin-0
+  labels: {app: httpbin}
+  annotations:
+    sidecar.istio.io/status: '{"containers":["istio-proxy"]}'
+    proxy.istio.io/config: |
+      drainDuration: 2s
+spec:
+  serviceAccountName: httpbin
+  containers:
+  - name: httpbin
+    ports:
+    - containerPort: 8080
+status:
+  podIP: 198.18.0.10
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: httpbin-1
+  labels: {app: httpbin}
+  annotations:
+    sidecar.istio.io/status: '{}'
+spec:
+  serviceAccountName: httpbin
+  containers:
+  - name: httpbin
+    ports:
+    - containerPort: 8080
+status:
+  podIP: 198.18.0.9
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: legacy-0
+spec:
+  containers:
+  - name: legacy
+    ports:
+    - containerPort: 8080
+status:
+  podIP: 198.18.0.20
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-0
+  annotations:
+    sidecar.istio.io/status: '{}'
+    proxy.istio.io/config: 'drainDuration: soon'
+spec:
+  containers:
+  - name: reviews
+status:
+  podIP: 198.18.0.30
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: httpbin-abcde
+  labels:
+    kubernetes.io/service-name: httpbin
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+endpoints:
+- addresses: [198.18.0.20]
+  conditions: {ready: true}
+- addresses: [198.18.0.10]
+  targetRef: {kind: Pod, name: httpbin-0, namespace: default}
+- addresses: [198.18.0.9]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: reviews-abcde
+  labels:
+    kubernetes.io/service-name: reviews
+addressType: IPv4
+ports:
+- name: grpc-api
+  port: 9090
+- name: metrics
+  port: 15014
+endpoints:
+- addresses: [198.18.0.30]
+"#;
+
+const HTTPBIN_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
+const DEFAULT_ID: &str = "spiffe://cluster.local/ns/default/sa/default";
+
+fn example() -> Vec<(String, String)> {
+    documents(&[
+        ("/m/app.yaml", APP),
+        ("/m/mesh.yaml", MESH),
+        ("/m/recorded.yaml", RECORDED),
+    ])
+}
+
+#[test]
+fn translates_manifests_into_a_snapshot() {
+    let catalog = Catalog::build(example());
+    let rejected: Vec<(&str, &str)> = catalog
+        .rejected
+        .iter()
+        .map(|r| (r.object.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:#?}");
+    assert_eq!(
+        rejected[0].0,
+        "Pod default/reviews-0 in /m/recorded.yaml (document 4)"
+    );
+    assert!(
+        rejected[0].1.starts_with(
+            "metadata.annotations[proxy.istio.io/config]: drainDuration: \"soon\" is not a \
+             duration such as \"5s\""
+        ),
+        "{}",
+        rejected[0].1
+    );
+    let allocated = cluster_ip::allocate(&[
+        ("default", "httpbin", None),
+        ("default", "reviews", Some(IpAddr::from([10, 96, 0, 20]))),
+    ])[&("default".to_owned(), "httpbin".to_owned())];
+
+    let snapshot = catalog.snapshot_for(&node("default", "httpbin-1"));
+    assert_eq!(snapshot.version, "");
+    assert_eq!(
+        snapshot.endpoints,
+        [
+            endpoint("198.18.0.9:8080", HTTPBIN_ID),
+            endpoint("198.18.0.10:8080", HTTPBIN_ID),
+            endpoint("198.18.0.30:9090", DEFAULT_ID),
+            endpoint("198.18.0.30:15014", DEFAULT_ID),
+        ]
+    );
+    assert_eq!(
+        snapshot.services,
+        [
+            Service {
+                hostname: "httpbin.default.svc.cluster.local".into(),
+                addresses: vec![allocated.to_string()],
+                ports: vec![ServicePort {
+                    port: 8000,
+                    name: "http".into(),
+                    app_protocol: "http".into(),
+                    // 198.18.0.9 is not ready; 198.18.0.20 runs without a sidecar.
+                    endpoints: vec![
+                        endpoint("198.18.0.10:8080", HTTPBIN_ID),
+                        endpoint("198.18.0.20:8080", ""),
+                    ],
+                }],
+            },
+            Service {
+                hostname: "reviews.default.svc.cluster.local".into(),
+                addresses: vec!["10.96.0.20".into()],
+                ports: vec![
+                    ServicePort {
+                        port: 9090,
+                        name: "grpc-api".into(),
+                        app_protocol: "grpc".into(),
+                        endpoints: vec![endpoint("198.18.0.30:9090", DEFAULT_ID)],
+                    },
+                    ServicePort {
+                        port: 15014,
+                        name: "metrics".into(),
+                        app_protocol: "http".into(),
+                        endpoints: vec![endpoint("198.18.0.30:15014", DEFAULT_ID)],
+                    },
+                ],
+            },
+        ]
+    );
+    let mesh = snapshot.mesh.expect("mesh settings");
+    assert_eq!(mesh.drain_duration_ms, 10_000);
+    assert_eq!(mesh.trust_domain, "cluster.local");
+}
+
+#[test]
+fn mesh_settings_follow_the_pod() {
+    let catalog = Catalog::build(example());
+    let cases = [
+        (node("default", "httpbin-0"), 2_000),
+        (node("default", "httpbin-1"), 10_000),
+        // Malformed override: rejected at build, mesh defaults apply.
+        (node("default", "reviews-0"), 10_000),
+        (node("default", "unknown"), 10_000),
+        (node("other", "httpbin-0"), 10_000),
+    ];
+    for (node, drain_ms) in cases {
+        let snapshot = catalog.snapshot_for(&node);
+        let mesh = snapshot.mesh.expect("mesh settings");
+        assert_eq!(mesh.drain_duration_ms, drain_ms, "{node:?}");
+    }
+}
+
+#[test]
+fn pods_report_their_service_account() {
+    let catalog = Catalog::build(example());
+    let cases = [
+        ("default", "httpbin-0", Some("httpbin")),
+        ("default", "legacy-0", Some("default")),
+        ("default", "reviews-0", Some("default")),
+        ("default", "missing", None),
+        ("other", "httpbin-0", None),
+    ];
+    for (namespace, pod, expected) in cases {
+        assert_eq!(
+            catalog.pod_service_account(namespace, pod),
+            expected,
+            "{namespace}/{pod}"
+        );
+    }
+}
+
+#[test]
+fn output_is_deterministic() {
+    let mut reversed = example();
+    reversed.reverse();
+    let node = node("default", "httpbin-0");
+    let first = Catalog::build(example()).snapshot_for(&node);
+    assert_eq!(Catalog::build(example()).snapshot_for(&node), first);
+    assert_eq!(Catalog::build(reversed).snapshot_for(&node), first);
+}
+
+#[test]
+fn conflicting_addresses_and_identities_are_rejected() {
+    let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: first
+  annotations: {sidecar.istio.io/status: '{}'}
+spec: {containers: [{name: app, ports: [{containerPort: 80}]}]}
+status: {podIP: 198.18.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: second
+spec: {containers: []}
+status: {podIP: 198.18.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: done
+spec: {containers: []}
+status: {podIP: 198.18.0.5, phase: Succeeded}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: shouty
+  annotations: {sidecar.istio.io/status: '{}'}
+spec: {serviceAccountName: Admin, containers: []}
+"#;
+    let catalog = Catalog::build(documents(&[("/m/x.yaml", text)]));
+    let rejected: Vec<(&str, &str)> = catalog
+        .rejected
+        .iter()
+        .map(|r| (r.object.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(rejected.len(), 3, "{rejected:#?}");
+    assert_eq!(
+        rejected[0].0,
+        "Pod default/second in /m/x.yaml (document 4)"
+    );
+    assert_eq!(
+        rejected[0].1,
+        "status.podIP: 198.18.0.5 is already the IP of Pod default/first"
+    );
+    assert_eq!(
+        rejected[1].0,
+        "Pod default/shouty in /m/x.yaml (document 6)"
+    );
+    assert!(
+        rejected[1].1.starts_with("no valid SPIFFE identity: "),
+        "{}",
+        rejected[1].1
+    );
+    assert_eq!(
+        rejected[2],
+        (
+            "Service default/b in /m/x.yaml (document 2)",
+            "spec.clusterIP: 10.96.0.1 is already the cluster IP of Service default/a"
+        )
+    );
+    // Rejected pods are unknown; the finished one keeps running as far as accounts go.
+    assert_eq!(catalog.pod_service_account("default", "second"), None);
+    assert_eq!(catalog.pod_service_account("default", "shouty"), None);
+    assert_eq!(
+        catalog.pod_service_account("default", "done"),
+        Some("default")
+    );
+    let snapshot = catalog.snapshot_for(&node("default", "first"));
+    assert_eq!(
+        snapshot.endpoints,
+        [endpoint(
+            "198.18.0.5:80",
+            "spiffe://cluster.local/ns/default/sa/default"
+        )]
+    );
+    let hostnames: Vec<&str> = snapshot
+        .services
+        .iter()
+        .map(|s| s.hostname.as_str())
+        .collect();
+    assert_eq!(hostnames, ["a.default.svc.cluster.local"]);
+}
+
+#[test]
+fn unnamed_ports_ipv6_and_trust_domain() {
+    let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv6
+ports: [{port: 8080}]
+endpoints:
+- addresses: ["fd00::5"]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-elsewhere
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{port: 9999}]
+endpoints:
+- addresses: [198.18.0.99]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: shop
+  annotations: {sidecar.istio.io/status: '{}'}
+spec: {containers: []}
+status: {podIP: "fd00::5"}
+"#;
+    let catalog = Catalog::build(documents(&[
+        ("/m/web.yaml", text),
+        ("/m/mesh.yaml", "trustDomain: example.org\n"),
+    ]));
+    assert!(catalog.rejected.is_empty(), "{:#?}", catalog.rejected);
+    let snapshot = catalog.snapshot_for(&node("shop", "web-0"));
+    let identity = "spiffe://example.org/ns/shop/sa/default";
+    assert_eq!(snapshot.endpoints, [endpoint("[fd00::5]:8080", identity)]);
+    assert_eq!(snapshot.services.len(), 1);
+    let service = &snapshot.services[0];
+    assert_eq!(service.hostname, "web.shop.svc.cluster.local");
+    assert_eq!(
+        service.ports,
+        [ServicePort {
+            port: 80,
+            name: String::new(),
+            app_protocol: String::new(),
+            endpoints: vec![endpoint("[fd00::5]:8080", identity)],
+        }]
+    );
+}

@@ -7,7 +7,9 @@ const ARRIVAL: Duration = Duration::from_secs(10);
 const SILENCE: Duration = Duration::from_millis(800);
 
 fn service(name: &str) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: 80\n")
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: 80\n"
+    )
 }
 
 fn hostnames(catalog: &Catalog) -> Vec<String> {
@@ -31,7 +33,10 @@ async fn publishes_a_new_catalog_only_when_contents_change() {
     fs::create_dir(root.join(".git")).expect("mkdir");
     write(&root.join("a.yaml"), service("a"));
     write(&root.join("apps/b.yml"), service("b"));
-    write(&root.join("mesh.yaml"), "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n");
+    write(
+        &root.join("mesh.yaml"),
+        "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n",
+    );
     // Not manifests: ignored.
     write(&root.join(".hidden.yaml"), "not: [yaml");
     write(&root.join(".git/c.yaml"), "not: [yaml");
@@ -49,7 +54,10 @@ async fn publishes_a_new_catalog_only_when_contents_change() {
             hostnames(&initial),
             ["a.default.svc.cluster.local", "b.default.svc.cluster.local"]
         );
-        let mesh = initial.snapshot_for(&Default::default()).mesh.expect("mesh");
+        let mesh = initial
+            .snapshot_for(&Default::default())
+            .mesh
+            .expect("mesh");
         assert_eq!(mesh.outbound_traffic_policy, "REGISTRY_ONLY");
         assert_eq!(initial.rejected.len(), 1, "{:?}", initial.rejected);
         assert_eq!(
