@@ -57,6 +57,8 @@ pub struct Issued {
     pub serial: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this sidecar got it.
+    pub received: SystemTime,
 }
 
 impl Issued {
@@ -93,6 +95,7 @@ impl Issued {
             serial,
             not_before,
             not_after,
+            received: SystemTime::now(),
         })
     }
 }

@@ -200,8 +200,12 @@ impl Bootstrap {
             problems.push("controlPlane/staticSnapshot: give exactly one of them".to_owned());
         }
         if let Some(snapshot) = &self.static_snapshot {
-            if let Err(ConfigError::Invalid(found)) = Snapshot::try_from(snapshot.clone()) {
-                problems.extend(found.into_iter().map(|p| format!("staticSnapshot.{p}")));
+            match Snapshot::try_from(snapshot.clone()) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid(found)) => {
+                    problems.extend(found.into_iter().map(|p| format!("staticSnapshot.{p}")));
+                }
+                Err(other) => problems.push(format!("staticSnapshot: {other}")),
             }
         }
         ConfigError::from_problems(problems)

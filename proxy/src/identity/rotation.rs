@@ -15,11 +15,13 @@ pub async fn run(ca: CaClient, cert: Arc<CurrentCert>, metrics: Arc<Metrics>) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let current = cert.get();
-        let lifetime = current
+        // Half of what was left when it arrived: CAs back-date `notBefore` for clock skew,
+        // which for a short-lived certificate would put its half-life in the past.
+        let remaining = current
             .not_after
-            .duration_since(current.not_before)
+            .duration_since(current.received)
             .unwrap_or_default();
-        let renew_at = current.not_before + lifetime / 2;
+        let renew_at = current.received + remaining / 2;
         let wait = renew_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();
