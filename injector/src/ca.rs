@@ -126,7 +126,7 @@ impl Authority {
         }
         write(dir, CA_CERT, &self.chain_pem)?;
         write(dir, ROOT_CERT, &self.roots_pem)?;
-        write(dir, CA_KEY, &self.issuer.key().serialize_pem())
+        write_private(dir, CA_KEY, &self.issuer.key().serialize_pem())
     }
 
     /// Loads a CA from `dir` (as [`Authority::save_new`] writes it, or Istio plug-in certs).
@@ -281,7 +281,7 @@ impl WorkloadCert {
             source,
         })?;
         write(dir, CERT_CHAIN, &self.chain_pem)?;
-        write(dir, WORKLOAD_KEY, &self.key_pem)?;
+        write_private(dir, WORKLOAD_KEY, &self.key_pem)?;
         write(dir, ROOT_CERT, &self.roots_pem)
     }
 }
@@ -301,6 +301,20 @@ fn read(dir: &Path, name: &str) -> Result<String, CaError> {
 fn write(dir: &Path, name: &str, contents: &str) -> Result<(), CaError> {
     let path = dir.join(name);
     fs::write(&path, contents).map_err(|source| CaError::Write { path, source })
+}
+
+/// Writes a private key readable by its owner only (pods in local mode share the file system).
+pub(crate) fn write_private(dir: &Path, name: &str, contents: &str) -> Result<(), CaError> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = dir.join(name);
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|source| CaError::Write { path, source })
 }
 
 #[cfg(test)]

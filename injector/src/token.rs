@@ -99,7 +99,8 @@ impl TokenIssuer {
                 fs::create_dir_all(dir).map_err(io(dir))?;
                 fs::write(Self::public_key_path(dir), key.public_key_pem())
                     .map_err(io(&Self::public_key_path(dir)))?;
-                fs::write(&private, key.serialize_pem()).map_err(io(&private))?;
+                crate::ca::write_private(dir, PRIVATE_KEY, &key.serialize_pem())
+                    .map_err(|e| TokenError::Key(e.to_string()))?;
                 key.serialize_pem().into_bytes()
             }
             Err(source) => {

@@ -3,7 +3,7 @@
 //! The name resolves through the pod's resolver (`/etc/hosts` locally, cluster DNS in
 //! Kubernetes); the sidecar's own traffic is never captured (uid 1337).
 
-use std::{io, sync::Arc};
+use std::{io, sync::Arc, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use rustls::{client::ResolvesClientCert, ClientConfig, RootCertStore};
@@ -13,6 +13,12 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{identity::provider, transport};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one CA request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -65,7 +71,13 @@ impl ControlPlane {
     /// A gRPC channel; `lazy` ones connect on first use and reconnect by themselves.
     pub async fn channel(&self, lazy: bool) -> Result<Channel, ControlPlaneError> {
         // The URI only labels requests: the connector below decides where bytes go.
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))?;
+        // Keepalives notice a control plane that vanished without closing, so the sidecar
+        // resubscribes (and reports itself disconnected) instead of waiting forever.
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let this = self.clone();
         let connector = tower::service_fn(move |_| {
             let this = this.clone();
@@ -84,9 +96,10 @@ impl ControlPlane {
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
         let tcp = transport::connect(addr).await?;
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(self.name.clone(), tcp)
-            .await?;
+        let handshake = TlsConnector::from(self.tls.clone()).connect(self.name.clone(), tcp);
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         Ok(TokioIo::new(tls))
     }
 }

@@ -47,6 +47,8 @@ pub enum IdentityError {
     WrongIdentity { expected: SpiffeId, found: SpiffeId },
     #[error("private key: {0}")]
     Key(#[from] rustls::Error),
+    #[error("certificate has already expired")]
+    Expired,
 }
 
 /// A certificate chain with its key and what the sidecar reports about it.
@@ -88,6 +90,9 @@ impl Issued {
         };
         let serial = parsed.raw_serial_as_string().replace(':', "");
         let (not_before, not_after) = (time(validity.not_before), time(validity.not_after));
+        if not_after <= SystemTime::now() {
+            return Err(IdentityError::Expired);
+        }
         let provider = rustls::crypto::ring::default_provider();
         let key = CertifiedKey::from_der(chain, key, &provider)?;
         Ok(Self {

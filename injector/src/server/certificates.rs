@@ -36,7 +36,10 @@ impl<A: Authenticator> Certificates<A> {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("no bearer token in `authorization`"))?;
+            .ok_or_else(|| {
+                self.metrics.auth_failures.inc();
+                Status::unauthenticated("no bearer token in `authorization`")
+            })?;
         let account = self.tokens.authenticate(token).await.map_err(|e| {
             self.metrics.auth_failures.inc();
             Status::unauthenticated(e.to_string())

@@ -7,11 +7,7 @@
 //! a sidecar whose snapshot did not change is not pushed, and after a control-plane restart an
 //! unchanged snapshot keeps its version.
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use prost::Message;
 use remora_api::{
@@ -23,10 +19,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{metrics::Metrics, CatalogWatch};
-use crate::config::Catalog;
+use crate::config::{cluster_ip::fnv1a64, Catalog};
 
 /// How long to let a burst of changes settle before computing snapshots.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long a subscriber has to say who it is.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DiscoveryService {
     pub catalog: CatalogWatch,
@@ -50,9 +48,9 @@ impl Discovery for DiscoveryService {
         let peer = SpiffeId::from_certificate(&leaf)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let mut requests = request.into_inner();
-        let node = requests
-            .message()
-            .await?
+        let node = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, requests.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no subscribe request"))??
             .and_then(|first| first.node)
             .ok_or_else(|| Status::invalid_argument("node: required on the first message"))?;
         authorize(&self.catalog.borrow(), &peer, &node)?;
@@ -113,11 +111,10 @@ impl Session {
     async fn serve(&mut self, requests: &mut Streaming<SubscribeRequest>) -> &'static str {
         let mut sent: Option<String> = None;
         loop {
-            let snapshot = {
-                let catalog = self.catalog.borrow_and_update();
-                authorize(&catalog, &self.peer, &self.node)
-                    .map(|()| versioned(catalog.snapshot_for(&self.node)))
-            };
+            // Computed outside the watch's lock, which the source needs to publish.
+            let catalog = self.catalog.borrow_and_update().clone();
+            let snapshot = authorize(&catalog, &self.peer, &self.node)
+                .map(|()| versioned(catalog.snapshot_for(&self.node)));
             let snapshot = match snapshot {
                 Ok(snapshot) => snapshot,
                 Err(status) => {
@@ -160,7 +157,8 @@ impl Session {
         } else {
             self.metrics.nacks.inc();
             tracing::warn!(
-                pod = %format!("{}/{}", self.node.namespace, self.node.pod_name),
+                namespace = self.node.namespace,
+                pod = self.node.pod_name,
                 version = answer.version,
                 reason = answer.error,
                 "sidecar rejected a snapshot (NACK); it keeps its previous one"
@@ -169,12 +167,11 @@ impl Session {
     }
 }
 
-/// Stamps a snapshot with a version derived from its content.
+/// Stamps a snapshot with a version derived from its content (a hash that is the same in every
+/// build, so an unchanged snapshot keeps its version across control-plane upgrades too).
 fn versioned(mut snapshot: Snapshot) -> Snapshot {
     snapshot.version.clear();
-    let mut hasher = DefaultHasher::new();
-    snapshot.encode_to_vec().hash(&mut hasher);
-    snapshot.version = format!("{:016x}", hasher.finish());
+    snapshot.version = format!("{:016x}", fnv1a64(&snapshot.encode_to_vec()));
     snapshot
 }
 

@@ -19,6 +19,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, catalog: Catalo
             Ok((tcp, _)) => tcp,
             Err(error) => {
                 tracing::warn!(%error, "accepting on the metrics port");
+                // E.g. out of file descriptors: give the process a moment instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -3,39 +3,62 @@
 //! dashboards and alerts keep working.
 
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, gauge::Gauge},
+    encoding::{text::encode, EncodeMetric, MetricEncoder},
+    metrics::{counter::Counter, gauge::Gauge, MetricType},
     registry::Registry,
 };
+
+/// A counter exposed under istiod's exact name: istiod's exporter omits the `_total` suffix
+/// that prometheus-client gives counters, and dashboards query the bare name.
+#[derive(Clone, Debug, Default)]
+pub struct IstiodCounter(Counter);
+
+impl IstiodCounter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+}
+
+impl EncodeMetric for IstiodCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Counts stay far below 2^53, where f64 is exact.
+        #[allow(clippy::cast_precision_loss)]
+        let value = self.0.get() as f64;
+        encoder.encode_gauge(&value)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Unknown
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
     /// Sidecars with an open discovery stream.
     pub connected: Gauge,
-    pub pushes: Counter,
-    pub nacks: Counter,
+    pub pushes: IstiodCounter,
+    pub nacks: IstiodCounter,
     pub rejected_objects: Gauge,
-    pub csrs: Counter,
-    pub issued: Counter,
-    pub auth_failures: Counter,
+    pub csrs: IstiodCounter,
+    pub issued: IstiodCounter,
+    pub auth_failures: IstiodCounter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let connected = Gauge::default();
-        let pushes = Counter::default();
-        let nacks = Counter::default();
+        let pushes = IstiodCounter::default();
+        let nacks = IstiodCounter::default();
         let rejected_objects = Gauge::default();
-        let csrs = Counter::default();
-        let issued = Counter::default();
-        let auth_failures = Counter::default();
+        let csrs = IstiodCounter::default();
+        let issued = IstiodCounter::default();
+        let auth_failures = IstiodCounter::default();
         registry.register(
             "pilot_xds",
             "Sidecars connected to this control plane",
             connected.clone(),
         );
-        // prometheus-client appends `_total` to counters; these are istiod's names without it.
         registry.register(
             "pilot_xds_pushes",
             "Snapshots pushed to sidecars",

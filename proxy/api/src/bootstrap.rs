@@ -152,7 +152,9 @@ impl Bootstrap {
             }),
         };
         ConfigError::from_problems(problems)?;
-        let address = var("CA_ADDR").unwrap_or_else(|| DEFAULT_CA_ADDR.to_owned());
+        let address = var("CA_ADDR")
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| DEFAULT_CA_ADDR.to_owned());
         let bootstrap = Self {
             metadata: ProxyMetadata {
                 instance_ip,

@@ -15,6 +15,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tonic::{metadata::MetadataValue, transport::Channel};
 
 use super::{parse_certs, IdentityError, Issued};
+use crate::control_plane::REQUEST_TIMEOUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -77,6 +78,7 @@ impl CaClient {
             validity_duration: i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX),
         });
         request.metadata_mut().insert("authorization", bearer);
+        request.set_timeout(REQUEST_TIMEOUT);
         let chain = self
             .client
             .clone()
@@ -85,11 +87,17 @@ impl CaClient {
             .into_inner()
             .cert_chain;
         let mut certs = parse_certs(chain.concat().as_bytes()).map_err(CaError::Answer)?;
-        // The chain ends with the root, which peers already have.
-        if certs.len() > 1 {
+        // Istio's chain ends with the root, which peers already have.
+        if certs.len() > 1 && certs.last().is_some_and(|cert| is_self_signed(cert)) {
             certs.pop();
         }
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok(Issued::new(certs, key, &self.id)?)
     }
+}
+
+fn is_self_signed(der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .is_ok_and(|(_, cert)| cert.subject() == cert.issuer())
 }

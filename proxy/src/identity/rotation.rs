@@ -10,6 +10,9 @@ use std::{
 use super::{ca::CaClient, CurrentCert};
 use crate::{backoff::Backoff, metrics::Metrics};
 
+/// Never renew more often than this, whatever the certificate says.
+const MIN_WAIT: Duration = Duration::from_secs(1);
+
 /// Renews `cert` from `ca` forever.
 pub async fn run(ca: CaClient, cert: Arc<CurrentCert>, metrics: Arc<Metrics>) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -24,7 +27,8 @@ pub async fn run(ca: CaClient, cert: Arc<CurrentCert>, metrics: Arc<Metrics>) {
         let renew_at = current.received + remaining / 2;
         let wait = renew_at
             .duration_since(SystemTime::now())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .max(MIN_WAIT);
         tokio::time::sleep(wait).await;
         match ca.fetch().await {
             Ok(issued) => {

@@ -43,6 +43,8 @@ pub const SERVING_NAMES: [&str; 3] = [
     "istiod.istio-system.svc.cluster.local",
     "istiod",
 ];
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lifetime of the serving certificate, made anew at each start.
 const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
@@ -107,7 +109,12 @@ pub async fn run<A: Authenticator>(
     let http = bind(options.http).await?;
     tokio::spawn(http::serve(http, metrics.clone(), catalog.clone()));
     tracing::info!(grpc = %options.grpc, http = %options.http, %trust_domain, "control plane serving");
+    // Keepalives find sidecars that vanished without closing (their session tasks end and
+    // `pilot_xds` drops) rather than keeping them forever.
     Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .tls_config(tls)?
         .add_service(IstioCertificateServiceServer::new(Certificates {
             ca,
