@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The local mesh demo: two pods (network namespaces) with Remora sidecars, one curl through
-# them over mTLS, and what the app saw. `--keep` leaves it running until Ctrl-C.
+# The local mesh demo: brings up examples/ (httpbin and a sleep client, each with a Remora
+# sidecar, and the control plane issuing their certificates), sends one curl from sleep to
+# http://httpbin.demo:8000 over mTLS and shows what the app saw. `--keep` leaves it running
+# until Ctrl-C; `--dir DIR` brings up other manifests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -3,5 +3,6 @@
 
 pub mod ca;
 pub mod config;
+pub mod local;
 pub mod server;
 pub mod token;

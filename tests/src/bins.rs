@@ -1,5 +1,5 @@
-//! Finding the workspace's binaries (`remora-proxy`, `remora-init`, `remoractl`), built fresh
-//! so a test never runs a stale proxy.
+//! Finding the workspace's binaries (`remora-proxy`, `remora-init`, `remora-injector`), built
+//! fresh so a test never runs a stale proxy.
 
 use std::{
     path::{Path, PathBuf},
@@ -42,10 +42,15 @@ impl Binaries {
         }
         Ok(bins)
     }
+
+    /// The same binaries as the local cluster launcher wants them (the control plane too).
+    pub fn launcher(&self) -> anyhow::Result<remora_injector::local::Binaries> {
+        Ok(remora_injector::local::Binaries::in_dir(&self.dir)?)
+    }
 }
 
 fn locate_and_build() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("REMORA_BIN_DIR") {
+    if let Some(dir) = std::env::var_os(remora_injector::local::BIN_DIR_ENV) {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe().context("locating the running executable")?;

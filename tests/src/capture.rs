@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::netns::{Netns, Process};
+use remora_injector::local::{run_checked, Netns, Process};
 
 pub struct Capture {
     process: Process,
@@ -88,7 +88,7 @@ impl Pcap {
     /// How many packets match the tcpdump `filter`.
     pub fn count(&self, filter: &str) -> anyhow::Result<usize> {
         let path = self.path.to_string_lossy();
-        let out = crate::netns::run_checked(
+        let out = run_checked(
             std::process::Command::new("tcpdump")
                 .args(["-nn", "-r", &path])
                 .arg(filter),

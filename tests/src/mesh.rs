@@ -1,4 +1,7 @@
-//! The local mesh: a bridge in its own namespace, pods hanging off it, a mesh CA, sidecars.
+//! A hand-wired mesh with no control plane: pods on the launcher's network
+//! ([`remora_injector::local::Network`]), certificates issued directly from a CA the test
+//! holds, and sidecars started from static bootstrap files. Tests use it to set up what a
+//! control plane would never produce (a foreign CA, a wrong identity, a chosen snapshot).
 //!
 //! Layout (all inside namespaces this mesh creates; nothing touches the host's network):
 //! - namespace `<prefix>-sw` holds bridge `br0`;
@@ -9,11 +12,10 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Output,
-    sync::atomic::{AtomicU8, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -21,19 +23,17 @@ use std::{
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
 use remora_api::{
-    Bootstrap, Endpoint, FileIdentity, IdentitySource, ProxyMetadata, Snapshot, SpiffeId,
+    proto::config::{Endpoint, Snapshot},
+    Bootstrap, FileIdentity, IdentitySource, ProxyMetadata, SpiffeId,
 };
-use remora_injector::ca::{Authority, DEFAULT_WORKLOAD_TTL};
-
-use crate::{
-    bins::Binaries,
-    capture::Capture,
-    netns::{exec_in, run_checked, Netns, Process},
+use remora_injector::{
+    ca::{Authority, DEFAULT_WORKLOAD_TTL},
+    local::{as_proxy_user, exec_in, run_checked, Network, PodNetwork, Process, PROXY_UID},
 };
 
-pub const TRUST_DOMAIN: &str = "cluster.local";
-/// The proxy's uid and gid, excluded from capture by the iptables rules.
-const PROXY_UID: u32 = 1337;
+use crate::{bins::Binaries, capture::Capture};
+
+pub const TRUST_DOMAIN: &str = remora_api::DEFAULT_TRUST_DOMAIN;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which CA signs a sidecar's certificate.
@@ -73,15 +73,13 @@ pub struct Pod {
 pub struct Mesh {
     // Fields drop in order: processes before the namespaces they run in.
     processes: Mutex<Vec<Process>>,
-    pods: Mutex<Vec<Netns>>,
-    switch: Netns,
+    pods: Mutex<Vec<PodNetwork>>,
+    network: Network,
     prefix: String,
     dir: PathBuf,
     bins: Binaries,
     ca: Authority,
     foreign_ca: Authority,
-    next_host: AtomicU8,
-    dual_stack: bool,
 }
 
 impl Mesh {
@@ -104,20 +102,16 @@ impl Mesh {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-        let switch = Netns::create(&format!("{prefix}-sw"))?;
-        switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        switch.run(&["ip", "link", "set", "br0", "up"])?;
+        let network = Network::create(&format!("{prefix}-sw"), dual_stack)?;
         Ok(Self {
             processes: Mutex::new(Vec::new()),
             pods: Mutex::new(Vec::new()),
-            switch,
+            network,
             prefix,
             dir,
             bins,
             ca: Authority::generate(TRUST_DOMAIN)?,
             foreign_ca: Authority::generate(TRUST_DOMAIN)?,
-            next_host: AtomicU8::new(10),
-            dual_stack,
         })
     }
 
@@ -148,65 +142,11 @@ impl Mesh {
         service_account: &str,
         intercept: bool,
     ) -> anyhow::Result<Pod> {
-        let host = self.next_host.fetch_add(1, Ordering::Relaxed);
-        let ip = Ipv4Addr::new(198, 18, 0, host);
-        let netns = Netns::create(&format!("{}-{name}", self.prefix))?;
-        let veth = format!("veth{host}");
-        self.switch.run(&[
-            "ip",
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ])?;
-        self.switch
-            .run(&["ip", "link", "set", &veth, "master", "br0", "up"])?;
-        netns.run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        netns.run(&["ip", "link", "set", "eth0", "up"])?;
-        netns.run(&["ip", "route", "add", "198.18.0.0/15", "dev", "eth0"])?;
-        let ip6 = self
-            .dual_stack
-            .then(|| Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, u16::from(host)));
-        if let Some(ip6) = ip6 {
-            // nodad: usable at once, no duplicate address detection delay.
-            netns.run(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip6}/128"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            netns.run(&["ip", "-6", "route", "add", "2001:2::/48", "dev", "eth0"])?;
-        }
+        let net = self.network.add_pod(&format!("{}-{name}", self.prefix))?;
         if intercept {
-            let init = self.bins.init.to_string_lossy().into_owned();
-            let mut argv = vec![init.as_str()];
-            argv.extend(remora_init::flags::INJECTOR_DEFAULT_ARGS);
-            if self.dual_stack {
-                argv.push("--dual-stack");
-            }
-            netns
-                .command(&argv)
-                .env_remove("ISTIO_DUAL_STACK")
-                .output()
-                .context("running remora-init")
-                .and_then(|out| {
-                    anyhow::ensure!(
-                        out.status.success(),
-                        "remora-init failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    Ok(())
-                })?;
+            self.network
+                .run_init(&self.bins.init, net.netns.name())
+                .context("running remora-init")?;
         }
 
         let dir = self.dir.join(name);
@@ -214,14 +154,14 @@ impl Mesh {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
         let pod = Pod {
             name: name.to_owned(),
-            netns: netns.name().to_owned(),
-            ip,
-            ip6,
+            netns: net.netns.name().to_owned(),
+            ip: net.ip,
+            ip6: net.ip6,
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
             dir,
         };
-        self.pods.lock().push(netns);
+        self.pods.lock().push(net);
         Ok(pod)
     }
 
@@ -256,6 +196,7 @@ impl Mesh {
                 pod_name: pod.name.clone(),
                 namespace: pod.namespace.clone(),
                 service_account: pod.service_account.clone(),
+                instance_ip: Some(IpAddr::V4(pod.ip)),
                 labels: Default::default(),
             },
             trust_domain: TRUST_DOMAIN.to_owned(),
@@ -273,32 +214,23 @@ impl Mesh {
                     .endpoints
                     .iter()
                     .map(|(address, identity)| Endpoint {
-                        address: *address,
-                        identity: identity.clone(),
+                        address: address.to_string(),
+                        identity: identity.to_string(),
                     })
                     .collect(),
+                ..Snapshot::default()
             }),
         };
         let config = pod.dir.join("bootstrap.yaml");
         fs::write(&config, serde_json::to_string_pretty(&bootstrap)?)?;
 
-        let proxy = self.bins.proxy.to_string_lossy().into_owned();
-        let config = config.to_string_lossy().into_owned();
-        let uid = PROXY_UID.to_string();
         let cmd = exec_in(
             &pod.netns,
-            &[
-                "setpriv",
-                "--reuid",
-                &uid,
-                "--regid",
-                &uid,
-                "--clear-groups",
-                "--",
-                &proxy,
-                "--config",
-                &config,
-            ],
+            &as_proxy_user(&[
+                self.bins.proxy.as_os_str(),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ]),
         );
         self.spawn_process(pod, "sidecar", cmd)?;
         self.wait_until(pod, "sidecar", READY_TIMEOUT, || {
@@ -396,8 +328,9 @@ impl Mesh {
         signal: nix::sys::signal::Signal,
     ) -> anyhow::Result<()> {
         let full = format!("{}/{name}", pod.name);
-        self.with_process(&full, |p| p.signal(signal))
-            .with_context(|| format!("no process {full}"))?
+        Ok(self
+            .with_process(&full, |p| p.signal(signal))
+            .with_context(|| format!("no process {full}"))??)
     }
 
     /// Waits up to `timeout` for a process started in `pod` to exit.
@@ -424,7 +357,7 @@ impl Mesh {
 
     /// Starts capturing every packet crossing the bridge.
     pub fn capture(&self) -> anyhow::Result<Capture> {
-        Capture::start(&self.switch, &self.dir.join("bridge.pcap"))
+        Capture::start(self.network.switch(), &self.dir.join("bridge.pcap"))
     }
 
     pub fn dir(&self) -> &Path {
@@ -453,7 +386,7 @@ impl Pod {
 
     /// Like [`Pod::exec`], failing unless the command succeeds.
     pub fn run(&self, argv: &[&str]) -> anyhow::Result<Output> {
-        run_checked(&mut exec_in(&self.netns, argv))
+        Ok(run_checked(&mut exec_in(&self.netns, argv))?)
     }
 
     /// The sum of a sidecar counter's samples whose labels include every one of `labels`
@@ -476,7 +409,7 @@ pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .lines()
         .filter(|line| {
             line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{'))
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter(|line| labels.iter().all(|l| line.contains(l)))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

@@ -84,6 +84,19 @@ pub struct CurlResult {
     pub body: String,
 }
 
+impl CurlResult {
+    /// What curl printed with `-w "\n%{http_code}"`: the body, then the status on a line of
+    /// its own.
+    pub fn from_output(out: &std::process::Output) -> Self {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        Self {
+            status: code.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+        }
+    }
+}
+
 impl TwoPods {
     pub fn start(name: &str, options: &TwoPodsOptions) -> anyhow::Result<Self> {
         let mesh = if options.dual_stack {
@@ -180,13 +193,7 @@ impl TwoPods {
             argv.extend(["-H", header]);
         }
         argv.push(&url);
-        let out = from.exec(&argv)?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        Ok(CurlResult {
-            status: code.trim().parse().unwrap_or(0),
-            body: body.to_owned(),
-        })
+        Ok(CurlResult::from_output(&from.exec(&argv)?))
     }
 
     /// httpbin's access log: every request that reached the app.

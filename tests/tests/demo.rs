@@ -1,5 +1,6 @@
-//! The README's demo command must keep working: run it non-interactively and check it showed
-//! the caller's identity as httpbin saw it.
+//! The README's demo command must keep working: run it non-interactively (it brings up
+//! `examples/` with the control plane) and check it showed the caller's identity as httpbin saw
+//! it.
 
 use std::process::Command;
 
@@ -17,7 +18,7 @@ fn demo_prints_the_identity_httpbin_saw() {
     assert!(stdout.contains("HTTP 200"), "{stdout}");
     assert!(
         stdout.contains(
-            "httpbin's caller, proven by mTLS: spiffe://cluster.local/ns/default/sa/sleep"
+            "httpbin's caller, proven by mTLS: spiffe://cluster.local/ns/client/sa/sleep"
         ),
         "{stdout}"
     );

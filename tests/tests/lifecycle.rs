@@ -89,8 +89,9 @@ fn admin_dumps_config_changes_log_level_and_drains() -> anyhow::Result<()> {
         .client
         .run(&["curl", "-sS", "http://127.0.0.1:15000/config_dump"])?;
     let dump: serde_json::Value = serde_json::from_slice(&dump.stdout)?;
-    assert_eq!(dump["metadata"]["serviceAccount"], "sleep");
-    let endpoint = &dump["staticSnapshot"]["endpoints"][0];
+    assert_eq!(dump["bootstrap"]["metadata"]["serviceAccount"], "sleep");
+    // The snapshot in use (here the static one) is dumped as applied.
+    let endpoint = &dump["snapshot"]["endpoints"][0];
     assert_eq!(
         endpoint["address"],
         format!("{}:{HTTPBIN_PORT}", pods.server.ip).as_str()

@@ -1,5 +1,10 @@
 //! `remoractl`: the operator's command line for Remora.
 
+// `remoractl local`: its own file, beside this one (a crate root would look for
+// `src/bin/local.rs`, which cargo would take for another binary).
+#[path = "remoractl/local.rs"]
+mod local;
+
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
@@ -19,6 +24,9 @@ enum Command {
     /// Local certificate authority: make a mesh root and workload certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// A local cluster on this machine: pods as network namespaces, no Kubernetes (needs root).
+    #[command(subcommand)]
+    Local(local::LocalCommand),
 }
 
 #[derive(Subcommand)]
@@ -51,6 +59,7 @@ enum CaCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Local(command) => return local::run(command),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = Authority::generate(&trust_domain)?;
             ca.save_new(&dir)?;

@@ -128,11 +128,9 @@ mod tests {
     #[test]
     fn explicit_addresses_are_kept_and_skipped() {
         let natural = first_choice("default", "b");
-        let cases: [(
-            &str,
-            Vec<(&str, &str, Option<IpAddr>)>,
-            Vec<((&str, &str), IpAddr)>,
-        ); 3] = [
+        type Service<'a> = (&'a str, &'a str, Option<IpAddr>);
+        type Assigned<'a> = ((&'a str, &'a str), IpAddr);
+        let cases: [(&str, Vec<Service>, Vec<Assigned>); 3] = [
             (
                 "explicit address kept",
                 vec![("default", "a", Some(ip("10.96.0.10")))],

@@ -1,43 +1,77 @@
-//! `remora-demo`: brings up a two-pod mesh on this machine (no cluster needed), sends one plain
-//! `curl` from the `sleep` pod to httpbin through both sidecars, and prints what httpbin saw.
-//! With `--keep` the mesh stays up until Ctrl-C, for poking at by hand.
+//! `remora-demo`: brings up `examples/` as a local cluster on this machine (no Kubernetes
+//! needed): the control plane, httpbin and a `sleep` client, each pod with a sidecar that got
+//! its certificate from the mesh CA. Sends one plain `curl http://httpbin.demo:8000/...` from
+//! `sleep` (a Service name, resolved to its cluster IP, captured by the sidecar, carried over
+//! mTLS) and prints what httpbin saw. With `--keep` the cluster stays up until Ctrl-C.
+
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
-use remora_e2e::two_pods::{TwoPods, TwoPodsOptions};
+use remora_e2e::example_cluster::{curl, examples_dir};
+use remora_injector::local::{Cluster, LocalPod, Options, Shutdown};
+
+const URL: &str = "http://httpbin.demo:8000/get?show_env=1";
 
 #[derive(Parser)]
 #[command(
     name = "remora-demo",
-    about = "Run a two-pod Remora mesh locally (needs root)"
+    about = "Run the example app on a local Remora mesh (needs root)"
 )]
 struct Args {
     /// Keep the mesh running after the request until Ctrl-C.
     #[arg(long)]
     keep: bool,
+    /// The manifests to bring up.
+    #[arg(long, default_value_os_t = examples_dir())]
+    dir: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Take SIGINT/SIGTERM as events to wait for, so the mesh is always torn down by Drop.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGINT);
-    stop.add(Signal::SIGTERM);
-    stop.thread_block().context("blocking SIGINT/SIGTERM")?;
+    remora_e2e::require_root()?;
+    // Caught from the start, so even an interrupted bring-up is torn down.
+    let mut shutdown = Shutdown::install().context("catching Ctrl-C and SIGTERM")?;
 
-    println!("Starting pods `httpbin` and `sleep`, each with remora-init rules and a sidecar...");
-    let pods = TwoPods::start("demo", &TwoPodsOptions::default())?;
+    let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
     println!(
-        "  httpbin  {}  (network namespace {})\n  sleep    {}  (network namespace {})",
-        pods.server.ip, pods.server.netns, pods.client.ip, pods.client.netns
+        "Bringing up {}: the control plane, then each pod with remora-init rules and a sidecar...",
+        dir.display()
     );
-    let url_path = "/get?show_env=1";
+    let cluster = Cluster::up(
+        &args.dir,
+        Options {
+            name: "rmr-demo".to_owned(),
+            ..Options::default()
+        },
+    )?;
     println!(
-        "\n$ ip netns exec {} curl http://{}:8000{url_path}",
-        pods.client.netns, pods.server.ip
+        "  {:<20} {:<14} control plane (network namespace {})",
+        "istio-system/istiod",
+        cluster.control_plane_ip(),
+        cluster.control_plane_netns()
     );
-    let response = pods.curl(&pods.client, url_path, &[])?;
+    for pod in cluster.pods() {
+        println!(
+            "  {:<20} {:<14} {} (network namespace {})",
+            pod.id(),
+            pod.ip.to_string(),
+            if pod.sidecar { "sidecar" } else { "no sidecar" },
+            pod.netns
+        );
+    }
+    for service in cluster.services() {
+        if let Some(ip) = service.cluster_ip {
+            println!(
+                "  Service {}.{} -> cluster IP {ip}",
+                service.name, service.namespace
+            );
+        }
+    }
+
+    let sleep = first_pod(&cluster, "sleep")?;
+    println!("\n$ ip netns exec {} curl {URL}", sleep.netns);
+    let response = curl(&sleep, URL)?;
     println!("HTTP {}", response.status);
     let seen: serde_json::Value =
         serde_json::from_str(&response.body).context("httpbin did not answer with JSON")?;
@@ -52,17 +86,29 @@ fn main() -> anyhow::Result<()> {
     println!("httpbin's caller, proven by mTLS: {caller}");
 
     if args.keep {
+        let httpbin = first_pod(&cluster, "httpbin")?;
         println!(
-            "\nThe mesh is up. Try:\n  ip netns exec {} curl -s http://{}:8000/headers\n  \
-             ip netns exec {} curl -s http://127.0.0.1:15090/stats/prometheus\n\
-             Logs and certificates: {}\nPress Ctrl-C to tear it down.",
-            pods.client.netns,
-            pods.server.ip,
-            pods.client.netns,
-            pods.mesh.dir().display()
+            "\nThe mesh is up. Try:\n  \
+             sudo ip netns exec {sleep} curl -s http://httpbin.demo:8000/headers\n  \
+             sudo ip netns exec {sleep} curl -s http://127.0.0.1:15090/stats/prometheus\n  \
+             sudo ip netns exec {httpbin} curl -s http://127.0.0.1:15000/certs\n\
+             Edit {dir} (e.g. the Service port) and the sidecars follow.\n\
+             Records and logs: {state}\nPress Ctrl-C to tear it down.",
+            sleep = sleep.netns,
+            httpbin = httpbin.netns,
+            dir = dir.display(),
+            state = cluster.state_dir().display(),
         );
-        stop.wait().context("waiting for Ctrl-C")?;
+        shutdown.wait();
         println!("Tearing down...");
     }
     Ok(())
+}
+
+fn first_pod(cluster: &Cluster, deployment: &str) -> anyhow::Result<LocalPod> {
+    cluster
+        .deployment(deployment)
+        .first()
+        .map(|pod| (*pod).clone())
+        .with_context(|| format!("the manifests have no Deployment {deployment}"))
 }

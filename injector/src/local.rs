@@ -1,0 +1,52 @@
+//! The local cluster launcher: a directory of ordinary Kubernetes and Istio manifests becomes a
+//! running mesh on one Linux machine, with no cluster.
+//!
+//! Each Deployment replica is a network namespace on a private bridge (pod IPs in
+//! 198.18.0.0/16, Service cluster IPs in 198.19.0.0/16, one route for 198.18.0.0/15 and no
+//! other), named through its own `/etc/hosts`, injected as Istio would inject it, and run with
+//! the processes a kubelet would start: `remora-init`, `remora-proxy` as uid 1337 with a
+//! service-account token, and each container's `command`/`args` (images are ignored). The
+//! control plane (`remora-injector serve`) runs in a pod of its own and reads the manifests plus
+//! the Pods and EndpointSlices the launcher records for it. `remoractl local up`, the README
+//! demo, the end-to-end tests and the benchmarks all build on this; the plumbing modules
+//! ([`Network`], [`Netns`], [`Process`]) also serve harnesses that wire pods by hand.
+//!
+//! Everything needs root (namespaces, iptables, switching to uid 1337), and everything created
+//! is removed when its owner is dropped.
+
+mod bins;
+mod cluster;
+mod control_plane;
+mod error;
+mod files;
+mod hosts;
+mod inject;
+mod kube_proxy;
+mod manifests;
+mod netns;
+mod network;
+mod options;
+mod plan;
+mod pod;
+mod process;
+mod record_dir;
+mod records;
+mod secrets;
+mod shutdown;
+mod state;
+mod wait;
+
+pub use bins::{Binaries, BinariesError, BIN_DIR_ENV};
+pub use cluster::Cluster;
+pub use control_plane::ControlPlaneError;
+pub use error::LocalError;
+pub use manifests::LocalService;
+pub use netns::{exec_in, run_checked, CommandError, Netns};
+pub use network::{Network, NetworkError, PodNetwork};
+pub use options::Options;
+pub use plan::PlanError;
+pub use pod::{LocalPod, PodError, SIDECAR};
+pub use process::{as_proxy_user, Process, ProcessError, PROXY_UID};
+pub use record_dir::RecordError;
+pub use shutdown::Shutdown;
+pub use wait::WaitError;

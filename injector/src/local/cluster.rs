@@ -1,0 +1,387 @@
+//! A running local cluster: the control plane, one pod per Deployment replica, and the records
+//! tying them together, built from a directory of manifests and torn down on drop.
+//!
+//! Bring-up follows what a cluster would do, in an order that never lets a sidecar ask the
+//! control plane about a pod it has no record of: plan every replica, give each a namespace and
+//! an address, record the Pods and EndpointSlices, start the control plane and wait until it
+//! is ready, then start the pods one by one (each waited for).
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, discovery::v1::EndpointSlice};
+
+use super::{
+    bins::Binaries,
+    control_plane::{has_ca, ControlPlane, ControlPlaneConfig, ControlPlaneError},
+    error::{io_error, LocalError},
+    files::write_atomic,
+    hosts::{self, EtcNetns},
+    kube_proxy,
+    manifests::{LocalService, Manifests},
+    network::Network,
+    options::Options,
+    plan::{self, PodPlan},
+    pod::{LocalPod, RunningPod, StartContext},
+    record_dir::RecordDir,
+    records,
+    state::StateDir,
+};
+use crate::{ca::Authority, token::TokenIssuer};
+
+/// The control plane's pod.
+const CONTROL_PLANE_POD: (&str, &str) = ("istio-system", "istiod-0");
+/// The list of running pods in the state directory, for commands run beside the launcher.
+const POD_INDEX: &str = "pods.json";
+
+/// A local cluster; dropping it stops everything and removes what it created.
+pub struct Cluster {
+    // Fields drop in order: pods, then the control plane, then the bridge, state last.
+    pods: Vec<RunningPod>,
+    control_plane: ControlPlane,
+    network: Network,
+    tokens: TokenIssuer,
+    roots_pem: String,
+    bins: Binaries,
+    config_dir: PathBuf,
+    prefix: String,
+    timeout: Duration,
+    manifests: Manifests,
+    records: RecordDir,
+    /// kube-proxy's rules for pods without a sidecar, from the current records.
+    service_nat: String,
+    state: StateDir,
+}
+
+impl Cluster {
+    /// Brings up the manifests in `config_dir`: control plane, pods, records. Fails (tearing
+    /// down whatever was started) if any part does not become ready within the timeout.
+    pub fn up(config_dir: &Path, options: Options) -> Result<Self, LocalError> {
+        let config_dir = config_dir
+            .canonicalize()
+            .map_err(io_error("reading the manifest directory", config_dir))?;
+        let bins = match options.binaries {
+            Some(bins) => bins,
+            None => Binaries::locate()?,
+        };
+        let prefix = format!("{}-{}", options.name, std::process::id());
+        let state =
+            StateDir::open(options.state_dir.as_deref(), &prefix, options.keep_state).map_err(
+                io_error("preparing the state directory", Path::new(&prefix)),
+            )?;
+
+        let manifests = Manifests::load(&config_dir);
+        let mut plans = Vec::new();
+        let mut problems = Vec::new();
+        for deployment in &manifests.deployments {
+            match plan::deployment_pods(
+                deployment,
+                &manifests.namespace_labels,
+                manifests.mesh.proxy_metadata(),
+            ) {
+                Ok(pods) => plans.extend(pods),
+                Err(e) => problems.push(e),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(LocalError::Plan(problems));
+        }
+
+        let ca_dir = state.ca_dir();
+        if !has_ca(&ca_dir) {
+            let trust_domain = manifests
+                .mesh
+                .trust_domain
+                .as_deref()
+                .unwrap_or(remora_api::DEFAULT_TRUST_DOMAIN);
+            Authority::generate(trust_domain)?.save_new(&ca_dir)?;
+        }
+        let roots_pem = Authority::load(&ca_dir)?.roots_pem().to_owned();
+        let tokens = TokenIssuer::load_or_generate(state.root())?;
+
+        let network = Network::create(&format!("{prefix}-sw"), false)?;
+        let (cp_namespace, cp_name) = CONTROL_PLANE_POD;
+        let cp_network = network.add_reserved(&format!("{prefix}-{cp_namespace}-istiod"))?;
+        let cp_hosts = hosts::render(
+            cp_namespace,
+            cp_name,
+            cp_network.ip.into(),
+            cp_network.ip.into(),
+            &manifests.service_addresses(),
+        );
+        let cp_etc = EtcNetns::create(cp_network.netns.name(), &cp_hosts)
+            .map_err(io_error("writing the hosts file of", Path::new(cp_name)))?;
+        let cp_dir = state
+            .pod_dir(cp_namespace, cp_name)
+            .map_err(io_error("creating the directory of", Path::new(cp_name)))?;
+        let control_plane = ControlPlane::new(
+            cp_network,
+            cp_etc,
+            ControlPlaneConfig {
+                binary: bins.injector.clone(),
+                config_dirs: vec![config_dir.clone(), state.cluster_dir()],
+                ca_dir,
+                token_key: TokenIssuer::public_key_path(state.root()),
+                dir: cp_dir,
+            },
+        );
+
+        let mut cluster = Self {
+            pods: Vec::new(),
+            control_plane,
+            network,
+            tokens,
+            roots_pem,
+            bins,
+            config_dir,
+            prefix,
+            timeout: options.timeout,
+            manifests,
+            records: RecordDir::new(state.cluster_dir()),
+            service_nat: String::new(),
+            state,
+        };
+        for plan in plans {
+            cluster.create_pod(plan)?;
+        }
+        cluster.write_records()?;
+        cluster.control_plane.start(cluster.timeout)?;
+        for index in 0..cluster.pods.len() {
+            cluster.start_pod(index)?;
+        }
+        cluster.write_index()?;
+        Ok(cluster)
+    }
+
+    /// The pods of the cluster whose state directory is `state_dir`, as it last listed them.
+    pub fn read_index(state_dir: &Path) -> Result<Vec<LocalPod>, LocalError> {
+        let path = state_dir.join(POD_INDEX);
+        let text = fs::read(&path).map_err(io_error("reading", &path))?;
+        serde_json::from_slice(&text).map_err(|e| LocalError::Io {
+            what: "reading",
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    fn write_index(&self) -> Result<(), LocalError> {
+        let pods: Vec<&LocalPod> = self.pods().collect();
+        let text = serde_json::to_vec_pretty(&pods).map_err(LocalError::Index)?;
+        let path = self.state.root().join(POD_INDEX);
+        write_atomic(&path, &text).map_err(io_error("writing", &path))
+    }
+
+    /// Every pod, in start order.
+    pub fn pods(&self) -> impl Iterator<Item = &LocalPod> {
+        self.pods.iter().map(|pod| &pod.info)
+    }
+
+    /// The pods of Deployment `name` (in any namespace).
+    pub fn deployment(&self, name: &str) -> Vec<&LocalPod> {
+        self.pods().filter(|pod| pod.deployment == name).collect()
+    }
+
+    /// The Services of the manifests, with their cluster IPs.
+    pub fn services(&self) -> &[LocalService] {
+        &self.manifests.services
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.root()
+    }
+
+    /// The control plane's pod address (`istiod.istio-system.svc` in every pod).
+    pub fn control_plane_ip(&self) -> std::net::Ipv4Addr {
+        self.control_plane.ip()
+    }
+
+    /// The control plane's network namespace.
+    pub fn control_plane_netns(&self) -> &str {
+        self.control_plane.netns()
+    }
+
+    /// Everything the control plane printed, over all its runs.
+    pub fn control_plane_log(&self) -> String {
+        self.control_plane.log()
+    }
+
+    /// Stops the control plane (SIGTERM, then SIGKILL after a grace period). Sidecars keep
+    /// their last config and certificates.
+    pub fn stop_control_plane(&mut self) {
+        self.control_plane.stop();
+    }
+
+    /// Starts the control plane again with the same flags and state, and waits until ready.
+    pub fn start_control_plane(&mut self) -> Result<(), LocalError> {
+        Ok(self.control_plane.start(self.timeout)?)
+    }
+
+    /// The objects the control plane rejected (`GET /debug/rejections`, JSON), or `None` when
+    /// it does not serve that page.
+    pub fn rejections(&self) -> Result<Option<serde_json::Value>, LocalError> {
+        let (status, body) = self.control_plane.get("/debug/rejections")?;
+        if status != 200 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
+            LocalError::ControlPlane(ControlPlaneError::Http {
+                path: "/debug/rejections".to_owned(),
+                message: format!("not JSON: {e}"),
+            })
+        })
+    }
+
+    /// Starts one more replica of Deployment `namespace/name` (as read from the manifests
+    /// now), records it, updates the EndpointSlices, and returns it once running.
+    pub fn add_replica(&mut self, namespace: &str, name: &str) -> Result<&LocalPod, LocalError> {
+        self.manifests = Manifests::load(&self.config_dir);
+        let deployment: &Deployment = self
+            .manifests
+            .deployments
+            .iter()
+            .find(|d| {
+                plan::namespace_of(d) == namespace && d.metadata.name.as_deref() == Some(name)
+            })
+            .ok_or_else(|| LocalError::NoDeployment {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
+        let index = self
+            .pods
+            .iter()
+            .filter(|p| p.info.namespace == namespace && p.info.deployment == name)
+            .count();
+        let plan = plan::replica(
+            deployment,
+            index,
+            &self.manifests.namespace_labels,
+            self.manifests.mesh.proxy_metadata(),
+        )
+        .map_err(|e| LocalError::Plan(vec![e]))?;
+        self.create_pod(plan)?;
+        self.write_records()?;
+        let index = self.pods.len() - 1;
+        self.start_pod(index)?;
+        self.write_index()?;
+        Ok(&self.pods[index].info)
+    }
+
+    /// Re-reads the manifests and brings the records and hosts files up to date (a Service
+    /// added, removed or re-targeted), as a cluster's controllers and DNS would. Pods are not
+    /// added or removed.
+    pub fn resync(&mut self) -> Result<(), LocalError> {
+        self.manifests = Manifests::load(&self.config_dir);
+        self.write_records()?;
+        let services = self.manifests.service_addresses();
+        for pod in &self.pods {
+            let text = hosts::render(
+                &pod.info.namespace,
+                &pod.info.name,
+                pod.info.ip.into(),
+                self.control_plane.ip().into(),
+                &services,
+            );
+            pod.write_hosts(&text).map_err(io_error(
+                "writing the hosts file of",
+                Path::new(&pod.info.name),
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Gives `plan` a namespace, an address, a hosts file and a directory.
+    fn create_pod(&mut self, plan: PodPlan) -> Result<(), LocalError> {
+        let netns = format!("{}-{}-{}", self.prefix, plan.namespace, plan.name);
+        let network = self.network.add_pod(&netns)?;
+        let text = hosts::render(
+            &plan.namespace,
+            &plan.name,
+            network.ip.into(),
+            self.control_plane.ip().into(),
+            &self.manifests.service_addresses(),
+        );
+        let etc = EtcNetns::create(&netns, &text)
+            .map_err(io_error("writing the hosts file of", Path::new(&netns)))?;
+        let dir = self
+            .state
+            .pod_dir(&plan.namespace, &plan.name)
+            .map_err(io_error("creating the directory of", Path::new(&plan.name)))?;
+        self.pods.push(RunningPod::new(plan, network, etc, dir));
+        Ok(())
+    }
+
+    fn start_pod(&mut self, index: usize) -> Result<(), LocalError> {
+        let cx = StartContext {
+            bins: &self.bins,
+            service_nat: &self.service_nat,
+            network: &self.network,
+            tokens: &self.tokens,
+            roots_pem: &self.roots_pem,
+            trust_domain: self
+                .manifests
+                .mesh
+                .trust_domain
+                .as_deref()
+                .unwrap_or(remora_api::DEFAULT_TRUST_DOMAIN),
+            timeout: self.timeout,
+        };
+        Ok(self.pods[index].start(&cx)?)
+    }
+
+    /// Records a Pod per pod and the EndpointSlices of every Service, and brings kube-proxy's
+    /// rules in pods without a sidecar up to date.
+    fn write_records(&mut self) -> Result<(), LocalError> {
+        let pods: Vec<Pod> = self
+            .pods
+            .iter()
+            .map(|pod| records::pod(&pod.plan, pod.info.ip.into()))
+            .collect();
+        let slices: Vec<((String, String), Vec<EndpointSlice>)> = self
+            .manifests
+            .service_objects
+            .iter()
+            .map(|service| {
+                let key = (
+                    service
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| plan::DEFAULT.to_owned()),
+                    service.metadata.name.clone().unwrap_or_default(),
+                );
+                (key, records::endpoint_slices(service, &pods))
+            })
+            .filter(|(_, slices)| !slices.is_empty())
+            .collect();
+        self.records.sync(&pods, &slices)?;
+
+        let cluster_ips: BTreeMap<(String, String), IpAddr> = self
+            .manifests
+            .services
+            .iter()
+            .filter_map(|s| Some(((s.namespace.clone(), s.name.clone()), s.cluster_ip?)))
+            .collect();
+        let all_slices: Vec<EndpointSlice> = slices.into_iter().flat_map(|(_, s)| s).collect();
+        self.service_nat = kube_proxy::nat_table(&kube_proxy::routes(
+            &self.manifests.service_objects,
+            &cluster_ips,
+            &all_slices,
+        ));
+        for pod in &mut self.pods {
+            pod.update_service_routes(&self.service_nat)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    /// The pod list goes first, so `remoractl local exec` cannot find pods being torn down.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.state.root().join(POD_INDEX));
+    }
+}

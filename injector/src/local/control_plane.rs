@@ -1,0 +1,175 @@
+//! The control plane of a local cluster: `remora-injector serve` in a pod of its own (namespace
+//! `istio-system`, no sidecar, no interception, an address below the ones pods get), reading
+//! the user's manifests and the launcher's records, reached by every pod as
+//! `istiod.istio-system.svc`. It can be stopped and started again with the same flags and
+//! state, which is how the tests show the data plane outliving it.
+
+use std::{
+    ffi::OsString,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::{
+    hosts::EtcNetns,
+    netns::exec_in,
+    network::PodNetwork,
+    process::{Process, ProcessError},
+    wait::{self, WaitError},
+};
+
+/// istiod's HTTP port: `/ready`, `/metrics`, `/debug/*`.
+const MONITORING_PORT: u16 = 15014;
+/// istiod's container name, used for its log file.
+const CONTAINER: &str = "discovery";
+/// Passed on from the launcher's environment.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "RUST_LOG", "RUST_BACKTRACE"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("control plane: {0}")]
+    Process(#[from] ProcessError),
+    #[error("control plane: {0}")]
+    Wait(#[from] Box<WaitError>),
+    #[error("control plane: GET {path}: {message}")]
+    Http { path: String, message: String },
+}
+
+/// How to run the control plane.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneConfig {
+    pub binary: PathBuf,
+    /// Read in order: the user's manifests, then the launcher's records.
+    pub config_dirs: Vec<PathBuf>,
+    pub ca_dir: PathBuf,
+    pub token_key: PathBuf,
+    /// Where its log goes.
+    pub dir: PathBuf,
+}
+
+/// The control plane's pod and, while running, its process.
+pub struct ControlPlane {
+    process: Option<Process>,
+    _etc: EtcNetns,
+    network: PodNetwork,
+    config: ControlPlaneConfig,
+}
+
+impl ControlPlane {
+    /// The pod, not started yet.
+    pub fn new(network: PodNetwork, etc: EtcNetns, config: ControlPlaneConfig) -> Self {
+        Self {
+            process: None,
+            _etc: etc,
+            network,
+            config,
+        }
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        self.network.ip
+    }
+
+    pub fn netns(&self) -> &str {
+        self.network.netns.name()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.config.dir.join(format!("{CONTAINER}.log"))
+    }
+
+    /// Everything it printed, over all its runs.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts it (unless running) and waits for `/ready`.
+    pub fn start(&mut self, timeout: Duration) -> Result<(), ControlPlaneError> {
+        let running = self
+            .process
+            .take()
+            .and_then(|mut process| process.exited().is_none().then_some(process));
+        let mut process = match running {
+            Some(process) => process,
+            None => self.spawn()?,
+        };
+        let (netns, url) = (self.netns().to_owned(), self.url("/ready"));
+        let ready = wait::until(
+            "waiting for the control plane's /ready",
+            &mut process,
+            timeout,
+            || http_get(&netns, &url).is_ok_and(|(status, _)| status == 200),
+        );
+        self.process = Some(process);
+        ready.map_err(|e| ControlPlaneError::Wait(Box::new(e)))
+    }
+
+    fn spawn(&self) -> Result<Process, ProcessError> {
+        let mut argv: Vec<OsString> = vec![self.config.binary.clone().into(), "serve".into()];
+        for dir in &self.config.config_dirs {
+            argv.extend(["--config-dir".into(), dir.into()]);
+        }
+        argv.extend([
+            "--ca-dir".into(),
+            self.config.ca_dir.clone().into(),
+            "--token-key".into(),
+            self.config.token_key.clone().into(),
+        ]);
+        let mut cmd = exec_in(self.netns(), &argv);
+        cmd.env_clear().envs(
+            INHERITED_ENV
+                .iter()
+                .filter_map(|name| Some((*name, std::env::var_os(name)?))),
+        );
+        Process::spawn("istio-system/istiod", cmd, &self.log_path())
+    }
+
+    /// Stops it: SIGTERM, a grace period, SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// `GET path` on its monitoring port: status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, Vec<u8>), ControlPlaneError> {
+        http_get(self.netns(), &self.url(path)).map_err(|message| ControlPlaneError::Http {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}:{MONITORING_PORT}{path}", self.ip())
+    }
+}
+
+/// `curl` from inside `netns`: the status (0 when nothing answered) and body.
+fn http_get(netns: &str, url: &str) -> Result<(u16, Vec<u8>), String> {
+    let out = exec_in(
+        netns,
+        &["curl", "-s", "-m", "2", "-w", "\n%{http_code}", url],
+    )
+    .stdin(std::process::Stdio::null())
+    .output()
+    .map_err(|e| format!("running curl: {e}"))?;
+    let text = out.stdout;
+    let split = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&text[split..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if status == 0 {
+        return Err(format!(
+            "no answer ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok((status, text[..split].to_vec()))
+}
+
+/// Whether `dir` looks like a CA directory (has the root certificate).
+pub fn has_ca(dir: &Path) -> bool {
+    dir.join("root-cert.pem").is_file()
+}

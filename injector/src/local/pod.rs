@@ -1,0 +1,360 @@
+//! One local pod: its network namespace, hosts file and processes, started in the order a
+//! kubelet runs an injected pod: `istio-init` (`remora-init`), the `istio-proxy` sidecar
+//! (`remora-proxy` as uid 1337 with the environment and secrets Istio's injection gives it),
+//! then, once the sidecar is ready, each container's `command`/`args`.
+
+use std::{
+    ffi::{OsStr, OsString},
+    fs, io,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use super::{
+    bins::Binaries,
+    hosts::EtcNetns,
+    netns::{exec_in, run_checked, CommandError},
+    network::{Network, PodNetwork},
+    plan::{EnvValue, PodPlan},
+    process::{as_proxy_user, Process, ProcessError},
+    secrets,
+    wait::{self, WaitError},
+};
+use crate::token::{TokenError, TokenIssuer};
+
+/// The sidecar container's name in an injected pod (and its log's name here).
+pub const SIDECAR: &str = "istio-proxy";
+/// The init container's name (and its log's name here).
+const INIT: &str = "istio-init";
+/// Istio's `istio-token` projected volume lives 12 hours (`expirationSeconds: 43200`).
+const TOKEN_TTL: Duration = Duration::from_secs(43_200);
+/// The control plane's address as the sidecar's `CA_ADDR` (Istio's default).
+const CA_ADDR: &str = "istiod.istio-system.svc:15012";
+/// Binds the pod's secrets over `/var/run/secrets` in the private mount namespace `ip netns
+/// exec` made, then becomes the sidecar. `$0` is the secrets directory, `$@` the sidecar.
+const BIND_SECRETS_AND_EXEC: &str = r#"mount --bind "$0" /var/run/secrets && exec "$@""#;
+/// Variables of the launcher's environment passed on to everything a pod runs.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG"];
+/// Variables passed on to sidecars, for debugging them.
+const SIDECAR_INHERITED_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("pod {pod}: {what}: {source}")]
+    Io {
+        pod: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pod {pod}: {source}")]
+    Command {
+        pod: String,
+        #[source]
+        source: CommandError,
+    },
+    #[error("pod {pod}: {source}")]
+    Process {
+        pod: String,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("pod {pod}: minting its service-account token: {source}")]
+    Token {
+        pod: String,
+        #[source]
+        source: TokenError,
+    },
+    #[error("pod {pod}: {source}")]
+    Wait {
+        pod: String,
+        #[source]
+        source: Box<WaitError>,
+    },
+}
+
+/// A pod as users and tests see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalPod {
+    pub namespace: String,
+    pub name: String,
+    /// The Deployment it is a replica of.
+    pub deployment: String,
+    pub service_account: String,
+    pub ip: Ipv4Addr,
+    /// Its network namespace, for `ip netns exec`.
+    pub netns: String,
+    /// Logs (`<container>.log`, `istio-proxy.log`), secrets; its containers' working directory.
+    pub dir: PathBuf,
+    pub sidecar: bool,
+}
+
+impl LocalPod {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// `argv` to run in the pod (as root, seeing the pod's network and hosts file).
+    pub fn command<S: AsRef<OsStr>>(&self, argv: &[S]) -> Command {
+        exec_in(&self.netns, argv)
+    }
+
+    /// Runs `argv` in the pod to completion, whatever its exit status.
+    pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> io::Result<Output> {
+        self.command(argv).stdin(Stdio::null()).output()
+    }
+
+    /// Runs `argv` in the pod, failing unless it succeeds.
+    pub fn run<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<Output, CommandError> {
+        run_checked(&mut self.command(argv))
+    }
+
+    /// What container `name` (or [`SIDECAR`]) printed so far.
+    pub fn log(&self, container: &str) -> String {
+        fs::read_to_string(self.log_path(container)).unwrap_or_default()
+    }
+
+    /// What the sidecar printed so far.
+    pub fn sidecar_log(&self) -> String {
+        self.log(SIDECAR)
+    }
+
+    pub fn log_path(&self, container: &str) -> PathBuf {
+        self.dir.join(format!("{container}.log"))
+    }
+}
+
+/// What starting a pod needs from its cluster.
+pub struct StartContext<'a> {
+    pub bins: &'a Binaries,
+    /// kube-proxy's rules for pods without a sidecar (`iptables-restore` input).
+    pub service_nat: &'a str,
+    pub network: &'a Network,
+    pub tokens: &'a TokenIssuer,
+    pub roots_pem: &'a str,
+    /// The mesh's trust domain, which the sidecar's identity is in (`TRUST_DOMAIN`).
+    pub trust_domain: &'a str,
+    pub timeout: Duration,
+}
+
+/// A pod and everything it owns; dropping it stops its processes, then removes its hosts file
+/// and namespace.
+pub struct RunningPod {
+    // Fields drop in order: processes before the namespace they run in.
+    processes: Vec<Process>,
+    etc: EtcNetns,
+    _network: PodNetwork,
+    pub info: LocalPod,
+    pub plan: PodPlan,
+    /// The kube-proxy rules installed, for a started pod without a sidecar.
+    service_nat: Option<String>,
+}
+
+impl RunningPod {
+    /// A pod not started yet, with its namespace, address and hosts file in place.
+    pub fn new(plan: PodPlan, network: PodNetwork, etc: EtcNetns, dir: PathBuf) -> Self {
+        let info = LocalPod {
+            namespace: plan.namespace.clone(),
+            name: plan.name.clone(),
+            deployment: plan.deployment.clone(),
+            service_account: plan.service_account.clone(),
+            ip: network.ip,
+            netns: network.netns.name().to_owned(),
+            dir,
+            sidecar: plan.sidecar,
+        };
+        Self {
+            processes: Vec::new(),
+            etc,
+            _network: network,
+            info,
+            plan,
+            service_nat: None,
+        }
+    }
+
+    /// Replaces the pod's hosts file (for commands started from now on).
+    pub fn write_hosts(&self, text: &str) -> io::Result<()> {
+        self.etc.write_hosts(text)
+    }
+
+    /// Runs the pod: init and sidecar when injected, then its containers, each waited for.
+    pub fn start(&mut self, cx: &StartContext<'_>) -> Result<(), PodError> {
+        if self.plan.sidecar {
+            self.start_sidecar(cx)?;
+        } else {
+            self.route_services(cx.service_nat)?;
+        }
+        for index in 0..self.plan.containers.len() {
+            self.start_container(index, cx.timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Installs `table` (kube-proxy's rules) unless the pod has a sidecar, which handles
+    /// cluster IPs itself, or already has exactly these rules.
+    fn route_services(&mut self, table: &str) -> Result<(), PodError> {
+        if self.plan.sidecar || self.service_nat.as_deref() == Some(table) {
+            return Ok(());
+        }
+        let pod = self.info.id();
+        let path = self.info.dir.join("kube-proxy.rules");
+        fs::write(&path, table).map_err(|source| PodError::Io {
+            pod: pod.clone(),
+            what: "writing its Service rules",
+            source,
+        })?;
+        self.info
+            .run(&[OsStr::new("iptables-restore"), path.as_os_str()])
+            .map_err(|source| PodError::Command { pod, source })?;
+        self.service_nat = Some(table.to_owned());
+        Ok(())
+    }
+
+    /// Updates the Service rules of a started pod without a sidecar.
+    pub fn update_service_routes(&mut self, table: &str) -> Result<(), PodError> {
+        if self.service_nat.is_some() {
+            self.route_services(table)?;
+        }
+        Ok(())
+    }
+
+    fn start_sidecar(&mut self, cx: &StartContext<'_>) -> Result<(), PodError> {
+        let pod = self.info.id();
+        let init = cx.network.run_init(&cx.bins.init, &self.info.netns);
+        let log = match &init {
+            Ok(out) => [out.stdout.as_slice(), &out.stderr].concat(),
+            Err(e) => e.to_string().into_bytes(),
+        };
+        let _ = fs::write(self.info.log_path(INIT), log);
+        init.map_err(|source| PodError::Command {
+            pod: pod.clone(),
+            source,
+        })?;
+
+        let token = cx
+            .tokens
+            .mint(
+                &self.info.namespace,
+                &self.info.service_account,
+                &self.info.name,
+                TOKEN_TTL,
+            )
+            .map_err(|source| PodError::Token {
+                pod: pod.clone(),
+                source,
+            })?;
+        let io_error = |what| {
+            let pod = pod.clone();
+            move |source| PodError::Io { pod, what, source }
+        };
+        let secrets_dir = secrets::write(&self.info.dir, &token, cx.roots_pem)
+            .map_err(io_error("writing its secrets"))?;
+        secrets::ensure_mount_point().map_err(io_error("creating /var/run/secrets"))?;
+
+        let mut argv: Vec<OsString> = vec![
+            "sh".into(),
+            "-c".into(),
+            BIND_SECRETS_AND_EXEC.into(),
+            secrets_dir.into(),
+        ];
+        argv.extend(as_proxy_user(&[&cx.bins.proxy]));
+        let mut cmd = self.info.command(&argv);
+        cmd.env_clear()
+            .envs(inherited(INHERITED_ENV))
+            .envs(inherited(SIDECAR_INHERITED_ENV))
+            .env("POD_NAME", &self.info.name)
+            .env("POD_NAMESPACE", &self.info.namespace)
+            .env("SERVICE_ACCOUNT", &self.info.service_account)
+            .env("INSTANCE_IP", self.info.ip.to_string())
+            .env("CA_ADDR", CA_ADDR)
+            .env("TRUST_DOMAIN", cx.trust_domain)
+            .envs(&self.plan.sidecar_env);
+        let info = self.info.clone();
+        let process = self.spawn(SIDECAR, cmd)?;
+        wait::until(
+            "waiting for the sidecar to be ready",
+            process,
+            cx.timeout,
+            || {
+                info.exec(&[
+                    "curl",
+                    "-s",
+                    "-m",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://127.0.0.1:15021/healthz/ready",
+                ])
+                .is_ok_and(|out| out.stdout == b"200")
+            },
+        )
+        .map_err(|source| PodError::Wait {
+            pod,
+            source: Box::new(source),
+        })
+    }
+
+    fn start_container(&mut self, index: usize, timeout: Duration) -> Result<(), PodError> {
+        let container = self.plan.containers[index].clone();
+        let mut cmd = self.info.command(&container.argv);
+        cmd.env_clear()
+            .envs(inherited(INHERITED_ENV))
+            .env("HOSTNAME", &self.info.name)
+            .current_dir(&self.info.dir);
+        for (name, value) in &container.env {
+            match value {
+                EnvValue::Literal(value) => cmd.env(name, value),
+                EnvValue::PodIp => cmd.env(name, IpAddr::V4(self.info.ip).to_string()),
+            };
+        }
+        let info = self.info.clone();
+        let process = self.spawn(&container.name, cmd)?;
+        for port in container.ports {
+            let filter = format!("sport = :{port}");
+            wait::until(
+                &format!(
+                    "waiting for container {} to listen on {port}",
+                    container.name
+                ),
+                process,
+                timeout,
+                || {
+                    info.exec(&["ss", "-Hltn", &filter])
+                        .is_ok_and(|out| !out.stdout.is_empty())
+                },
+            )
+            .map_err(|source| PodError::Wait {
+                pod: info.id(),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, container: &str, cmd: Command) -> Result<&mut Process, PodError> {
+        let name = format!("{}/{container}", self.info.id());
+        let process =
+            Process::spawn(&name, cmd, &self.info.log_path(container)).map_err(|source| {
+                PodError::Process {
+                    pod: self.info.id(),
+                    source,
+                }
+            })?;
+        self.processes.push(process);
+        Ok(self.processes.last_mut().expect("just pushed"))
+    }
+}
+
+/// The launcher's own values of `names` that are set.
+fn inherited(names: &'static [&'static str]) -> impl Iterator<Item = (&'static str, OsString)> {
+    names
+        .iter()
+        .filter_map(|name| Some((*name, std::env::var_os(name)?)))
+}

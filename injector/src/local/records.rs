@@ -1,0 +1,194 @@
+//! The records a cluster's controllers would write, written by the launcher instead: a Pod per
+//! running replica (with `status.podIP`, and the injection status annotation when it has a
+//! sidecar) and the EndpointSlices of each selecting Service, computed from those Pods the way
+//! Kubernetes' EndpointSlice controller computes them. The control plane reads them from the
+//! state directory exactly as it reads any other manifest.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{ObjectReference, Pod, PodCondition, PodIP, PodStatus, Service, ServicePort},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+
+use super::plan::PodPlan;
+
+/// Annotation Istio's injector leaves on every pod it injected.
+pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// What Istio's injector records there (the containers and volumes it added).
+const SIDECAR_STATUS: &str = r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#;
+/// Label Istio's injector adds so peers know the pod speaks mesh mTLS.
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const MANAGED_BY: &str = "remoractl.local";
+
+/// The Pod object of a running replica at `ip`.
+pub fn pod(plan: &PodPlan, ip: IpAddr) -> Pod {
+    let mut labels = plan.labels.clone();
+    let mut annotations = plan.annotations.clone();
+    if plan.sidecar {
+        labels.insert(TLS_MODE_LABEL.to_owned(), "istio".to_owned());
+        annotations.insert(
+            SIDECAR_STATUS_ANNOTATION.to_owned(),
+            SIDECAR_STATUS.to_owned(),
+        );
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(plan.name.clone()),
+            namespace: Some(plan.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(plan.spec.clone()),
+        status: Some(PodStatus {
+            phase: Some("Running".to_owned()),
+            pod_ip: Some(ip.to_string()),
+            pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: "True".to_owned(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// The EndpointSlices of `service` over `pods`: one slice per distinct set of resolved ports
+/// (a named `targetPort` can resolve differently per pod), named `<service>-local`,
+/// `<service>-local-1`, ... None for a Service without a selector (its slices are the
+/// user's); a single empty slice when no pod matches.
+pub fn endpoint_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+        return Vec::new();
+    };
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let service_ports = spec.ports.as_deref().unwrap_or_default();
+
+    // In order of first appearance, so the slice named `<service>-local` holds the first pod.
+    let mut groups: Vec<(Vec<ResolvedPort>, Vec<Endpoint>)> = Vec::new();
+    let mut members: Vec<&Pod> = pods
+        .iter()
+        .filter(|pod| pod.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+        .filter(|pod| {
+            let labels = pod.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .collect();
+    members.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for pod in members {
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let ports: Vec<ResolvedPort> = service_ports
+            .iter()
+            .filter_map(|port| {
+                let target = resolve_target_port(port, pod)?;
+                let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
+                Some((port.name.clone(), target, protocol))
+            })
+            .collect();
+        let group = match groups.iter().position(|(p, _)| *p == ports) {
+            Some(i) => i,
+            None => {
+                groups.push((ports, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[group].1.push(Endpoint {
+            addresses: vec![ip],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false),
+            }),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".to_owned()),
+                name: pod.metadata.name.clone(),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectReference::default()
+            }),
+            ..Endpoint::default()
+        });
+    }
+    if groups.is_empty() {
+        groups.push((Vec::new(), Vec::new()));
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ports, endpoints))| EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(match i {
+                    0 => format!("{name}-local"),
+                    n => format!("{name}-local-{n}"),
+                }),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(BTreeMap::from([
+                    (SERVICE_NAME_LABEL.to_owned(), name.to_owned()),
+                    (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".to_owned(),
+            endpoints,
+            ports: Some(
+                ports
+                    .into_iter()
+                    .map(|(port_name, port, protocol)| EndpointPort {
+                        app_protocol: service_ports
+                            .iter()
+                            .find(|p| p.name == port_name)
+                            .and_then(|p| p.app_protocol.clone()),
+                        // Kubernetes writes an unnamed (single) Service port as "".
+                        name: Some(port_name.unwrap_or_default()),
+                        port: Some(port),
+                        protocol: Some(protocol),
+                    })
+                    .collect(),
+            ),
+        })
+        .collect()
+}
+
+/// A Service port as resolved for one pod: name, pod port, protocol.
+type ResolvedPort = (Option<String>, i32, String);
+
+/// The pod port a Service port sends to: a number as is (the Service port when unset), a name
+/// looked up among the pod's container ports of the same protocol (none when absent, as
+/// Kubernetes then leaves that port out for that pod).
+fn resolve_target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
+    match &port.target_port {
+        None => Some(port.port),
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => {
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            pod.spec
+                .as_ref()?
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| {
+                    p.name.as_deref() == Some(name.as_str())
+                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
+                })
+                .map(|p| p.container_port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

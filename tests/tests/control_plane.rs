@@ -1,0 +1,339 @@
+//! The mesh with its control plane, as the README demo runs it: `examples/` brought up by the
+//! local cluster launcher, sidecars bootstrapped from their environment, certificates from the
+//! mesh CA (token-authenticated), config pushed over the discovery stream.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context};
+use remora_e2e::{
+    counter,
+    example_cluster::{
+        config_dump, curl, edit_file, local_get, mentions, sidecar_metrics, wait_for,
+        ExampleCluster,
+    },
+};
+use remora_injector::local::LocalPod;
+
+/// How long a config change may take to reach a sidecar.
+const PROPAGATION: Duration = Duration::from_secs(15);
+const HTTPBIN: &str = "http://httpbin.demo:8000/get";
+
+/// The part of a sidecar's config dump that came from the control plane.
+fn snapshot(pod: &LocalPod) -> anyhow::Result<serde_json::Value> {
+    let dump = config_dump(pod)?;
+    Ok(dump.get("snapshot").cloned().unwrap_or(dump))
+}
+
+/// A pod outside the mesh in namespace `client`, as a user opts one out.
+const PLAIN_POD: &str = r#"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: plain
+  namespace: client
+spec:
+  selector:
+    matchLabels: {app: plain}
+  template:
+    metadata:
+      labels: {app: plain, sidecar.istio.io/inject: "false"}
+    spec:
+      containers:
+        - name: plain
+          image: curlimages/curl
+          command: ["sleep", "infinity"]
+"#;
+
+#[test]
+fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with("cp-curl", |dir| {
+        let path = dir.join("sleep.yaml");
+        let text = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, text + PLAIN_POD)?;
+        Ok(())
+    })?;
+    let sleep = mesh.pod("sleep")?;
+    let httpbin = mesh.pod("httpbin")?;
+
+    let response = curl(&sleep, HTTPBIN)?;
+    ensure!(response.status == 200, "{response:?}");
+    let seen: serde_json::Value = serde_json::from_str(&response.body)?;
+    let xfcc = seen["headers"]["X-Forwarded-Client-Cert"]
+        .as_str()
+        .with_context(|| format!("httpbin saw no XFCC: {seen}"))?;
+    ensure!(
+        xfcc == "By=spiffe://cluster.local/ns/demo/sa/httpbin;\
+                 URI=spiffe://cluster.local/ns/client/sa/sleep",
+        "{xfcc}"
+    );
+
+    // Neither sidecar was given a certificate: each made its key and had the CA sign it.
+    for pod in [&sleep, &httpbin] {
+        let certs: serde_json::Value = serde_json::from_str(&local_get(pod, 15000, "/certs")?)?;
+        ensure!(certs["serial"].is_string(), "{}: /certs {certs}", pod.id());
+        ensure!(!pod.dir.join("certs").exists(), "{}", pod.id());
+    }
+    let source = counter(
+        &sidecar_metrics(&sleep)?,
+        "istio_requests_total",
+        &[r#"reporter="source""#, r#"response_code="200""#],
+    );
+    let destination = counter(
+        &sidecar_metrics(&httpbin)?,
+        "istio_requests_total",
+        &[r#"reporter="destination""#, r#"response_code="200""#],
+    );
+    ensure!(
+        source >= 1.0 && destination >= 1.0,
+        "{source} {destination}"
+    );
+
+    // The secrets were bound over /var/run/secrets in each sidecar's own mount namespace only.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(
+        !mounts.contains("/run/secrets") && !mounts.contains(&*sleep.dir.to_string_lossy()),
+        "a pod's secrets mount leaked to the host:\n{mounts}"
+    );
+
+    // Opted out: no sidecar, no interception; its plaintext is accepted (PERMISSIVE).
+    let plain = mesh.pod("plain")?;
+    ensure!(!plain.sidecar && plain.sidecar_log().is_empty());
+    let rules = plain.run(&["iptables-save", "-t", "nat"])?;
+    ensure!(!String::from_utf8_lossy(&rules.stdout).contains("ISTIO"));
+    let response = curl(&plain, HTTPBIN)?;
+    ensure!(response.status == 200, "{response:?}");
+    ensure!(
+        !response.body.contains("X-Forwarded-Client-Cert"),
+        "{}",
+        response.body
+    );
+    Ok(())
+}
+
+#[test]
+fn new_endpoints_and_edited_services_reach_the_sidecars() -> anyhow::Result<()> {
+    let mut mesh = ExampleCluster::up("cp-push")?;
+    let sleep = mesh.pod("sleep")?;
+
+    let started = Instant::now();
+    let added = mesh.cluster.add_replica("demo", "httpbin")?.clone();
+    let ip = added.ip.to_string();
+    let waited = wait_for("the new endpoint in sleep's snapshot", PROPAGATION, || {
+        Ok(mentions(&snapshot(&sleep)?, &ip))
+    })?;
+    println!(
+        "new endpoint {ip} reached the sleep sidecar {waited:?} after {} was running \
+         ({:?} after it was created)",
+        added.id(),
+        started.elapsed()
+    );
+
+    ensure!(!mentions(&snapshot(&sleep)?, "8001"));
+    mesh.edit("httpbin.yaml", "port: 8000", "port: 8001")?;
+    let waited = wait_for("Service port 8001 in sleep's snapshot", PROPAGATION, || {
+        Ok(mentions(&snapshot(&sleep)?, "8001"))
+    })?;
+    println!("edited Service port reached the sleep sidecar in {waited:?}");
+    let response = curl(&sleep, "http://httpbin.demo:8001/get")?;
+    ensure!(response.status == 200, "{response:?}");
+    Ok(())
+}
+
+#[test]
+fn traffic_outlives_the_control_plane_and_pushes_resume_after_restart() -> anyhow::Result<()> {
+    let mut mesh = ExampleCluster::up("cp-restart")?;
+    let sleep = mesh.pod("sleep")?;
+    ensure!(curl(&sleep, HTTPBIN)?.status == 200);
+
+    mesh.cluster.stop_control_plane();
+    // The sidecar says it is on its own.
+    wait_for(
+        "sleep's sidecar to report the control plane gone",
+        PROPAGATION,
+        || Ok(sidecar_metrics(&sleep)?.contains("remora_control_plane_connected 0")),
+    )?;
+    for i in 0..10 {
+        let response = curl(&sleep, HTTPBIN)?;
+        ensure!(
+            response.status == 200,
+            "request {i} without a control plane: {response:?}"
+        );
+    }
+
+    mesh.cluster.start_control_plane()?;
+    let added = mesh.cluster.add_replica("demo", "httpbin")?.clone();
+    let ip = added.ip.to_string();
+    let waited = wait_for(
+        "an endpoint added after the restart in sleep's snapshot",
+        Duration::from_secs(30),
+        || Ok(mentions(&snapshot(&sleep)?, &ip)),
+    )
+    .with_context(|| {
+        format!(
+            "the control plane's log:\n{}\nthe sleep sidecar's log:\n{}",
+            mesh.cluster.control_plane_log(),
+            sleep.sidecar_log()
+        )
+    })?;
+    println!("after the restart, a new endpoint reached the sleep sidecar in {waited:?}");
+    Ok(())
+}
+
+#[test]
+fn certificates_rotate_under_load_without_failed_requests() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with("cp-rotate", |dir| {
+        edit_file(
+            &dir.join("httpbin.yaml"),
+            "        app: httpbin\n        version: v1\n",
+            "        app: httpbin\n        version: v1\n      annotations:\n        \
+             proxy.istio.io/config: '{\"proxyMetadata\": {\"SECRET_TTL\": \"20s\"}}'\n",
+        )
+    })?;
+    let sleep = mesh.pod("sleep")?;
+    let httpbin = mesh.pod("httpbin")?;
+    let serial = || -> anyhow::Result<String> {
+        let certs: serde_json::Value =
+            serde_json::from_str(&local_get(&httpbin, 15000, "/certs")?)?;
+        certs["serial"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no serial in /certs: {certs}"))
+    };
+
+    // Steady load: 10 requests a second, one at a time, counted until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, sleep) = (stop.clone(), sleep.clone());
+        thread::spawn(move || -> anyhow::Result<(u32, Vec<String>)> {
+            let (mut sent, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let response = curl(&sleep, HTTPBIN)?;
+                sent += 1;
+                if response.status != 200 {
+                    failed.push(format!("request {sent}: {response:?}"));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            Ok((sent, failed))
+        })
+    };
+
+    let start = Instant::now();
+    let mut serials = vec![serial()?];
+    while start.elapsed() < Duration::from_secs(60)
+        && (serials.len() < 3 || start.elapsed() < Duration::from_secs(30))
+    {
+        thread::sleep(Duration::from_millis(500));
+        let current = serial()?;
+        if serials.last() != Some(&current) {
+            println!(
+                "{:?}: httpbin's sidecar now has certificate {current}",
+                start.elapsed()
+            );
+            serials.push(current);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    println!(
+        "{sent} requests, {} failed, {} certificates",
+        failed.len(),
+        serials.len()
+    );
+    ensure!(
+        serials.len() >= 3,
+        "the certificate changed {} times in {:?}",
+        serials.len() - 1,
+        start.elapsed()
+    );
+    ensure!(
+        failed.is_empty(),
+        "failed requests during rotation:\n{}",
+        failed.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn a_sidecar_that_rejects_a_snapshot_keeps_serving_the_previous_one() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up("cp-nack")?;
+    let sleep = mesh.pod("sleep")?;
+    ensure!(curl(&sleep, HTTPBIN)?.status == 200);
+    let before = snapshot(&sleep)?["version"].clone();
+
+    // Moving the mesh to another trust domain cannot be applied to running sidecars (their
+    // certificates and their peers' identities are in the old one): each one NACKs.
+    mesh.edit(
+        "mesh.yaml",
+        "trustDomain: cluster.local",
+        "trustDomain: example.org",
+    )?;
+    let rejected = |pod: &LocalPod| -> anyhow::Result<f64> {
+        Ok(counter(
+            &sidecar_metrics(pod)?,
+            "remora_config_updates_total",
+            &[r#"result="rejected""#],
+        ))
+    };
+    let waited = wait_for("sleep's sidecar to NACK", PROPAGATION, || {
+        Ok(rejected(&sleep)? >= 1.0)
+    })?;
+    println!("the trust-domain change was NACKed after {waited:?}");
+    let metrics_url = format!("http://{}:15014/metrics", mesh.cluster.control_plane_ip());
+    wait_for("the control plane to count the NACKs", PROPAGATION, || {
+        let out = sleep.exec(&["curl", "-sS", "-m", "5", &metrics_url])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(counter(&text, "pilot_total_xds_rejects", &[]) >= 2.0)
+    })?;
+    ensure!(
+        mesh.cluster.control_plane_log().contains("example.org"),
+        "the control plane did not log why:\n{}",
+        mesh.cluster.control_plane_log()
+    );
+
+    // Still the old snapshot, and traffic still flows under the old identities.
+    ensure!(snapshot(&sleep)?["version"] == before);
+    for _ in 0..5 {
+        let response = curl(&sleep, HTTPBIN)?;
+        ensure!(response.status == 200, "{response:?}");
+        ensure!(
+            response
+                .body
+                .contains("URI=spiffe://cluster.local/ns/client/sa/sleep"),
+            "{}",
+            response.body
+        );
+    }
+
+    // Back to the original: accepted again.
+    mesh.edit(
+        "mesh.yaml",
+        "trustDomain: example.org",
+        "trustDomain: cluster.local",
+    )?;
+    let accepted = |pod: &LocalPod| -> anyhow::Result<f64> {
+        Ok(counter(
+            &sidecar_metrics(pod)?,
+            "remora_config_updates_total",
+            &[r#"result="accepted""#],
+        ))
+    };
+    let first = accepted(&sleep)?;
+    wait_for(
+        "sleep's sidecar to accept the restored config",
+        PROPAGATION,
+        || Ok(accepted(&sleep)? > first),
+    )?;
+    ensure!(rejected(&sleep)? >= 1.0);
+    Ok(())
+}
