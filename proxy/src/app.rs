@@ -22,12 +22,11 @@ use tokio::{
 
 use crate::{
     admin::{Admin, LogControl},
-    backoff::Backoff,
     body::Body,
     control_plane::ControlPlane,
     discovery::Subscription,
     drain::Drain,
-    identity::{ca::CaClient, load_roots, rotation, CurrentCert, Identity, Issued},
+    identity::{ca::CaClient, load_roots, rotation, CurrentCert, Identity},
     inbound::{self, app::AppClient},
     listen::{self, Lifetime},
     metrics::Metrics,
@@ -249,7 +248,9 @@ async fn start(
                 .await
                 .context("CA address")?;
             let client = CaClient::new(channel, id.clone(), ca.token.clone(), ca.ttl);
-            let issued = first_certificate(&client).await;
+            // Without a certificate the sidecar cannot serve at all: wait for one.
+            let issued = rotation::fetch(&client, "no certificate yet; retrying").await;
+            tracing::info!(serial = %issued.serial, "certificate issued by the CA");
             metrics.certificate(&issued);
             let cert = Arc::new(CurrentCert::new(issued));
             tokio::spawn(rotation::run(client, cert.clone(), metrics.clone()));
@@ -296,24 +297,6 @@ async fn start(
         (None, None) => anyhow::bail!("the bootstrap gives no config source"),
     }
     Ok(Started { identity })
-}
-
-/// Asks the CA until it answers: without a certificate the sidecar cannot serve at all.
-async fn first_certificate(client: &CaClient) -> Issued {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match client.fetch().await {
-            Ok(issued) => {
-                tracing::info!(serial = %issued.serial, "certificate issued by the CA");
-                return issued;
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, ?delay, "no certificate yet; retrying");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
 }
 
 /// Binds `port` and accepts connections on it with `handle` for `lifetime`.

@@ -91,11 +91,14 @@ impl ControlPlane {
     }
 
     async fn connect(&self) -> io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
-        let addr = tokio::net::lookup_host(&self.address)
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-        let tcp = transport::connect(addr).await?;
+        let mut tcp = Err(io::Error::new(io::ErrorKind::NotFound, "no address"));
+        for addr in tokio::net::lookup_host(&self.address).await? {
+            tcp = transport::connect(addr).await;
+            if tcp.is_ok() {
+                break;
+            }
+        }
+        let tcp = tcp?;
         let handshake = TlsConnector::from(self.tls.clone()).connect(self.name.clone(), tcp);
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await

@@ -52,14 +52,33 @@ spec:
           command: ["sleep", "infinity"]
 "#;
 
+/// A Service whose port cannot exist.
+const BROKEN_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: demo}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, port: 70000, targetPort: 8080}]
+"#;
+
 #[test]
 fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyhow::Result<()> {
     let mesh = ExampleCluster::up_with("cp-curl", |dir| {
         let path = dir.join("sleep.yaml");
         let text = std::fs::read_to_string(&path)?;
         std::fs::write(&path, text + PLAIN_POD)?;
+        std::fs::write(dir.join("broken.yaml"), BROKEN_SERVICE)?;
         Ok(())
     })?;
+    // The invalid object is rejected, named with its field; everything else is served.
+    let rejections = mesh.cluster.rejections()?.context("no /debug/rejections")?;
+    ensure!(
+        rejections.as_array().is_some_and(|r| r.len() == 1)
+            && mentions(&rejections, "Service demo/broken")
+            && mentions(&rejections, "spec.ports[0].port"),
+        "{rejections}"
+    );
     let sleep = mesh.pod("sleep")?;
     let httpbin = mesh.pod("httpbin")?;
 

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{ca::CaClient, CurrentCert};
+use super::{ca::CaClient, CurrentCert, Issued};
 use crate::{backoff::Backoff, metrics::Metrics};
 
 /// Never renew more often than this, whatever the certificate says.
@@ -15,7 +15,6 @@ const MIN_WAIT: Duration = Duration::from_secs(1);
 
 /// Renews `cert` from `ca` forever.
 pub async fn run(ca: CaClient, cert: Arc<CurrentCert>, metrics: Arc<Metrics>) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let current = cert.get();
         // Half of what was left when it arrived: CAs back-date `notBefore` for clock skew,
@@ -30,16 +29,22 @@ pub async fn run(ca: CaClient, cert: Arc<CurrentCert>, metrics: Arc<Metrics>) {
             .unwrap_or_default()
             .max(MIN_WAIT);
         tokio::time::sleep(wait).await;
+        let issued = fetch(&ca, "certificate renewal failed; keeping the current one").await;
+        tracing::info!(serial = %issued.serial, previous = %current.serial, "certificate rotated");
+        metrics.certificate(&issued);
+        cert.replace(issued);
+    }
+}
+
+/// Asks the CA until it answers, with jittered backoff between failures.
+pub async fn fetch(ca: &CaClient, failure: &'static str) -> Issued {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
         match ca.fetch().await {
-            Ok(issued) => {
-                tracing::info!(serial = %issued.serial, previous = %current.serial, "certificate rotated");
-                metrics.certificate(&issued);
-                cert.replace(issued);
-                backoff.reset();
-            }
+            Ok(issued) => return issued,
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, ?delay, "certificate renewal failed; keeping the current one");
+                tracing::warn!(%error, ?delay, "{failure}");
                 tokio::time::sleep(delay).await;
             }
         }
