@@ -1,5 +1,5 @@
 //! The control plane's servers: gRPC over TLS on 15012 (the CA and config discovery) and plain
-//! HTTP on 15014 (metrics, readiness, rejected objects).
+//! HTTP on 15014 (metrics, readiness, rejected objects, each sidecar's sync state).
 //!
 //! The gRPC port serves both services on one TLS listener, as istiod does: a client certificate
 //! is optional at the TLS layer because the CA's callers do not have one yet (they prove
@@ -9,6 +9,7 @@ mod certificates;
 mod discovery;
 mod http;
 mod metrics;
+mod sync_status;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -32,6 +33,7 @@ use crate::{
 pub use certificates::Certificates;
 pub use discovery::DiscoveryService;
 pub use metrics::Metrics;
+use sync_status::SyncStatus;
 
 /// The latest valid config, as every service reads it.
 pub type CatalogWatch = watch::Receiver<Arc<Catalog>>;
@@ -107,7 +109,13 @@ pub async fn run<A: Authenticator>(
 
     let grpc = bind(options.grpc).await?;
     let http = bind(options.http).await?;
-    tokio::spawn(http::serve(http, metrics.clone(), catalog.clone()));
+    let status = Arc::new(SyncStatus::default());
+    tokio::spawn(http::serve(
+        http,
+        metrics.clone(),
+        catalog.clone(),
+        status.clone(),
+    ));
     tracing::info!(grpc = %options.grpc, http = %options.http, %trust_domain, "control plane serving");
     // Keepalives find sidecars that vanished without closing (their session tasks end and
     // `pilot_xds` drops) rather than keeping them forever.
@@ -122,7 +130,11 @@ pub async fn run<A: Authenticator>(
             catalog: catalog.clone(),
             metrics: metrics.clone(),
         }))
-        .add_service(DiscoveryServer::new(DiscoveryService { catalog, metrics }))
+        .add_service(DiscoveryServer::new(DiscoveryService {
+            catalog,
+            metrics,
+            status,
+        }))
         .serve_with_incoming(TcpListenerStream::new(grpc))
         .await?;
     Ok(())

@@ -285,6 +285,19 @@ async fn discovery_pushes_changes_only_and_counts_nacks() {
         .await
         .expect("ack");
 
+    // A second subscriber that never reads what it is sent must not hold the first one up.
+    let idle_cert = cp
+        .certificate(
+            "client",
+            "sleep",
+            "spiffe://cluster.local/ns/client/sa/sleep",
+        )
+        .await
+        .expect("cert");
+    let _idle = subscribe(cp.channel(Some(idle_cert)).await, sleep_node())
+        .await
+        .expect("subscribed");
+
     // A file that changes nothing the sidecar sees: no push.
     std::fs::write(cp.config.path().join("notes.yaml"), "# nothing\n").expect("write");
     let quiet = tokio::time::timeout(Duration::from_millis(1500), stream.message()).await;
@@ -314,8 +327,27 @@ async fn discovery_pushes_changes_only_and_counts_nacks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cp.metric("pilot_total_xds_rejects").await, 1.0);
-    assert_eq!(cp.metric("pilot_xds").await, 1.0);
-    assert_eq!(cp.metric("pilot_xds_pushes").await, 2.0);
+    let syncz: serde_json::Value = serde_json::from_str(
+        get(cp.http, "/debug/syncz")
+            .await
+            .expect("syncz")
+            .split("\r\n\r\n")
+            .nth(1)
+            .expect("body"),
+    )
+    .expect("json");
+    let answered = syncz
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["rejected"].is_object()))
+        .unwrap_or_else(|| panic!("no rejection in {syncz}"));
+    assert_eq!(answered["pod"], "client/sleep-0");
+    assert_eq!(answered["acked"], first.version.as_str());
+    assert_eq!(answered["rejected"]["version"], second.version.as_str());
+    assert_eq!(answered["rejected"]["reason"], "services[0]: not for me");
+    assert_eq!(cp.metric("pilot_xds").await, 2.0);
+    // Two to the first subscriber; the idle one got its first snapshot, and its second only
+    // if it was already waiting to be sent.
+    assert!(cp.metric("pilot_xds_pushes").await >= 3.0);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! Text is first parsed into a generic value and then deserialized while tracking the path,
 //! the same two-step approach `remora-api` uses for bootstrap files.
 
+use remora_api::ConfigError;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -35,16 +36,9 @@ pub(crate) fn documents(text: &str) -> Result<Vec<Value>, YamlError> {
 
 /// Deserializes a parsed document, recording the path of the field that failed.
 pub(crate) fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, YamlError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        YamlError::Field {
-            path: if path == "." {
-                "document".to_owned()
-            } else {
-                path
-            },
-            message: e.into_inner().to_string(),
-        }
+    remora_api::from_value(value).map_err(|e| match e {
+        ConfigError::Field { path, message } => YamlError::Field { path, message },
+        other => YamlError::Syntax(other.to_string()),
     })
 }
 

@@ -18,7 +18,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{metrics::Metrics, CatalogWatch};
+use super::{
+    metrics::Metrics,
+    sync_status::{Entry, SyncStatus},
+    CatalogWatch,
+};
 use crate::config::{cluster_ip::fnv1a64, Catalog};
 
 /// How long to let a burst of changes settle before computing snapshots.
@@ -29,6 +33,7 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DiscoveryService {
     pub catalog: CatalogWatch,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<SyncStatus>,
 }
 
 #[tonic::async_trait]
@@ -55,7 +60,12 @@ impl Discovery for DiscoveryService {
             .ok_or_else(|| Status::invalid_argument("node: required on the first message"))?;
         authorize(&self.catalog.borrow(), &peer, &node)?;
         let (snapshots, stream) = mpsc::channel(1);
+        let status = self.status.register(
+            format!("{}/{}", node.namespace, node.pod_name),
+            peer.to_string(),
+        );
         let session = Session {
+            status,
             node,
             peer,
             catalog: self.catalog.clone(),
@@ -90,6 +100,7 @@ fn authorize(catalog: &Catalog, peer: &SpiffeId, node: &Node) -> Result<(), Stat
 }
 
 struct Session {
+    status: Entry,
     node: Node,
     peer: SpiffeId,
     catalog: CatalogWatch,
@@ -100,11 +111,11 @@ struct Session {
 impl Session {
     async fn run(mut self, mut requests: Streaming<SubscribeRequest>) {
         self.metrics.connected.inc();
-        let pod = format!("{}/{}", self.node.namespace, self.node.pod_name);
-        tracing::info!(%pod, peer = %self.peer, "sidecar subscribed");
+        let (namespace, pod) = (self.node.namespace.clone(), self.node.pod_name.clone());
+        tracing::info!(namespace, pod, peer = %self.peer, "sidecar subscribed");
         let ended = self.serve(&mut requests).await;
         self.metrics.connected.dec();
-        tracing::info!(%pod, reason = ended, "sidecar unsubscribed");
+        tracing::info!(namespace, pod, reason = ended, "sidecar unsubscribed");
     }
 
     /// Pushes until the sidecar goes away; returns why it ended.
@@ -128,6 +139,7 @@ impl Session {
                     return "stream closed";
                 }
                 self.metrics.pushes.inc();
+                self.status.sent(&version);
                 tracing::debug!(pod = %self.node.pod_name, version, "snapshot pushed");
                 sent = Some(version);
             }
@@ -154,8 +166,10 @@ impl Session {
     fn answered(&self, answer: &SubscribeRequest) {
         if answer.error.is_empty() {
             tracing::debug!(pod = %self.node.pod_name, version = answer.version, "ACK");
+            self.status.acked(&answer.version);
         } else {
             self.metrics.nacks.inc();
+            self.status.rejected(&answer.version, &answer.error);
             tracing::warn!(
                 namespace = self.node.namespace,
                 pod = self.node.pod_name,

@@ -1,6 +1,7 @@
 //! The control plane's plain-HTTP port (15014): `/metrics` (Prometheus), `/ready` (200 once
 //! config is loaded and the gRPC port is bound, which is when this port is bound too) and
-//! `/debug/rejections` (the objects the sources rejected, and why, as JSON).
+//! `/debug/rejections` (the objects the sources rejected, and why, as JSON) and `/debug/syncz`
+//! (each subscribed sidecar's sent and acknowledged versions and last rejection).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -11,9 +12,14 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::{metrics::Metrics, CatalogWatch};
+use super::{metrics::Metrics, sync_status::SyncStatus, CatalogWatch};
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, catalog: CatalogWatch) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    catalog: CatalogWatch,
+    status: Arc<SyncStatus>,
+) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -24,10 +30,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, catalog: Catalo
                 continue;
             }
         };
-        let (metrics, catalog) = (metrics.clone(), catalog.clone());
+        let (metrics, catalog, status) = (metrics.clone(), catalog.clone(), status.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = respond(&req, &metrics, &catalog);
+                let response = respond(&req, &metrics, &catalog, &status);
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(error) = http1::Builder::new()
@@ -44,6 +50,7 @@ fn respond(
     req: &Request<Incoming>,
     metrics: &Metrics,
     catalog: &CatalogWatch,
+    status: &SyncStatus,
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" | "/stats/prometheus" => match metrics.encode() {
@@ -66,15 +73,9 @@ fn respond(
                 .iter()
                 .map(|r| serde_json::json!({"object": r.object, "reason": r.reason}))
                 .collect();
-            match serde_json::to_string_pretty(&rejected) {
-                Ok(json) => reply(StatusCode::OK, "application/json", json),
-                Err(error) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    error.to_string(),
-                ),
-            }
+            json(&rejected)
         }
+        "/debug/syncz" => json(&status.list()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", String::new()),
     }
 }
@@ -87,4 +88,15 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => reply(StatusCode::OK, "application/json", json),
+        Err(error) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            error.to_string(),
+        ),
+    }
 }

@@ -24,6 +24,6 @@ pub use bootstrap::{
     DEFAULT_CERT_TTL, DEFAULT_DRAIN_DURATION, DEFAULT_TRUST_DOMAIN, ROOT_CERT_PATH, TOKEN_PATH,
 };
 pub use certificate::CertificateIdError;
-pub use load::ConfigError;
+pub use load::{from_value, ConfigError};
 pub use snapshot::{MeshSettings, Resolved, Snapshot, Upstream};
 pub use spiffe::{SpiffeId, SpiffeIdError};

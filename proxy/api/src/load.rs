@@ -29,6 +29,12 @@ impl ConfigError {
 pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let value: serde_json::Value =
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    from_value(value)
+}
+
+/// Deserializes a parsed document into `T`, naming the path of the field that failed
+/// (`document` when it is the whole document). Shared with the control plane's manifest reader.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::Field {
