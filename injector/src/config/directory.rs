@@ -201,7 +201,8 @@ impl Files {
         }
     }
 
-    fn catalog(&self) -> Catalog {
+    /// The catalog of these files, with the unreadable ones among its rejections.
+    pub(crate) fn catalog(&self) -> Catalog {
         let mut catalog = Catalog::build(self.documents.clone());
         catalog
             .rejected

@@ -2,9 +2,10 @@
 //! tying them together, built from a directory of manifests and torn down on drop.
 //!
 //! Bring-up follows what a cluster would do, in an order that never lets a sidecar ask the
-//! control plane about a pod it has no record of: plan every replica, give each a namespace and
-//! an address, record the Pods and EndpointSlices, start the control plane and wait until it
-//! is ready, then start the pods one by one (each waited for).
+//! control plane about a pod it has no record of, nor a client reach a pod that is not running:
+//! plan every replica, give each a namespace and an address, record the Pods (not ready) and
+//! EndpointSlices (their endpoints not ready), start the control plane and wait until it is
+//! ready, then start the pods one by one, recording each as ready once it runs.
 
 use std::{
     collections::BTreeMap,
@@ -15,6 +16,7 @@ use std::{
 };
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, discovery::v1::EndpointSlice};
+use remora_api::proto::config::Node;
 
 use super::{
     bins::Binaries,
@@ -32,7 +34,7 @@ use super::{
     records,
     state::StateDir,
 };
-use crate::{ca::Authority, token::TokenIssuer};
+use crate::{ca::Authority, config::directory::Files, token::TokenIssuer};
 
 /// The control plane's pod.
 const CONTROL_PLANE_POD: (&str, &str) = ("istio-system", "istiod-0");
@@ -153,7 +155,9 @@ impl Cluster {
         cluster.control_plane.start(cluster.timeout)?;
         for index in 0..cluster.pods.len() {
             cluster.start_pod(index)?;
+            cluster.write_records()?;
         }
+        cluster.wait_for_sidecars()?;
         cluster.write_index()?;
         Ok(cluster)
     }
@@ -237,7 +241,9 @@ impl Cluster {
     }
 
     /// Starts one more replica of Deployment `namespace/name` (as read from the manifests
-    /// now), records it, updates the EndpointSlices, and returns it once running.
+    /// now): records it as not ready, starts it, then records it as ready (its endpoints
+    /// join the EndpointSlices) and returns it. A replica that fails to start is removed
+    /// again, records included.
     pub fn add_replica(&mut self, namespace: &str, name: &str) -> Result<&LocalPod, LocalError> {
         self.manifests = Manifests::load(&self.config_dir);
         let deployment: &Deployment = self
@@ -266,7 +272,13 @@ impl Cluster {
         self.create_pod(plan)?;
         self.write_records()?;
         let index = self.pods.len() - 1;
-        self.start_pod(index)?;
+        if let Err(e) = self.start_pod(index) {
+            self.pods.truncate(index);
+            self.write_records()?;
+            return Err(e);
+        }
+        self.write_records()?;
+        self.wait_for_sidecars()?;
         self.write_index()?;
         Ok(&self.pods[index].info)
     }
@@ -333,13 +345,29 @@ impl Cluster {
         Ok(self.pods[index].start(&cx)?)
     }
 
+    /// Waits until every sidecar runs the config the control plane computes from the records
+    /// as they are now, so that whoever called [`Cluster::up`] or [`Cluster::add_replica`]
+    /// finds every ready endpoint known in every pod.
+    fn wait_for_sidecars(&mut self) -> Result<(), LocalError> {
+        let catalog = Files::read(self.control_plane.config_dirs()).catalog();
+        for pod in &mut self.pods {
+            let expected = catalog.snapshot_for(&Node {
+                pod_name: pod.info.name.clone(),
+                namespace: pod.info.namespace.clone(),
+                ip: pod.info.ip.to_string(),
+            });
+            pod.wait_for_snapshot(&expected, self.timeout)?;
+        }
+        Ok(())
+    }
+
     /// Records a Pod per pod and the EndpointSlices of every Service, and brings kube-proxy's
     /// rules in pods without a sidecar up to date.
     fn write_records(&mut self) -> Result<(), LocalError> {
         let pods: Vec<Pod> = self
             .pods
             .iter()
-            .map(|pod| records::pod(&pod.plan, pod.info.ip.into()))
+            .map(|pod| records::pod(&pod.plan, pod.info.ip.into(), pod.is_ready()))
             .collect();
         let slices: Vec<((String, String), Vec<EndpointSlice>)> = self
             .manifests

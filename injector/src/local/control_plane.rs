@@ -75,6 +75,11 @@ impl ControlPlane {
         self.network.netns.name()
     }
 
+    /// The directories it reads its config from, in its order.
+    pub fn config_dirs(&self) -> &[PathBuf] {
+        &self.config.config_dirs
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.config.dir.join(format!("{CONTAINER}.log"))
     }

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use remora_api::proto::config::Snapshot;
+
 use super::{
     bins::Binaries,
     hosts::EtcNetns,
@@ -30,6 +32,8 @@ pub const SIDECAR: &str = "istio-proxy";
 const INIT: &str = "istio-init";
 /// Istio's `istio-token` projected volume lives 12 hours (`expirationSeconds: 43200`).
 const TOKEN_TTL: Duration = Duration::from_secs(43_200);
+/// The sidecar's admin endpoint with the snapshot it runs (`{"snapshot": ...}`).
+const CONFIG_DUMP_URL: &str = "http://127.0.0.1:15000/config_dump";
 /// The control plane's address as the sidecar's `CA_ADDR` (Istio's default).
 const CA_ADDR: &str = "istiod.istio-system.svc:15012";
 /// Binds the pod's secrets over `/var/run/secrets` in the private mount namespace `ip netns
@@ -152,6 +156,8 @@ pub struct RunningPod {
     pub plan: PodPlan,
     /// The kube-proxy rules installed, for a started pod without a sidecar.
     service_nat: Option<String>,
+    /// Whether every process started and became ready.
+    ready: bool,
 }
 
 impl RunningPod {
@@ -174,7 +180,14 @@ impl RunningPod {
             info,
             plan,
             service_nat: None,
+            ready: false,
         }
+    }
+
+    /// Whether [`RunningPod::start`] succeeded: its sidecar is ready and its containers
+    /// listen, so it may be sent traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready
     }
 
     /// Replaces the pod's hosts file (for commands started from now on).
@@ -192,7 +205,32 @@ impl RunningPod {
         for index in 0..self.plan.containers.len() {
             self.start_container(index, cx.timeout)?;
         }
+        self.ready = true;
         Ok(())
+    }
+
+    /// Waits until the pod's sidecar runs `expected` (whatever its version), the snapshot the
+    /// control plane computes for it from what is on disk now. Nothing to wait for in a pod
+    /// without a sidecar or not started.
+    pub fn wait_for_snapshot(
+        &mut self,
+        expected: &Snapshot,
+        timeout: Duration,
+    ) -> Result<(), PodError> {
+        let Some(sidecar) = self.processes.first_mut().filter(|_| self.plan.sidecar) else {
+            return Ok(());
+        };
+        let info = &self.info;
+        wait::until(
+            "waiting for the sidecar to receive the current config",
+            sidecar,
+            timeout,
+            || running_snapshot(info).is_some_and(|running| running == *expected),
+        )
+        .map_err(|source| PodError::Wait {
+            pod: info.id(),
+            source: Box::new(source),
+        })
     }
 
     /// Installs `table` (kube-proxy's rules) unless the pod has a sidecar, which handles
@@ -350,6 +388,15 @@ impl RunningPod {
         self.processes.push(process);
         Ok(self.processes.last_mut().expect("just pushed"))
     }
+}
+
+/// The snapshot `pod`'s sidecar runs, its version cleared; `None` when it cannot be read.
+fn running_snapshot(pod: &LocalPod) -> Option<Snapshot> {
+    let out = pod.exec(&["curl", "-s", "-m", "2", CONFIG_DUMP_URL]).ok()?;
+    let mut dump: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut snapshot: Snapshot = serde_json::from_value(dump.get_mut("snapshot")?.take()).ok()?;
+    snapshot.version.clear();
+    Some(snapshot)
 }
 
 /// The launcher's own values of `names` that are set.

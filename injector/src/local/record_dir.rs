@@ -29,45 +29,78 @@ pub enum RecordError {
 #[derive(Debug)]
 pub struct RecordDir {
     dir: PathBuf,
-    written: BTreeMap<PathBuf, String>,
+    pods: Written,
+    slices: Written,
 }
+
+/// Files of one kind and what was last written to each.
+#[derive(Debug, Default)]
+struct Written(BTreeMap<PathBuf, String>);
 
 impl RecordDir {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            written: BTreeMap::new(),
+            pods: Written::default(),
+            slices: Written::default(),
         }
     }
 
     /// Makes the directory hold exactly `pods` and, per Service (namespace, name), its slices.
+    ///
+    /// The control plane may read the directory between any two writes, so the order keeps
+    /// every state it can see consistent: a Pod is written before the EndpointSlices that may
+    /// list it, and removed only after the slices that listed it were rewritten.
     pub fn sync(
         &mut self,
         pods: &[Pod],
         slices: &[((String, String), Vec<EndpointSlice>)],
     ) -> Result<(), RecordError> {
-        let mut wanted = BTreeMap::new();
+        let mut pod_files = BTreeMap::new();
         for pod in pods {
             let file = format!(
                 "pod-{}-{}.yaml",
                 pod.metadata.namespace.as_deref().unwrap_or(DEFAULT),
                 pod.metadata.name.as_deref().unwrap_or_default()
             );
-            wanted.insert(self.dir.join(file), to_yaml(&[pod])?);
+            pod_files.insert(self.dir.join(file), to_yaml(&[pod])?);
         }
+        let mut slice_files = BTreeMap::new();
         for ((namespace, name), slices) in slices {
             let file = format!("endpointslices-{namespace}-{name}.yaml");
-            wanted.insert(self.dir.join(file), to_yaml(slices)?);
+            slice_files.insert(self.dir.join(file), to_yaml(slices)?);
         }
-        for (path, text) in &wanted {
-            if self.written.get(path) != Some(text) {
+        self.pods.write_changed(&pod_files)?;
+        self.slices.write_changed(&slice_files)?;
+        self.slices.remove_unwanted(&slice_files)?;
+        self.pods.remove_unwanted(&pod_files)
+    }
+}
+
+impl Written {
+    /// Writes each of `files` whose contents differ from what was last written.
+    fn write_changed(&mut self, files: &BTreeMap<PathBuf, String>) -> Result<(), RecordError> {
+        for (path, text) in files {
+            if self.0.get(path) != Some(text) {
                 write_atomic(path, text.as_bytes()).map_err(io_error(path))?;
+                self.0.insert(path.clone(), text.clone());
             }
         }
-        for path in self.written.keys().filter(|p| !wanted.contains_key(*p)) {
-            fs::remove_file(path).map_err(io_error(path))?;
+        Ok(())
+    }
+
+    /// Removes every file written earlier that is not among `wanted`.
+    fn remove_unwanted(&mut self, wanted: &BTreeMap<PathBuf, String>) -> Result<(), RecordError> {
+        let gone: Vec<PathBuf> = self
+            .0
+            .keys()
+            .filter(|path| !wanted.contains_key(*path))
+            .cloned()
+            .collect();
+        for path in gone {
+            fs::remove_file(&path).map_err(io_error(&path))?;
+            self.0.remove(&path);
         }
-        self.written = wanted;
         Ok(())
     }
 }

@@ -1,8 +1,13 @@
 //! The records a cluster's controllers would write, written by the launcher instead: a Pod per
-//! running replica (with `status.podIP`, and the injection status annotation when it has a
-//! sidecar) and the EndpointSlices of each selecting Service, computed from those Pods the way
-//! Kubernetes' EndpointSlice controller computes them. The control plane reads them from the
-//! state directory exactly as it reads any other manifest.
+//! replica (with `status.podIP`, and the injection status annotation when it has a sidecar) and
+//! the EndpointSlices of each selecting Service, computed from those Pods the way Kubernetes'
+//! EndpointSlice controller computes them. The control plane reads them from the state
+//! directory exactly as it reads any other manifest.
+//!
+//! A replica is recorded as soon as it has an address, because its sidecar asks the control
+//! plane about its own pod while starting; until its containers run it is `Pending` with
+//! `Ready=False`, so its endpoints are `ready: false` and no client is sent to it, as a kubelet
+//! and readiness probes keep a starting pod out of its Services.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -26,9 +31,11 @@ const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "remoractl.local";
+/// The Pod condition a kubelet sets once every container is ready.
+const READY: &str = "Ready";
 
-/// The Pod object of a running replica at `ip`.
-pub fn pod(plan: &PodPlan, ip: IpAddr) -> Pod {
+/// The Pod object of a replica at `ip`: `Running` and ready once `ready`, `Pending` before.
+pub fn pod(plan: &PodPlan, ip: IpAddr, ready: bool) -> Pod {
     let mut labels = plan.labels.clone();
     let mut annotations = plan.annotations.clone();
     if plan.sidecar {
@@ -48,12 +55,12 @@ pub fn pod(plan: &PodPlan, ip: IpAddr) -> Pod {
         },
         spec: Some(plan.spec.clone()),
         status: Some(PodStatus {
-            phase: Some("Running".to_owned()),
+            phase: Some(if ready { "Running" } else { "Pending" }.to_owned()),
             pod_ip: Some(ip.to_string()),
             pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
             conditions: Some(vec![PodCondition {
-                type_: "Ready".to_owned(),
-                status: "True".to_owned(),
+                type_: READY.to_owned(),
+                status: if ready { "True" } else { "False" }.to_owned(),
                 ..PodCondition::default()
             }]),
             ..PodStatus::default()
@@ -108,11 +115,12 @@ pub fn endpoint_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
                 groups.len() - 1
             }
         };
+        let ready = is_ready(pod);
         groups[group].1.push(Endpoint {
             addresses: vec![ip],
             conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
+                ready: Some(ready),
+                serving: Some(ready),
                 terminating: Some(false),
             }),
             target_ref: Some(ObjectReference {
@@ -162,6 +170,15 @@ pub fn endpoint_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
             ),
         })
         .collect()
+}
+
+/// Whether the Pod's `Ready` condition is true, which is what the EndpointSlice controller
+/// copies into its endpoints' `ready`.
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .any(|condition| condition.type_ == READY && condition.status == "True")
 }
 
 /// A Service port as resolved for one pod: name, pod port, protocol.

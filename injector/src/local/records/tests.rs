@@ -40,6 +40,7 @@ fn pod_record_carries_address_and_injection_status() {
     let injected = pod(
         &plan("httpbin-0", &[("app", "httpbin")], true, "[]"),
         ip("198.18.0.10"),
+        true,
     );
     let value = serde_json::to_value(&injected).expect("serializable");
     assert_eq!(value["kind"], "Pod");
@@ -55,9 +56,56 @@ fn pod_record_carries_address_and_injection_status() {
     let status: serde_json::Value = serde_json::from_str(status).expect("status is JSON");
     assert_eq!(status["containers"][0], "istio-proxy");
 
-    let plain = pod(&plan("web-0", &[], false, "[]"), ip("198.18.0.11"));
+    let plain = pod(&plan("web-0", &[], false, "[]"), ip("198.18.0.11"), true);
     let annotations = plain.metadata.annotations.expect("annotations");
     assert!(!annotations.contains_key(SIDECAR_STATUS_ANNOTATION));
+
+    let starting = pod(&plan("web-1", &[], false, "[]"), ip("198.18.0.12"), false);
+    let value = serde_json::to_value(&starting).expect("serializable");
+    assert_eq!(value["status"]["phase"], "Pending");
+    assert_eq!(value["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(value["status"]["conditions"][0]["status"], "False");
+}
+
+#[test]
+fn a_starting_pod_is_a_not_ready_endpoint() {
+    let svc = service(
+        "metadata: {name: httpbin, namespace: demo}\n\
+         spec: {selector: {app: httpbin}, ports: [{port: 8000, targetPort: 8080}]}\n",
+    );
+    let labels = [("app", "httpbin")];
+    let pods = [
+        pod(
+            &plan("httpbin-0", &labels, true, "[]"),
+            ip("198.18.0.10"),
+            true,
+        ),
+        pod(
+            &plan("httpbin-1", &labels, true, "[]"),
+            ip("198.18.0.11"),
+            false,
+        ),
+    ];
+    let slices = endpoint_slices(&svc, &pods);
+    let readiness: Vec<(&str, Option<bool>, Option<bool>)> = slices[0]
+        .endpoints
+        .iter()
+        .map(|e| {
+            let conditions = e.conditions.as_ref().expect("conditions");
+            (
+                e.addresses[0].as_str(),
+                conditions.ready,
+                conditions.serving,
+            )
+        })
+        .collect();
+    assert_eq!(
+        readiness,
+        [
+            ("198.18.0.10", Some(true), Some(true)),
+            ("198.18.0.11", Some(false), Some(false)),
+        ]
+    );
 }
 
 #[test]
@@ -77,6 +125,7 @@ fn slices_select_pods_and_resolve_target_ports() {
                 "[{containerPort: 9901, name: admin}]",
             ),
             ip("198.18.0.11"),
+            true,
         ),
         pod(
             &plan(
@@ -86,15 +135,18 @@ fn slices_select_pods_and_resolve_target_ports() {
                 "[{containerPort: 9901, name: admin}]",
             ),
             ip("198.18.0.10"),
+            true,
         ),
         // Named port missing: its slice lacks that port.
         pod(
             &plan("httpbin-2", &[("app", "httpbin")], true, "[]"),
             ip("198.18.0.12"),
+            true,
         ),
         pod(
             &plan("other-0", &[("app", "other")], true, "[]"),
             ip("198.18.0.13"),
+            true,
         ),
     ];
     let slices = endpoint_slices(&svc, &pods);
