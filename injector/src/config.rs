@@ -4,22 +4,27 @@
 //!
 //! The pipeline is split so the decisions stay pure and testable without files or clusters:
 //! `objects` parses and checks documents (`mesh` for Istio's `MeshConfig`), `translate` turns
-//! the objects into snapshot parts (`cluster_ip` gives Services without one an address),
-//! [`Catalog`] holds the result, and only the [`Source`] implementations ([`DirectorySource`]
-//! in local mode) do I/O.
+//! the objects into snapshot parts (`cluster_ip` gives Services without one an address,
+//! `endpoints` picks a Service port's ready addresses), [`Catalog`] holds the result, and only
+//! the [`Source`] implementations ([`DirectorySource`] in local mode) do I/O. `well_known`
+//! spells the names Kubernetes and Istio fix, for the control plane and the local launcher
+//! alike.
 //!
 //! [`Snapshot`]: remora_api::proto::config::Snapshot
 
 mod catalog;
 pub mod cluster_ip;
 pub(crate) mod directory;
+pub mod endpoints;
 mod mesh;
 mod objects;
 mod source;
 mod translate;
+pub mod well_known;
 pub(crate) mod yaml;
 
 pub use catalog::Catalog;
 pub use directory::DirectorySource;
+pub use mesh::ProxyConfigError;
 pub use objects::Rejection;
 pub use source::{Source, SourceError};

@@ -4,14 +4,22 @@
 //! A source (a directory in local mode, the Kubernetes API in a cluster) builds a new
 //! [`Catalog`] on every change and the discovery server cuts per-sidecar snapshots from it;
 //! keeping it immutable lets every stream read the same catalog without locks.
+//!
+//! The local launcher reads its manifests through a catalog too, and runs exactly the
+//! Namespaces, Deployments and Services it accepted, with the cluster IPs, trust domain and
+//! `proxyMetadata` the control plane serves, so the two can never disagree about them.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
-use remora_api::proto::config::{Node, Snapshot};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Service},
+};
+use remora_api::proto::config::{self as proto, Node, Snapshot};
 
 use super::{
-    mesh::MeshConfig,
-    objects::{Key, Objects, Rejection},
+    mesh::{MeshConfig, ProxyConfig, ProxyConfigError},
+    objects::{Key, Labelled, Objects, Rejection},
     translate::{self, PodFacts},
 };
 
@@ -21,9 +29,12 @@ pub struct Catalog {
     /// Every object or file that was not applied, and why.
     pub rejected: Vec<Rejection>,
     mesh: MeshConfig,
+    /// The accepted objects.
+    objects: Objects,
     pods: BTreeMap<Key, PodFacts>,
-    pub(crate) services: Vec<remora_api::proto::config::Service>,
-    endpoints: Vec<remora_api::proto::config::Endpoint>,
+    services: Vec<proto::Service>,
+    endpoints: Vec<proto::Endpoint>,
+    cluster_ips: BTreeMap<Key, IpAddr>,
 }
 
 impl Catalog {
@@ -33,13 +44,15 @@ impl Catalog {
     pub fn build(documents: Vec<(String, String)>) -> Catalog {
         let (mut objects, mut rejected) = Objects::parse(&documents);
         let mesh = objects.mesh.take().unwrap_or_default();
-        let translation = translate::translate(&objects, &mesh, &mut rejected);
+        let translation = translate::translate(&mut objects, &mesh, &mut rejected);
         Catalog {
             rejected,
             mesh,
+            objects,
             pods: translation.pods,
             services: translation.services,
             endpoints: translation.endpoints,
+            cluster_ips: translation.cluster_ips,
         }
     }
 
@@ -66,6 +79,51 @@ impl Catalog {
         self.mesh.trust_domain()
     }
 
+    /// The accepted Namespace `name`.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        // Namespaces are cluster-scoped: their key's namespace part is empty.
+        self.objects
+            .namespaces
+            .get(&(String::new(), name.to_owned()))
+            .map(|namespace| &namespace.object)
+    }
+
+    /// The accepted Deployments, by namespace and name.
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        objects_of(&self.objects.deployments)
+    }
+
+    /// The accepted Deployment `namespace/name`.
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<&Deployment> {
+        self.objects
+            .deployments
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|deployment| &deployment.object)
+    }
+
+    /// The accepted Services, by namespace and name.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        objects_of(&self.objects.services)
+    }
+
+    /// The cluster IP of Service `namespace/name`; `None` for a headless or ExternalName
+    /// Service, or one the catalog does not hold.
+    pub fn cluster_ip(&self, namespace: &str, name: &str) -> Option<IpAddr> {
+        self.cluster_ips
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    /// The `proxyMetadata` (sidecar environment) of a pod with `annotations`: the mesh's
+    /// `defaultConfig.proxyMetadata` with the pod's `proxy.istio.io/config` merged over it.
+    pub fn proxy_metadata(
+        &self,
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> Result<BTreeMap<String, String>, ProxyConfigError> {
+        let pod = ProxyConfig::of_pod(annotations)?;
+        Ok(self.mesh.proxy_config(pod.as_ref()).proxy_metadata)
+    }
+
     /// The service account a pod runs as (`default` when its spec names none), or `None` for
     /// a pod the catalog does not know.
     pub fn pod_service_account(&self, namespace: &str, pod_name: &str) -> Option<&str> {
@@ -73,6 +131,10 @@ impl Catalog {
             .get(&(namespace.to_owned(), pod_name.to_owned()))
             .map(|pod| pod.service_account.as_str())
     }
+}
+
+fn objects_of<T>(kept: &BTreeMap<Key, Labelled<T>>) -> impl Iterator<Item = &T> {
+    kept.values().map(|labelled| &labelled.object)
 }
 
 #[cfg(test)]

@@ -5,13 +5,16 @@
 //! not implement (unknown fields are ignored) but strict about what we do: a wrong type or an
 //! unknown enum value is an error naming the field, never a silent default.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use remora_api::{proto::config as proto, SpiffeId, SpiffeIdError, DEFAULT_DRAIN_DURATION};
 use serde::{de, Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::yaml::{self, YamlError};
+use super::{
+    well_known::PROXY_CONFIG_ANNOTATION,
+    yaml::{self, YamlError},
+};
 
 /// Istio traces 1% of requests unless told otherwise.
 const DEFAULT_TRACING_SAMPLING: f64 = 1.0;
@@ -100,6 +103,17 @@ pub(crate) struct ProxyConfig {
     /// Worker threads (0: one per core). Validated and merged; `MeshSettings` has no field to
     /// carry it yet.
     concurrency: Option<u32>,
+    /// Environment for the sidecar, which the injection template renders into its container
+    /// (so it is read at injection, not sent in snapshots).
+    pub(crate) proxy_metadata: BTreeMap<String, String>,
+}
+
+/// Why a pod's `proxy.istio.io/config` annotation cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("metadata.annotations[{PROXY_CONFIG_ANNOTATION}]: {source}")]
+pub struct ProxyConfigError {
+    #[source]
+    source: YamlError,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -136,13 +150,19 @@ impl MeshConfig {
         &self.trust_domain
     }
 
+    /// The `ProxyConfig` of a pod's sidecar: `defaultConfig` with the pod's
+    /// `proxy.istio.io/config` applied over it.
+    pub(crate) fn proxy_config(&self, pod: Option<&ProxyConfig>) -> ProxyConfig {
+        match pod {
+            Some(pod) => self.default_config.overridden_by(pod),
+            None => self.default_config.clone(),
+        }
+    }
+
     /// The settings one sidecar receives: the mesh's, with its pod's `proxy.istio.io/config`
     /// applied over `defaultConfig`.
     pub(crate) fn settings(&self, pod: Option<&ProxyConfig>) -> proto::MeshSettings {
-        let proxy = match pod {
-            Some(pod) => self.default_config.overridden_by(pod),
-            None => self.default_config.clone(),
-        };
+        let proxy = self.proxy_config(pod);
         let drain = proxy.drain_duration.unwrap_or(DEFAULT_DRAIN_DURATION);
         proto::MeshSettings {
             trust_domain: self.trust_domain.clone(),
@@ -183,14 +203,28 @@ impl ProxyConfig {
         yaml::from_str(text)
     }
 
-    /// `self` with every field that `pod` sets replaced by the pod's value.
+    /// The overrides a pod's `annotations` carry; `None` when it has none.
+    pub(crate) fn of_pod(
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> Result<Option<Self>, ProxyConfigError> {
+        annotations
+            .and_then(|annotations| annotations.get(PROXY_CONFIG_ANNOTATION))
+            .map(|text| Self::from_annotation(text).map_err(|source| ProxyConfigError { source }))
+            .transpose()
+    }
+
+    /// `self` with every field that `pod` sets replaced by the pod's value; `proxyMetadata`
+    /// is merged key by key, the pod's keys winning (Istio's `MergeProxyConfig`).
     fn overridden_by(&self, pod: &ProxyConfig) -> ProxyConfig {
+        let mut proxy_metadata = self.proxy_metadata.clone();
+        proxy_metadata.extend(pod.proxy_metadata.clone());
         ProxyConfig {
             drain_duration: pod.drain_duration.or(self.drain_duration),
             tracing: Tracing {
                 sampling: pod.tracing.sampling.or(self.tracing.sampling),
             },
             concurrency: pod.concurrency.or(self.concurrency),
+            proxy_metadata,
         }
     }
 }

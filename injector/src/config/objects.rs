@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::{
     mesh::MeshConfig,
+    well_known::{DEFAULT_NAMESPACE, MESH_FILE},
     yaml::{self, YamlError},
 };
 
@@ -42,10 +43,13 @@ pub(crate) struct Labelled<T> {
     pub(crate) object: T,
 }
 
-/// The objects the translation reads, keyed by `(namespace, name)`. Namespaces, Deployments
-/// and ServiceAccounts are checked (so mistakes surface) but not kept: nothing reads them yet.
+/// The accepted objects, keyed by `(namespace, name)` (a Namespace's namespace is empty): what
+/// the translation reads, and the Namespaces and Deployments the local launcher runs.
+/// ServiceAccounts are checked (so mistakes surface) but not kept: nothing reads them yet.
 #[derive(Debug, Default)]
 pub(crate) struct Objects {
+    pub(crate) namespaces: BTreeMap<Key, Labelled<Namespace>>,
+    pub(crate) deployments: BTreeMap<Key, Labelled<Deployment>>,
     pub(crate) pods: BTreeMap<Key, Labelled<Pod>>,
     pub(crate) services: BTreeMap<Key, Labelled<Service>>,
     pub(crate) endpoint_slices: BTreeMap<Key, Labelled<EndpointSlice>>,
@@ -54,12 +58,8 @@ pub(crate) struct Objects {
     seen: BTreeMap<(&'static str, Key), String>,
 }
 
-/// The namespace of objects that do not name one, as `kubectl` assumes.
-const DEFAULT_NAMESPACE: &str = "default";
 /// istiod reads the mesh config from the `mesh` key of this ConfigMap in its own namespace.
 const MESH_CONFIG_MAP: (&str, &str) = ("istio-system", "istio");
-/// A file with this name holds a bare `MeshConfig`, not Kubernetes objects.
-const MESH_FILE: &str = "mesh.yaml";
 
 impl Objects {
     /// Parses `(origin, text)` pairs in order; a later object with the same kind, namespace
@@ -126,24 +126,62 @@ impl Objects {
             Kept::Other(kind) => {
                 self.first_of(kind, key, label, rejected);
             }
-            Kept::Pod(pod) => {
-                if let Some((key, label)) = self.first_of("Pod", key, label, rejected) {
-                    let object = *pod;
-                    self.pods.insert(key, Labelled { label, object });
-                }
+            Kept::Namespace(namespace) => {
+                self.keep(
+                    "Namespace",
+                    key,
+                    label,
+                    *namespace,
+                    |o| &mut o.namespaces,
+                    rejected,
+                );
             }
+            Kept::Deployment(deployment) => {
+                self.keep(
+                    "Deployment",
+                    key,
+                    label,
+                    *deployment,
+                    |o| &mut o.deployments,
+                    rejected,
+                );
+            }
+            Kept::Pod(pod) => self.keep("Pod", key, label, *pod, |o| &mut o.pods, rejected),
             Kept::Service(service) => {
-                if let Some((key, label)) = self.first_of("Service", key, label, rejected) {
-                    let object = *service;
-                    self.services.insert(key, Labelled { label, object });
-                }
+                self.keep(
+                    "Service",
+                    key,
+                    label,
+                    *service,
+                    |o| &mut o.services,
+                    rejected,
+                );
             }
             Kept::EndpointSlice(slice) => {
-                if let Some((key, label)) = self.first_of("EndpointSlice", key, label, rejected) {
-                    let object = *slice;
-                    self.endpoint_slices.insert(key, Labelled { label, object });
-                }
+                self.keep(
+                    "EndpointSlice",
+                    key,
+                    label,
+                    *slice,
+                    |o| &mut o.endpoint_slices,
+                    rejected,
+                );
             }
+        }
+    }
+
+    /// Keeps `object` in the map `kept` selects, unless it is a duplicate.
+    fn keep<T>(
+        &mut self,
+        kind: &'static str,
+        key: Key,
+        label: String,
+        object: T,
+        kept: fn(&mut Self) -> &mut BTreeMap<Key, Labelled<T>>,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        if let Some((key, label)) = self.first_of(kind, key, label, rejected) {
+            kept(self).insert(key, Labelled { label, object });
         }
     }
 
@@ -220,14 +258,13 @@ impl Identity {
 fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
     let (namespace, name) = (id.key.0.as_str(), id.key.1.as_str());
     Some(match (id.api_version.as_str(), id.kind.as_str()) {
-        ("v1", "Namespace") => {
-            check(value, |_: &Namespace, _| {}).map(|_| Kept::Other("Namespace"))
-        }
+        ("v1", "Namespace") => check(value, |_: &Namespace, _| {})
+            .map(|namespace| Kept::Namespace(Box::new(namespace))),
         ("v1", "ServiceAccount") => {
             check(value, |_: &ServiceAccount, _| {}).map(|_| Kept::Other("ServiceAccount"))
         }
         ("apps/v1", "Deployment") => {
-            check(value, check_deployment).map(|_| Kept::Other("Deployment"))
+            check(value, check_deployment).map(|deployment| Kept::Deployment(Box::new(deployment)))
         }
         ("v1", "Pod") => check(value, check_pod).map(|pod| Kept::Pod(Box::new(pod))),
         ("v1", "Service") => {
@@ -243,6 +280,8 @@ fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
 
 /// A document that passed its checks.
 enum Kept {
+    Namespace(Box<Namespace>),
+    Deployment(Box<Deployment>),
     Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),

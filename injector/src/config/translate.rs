@@ -19,31 +19,27 @@ use k8s_openapi::api::{
 use remora_api::{proto::config as proto, SpiffeId};
 
 use super::{
-    cluster_ip,
+    cluster_ip, endpoints,
     mesh::{MeshConfig, ProxyConfig},
     objects::{Key, Labelled, Objects, Rejection},
+    well_known::{
+        service_account_of, service_hostname, DEFAULT_SERVICE_ACCOUNT, SIDECAR_STATUS_ANNOTATION,
+    },
 };
-
-/// Set by the injector (or the local launcher) on every pod that got a sidecar.
-const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
-/// A pod's `ProxyConfig` overrides.
-const PROXY_CONFIG: &str = "proxy.istio.io/config";
-/// The label tying an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Service hostnames use the Kubernetes DNS domain, whatever the trust domain is.
-const DNS_DOMAIN: &str = "svc.cluster.local";
 /// Port name prefixes Istio reads as protocols (`http-web`, `grpc`); Istio's
 /// `protocol.Parse`, minus UDP, which the sidecar never sees.
 const NAMED_PROTOCOLS: [&str; 9] = [
     "http", "http2", "https", "grpc", "tcp", "tls", "mongo", "redis", "mysql",
 ];
 
-/// The shared part of every snapshot, and what is known about each pod.
+/// The shared part of every snapshot, and what is known about each pod and Service.
 #[derive(Debug, Default)]
 pub(crate) struct Translation {
     pub(crate) pods: BTreeMap<Key, PodFacts>,
     pub(crate) services: Vec<proto::Service>,
     pub(crate) endpoints: Vec<proto::Endpoint>,
+    /// The cluster IP of every Service that has one.
+    pub(crate) cluster_ips: BTreeMap<Key, IpAddr>,
 }
 
 #[derive(Debug)]
@@ -62,8 +58,10 @@ struct Workload {
     ports: BTreeSet<u16>,
 }
 
+/// Translates `objects`; a Service rejected here (for a cluster IP another one holds) is
+/// removed from them, so what remains is exactly what was accepted.
 pub(crate) fn translate(
-    objects: &Objects,
+    objects: &mut Objects,
     mesh: &MeshConfig,
     rejected: &mut Vec<Rejection>,
 ) -> Translation {
@@ -88,7 +86,7 @@ pub(crate) fn translate(
             })
         })
         .collect();
-    translation.services = services(objects, &workloads, rejected);
+    (translation.services, translation.cluster_ips) = services(objects, &workloads, rejected);
     translation
 }
 
@@ -108,24 +106,17 @@ fn pod_facts(
         })
     };
     let annotations = pod.object.metadata.annotations.as_ref();
-    let annotation = |key: &str| annotations.and_then(|a| a.get(key));
     // A bad override is reported but does not stop the pod: it runs with the mesh defaults.
-    let proxy_config = annotation(PROXY_CONFIG).and_then(|text| {
-        ProxyConfig::from_annotation(text)
-            .map_err(|e| reject(format!("metadata.annotations[{PROXY_CONFIG}]: {e}")))
-            .ok()
-    });
+    let proxy_config = ProxyConfig::of_pod(annotations)
+        .map_err(|e| reject(e.to_string()))
+        .ok()
+        .flatten();
     let spec = pod.object.spec.as_ref();
     let service_account = spec
-        .and_then(|s| {
-            s.service_account_name
-                .as_deref()
-                .or(s.service_account.as_deref())
-        })
-        .filter(|sa| !sa.is_empty())
-        .unwrap_or("default")
+        .map_or(DEFAULT_SERVICE_ACCOUNT, service_account_of)
         .to_owned();
-    let identity = if annotation(SIDECAR_STATUS).is_some() {
+    let sidecar = annotations.is_some_and(|a| a.contains_key(SIDECAR_STATUS_ANNOTATION));
+    let identity = if sidecar {
         match SpiffeId::new(mesh.trust_domain(), &key.0, &service_account) {
             Ok(id) => id.to_string(),
             Err(e) => {
@@ -207,15 +198,18 @@ fn is_tcp(protocol: Option<&str>) -> bool {
     protocol.is_none_or(|p| p == "TCP")
 }
 
-/// Every Service with a cluster IP, sorted by hostname, its ports sorted by number.
+/// Every Service with a cluster IP, sorted by hostname, its ports sorted by number, and the
+/// cluster IPs by Service. A Service asking for a cluster IP an earlier one holds is rejected
+/// and removed from `objects`.
 fn services(
-    objects: &Objects,
+    objects: &mut Objects,
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
-) -> Vec<proto::Service> {
+) -> (Vec<proto::Service>, BTreeMap<Key, IpAddr>) {
     // Headless and ExternalName Services have no cluster IP to capture.
     let mut with_ip: Vec<(&Key, &Labelled<Service>, Option<IpAddr>)> = Vec::new();
     let mut explicit: BTreeMap<IpAddr, &Key> = BTreeMap::new();
+    let mut conflicting = Vec::new();
     for (key, service) in &objects.services {
         let spec = service.object.spec.as_ref();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
@@ -234,6 +228,7 @@ fn services(
                         "spec.clusterIP: {ip} is already the cluster IP of Service {namespace}/{name}"
                     ),
                 });
+                conflicting.push(key.clone());
                 continue;
             }
             explicit.insert(ip, key);
@@ -253,7 +248,10 @@ fn services(
         })
         .collect();
     services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-    services
+    for key in conflicting {
+        objects.services.remove(&key);
+    }
+    (services, addresses)
 }
 
 fn service_entry(
@@ -265,18 +263,9 @@ fn service_entry(
 ) -> proto::Service {
     let slices: Vec<&EndpointSlice> = objects
         .endpoint_slices
-        .iter()
-        .filter(|((slice_namespace, _), slice)| {
-            slice_namespace == namespace
-                && slice
-                    .object
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-                    == Some(name)
-        })
-        .map(|(_, slice)| &slice.object)
+        .values()
+        .map(|slice| &slice.object)
+        .filter(|slice| endpoints::is_slice_of(slice, namespace, name))
         .collect();
     let mut ports: Vec<proto::ServicePort> = service
         .spec
@@ -294,7 +283,7 @@ fn service_entry(
         .collect();
     ports.sort_by_key(|port| port.port);
     proto::Service {
-        hostname: format!("{name}.{namespace}.{DNS_DOMAIN}"),
+        hostname: service_hostname(namespace, name),
         addresses: vec![ip.to_string()],
         ports,
     }
@@ -319,55 +308,23 @@ fn app_protocol(port: &ServicePort) -> String {
     }
 }
 
-/// The ready `ip:port` addresses behind a Service port, matched to the EndpointSlice port of
-/// the same name (or the slice's only port when the Service port is unnamed).
+/// The ready `ip:port` addresses behind a Service port, each with the identity of the pod
+/// behind it (none for a pod without a sidecar or not in the catalog).
 fn ready_endpoints(
     port: &ServicePort,
     slices: &[&EndpointSlice],
     workloads: &BTreeMap<IpAddr, Workload>,
 ) -> Vec<proto::Endpoint> {
-    let name = port.name.as_deref().unwrap_or_default();
-    let mut found = BTreeMap::new();
-    for slice in slices {
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
-        }
-        let slice_ports = slice.ports.as_deref().unwrap_or_default();
-        let matched = slice_ports
-            .iter()
-            .find(|p| p.name.as_deref().unwrap_or_default() == name)
-            .or(match slice_ports {
-                [only] if name.is_empty() => Some(only),
-                _ => None,
-            });
-        let Some(number) = matched
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
-            continue;
-        };
-        let ready = slice
-            .endpoints
-            .iter()
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true));
-        for address in ready.flat_map(|e| e.addresses.iter()) {
-            let Ok(ip) = address.parse::<IpAddr>() else {
-                continue;
-            };
+    endpoints::ready_endpoints(port, slices.iter().copied())
+        .into_iter()
+        .map(|address| proto::Endpoint {
+            address: address.to_string(),
             // Pod IPs are unique in the catalog (conflicts are rejected), so the IP alone
             // finds the pod behind the address.
-            let identity = workloads
-                .get(&ip)
+            identity: workloads
+                .get(&address.ip())
                 .map(|w| w.identity.clone())
-                .unwrap_or_default();
-            found.entry(SocketAddr::new(ip, number)).or_insert(identity);
-        }
-    }
-    found
-        .into_iter()
-        .map(|(address, identity)| proto::Endpoint {
-            address: address.to_string(),
-            identity,
+                .unwrap_or_default(),
         })
         .collect()
 }

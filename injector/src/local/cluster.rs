@@ -8,14 +8,12 @@
 //! ready, then start the pods one by one, recording each as ready once it runs.
 
 use std::{
-    collections::BTreeMap,
     fs, io,
-    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use remora_api::proto::config::Node;
 
 use super::{
@@ -25,16 +23,20 @@ use super::{
     files::write_atomic,
     hosts::{self, EtcNetns},
     kube_proxy,
-    manifests::{LocalService, Manifests},
+    manifests::{self, LocalService},
     network::Network,
     options::Options,
-    plan::{self, PodPlan},
+    plan::{self, PlanError, PodPlan},
     pod::{LocalPod, RunningPod, StartContext},
     record_dir::RecordDir,
     records,
     state::StateDir,
 };
-use crate::{ca::Authority, config::directory::Files, token::TokenIssuer};
+use crate::{
+    ca::Authority,
+    config::{directory::Files, well_known::namespace_of, Catalog, Rejection},
+    token::TokenIssuer,
+};
 
 /// The control plane's pod.
 const CONTROL_PLANE_POD: (&str, &str) = ("istio-system", "istiod-0");
@@ -53,7 +55,10 @@ pub struct Cluster {
     config_dir: PathBuf,
     prefix: String,
     timeout: Duration,
-    manifests: Manifests,
+    /// The manifests as the control plane reads them, at the last (re-)read.
+    catalog: Catalog,
+    /// The accepted Deployments that cannot run locally, and why.
+    skipped: Vec<PlanError>,
     records: RecordDir,
     /// kube-proxy's rules for pods without a sidecar, from the current records.
     service_nat: String,
@@ -61,8 +66,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Brings up the manifests in `config_dir`: control plane, pods, records. Fails (tearing
-    /// down whatever was started) if any part does not become ready within the timeout.
+    /// Brings up the manifests in `config_dir`: control plane, pods, records. A Deployment
+    /// that cannot run locally is skipped ([`Cluster::skipped`] says why); anything else that
+    /// fails or does not become ready within the timeout fails the whole (tearing down
+    /// whatever was started).
     pub fn up(config_dir: &Path, options: Options) -> Result<Self, LocalError> {
         let config_dir = config_dir
             .canonicalize()
@@ -77,31 +84,19 @@ impl Cluster {
                 io_error("preparing the state directory", Path::new(&prefix)),
             )?;
 
-        let manifests = Manifests::load(&config_dir);
+        let catalog = manifests::load(&config_dir);
         let mut plans = Vec::new();
-        let mut problems = Vec::new();
-        for deployment in &manifests.deployments {
-            match plan::deployment_pods(
-                deployment,
-                &manifests.namespace_labels,
-                manifests.mesh.proxy_metadata(),
-            ) {
+        let mut skipped = Vec::new();
+        for deployment in catalog.deployments() {
+            match plan::deployment_pods(deployment, &catalog) {
                 Ok(pods) => plans.extend(pods),
-                Err(e) => problems.push(e),
+                Err(e) => skipped.push(e),
             }
-        }
-        if !problems.is_empty() {
-            return Err(LocalError::Plan(problems));
         }
 
         let ca_dir = state.ca_dir();
         if !has_ca(&ca_dir) {
-            let trust_domain = manifests
-                .mesh
-                .trust_domain
-                .as_deref()
-                .unwrap_or(remora_api::DEFAULT_TRUST_DOMAIN);
-            Authority::generate(trust_domain)?.save_new(&ca_dir)?;
+            Authority::generate(catalog.trust_domain())?.save_new(&ca_dir)?;
         }
         let roots_pem = Authority::load(&ca_dir)?.roots_pem().to_owned();
         let tokens = TokenIssuer::load_or_generate(state.root())?;
@@ -114,7 +109,7 @@ impl Cluster {
             cp_name,
             cp_network.ip.into(),
             cp_network.ip.into(),
-            &manifests.service_addresses(),
+            &manifests::service_addresses(&catalog),
         );
         let cp_etc = EtcNetns::create(cp_network.netns.name(), &cp_hosts)
             .map_err(io_error("writing the hosts file of", Path::new(cp_name)))?;
@@ -143,7 +138,8 @@ impl Cluster {
             config_dir,
             prefix,
             timeout: options.timeout,
-            manifests,
+            catalog,
+            skipped,
             records: RecordDir::new(state.cluster_dir()),
             service_nat: String::new(),
             state,
@@ -191,8 +187,18 @@ impl Cluster {
     }
 
     /// The Services of the manifests, with their cluster IPs.
-    pub fn services(&self) -> &[LocalService] {
-        &self.manifests.services
+    pub fn services(&self) -> Vec<LocalService> {
+        manifests::services(&self.catalog)
+    }
+
+    /// The objects of the manifests the control plane rejects, and why (at the last read).
+    pub fn rejected(&self) -> &[Rejection] {
+        &self.catalog.rejected
+    }
+
+    /// The Deployments that could not run locally at bring-up, and why.
+    pub fn skipped(&self) -> &[PlanError] {
+        &self.skipped
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -245,30 +251,20 @@ impl Cluster {
     /// join the EndpointSlices) and returns it. A replica that fails to start is removed
     /// again, records included.
     pub fn add_replica(&mut self, namespace: &str, name: &str) -> Result<&LocalPod, LocalError> {
-        self.manifests = Manifests::load(&self.config_dir);
-        let deployment: &Deployment = self
-            .manifests
-            .deployments
-            .iter()
-            .find(|d| {
-                plan::namespace_of(d) == namespace && d.metadata.name.as_deref() == Some(name)
-            })
-            .ok_or_else(|| LocalError::NoDeployment {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            })?;
+        self.catalog = manifests::load(&self.config_dir);
+        let deployment =
+            self.catalog
+                .deployment(namespace, name)
+                .ok_or_else(|| LocalError::NoDeployment {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })?;
         let index = self
             .pods
             .iter()
             .filter(|p| p.info.namespace == namespace && p.info.deployment == name)
             .count();
-        let plan = plan::replica(
-            deployment,
-            index,
-            &self.manifests.namespace_labels,
-            self.manifests.mesh.proxy_metadata(),
-        )
-        .map_err(|e| LocalError::Plan(vec![e]))?;
+        let plan = plan::replica(deployment, index, &self.catalog)?;
         self.create_pod(plan)?;
         self.write_records()?;
         let index = self.pods.len() - 1;
@@ -287,9 +283,9 @@ impl Cluster {
     /// added, removed or re-targeted), as a cluster's controllers and DNS would. Pods are not
     /// added or removed.
     pub fn resync(&mut self) -> Result<(), LocalError> {
-        self.manifests = Manifests::load(&self.config_dir);
+        self.catalog = manifests::load(&self.config_dir);
         self.write_records()?;
-        let services = self.manifests.service_addresses();
+        let services = manifests::service_addresses(&self.catalog);
         for pod in &self.pods {
             let text = hosts::render(
                 &pod.info.namespace,
@@ -315,7 +311,7 @@ impl Cluster {
             &plan.name,
             network.ip.into(),
             self.control_plane.ip().into(),
-            &self.manifests.service_addresses(),
+            &manifests::service_addresses(&self.catalog),
         );
         let etc = EtcNetns::create(&netns, &text)
             .map_err(io_error("writing the hosts file of", Path::new(&netns)))?;
@@ -334,12 +330,7 @@ impl Cluster {
             network: &self.network,
             tokens: &self.tokens,
             roots_pem: &self.roots_pem,
-            trust_domain: self
-                .manifests
-                .mesh
-                .trust_domain
-                .as_deref()
-                .unwrap_or(remora_api::DEFAULT_TRUST_DOMAIN),
+            trust_domain: self.catalog.trust_domain(),
             timeout: self.timeout,
         };
         Ok(self.pods[index].start(&cx)?)
@@ -370,16 +361,11 @@ impl Cluster {
             .map(|pod| records::pod(&pod.plan, pod.info.ip.into(), pod.is_ready()))
             .collect();
         let slices: Vec<((String, String), Vec<EndpointSlice>)> = self
-            .manifests
-            .service_objects
-            .iter()
+            .catalog
+            .services()
             .map(|service| {
                 let key = (
-                    service
-                        .metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| plan::DEFAULT.to_owned()),
+                    namespace_of(&service.metadata).to_owned(),
                     service.metadata.name.clone().unwrap_or_default(),
                 );
                 (key, records::endpoint_slices(service, &pods))
@@ -388,18 +374,8 @@ impl Cluster {
             .collect();
         self.records.sync(&pods, &slices)?;
 
-        let cluster_ips: BTreeMap<(String, String), IpAddr> = self
-            .manifests
-            .services
-            .iter()
-            .filter_map(|s| Some(((s.namespace.clone(), s.name.clone()), s.cluster_ip?)))
-            .collect();
         let all_slices: Vec<EndpointSlice> = slices.into_iter().flat_map(|(_, s)| s).collect();
-        self.service_nat = kube_proxy::nat_table(&kube_proxy::routes(
-            &self.manifests.service_objects,
-            &cluster_ips,
-            &all_slices,
-        ));
+        self.service_nat = kube_proxy::nat_table(&kube_proxy::routes(&self.catalog, &all_slices));
         for pod in &mut self.pods {
             pod.update_service_routes(&self.service_nat)?;
         }

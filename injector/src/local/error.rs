@@ -24,8 +24,8 @@ pub enum LocalError {
     Ca(#[from] CaError),
     #[error("the token key: {0}")]
     Token(#[from] TokenError),
-    #[error("the manifests cannot run locally:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
-    Plan(Vec<PlanError>),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("the pod network: {0}")]
     Network(#[from] NetworkError),
     #[error(transparent)]
@@ -36,7 +36,7 @@ pub enum LocalError {
     Records(#[from] RecordError),
     #[error("writing the pod list: {0}")]
     Index(#[source] serde_json::Error),
-    #[error("no Deployment {namespace}/{name} in the manifests")]
+    #[error("no Deployment {namespace}/{name} in the manifests (or the control plane rejects it)")]
     NoDeployment { namespace: String, name: String },
 }
 

@@ -11,12 +11,12 @@ use std::{
 };
 
 use super::files::write_atomic;
+use crate::config::well_known::service_hostname;
 
 /// Where `ip netns exec` looks for per-namespace `/etc` files.
 const ETC_NETNS: &str = "/etc/netns";
 /// The control plane's Service, as Istio names it (`CA_ADDR`, discovery address).
 pub const CONTROL_PLANE_SERVICE: (&str, &str) = ("istio-system", "istiod");
-const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// A name that resolves to an address in every pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +59,8 @@ pub fn render(
         } = service;
         let _ = write!(
             text,
-            "{ip}\t{name}.{namespace}.svc.{CLUSTER_DOMAIN} {name}.{namespace}.svc {name}.{namespace}"
+            "{ip}\t{} {name}.{namespace}.svc {name}.{namespace}",
+            service_hostname(namespace, name)
         );
         if namespace == pod_namespace {
             let _ = write!(text, " {name}");

@@ -6,11 +6,15 @@
 //! there is no node here, so the launcher installs the equivalent rules in that pod's own
 //! namespace, generated from the same EndpointSlices it records for the control plane.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, net::SocketAddr};
+use std::{fmt::Write as _, net::IpAddr, net::SocketAddr};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::records::SERVICE_NAME_LABEL;
+use crate::config::{
+    endpoints::{is_slice_of, ready_endpoints},
+    well_known::namespace_of,
+    Catalog,
+};
 
 /// One Service port and where its traffic may go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,32 +24,19 @@ pub struct ServiceRoute {
     pub endpoints: Vec<SocketAddr>,
 }
 
-/// The routes of every TCP Service port with a cluster IP (`cluster_ips`, by namespace and
-/// name), to the ready endpoints in `slices` with the same port name.
-pub fn routes(
-    services: &[Service],
-    cluster_ips: &BTreeMap<(String, String), IpAddr>,
-    slices: &[EndpointSlice],
-) -> Vec<ServiceRoute> {
+/// The routes of every TCP port of every Service in `catalog` with a cluster IP, to the ready
+/// endpoints `slices` give it (picked exactly as the control plane picks them for sidecars).
+pub fn routes(catalog: &Catalog, slices: &[EndpointSlice]) -> Vec<ServiceRoute> {
     let mut routes = Vec::new();
-    for service in services {
-        let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    for service in catalog.services() {
+        let namespace = namespace_of(&service.metadata);
         let name = service.metadata.name.as_deref().unwrap_or_default();
-        let Some(cluster_ip) = cluster_ips.get(&(namespace.to_owned(), name.to_owned())) else {
+        let Some(cluster_ip) = catalog.cluster_ip(namespace, name) else {
             continue;
         };
         let own_slices: Vec<&EndpointSlice> = slices
             .iter()
-            .filter(|slice| {
-                slice.metadata.namespace.as_deref() == Some(namespace)
-                    && slice
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-                        .map(String::as_str)
-                        == Some(name)
-            })
+            .filter(|slice| is_slice_of(slice, namespace, name))
             .collect();
         for port in service.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
             if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
@@ -54,31 +45,12 @@ pub fn routes(
             let Ok(number) = u16::try_from(port.port) else {
                 continue;
             };
-            let port_name = port.name.clone().unwrap_or_default();
-            let endpoints = own_slices
-                .iter()
-                .flat_map(|slice| {
-                    let target = slice
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
-                        .and_then(|p| p.port)
-                        .and_then(|p| u16::try_from(p).ok());
-                    slice
-                        .endpoints
-                        .iter()
-                        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-                        .flat_map(|e| e.addresses.iter())
-                        .filter_map(move |address| {
-                            Some(SocketAddr::new(address.parse().ok()?, target?))
-                        })
-                })
-                .collect();
             routes.push(ServiceRoute {
-                cluster_ip: *cluster_ip,
+                cluster_ip,
                 port: number,
-                endpoints,
+                endpoints: ready_endpoints(port, own_slices.iter().copied())
+                    .into_iter()
+                    .collect(),
             });
         }
     }
@@ -122,11 +94,13 @@ mod tests {
 
     #[test]
     fn routes_follow_slices_by_port_name_and_spread_uniformly() {
-        let service: Service = serde_saphyr::from_str(
-            "metadata: {name: httpbin, namespace: demo}\n\
-             spec: {selector: {app: httpbin}, ports: [{name: http, port: 8000, targetPort: 8080}]}\n",
-        )
-        .expect("test Service");
+        let catalog = Catalog::build(vec![(
+            "/m/httpbin.yaml".to_owned(),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: httpbin, namespace: demo}\n\
+             spec:\n  clusterIP: 198.19.1.2\n  selector: {app: httpbin}\n  \
+             ports: [{name: http, port: 8000, targetPort: 8080}]\n"
+                .to_owned(),
+        )]);
         let slice: EndpointSlice = serde_saphyr::from_str(
             "metadata: {name: httpbin-local, namespace: demo, labels: {kubernetes.io/service-name: httpbin}}\n\
              addressType: IPv4\n\
@@ -138,8 +112,7 @@ mod tests {
         )
         .expect("test EndpointSlice");
         let ip: IpAddr = "198.19.1.2".parse().expect("test IP");
-        let ips = BTreeMap::from([(("demo".to_owned(), "httpbin".to_owned()), ip)]);
-        let routes = routes(&[service], &ips, &[slice]);
+        let routes = routes(&catalog, &[slice]);
         let endpoint = |s: &str| s.parse::<SocketAddr>().expect("test address");
         assert_eq!(
             routes,

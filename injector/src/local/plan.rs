@@ -9,20 +9,23 @@ use k8s_openapi::api::{
     core::v1::{Container, PodSpec},
 };
 
-use super::inject::{self, ProxyConfigError};
+use super::inject::{self, Candidate};
+use crate::config::{
+    well_known::{namespace_of, service_account_of},
+    Catalog, ProxyConfigError,
+};
 
-/// Kubernetes' namespace and service account when a manifest names none.
-pub const DEFAULT: &str = "default";
-
+/// Why a Deployment cannot run locally, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("Deployment {namespace}/{name}: {message}")]
+    #[error("Deployment {namespace}/{name}: {field}: {message}")]
     Deployment {
         namespace: String,
         name: String,
+        field: String,
         message: String,
     },
-    #[error("Deployment {namespace}/{name}: {source}")]
+    #[error("Deployment {namespace}/{name}: spec.template.{source}")]
     ProxyConfig {
         namespace: String,
         name: String,
@@ -69,78 +72,58 @@ pub enum EnvValue {
     PodIp,
 }
 
-/// The replicas of `deployment` (named `<deployment>-<n>`), given the labels of each Namespace
-/// object (by name) and the mesh's `defaultConfig.proxyMetadata`.
+/// The replicas of `deployment` (named `<deployment>-<n>`), with the Namespaces and mesh
+/// config of `catalog`.
 pub fn deployment_pods(
     deployment: &Deployment,
-    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
-    mesh_proxy_metadata: &BTreeMap<String, String>,
+    catalog: &Catalog,
 ) -> Result<Vec<PodPlan>, PlanError> {
     let replicas = deployment
         .spec
         .as_ref()
         .and_then(|spec| spec.replicas)
         .unwrap_or(1);
-    let replicas = usize::try_from(replicas).map_err(|_| PlanError::Deployment {
-        namespace: namespace_of(deployment),
-        name: deployment.metadata.name.clone().unwrap_or_default(),
-        message: "spec.replicas is negative".to_owned(),
+    let replicas = usize::try_from(replicas).map_err(|_| {
+        failure(
+            deployment,
+            "spec.replicas",
+            format!("{replicas} is negative"),
+        )
     })?;
-    replicas_of(
-        deployment,
-        0..replicas,
-        namespace_labels,
-        mesh_proxy_metadata,
-    )
+    replicas_of(deployment, 0..replicas, catalog)
 }
 
 /// Replica number `index` of `deployment`, as [`deployment_pods`] would make it.
 pub fn replica(
     deployment: &Deployment,
     index: usize,
-    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
-    mesh_proxy_metadata: &BTreeMap<String, String>,
+    catalog: &Catalog,
 ) -> Result<PodPlan, PlanError> {
-    replicas_of(
-        deployment,
-        index..index + 1,
-        namespace_labels,
-        mesh_proxy_metadata,
-    )?
-    .pop()
-    .ok_or_else(|| PlanError::Deployment {
-        namespace: namespace_of(deployment),
-        name: deployment.metadata.name.clone().unwrap_or_default(),
-        message: format!("no replica {index}"),
-    })
+    replicas_of(deployment, index..index + 1, catalog)?
+        .pop()
+        .ok_or_else(|| failure(deployment, "spec.replicas", format!("no replica {index}")))
 }
 
-/// The namespace of `deployment` (`default` when unset).
-pub fn namespace_of(deployment: &Deployment) -> String {
-    deployment
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT.to_owned())
+fn failure(deployment: &Deployment, field: &str, message: String) -> PlanError {
+    PlanError::Deployment {
+        namespace: namespace_of(&deployment.metadata).to_owned(),
+        name: deployment.metadata.name.clone().unwrap_or_default(),
+        field: field.to_owned(),
+        message,
+    }
 }
 
 fn replicas_of(
     deployment: &Deployment,
     indices: std::ops::Range<usize>,
-    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
-    mesh_proxy_metadata: &BTreeMap<String, String>,
+    catalog: &Catalog,
 ) -> Result<Vec<PodPlan>, PlanError> {
-    let namespace = namespace_of(deployment);
+    let namespace = namespace_of(&deployment.metadata).to_owned();
     let name = deployment.metadata.name.clone().unwrap_or_default();
-    let fail = |message: String| PlanError::Deployment {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        message,
-    };
     let spec = deployment
         .spec
         .as_ref()
-        .ok_or_else(|| fail("no spec".to_owned()))?;
+        .ok_or_else(|| failure(deployment, "spec", "required".to_owned()))?;
     let template = &spec.template;
     let meta = template.metadata.clone().unwrap_or_default();
     let labels = meta.labels.unwrap_or_default();
@@ -148,27 +131,28 @@ fn replicas_of(
     let mut pod_spec = template
         .spec
         .clone()
-        .ok_or_else(|| fail("spec.template.spec is missing".to_owned()))?;
-    let service_account = pod_spec
-        .service_account_name
-        .clone()
-        .or_else(|| pod_spec.service_account.clone())
-        .unwrap_or_else(|| DEFAULT.to_owned());
+        .ok_or_else(|| failure(deployment, "spec.template.spec", "required".to_owned()))?;
+    let service_account = service_account_of(&pod_spec).to_owned();
     pod_spec.service_account_name = Some(service_account.clone());
-    let empty = BTreeMap::new();
-    let sidecar = inject::wants_sidecar(
-        namespace_labels.get(&namespace).unwrap_or(&empty),
-        &labels,
-        &annotations,
-    );
+    let no_labels = BTreeMap::new();
+    let sidecar = inject::wants_sidecar(Candidate {
+        namespace: &namespace,
+        namespace_labels: catalog
+            .namespace(&namespace)
+            .and_then(|ns| ns.metadata.labels.as_ref())
+            .unwrap_or(&no_labels),
+        labels: &labels,
+        annotations: &annotations,
+        host_network: pod_spec.host_network.unwrap_or(false),
+    });
     let sidecar_env = if sidecar {
-        inject::sidecar_env(mesh_proxy_metadata, &annotations).map_err(|source| {
-            PlanError::ProxyConfig {
+        catalog
+            .proxy_metadata(Some(&annotations))
+            .map_err(|source| PlanError::ProxyConfig {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 source,
-            }
-        })?
+            })?
     } else {
         BTreeMap::new()
     };
@@ -179,9 +163,19 @@ fn replicas_of(
             let containers = pod_spec
                 .containers
                 .iter()
-                .map(|c| container(c, &namespace, &pod_name, &service_account))
-                .collect::<Result<_, _>>()
-                .map_err(&fail)?;
+                .enumerate()
+                .map(|(i, c)| {
+                    container(c, &namespace, &pod_name, &service_account).map_err(
+                        |(field, message)| {
+                            failure(
+                                deployment,
+                                &format!("spec.template.spec.containers[{i}].{field}"),
+                                message,
+                            )
+                        },
+                    )
+                })
+                .collect::<Result<_, _>>()?;
             Ok(PodPlan {
                 namespace: namespace.clone(),
                 name: pod_name,
@@ -198,19 +192,21 @@ fn replicas_of(
         .collect()
 }
 
-/// A container as the launcher runs it. The image is ignored, so `command` is required.
+/// A container as the launcher runs it. The image is ignored, so `command` is required. An
+/// error names the field below the container and what is wrong with it.
 fn container(
     c: &Container,
     namespace: &str,
     pod_name: &str,
     service_account: &str,
-) -> Result<ContainerPlan, String> {
+) -> Result<ContainerPlan, (String, String)> {
     let command = c.command.clone().unwrap_or_default();
     if command.is_empty() {
-        return Err(format!(
-            "container {:?} has no command; the local launcher ignores images, so it needs \
-             `command` (and optionally `args`)",
-            c.name
+        return Err((
+            "command".to_owned(),
+            "required locally: the launcher ignores images, so it runs `command` (and \
+             `args`) as written"
+                .to_owned(),
         ));
     }
     let argv = command
@@ -221,7 +217,8 @@ fn container(
         .env
         .iter()
         .flatten()
-        .map(|var| {
+        .enumerate()
+        .map(|(i, var)| {
             let value = match (&var.value, &var.value_from) {
                 (_, Some(from)) => {
                     let field = from.field_ref.as_ref().map(|f| f.field_path.as_str());
@@ -233,11 +230,14 @@ fn container(
                         }
                         Some("status.podIP") => EnvValue::PodIp,
                         _ => {
-                            return Err(format!(
-                                "container {:?}: env {:?}: only literal values and fieldRef \
-                                 metadata.name, metadata.namespace, spec.serviceAccountName \
-                                 and status.podIP are supported locally",
-                                c.name, var.name
+                            return Err((
+                                format!("env[{i}].valueFrom"),
+                                format!(
+                                    "{:?}: only literal values and fieldRef metadata.name, \
+                                     metadata.namespace, spec.serviceAccountName and \
+                                     status.podIP are supported locally",
+                                    var.name
+                                ),
                             ))
                         }
                     }
@@ -266,6 +266,18 @@ fn container(
 mod tests {
     use super::*;
 
+    /// A catalog of `(file, text)` documents, as the control plane would read them.
+    fn catalog(files: &[(&str, &str)]) -> Catalog {
+        let catalog = Catalog::build(
+            files
+                .iter()
+                .map(|(origin, text)| ((*origin).to_owned(), (*text).to_owned()))
+                .collect(),
+        );
+        assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
+        catalog
+    }
+
     fn deployment(yaml: &str) -> Deployment {
         serde_saphyr::from_str(yaml).expect("test Deployment")
     }
@@ -276,6 +288,9 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
     }
+
+    const DEMO: &str =
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio-injection: enabled}}\n";
 
     const HTTPBIN: &str = r#"
 apiVersion: apps/v1
@@ -307,16 +322,24 @@ spec:
 
     #[test]
     fn replicas_of_an_injected_deployment() {
-        let namespaces =
-            BTreeMap::from([("demo".to_owned(), labels(&[("istio-injection", "enabled")]))]);
-        let pods =
-            deployment_pods(&deployment(HTTPBIN), &namespaces, &BTreeMap::new()).expect("valid");
+        let catalog = catalog(&[
+            ("/m/ns.yaml", DEMO),
+            (
+                "/m/mesh.yaml",
+                "defaultConfig: {proxyMetadata: {SECRET_TTL: 1h, OTHER: x}}",
+            ),
+        ]);
+        let pods = deployment_pods(&deployment(HTTPBIN), &catalog).expect("valid");
         let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["httpbin-0", "httpbin-1"]);
         let pod = &pods[1];
         assert!(pod.sidecar);
         assert_eq!(pod.service_account, "httpbin");
-        assert_eq!(pod.sidecar_env, labels(&[("SECRET_TTL", "20s")]));
+        assert_eq!(
+            pod.sidecar_env,
+            labels(&[("SECRET_TTL", "20s"), ("OTHER", "x")]),
+            "the pod's proxyMetadata over the mesh's"
+        );
         assert_eq!(
             pod.containers,
             [ContainerPlan {
@@ -332,26 +355,56 @@ spec:
                 ports: vec![8080],
             }]
         );
+        let third = replica(&deployment(HTTPBIN), 2, &catalog).expect("valid");
+        assert_eq!(third.name, "httpbin-2");
     }
 
     #[test]
     fn defaults_and_refusals() {
+        let empty = catalog(&[]);
         let plain = deployment(
             "metadata: {name: sleep}\nspec:\n  selector: {}\n  template:\n    spec:\n      \
-             containers: [{name: sleep, command: [sleep, infinity]}]\n",
+             serviceAccountName: ''\n      containers: [{name: sleep, command: [sleep, infinity]}]\n",
         );
-        let pods = deployment_pods(&plain, &BTreeMap::new(), &BTreeMap::new()).expect("valid");
+        let pods = deployment_pods(&plain, &empty).expect("valid");
         assert_eq!(pods.len(), 1, "one replica by default");
         assert_eq!(pods[0].namespace, "default");
-        assert_eq!(pods[0].service_account, "default");
+        assert_eq!(pods[0].service_account, "default", "empty means unset");
+        assert_eq!(
+            pods[0].spec.service_account_name.as_deref(),
+            Some("default")
+        );
         assert!(!pods[0].sidecar, "no injection label anywhere");
 
-        let image_only = deployment(
-            "metadata: {name: web}\nspec:\n  selector: {}\n  template:\n    spec:\n      \
-             containers: [{name: web, image: nginx}]\n",
-        );
-        let err = deployment_pods(&image_only, &BTreeMap::new(), &BTreeMap::new())
-            .expect_err("no command");
-        assert!(err.to_string().contains("needs `command`"), "{err}");
+        let refusals = [
+            (
+                "metadata: {name: web}\nspec:\n  selector: {}\n  template:\n    spec:\n      \
+                 containers: [{name: web, image: nginx}]\n",
+                "Deployment default/web: spec.template.spec.containers[0].command: required",
+            ),
+            (
+                "metadata: {name: web}\nspec:\n  replicas: -1\n  selector: {}\n  template:\n    \
+                 spec:\n      containers: [{name: web, command: [web]}]\n",
+                "Deployment default/web: spec.replicas: -1 is negative",
+            ),
+            (
+                "metadata: {name: web}\nspec:\n  selector: {}\n  template:\n    spec:\n      \
+                 containers:\n        - name: web\n          command: [web]\n          \
+                 env: [{name: A, valueFrom: {secretKeyRef: {name: s, key: k}}}]\n",
+                "Deployment default/web: spec.template.spec.containers[0].env[0].valueFrom: \"A\"",
+            ),
+            (
+                "metadata: {name: web, namespace: demo}\nspec:\n  selector: {}\n  template:\n    \
+                 metadata: {annotations: {proxy.istio.io/config: 'proxyMetadata: [1]'}}\n    \
+                 spec:\n      containers: [{name: web, command: [web]}]\n",
+                "Deployment demo/web: spec.template.metadata.annotations[proxy.istio.io/config]: \
+                 proxyMetadata: ",
+            ),
+        ];
+        let demo = catalog(&[("/m/ns.yaml", DEMO)]);
+        for (yaml, expected) in refusals {
+            let err = deployment_pods(&deployment(yaml), &demo).expect_err(expected);
+            assert!(err.to_string().starts_with(expected), "{err}");
+        }
     }
 }

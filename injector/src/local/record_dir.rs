@@ -11,7 +11,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use serde::Serialize;
 
-use super::{files::write_atomic, plan::DEFAULT};
+use super::files::write_atomic;
+use crate::config::well_known::namespace_of;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -60,7 +61,7 @@ impl RecordDir {
         for pod in pods {
             let file = format!(
                 "pod-{}-{}.yaml",
-                pod.metadata.namespace.as_deref().unwrap_or(DEFAULT),
+                namespace_of(&pod.metadata),
                 pod.metadata.name.as_deref().unwrap_or_default()
             );
             pod_files.insert(self.dir.join(file), to_yaml(&[pod])?);

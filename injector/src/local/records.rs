@@ -20,15 +20,12 @@ use k8s_openapi::{
 };
 
 use super::plan::PodPlan;
+use crate::config::well_known::{namespace_of, SERVICE_NAME_LABEL, SIDECAR_STATUS_ANNOTATION};
 
-/// Annotation Istio's injector leaves on every pod it injected.
-pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
-/// What Istio's injector records there (the containers and volumes it added).
+/// What Istio's injector records in `sidecar.istio.io/status` (the containers and volumes it added).
 const SIDECAR_STATUS: &str = r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#;
 /// Label Istio's injector adds so peers know the pod speaks mesh mTLS.
 const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
-/// The label tying an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "remoractl.local";
 /// The Pod condition a kubelet sets once every container is ready.
@@ -79,7 +76,7 @@ pub fn endpoint_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
     let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
         return Vec::new();
     };
-    let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    let namespace = namespace_of(&service.metadata);
     let name = service.metadata.name.as_deref().unwrap_or_default();
     let service_ports = spec.ports.as_deref().unwrap_or_default();
 
@@ -87,7 +84,7 @@ pub fn endpoint_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
     let mut groups: Vec<(Vec<ResolvedPort>, Vec<Endpoint>)> = Vec::new();
     let mut members: Vec<&Pod> = pods
         .iter()
-        .filter(|pod| pod.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+        .filter(|pod| namespace_of(&pod.metadata) == namespace)
         .filter(|pod| {
             let labels = pod.metadata.labels.as_ref();
             selector

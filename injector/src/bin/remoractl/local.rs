@@ -119,24 +119,24 @@ fn print_summary(cluster: &Cluster) {
     );
 }
 
+/// What the control plane rejects (read as it reads it) and the Deployments that cannot run
+/// locally, each naming the object and field at fault.
 fn print_rejections(cluster: &Cluster) {
-    match cluster.rejections() {
-        Ok(Some(serde_json::Value::Array(rejections))) if rejections.is_empty() => {
-            println!("\nRejected by the control plane: none");
+    let rejected = cluster.rejected();
+    if rejected.is_empty() {
+        println!("\nRejected by the control plane: none");
+    } else {
+        println!("\nRejected by the control plane (not served, not run):");
+        for rejection in rejected {
+            println!("  {}: {}", rejection.object, rejection.reason);
         }
-        Ok(Some(serde_json::Value::Array(rejections))) => {
-            println!("\nRejected by the control plane:");
-            for rejection in rejections {
-                let field = |name: &str| rejection.get(name).and_then(|v| v.as_str());
-                match (field("object"), field("reason")) {
-                    (Some(object), Some(reason)) => println!("  {object}: {reason}"),
-                    _ => println!("  {rejection}"),
-                }
-            }
+    }
+    let skipped = cluster.skipped();
+    if !skipped.is_empty() {
+        println!("\nNot run (cannot run locally):");
+        for problem in skipped {
+            println!("  {problem}");
         }
-        Ok(Some(other)) => println!("\nRejected by the control plane: {other}"),
-        Ok(None) => println!("\nRejected by the control plane: (not reported by this version)"),
-        Err(e) => println!("\nRejected by the control plane: (could not ask: {e})"),
     }
 }
 

@@ -1,4 +1,4 @@
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use remora_api::proto::config::{Endpoint, Service, ServicePort};
 
@@ -424,6 +424,119 @@ spec: {serviceAccountName: Admin, containers: []}
         .map(|s| s.hostname.as_str())
         .collect();
     assert_eq!(hostnames, ["a.default.svc.cluster.local"]);
+    // The rejected Service is not among the accepted objects either.
+    let services: Vec<Option<&str>> = catalog
+        .services()
+        .map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(services, [Some("a")]);
+    assert_eq!(
+        catalog.cluster_ip("default", "a"),
+        Some(IpAddr::from([10, 96, 0, 1]))
+    );
+    assert_eq!(catalog.cluster_ip("default", "b"), None);
+}
+
+#[test]
+fn accepted_objects_for_the_launcher() {
+    let namespaces = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {matchLabels: {app: other}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, command: [web]}]}
+"#;
+    let mesh = "trustDomain: example.org\ndefaultConfig: {proxyMetadata: {A: mesh, B: mesh}}\n";
+    let catalog = Catalog::build(documents(&[
+        ("/m/app.yaml", APP),
+        ("/m/mesh.yaml", mesh),
+        ("/m/more.yaml", namespaces),
+    ]));
+    let rejected: Vec<&str> = catalog.rejected.iter().map(|r| r.object.as_str()).collect();
+    assert_eq!(
+        rejected,
+        [
+            "Namespace demo in /m/more.yaml (document 2)",
+            "Deployment demo/web in /m/more.yaml (document 3)"
+        ]
+    );
+    let labels = catalog
+        .namespace("demo")
+        .and_then(|ns| ns.metadata.labels.clone())
+        .expect("the first demo Namespace");
+    assert_eq!(labels["istio-injection"], "enabled");
+    assert!(catalog.namespace("other").is_none());
+    let deployments: Vec<Option<&str>> = catalog
+        .deployments()
+        .map(|d| d.metadata.name.as_deref())
+        .collect();
+    assert_eq!(
+        deployments,
+        [Some("httpbin")],
+        "the rejected one is left out"
+    );
+    assert!(catalog.deployment("default", "httpbin").is_some());
+    assert!(catalog.deployment("demo", "web").is_none());
+    let services: Vec<Option<&str>> = catalog
+        .services()
+        .map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(
+        services,
+        [
+            Some("external"),
+            Some("headless"),
+            Some("httpbin"),
+            Some("reviews")
+        ]
+    );
+    assert_eq!(catalog.cluster_ip("default", "headless"), None);
+    assert_eq!(catalog.cluster_ip("default", "external"), None);
+    assert_eq!(
+        catalog.cluster_ip("default", "reviews"),
+        Some(IpAddr::from([10, 96, 0, 20]))
+    );
+    assert_eq!(catalog.trust_domain(), "example.org");
+    let annotations = BTreeMap::from([(
+        "proxy.istio.io/config".to_owned(),
+        "proxyMetadata: {B: pod, C: pod}".to_owned(),
+    )]);
+    let pairs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        catalog.proxy_metadata(Some(&annotations)).expect("valid"),
+        pairs(&[("A", "mesh"), ("B", "pod"), ("C", "pod")])
+    );
+    assert_eq!(
+        catalog.proxy_metadata(None).expect("valid"),
+        pairs(&[("A", "mesh"), ("B", "mesh")])
+    );
+}
+
+/// A mesh config the control plane rejects leaves it (and so the launcher) on the defaults.
+#[test]
+fn a_rejected_mesh_config_means_the_default_trust_domain() {
+    let catalog = Catalog::build(documents(&[(
+        "/m/mesh.yaml",
+        "trustDomain: example.org\noutboundTrafficPolicy: {mode: SOMETIMES}\n",
+    )]));
+    assert_eq!(catalog.rejected.len(), 1, "{:?}", catalog.rejected);
+    assert_eq!(catalog.trust_domain(), "cluster.local");
 }
 
 #[test]

@@ -211,3 +211,50 @@ fn pod_annotation_overrides_only_what_it_sets() {
         .to_string();
     assert!(err.starts_with("tracing.sampling: "), "{err}");
 }
+
+#[test]
+fn proxy_metadata_merges_key_by_key_with_the_pod_winning() {
+    let mesh = MeshConfig::parse("defaultConfig:\n  proxyMetadata: {SECRET_TTL: 1h, OTHER: x}\n")
+        .expect("valid mesh config");
+    let annotations =
+        |text: &str| BTreeMap::from([(PROXY_CONFIG_ANNOTATION.to_owned(), text.to_owned())]);
+    let metadata = |pod: Option<&ProxyConfig>| mesh.proxy_config(pod).proxy_metadata;
+    let pairs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        metadata(None),
+        pairs(&[("OTHER", "x"), ("SECRET_TTL", "1h")])
+    );
+    let json = annotations(r#"{"proxyMetadata": {"SECRET_TTL": "20s"}, "drainDuration": "5s"}"#);
+    let pod = ProxyConfig::of_pod(Some(&json))
+        .expect("valid")
+        .expect("present");
+    assert_eq!(
+        metadata(Some(&pod)),
+        pairs(&[("OTHER", "x"), ("SECRET_TTL", "20s")])
+    );
+    let yaml = annotations("proxyMetadata:\n  A: b\n");
+    let pod = ProxyConfig::of_pod(Some(&yaml))
+        .expect("valid")
+        .expect("present");
+    assert_eq!(
+        metadata(Some(&pod)),
+        pairs(&[("A", "b"), ("OTHER", "x"), ("SECRET_TTL", "1h")])
+    );
+    assert_eq!(ProxyConfig::of_pod(None).expect("no annotations"), None);
+    assert_eq!(
+        ProxyConfig::of_pod(Some(&BTreeMap::new())).expect("no annotation"),
+        None
+    );
+    let err = ProxyConfig::of_pod(Some(&annotations("proxyMetadata: [1, 2]")))
+        .expect_err("not a map")
+        .to_string();
+    assert!(
+        err.starts_with("metadata.annotations[proxy.istio.io/config]: proxyMetadata: "),
+        "{err}"
+    );
+}
