@@ -49,4 +49,5 @@ pub use pod::{LocalPod, PodError, SIDECAR};
 pub use process::{as_proxy_user, Process, ProcessError, PROXY_UID};
 pub use record_dir::RecordError;
 pub use shutdown::Shutdown;
+pub use state::StateError;
 pub use wait::WaitError;

@@ -3,6 +3,9 @@
 //! mesh CA (token-authenticated), config pushed over the discovery stream.
 
 use std::{
+    ffi::OsStr,
+    os::unix::fs::PermissionsExt,
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -19,7 +22,7 @@ use remora_e2e::{
         ExampleCluster,
     },
 };
-use remora_injector::local::LocalPod;
+use remora_injector::local::{as_proxy_user, LocalPod};
 
 /// How long a config change may take to reach a sidecar.
 const PROPAGATION: Duration = Duration::from_secs(15);
@@ -113,6 +116,32 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
     ensure!(
         source >= 1.0 && destination >= 1.0,
         "{source} {destination}"
+    );
+
+    // Every sidecar runs as uid 1337, yet none can read another pod's token: each pod's
+    // secrets sit below a directory only root may enter, even where everything above it is
+    // open (as in a user's --state-dir).
+    std::fs::set_permissions(
+        mesh.cluster.state_dir(),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    let as_sidecar_uid = |argv: &[&OsStr]| -> anyhow::Result<std::process::Output> {
+        let argv = as_proxy_user(argv);
+        Ok(Command::new(&argv[0]).args(&argv[1..]).output()?)
+    };
+    let token = httpbin.token_path();
+    ensure!(token.is_file(), "no token at {}", token.display());
+    let pod_dir = as_sidecar_uid(&["ls".as_ref(), httpbin.dir.as_os_str()])?;
+    ensure!(
+        pod_dir.status.success(),
+        "uid 1337 cannot even list {}",
+        httpbin.dir.display()
+    );
+    let read = as_sidecar_uid(&["cat".as_ref(), token.as_os_str()])?;
+    ensure!(
+        !read.status.success() && read.stdout.is_empty(),
+        "uid 1337 read httpbin's token from the host ({})",
+        read.status
     );
 
     // The secrets were bound over /var/run/secrets in each sidecar's own mount namespace only.

@@ -79,10 +79,12 @@ impl Cluster {
             None => Binaries::locate()?,
         };
         let prefix = format!("{}-{}", options.name, std::process::id());
-        let state =
-            StateDir::open(options.state_dir.as_deref(), &prefix, options.keep_state).map_err(
-                io_error("preparing the state directory", Path::new(&prefix)),
-            )?;
+        let state = StateDir::open(
+            options.state_dir.as_deref(),
+            &prefix,
+            options.keep_state,
+            &config_dir,
+        )?;
 
         let catalog = manifests::load(&config_dir);
         let mut plans = Vec::new();

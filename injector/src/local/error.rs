@@ -5,7 +5,7 @@ use std::{io, path::Path, path::PathBuf};
 
 use super::{
     bins::BinariesError, control_plane::ControlPlaneError, network::NetworkError, plan::PlanError,
-    pod::PodError, record_dir::RecordError,
+    pod::PodError, record_dir::RecordError, state::StateError,
 };
 use crate::{ca::CaError, token::TokenError};
 
@@ -20,6 +20,8 @@ pub enum LocalError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("the mesh CA: {0}")]
     Ca(#[from] CaError),
     #[error("the token key: {0}")]

@@ -130,6 +130,12 @@ impl LocalPod {
     pub fn log_path(&self, container: &str) -> PathBuf {
         self.dir.join(format!("{container}.log"))
     }
+
+    /// Where its service-account token is kept on the host (for root only; its sidecar sees
+    /// it at `/var/run/secrets/tokens/istio-token`).
+    pub fn token_path(&self) -> PathBuf {
+        secrets::token_path(&self.dir)
+    }
 }
 
 /// What starting a pod needs from its cluster.

@@ -1,12 +1,20 @@
 //! What Kubernetes mounts into an injected pod's `istio-proxy` container under
 //! `/var/run/secrets`: the projected service-account token (`tokens/istio-token`, audience
 //! `istio-ca`) and the mesh root (`istio/root-cert.pem`, Istio's `istiod-ca-cert` ConfigMap).
-//! The launcher writes them into the pod's directory, owned by the sidecar's uid, and binds
-//! that directory over `/var/run/secrets` in the sidecar's private mount namespace.
+//!
+//! Every sidecar runs as the same uid (1337) on the same file system, so ownership alone cannot
+//! keep one pod's token from another pod's sidecar; the directory tree does. The launcher
+//! writes a pod's secrets into `<pod dir>/secrets/istio-proxy/` (owned by 1337, mode 0500, the
+//! token 0600 from the moment it exists) below `<pod dir>/secrets/`, which is root's with mode
+//! 0700: uid 1337 cannot get through it from the host. Root binds `istio-proxy/` over
+//! `/var/run/secrets` in the sidecar's private mount namespace before dropping to 1337, and a
+//! bind mount is entered at the bound directory itself, so there, and only there, the sidecar
+//! reads its own secrets.
 
 use std::{
-    fs, io,
-    os::unix::fs::{chown, PermissionsExt},
+    fs::{self, DirBuilder, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{chown, fchown, DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -14,30 +22,63 @@ use super::process::PROXY_UID;
 
 /// Where the sidecar expects its secrets, as in an Istio pod.
 pub const MOUNT_POINT: &str = "/var/run/secrets";
+const ROOT_UID: u32 = 0;
 
-/// Writes `token` and `root_pem` below `pod_dir/secrets` and returns that directory.
-pub fn write(pod_dir: &Path, token: &str, root_pem: &str) -> io::Result<PathBuf> {
-    let secrets = pod_dir.join("secrets");
-    let files = [
-        ("tokens", "istio-token", token, 0o600),
-        ("istio", "root-cert.pem", root_pem, 0o644),
-    ];
-    owned_dir(&secrets)?;
-    for (dir, file, contents, mode) in files {
-        let dir = secrets.join(dir);
-        owned_dir(&dir)?;
-        let path = dir.join(file);
-        fs::write(&path, contents)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-        chown(&path, Some(PROXY_UID), Some(PROXY_UID))?;
-    }
-    Ok(secrets)
+/// The directory below `pod_dir` that only root may enter.
+fn guard_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("secrets")
 }
 
-fn owned_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-    chown(dir, Some(PROXY_UID), Some(PROXY_UID))
+/// The directory bound over [`MOUNT_POINT`].
+fn volume_dir(pod_dir: &Path) -> PathBuf {
+    guard_dir(pod_dir).join("istio-proxy")
+}
+
+/// Where a pod's service-account token is on the host (readable by root only).
+pub fn token_path(pod_dir: &Path) -> PathBuf {
+    volume_dir(pod_dir).join("tokens/istio-token")
+}
+
+/// Writes `token` and `root_pem` for the pod of `pod_dir` and returns the directory to bind
+/// over [`MOUNT_POINT`].
+pub fn write(pod_dir: &Path, token: &str, root_pem: &str) -> io::Result<PathBuf> {
+    let volume = volume_dir(pod_dir);
+    private_dir(&guard_dir(pod_dir), ROOT_UID, 0o700)?;
+    private_dir(&volume, PROXY_UID, 0o500)?;
+    let token_path = token_path(pod_dir);
+    let root_path = volume.join("istio/root-cert.pem");
+    for (path, contents, mode) in [(&token_path, token, 0o600), (&root_path, root_pem, 0o644)] {
+        if let Some(dir) = path.parent() {
+            private_dir(dir, PROXY_UID, 0o500)?;
+        }
+        write_owned(path, contents, mode)?;
+    }
+    Ok(volume)
+}
+
+/// Creates `dir` (if missing) owned by `uid` with `mode`, and makes sure of both if it was
+/// there already.
+fn private_dir(dir: &Path, uid: u32, mode: u32) -> io::Result<()> {
+    match DirBuilder::new().mode(mode).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    chown(dir, Some(uid), Some(uid))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Writes `contents` to `path`, owned by the sidecar's uid, the file never having had a mode
+/// wider than `mode`.
+fn write_owned(path: &Path, contents: &str, mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    fchown(&file, Some(PROXY_UID), Some(PROXY_UID))?;
+    file.write_all(contents.as_bytes())
 }
 
 /// Makes sure the mount point exists on the host (binds need a directory to land on; the

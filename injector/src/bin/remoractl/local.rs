@@ -23,7 +23,8 @@ pub enum LocalCommand {
         /// The manifests (searched recursively for *.yaml / *.yml).
         dir: PathBuf,
         /// Keep the CA, token key, records and logs here (default: a temporary directory,
-        /// removed on exit).
+        /// removed on exit). It must be new, empty, or one an earlier run used (marked by its
+        /// `.remora-state` file), and not inside DIR.
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Seconds the control plane, each sidecar and each app port may take to be ready.
