@@ -10,6 +10,11 @@ use std::{
     process::{Command, ExitStatus, Output, Stdio},
 };
 
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
 /// A command that could not run, or ran and failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -60,7 +65,23 @@ impl Netns {
 }
 
 impl Drop for Netns {
+    /// Kills whatever still runs inside first: `ip netns del` only unmounts the name, and a
+    /// process left behind (one that escaped its owner's process group, say) would keep the
+    /// namespace, its interfaces and its routes alive with nobody left to remove them.
     fn drop(&mut self) {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        if let Ok(out) = pids {
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|pid| pid.parse::<i32>().ok())
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())

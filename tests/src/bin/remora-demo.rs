@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     remora_e2e::require_root()?;
     // Caught from the start, so even an interrupted bring-up is torn down.
-    let mut shutdown = Shutdown::install().context("catching Ctrl-C and SIGTERM")?;
+    let mut shutdown = Shutdown::install().context("catching Ctrl-C, SIGTERM and SIGHUP")?;
 
     let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
     println!(

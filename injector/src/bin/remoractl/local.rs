@@ -61,7 +61,7 @@ pub fn run(command: LocalCommand) -> anyhow::Result<()> {
 
 fn up(dir: &Path, state_dir: Option<PathBuf>, timeout: Duration) -> anyhow::Result<()> {
     require_root()?;
-    let mut shutdown = Shutdown::install().context("catching Ctrl-C and SIGTERM")?;
+    let mut shutdown = Shutdown::install().context("catching Ctrl-C, SIGTERM and SIGHUP")?;
     println!("Bringing up {} ...", dir.display());
     let options = Options {
         state_dir,
