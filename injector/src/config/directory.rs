@@ -15,15 +15,21 @@ use std::{
 };
 
 use notify::{
-    event::{AccessKind, AccessMode},
+    event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind},
     Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{Catalog, Rejection, Source, SourceError};
 
 /// How long the files must stay quiet before they are re-read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a re-read waits after the first change of a burst, however busy the files
+/// stay: a file written without pause must not hold every other change back.
+const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Reads every `*.yaml` / `*.yml` file under some directories (recursively, in path order,
 /// skipping hidden files and directories) and watches them for changes.
@@ -73,18 +79,34 @@ impl Source for DirectorySource {
     }
 }
 
-/// Opening or reading a file is not a change; closing one after writing is.
+/// Whether `event` may change what a re-read finds: a manifest (`*.yaml`, `*.yml`) written,
+/// created, removed or renamed, or a directory created, removed or renamed (its manifests come
+/// and go with it). Opening or reading is not a change, nor is anything done to other files,
+/// such as a log written next to the manifests many times a second.
 fn is_change(event: &notify::Result<Event>) -> bool {
-    match event {
-        Ok(event) => match event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            EventKind::Access(_) => false,
-            _ => true,
-        },
+    let event = match event {
+        Ok(event) => event,
         Err(e) => {
             tracing::warn!(error = %e, "file watcher error; re-reading config");
-            true
+            return true;
         }
+    };
+    if event.need_rescan() {
+        return true;
+    }
+    let paths = || event.paths.iter();
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => paths().any(|p| is_manifest(p)),
+        EventKind::Access(_) => false,
+        EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
+        // A directory renamed away cannot be looked at any more: a path that is gone may
+        // have been one.
+        EventKind::Modify(ModifyKind::Name(_)) => {
+            paths().any(|p| is_manifest(p) || p.is_dir() || !p.exists())
+        }
+        // Some platforms do not say whether a directory was created.
+        EventKind::Create(_) => paths().any(|p| is_manifest(p) || p.is_dir()),
+        _ => paths().any(|p| is_manifest(p)),
     }
 }
 
@@ -102,12 +124,8 @@ async fn reload(
             change = changes.recv() => if change.is_none() { return },
             () = publish.closed() => return,
         }
-        loop {
-            match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
-                Ok(Some(())) => {}
-                Ok(None) => return,
-                Err(_quiet) => break,
-            }
+        if !settle(&mut changes).await {
+            return;
         }
         let reading = dirs.clone();
         let Ok(files) = tokio::task::spawn_blocking(move || Files::read(&reading)).await else {
@@ -133,6 +151,21 @@ async fn reload(
         last = files;
         if publish.send(Arc::new(catalog)).is_err() {
             return;
+        }
+    }
+}
+
+/// Waits for a burst of changes, whose first one has just arrived, to end: until none came for
+/// [`DEBOUNCE`], or [`MAX_DELAY`] after the first, whichever is sooner. False once nobody can
+/// send changes any more.
+async fn settle(changes: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    let latest = Instant::now() + MAX_DELAY;
+    loop {
+        let quiet_until = (Instant::now() + DEBOUNCE).min(latest);
+        match tokio::time::timeout_at(quiet_until, changes.recv()).await {
+            Ok(Some(())) => {}
+            Ok(None) => return false,
+            Err(_settled) => return true,
         }
     }
 }

@@ -126,3 +126,109 @@ fn needs_a_runtime() {
         .expect_err("no runtime");
     assert!(matches!(err, SourceError::NoRuntime), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_settles_after_a_quiet_spell() {
+    let (send, mut changes) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    for _ in 0..3 {
+        send.send(()).expect("receiver alive");
+    }
+    assert!(settle(&mut changes).await);
+    assert_eq!(start.elapsed(), DEBOUNCE);
+    drop(send);
+    assert!(!settle(&mut changes).await, "the sender is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_written_without_pause_cannot_hold_a_reload_back() {
+    let (send, mut changes) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(async move {
+        while send.send(()).is_ok() {
+            tokio::time::sleep(DEBOUNCE / 2).await;
+        }
+    });
+    let start = Instant::now();
+    assert!(settle(&mut changes).await);
+    assert_eq!(start.elapsed(), MAX_DELAY);
+    drop(changes);
+    writer.await.expect("the writer stops");
+}
+
+#[test]
+fn only_manifests_and_directories_are_changes() {
+    use notify::event::{DataChange, RenameMode};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let existing_dir = dir.path().join("apps");
+    fs::create_dir(&existing_dir).expect("mkdir");
+    let gone = dir.path().join("gone");
+    let event = |kind: EventKind, path: &Path| Ok(Event::new(kind).add_path(path.to_owned()));
+    let write = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+    let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+    let opened = EventKind::Access(AccessKind::Open(AccessMode::Any));
+    let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Any));
+    let yaml = dir.path().join("a.yaml");
+    let yml = dir.path().join("b.yml");
+    let log = dir.path().join("app.log");
+    let swap = dir.path().join(".a.yaml.swp");
+    let cases = [
+        ("manifest written", event(write, &yaml), true),
+        ("manifest closed after writing", event(closed, &yml), true),
+        ("manifest opened", event(opened, &yaml), false),
+        (
+            "manifest created",
+            event(EventKind::Create(CreateKind::File), &yaml),
+            true,
+        ),
+        (
+            "manifest removed",
+            event(EventKind::Remove(RemoveKind::File), &yml),
+            true,
+        ),
+        ("manifest renamed", event(renamed, &yaml), true),
+        ("log written", event(write, &log), false),
+        ("log closed after writing", event(closed, &log), false),
+        (
+            "log created",
+            event(EventKind::Create(CreateKind::File), &log),
+            false,
+        ),
+        (
+            "log removed",
+            event(EventKind::Remove(RemoveKind::File), &log),
+            false,
+        ),
+        ("swap file written", event(write, &swap), false),
+        (
+            "directory created",
+            event(EventKind::Create(CreateKind::Folder), &existing_dir),
+            true,
+        ),
+        (
+            "directory removed",
+            event(EventKind::Remove(RemoveKind::Folder), &gone),
+            true,
+        ),
+        (
+            "directory renamed here",
+            event(renamed, &existing_dir),
+            true,
+        ),
+        ("something renamed away", event(renamed, &gone), true),
+        (
+            "created, kind unknown, a directory",
+            event(EventKind::Create(CreateKind::Any), &existing_dir),
+            true,
+        ),
+        (
+            "watcher error",
+            Err(notify::Error::generic("overflow")),
+            true,
+        ),
+    ];
+    for (what, event, expected) in cases {
+        assert_eq!(is_change(&event), expected, "{what}");
+    }
+    let rescan = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+    assert!(is_change(&Ok(rescan)), "rescan");
+}
