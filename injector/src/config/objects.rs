@@ -10,10 +10,10 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount, ServicePort},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -392,30 +392,67 @@ fn check_deployment(deployment: &Deployment, problems: &mut Vec<String>) {
     }
 }
 
+/// The Service checks Kubernetes makes on its ports, so a bad Service is refused here, naming
+/// its field, instead of surfacing later in the EndpointSlices computed from it.
 fn check_service(service: &Service, problems: &mut Vec<String>) {
     let Some(spec) = &service.spec else {
         return;
     };
-    for (i, port) in spec.ports.iter().flatten().enumerate() {
-        let path = format!("spec.ports[{i}].port");
-        check_port(port.port, &path, problems);
-        let protocol = |p: &k8s_openapi::api::core::v1::ServicePort| {
-            p.protocol.clone().unwrap_or_else(|| "TCP".to_owned())
-        };
-        if spec
-            .ports
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let protocol = |p: &ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
+    for (i, port) in ports.iter().enumerate() {
+        let path = |field: &str| format!("spec.ports[{i}].{field}");
+        let earlier = &ports[..i];
+        check_port(port.port, &path("port"), problems);
+        if earlier
             .iter()
-            .flatten()
-            .take(i)
-            .any(|earlier| earlier.port == port.port && protocol(earlier) == protocol(port))
+            .any(|e| e.port == port.port && protocol(e) == protocol(port))
         {
-            problems.push(format!("{path}: {} is listed twice", port.port));
+            problems.push(format!("{}: {} is listed twice", path("port"), port.port));
+        }
+        match port.name.as_deref().filter(|name| !name.is_empty()) {
+            None if ports.len() > 1 => problems.push(format!(
+                "{}: required when a Service has more than one port",
+                path("name")
+            )),
+            Some(name) if earlier.iter().any(|e| e.name.as_deref() == Some(name)) => {
+                problems.push(format!("{}: {name:?} is listed twice", path("name")));
+            }
+            _ => {}
+        }
+        // 0 and "" are unset: Kubernetes defaults them to `port`.
+        match &port.target_port {
+            Some(IntOrString::Int(number)) if *number != 0 => {
+                check_port(*number, &path("targetPort"), problems);
+            }
+            Some(IntOrString::String(name)) if !name.is_empty() && !is_port_name(name) => {
+                problems.push(format!(
+                    "{}: {name:?} is not a port name (IANA_SVC_NAME: at most 15 lowercase \
+                     letters, digits and '-', at least one letter, no '-' at either end or \
+                     twice in a row)",
+                    path("targetPort")
+                ));
+            }
+            _ => {}
         }
     }
     match spec.cluster_ip.as_deref() {
         None | Some("" | "None") => {}
         Some(ip) => check_ip(ip, "spec.clusterIP", problems),
     }
+}
+
+/// Whether `name` is a valid IANA_SVC_NAME (RFC 6335), which Kubernetes requires of a named
+/// `targetPort` and of container port names.
+fn is_port_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 fn check_endpoint_slice(slice: &EndpointSlice, problems: &mut Vec<String>) {

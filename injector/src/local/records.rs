@@ -181,12 +181,13 @@ fn is_ready(pod: &Pod) -> bool {
 /// A Service port as resolved for one pod: name, pod port, protocol.
 type ResolvedPort = (Option<String>, i32, String);
 
-/// The pod port a Service port sends to: a number as is (the Service port when unset), a name
-/// looked up among the pod's container ports of the same protocol (none when absent, as
-/// Kubernetes then leaves that port out for that pod).
+/// The pod port a Service port sends to: a number as is (the Service port when unset, 0 or
+/// empty, as Kubernetes defaults it), a name looked up among the pod's container ports of the
+/// same protocol (none when absent, as Kubernetes then leaves that port out for that pod).
 fn resolve_target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
     match &port.target_port {
-        None => Some(port.port),
+        None | Some(IntOrString::Int(0)) => Some(port.port),
+        Some(IntOrString::String(name)) if name.is_empty() => Some(port.port),
         Some(IntOrString::Int(n)) => Some(*n),
         Some(IntOrString::String(name)) => {
             let protocol = port.protocol.as_deref().unwrap_or("TCP");

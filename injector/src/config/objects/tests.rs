@@ -163,9 +163,22 @@ metadata:
 spec:
   clusterIP: 10.0.0.300
   ports:
-  - port: 70000
-  - port: 80
-  - port: 80
+  - {name: a, port: 70000}
+  - {name: b, port: 80}
+  - {name: c, port: 80}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bad-ports
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: 0}
+  - {port: 81, targetPort: 70000}
+  - {name: http, port: 82, targetPort: Http}
+  - {name: grpc, port: 83, targetPort: "8080"}
+  - {name: admin, port: 84, targetPort: admin-port-number}
+  - {name: ok, port: 85, targetPort: web-1}
 ---
 apiVersion: v1
 kind: Pod
@@ -256,32 +269,42 @@ spec:
              spec.clusterIP: \"10.0.0.300\" is not an IP address",
         ),
         (
-            "Pod in /dir/app.yaml (document 4)",
+            "Service default/bad-ports in /dir/app.yaml (document 4)",
+            "spec.ports[1].name: required when a Service has more than one port; \
+             spec.ports[1].targetPort: 70000 is not a port number (1-65535); \
+             spec.ports[2].name: \"http\" is listed twice; \
+             spec.ports[2].targetPort: \"Http\" is not a port name (IANA_SVC_NAME: \
+             at most 15 lowercase letters, digits and '-', at least one letter, no '-' at \
+             either end or twice in a row); \
+             spec.ports[3].targetPort: \"8080\" is not a port name (IANA_SVC_NAME: ",
+        ),
+        (
+            "Pod in /dir/app.yaml (document 5)",
             "metadata.name: required",
         ),
         (
-            "Pod default/bad-ip in /dir/app.yaml (document 5)",
+            "Pod default/bad-ip in /dir/app.yaml (document 6)",
             "spec.containers[0].ports[0].containerPort: 0 is not a port number (1-65535); \
              status.podIP: \"nowhere\" is not an IP address",
         ),
         (
-            "Deployment default/mismatch in /dir/app.yaml (document 6)",
+            "Deployment default/mismatch in /dir/app.yaml (document 7)",
             "spec.template.metadata.labels: must match spec.selector.matchLabels",
         ),
         (
-            "Deployment default/unlabelled in /dir/app.yaml (document 7)",
+            "Deployment default/unlabelled in /dir/app.yaml (document 8)",
             "spec.template.metadata.labels: must match spec.selector.matchLabels",
         ),
         (
-            "EndpointSlice default/slice in /dir/app.yaml (document 8)",
+            "EndpointSlice default/slice in /dir/app.yaml (document 9)",
             "endpoints[0].addresses[0]: \"198.18.0.999\" is not an IP address",
         ),
         (
-            "ConfigMap istio-system/istio in /dir/app.yaml (document 9)",
+            "ConfigMap istio-system/istio in /dir/app.yaml (document 10)",
             "data.mesh: outboundTrafficPolicy.mode: unknown variant `DENY`",
         ),
         (
-            "/dir/app.yaml (document 10)",
+            "/dir/app.yaml (document 11)",
             "apiVersion and kind are required",
         ),
     ];
@@ -294,6 +317,13 @@ spec:
             rejection.reason
         );
     }
+    let bad_ports = &rejected[2].reason;
+    assert!(
+        bad_ports.contains("spec.ports[4].targetPort: \"admin-port-number\" is not a port name")
+            && !bad_ports.contains("spec.ports[0]")
+            && !bad_ports.contains("spec.ports[5]"),
+        "{bad_ports}"
+    );
     assert_eq!(
         objects.services.keys().collect::<Vec<_>>(),
         vec![&key("default", "good")]
@@ -368,4 +398,27 @@ fn a_file_that_is_not_yaml_is_rejected_whole() {
     assert_eq!(rejected[1].object, "MeshConfig in /dir/mesh.yaml");
     assert!(rejected[1].reason.starts_with("not valid YAML"));
     assert_eq!(objects.services.len(), 1);
+}
+
+#[test]
+fn port_names_are_iana_service_names() {
+    let cases = [
+        ("http", true),
+        ("http-2", true),
+        ("h2c", true),
+        ("a", true),
+        ("abcdefghijklmno", true),
+        ("abcdefghijklmnop", false),
+        ("", false),
+        ("8080", false),
+        ("Http", false),
+        ("-http", false),
+        ("http-", false),
+        ("http--web", false),
+        ("http_web", false),
+        ("http.web", false),
+    ];
+    for (name, valid) in cases {
+        assert_eq!(is_port_name(name), valid, "{name:?}");
+    }
 }
