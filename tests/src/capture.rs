@@ -1,14 +1,15 @@
 //! Packet capture on the mesh bridge with tcpdump, to check what actually crossed the wire.
 
 use std::{
+    fs,
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
-use remora_injector::local::{run_checked, Netns, Process};
+use remora_injector::local::{run_checked, wait, Netns, Process};
 
 pub struct Capture {
     process: Process,
@@ -33,16 +34,12 @@ impl Capture {
         ]);
         let log = file.with_extension("log");
         let mut process = Process::spawn("tcpdump", cmd, &log)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !process.log().contains("listening on") {
-            if let Some(status) = process.exited() {
-                bail!("tcpdump exited ({status}): {}", process.log());
-            }
-            if Instant::now() > deadline {
-                bail!("tcpdump did not start: {}", process.log());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait::until(
+            "waiting for tcpdump to listen",
+            &mut process,
+            Duration::from_secs(10),
+            || fs::read_to_string(&log).is_ok_and(|text| text.contains("listening on")),
+        )?;
         Ok(Self {
             process,
             file: file.to_owned(),

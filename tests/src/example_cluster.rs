@@ -5,14 +5,15 @@
 
 use std::{
     fs,
+    ops::ControlFlow,
     path::{Path, PathBuf},
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use parking_lot::{Mutex, MutexGuard};
-use remora_injector::local::{Cluster, LocalPod, Options};
+use remora_injector::local::{wait, write_atomic, Cluster, LocalPod, Options};
+use tempfile::TempDir;
 
 use crate::{two_pods::CurlResult, Binaries};
 
@@ -26,9 +27,10 @@ pub fn examples_dir() -> PathBuf {
 }
 
 pub struct ExampleCluster {
-    // Fields drop in order: the cluster, then its manifests, then the lock.
+    // Fields drop in order: the cluster, then its manifests (the control plane reads them
+    // until it stops), then the lock.
     pub cluster: Cluster,
-    manifests: PathBuf,
+    manifests: TempDir,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -48,28 +50,21 @@ impl ExampleCluster {
         let turn = ONE_AT_A_TIME.lock();
         let bins = Binaries::get()?.launcher()?;
         let prefix = format!("rmr-{name}");
-        let manifests =
-            std::env::temp_dir().join(format!("{prefix}-{}-manifests", std::process::id()));
-        let _ = fs::remove_dir_all(&manifests);
-        copy_dir(&examples_dir(), &manifests)?;
-        let up = edit(&manifests).and_then(|()| {
-            Ok(Cluster::up(
-                &manifests,
-                Options {
-                    name: prefix,
-                    keep_state: std::env::var_os("REMORA_KEEP_LOGS").is_some(),
-                    binaries: Some(bins),
-                    ..Options::default()
-                },
-            )?)
-        });
-        let cluster = match up {
-            Ok(cluster) => cluster,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&manifests);
-                return Err(e);
-            }
-        };
+        let manifests = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-manifests-"))
+            .tempdir()
+            .context("creating a directory for the manifests")?;
+        copy_dir(&examples_dir(), manifests.path())?;
+        edit(manifests.path())?;
+        let cluster = Cluster::up(
+            manifests.path(),
+            Options {
+                name: prefix,
+                keep_state: std::env::var_os("REMORA_KEEP_LOGS").is_some(),
+                binaries: Some(bins),
+                ..Options::default()
+            },
+        )?;
         Ok(Self {
             cluster,
             manifests,
@@ -79,7 +74,7 @@ impl ExampleCluster {
 
     /// The copied manifests the control plane reads.
     pub fn manifests(&self) -> &Path {
-        &self.manifests
+        self.manifests.path()
     }
 
     /// The first replica of Deployment `name`.
@@ -93,23 +88,19 @@ impl ExampleCluster {
 
     /// Replaces `from` with `to` in manifest `file`, as a user editing it would.
     pub fn edit(&self, file: &str, from: &str, to: &str) -> anyhow::Result<()> {
-        edit_file(&self.manifests.join(file), from, to)
+        edit_file(&self.manifests().join(file), from, to)
     }
 }
 
-impl Drop for ExampleCluster {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.manifests);
-    }
-}
-
-/// Replaces `from` (which must occur) with `to` in `path`.
+/// Replaces `from` (which must occur) with `to` in `path`, atomically (through a temporary
+/// file renamed over it), so the watching control plane never reads half an edit.
 pub fn edit_file(path: &Path, from: &str, to: &str) -> anyhow::Result<()> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if !text.contains(from) {
         bail!("{} does not contain {from:?}", path.display());
     }
-    fs::write(path, text.replace(from, to)).with_context(|| format!("writing {}", path.display()))
+    write_atomic(path, text.replace(from, to).as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -143,42 +134,23 @@ pub fn local_get(pod: &LocalPod, port: u16, path: &str) -> anyhow::Result<String
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The sidecar's config dump (admin `GET /config_dump`), parsed.
-pub fn config_dump(pod: &LocalPod) -> anyhow::Result<serde_json::Value> {
-    let text = local_get(pod, 15000, "/config_dump")?;
-    serde_json::from_str(&text).context("/config_dump is not JSON")
-}
-
 /// The sidecar's Prometheus text (`:15090/stats/prometheus`).
 pub fn sidecar_metrics(pod: &LocalPod) -> anyhow::Result<String> {
     local_get(pod, 15090, "/stats/prometheus")
 }
 
-/// Whether any string in `value` contains `needle`, or any number equals it.
-pub fn mentions(value: &serde_json::Value, needle: &str) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains(needle),
-        serde_json::Value::Number(n) => n.to_string() == needle,
-        serde_json::Value::Array(items) => items.iter().any(|v| mentions(v, needle)),
-        serde_json::Value::Object(map) => map.values().any(|v| mentions(v, needle)),
-        _ => false,
-    }
-}
-
-/// Polls `check` every 50 ms until it holds; how long that took, or an error after `timeout`.
+/// Polls `check` until it holds; how long that took, or an error after `timeout` (or the
+/// first error `check` returns).
 pub fn wait_for(
     what: &str,
     timeout: Duration,
     mut check: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    loop {
-        if check()? {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() >= timeout {
-            bail!("{what}: not within {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let outcome = wait::poll(timeout, || match check() {
+        Ok(true) => ControlFlow::Break(Ok(start.elapsed())),
+        Ok(false) => ControlFlow::Continue(()),
+        Err(e) => ControlFlow::Break(Err(e)),
+    });
+    outcome.unwrap_or_else(|| bail!("{what}: not within {timeout:?}"))
 }

@@ -16,11 +16,10 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Output,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use parking_lot::Mutex;
 use remora_api::{
     proto::config::{Endpoint, Snapshot},
@@ -28,7 +27,9 @@ use remora_api::{
 };
 use remora_injector::{
     ca::{Authority, DEFAULT_WORKLOAD_TTL},
-    local::{as_proxy_user, exec_in, run_checked, Network, PodNetwork, Process, PROXY_UID},
+    local::{
+        as_proxy_user, exec_in, probe, run_checked, wait, Network, PodNetwork, Process, PROXY_UID,
+    },
 };
 
 use crate::{bins::Binaries, capture::Capture};
@@ -232,31 +233,24 @@ impl Mesh {
                 config.as_os_str(),
             ]),
         );
-        self.spawn_process(pod, "sidecar", cmd)?;
-        self.wait_until(pod, "sidecar", READY_TIMEOUT, || {
-            let out = pod.exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://127.0.0.1:15021/healthz/ready",
-            ])?;
-            Ok(out.stdout == b"200")
-        })
-        .context("waiting for the sidecar to be ready")
+        self.start_process(
+            pod,
+            "sidecar",
+            cmd,
+            "waiting for the sidecar to be ready",
+            || probe::sidecar_ready(&pod.netns),
+        )
     }
 
     /// Starts an app process in `pod` and waits until something listens on `port`.
     pub fn start_app(&self, pod: &Pod, name: &str, argv: &[&str], port: u16) -> anyhow::Result<()> {
-        self.spawn_process(pod, name, exec_in(&pod.netns, argv))?;
-        let filter = format!("sport = :{port}");
-        self.wait_until(pod, name, READY_TIMEOUT, || {
-            let out = pod.exec(&["ss", "-Hltn", &filter])?;
-            Ok(!out.stdout.is_empty())
-        })
-        .with_context(|| format!("waiting for {name} to listen on {port}"))
+        self.start_process(
+            pod,
+            name,
+            exec_in(&pod.netns, argv),
+            &format!("waiting for {name} to listen on {port}"),
+            || probe::listening(&pod.netns, port),
+        )
     }
 
     /// Issues a certificate from the mesh CA for `namespace`/`service_account` (plus DNS
@@ -280,44 +274,22 @@ impl Mesh {
         self.with_process(&format!("{}/{name}", pod.name), |p| p.pid())
     }
 
-    fn spawn_process(
+    /// Starts `cmd` as process `name` of `pod` and waits until `ready` holds, failing early
+    /// (with its log) if it exits. The process is kept either way, so it is stopped with the
+    /// mesh.
+    fn start_process(
         &self,
         pod: &Pod,
         name: &str,
         cmd: std::process::Command,
+        what: &str,
+        ready: impl FnMut() -> bool,
     ) -> anyhow::Result<()> {
         let log = pod.dir.join(format!("{name}.log"));
-        let process = Process::spawn(&format!("{}/{name}", pod.name), cmd, &log)?;
+        let mut process = Process::spawn(&format!("{}/{name}", pod.name), cmd, &log)?;
+        let started = wait::until(what, &mut process, READY_TIMEOUT, ready);
         self.processes.lock().push(process);
-        Ok(())
-    }
-
-    /// Polls `check` until it holds; fails early, with its log, if the process exits.
-    fn wait_until(
-        &self,
-        pod: &Pod,
-        name: &str,
-        timeout: Duration,
-        mut check: impl FnMut() -> anyhow::Result<bool>,
-    ) -> anyhow::Result<()> {
-        let full = format!("{}/{name}", pod.name);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if check()? {
-                return Ok(());
-            }
-            if let Some((status, log)) = self
-                .with_process(&full, |p| p.exited().map(|s| (s, p.log())))
-                .flatten()
-            {
-                bail!("{full} exited ({status}); its output:\n{log}");
-            }
-            if Instant::now() >= deadline {
-                let log = self.log(pod, name);
-                bail!("{full} not ready after {timeout:?}; its output:\n{log}");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        Ok(started?)
     }
 
     /// Sends `signal` to a process started in `pod` (e.g. SIGTERM to its sidecar).

@@ -3,6 +3,7 @@
 //! mesh CA (token-authenticated), config pushed over the discovery stream.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsStr,
     os::unix::fs::PermissionsExt,
     process::Command,
@@ -15,23 +16,43 @@ use std::{
 };
 
 use anyhow::{ensure, Context};
+use remora_api::proto::config::Snapshot;
 use remora_e2e::{
     counter,
-    example_cluster::{
-        config_dump, curl, edit_file, local_get, mentions, sidecar_metrics, wait_for,
-        ExampleCluster,
-    },
+    example_cluster::{curl, edit_file, local_get, sidecar_metrics, wait_for, ExampleCluster},
 };
 use remora_injector::local::{as_proxy_user, LocalPod};
 
 /// How long a config change may take to reach a sidecar.
 const PROPAGATION: Duration = Duration::from_secs(15);
 const HTTPBIN: &str = "http://httpbin.demo:8000/get";
+const HTTPBIN_HOSTNAME: &str = "httpbin.demo.svc.cluster.local";
 
-/// The part of a sidecar's config dump that came from the control plane.
-fn snapshot(pod: &LocalPod) -> anyhow::Result<serde_json::Value> {
-    let dump = config_dump(pod)?;
-    Ok(dump.get("snapshot").cloned().unwrap_or(dump))
+/// The snapshot `pod`'s sidecar runs.
+fn snapshot(pod: &LocalPod) -> anyhow::Result<Snapshot> {
+    Ok(pod.sidecar_snapshot()?)
+}
+
+/// The ports of Service `hostname` in `snapshot`, and the endpoint addresses of each.
+fn service_ports(snapshot: &Snapshot, hostname: &str) -> Vec<(u32, Vec<String>)> {
+    snapshot
+        .services
+        .iter()
+        .filter(|service| service.hostname == hostname)
+        .flat_map(|service| &service.ports)
+        .map(|port| {
+            let addresses = port.endpoints.iter().map(|e| e.address.clone()).collect();
+            (port.port, addresses)
+        })
+        .collect()
+}
+
+/// The host's mounts, one line of `/proc/self/mountinfo` each.
+fn host_mounts() -> anyhow::Result<BTreeSet<String>> {
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .map(str::to_owned)
+        .collect())
 }
 
 /// A pod outside the mesh in namespace `client`, as a user opts one out.
@@ -67,6 +88,7 @@ spec:
 
 #[test]
 fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyhow::Result<()> {
+    let mounts_before = host_mounts()?;
     let mesh = ExampleCluster::up_with("cp-curl", |dir| {
         let path = dir.join("sleep.yaml");
         let text = std::fs::read_to_string(&path)?;
@@ -76,11 +98,23 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
     })?;
     // The invalid object is rejected, named with its field; everything else is served.
     let rejections = mesh.cluster.rejections()?.context("no /debug/rejections")?;
+    let field = |name: &str| rejections[0][name].as_str().unwrap_or_default().to_owned();
     ensure!(
         rejections.as_array().is_some_and(|r| r.len() == 1)
-            && mentions(&rejections, "Service demo/broken")
-            && mentions(&rejections, "spec.ports[0].port"),
+            && field("object").starts_with("Service demo/broken in ")
+            && field("reason").starts_with("spec.ports[0].port: 70000 "),
         "{rejections}"
+    );
+    // The launcher reads the manifests as the control plane does, and says the same.
+    let launcher: Vec<(&str, &str)> = mesh
+        .cluster
+        .rejected()
+        .iter()
+        .map(|r| (r.object.as_str(), r.reason.as_str()))
+        .collect();
+    ensure!(
+        launcher == [(field("object").as_str(), field("reason").as_str())],
+        "{launcher:?}"
     );
     let sleep = mesh.pod("sleep")?;
     let httpbin = mesh.pod("httpbin")?;
@@ -144,11 +178,17 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
         read.status
     );
 
-    // The secrets were bound over /var/run/secrets in each sidecar's own mount namespace only.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // The secrets were bound over /var/run/secrets in each sidecar's own mount namespace only:
+    // the host gained no such mount (the namespaces' own mounts under /run/netns aside).
+    let leaked: Vec<String> = host_mounts()?
+        .difference(&mounts_before)
+        .filter(|line| line.contains("/run/secrets") || line.contains("/secrets/istio-proxy"))
+        .cloned()
+        .collect();
     ensure!(
-        !mounts.contains("/run/secrets") && !mounts.contains(&*sleep.dir.to_string_lossy()),
-        "a pod's secrets mount leaked to the host:\n{mounts}"
+        leaked.is_empty(),
+        "a pod's secrets mount leaked to the host:\n{}",
+        leaked.join("\n")
     );
 
     // Opted out: no sidecar, no interception; its plaintext is accepted (PERMISSIVE).
@@ -170,24 +210,34 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
 fn new_endpoints_and_edited_services_reach_the_sidecars() -> anyhow::Result<()> {
     let mut mesh = ExampleCluster::up("cp-push")?;
     let sleep = mesh.pod("sleep")?;
+    let first = format!("{}:8080", mesh.pod("httpbin")?.ip);
+    ensure!(
+        service_ports(&snapshot(&sleep)?, HTTPBIN_HOSTNAME) == [(8000, vec![first.clone()])],
+        "{:?}",
+        snapshot(&sleep)?
+    );
 
     let started = Instant::now();
     let added = mesh.cluster.add_replica("demo", "httpbin")?.clone();
-    let ip = added.ip.to_string();
+    let second = format!("{}:8080", added.ip);
+    let both = |addresses: &[String]| {
+        addresses.iter().collect::<BTreeSet<_>>() == BTreeSet::from([&first, &second])
+    };
     let waited = wait_for("the new endpoint in sleep's snapshot", PROPAGATION, || {
-        Ok(mentions(&snapshot(&sleep)?, &ip))
+        let ports = service_ports(&snapshot(&sleep)?, HTTPBIN_HOSTNAME);
+        Ok(matches!(ports.as_slice(), [(8000, addresses)] if both(addresses)))
     })?;
     println!(
-        "new endpoint {ip} reached the sleep sidecar {waited:?} after {} was running \
+        "new endpoint {second} reached the sleep sidecar {waited:?} after {} was running \
          ({:?} after it was created)",
         added.id(),
         started.elapsed()
     );
 
-    ensure!(!mentions(&snapshot(&sleep)?, "8001"));
     mesh.edit("httpbin.yaml", "port: 8000", "port: 8001")?;
     let waited = wait_for("Service port 8001 in sleep's snapshot", PROPAGATION, || {
-        Ok(mentions(&snapshot(&sleep)?, "8001"))
+        let ports = service_ports(&snapshot(&sleep)?, HTTPBIN_HOSTNAME);
+        Ok(matches!(ports.as_slice(), [(8001, addresses)] if both(addresses)))
     })?;
     println!("edited Service port reached the sleep sidecar in {waited:?}");
     let response = curl(&sleep, "http://httpbin.demo:8001/get")?;
@@ -218,11 +268,14 @@ fn traffic_outlives_the_control_plane_and_pushes_resume_after_restart() -> anyho
 
     mesh.cluster.start_control_plane()?;
     let added = mesh.cluster.add_replica("demo", "httpbin")?.clone();
-    let ip = added.ip.to_string();
+    let address = format!("{}:8080", added.ip);
     let waited = wait_for(
         "an endpoint added after the restart in sleep's snapshot",
         Duration::from_secs(30),
-        || Ok(mentions(&snapshot(&sleep)?, &ip)),
+        || {
+            let ports = service_ports(&snapshot(&sleep)?, HTTPBIN_HOSTNAME);
+            Ok(matches!(ports.as_slice(), [(8000, addresses)] if addresses.contains(&address)))
+        },
     )
     .with_context(|| {
         format!(
@@ -317,7 +370,7 @@ fn a_sidecar_that_rejects_a_snapshot_keeps_serving_the_previous_one() -> anyhow:
     let mesh = ExampleCluster::up("cp-nack")?;
     let sleep = mesh.pod("sleep")?;
     ensure!(curl(&sleep, HTTPBIN)?.status == 200);
-    let before = snapshot(&sleep)?["version"].clone();
+    let before = snapshot(&sleep)?.version;
 
     // Moving the mesh to another trust domain cannot be applied to running sidecars (their
     // certificates and their peers' identities are in the old one): each one NACKs.
@@ -350,7 +403,7 @@ fn a_sidecar_that_rejects_a_snapshot_keeps_serving_the_previous_one() -> anyhow:
     );
 
     // Still the old snapshot, and traffic still flows under the old identities.
-    ensure!(snapshot(&sleep)?["version"] == before);
+    ensure!(snapshot(&sleep)?.version == before);
     for _ in 0..5 {
         let response = curl(&sleep, HTTPBIN)?;
         ensure!(response.status == 200, "{response:?}");

@@ -20,6 +20,7 @@ use super::{
     netns::{exec_in, run_checked, CommandError},
     network::{Network, PodNetwork},
     plan::{EnvValue, PodPlan},
+    probe,
     process::{as_proxy_user, Process, ProcessError},
     secrets,
     wait::{self, WaitError},
@@ -71,6 +72,8 @@ pub enum PodError {
         #[source]
         source: TokenError,
     },
+    #[error("pod {pod}: reading its sidecar's config dump: {message}")]
+    ConfigDump { pod: String, message: String },
     #[error("pod {pod}: {source}")]
     Wait {
         pod: String,
@@ -129,6 +132,29 @@ impl LocalPod {
 
     pub fn log_path(&self, container: &str) -> PathBuf {
         self.dir.join(format!("{container}.log"))
+    }
+
+    /// The snapshot its sidecar runs, as its admin `/config_dump` shows it.
+    pub fn sidecar_snapshot(&self) -> Result<Snapshot, PodError> {
+        let failed = |message: String| PodError::ConfigDump {
+            pod: self.id(),
+            message,
+        };
+        let out = self
+            .exec(&["curl", "-sS", "-m", "2", CONFIG_DUMP_URL])
+            .map_err(|e| failed(format!("running curl: {e}")))?;
+        if !out.status.success() {
+            return Err(failed(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+        let mut dump: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("not JSON: {e}")))?;
+        let snapshot = dump
+            .get_mut("snapshot")
+            .ok_or_else(|| failed("no snapshot in it".to_owned()))?
+            .take();
+        serde_json::from_value(snapshot).map_err(|e| failed(format!("snapshot: {e}")))
     }
 
     /// Where its service-account token is kept on the host (for root only; its sidecar sees
@@ -231,7 +257,12 @@ impl RunningPod {
             "waiting for the sidecar to receive the current config",
             sidecar,
             timeout,
-            || running_snapshot(info).is_some_and(|running| running == *expected),
+            || {
+                info.sidecar_snapshot().is_ok_and(|mut running| {
+                    running.version.clear();
+                    running == *expected
+                })
+            },
         )
         .map_err(|source| PodError::Wait {
             pod: info.id(),
@@ -318,26 +349,13 @@ impl RunningPod {
             .env("CA_ADDR", CA_ADDR)
             .env("TRUST_DOMAIN", cx.trust_domain)
             .envs(&self.plan.sidecar_env);
-        let info = self.info.clone();
+        let netns = self.info.netns.clone();
         let process = self.spawn(SIDECAR, cmd)?;
         wait::until(
             "waiting for the sidecar to be ready",
             process,
             cx.timeout,
-            || {
-                info.exec(&[
-                    "curl",
-                    "-s",
-                    "-m",
-                    "2",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://127.0.0.1:15021/healthz/ready",
-                ])
-                .is_ok_and(|out| out.stdout == b"200")
-            },
+            || probe::sidecar_ready(&netns),
         )
         .map_err(|source| PodError::Wait {
             pod,
@@ -358,10 +376,9 @@ impl RunningPod {
                 EnvValue::PodIp => cmd.env(name, IpAddr::V4(self.info.ip).to_string()),
             };
         }
-        let info = self.info.clone();
+        let (pod, netns) = (self.info.id(), self.info.netns.clone());
         let process = self.spawn(&container.name, cmd)?;
         for port in container.ports {
-            let filter = format!("sport = :{port}");
             wait::until(
                 &format!(
                     "waiting for container {} to listen on {port}",
@@ -369,13 +386,10 @@ impl RunningPod {
                 ),
                 process,
                 timeout,
-                || {
-                    info.exec(&["ss", "-Hltn", &filter])
-                        .is_ok_and(|out| !out.stdout.is_empty())
-                },
+                || probe::listening(&netns, port),
             )
             .map_err(|source| PodError::Wait {
-                pod: info.id(),
+                pod: pod.clone(),
                 source: Box::new(source),
             })?;
         }
@@ -394,15 +408,6 @@ impl RunningPod {
         self.processes.push(process);
         Ok(self.processes.last_mut().expect("just pushed"))
     }
-}
-
-/// The snapshot `pod`'s sidecar runs, its version cleared; `None` when it cannot be read.
-fn running_snapshot(pod: &LocalPod) -> Option<Snapshot> {
-    let out = pod.exec(&["curl", "-s", "-m", "2", CONFIG_DUMP_URL]).ok()?;
-    let mut dump: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let mut snapshot: Snapshot = serde_json::from_value(dump.get_mut("snapshot")?.take()).ok()?;
-    snapshot.version.clear();
-    Some(snapshot)
 }
 
 /// The launcher's own values of `names` that are set.

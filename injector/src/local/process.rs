@@ -6,11 +6,11 @@ use std::{
     ffi::{OsStr, OsString},
     fs::OpenOptions,
     io,
+    ops::ControlFlow,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::{
@@ -18,6 +18,8 @@ use nix::{
     sys::signal::{killpg, Signal},
     unistd::Pid,
 };
+
+use super::wait;
 
 /// The sidecar's uid and gid, Istio's, which `remora-init`'s rules exempt from capture.
 pub const PROXY_UID: u32 = 1337;
@@ -122,16 +124,10 @@ impl Process {
 
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait::poll(timeout, || {
+            self.exited()
+                .map_or(ControlFlow::Continue(()), ControlFlow::Break)
+        })
     }
 
     /// SIGTERM, a grace period, then SIGKILL for the whole group.

@@ -1,8 +1,10 @@
-//! Bounded waits for a started process to become useful (a sidecar ready, an app listening,
-//! the control plane serving), failing early when it exits and always with its output, so a
-//! broken pod explains itself instead of timing out silently.
+//! Bounded waits. [`poll`] is the one polling loop of the launcher and its tests; [`until`]
+//! waits on it for a started process to become useful (a sidecar ready, an app listening, the
+//! control plane serving), failing early when the process exits and always with its output,
+//! so a broken pod explains itself instead of timing out silently.
 
 use std::{
+    ops::ControlFlow,
     process::ExitStatus,
     thread,
     time::{Duration, Instant},
@@ -12,7 +14,8 @@ use super::process::Process;
 
 /// How many trailing log lines an error shows.
 const TAIL_LINES: usize = 40;
-const POLL: Duration = Duration::from_millis(100);
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -34,37 +37,57 @@ pub enum WaitError {
     },
 }
 
-/// Polls `check` until it holds, for at most `timeout`. `what` says what was awaited.
+/// Calls `step` every [`POLL`] until it breaks, for at most `timeout` (it is always called at
+/// least once, and once more at the deadline): what it broke with, or `None` when time ran out.
+pub fn poll<T>(timeout: Duration, mut step: impl FnMut() -> ControlFlow<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let ControlFlow::Break(value) = step() {
+            return Some(value);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        thread::sleep(POLL.min(deadline - now));
+    }
+}
+
+/// Polls `check` until it holds, for at most `timeout`, failing early if `process` exits.
+/// `what` says what was awaited.
 pub fn until(
     what: &str,
     process: &mut Process,
     timeout: Duration,
     mut check: impl FnMut() -> bool,
 ) -> Result<(), WaitError> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let outcome = poll(timeout, || {
         if check() {
-            return Ok(());
+            ControlFlow::Break(None)
+        } else {
+            process
+                .exited()
+                .map_or(ControlFlow::Continue(()), |status| {
+                    ControlFlow::Break(Some(status))
+                })
         }
-        if let Some(status) = process.exited() {
-            return Err(WaitError::Exited {
-                what: what.to_owned(),
-                name: process.name().to_owned(),
-                status,
-                log: process.log_path().display().to_string(),
-                tail: tail(&process.log()),
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(WaitError::TimedOut {
-                what: what.to_owned(),
-                name: process.name().to_owned(),
-                waited: timeout,
-                log: process.log_path().display().to_string(),
-                tail: tail(&process.log()),
-            });
-        }
-        thread::sleep(POLL);
+    });
+    match outcome {
+        Some(None) => Ok(()),
+        Some(Some(status)) => Err(WaitError::Exited {
+            what: what.to_owned(),
+            name: process.name().to_owned(),
+            status,
+            log: process.log_path().display().to_string(),
+            tail: tail(&process.log()),
+        }),
+        None => Err(WaitError::TimedOut {
+            what: what.to_owned(),
+            name: process.name().to_owned(),
+            waited: timeout,
+            log: process.log_path().display().to_string(),
+            tail: tail(&process.log()),
+        }),
     }
 }
 
@@ -72,4 +95,30 @@ pub fn until(
 pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_until_a_step_breaks_or_time_runs_out() {
+        let mut calls = 0;
+        let found = poll(Duration::from_secs(5), || {
+            calls += 1;
+            if calls == 3 {
+                ControlFlow::Break(calls)
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(found, Some(3));
+
+        let mut calls = 0;
+        let none: Option<()> = poll(Duration::ZERO, || {
+            calls += 1;
+            ControlFlow::Continue(())
+        });
+        assert_eq!((none, calls), (None, 1), "called once even with no time");
+    }
 }
