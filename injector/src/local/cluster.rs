@@ -68,8 +68,8 @@ pub struct Cluster {
 impl Cluster {
     /// Brings up the manifests in `config_dir`: control plane, pods, records. A Deployment
     /// that cannot run locally is skipped ([`Cluster::skipped`] says why); anything else that
-    /// fails or does not become ready within the timeout fails the whole (tearing down
-    /// whatever was started).
+    /// fails or does not become ready within the timeout fails the whole bring-up (tearing
+    /// down whatever was started).
     pub fn up(config_dir: &Path, options: Options) -> Result<Self, LocalError> {
         let config_dir = config_dir
             .canonicalize()
@@ -92,7 +92,10 @@ impl Cluster {
         for deployment in catalog.deployments() {
             match plan::deployment_pods(deployment, &catalog) {
                 Ok(pods) => plans.extend(pods),
-                Err(e) => skipped.push(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not running a Deployment");
+                    skipped.push(e);
+                }
             }
         }
 
