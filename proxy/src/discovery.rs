@@ -3,7 +3,10 @@
 //! snapshot leaves the previous one in place. When the stream breaks the sidecar keeps serving
 //! what it has and resubscribes with jittered backoff.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 use remora_api::{
@@ -16,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{backoff::Backoff, control_plane::ControlPlane, metrics::Metrics};
+
+/// How long a stream must have lasted for the next reconnect to start from the shortest wait.
+const STABLE_STREAM: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
@@ -44,30 +50,28 @@ impl Subscription {
         let mut first = Some(first);
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
         loop {
-            let error = self.subscribe(&mut first, &mut backoff).await;
+            let opened = Instant::now();
+            let error = self.subscribe(&mut first).await;
             self.metrics.control_plane_connected(false);
+            // Only a stream that stayed up earns a quick reconnect: a control plane that
+            // accepts and then drops every stream must not be hammered by every sidecar.
+            if opened.elapsed() >= STABLE_STREAM {
+                backoff.reset();
+            }
             let delay = backoff.next_delay();
             tracing::warn!(%error, ?delay, version = %self.config.load().version(), "discovery stream lost; serving the last snapshot");
             tokio::time::sleep(delay).await;
         }
     }
 
-    async fn subscribe(
-        &self,
-        first: &mut Option<oneshot::Sender<()>>,
-        backoff: &mut Backoff,
-    ) -> StreamError {
-        match self.stream(first, backoff).await {
+    async fn subscribe(&self, first: &mut Option<oneshot::Sender<()>>) -> StreamError {
+        match self.stream(first).await {
             Ok(()) => StreamError::Closed,
             Err(error) => error,
         }
     }
 
-    async fn stream(
-        &self,
-        first: &mut Option<oneshot::Sender<()>>,
-        backoff: &mut Backoff,
-    ) -> Result<(), StreamError> {
+    async fn stream(&self, first: &mut Option<oneshot::Sender<()>>) -> Result<(), StreamError> {
         let channel = self.control_plane.channel(false).await?;
         let (answers, requests) = mpsc::channel(4);
         // The channel has room: the first message cannot block.
@@ -83,7 +87,6 @@ impl Subscription {
             .into_inner();
         while let Some(wire) = snapshots.message().await? {
             self.metrics.control_plane_connected(true);
-            backoff.reset();
             let version = wire.version.clone();
             let error = match accept(wire, &self.trust_domain) {
                 Ok(snapshot) => {

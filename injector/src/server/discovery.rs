@@ -112,7 +112,7 @@ impl Session {
     async fn run(mut self, mut requests: Streaming<SubscribeRequest>) {
         self.metrics.connected.inc();
         let (namespace, pod) = (self.node.namespace.clone(), self.node.pod_name.clone());
-        tracing::info!(namespace, pod, peer = %self.peer, "sidecar subscribed");
+        tracing::info!(namespace, pod, ip = self.node.ip, peer = %self.peer, "sidecar subscribed");
         let ended = self.serve(&mut requests).await;
         self.metrics.connected.dec();
         tracing::info!(namespace, pod, reason = ended, "sidecar unsubscribed");
