@@ -47,6 +47,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let log = init_logging();
+    // Every sidecar runs as uid 1337: without this, one sidecar could read another's private
+    // key from its memory, or its token through `/proc/<pid>/root`, as the same user.
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(%error, "cannot make the process non-dumpable");
+    }
     let args = Args::parse();
     let bootstrap = match &args.config {
         Some(path) => {

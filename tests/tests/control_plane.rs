@@ -177,6 +177,26 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
         "uid 1337 read httpbin's token from the host ({})",
         read.status
     );
+    // Nor through httpbin's sidecar process, whose mount namespace has the token bound in.
+    let pids = Command::new("ip")
+        .args(["netns", "pids", &httpbin.netns])
+        .output()?;
+    let sidecar = String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "remora-proxy")
+        })
+        .map(str::to_owned)
+        .context("httpbin's sidecar process")?;
+    // `/var/run` is a symlink to `/run`, and an absolute link below `/proc/<pid>/root`
+    // resolves against the reader's root: name the real path.
+    let through_proc = format!("/proc/{sidecar}/root/run/secrets/tokens/istio-token");
+    let read = as_sidecar_uid(&["cat".as_ref(), through_proc.as_ref()])?;
+    ensure!(
+        !read.status.success() && read.stdout.is_empty(),
+        "uid 1337 read httpbin's token through {through_proc}"
+    );
 
     // The secrets were bound over /var/run/secrets in each sidecar's own mount namespace only:
     // the host gained no such mount (the namespaces' own mounts under /run/netns aside).

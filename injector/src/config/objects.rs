@@ -238,7 +238,10 @@ impl Identity {
         let namespace = if kind == "Namespace" {
             String::new()
         } else {
-            meta("namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+            // Kubernetes puts an object with no (or an empty) namespace in `default`.
+            meta("namespace")
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
         };
         let label = match (&name, namespace.is_empty()) {
             (Some(name), true) => format!("{kind} {name} in {place}"),

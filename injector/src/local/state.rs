@@ -38,6 +38,12 @@ pub enum StateError {
     )]
     NotOurs(PathBuf),
     #[error(
+        "state directory {} must be a directory owned by this user and writable by no one else \
+         (it will hold the mesh CA's key)",
+        .0.display()
+    )]
+    Unsafe(PathBuf),
+    #[error(
         "state directory {} is inside the manifest directory {}: the control plane would read \
          the launcher's records as manifests; name one outside it",
         .state.display(),
@@ -146,15 +152,27 @@ fn claim(path: &Path) -> Result<(), StateError> {
         let path = path.to_owned();
         move |source| StateError::Io { what, path, source }
     };
-    let mut entries = match fs::read_dir(path) {
-        Ok(entries) => entries,
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return fs::create_dir_all(path).map_err(io_error("creating"));
+            return fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(io_error("creating"));
         }
         Err(e) => return Err(io_error("reading")(e)),
     };
+    // Someone else's directory (or a link to one) could hand the launcher a CA or token key of
+    // theirs, or links into files root would then overwrite.
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(StateError::Unsafe(path.to_owned()));
+    }
+    let mut entries = fs::read_dir(path).map_err(io_error("reading"))?;
     let empty = entries.next().is_none();
-    if empty || path.join(MARKER).is_file() {
+    let marked = fs::symlink_metadata(path.join(MARKER)).is_ok_and(|m| m.is_file());
+    if empty || marked {
         Ok(())
     } else {
         Err(StateError::NotOurs(path.to_owned()))

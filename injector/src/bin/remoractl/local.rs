@@ -1,6 +1,7 @@
 //! `remoractl local`: bring a directory of manifests up as a local cluster in the foreground
 //! (`up`), and run commands in its pods (`exec`).
 
+use std::io::Write;
 use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -76,7 +77,8 @@ fn up(dir: &Path, state_dir: Option<PathBuf>, timeout: Duration) -> anyhow::Resu
             eprintln!("warning: keeping records up to date: {e}");
         }
     }
-    println!("Tearing down...");
+    // The terminal may be gone (SIGHUP): a failed write must not abort the teardown.
+    let _ = writeln!(std::io::stdout(), "Tearing down...");
     Ok(())
 }
 
