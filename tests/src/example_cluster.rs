@@ -65,6 +65,13 @@ impl ExampleCluster {
                 ..Options::default()
             },
         )?;
+        // A manifest a test meant to run but the launcher skipped would otherwise surface later
+        // as a missing pod.
+        anyhow::ensure!(
+            cluster.skipped().is_empty(),
+            "Deployments not run: {:?}",
+            cluster.skipped()
+        );
         Ok(Self {
             cluster,
             manifests,

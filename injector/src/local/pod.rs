@@ -35,8 +35,6 @@ const INIT: &str = "istio-init";
 const TOKEN_TTL: Duration = Duration::from_secs(43_200);
 /// The sidecar's admin endpoint with the snapshot it runs (`{"snapshot": ...}`).
 const CONFIG_DUMP_URL: &str = "http://127.0.0.1:15000/config_dump";
-/// The control plane's address as the sidecar's `CA_ADDR` (Istio's default).
-const CA_ADDR: &str = "istiod.istio-system.svc:15012";
 /// Binds the pod's secrets over `/var/run/secrets` in the private mount namespace `ip netns
 /// exec` made, then becomes the sidecar. `$0` is the secrets directory, `$@` the sidecar.
 const BIND_SECRETS_AND_EXEC: &str = r#"mount --bind "$0" /var/run/secrets && exec "$@""#;
@@ -346,7 +344,7 @@ impl RunningPod {
             .env("POD_NAMESPACE", &self.info.namespace)
             .env("SERVICE_ACCOUNT", &self.info.service_account)
             .env("INSTANCE_IP", self.info.ip.to_string())
-            .env("CA_ADDR", CA_ADDR)
+            .env("CA_ADDR", remora_api::DEFAULT_CA_ADDR)
             .env("TRUST_DOMAIN", cx.trust_domain)
             .envs(&self.plan.sidecar_env);
         let netns = self.info.netns.clone();

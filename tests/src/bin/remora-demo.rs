@@ -45,6 +45,9 @@ fn main() -> anyhow::Result<()> {
             ..Options::default()
         },
     )?;
+    for skipped in cluster.skipped() {
+        println!("  not run: {skipped}");
+    }
     println!(
         "  {:<20} {:<14} control plane (network namespace {})",
         "istio-system/istiod",
