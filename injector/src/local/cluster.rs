@@ -275,12 +275,16 @@ impl Cluster {
         let index = self.pods.len() - 1;
         if let Err(e) = self.start_pod(index) {
             self.pods.truncate(index);
-            self.write_records()?;
+            // The start failure is the error to report; a failure to withdraw the records
+            // is only logged.
+            if let Err(records) = self.write_records() {
+                tracing::warn!(error = %records, "withdrawing the records of a failed replica");
+            }
             return Err(e);
         }
         self.write_records()?;
-        self.wait_for_sidecars()?;
         self.write_index()?;
+        self.wait_for_sidecars()?;
         Ok(&self.pods[index].info)
     }
 
@@ -346,13 +350,16 @@ impl Cluster {
     /// finds every ready endpoint known in every pod.
     fn wait_for_sidecars(&mut self) -> Result<(), LocalError> {
         let catalog = Files::read(self.control_plane.config_dirs()).catalog();
+        // One deadline for all of them, not one per sidecar.
+        let deadline = std::time::Instant::now() + self.timeout;
         for pod in &mut self.pods {
             let expected = catalog.snapshot_for(&Node {
                 pod_name: pod.info.name.clone(),
                 namespace: pod.info.namespace.clone(),
                 ip: pod.info.ip.to_string(),
             });
-            pod.wait_for_snapshot(&expected, self.timeout)?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            pod.wait_for_snapshot(&expected, left)?;
         }
         Ok(())
     }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 /// Namespace label turning injection on (`enabled`) or off (`disabled`) for its pods.
 pub const NAMESPACE_INJECTION_LABEL: &str = "istio-injection";
-/// Namespace label selecting a control-plane revision, which also turns injection on.
+/// Namespace (or, in a namespace without injection labels, pod) label selecting a
+/// control-plane revision, which also turns injection on.
 pub const NAMESPACE_REVISION_LABEL: &str = "istio.io/rev";
 /// The only revision there is here: Istio's default one.
 const DEFAULT_REVISION: &str = "default";
@@ -40,7 +41,13 @@ pub fn wants_sidecar(pod: Candidate<'_>) -> bool {
         Some(value) => value == "enabled" && pod_label != Some("false"),
         None => match pod.namespace_labels.get(NAMESPACE_REVISION_LABEL) {
             Some(revision) => revision == DEFAULT_REVISION && pod_label != Some("false"),
-            None => pod_label == Some("true"),
+            // Neither namespace label: the pod's own labels select a webhook, `inject=true`
+            // without a revision (Istio's `object.` webhook) or revision `default` unless
+            // `inject=false` (`rev.object.`).
+            None => match pod.labels.get(NAMESPACE_REVISION_LABEL).map(String::as_str) {
+                None => pod_label == Some("true"),
+                Some(revision) => revision == DEFAULT_REVISION && pod_label != Some("false"),
+            },
         },
     };
     if !webhook_called || pod.host_network || IGNORED_NAMESPACES.contains(&pod.namespace) {
@@ -78,6 +85,10 @@ mod tests {
         ];
         let yes = [(POD_INJECT, "true")];
         let no = [(POD_INJECT, "false")];
+        let pod_default_revision = [(NAMESPACE_REVISION_LABEL, "default")];
+        let pod_default_revision_no =
+            [(NAMESPACE_REVISION_LABEL, "default"), (POD_INJECT, "false")];
+        let pod_canary_yes = [(NAMESPACE_REVISION_LABEL, "canary"), (POD_INJECT, "true")];
         // (what, namespace, its labels, pod labels, pod annotations, hostNetwork, injected)
         let cases: &[(&str, &str, Pairs, Pairs, Pairs, bool, bool)] = &[
             ("unlabelled namespace", "demo", &[], &[], &[], false, false),
@@ -119,6 +130,33 @@ mod tests {
                 false,
             ),
             ("pod label true alone", "demo", &[], &yes, &[], false, true),
+            (
+                "pod revision default alone",
+                "demo",
+                &[],
+                &pod_default_revision,
+                &[],
+                false,
+                true,
+            ),
+            (
+                "pod revision default, label false",
+                "demo",
+                &[],
+                &pod_default_revision_no,
+                &[],
+                false,
+                false,
+            ),
+            (
+                "pod label true with another revision",
+                "demo",
+                &[],
+                &pod_canary_yes,
+                &[],
+                false,
+                false,
+            ),
             (
                 "pod annotation true alone does not call the webhook",
                 "demo",
