@@ -69,18 +69,27 @@ impl Drop for Netns {
     /// process left behind (one that escaped its owner's process group, say) would keep the
     /// namespace, its interfaces and its routes alive with nobody left to remove them.
     fn drop(&mut self) {
-        let pids = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output();
-        if let Ok(out) = pids {
-            for pid in String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter_map(|pid| pid.parse::<i32>().ok())
-            {
+        // A few rounds: a process may fork between one listing and its kill.
+        for _ in 0..5 {
+            let pids: Vec<i32> = Command::new("ip")
+                .args(["netns", "pids", &self.name])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .map(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .filter_map(|pid| pid.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
