@@ -4,9 +4,12 @@
 //!
 //! Every sidecar runs as the same uid (1337) on the same file system, so ownership alone cannot
 //! keep one pod's token from another pod's sidecar; the directory tree does. The launcher
-//! writes a pod's secrets into `<pod dir>/secrets/istio-proxy/` (owned by 1337, mode 0500, the
-//! token 0600 from the moment it exists) below `<pod dir>/secrets/`, which is root's with mode
-//! 0700: uid 1337 cannot get through it from the host. Root binds `istio-proxy/` over
+//! writes a pod's secrets into `<pod dir>/secrets/istio-proxy/` (root's, mode 0555, so the
+//! sidecar can neither change nor plant anything there; the token 1337's with mode 0600 from the
+//! moment it exists, opened without following links) below `<pod dir>/secrets/`, which is
+//! root's with mode 0700: uid 1337 cannot get through it from the host. (Through
+//! `/proc/<pid>/root` of another sidecar it cannot either: `remora-proxy` makes itself
+//! non-dumpable.) Root binds `istio-proxy/` over
 //! `/var/run/secrets` in the sidecar's private mount namespace before dropping to 1337, and a
 //! bind mount is entered at the bound directory itself, so there, and only there, the sidecar
 //! reads its own secrets.
@@ -44,12 +47,12 @@ pub fn token_path(pod_dir: &Path) -> PathBuf {
 pub fn write(pod_dir: &Path, token: &str, root_pem: &str) -> io::Result<PathBuf> {
     let volume = volume_dir(pod_dir);
     private_dir(&guard_dir(pod_dir), ROOT_UID, 0o700)?;
-    private_dir(&volume, PROXY_UID, 0o500)?;
+    private_dir(&volume, ROOT_UID, 0o555)?;
     let token_path = token_path(pod_dir);
     let root_path = volume.join("istio/root-cert.pem");
     for (path, contents, mode) in [(&token_path, token, 0o600), (&root_path, root_pem, 0o644)] {
         if let Some(dir) = path.parent() {
-            private_dir(dir, PROXY_UID, 0o500)?;
+            private_dir(dir, ROOT_UID, 0o555)?;
         }
         write_owned(path, contents, mode)?;
     }
@@ -75,6 +78,7 @@ fn write_owned(path: &Path, contents: &str, mode: u32) -> io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(mode)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)?;
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     fchown(&file, Some(PROXY_UID), Some(PROXY_UID))?;
