@@ -294,6 +294,9 @@ impl Cluster {
     pub fn resync(&mut self) -> Result<(), LocalError> {
         self.catalog = manifests::load(&self.config_dir);
         self.write_records()?;
+        for pod in &mut self.pods {
+            pod.refresh_token(&self.tokens, &self.roots_pem)?;
+        }
         let services = manifests::service_addresses(&self.catalog);
         for pod in &self.pods {
             let text = hosts::render(

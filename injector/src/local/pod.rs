@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::{Command, Output, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use remora_api::proto::config::Snapshot;
@@ -188,6 +188,8 @@ pub struct RunningPod {
     service_nat: Option<String>,
     /// Whether every process started and became ready.
     ready: bool,
+    /// When the sidecar's current token was minted.
+    token_minted: Option<Instant>,
 }
 
 impl RunningPod {
@@ -211,6 +213,7 @@ impl RunningPod {
             plan,
             service_nat: None,
             ready: false,
+            token_minted: None,
         }
     }
 
@@ -226,6 +229,46 @@ impl RunningPod {
     }
 
     /// Runs the pod: init and sidecar when injected, then its containers, each waited for.
+    /// Mints the sidecar's token and writes it with the mesh root; returns the directory to
+    /// bind over `/var/run/secrets`.
+    fn write_secrets(
+        &mut self,
+        tokens: &TokenIssuer,
+        roots_pem: &str,
+    ) -> Result<PathBuf, PodError> {
+        let pod = self.info.id();
+        let token = tokens
+            .mint(
+                &self.info.namespace,
+                &self.info.service_account,
+                &self.info.name,
+                TOKEN_TTL,
+            )
+            .map_err(|source| PodError::Token {
+                pod: pod.clone(),
+                source,
+            })?;
+        let dir =
+            secrets::write(&self.info.dir, &token, roots_pem).map_err(|source| PodError::Io {
+                pod,
+                what: "writing its secrets",
+                source,
+            })?;
+        self.token_minted = Some(Instant::now());
+        Ok(dir)
+    }
+
+    /// Replaces the sidecar's token once 80 % of its lifetime has passed, as the kubelet
+    /// refreshes projected tokens, so certificates can still be renewed in a long session.
+    pub fn refresh_token(&mut self, tokens: &TokenIssuer, roots_pem: &str) -> Result<(), PodError> {
+        match self.token_minted {
+            Some(minted) if minted.elapsed() >= TOKEN_TTL.mul_f64(0.8) => {
+                self.write_secrets(tokens, roots_pem).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn start(&mut self, cx: &StartContext<'_>) -> Result<(), PodError> {
         if self.plan.sidecar {
             self.start_sidecar(cx)?;
@@ -309,24 +352,11 @@ impl RunningPod {
             source,
         })?;
 
-        let token = cx
-            .tokens
-            .mint(
-                &self.info.namespace,
-                &self.info.service_account,
-                &self.info.name,
-                TOKEN_TTL,
-            )
-            .map_err(|source| PodError::Token {
-                pod: pod.clone(),
-                source,
-            })?;
+        let secrets_dir = self.write_secrets(cx.tokens, cx.roots_pem)?;
         let io_error = |what| {
             let pod = pod.clone();
             move |source| PodError::Io { pod, what, source }
         };
-        let secrets_dir = secrets::write(&self.info.dir, &token, cx.roots_pem)
-            .map_err(io_error("writing its secrets"))?;
         secrets::ensure_mount_point().map_err(io_error("creating /var/run/secrets"))?;
 
         let mut argv: Vec<OsString> = vec![

@@ -70,23 +70,62 @@ fn private_dir(dir: &Path, uid: u32, mode: u32) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
-/// Writes `contents` to `path`, owned by the sidecar's uid, the file never having had a mode
-/// wider than `mode`.
+/// Replaces `path` with `contents`, owned by the sidecar's uid, the file never having had a
+/// mode wider than `mode`; written aside and renamed, so a sidecar re-reading a refreshed token
+/// never sees half of one.
 fn write_owned(path: &Path, contents: &str, mode: u32) -> io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let aside = path.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
+    match fs::remove_file(&aside) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)?;
+        .open(&aside)?;
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     fchown(&file, Some(PROXY_UID), Some(PROXY_UID))?;
-    file.write_all(contents.as_bytes())
+    file.write_all(contents.as_bytes())?;
+    fs::rename(&aside, path)
 }
 
 /// Makes sure the mount point exists on the host (binds need a directory to land on; the
 /// bind itself only ever happens in a pod's private mount namespace).
 pub fn ensure_mount_point() -> io::Result<()> {
     fs::create_dir_all(MOUNT_POINT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn a_refreshed_token_replaces_the_old_one_whole_and_stays_the_sidecars() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "writing secrets owned by uid 1337 needs root; run the tests as root"
+        );
+        let pod = tempfile::tempdir().expect("pod dir");
+        let volume = write(pod.path(), "first-token", "ROOT").expect("first write");
+        write(pod.path(), "second-token", "ROOT").expect("refresh");
+        let token = token_path(pod.path());
+        assert_eq!(fs::read_to_string(&token).expect("token"), "second-token");
+        let meta = fs::metadata(&token).expect("token metadata");
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (PROXY_UID, 0o600));
+        let guard = fs::metadata(guard_dir(pod.path())).expect("guard metadata");
+        assert_eq!((guard.uid(), guard.mode() & 0o777), (ROOT_UID, 0o700));
+        let bound = fs::metadata(&volume).expect("volume metadata");
+        assert_eq!((bound.uid(), bound.mode() & 0o777), (ROOT_UID, 0o555));
+        let leftovers: Vec<_> = fs::read_dir(token.parent().expect("tokens dir"))
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, ["istio-token"], "nothing left aside");
+    }
 }
