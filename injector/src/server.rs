@@ -30,17 +30,17 @@ use crate::{
     token::{Authenticator, TokenError},
 };
 
-pub use certificates::Certificates;
-pub use discovery::DiscoveryService;
-pub use metrics::Metrics;
+use certificates::Certificates;
+use discovery::DiscoveryService;
+use metrics::Metrics;
 use sync_status::SyncStatus;
 
 /// The latest valid config, as every service reads it.
-pub type CatalogWatch = watch::Receiver<Arc<Catalog>>;
+type CatalogWatch = watch::Receiver<Arc<Catalog>>;
 
 /// The control plane's DNS names, which its serving certificate carries (Istio's Service
 /// `istiod` in `istio-system`).
-pub const SERVING_NAMES: [&str; 3] = [
+const SERVING_NAMES: [&str; 3] = [
     "istiod.istio-system.svc",
     "istiod.istio-system.svc.cluster.local",
     "istiod",

@@ -93,8 +93,7 @@ impl Issued {
         if not_after <= SystemTime::now() {
             return Err(IdentityError::Expired);
         }
-        let provider = rustls::crypto::ring::default_provider();
-        let key = CertifiedKey::from_der(chain, key, &provider)?;
+        let key = CertifiedKey::from_der(chain, key, &provider())?;
         Ok(Self {
             key: Arc::new(key),
             serial,
