@@ -26,5 +26,5 @@ pub(crate) mod yaml;
 pub use catalog::Catalog;
 pub use directory::DirectorySource;
 pub use mesh::ProxyConfigError;
-pub use objects::Rejection;
+pub use objects::{Rejection, Subject};
 pub use source::{Source, SourceError};

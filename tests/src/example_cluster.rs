@@ -7,6 +7,11 @@ use std::{
     fs,
     ops::ControlFlow,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -131,6 +136,46 @@ pub fn curl(pod: &LocalPod, url: &str) -> anyhow::Result<CurlResult> {
         .exec(&["curl", "-sS", "-m", "10", "-w", "\n%{http_code}", url])
         .with_context(|| format!("running curl in {}", pod.id()))?;
     Ok(CurlResult::from_output(&out))
+}
+
+/// Requests from a pod, one at a time with a pause between them, as a steady trickle of
+/// traffic through whatever the test changes meanwhile; [`SteadyLoad::finish`] says how many
+/// were sent and which failed.
+pub struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u32, Vec<String>)>,
+}
+
+impl SteadyLoad {
+    /// Starts `curl <url>` from `pod` every `pause` (plus the request's own time).
+    pub fn start(pod: &LocalPod, url: &str, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, pod, url) = (stop.clone(), pod.clone(), url.to_owned());
+            thread::spawn(move || {
+                let (mut sent, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    sent += 1;
+                    match curl(&pod, &url) {
+                        Ok(response) if response.status == 200 => {}
+                        Ok(response) => failed.push(format!("request {sent}: {response:?}")),
+                        Err(e) => failed.push(format!("request {sent}: {e:#}")),
+                    }
+                    thread::sleep(pause);
+                }
+                (sent, failed)
+            })
+        };
+        Self { stop, thread }
+    }
+
+    /// Stops the load: how many requests were sent, and each that failed.
+    pub fn finish(self) -> anyhow::Result<(u32, Vec<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the load thread panicked"))
+    }
 }
 
 /// `GET http://127.0.0.1:<port><path>` inside `pod` (a sidecar's admin or metrics), failing

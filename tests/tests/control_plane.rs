@@ -7,10 +7,6 @@ use std::{
     ffi::OsStr,
     os::unix::fs::PermissionsExt,
     process::Command,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -19,7 +15,9 @@ use anyhow::{ensure, Context};
 use remora_api::proto::config::Snapshot;
 use remora_e2e::{
     counter,
-    example_cluster::{curl, edit_file, local_get, sidecar_metrics, wait_for, ExampleCluster},
+    example_cluster::{
+        curl, edit_file, local_get, sidecar_metrics, wait_for, ExampleCluster, SteadyLoad,
+    },
 };
 use remora_injector::local::{as_proxy_user, LocalPod};
 
@@ -330,23 +328,8 @@ fn certificates_rotate_under_load_without_failed_requests() -> anyhow::Result<()
             .with_context(|| format!("no serial in /certs: {certs}"))
     };
 
-    // Steady load: 10 requests a second, one at a time, counted until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, sleep) = (stop.clone(), sleep.clone());
-        thread::spawn(move || -> anyhow::Result<(u32, Vec<String>)> {
-            let (mut sent, mut failed) = (0, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                let response = curl(&sleep, HTTPBIN)?;
-                sent += 1;
-                if response.status != 200 {
-                    failed.push(format!("request {sent}: {response:?}"));
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-            Ok((sent, failed))
-        })
-    };
+    // Steady load: about 10 requests a second, one at a time.
+    let load = SteadyLoad::start(&sleep, HTTPBIN, Duration::from_millis(100));
 
     let start = Instant::now();
     let mut serials = vec![serial()?];
@@ -363,10 +346,7 @@ fn certificates_rotate_under_load_without_failed_requests() -> anyhow::Result<()
             serials.push(current);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let (sent, failed) = load
-        .join()
-        .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    let (sent, failed) = load.finish()?;
     println!(
         "{sent} requests, {} failed, {} certificates",
         failed.len(),

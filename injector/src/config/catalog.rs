@@ -74,6 +74,14 @@ impl Catalog {
         }
     }
 
+    /// A rejection that may be why object `kind` `namespace/name` is missing: its own, or
+    /// one of a file or document whose objects could not be told apart.
+    pub fn rejection_of(&self, kind: &str, namespace: &str, name: &str) -> Option<&Rejection> {
+        self.rejected
+            .iter()
+            .find(|r| r.may_concern(kind, namespace, name))
+    }
+
     /// The mesh's trust domain (`trustDomain`), which the CA signs identities in.
     pub fn trust_domain(&self) -> &str {
         self.mesh.trust_domain()

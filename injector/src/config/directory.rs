@@ -251,10 +251,10 @@ fn is_manifest(path: &Path) -> bool {
 }
 
 fn unreadable(path: &Path, error: &io::Error) -> Rejection {
-    Rejection {
-        object: path.display().to_string(),
-        reason: format!("cannot be read: {error}"),
-    }
+    Rejection::unidentified(
+        path.display().to_string(),
+        format!("cannot be read: {error}"),
+    )
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! take the others down, and must not be half-applied either. So every document is parsed and
 //! checked on its own and either kept whole or turned into a [`Rejection`] that names the
 //! object, where it came from and the field at fault, the way `kubectl apply` would complain.
+//! A `v1` `List` (what `kubectl get -o yaml` prints) stands for its items, each read as a
+//! document of its own, as `kubectl apply` reads it.
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
@@ -31,6 +33,65 @@ pub struct Rejection {
     pub object: String,
     /// What is wrong, naming the field, e.g. `spec.ports[0].port: invalid type ...`.
     pub reason: String,
+    /// Which object it was, as far as can be told.
+    pub subject: Subject,
+}
+
+/// What a rejection was about: what lets a reader keep the object's last good version
+/// (the local launcher keeps a rejected Deployment's pods running).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Subject {
+    /// One object; `namespace` is empty for cluster-scoped kinds.
+    Object {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    /// A file, document or List whose objects could not be told apart: it may have held any
+    /// object.
+    Unidentified,
+}
+
+impl Rejection {
+    /// The rejection of a file, document or List whose objects could not be told apart.
+    pub(crate) fn unidentified(object: String, reason: String) -> Self {
+        Self {
+            object,
+            reason,
+            subject: Subject::Unidentified,
+        }
+    }
+
+    /// The rejection of object `kind` `key`, labelled `object`.
+    pub(crate) fn of(kind: &str, key: &Key, object: String, reason: String) -> Self {
+        let (namespace, name) = key.clone();
+        let subject = if name.is_empty() && kind != "MeshConfig" {
+            Subject::Unidentified
+        } else {
+            Subject::Object {
+                kind: kind.to_owned(),
+                namespace,
+                name,
+            }
+        };
+        Self {
+            object,
+            reason,
+            subject,
+        }
+    }
+
+    /// Whether this may be the rejection of object `kind` `namespace/name`.
+    pub fn may_concern(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        match &self.subject {
+            Subject::Unidentified => true,
+            Subject::Object {
+                kind: k,
+                namespace: ns,
+                name: n,
+            } => (k.as_str(), ns.as_str(), n.as_str()) == (kind, namespace, name),
+        }
+    }
 }
 
 /// `(namespace, name)`.
@@ -75,35 +136,71 @@ impl Objects {
                 let label = format!("MeshConfig in {origin}");
                 match MeshConfig::parse(text) {
                     Ok(mesh) => objects.keep_mesh(mesh, label, &mut rejected),
-                    Err(e) => rejected.push(Rejection {
-                        object: label,
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => rejected.push(Rejection::of(
+                        "MeshConfig",
+                        &Key::default(),
+                        label,
+                        e.to_string(),
+                    )),
                 }
                 continue;
             }
             match yaml::documents(text) {
                 Ok(values) => {
                     for (index, value) in values.into_iter().enumerate() {
-                        let place = format!("{origin} (document {})", index + 1);
-                        objects.add(value, &place, &mut rejected);
+                        objects.add_document(value, origin, index + 1, &mut rejected);
                     }
                 }
-                Err(e) => rejected.push(Rejection {
-                    object: origin.clone(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => rejected.push(Rejection::unidentified(origin.clone(), e.to_string())),
             }
         }
         (objects, rejected)
     }
 
+    /// Document `number` of `origin`: one object, or a `v1` `List` of them (what `kubectl get
+    /// -o yaml` writes), whose items `kubectl apply` reads one by one, so each is checked and
+    /// kept or rejected on its own, named by its position (`(document 1, items[2])`).
+    fn add_document(
+        &mut self,
+        value: Value,
+        origin: &str,
+        number: usize,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        let place = format!("{origin} (document {number})");
+        if !is_list(&value) {
+            self.add(value, &place, rejected);
+            return;
+        }
+        let items = match yaml::from_value::<List>(value) {
+            Ok(list) => list.items,
+            Err(e) => {
+                rejected.push(Rejection::unidentified(
+                    format!("List in {place}"),
+                    e.to_string(),
+                ));
+                return;
+            }
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let place = format!("{origin} (document {number}, items[{index}])");
+            if is_list(&item) {
+                rejected.push(Rejection::unidentified(
+                    format!("List in {place}"),
+                    "a List inside a List is not supported: list its items directly".to_owned(),
+                ));
+            } else {
+                self.add(item, &place, rejected);
+            }
+        }
+    }
+
     fn add(&mut self, value: Value, place: &str, rejected: &mut Vec<Rejection>) {
         let Some(id) = Identity::of(&value, place) else {
-            rejected.push(Rejection {
-                object: place.to_owned(),
-                reason: "apiVersion and kind are required".to_owned(),
-            });
+            rejected.push(Rejection::unidentified(
+                place.to_owned(),
+                "apiVersion and kind are required".to_owned(),
+            ));
             return;
         };
         let Some(result) = checked(value, &id) else {
@@ -113,10 +210,7 @@ impl Objects {
         let kept = match result {
             Ok(kept) => kept,
             Err(reason) => {
-                rejected.push(Rejection {
-                    object: id.label,
-                    reason,
-                });
+                rejected.push(Rejection::of(&id.kind, &id.key, id.label, reason));
                 return;
             }
         };
@@ -194,10 +288,8 @@ impl Objects {
         rejected: &mut Vec<Rejection>,
     ) -> Option<(Key, String)> {
         if let Some(first) = self.seen.get(&(kind, key.clone())) {
-            rejected.push(Rejection {
-                reason: format!("duplicate: the same {kind} is already defined as {first}"),
-                object: label,
-            });
+            let reason = format!("duplicate: the same {kind} is already defined as {first}");
+            rejected.push(Rejection::of(kind, &key, label, reason));
             return None;
         }
         self.seen.insert((kind, key.clone()), label.clone());
@@ -211,6 +303,17 @@ impl Objects {
             self.mesh = Some(mesh);
         }
     }
+}
+
+/// A `v1` `List`, of which only the items matter.
+#[derive(serde::Deserialize)]
+struct List {
+    items: Vec<Value>,
+}
+
+fn is_list(value: &Value) -> bool {
+    let text = |field: &str| value.get(field).and_then(Value::as_str);
+    (text("apiVersion"), text("kind")) == (Some("v1"), Some("List"))
 }
 
 /// What a document claims to be, read before it is checked so even a rejection can name it.

@@ -99,12 +99,8 @@ fn pod_facts(
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
 ) -> Option<(PodFacts, Option<Workload>)> {
-    let mut reject = |reason: String| {
-        rejected.push(Rejection {
-            object: pod.label.clone(),
-            reason,
-        })
-    };
+    let mut reject =
+        |reason: String| rejected.push(Rejection::of("Pod", key, pod.label.clone(), reason));
     let annotations = pod.object.metadata.annotations.as_ref();
     // A bad override is reported but does not stop the pod: it runs with the mesh defaults.
     let proxy_config = ProxyConfig::of_pod(annotations)
@@ -222,12 +218,10 @@ fn services(
         };
         if let Some(ip) = ip {
             if let Some((namespace, name)) = explicit.get(&ip) {
-                rejected.push(Rejection {
-                    object: service.label.clone(),
-                    reason: format!(
-                        "spec.clusterIP: {ip} is already the cluster IP of Service {namespace}/{name}"
-                    ),
-                });
+                let reason = format!(
+                    "spec.clusterIP: {ip} is already the cluster IP of Service {namespace}/{name}"
+                );
+                rejected.push(Rejection::of("Service", key, service.label.clone(), reason));
                 conflicting.push(key.clone());
                 continue;
             }

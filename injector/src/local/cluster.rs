@@ -6,8 +6,14 @@
 //! plan every replica, give each a namespace and an address, record the Pods (not ready) and
 //! EndpointSlices (their endpoints not ready), start the control plane and wait until it is
 //! ready, then start the pods one by one, recording each as ready once it runs.
+//!
+//! Afterwards [`Cluster::resync`] follows edits to the manifests as a cluster's controllers
+//! would ([`rollout`] decides what changes). A pod leaves in the reverse order it came: it is
+//! recorded not ready first, and stopped only once every sidecar has dropped it, so clients
+//! never pick an endpoint that is going away.
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
     time::Duration,
@@ -30,6 +36,7 @@ use super::{
     pod::{LocalPod, RunningPod, StartContext},
     record_dir::RecordDir,
     records,
+    rollout::{self, DeploymentKey, Step, Wanted},
     state::StateDir,
 };
 use crate::{
@@ -59,6 +66,13 @@ pub struct Cluster {
     catalog: Catalog,
     /// The accepted Deployments that cannot run locally, and why.
     skipped: Vec<PlanError>,
+    /// Replicas added by [`Cluster::add_replica`] on top of each Deployment's `replicas`.
+    extra_replicas: BTreeMap<DeploymentKey, usize>,
+    /// Why each Deployment's pods are left as they are, as last reported.
+    held: BTreeMap<DeploymentKey, String>,
+    /// Deployments whose pods failed to start, with the plan that failed: not tried again
+    /// until the template changes (a crash loop would only repeat the same error).
+    failed: BTreeMap<DeploymentKey, PodPlan>,
     records: RecordDir,
     /// kube-proxy's rules for pods without a sidecar, from the current records.
     service_nat: String,
@@ -87,16 +101,9 @@ impl Cluster {
         )?;
 
         let catalog = manifests::load(&config_dir);
-        let mut plans = Vec::new();
-        let mut skipped = Vec::new();
-        for deployment in catalog.deployments() {
-            match plan::deployment_pods(deployment, &catalog) {
-                Ok(pods) => plans.extend(pods),
-                Err(e) => {
-                    tracing::warn!(error = %e, "not running a Deployment");
-                    skipped.push(e);
-                }
-            }
+        let (wanted, skipped) = wanted(&catalog, &BTreeMap::new());
+        for problem in &skipped {
+            tracing::warn!(error = %problem, "not running a Deployment");
         }
 
         let ca_dir = state.ca_dir();
@@ -145,12 +152,20 @@ impl Cluster {
             timeout: options.timeout,
             catalog,
             skipped,
+            extra_replicas: BTreeMap::new(),
+            held: held_reasons(&wanted),
+            failed: BTreeMap::new(),
             records: RecordDir::new(state.cluster_dir()),
             service_nat: String::new(),
             state,
         };
-        for plan in plans {
-            cluster.create_pod(plan)?;
+        for (key, wanted) in &wanted {
+            if let Wanted::Run { replicas, .. } = wanted {
+                for index in 0..*replicas {
+                    let plan = cluster.replica_plan(key, index)?;
+                    cluster.create_pod(plan)?;
+                }
+            }
         }
         cluster.write_records()?;
         cluster.control_plane.start(cluster.timeout)?;
@@ -252,47 +267,35 @@ impl Cluster {
     }
 
     /// Starts one more replica of Deployment `namespace/name` (as read from the manifests
-    /// now): records it as not ready, starts it, then records it as ready (its endpoints
-    /// join the EndpointSlices) and returns it. A replica that fails to start is removed
-    /// again, records included.
+    /// now), as `kubectl scale` would, and returns it once every sidecar knows it: recorded
+    /// as not ready, started, then recorded as ready (its endpoints join the EndpointSlices).
+    /// Later resyncs keep it. A replica that fails to start is removed again, records
+    /// included.
     pub fn add_replica(&mut self, namespace: &str, name: &str) -> Result<&LocalPod, LocalError> {
         self.catalog = manifests::load(&self.config_dir);
-        let deployment =
-            self.catalog
-                .deployment(namespace, name)
-                .ok_or_else(|| LocalError::NoDeployment {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                })?;
-        let index = self
-            .pods
-            .iter()
-            .filter(|p| p.info.namespace == namespace && p.info.deployment == name)
-            .count();
-        let plan = plan::replica(deployment, index, &self.catalog)?;
-        self.create_pod(plan)?;
-        self.write_records()?;
-        let index = self.pods.len() - 1;
-        if let Err(e) = self.start_pod(index) {
-            self.pods.truncate(index);
-            // The start failure is the error to report; a failure to withdraw the records
-            // is only logged.
-            if let Err(records) = self.write_records() {
-                tracing::warn!(error = %records, "withdrawing the records of a failed replica");
-            }
-            return Err(e);
-        }
-        self.write_records()?;
+        let key = (namespace.to_owned(), name.to_owned());
+        let index = rollout::lowest_free_index(
+            self.pods
+                .iter()
+                .map(|pod| &pod.plan)
+                .filter(|plan| plan.namespace == namespace && plan.deployment == name),
+        );
+        let plan = self.replica_plan(&key, index)?;
+        self.start_plan(plan)?;
+        *self.extra_replicas.entry(key).or_default() += 1;
         self.write_index()?;
         self.wait_for_sidecars()?;
-        Ok(&self.pods[index].info)
+        Ok(&self.pods[self.pods.len() - 1].info)
     }
 
-    /// Re-reads the manifests and brings the records and hosts files up to date (a Service
-    /// added, removed or re-targeted), as a cluster's controllers and DNS would. Pods are not
-    /// added or removed.
-    pub fn resync(&mut self) -> Result<(), LocalError> {
+    /// Re-reads the manifests and brings the cluster up to date, as a cluster's controllers
+    /// and DNS would: pods started, stopped or replaced for Deployments added, removed,
+    /// scaled or with a new template (see [`rollout`]); records, kube-proxy rules and hosts
+    /// files for Services added, removed or re-targeted. What changed is returned; a pod that
+    /// fails to start is reported there and not tried again until its template changes.
+    pub fn resync(&mut self) -> Result<Rollout, LocalError> {
         self.catalog = manifests::load(&self.config_dir);
+        let mut report = self.roll_out();
         self.write_records()?;
         for pod in &mut self.pods {
             pod.refresh_token(&self.tokens, &self.roots_pem)?;
@@ -311,7 +314,154 @@ impl Cluster {
                 Path::new(&pod.info.name),
             ))?;
         }
-        Ok(())
+        if !(report.started.is_empty() && report.stopped.is_empty()) {
+            self.write_index()?;
+            if let Err(e) = self.wait_for_sidecars() {
+                report.failed.push(e);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Takes the pods to what the manifests now ask, one step at a time; a step that fails
+    /// is reported and the others still run.
+    fn roll_out(&mut self) -> Rollout {
+        let (mut wanted, skipped) = wanted(&self.catalog, &self.extra_replicas);
+        // A Deployment that vanished because its manifest is now rejected keeps its pods.
+        for pod in &self.pods {
+            let key = (pod.info.namespace.clone(), pod.info.deployment.clone());
+            if wanted.contains_key(&key) {
+                continue;
+            }
+            if let Some(rejection) =
+                self.catalog
+                    .rejection_of("Deployment", &pod.info.namespace, &pod.info.deployment)
+            {
+                let reason = format!("{}: {}", rejection.object, rejection.reason);
+                wanted.insert(key, Wanted::Hold(reason));
+            }
+        }
+        self.skipped = skipped;
+        self.extra_replicas
+            .retain(|key, _| wanted.contains_key(key));
+
+        let mut report = Rollout::default();
+        let held = held_reasons(&wanted);
+        report.held = held
+            .iter()
+            .filter(|(key, reason)| self.held.get(*key) != Some(*reason))
+            .map(|(_, reason)| reason.clone())
+            .collect();
+        self.held = held;
+
+        let running: Vec<PodPlan> = self.pods.iter().map(|pod| pod.plan.clone()).collect();
+        for step in rollout::steps(&running, &wanted) {
+            let outcome = match step {
+                Step::Stop { namespace, name } => self
+                    .stop_pod(&namespace, &name)
+                    .map(|stopped| report.stopped.extend(stopped)),
+                Step::Start { key, index } => {
+                    self.start_replica(&key, index, &mut report).map(drop)
+                }
+                Step::Replace { key, index, old } => self
+                    .start_replica(&key, index, &mut report)
+                    .and_then(|started| match started {
+                        // The old pod serves until its replacement runs.
+                        false => Ok(()),
+                        true => self
+                            .stop_pod(&key.0, &old)
+                            .map(|stopped| report.stopped.extend(stopped)),
+                    }),
+            };
+            if let Err(e) = outcome {
+                report.failed.push(e);
+            }
+        }
+        report
+    }
+
+    /// Starts replica `index` of Deployment `key` from its template in the manifests now,
+    /// adding it to the report; whether it started. A template that failed to start before
+    /// is not tried again (a crash loop would only repeat the same error) until it changes.
+    fn start_replica(
+        &mut self,
+        key: &DeploymentKey,
+        index: usize,
+        report: &mut Rollout,
+    ) -> Result<bool, LocalError> {
+        let plan = self.replica_plan(key, index)?;
+        if self
+            .failed
+            .get(key)
+            .is_some_and(|failed| rollout::same_template(failed, &plan))
+        {
+            return Ok(false);
+        }
+        match self.start_plan(plan.clone()) {
+            Ok(()) => {
+                self.failed.remove(key);
+                report
+                    .started
+                    .push(self.pods[self.pods.len() - 1].info.clone());
+                Ok(true)
+            }
+            Err(e) => {
+                self.failed.insert(key.clone(), plan);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replica `index` of Deployment `key` as the manifests describe it now.
+    fn replica_plan(&self, key: &DeploymentKey, index: usize) -> Result<PodPlan, LocalError> {
+        let (namespace, name) = key;
+        let deployment =
+            self.catalog
+                .deployment(namespace, name)
+                .ok_or_else(|| LocalError::NoDeployment {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })?;
+        Ok(plan::replica(deployment, index, &self.catalog)?)
+    }
+
+    /// Creates and starts a pod for `plan`, recorded not ready while it starts and ready once
+    /// it runs. A pod that fails to start is removed again, records included.
+    fn start_plan(&mut self, plan: PodPlan) -> Result<(), LocalError> {
+        self.create_pod(plan)?;
+        self.write_records()?;
+        let index = self.pods.len() - 1;
+        if let Err(e) = self.start_pod(index) {
+            self.pods.truncate(index);
+            // The start failure is the error to report; a failure to withdraw the records
+            // is only logged.
+            if let Err(records) = self.write_records() {
+                tracing::warn!(error = %records, "withdrawing the records of a failed replica");
+            }
+            return Err(e);
+        }
+        self.write_records()
+    }
+
+    /// Stops pod `namespace/name` the way a cluster drains one: recorded not ready, then,
+    /// once every sidecar has dropped its endpoints, its processes stopped and its namespace
+    /// removed. Returns what it was (`None` if there was no such pod).
+    fn stop_pod(&mut self, namespace: &str, name: &str) -> Result<Option<LocalPod>, LocalError> {
+        let Some(index) = self
+            .pods
+            .iter()
+            .position(|pod| pod.info.namespace == namespace && pod.info.name == name)
+        else {
+            return Ok(None);
+        };
+        self.pods[index].withdraw();
+        self.write_records()?;
+        self.wait_for_sidecars()?;
+        let pod = self.pods.remove(index);
+        let info = pod.info.clone();
+        drop(pod);
+        self.write_records()?;
+        Ok(Some(info))
     }
 
     /// Gives `plan` a namespace, an address, a hosts file and a directory.
@@ -396,6 +546,60 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// What [`Cluster::resync`] changed.
+#[derive(Debug, Default)]
+pub struct Rollout {
+    pub started: Vec<LocalPod>,
+    pub stopped: Vec<LocalPod>,
+    /// Deployments whose pods are left as they are, newly or for a new reason: invalid in
+    /// the manifests now, or unable to run locally.
+    pub held: Vec<String>,
+    /// What could not be done (each names its pod); the rest was done.
+    pub failed: Vec<LocalError>,
+}
+
+/// Why each held Deployment is held.
+fn held_reasons(wanted: &BTreeMap<DeploymentKey, Wanted>) -> BTreeMap<DeploymentKey, String> {
+    wanted
+        .iter()
+        .filter_map(|(key, wanted)| match wanted {
+            Wanted::Hold(reason) => Some((key.clone(), reason.clone())),
+            Wanted::Run { .. } => None,
+        })
+        .collect()
+}
+
+/// What the manifests in `catalog` ask to run, Deployment by Deployment, with `extra`
+/// replicas on top of some; and the Deployments that cannot run locally.
+fn wanted(
+    catalog: &Catalog,
+    extra: &BTreeMap<DeploymentKey, usize>,
+) -> (BTreeMap<DeploymentKey, Wanted>, Vec<PlanError>) {
+    let mut wanted = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for deployment in catalog.deployments() {
+        let key = (
+            namespace_of(&deployment.metadata).to_owned(),
+            deployment.metadata.name.clone().unwrap_or_default(),
+        );
+        let entry = match plan::replica_count(deployment)
+            .and_then(|replicas| Ok((replicas, plan::replica(deployment, 0, catalog)?)))
+        {
+            Ok((replicas, template)) => Wanted::Run {
+                replicas: replicas + extra.get(&key).copied().unwrap_or(0),
+                template: Box::new(template),
+            },
+            Err(e) => {
+                let reason = e.to_string();
+                skipped.push(e);
+                Wanted::Hold(reason)
+            }
+        };
+        wanted.insert(key, entry);
+    }
+    (wanted, skipped)
 }
 
 impl Drop for Cluster {

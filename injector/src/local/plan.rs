@@ -57,40 +57,49 @@ pub struct PodPlan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerPlan {
     pub name: String,
-    /// `command` followed by `args`, as written.
+    /// `command` followed by `args`, as written: `$(NAME)` references are expanded at start
+    /// ([`super::expand`]), once `status.podIP` has a value.
     pub argv: Vec<String>,
     pub env: Vec<(String, EnvValue)>,
     /// Declared TCP `containerPort`s, waited for after start.
     pub ports: Vec<u16>,
 }
 
-/// A container environment value: literal, or from the downward API.
+/// A container environment value: written, or from the downward API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EnvValue {
-    Literal(String),
+    /// `value`, as written: it may refer to variables listed before it as `$(NAME)`.
+    Value(String),
+    /// A `fieldRef` known when planning (`metadata.name`, ...), used as is.
+    Field(String),
     /// `fieldRef: status.podIP`, known once the pod has its address.
     PodIp,
 }
 
 /// The replicas of `deployment` (named `<deployment>-<n>`), with the Namespaces and mesh
-/// config of `catalog`.
+/// config of `catalog`: what the tests compare against (the launcher plans replica by replica).
+#[cfg(test)]
 pub fn deployment_pods(
     deployment: &Deployment,
     catalog: &Catalog,
 ) -> Result<Vec<PodPlan>, PlanError> {
+    replicas_of(deployment, 0..replica_count(deployment)?, catalog)
+}
+
+/// `spec.replicas` (1 when unset).
+pub fn replica_count(deployment: &Deployment) -> Result<usize, PlanError> {
     let replicas = deployment
         .spec
         .as_ref()
         .and_then(|spec| spec.replicas)
         .unwrap_or(1);
-    let replicas = usize::try_from(replicas).map_err(|_| {
+    usize::try_from(replicas).map_err(|_| {
         failure(
             deployment,
             "spec.replicas",
             format!("{replicas} is negative"),
         )
-    })?;
-    replicas_of(deployment, 0..replicas, catalog)
+    })
 }
 
 /// Replica number `index` of `deployment`, as [`deployment_pods`] would make it.
@@ -223,10 +232,10 @@ fn container(
                 (_, Some(from)) => {
                     let field = from.field_ref.as_ref().map(|f| f.field_path.as_str());
                     match field {
-                        Some("metadata.name") => EnvValue::Literal(pod_name.to_owned()),
-                        Some("metadata.namespace") => EnvValue::Literal(namespace.to_owned()),
+                        Some("metadata.name") => EnvValue::Field(pod_name.to_owned()),
+                        Some("metadata.namespace") => EnvValue::Field(namespace.to_owned()),
                         Some("spec.serviceAccountName") => {
-                            EnvValue::Literal(service_account.to_owned())
+                            EnvValue::Field(service_account.to_owned())
                         }
                         Some("status.podIP") => EnvValue::PodIp,
                         _ => {
@@ -242,7 +251,7 @@ fn container(
                         }
                     }
                 }
-                (value, None) => EnvValue::Literal(value.clone().unwrap_or_default()),
+                (value, None) => EnvValue::Value(value.clone().unwrap_or_default()),
             };
             Ok((var.name.clone(), value))
         })
@@ -348,9 +357,9 @@ spec:
                     .map(String::from)
                     .to_vec(),
                 env: vec![
-                    ("A".to_owned(), EnvValue::Literal("1".to_owned())),
+                    ("A".to_owned(), EnvValue::Value("1".to_owned())),
                     ("IP".to_owned(), EnvValue::PodIp),
-                    ("POD".to_owned(), EnvValue::Literal("httpbin-1".to_owned())),
+                    ("POD".to_owned(), EnvValue::Field("httpbin-1".to_owned())),
                 ],
                 ports: vec![8080],
             }]

@@ -16,10 +16,11 @@ use remora_api::proto::config::Snapshot;
 
 use super::{
     bins::Binaries,
+    expand,
     hosts::EtcNetns,
     netns::{exec_in, run_checked, CommandError},
     network::{Network, PodNetwork},
-    plan::{EnvValue, PodPlan},
+    plan::PodPlan,
     probe,
     process::{as_proxy_user, Process, ProcessError},
     secrets,
@@ -223,6 +224,12 @@ impl RunningPod {
         self.ready
     }
 
+    /// Marks the pod as going away: from now on it is recorded not ready, so its endpoints
+    /// leave the EndpointSlices before it stops.
+    pub fn withdraw(&mut self) {
+        self.ready = false;
+    }
+
     /// Replaces the pod's hosts file (for commands started from now on).
     pub fn write_hosts(&self, text: &str) -> io::Result<()> {
         self.etc.write_hosts(text)
@@ -393,17 +400,15 @@ impl RunningPod {
 
     fn start_container(&mut self, index: usize, timeout: Duration) -> Result<(), PodError> {
         let container = self.plan.containers[index].clone();
-        let mut cmd = self.info.command(&container.argv);
+        let env = expand::environment(&container.env, IpAddr::V4(self.info.ip));
+        let mut cmd = self
+            .info
+            .command(&expand::command_line(&container.argv, &env));
         cmd.env_clear()
             .envs(inherited(INHERITED_ENV))
             .env("HOSTNAME", &self.info.name)
+            .envs(env)
             .current_dir(&self.info.dir);
-        for (name, value) in &container.env {
-            match value {
-                EnvValue::Literal(value) => cmd.env(name, value),
-                EnvValue::PodIp => cmd.env(name, IpAddr::V4(self.info.ip).to_string()),
-            };
-        }
         let (pod, netns) = (self.info.id(), self.info.netns.clone());
         let process = self.spawn(&container.name, cmd)?;
         for port in container.ports {

@@ -137,9 +137,20 @@ impl StateDir {
         self.root.join("pods")
     }
 
-    /// A pod's directory (logs, secrets, working directory of its containers).
+    /// A new pod's directory (logs, secrets, working directory of its containers). The
+    /// directory of an earlier pod with the same name becomes `<name>.previous` (replacing
+    /// an older one), so each pod's logs tell only its own story and the last one's stay
+    /// readable, as `kubectl logs --previous` (pod names end in a digit, so never collide).
     pub fn pod_dir(&self, namespace: &str, name: &str) -> io::Result<PathBuf> {
-        let dir = self.pods_dir().join(namespace).join(name);
+        let parent = self.pods_dir().join(namespace);
+        let dir = parent.join(name);
+        if dir.exists() {
+            let previous = parent.join(format!("{name}.previous"));
+            if previous.exists() {
+                fs::remove_dir_all(&previous)?;
+            }
+            fs::rename(&dir, &previous)?;
+        }
         fs::create_dir_all(&dir)?;
         Ok(dir)
     }
@@ -245,6 +256,20 @@ mod tests {
         let err = StateDir::open(Some(&someones), "t", false, &manifests).expect_err("not ours");
         assert!(matches!(err, StateError::NotOurs(_)), "{err}");
         assert!(someones.join("cluster/thesis.tex").exists(), "untouched");
+    }
+
+    #[test]
+    fn a_pod_reusing_a_name_starts_with_a_fresh_directory_and_the_last_one_is_kept() {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let state = StateDir::open(None, "rmr-test", false, scratch.path()).expect("temporary");
+        let log = |dir: &Path| fs::read_to_string(dir.join("app.log")).ok();
+        for run in ["first", "second", "third"] {
+            let dir = state.pod_dir("demo", "httpbin-0").expect("pod dir");
+            assert_eq!(log(&dir), None, "{run}: fresh");
+            fs::write(dir.join("app.log"), run).expect("a log");
+        }
+        let previous = state.pods_dir().join("demo/httpbin-0.previous");
+        assert_eq!(log(&previous).as_deref(), Some("second"));
     }
 
     #[test]

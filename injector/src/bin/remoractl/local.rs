@@ -10,9 +10,9 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use remora_injector::local::{Cluster, LocalPod, Options, Shutdown};
+use remora_injector::local::{Cluster, LocalPod, Options, Rollout, Shutdown};
 
-/// How often `up` re-reads the manifests to keep EndpointSlices and hosts files current.
+/// How often `up` re-reads the manifests to follow edits (pods, EndpointSlices, hosts files).
 const RESYNC_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Subcommand)]
@@ -73,8 +73,9 @@ fn up(dir: &Path, state_dir: Option<PathBuf>, timeout: Duration) -> anyhow::Resu
         Cluster::up(dir, options).with_context(|| format!("bringing up {}", dir.display()))?;
     print_summary(&cluster);
     while !shutdown.wait_timeout(RESYNC_EVERY) {
-        if let Err(e) = cluster.resync() {
-            eprintln!("warning: keeping records up to date: {e}");
+        match cluster.resync() {
+            Ok(rollout) => print_rollout(&rollout),
+            Err(e) => eprintln!("warning: following the manifests: {e}"),
         }
     }
     // The terminal may be gone (SIGHUP): a failed write must not abort the teardown.
@@ -120,6 +121,27 @@ fn print_summary(cluster: &Cluster) {
         "\nState, records and logs: {}\nPress Ctrl-C to tear it all down.",
         cluster.state_dir().display()
     );
+}
+
+/// What a re-read of the manifests changed, if anything.
+fn print_rollout(rollout: &Rollout) {
+    for pod in &rollout.stopped {
+        println!("stopped  {:<32} {}", pod.id(), pod.ip);
+    }
+    for pod in &rollout.started {
+        println!(
+            "started  {:<32} {:<15} netns {}",
+            pod.id(),
+            pod.ip,
+            pod.netns
+        );
+    }
+    for reason in &rollout.held {
+        println!("not changed: {reason}");
+    }
+    for error in &rollout.failed {
+        eprintln!("warning: {error:#}");
+    }
 }
 
 /// What the control plane rejects (read as it reads it) and the Deployments that cannot run

@@ -599,3 +599,35 @@ status: {podIP: "fd00::5"}
         }]
     );
 }
+
+#[test]
+fn a_missing_object_is_traced_to_its_rejection() {
+    const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  \
+                              namespace: demo\nspec:\n  replicas: two\n";
+    let catalog = Catalog::build(documents(&[
+        ("/dir/web.yaml", DEPLOYMENT),
+        ("/dir/mesh.yaml", "trustDomain: [not, a, string]\n"),
+    ]));
+    let rejection = catalog
+        .rejection_of("Deployment", "demo", "web")
+        .expect("its own rejection");
+    assert!(rejection.reason.contains("spec.replicas"), "{rejection:?}");
+    for (kind, namespace, name) in [
+        ("Deployment", "demo", "api"),
+        ("Deployment", "other", "web"),
+        ("Service", "demo", "web"),
+    ] {
+        assert_eq!(
+            catalog.rejection_of(kind, namespace, name),
+            None,
+            "{kind} {namespace}/{name}: the mesh config and another object's rejection are not it"
+        );
+    }
+
+    // A file that cannot be parsed may have held anything.
+    let catalog = Catalog::build(documents(&[("/dir/web.yaml", "kind: [unclosed\n")]));
+    let rejection = catalog
+        .rejection_of("Deployment", "demo", "api")
+        .expect("maybe in the broken file");
+    assert_eq!(rejection.object, "/dir/web.yaml");
+}

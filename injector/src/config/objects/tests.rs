@@ -422,3 +422,106 @@ fn port_names_are_iana_service_names() {
         assert_eq!(is_port_name(name), valid, "{name:?}");
     }
 }
+
+#[test]
+fn list_items_are_read_one_by_one() {
+    // As `kubectl get services,pods -o yaml` prints them, with one bad item.
+    let list = r#"
+apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: ""
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: good
+    namespace: demo
+  spec:
+    ports:
+    - port: 80
+- metadata:
+    name: kindless
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: broken
+    namespace: demo
+  spec:
+    ports:
+    - port: 0
+- apiVersion: v1
+  kind: List
+  items: []
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: good
+    namespace: demo
+---
+apiVersion: v1
+kind: List
+---
+apiVersion: v1
+kind: List
+items: {apiVersion: v1, kind: Service}
+---
+apiVersion: v1
+kind: List
+items: []
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: after-the-lists
+spec:
+  containers: []
+"#;
+    let (objects, rejected) = parse(&[("/dir/list.yaml", list)]);
+    let expected = [
+        (
+            "/dir/list.yaml (document 1, items[1])",
+            "apiVersion and kind are required",
+        ),
+        (
+            "Service demo/broken in /dir/list.yaml (document 1, items[2])",
+            "spec.ports[0].port: 0 is not a port number (1-65535)",
+        ),
+        (
+            "List in /dir/list.yaml (document 1, items[3])",
+            "a List inside a List is not supported",
+        ),
+        (
+            "Service demo/good in /dir/list.yaml (document 1, items[4])",
+            "duplicate: the same Service is already defined as Service demo/good in \
+             /dir/list.yaml (document 1, items[0])",
+        ),
+        (
+            "List in /dir/list.yaml (document 2)",
+            "document: missing field `items`",
+        ),
+        (
+            "List in /dir/list.yaml (document 3)",
+            "items: invalid type: map, expected a sequence",
+        ),
+    ];
+    assert_eq!(rejected.len(), expected.len(), "{rejected:#?}");
+    for (rejection, (object, reason)) in rejected.iter().zip(expected) {
+        assert_eq!(rejection.object, object);
+        assert!(
+            rejection.reason.starts_with(reason),
+            "{object}: {} does not start with {reason}",
+            rejection.reason
+        );
+    }
+    assert_eq!(
+        objects.services[&key("demo", "good")].label,
+        "Service demo/good in /dir/list.yaml (document 1, items[0])"
+    );
+    assert_eq!(objects.services.len(), 1);
+    assert_eq!(
+        objects.pods[&key("default", "after-the-lists")].label,
+        "Pod default/after-the-lists in /dir/list.yaml (document 5)",
+        "documents after a List keep their numbers"
+    );
+}
