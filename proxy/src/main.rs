@@ -43,6 +43,10 @@ struct Args {
     /// root certificate mounted at Istio's paths.
     #[arg(long, env = "REMORA_CONFIG")]
     config: Option<PathBuf>,
+    /// Worker threads (Istio's `concurrency`, as the injection template passes it; 0: one per
+    /// CPU). Overrides the bootstrap's `concurrency`; default 1.
+    #[arg(long)]
+    concurrency: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!(%error, "cannot make the process non-dumpable");
     }
     let args = Args::parse();
-    let bootstrap = match &args.config {
+    let mut bootstrap = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -63,6 +67,9 @@ fn main() -> anyhow::Result<()> {
         None => Bootstrap::from_env(|name| std::env::var(name).ok())
             .context("invalid sidecar environment")?,
     };
+    if args.concurrency.is_some() {
+        bootstrap.concurrency = args.concurrency;
+    }
     // Istio's `concurrency`: worker threads. One runs everything on this thread, with no
     // cross-thread wake-ups, which costs the least CPU per request for a sidecar.
     let runtime = match bootstrap.concurrency() {

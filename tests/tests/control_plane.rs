@@ -92,7 +92,11 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
         let text = std::fs::read_to_string(&path)?;
         std::fs::write(&path, text + PLAIN_POD)?;
         std::fs::write(dir.join("broken.yaml"), BROKEN_SERVICE)?;
-        Ok(())
+        edit_file(
+            &dir.join("mesh.yaml"),
+            "  drainDuration: 5s\n",
+            "  drainDuration: 5s\n  concurrency: 2\n",
+        )
     })?;
     // The invalid object is rejected, named with its field; everything else is served.
     let rejections = mesh.cluster.rejections()?.context("no /debug/rejections")?;
@@ -116,6 +120,13 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
     );
     let sleep = mesh.pod("sleep")?;
     let httpbin = mesh.pod("httpbin")?;
+    // The mesh's `defaultConfig.concurrency` reached the sidecar as injection passes it.
+    let dump: serde_json::Value = serde_json::from_str(&local_get(&sleep, 15000, "/config_dump")?)?;
+    ensure!(
+        dump["bootstrap"]["concurrency"] == 2,
+        "{}",
+        dump["bootstrap"]
+    );
 
     let response = curl(&sleep, HTTPBIN)?;
     ensure!(response.status == 200, "{response:?}");

@@ -23,6 +23,16 @@ use super::{
     translate::{self, PodFacts},
 };
 
+/// The parts of a pod's `ProxyConfig` that injection renders into its sidecar container, as
+/// Istio's injection template does (the rest reaches the sidecar in its snapshots).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SidecarConfig {
+    /// `proxyMetadata`: environment variables.
+    pub env: BTreeMap<String, String>,
+    /// `concurrency`: worker threads (`--concurrency`; 0 means one per core).
+    pub concurrency: Option<u32>,
+}
+
 /// The valid config from one read of a source, translated.
 #[derive(Debug)]
 pub struct Catalog {
@@ -122,14 +132,18 @@ impl Catalog {
             .copied()
     }
 
-    /// The `proxyMetadata` (sidecar environment) of a pod with `annotations`: the mesh's
-    /// `defaultConfig.proxyMetadata` with the pod's `proxy.istio.io/config` merged over it.
-    pub fn proxy_metadata(
+    /// What injection renders into the sidecar container of a pod with `annotations`: the
+    /// mesh's `defaultConfig` with the pod's `proxy.istio.io/config` merged over it.
+    pub fn sidecar_config(
         &self,
         annotations: Option<&BTreeMap<String, String>>,
-    ) -> Result<BTreeMap<String, String>, ProxyConfigError> {
+    ) -> Result<SidecarConfig, ProxyConfigError> {
         let pod = ProxyConfig::of_pod(annotations)?;
-        Ok(self.mesh.proxy_config(pod.as_ref()).proxy_metadata)
+        let proxy = self.mesh.proxy_config(pod.as_ref());
+        Ok(SidecarConfig {
+            env: proxy.proxy_metadata,
+            concurrency: proxy.concurrency,
+        })
     }
 
     /// The service account a pod runs as (`default` when its spec names none), or `None` for

@@ -100,9 +100,9 @@ pub(crate) struct ProxyConfig {
     #[serde(deserialize_with = "duration")]
     drain_duration: Option<Duration>,
     tracing: Tracing,
-    /// Worker threads (0: one per core). Validated and merged; `MeshSettings` has no field to
-    /// carry it yet.
-    concurrency: Option<u32>,
+    /// Worker threads (0: one per core). Like `proxyMetadata`, the injection template renders
+    /// it into the sidecar's container (`--concurrency`), so it is read at injection.
+    pub(crate) concurrency: Option<u32>,
     /// Environment for the sidecar, which the injection template renders into its container
     /// (so it is read at injection, not sent in snapshots).
     pub(crate) proxy_metadata: BTreeMap<String, String>,

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
 use super::inject::{self, Candidate};
 use crate::config::{
     well_known::{namespace_of, service_account_of},
-    Catalog, ProxyConfigError,
+    Catalog, ProxyConfigError, SidecarConfig,
 };
 
 /// Why a Deployment cannot run locally, naming the field at fault.
@@ -48,8 +48,8 @@ pub struct PodPlan {
     pub service_account: String,
     /// Whether Istio would inject a sidecar (and `remora-init`).
     pub sidecar: bool,
-    /// The sidecar's extra environment (`proxyMetadata`).
-    pub sidecar_env: BTreeMap<String, String>,
+    /// What injection renders into the sidecar container (`proxyMetadata`, `concurrency`).
+    pub sidecar_config: SidecarConfig,
     pub containers: Vec<ContainerPlan>,
 }
 
@@ -154,16 +154,16 @@ fn replicas_of(
         annotations: &annotations,
         host_network: pod_spec.host_network.unwrap_or(false),
     });
-    let sidecar_env = if sidecar {
+    let sidecar_config = if sidecar {
         catalog
-            .proxy_metadata(Some(&annotations))
+            .sidecar_config(Some(&annotations))
             .map_err(|source| PlanError::ProxyConfig {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 source,
             })?
     } else {
-        BTreeMap::new()
+        SidecarConfig::default()
     };
 
     indices
@@ -194,7 +194,7 @@ fn replicas_of(
                 spec: pod_spec.clone(),
                 service_account: service_account.clone(),
                 sidecar,
-                sidecar_env: sidecar_env.clone(),
+                sidecar_config: sidecar_config.clone(),
                 containers,
             })
         })
@@ -335,7 +335,7 @@ spec:
             ("/m/ns.yaml", DEMO),
             (
                 "/m/mesh.yaml",
-                "defaultConfig: {proxyMetadata: {SECRET_TTL: 1h, OTHER: x}}",
+                "defaultConfig: {proxyMetadata: {SECRET_TTL: 1h, OTHER: x}, concurrency: 2}",
             ),
         ]);
         let pods = deployment_pods(&deployment(HTTPBIN), &catalog).expect("valid");
@@ -345,8 +345,11 @@ spec:
         assert!(pod.sidecar);
         assert_eq!(pod.service_account, "httpbin");
         assert_eq!(
-            pod.sidecar_env,
-            labels(&[("SECRET_TTL", "20s"), ("OTHER", "x")]),
+            pod.sidecar_config,
+            SidecarConfig {
+                env: labels(&[("SECRET_TTL", "20s"), ("OTHER", "x")]),
+                concurrency: Some(2),
+            },
             "the pod's proxyMetadata over the mesh's"
         );
         assert_eq!(

@@ -372,7 +372,12 @@ impl RunningPod {
             BIND_SECRETS_AND_EXEC.into(),
             secrets_dir.into(),
         ];
-        argv.extend(as_proxy_user(&[&cx.bins.proxy]));
+        let mut sidecar: Vec<OsString> = vec![cx.bins.proxy.clone().into()];
+        // As Istio's injection template passes `concurrency` to the proxy.
+        if let Some(workers) = self.plan.sidecar_config.concurrency {
+            sidecar.extend(["--concurrency".into(), workers.to_string().into()]);
+        }
+        argv.extend(as_proxy_user(&sidecar));
         let mut cmd = self.info.command(&argv);
         cmd.env_clear()
             .envs(inherited(INHERITED_ENV))
@@ -383,7 +388,7 @@ impl RunningPod {
             .env("INSTANCE_IP", self.info.ip.to_string())
             .env("CA_ADDR", remora_api::DEFAULT_CA_ADDR)
             .env("TRUST_DOMAIN", cx.trust_domain)
-            .envs(&self.plan.sidecar_env);
+            .envs(&self.plan.sidecar_config.env);
         let netns = self.info.netns.clone();
         let process = self.spawn(SIDECAR, cmd)?;
         wait::until(

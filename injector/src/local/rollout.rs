@@ -178,7 +178,7 @@ mod tests {
             spec: PodSpec::default(),
             service_account: "default".to_owned(),
             sidecar: true,
-            sidecar_env: BTreeMap::new(),
+            sidecar_config: Default::default(),
             containers: Vec::new(),
         }
     }
@@ -331,7 +331,8 @@ mod tests {
         let mut template = plan("demo", "httpbin", 0, "v1");
         template.sidecar = false;
         template
-            .sidecar_env
+            .sidecar_config
+            .env
             .insert("SECRET_TTL".to_owned(), "1h".to_owned());
         let wanted = BTreeMap::from([(
             key("demo", "httpbin"),

@@ -457,7 +457,8 @@ spec:
     metadata: {labels: {app: web}}
     spec: {containers: [{name: web, command: [web]}]}
 "#;
-    let mesh = "trustDomain: example.org\ndefaultConfig: {proxyMetadata: {A: mesh, B: mesh}}\n";
+    let mesh = "trustDomain: example.org\ndefaultConfig: {proxyMetadata: {A: mesh, B: mesh}, \
+                concurrency: 4}\n";
     let catalog = Catalog::build(documents(&[
         ("/m/app.yaml", APP),
         ("/m/mesh.yaml", mesh),
@@ -510,7 +511,7 @@ spec:
     assert_eq!(catalog.trust_domain(), "example.org");
     let annotations = BTreeMap::from([(
         "proxy.istio.io/config".to_owned(),
-        "proxyMetadata: {B: pod, C: pod}".to_owned(),
+        "{proxyMetadata: {B: pod, C: pod}, concurrency: 0}".to_owned(),
     )]);
     let pairs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs
@@ -519,12 +520,18 @@ spec:
             .collect()
     };
     assert_eq!(
-        catalog.proxy_metadata(Some(&annotations)).expect("valid"),
-        pairs(&[("A", "mesh"), ("B", "pod"), ("C", "pod")])
+        catalog.sidecar_config(Some(&annotations)).expect("valid"),
+        SidecarConfig {
+            env: pairs(&[("A", "mesh"), ("B", "pod"), ("C", "pod")]),
+            concurrency: Some(0),
+        }
     );
     assert_eq!(
-        catalog.proxy_metadata(None).expect("valid"),
-        pairs(&[("A", "mesh"), ("B", "mesh")])
+        catalog.sidecar_config(None).expect("valid"),
+        SidecarConfig {
+            env: pairs(&[("A", "mesh"), ("B", "mesh")]),
+            concurrency: Some(4),
+        }
     );
 }
 

@@ -22,7 +22,7 @@ fn plan(name: &str, labels: &[(&str, &str)], sidecar: bool, container_ports: &st
         spec,
         service_account: "httpbin".to_owned(),
         sidecar,
-        sidecar_env: BTreeMap::new(),
+        sidecar_config: Default::default(),
         containers: Vec::new(),
     }
 }
