@@ -17,6 +17,7 @@
 mod bins;
 mod cluster;
 mod control_plane;
+mod desired;
 mod error;
 mod expand;
 mod files;

@@ -84,12 +84,27 @@ impl Catalog {
         }
     }
 
-    /// A rejection that may be why object `kind` `namespace/name` is missing: its own, or
-    /// one of a file or document whose objects could not be told apart.
-    pub fn rejection_of(&self, kind: &str, namespace: &str, name: &str) -> Option<&Rejection> {
+    /// A rejection that may be why object `kind` `namespace/name`, last read from file
+    /// `origin`, is missing: its own, or that of a document of that file whose objects could
+    /// not be told apart.
+    pub fn rejection_of(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        origin: &str,
+    ) -> Option<&Rejection> {
         self.rejected
             .iter()
-            .find(|r| r.may_concern(kind, namespace, name))
+            .find(|r| r.may_concern(kind, namespace, name, origin))
+    }
+
+    /// The file Deployment `namespace/name` was read from.
+    pub fn deployment_origin(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.objects
+            .deployments
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|deployment| deployment.origin.as_str())
     }
 
     /// The mesh's trust domain (`trustDomain`), which the CA signs identities in.

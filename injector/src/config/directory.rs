@@ -251,10 +251,8 @@ fn is_manifest(path: &Path) -> bool {
 }
 
 fn unreadable(path: &Path, error: &io::Error) -> Rejection {
-    Rejection::unidentified(
-        path.display().to_string(),
-        format!("cannot be read: {error}"),
-    )
+    let origin = path.display().to_string();
+    Rejection::unidentified(&origin, origin.clone(), format!("cannot be read: {error}"))
 }
 
 #[cfg(test)]

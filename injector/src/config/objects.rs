@@ -48,25 +48,30 @@ pub enum Subject {
         name: String,
     },
     /// A file, document or List whose objects could not be told apart: it may have held any
-    /// object.
-    Unidentified,
+    /// object of file `origin`.
+    Unidentified { origin: String },
 }
 
 impl Rejection {
-    /// The rejection of a file, document or List whose objects could not be told apart.
-    pub(crate) fn unidentified(object: String, reason: String) -> Self {
+    /// The rejection of a file, document or List of file `origin` whose objects could not be
+    /// told apart.
+    pub(crate) fn unidentified(origin: &str, object: String, reason: String) -> Self {
         Self {
             object,
             reason,
-            subject: Subject::Unidentified,
+            subject: Subject::Unidentified {
+                origin: origin.to_owned(),
+            },
         }
     }
 
-    /// The rejection of object `kind` `key`, labelled `object`.
-    pub(crate) fn of(kind: &str, key: &Key, object: String, reason: String) -> Self {
+    /// The rejection of object `kind` `key` of file `origin`, labelled `object`.
+    pub(crate) fn of(kind: &str, key: &Key, origin: &str, object: String, reason: String) -> Self {
         let (namespace, name) = key.clone();
         let subject = if name.is_empty() && kind != "MeshConfig" {
-            Subject::Unidentified
+            Subject::Unidentified {
+                origin: origin.to_owned(),
+            }
         } else {
             Subject::Object {
                 kind: kind.to_owned(),
@@ -81,10 +86,11 @@ impl Rejection {
         }
     }
 
-    /// Whether this may be the rejection of object `kind` `namespace/name`.
-    pub fn may_concern(&self, kind: &str, namespace: &str, name: &str) -> bool {
+    /// Whether this may be the rejection of object `kind` `namespace/name`, last read from
+    /// file `origin`.
+    pub fn may_concern(&self, kind: &str, namespace: &str, name: &str, origin: &str) -> bool {
         match &self.subject {
-            Subject::Unidentified => true,
+            Subject::Unidentified { origin: file } => file == origin,
             Subject::Object {
                 kind: k,
                 namespace: ns,
@@ -101,7 +107,19 @@ pub(crate) type Key = (String, String);
 #[derive(Debug)]
 pub(crate) struct Labelled<T> {
     pub(crate) label: String,
+    /// The file it was read from.
+    pub(crate) origin: String,
     pub(crate) object: T,
+}
+
+impl<T> Labelled<T> {
+    fn new((label, origin): (String, String), object: T) -> Self {
+        Self {
+            label,
+            origin,
+            object,
+        }
+    }
 }
 
 /// The accepted objects, keyed by `(namespace, name)` (a Namespace's namespace is empty): what
@@ -135,10 +153,11 @@ impl Objects {
             {
                 let label = format!("MeshConfig in {origin}");
                 match MeshConfig::parse(text) {
-                    Ok(mesh) => objects.keep_mesh(mesh, label, &mut rejected),
+                    Ok(mesh) => objects.keep_mesh(mesh, label, origin, &mut rejected),
                     Err(e) => rejected.push(Rejection::of(
                         "MeshConfig",
                         &Key::default(),
+                        origin,
                         label,
                         e.to_string(),
                     )),
@@ -148,56 +167,61 @@ impl Objects {
             match yaml::documents(text) {
                 Ok(values) => {
                     for (index, value) in values.into_iter().enumerate() {
-                        objects.add_document(value, origin, index + 1, &mut rejected);
+                        let position = format!("document {}", index + 1);
+                        objects.add_document(value, origin, &position, &mut rejected);
                     }
                 }
-                Err(e) => rejected.push(Rejection::unidentified(origin.clone(), e.to_string())),
+                Err(e) => rejected.push(Rejection::unidentified(
+                    origin,
+                    origin.clone(),
+                    e.to_string(),
+                )),
             }
         }
         (objects, rejected)
     }
 
-    /// Document `number` of `origin`: one object, or a `v1` `List` of them (what `kubectl get
-    /// -o yaml` writes), whose items `kubectl apply` reads one by one, so each is checked and
-    /// kept or rejected on its own, named by its position (`(document 1, items[2])`).
+    /// The document at `position` of file `origin` (`document 2`): one object, or a List of
+    /// them (`kind: List` as `kubectl get -o yaml` writes it, or a typed one such as
+    /// `ServiceList`), whose items `kubectl apply` reads one by one, so each is checked and kept
+    /// or rejected on its own, named by its position (`document 1, items[2]`). Lists in lists
+    /// are flattened, and a List without items is empty, as kubectl reads them.
     fn add_document(
         &mut self,
         value: Value,
         origin: &str,
-        number: usize,
+        position: &str,
         rejected: &mut Vec<Rejection>,
     ) {
-        let place = format!("{origin} (document {number})");
+        let place = format!("{origin} ({position})");
         if !is_list(&value) {
-            self.add(value, &place, rejected);
+            self.add(value, origin, &place, rejected);
             return;
         }
-        let items = match yaml::from_value::<List>(value) {
-            Ok(list) => list.items,
-            Err(e) => {
-                rejected.push(Rejection::unidentified(
-                    format!("List in {place}"),
-                    e.to_string(),
-                ));
-                return;
+        match yaml::from_value::<List>(value) {
+            Ok(list) => {
+                for (index, item) in list.items.into_iter().flatten().enumerate() {
+                    self.add_document(
+                        item,
+                        origin,
+                        &format!("{position}, items[{index}]"),
+                        rejected,
+                    );
+                }
             }
-        };
-        for (index, item) in items.into_iter().enumerate() {
-            let place = format!("{origin} (document {number}, items[{index}])");
-            if is_list(&item) {
-                rejected.push(Rejection::unidentified(
-                    format!("List in {place}"),
-                    "a List inside a List is not supported: list its items directly".to_owned(),
-                ));
-            } else {
-                self.add(item, &place, rejected);
-            }
+            Err(e) => rejected.push(Rejection::unidentified(
+                origin,
+                format!("List in {place}"),
+                e.to_string(),
+            )),
         }
     }
 
-    fn add(&mut self, value: Value, place: &str, rejected: &mut Vec<Rejection>) {
+    /// One object of file `origin`, found at `place`.
+    fn add(&mut self, value: Value, origin: &str, place: &str, rejected: &mut Vec<Rejection>) {
         let Some(id) = Identity::of(&value, place) else {
             rejected.push(Rejection::unidentified(
+                origin,
                 place.to_owned(),
                 "apiVersion and kind are required".to_owned(),
             ));
@@ -210,53 +234,39 @@ impl Objects {
         let kept = match result {
             Ok(kept) => kept,
             Err(reason) => {
-                rejected.push(Rejection::of(&id.kind, &id.key, id.label, reason));
+                rejected.push(Rejection::of(&id.kind, &id.key, origin, id.label, reason));
                 return;
             }
         };
         let (key, label) = (id.key, id.label);
+        let at = |label: &str| (label.to_owned(), origin.to_owned());
         match kept {
-            Kept::Mesh(mesh) => self.keep_mesh(mesh, label, rejected),
+            Kept::Mesh(mesh) => self.keep_mesh(mesh, label, origin, rejected),
             Kept::Other(kind) => {
-                self.first_of(kind, key, label, rejected);
+                self.first_of(kind, &key, &label, origin, rejected);
             }
             Kept::Namespace(namespace) => {
-                self.keep(
-                    "Namespace",
-                    key,
-                    label,
-                    *namespace,
-                    |o| &mut o.namespaces,
-                    rejected,
-                );
+                let object = Labelled::new(at(&label), *namespace);
+                self.keep("Namespace", key, object, |o| &mut o.namespaces, rejected);
             }
             Kept::Deployment(deployment) => {
-                self.keep(
-                    "Deployment",
-                    key,
-                    label,
-                    *deployment,
-                    |o| &mut o.deployments,
-                    rejected,
-                );
+                let object = Labelled::new(at(&label), *deployment);
+                self.keep("Deployment", key, object, |o| &mut o.deployments, rejected);
             }
-            Kept::Pod(pod) => self.keep("Pod", key, label, *pod, |o| &mut o.pods, rejected),
+            Kept::Pod(pod) => {
+                let object = Labelled::new(at(&label), *pod);
+                self.keep("Pod", key, object, |o| &mut o.pods, rejected);
+            }
             Kept::Service(service) => {
-                self.keep(
-                    "Service",
-                    key,
-                    label,
-                    *service,
-                    |o| &mut o.services,
-                    rejected,
-                );
+                let object = Labelled::new(at(&label), *service);
+                self.keep("Service", key, object, |o| &mut o.services, rejected);
             }
             Kept::EndpointSlice(slice) => {
+                let object = Labelled::new(at(&label), *slice);
                 self.keep(
                     "EndpointSlice",
                     key,
-                    label,
-                    *slice,
+                    object,
                     |o| &mut o.endpoint_slices,
                     rejected,
                 );
@@ -269,51 +279,60 @@ impl Objects {
         &mut self,
         kind: &'static str,
         key: Key,
-        label: String,
-        object: T,
+        object: Labelled<T>,
         kept: fn(&mut Self) -> &mut BTreeMap<Key, Labelled<T>>,
         rejected: &mut Vec<Rejection>,
     ) {
-        if let Some((key, label)) = self.first_of(kind, key, label, rejected) {
-            kept(self).insert(key, Labelled { label, object });
+        if self.first_of(kind, &key, &object.label, &object.origin, rejected) {
+            kept(self).insert(key, object);
         }
     }
 
-    /// Records `(kind, key)` and hands it back, or rejects it as a duplicate.
+    /// Records `(kind, key)`, or rejects it as a duplicate; whether it is the first.
     fn first_of(
         &mut self,
         kind: &'static str,
-        key: Key,
-        label: String,
+        key: &Key,
+        label: &str,
+        origin: &str,
         rejected: &mut Vec<Rejection>,
-    ) -> Option<(Key, String)> {
+    ) -> bool {
         if let Some(first) = self.seen.get(&(kind, key.clone())) {
             let reason = format!("duplicate: the same {kind} is already defined as {first}");
-            rejected.push(Rejection::of(kind, &key, label, reason));
-            return None;
+            rejected.push(Rejection::of(kind, key, origin, label.to_owned(), reason));
+            return false;
         }
-        self.seen.insert((kind, key.clone()), label.clone());
-        Some((key, label))
+        self.seen.insert((kind, key.clone()), label.to_owned());
+        true
     }
 
-    /// `mesh.yaml` and the `istio` ConfigMap are two spellings of the one mesh config.
-    fn keep_mesh(&mut self, mesh: MeshConfig, label: String, rejected: &mut Vec<Rejection>) {
-        let key = (String::new(), String::new());
-        if self.first_of("MeshConfig", key, label, rejected).is_some() {
+    fn keep_mesh(
+        &mut self,
+        mesh: MeshConfig,
+        label: String,
+        origin: &str,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        if self.first_of("MeshConfig", &Key::default(), &label, origin, rejected) {
             self.mesh = Some(mesh);
         }
     }
 }
 
-/// A `v1` `List`, of which only the items matter.
+/// A List, of which only the items matter.
 #[derive(serde::Deserialize)]
 struct List {
-    items: Vec<Value>,
+    #[serde(default)]
+    items: Option<Vec<Value>>,
 }
 
+/// Whether `value` is a List: `kind: List`, or a typed list (`ServiceList`) with `items`.
 fn is_list(value: &Value) -> bool {
-    let text = |field: &str| value.get(field).and_then(Value::as_str);
-    (text("apiVersion"), text("kind")) == (Some("v1"), Some("List"))
+    match value.get("kind").and_then(Value::as_str) {
+        Some("List") => true,
+        Some(kind) => kind.ends_with("List") && value.get("items").is_some(),
+        None => false,
+    }
 }
 
 /// What a document claims to be, read before it is checked so even a rejection can name it.

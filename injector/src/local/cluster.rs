@@ -12,11 +12,13 @@
 //! recorded not ready first, and stopped only once every sidecar has dropped it, so clients
 //! never pick an endpoint that is going away.
 
+mod roll_out;
+
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
@@ -25,6 +27,7 @@ use remora_api::proto::config::Node;
 use super::{
     bins::Binaries,
     control_plane::{has_ca, ControlPlane, ControlPlaneConfig, ControlPlaneError},
+    desired::Desired,
     error::{io_error, LocalError},
     files::write_atomic,
     hosts::{self, EtcNetns},
@@ -36,7 +39,7 @@ use super::{
     pod::{LocalPod, RunningPod, StartContext},
     record_dir::RecordDir,
     records,
-    rollout::{self, DeploymentKey, Step, Wanted},
+    rollout::{self, DeploymentKey, Wanted},
     state::StateDir,
 };
 use crate::{
@@ -54,6 +57,9 @@ const POD_INDEX: &str = "pods.json";
 pub struct Cluster {
     // Fields drop in order: pods, then the control plane, then the bridge, state last.
     pods: Vec<RunningPod>,
+    /// Pods asked to stop, out of the records, with the end of their grace period: removed
+    /// once they exit or it passes (their names stay taken until then).
+    terminating: Vec<(RunningPod, Instant)>,
     control_plane: ControlPlane,
     network: Network,
     tokens: TokenIssuer,
@@ -64,15 +70,14 @@ pub struct Cluster {
     timeout: Duration,
     /// The manifests as the control plane reads them, at the last (re-)read.
     catalog: Catalog,
-    /// The accepted Deployments that cannot run locally, and why.
+    /// The accepted Deployments that cannot run locally, and why (at the last read).
     skipped: Vec<PlanError>,
-    /// Replicas added by [`Cluster::add_replica`] on top of each Deployment's `replicas`.
-    extra_replicas: BTreeMap<DeploymentKey, usize>,
+    /// What the manifests asked, remembered between reads.
+    desired: Desired,
     /// Why each Deployment's pods are left as they are, as last reported.
     held: BTreeMap<DeploymentKey, String>,
-    /// Deployments whose pods failed to start, with the plan that failed: not tried again
-    /// until the template changes (a crash loop would only repeat the same error).
-    failed: BTreeMap<DeploymentKey, PodPlan>,
+    /// The pods that failed to start, by Deployment, for their back-off.
+    failed: BTreeMap<DeploymentKey, Failure>,
     records: RecordDir,
     /// kube-proxy's rules for pods without a sidecar, from the current records.
     service_nat: String,
@@ -101,7 +106,8 @@ impl Cluster {
         )?;
 
         let catalog = manifests::load(&config_dir);
-        let (wanted, skipped) = wanted(&catalog, &BTreeMap::new());
+        let mut desired = Desired::default();
+        let (wanted, skipped) = desired.read(&catalog, &BTreeSet::new());
         for problem in &skipped {
             tracing::warn!(error = %problem, "not running a Deployment");
         }
@@ -142,6 +148,7 @@ impl Cluster {
 
         let mut cluster = Self {
             pods: Vec::new(),
+            terminating: Vec::new(),
             control_plane,
             network,
             tokens,
@@ -152,7 +159,7 @@ impl Cluster {
             timeout: options.timeout,
             catalog,
             skipped,
-            extra_replicas: BTreeMap::new(),
+            desired,
             held: held_reasons(&wanted),
             failed: BTreeMap::new(),
             records: RecordDir::new(state.cluster_dir()),
@@ -216,7 +223,7 @@ impl Cluster {
         &self.catalog.rejected
     }
 
-    /// The Deployments that could not run locally at bring-up, and why.
+    /// The Deployments that cannot run locally, and why (at the last read).
     pub fn skipped(&self) -> &[PlanError] {
         &self.skipped
     }
@@ -269,20 +276,31 @@ impl Cluster {
     /// Starts one more replica of Deployment `namespace/name` (as read from the manifests
     /// now), as `kubectl scale` would, and returns it once every sidecar knows it: recorded
     /// as not ready, started, then recorded as ready (its endpoints join the EndpointSlices).
-    /// Later resyncs keep it. A replica that fails to start is removed again, records
-    /// included.
+    /// Later resyncs keep it until the Deployment's `replicas` changes. A replica that fails
+    /// to start is removed again, records included.
     pub fn add_replica(&mut self, namespace: &str, name: &str) -> Result<&LocalPod, LocalError> {
+        self.reap();
         self.catalog = manifests::load(&self.config_dir);
         let key = (namespace.to_owned(), name.to_owned());
+        let replicas = match self.catalog.deployment(namespace, name) {
+            Some(deployment) => plan::replica_count(deployment)?,
+            None => {
+                return Err(LocalError::NoDeployment {
+                    namespace: key.0,
+                    name: key.1,
+                })
+            }
+        };
         let index = rollout::lowest_free_index(
             self.pods
                 .iter()
+                .chain(self.terminating.iter().map(|(pod, _)| pod))
                 .map(|pod| &pod.plan)
                 .filter(|plan| plan.namespace == namespace && plan.deployment == name),
         );
         let plan = self.replica_plan(&key, index)?;
         self.start_plan(plan)?;
-        *self.extra_replicas.entry(key).or_default() += 1;
+        self.desired.add_replica(key, replicas);
         self.write_index()?;
         self.wait_for_sidecars()?;
         Ok(&self.pods[self.pods.len() - 1].info)
@@ -290,12 +308,27 @@ impl Cluster {
 
     /// Re-reads the manifests and brings the cluster up to date, as a cluster's controllers
     /// and DNS would: pods started, stopped or replaced for Deployments added, removed,
-    /// scaled or with a new template (see [`rollout`]); records, kube-proxy rules and hosts
-    /// files for Services added, removed or re-targeted. What changed is returned; a pod that
-    /// fails to start is reported there and not tried again until its template changes.
-    pub fn resync(&mut self) -> Result<Rollout, LocalError> {
+    /// scaled or with a new template (see [`rollout`] and [`Desired`]); records, kube-proxy
+    /// rules and hosts files for Services added, removed or re-targeted. Returns what changed
+    /// and what failed (the rest is done regardless).
+    pub fn resync(&mut self) -> Rollout {
+        let mut report = Rollout::default();
         self.catalog = manifests::load(&self.config_dir);
-        let mut report = self.roll_out();
+        self.roll_out(&mut report);
+        if let Err(e) = self.refresh() {
+            report.failed.push(e);
+        }
+        if !(report.started.is_empty() && report.stopped.is_empty()) {
+            let converged = self.write_index().and_then(|()| self.wait_for_sidecars());
+            if let Err(e) = converged {
+                report.failed.push(e);
+            }
+        }
+        report
+    }
+
+    /// Brings the records, tokens and hosts files up to date with the pods and manifests.
+    fn refresh(&mut self) -> Result<(), LocalError> {
         self.write_records()?;
         for pod in &mut self.pods {
             pod.refresh_token(&self.tokens, &self.roots_pem)?;
@@ -314,102 +347,7 @@ impl Cluster {
                 Path::new(&pod.info.name),
             ))?;
         }
-        if !(report.started.is_empty() && report.stopped.is_empty()) {
-            self.write_index()?;
-            if let Err(e) = self.wait_for_sidecars() {
-                report.failed.push(e);
-            }
-        }
-        Ok(report)
-    }
-
-    /// Takes the pods to what the manifests now ask, one step at a time; a step that fails
-    /// is reported and the others still run.
-    fn roll_out(&mut self) -> Rollout {
-        let (mut wanted, skipped) = wanted(&self.catalog, &self.extra_replicas);
-        // A Deployment that vanished because its manifest is now rejected keeps its pods.
-        for pod in &self.pods {
-            let key = (pod.info.namespace.clone(), pod.info.deployment.clone());
-            if wanted.contains_key(&key) {
-                continue;
-            }
-            if let Some(rejection) =
-                self.catalog
-                    .rejection_of("Deployment", &pod.info.namespace, &pod.info.deployment)
-            {
-                let reason = format!("{}: {}", rejection.object, rejection.reason);
-                wanted.insert(key, Wanted::Hold(reason));
-            }
-        }
-        self.skipped = skipped;
-        self.extra_replicas
-            .retain(|key, _| wanted.contains_key(key));
-
-        let mut report = Rollout::default();
-        let held = held_reasons(&wanted);
-        report.held = held
-            .iter()
-            .filter(|(key, reason)| self.held.get(*key) != Some(*reason))
-            .map(|(_, reason)| reason.clone())
-            .collect();
-        self.held = held;
-
-        let running: Vec<PodPlan> = self.pods.iter().map(|pod| pod.plan.clone()).collect();
-        for step in rollout::steps(&running, &wanted) {
-            let outcome = match step {
-                Step::Stop { namespace, name } => self
-                    .stop_pod(&namespace, &name)
-                    .map(|stopped| report.stopped.extend(stopped)),
-                Step::Start { key, index } => {
-                    self.start_replica(&key, index, &mut report).map(drop)
-                }
-                Step::Replace { key, index, old } => self
-                    .start_replica(&key, index, &mut report)
-                    .and_then(|started| match started {
-                        // The old pod serves until its replacement runs.
-                        false => Ok(()),
-                        true => self
-                            .stop_pod(&key.0, &old)
-                            .map(|stopped| report.stopped.extend(stopped)),
-                    }),
-            };
-            if let Err(e) = outcome {
-                report.failed.push(e);
-            }
-        }
-        report
-    }
-
-    /// Starts replica `index` of Deployment `key` from its template in the manifests now,
-    /// adding it to the report; whether it started. A template that failed to start before
-    /// is not tried again (a crash loop would only repeat the same error) until it changes.
-    fn start_replica(
-        &mut self,
-        key: &DeploymentKey,
-        index: usize,
-        report: &mut Rollout,
-    ) -> Result<bool, LocalError> {
-        let plan = self.replica_plan(key, index)?;
-        if self
-            .failed
-            .get(key)
-            .is_some_and(|failed| rollout::same_template(failed, &plan))
-        {
-            return Ok(false);
-        }
-        match self.start_plan(plan.clone()) {
-            Ok(()) => {
-                self.failed.remove(key);
-                report
-                    .started
-                    .push(self.pods[self.pods.len() - 1].info.clone());
-                Ok(true)
-            }
-            Err(e) => {
-                self.failed.insert(key.clone(), plan);
-                Err(e)
-            }
-        }
+        Ok(())
     }
 
     /// Replica `index` of Deployment `key` as the manifests describe it now.
@@ -423,45 +361,6 @@ impl Cluster {
                     name: name.clone(),
                 })?;
         Ok(plan::replica(deployment, index, &self.catalog)?)
-    }
-
-    /// Creates and starts a pod for `plan`, recorded not ready while it starts and ready once
-    /// it runs. A pod that fails to start is removed again, records included.
-    fn start_plan(&mut self, plan: PodPlan) -> Result<(), LocalError> {
-        self.create_pod(plan)?;
-        self.write_records()?;
-        let index = self.pods.len() - 1;
-        if let Err(e) = self.start_pod(index) {
-            self.pods.truncate(index);
-            // The start failure is the error to report; a failure to withdraw the records
-            // is only logged.
-            if let Err(records) = self.write_records() {
-                tracing::warn!(error = %records, "withdrawing the records of a failed replica");
-            }
-            return Err(e);
-        }
-        self.write_records()
-    }
-
-    /// Stops pod `namespace/name` the way a cluster drains one: recorded not ready, then,
-    /// once every sidecar has dropped its endpoints, its processes stopped and its namespace
-    /// removed. Returns what it was (`None` if there was no such pod).
-    fn stop_pod(&mut self, namespace: &str, name: &str) -> Result<Option<LocalPod>, LocalError> {
-        let Some(index) = self
-            .pods
-            .iter()
-            .position(|pod| pod.info.namespace == namespace && pod.info.name == name)
-        else {
-            return Ok(None);
-        };
-        self.pods[index].withdraw();
-        self.write_records()?;
-        self.wait_for_sidecars()?;
-        let pod = self.pods.remove(index);
-        let info = pod.info.clone();
-        drop(pod);
-        self.write_records()?;
-        Ok(Some(info))
     }
 
     /// Gives `plan` a namespace, an address, a hosts file and a directory.
@@ -499,8 +398,8 @@ impl Cluster {
     }
 
     /// Waits until every sidecar runs the config the control plane computes from the records
-    /// as they are now, so that whoever called [`Cluster::up`] or [`Cluster::add_replica`]
-    /// finds every ready endpoint known in every pod.
+    /// as they are now: after a start, so that every ready endpoint is known in every pod;
+    /// before a stop, so that no pod still sends to the one going.
     fn wait_for_sidecars(&mut self) -> Result<(), LocalError> {
         let catalog = Files::read(self.control_plane.config_dirs()).catalog();
         // One deadline for all of them, not one per sidecar.
@@ -548,59 +447,8 @@ impl Cluster {
     }
 }
 
-/// What [`Cluster::resync`] changed.
-#[derive(Debug, Default)]
-pub struct Rollout {
-    pub started: Vec<LocalPod>,
-    pub stopped: Vec<LocalPod>,
-    /// Deployments whose pods are left as they are, newly or for a new reason: invalid in
-    /// the manifests now, or unable to run locally.
-    pub held: Vec<String>,
-    /// What could not be done (each names its pod); the rest was done.
-    pub failed: Vec<LocalError>,
-}
-
-/// Why each held Deployment is held.
-fn held_reasons(wanted: &BTreeMap<DeploymentKey, Wanted>) -> BTreeMap<DeploymentKey, String> {
-    wanted
-        .iter()
-        .filter_map(|(key, wanted)| match wanted {
-            Wanted::Hold(reason) => Some((key.clone(), reason.clone())),
-            Wanted::Run { .. } => None,
-        })
-        .collect()
-}
-
-/// What the manifests in `catalog` ask to run, Deployment by Deployment, with `extra`
-/// replicas on top of some; and the Deployments that cannot run locally.
-fn wanted(
-    catalog: &Catalog,
-    extra: &BTreeMap<DeploymentKey, usize>,
-) -> (BTreeMap<DeploymentKey, Wanted>, Vec<PlanError>) {
-    let mut wanted = BTreeMap::new();
-    let mut skipped = Vec::new();
-    for deployment in catalog.deployments() {
-        let key = (
-            namespace_of(&deployment.metadata).to_owned(),
-            deployment.metadata.name.clone().unwrap_or_default(),
-        );
-        let entry = match plan::replica_count(deployment)
-            .and_then(|replicas| Ok((replicas, plan::replica(deployment, 0, catalog)?)))
-        {
-            Ok((replicas, template)) => Wanted::Run {
-                replicas: replicas + extra.get(&key).copied().unwrap_or(0),
-                template: Box::new(template),
-            },
-            Err(e) => {
-                let reason = e.to_string();
-                skipped.push(e);
-                Wanted::Hold(reason)
-            }
-        };
-        wanted.insert(key, entry);
-    }
-    (wanted, skipped)
-}
+pub use roll_out::Rollout;
+use roll_out::{held_reasons, Failure};
 
 impl Drop for Cluster {
     /// The pod list goes first, so `remoractl local exec` cannot find pods being torn down.

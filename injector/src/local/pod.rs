@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::signal::Signal;
 use remora_api::proto::config::Snapshot;
 
 use super::{
@@ -228,6 +229,34 @@ impl RunningPod {
     /// leave the EndpointSlices before it stops.
     pub fn withdraw(&mut self) {
         self.ready = false;
+    }
+
+    /// Asks every process to stop (SIGTERM to each, at once, as the kubelet does): the
+    /// sidecar drains, the apps finish what they are doing. Dropping the pod kills what is
+    /// left.
+    pub fn terminate(&mut self) {
+        for process in &self.processes {
+            if let Err(error) = process.signal(Signal::SIGTERM) {
+                tracing::debug!(pod = %self.info.id(), %error, "SIGTERM");
+            }
+        }
+    }
+
+    /// Whether every process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.processes
+            .iter_mut()
+            .all(|process| process.exited().is_some())
+    }
+
+    /// `terminationGracePeriodSeconds` (Kubernetes' default: 30 s).
+    pub fn grace_period(&self) -> Duration {
+        let seconds = self
+            .plan
+            .spec
+            .termination_grace_period_seconds
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
     }
 
     /// Replaces the pod's hosts file (for commands started from now on).

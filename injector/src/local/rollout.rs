@@ -21,11 +21,14 @@ pub type DeploymentKey = (String, String);
 /// What the manifests now say of one Deployment.
 #[derive(Debug)]
 pub enum Wanted {
-    /// Run `replicas` pods from the template `template` (the plan of any one of them).
+    /// Run `replicas` pods (at least one) from the template `template` (the plan of any one
+    /// of them).
     Run {
         replicas: usize,
         template: Box<PodPlan>,
     },
+    /// Run no pods (`replicas: 0`).
+    Nothing,
     /// Leave its pods as they are: the manifests are invalid for it now, or it cannot run
     /// locally. The reason is reported.
     Hold(String),
@@ -49,10 +52,12 @@ pub enum Step {
 }
 
 /// The steps that take `running` (the plans the running pods were started from) to `wanted`
-/// (every Deployment in the manifests): the stops of Deployments gone first, then each
-/// Deployment's own steps.
+/// (every Deployment in the manifests): the stops of Deployments gone or scaled to zero first,
+/// then each Deployment's own steps. New replicas take no name in `reserved` (pods still
+/// terminating).
 pub fn steps<'a>(
     running: impl IntoIterator<Item = &'a PodPlan>,
+    reserved: &[&PodPlan],
     wanted: &BTreeMap<DeploymentKey, Wanted>,
 ) -> Vec<Step> {
     let mut pods: BTreeMap<DeploymentKey, Vec<&PodPlan>> = BTreeMap::new();
@@ -64,14 +69,21 @@ pub fn steps<'a>(
     let mut gone = Vec::new();
     let mut changes = Vec::new();
     for (key, pods) in &pods {
-        if !wanted.contains_key(key) {
+        if matches!(wanted.get(key), None | Some(Wanted::Nothing)) {
             gone.extend(pods.iter().rev().map(|pod| stop(pod)));
         }
     }
     for (key, wanted) in wanted {
         if let Wanted::Run { replicas, template } = wanted {
             let current = pods.get(key).map(Vec::as_slice).unwrap_or_default();
-            changes.extend(deployment_steps(key, *replicas, template, current));
+            let reserved: Vec<&PodPlan> = reserved
+                .iter()
+                .copied()
+                .filter(|pod| (&pod.namespace, &pod.deployment) == (&key.0, &key.1))
+                .collect();
+            changes.extend(deployment_steps(
+                key, *replicas, template, current, &reserved,
+            ));
         }
     }
     gone.into_iter().chain(changes).collect()
@@ -83,10 +95,11 @@ fn deployment_steps(
     replicas: usize,
     template: &PodPlan,
     current: &[&PodPlan],
+    reserved: &[&PodPlan],
 ) -> Vec<Step> {
     let mut current = current.to_vec();
     current.sort_by_key(|pod| index_of(pod));
-    let mut used = used_indices(current.iter().copied());
+    let mut used = used_indices(current.iter().chain(reserved).copied());
     let (up_to_date, mut outdated): (Vec<&PodPlan>, Vec<&PodPlan>) = current
         .into_iter()
         .partition(|pod| same_template(pod, template));
@@ -155,6 +168,12 @@ fn index_of(pod: &PodPlan) -> Option<usize> {
         .ok()
 }
 
+/// Whether two plans make the same pod but for its name: the same template, sidecar and
+/// sidecar settings (so a pod that failed to start is tried again when any of them changes).
+pub fn same_pod(a: &PodPlan, b: &PodPlan) -> bool {
+    same_template(a, b) && a.sidecar == b.sidecar && a.sidecar_config == b.sidecar_config
+}
+
 /// Whether two plans come from the same pod template: labels, annotations and spec. What the
 /// launcher derives from elsewhere (injection by namespace label, `proxyMetadata` from the
 /// mesh config) does not restart a pod, as it does not in a cluster.
@@ -219,7 +238,7 @@ mod tests {
             plan("demo", "httpbin", 1, "v1"),
         ];
         let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 2, "v1"))]);
-        assert_eq!(steps(&running, &wanted), Vec::new());
+        assert_eq!(steps(&running, &[], &wanted), Vec::new());
     }
 
     #[test]
@@ -233,7 +252,7 @@ mod tests {
             (key("client", "sleep"), run("client", "sleep", 1, "v1")),
         ]);
         assert_eq!(
-            names(&steps(&running, &wanted)),
+            names(&steps(&running, &[], &wanted)),
             [
                 "start client/sleep-0",
                 "start demo/httpbin-1",
@@ -253,7 +272,7 @@ mod tests {
         ];
         let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 1, "v1"))]);
         assert_eq!(
-            names(&steps(&running, &wanted)),
+            names(&steps(&running, &[], &wanted)),
             [
                 "stop client/sleep-1",
                 "stop client/sleep-0",
@@ -271,7 +290,7 @@ mod tests {
         ];
         let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 2, "v2"))]);
         assert_eq!(
-            names(&steps(&running, &wanted)),
+            names(&steps(&running, &[], &wanted)),
             [
                 "start demo/httpbin-2 then stop httpbin-0",
                 "start demo/httpbin-3 then stop httpbin-1"
@@ -288,7 +307,7 @@ mod tests {
         ];
         let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 2, "v2"))]);
         assert_eq!(
-            names(&steps(&running, &wanted)),
+            names(&steps(&running, &[], &wanted)),
             [
                 "stop demo/httpbin-2",
                 "start demo/httpbin-3 then stop httpbin-0",
@@ -299,7 +318,7 @@ mod tests {
         let running = [plan("demo", "httpbin", 0, "v1")];
         let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 3, "v2"))]);
         assert_eq!(
-            names(&steps(&running, &wanted)),
+            names(&steps(&running, &[], &wanted)),
             [
                 "start demo/httpbin-1 then stop httpbin-0",
                 "start demo/httpbin-2",
@@ -316,11 +335,14 @@ mod tests {
             plan("demo", "httpbin", 2, "v2"),
         ];
         let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 1, "v2"))]);
-        assert_eq!(names(&steps(&running, &wanted)), ["stop demo/httpbin-0"]);
+        assert_eq!(
+            names(&steps(&running, &[], &wanted)),
+            ["stop demo/httpbin-0"]
+        );
 
         let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 2, "v2"))]);
         assert_eq!(
-            names(&steps(&running, &wanted)),
+            names(&steps(&running, &[], &wanted)),
             ["start demo/httpbin-1 then stop httpbin-0"]
         );
     }
@@ -341,7 +363,30 @@ mod tests {
                 template: Box::new(template),
             },
         )]);
-        assert_eq!(steps(&running, &wanted), Vec::new());
+        assert_eq!(steps(&running, &[], &wanted), Vec::new());
+    }
+
+    #[test]
+    fn zero_replicas_stop_every_pod_and_terminating_pods_keep_their_names() {
+        let running = [
+            plan("demo", "httpbin", 0, "v1"),
+            plan("demo", "httpbin", 1, "v1"),
+        ];
+        let wanted = BTreeMap::from([(key("demo", "httpbin"), Wanted::Nothing)]);
+        assert_eq!(
+            names(&steps(&running, &[], &wanted)),
+            ["stop demo/httpbin-1", "stop demo/httpbin-0"]
+        );
+
+        let running = [plan("demo", "httpbin", 1, "v1")];
+        let terminating = plan("demo", "httpbin", 0, "v1");
+        let other = plan("client", "httpbin", 2, "v1");
+        let wanted = BTreeMap::from([(key("demo", "httpbin"), run("demo", "httpbin", 3, "v1"))]);
+        assert_eq!(
+            names(&steps(&running, &[&terminating, &other], &wanted)),
+            ["start demo/httpbin-2", "start demo/httpbin-3"],
+            "httpbin-0 is still terminating; another namespace's names are free"
+        );
     }
 
     #[test]
@@ -354,6 +399,6 @@ mod tests {
             key("demo", "httpbin"),
             Wanted::Hold("spec.replicas: invalid type".to_owned()),
         )]);
-        assert_eq!(steps(&running, &wanted), Vec::new());
+        assert_eq!(steps(&running, &[], &wanted), Vec::new());
     }
 }

@@ -73,10 +73,7 @@ fn up(dir: &Path, state_dir: Option<PathBuf>, timeout: Duration) -> anyhow::Resu
         Cluster::up(dir, options).with_context(|| format!("bringing up {}", dir.display()))?;
     print_summary(&cluster);
     while !shutdown.wait_timeout(RESYNC_EVERY) {
-        match cluster.resync() {
-            Ok(rollout) => print_rollout(&rollout),
-            Err(e) => eprintln!("warning: following the manifests: {e}"),
-        }
+        print_rollout(&cluster.resync());
     }
     // The terminal may be gone (SIGHUP): a failed write must not abort the teardown.
     let _ = writeln!(std::io::stdout(), "Tearing down...");
@@ -126,7 +123,7 @@ fn print_summary(cluster: &Cluster) {
 /// What a re-read of the manifests changed, if anything.
 fn print_rollout(rollout: &Rollout) {
     for pod in &rollout.stopped {
-        println!("stopped  {:<32} {}", pod.id(), pod.ip);
+        println!("stopping {:<32} {}", pod.id(), pod.ip);
     }
     for pod in &rollout.started {
         println!(

@@ -614,9 +614,10 @@ fn a_missing_object_is_traced_to_its_rejection() {
     let catalog = Catalog::build(documents(&[
         ("/dir/web.yaml", DEPLOYMENT),
         ("/dir/mesh.yaml", "trustDomain: [not, a, string]\n"),
+        ("/dir/notes.yaml", "just: notes\n"),
     ]));
     let rejection = catalog
-        .rejection_of("Deployment", "demo", "web")
+        .rejection_of("Deployment", "demo", "web", "/dir/web.yaml")
         .expect("its own rejection");
     assert!(rejection.reason.contains("spec.replicas"), "{rejection:?}");
     for (kind, namespace, name) in [
@@ -625,16 +626,26 @@ fn a_missing_object_is_traced_to_its_rejection() {
         ("Service", "demo", "web"),
     ] {
         assert_eq!(
-            catalog.rejection_of(kind, namespace, name),
+            catalog.rejection_of(kind, namespace, name, "/dir/web.yaml"),
             None,
-            "{kind} {namespace}/{name}: the mesh config and another object's rejection are not it"
+            "{kind} {namespace}/{name}: the mesh config, another file's unidentified document \
+             and another object's rejection are not it"
         );
     }
 
-    // A file that cannot be parsed may have held anything.
+    // A file that cannot be parsed may have held any object it held before.
     let catalog = Catalog::build(documents(&[("/dir/web.yaml", "kind: [unclosed\n")]));
     let rejection = catalog
-        .rejection_of("Deployment", "demo", "api")
+        .rejection_of("Deployment", "demo", "api", "/dir/web.yaml")
         .expect("maybe in the broken file");
     assert_eq!(rejection.object, "/dir/web.yaml");
+    assert_eq!(
+        catalog.rejection_of("Deployment", "demo", "api", "/dir/api.yaml"),
+        None
+    );
+    let catalog = Catalog::build(documents(&[("/dir/app.yaml", APP)]));
+    assert_eq!(
+        catalog.deployment_origin("default", "httpbin"),
+        Some("/dir/app.yaml")
+    );
 }

@@ -451,8 +451,16 @@ items:
     ports:
     - port: 0
 - apiVersion: v1
-  kind: List
-  items: []
+  kind: ServiceList
+  items:
+  - apiVersion: v1
+    kind: Service
+    metadata:
+      name: nested
+      namespace: demo
+    spec:
+      ports:
+      - port: 81
 - apiVersion: v1
   kind: Service
   metadata:
@@ -488,17 +496,9 @@ spec:
             "spec.ports[0].port: 0 is not a port number (1-65535)",
         ),
         (
-            "List in /dir/list.yaml (document 1, items[3])",
-            "a List inside a List is not supported",
-        ),
-        (
             "Service demo/good in /dir/list.yaml (document 1, items[4])",
             "duplicate: the same Service is already defined as Service demo/good in \
              /dir/list.yaml (document 1, items[0])",
-        ),
-        (
-            "List in /dir/list.yaml (document 2)",
-            "document: missing field `items`",
         ),
         (
             "List in /dir/list.yaml (document 3)",
@@ -518,7 +518,19 @@ spec:
         objects.services[&key("demo", "good")].label,
         "Service demo/good in /dir/list.yaml (document 1, items[0])"
     );
-    assert_eq!(objects.services.len(), 1);
+    assert_eq!(
+        objects.services[&key("demo", "nested")].label,
+        "Service demo/nested in /dir/list.yaml (document 1, items[3], items[0])",
+        "a List in a List is flattened"
+    );
+    assert_eq!(objects.services.len(), 2);
+    assert!(
+        rejected.iter().all(
+            |r| r.may_concern("Deployment", "demo", "web", "/dir/list.yaml")
+                == matches!(r.subject, Subject::Unidentified { .. })
+        ),
+        "only what could not be told apart may be any object of its file"
+    );
     assert_eq!(
         objects.pods[&key("default", "after-the-lists")].label,
         "Pod default/after-the-lists in /dir/list.yaml (document 5)",
