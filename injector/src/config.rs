@@ -23,7 +23,7 @@ mod translate;
 pub mod well_known;
 pub(crate) mod yaml;
 
-pub use catalog::{Catalog, SidecarConfig};
+pub use catalog::{version_of, Catalog, SidecarConfig};
 pub use directory::DirectorySource;
 pub use mesh::ProxyConfigError;
 pub use objects::{Rejection, Subject};

@@ -379,7 +379,7 @@ fn certificates_rotate_under_load_without_failed_requests() -> anyhow::Result<()
 
 #[test]
 fn a_sidecar_that_rejects_a_snapshot_keeps_serving_the_previous_one() -> anyhow::Result<()> {
-    let mesh = ExampleCluster::up("cp-nack")?;
+    let mut mesh = ExampleCluster::up("cp-nack")?;
     let sleep = mesh.pod("sleep")?;
     ensure!(curl(&sleep, HTTPBIN)?.status == 200);
     let before = snapshot(&sleep)?.version;
@@ -427,6 +427,22 @@ fn a_sidecar_that_rejects_a_snapshot_keeps_serving_the_previous_one() -> anyhow:
             response.body
         );
     }
+
+    // The launcher does not wait in vain for sidecars that reject their config: a replica
+    // added now starts, but the wait for every sidecar to know it fails at once, saying why.
+    let started = Instant::now();
+    let error = match mesh.cluster.add_replica("demo", "httpbin") {
+        Ok(pod) => anyhow::bail!("{} was known everywhere despite the NACKs", pod.id()),
+        Err(error) => format!("{error:#}"),
+    };
+    ensure!(
+        error.contains("its sidecar rejected the current config") && error.contains("example.org"),
+        "{error}"
+    );
+    println!(
+        "add_replica reported the NACK after {:?}: {error}",
+        started.elapsed()
+    );
 
     // Back to the original: accepted again.
     mesh.edit(

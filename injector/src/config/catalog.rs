@@ -15,13 +15,22 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Namespace, Service},
 };
+use prost::Message;
 use remora_api::proto::config::{self as proto, Node, Snapshot};
 
 use super::{
+    cluster_ip::fnv1a64,
     mesh::{MeshConfig, ProxyConfig, ProxyConfigError},
     objects::{Key, Labelled, Objects, Rejection},
     translate::{self, PodFacts},
 };
+
+/// The version the control plane gives `snapshot` (whose own `version` is empty): a hash of its
+/// content that is the same in every build, so an unchanged snapshot keeps its version across
+/// control-plane upgrades too, and anyone can tell which version a given content has.
+pub fn version_of(snapshot: &Snapshot) -> String {
+    format!("{:016x}", fnv1a64(&snapshot.encode_to_vec()))
+}
 
 /// The parts of a pod's `ProxyConfig` that injection renders into its sidecar container, as
 /// Istio's injection template does (the rest reaches the sidecar in its snapshots).

@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     ca::Authority,
-    config::{directory::Files, well_known::namespace_of, Catalog, Rejection},
+    config::{directory::Files, version_of, well_known::namespace_of, Catalog, Rejection},
     token::TokenIssuer,
 };
 
@@ -410,8 +410,11 @@ impl Cluster {
                 namespace: pod.info.namespace.clone(),
                 ip: pod.info.ip.to_string(),
             });
+            // A sidecar that rejects what it is sent would be waited for in vain.
+            let (id, version) = (pod.info.id(), version_of(&expected));
+            let control_plane = &self.control_plane;
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            pod.wait_for_snapshot(&expected, left)?;
+            pod.wait_for_snapshot(&expected, left, || control_plane.rejection(&id, &version))?;
         }
         Ok(())
     }

@@ -36,6 +36,19 @@ pub enum ControlPlaneError {
     Http { path: String, message: String },
 }
 
+/// One sidecar's line in `/debug/syncz`, as far as the launcher reads it.
+#[derive(serde::Deserialize)]
+struct SyncStatus {
+    pod: String,
+    rejected: Option<Rejected>,
+}
+
+#[derive(serde::Deserialize)]
+struct Rejected {
+    version: String,
+    reason: String,
+}
+
 /// How to run the control plane.
 #[derive(Clone, Debug)]
 pub struct ControlPlaneConfig {
@@ -143,6 +156,22 @@ impl ControlPlane {
             path: path.to_owned(),
             message,
         })
+    }
+
+    /// Why the sidecar of pod `namespace/name` rejected snapshot `version`, if it did (its
+    /// last rejection in `/debug/syncz`). Unknown when the page cannot be read: `None`.
+    pub fn rejection(&self, pod: &str, version: &str) -> Option<String> {
+        let (status, body) = self.get("/debug/syncz").ok()?;
+        if status != 200 {
+            return None;
+        }
+        let sidecars: Vec<SyncStatus> = serde_json::from_slice(&body).ok()?;
+        sidecars
+            .into_iter()
+            .filter(|sidecar| sidecar.pod == pod)
+            .filter_map(|sidecar| sidecar.rejected)
+            .find(|rejected| rejected.version == version)
+            .map(|rejected| rejected.reason)
     }
 
     fn url(&self, path: &str) -> String {

@@ -35,6 +35,8 @@ pub const SIDECAR: &str = "istio-proxy";
 const INIT: &str = "istio-init";
 /// Istio's `istio-token` projected volume lives 12 hours (`expirationSeconds: 43200`).
 const TOKEN_TTL: Duration = Duration::from_secs(43_200);
+/// How often a wait for a sidecar's config asks whether the sidecar rejected it.
+const ASK_REJECTED_EVERY: Duration = Duration::from_millis(500);
 /// The sidecar's admin endpoint with the snapshot it runs (`{"snapshot": ...}`).
 const CONFIG_DUMP_URL: &str = "http://127.0.0.1:15000/config_dump";
 /// Binds the pod's secrets over `/var/run/secrets` in the private mount namespace `ip netns
@@ -72,6 +74,8 @@ pub enum PodError {
         #[source]
         source: TokenError,
     },
+    #[error("pod {pod}: its sidecar rejected the current config: {reason}")]
+    Rejected { pod: String, reason: String },
     #[error("pod {pod}: reading its sidecar's config dump: {message}")]
     ConfigDump { pod: String, message: String },
     #[error("pod {pod}: {source}")]
@@ -319,32 +323,49 @@ impl RunningPod {
     }
 
     /// Waits until the pod's sidecar runs `expected` (whatever its version), the snapshot the
-    /// control plane computes for it from what is on disk now. Nothing to wait for in a pod
-    /// without a sidecar or not started.
+    /// control plane computes for it from what is on disk now; fails at once when `rejected`
+    /// says why the sidecar refused it (asked now and then, not on every look). Nothing to wait
+    /// for in a pod without a sidecar or not started.
     pub fn wait_for_snapshot(
         &mut self,
         expected: &Snapshot,
         timeout: Duration,
+        mut rejected: impl FnMut() -> Option<String>,
     ) -> Result<(), PodError> {
         let Some(sidecar) = self.processes.first_mut().filter(|_| self.plan.sidecar) else {
             return Ok(());
         };
         let info = &self.info;
+        let mut rejection = None;
+        let mut asked: Option<Instant> = None;
         wait::until(
             "waiting for the sidecar to receive the current config",
             sidecar,
             timeout,
             || {
-                info.sidecar_snapshot().is_ok_and(|mut running| {
+                let runs = info.sidecar_snapshot().is_ok_and(|mut running| {
                     running.version.clear();
                     running == *expected
-                })
+                });
+                if runs || asked.is_some_and(|at| at.elapsed() < ASK_REJECTED_EVERY) {
+                    return runs;
+                }
+                asked = Some(Instant::now());
+                rejection = rejected();
+                rejection.is_some()
             },
         )
         .map_err(|source| PodError::Wait {
             pod: info.id(),
             source: Box::new(source),
-        })
+        })?;
+        match rejection {
+            Some(reason) => Err(PodError::Rejected {
+                pod: info.id(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Installs `table` (kube-proxy's rules) unless the pod has a sidecar, which handles

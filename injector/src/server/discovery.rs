@@ -9,7 +9,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use prost::Message;
 use remora_api::{
     proto::config::{discovery_server::Discovery, Node, Snapshot, SubscribeRequest},
     SpiffeId,
@@ -23,7 +22,7 @@ use super::{
     sync_status::{Entry, SyncStatus},
     CatalogWatch,
 };
-use crate::config::{cluster_ip::fnv1a64, Catalog};
+use crate::config::{version_of, Catalog};
 
 /// How long to let a burst of changes settle before computing snapshots.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -181,11 +180,10 @@ impl Session {
     }
 }
 
-/// Stamps a snapshot with a version derived from its content (a hash that is the same in every
-/// build, so an unchanged snapshot keeps its version across control-plane upgrades too).
+/// Stamps a snapshot with its version.
 fn versioned(mut snapshot: Snapshot) -> Snapshot {
     snapshot.version.clear();
-    snapshot.version = format!("{:016x}", fnv1a64(&snapshot.encode_to_vec()));
+    snapshot.version = version_of(&snapshot);
     snapshot
 }
 
