@@ -120,11 +120,9 @@ fn print_summary(cluster: &Cluster) {
     );
 }
 
-/// What a re-read of the manifests changed, if anything.
+/// What a re-read of the manifests changed, if anything (a rollout starts each new pod before
+/// it stops an old one).
 fn print_rollout(rollout: &Rollout) {
-    for pod in &rollout.stopped {
-        println!("stopping {:<32} {}", pod.id(), pod.ip);
-    }
     for pod in &rollout.started {
         println!(
             "started  {:<32} {:<15} netns {}",
@@ -132,6 +130,9 @@ fn print_rollout(rollout: &Rollout) {
             pod.ip,
             pod.netns
         );
+    }
+    for pod in &rollout.stopped {
+        println!("stopping {:<32} {}", pod.id(), pod.ip);
     }
     for reason in &rollout.held {
         println!("not changed: {reason}");
