@@ -36,7 +36,7 @@ use super::{
     network::Network,
     options::Options,
     plan::{self, PlanError, PodPlan},
-    pod::{LocalPod, RunningPod, StartContext},
+    pod::{LocalPod, PodError, RunningPod, StartContext},
     record_dir::RecordDir,
     records,
     rollout::{self, DeploymentKey, Wanted},
@@ -277,7 +277,9 @@ impl Cluster {
     /// now), as `kubectl scale` would, and returns it once every sidecar knows it: recorded
     /// as not ready, started, then recorded as ready (its endpoints join the EndpointSlices).
     /// Later resyncs keep it until the Deployment's `replicas` changes. A replica that fails
-    /// to start is removed again, records included.
+    /// to start is removed again, records included; one that starts but that some sidecar
+    /// cannot learn of (it rejects the config, or the wait times out) stays, and the error
+    /// says which sidecar.
     pub fn add_replica(&mut self, namespace: &str, name: &str) -> Result<&LocalPod, LocalError> {
         self.reap();
         self.catalog = manifests::load(&self.config_dir);
@@ -315,9 +317,7 @@ impl Cluster {
         let mut report = Rollout::default();
         self.catalog = manifests::load(&self.config_dir);
         self.roll_out(&mut report);
-        if let Err(e) = self.refresh() {
-            report.failed.push(e);
-        }
+        self.refresh(&mut report);
         if !(report.started.is_empty() && report.stopped.is_empty()) {
             let converged = self.write_index().and_then(|()| self.wait_for_sidecars());
             if let Err(e) = converged {
@@ -327,11 +327,16 @@ impl Cluster {
         report
     }
 
-    /// Brings the records, tokens and hosts files up to date with the pods and manifests.
-    fn refresh(&mut self) -> Result<(), LocalError> {
-        self.write_records()?;
+    /// Brings the records, tokens and hosts files up to date with the pods and manifests,
+    /// reporting what fails.
+    fn refresh(&mut self, report: &mut Rollout) {
+        if let Err(e) = self.write_records() {
+            report.failed.push(e);
+        }
         for pod in &mut self.pods {
-            pod.refresh_token(&self.tokens, &self.roots_pem)?;
+            if let Err(e) = pod.refresh_token(&self.tokens, &self.roots_pem) {
+                report.failed.push(e.into());
+            }
         }
         let services = manifests::service_addresses(&self.catalog);
         for pod in &self.pods {
@@ -342,12 +347,13 @@ impl Cluster {
                 self.control_plane.ip().into(),
                 &services,
             );
-            pod.write_hosts(&text).map_err(io_error(
-                "writing the hosts file of",
-                Path::new(&pod.info.name),
-            ))?;
+            if let Err(e) = pod.write_hosts(&text) {
+                let path = Path::new(&pod.info.name);
+                report
+                    .failed
+                    .push(io_error("writing the hosts file of", path)(e));
+            }
         }
-        Ok(())
     }
 
     /// Replica `index` of Deployment `key` as the manifests describe it now.
@@ -404,6 +410,7 @@ impl Cluster {
         let catalog = Files::read(self.control_plane.config_dirs()).catalog();
         // One deadline for all of them, not one per sidecar.
         let deadline = std::time::Instant::now() + self.timeout;
+        let mut rejected = None;
         for pod in &mut self.pods {
             let expected = catalog.snapshot_for(&Node {
                 pod_name: pod.info.name.clone(),
@@ -414,9 +421,17 @@ impl Cluster {
             let (id, version) = (pod.info.id(), version_of(&expected));
             let control_plane = &self.control_plane;
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            pod.wait_for_snapshot(&expected, left, || control_plane.rejection(&id, &version))?;
+            match pod.wait_for_snapshot(&expected, left, || control_plane.rejection(&id, &version))
+            {
+                // The others are still waited for: those that accept it must have it before
+                // a pod they could send to stops.
+                Err(e @ PodError::Rejected { .. }) => {
+                    rejected.get_or_insert(e);
+                }
+                other => other?,
+            }
         }
-        Ok(())
+        rejected.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Records a Pod per pod and the EndpointSlices of every Service, and brings kube-proxy's

@@ -46,11 +46,13 @@ impl Desired {
             if let Some(origin) = catalog.deployment_origin(&key.0, &key.1) {
                 self.origins.insert(key.clone(), origin.to_owned());
             }
-            let entry = match plan::replica_count(deployment) {
+            let replicas = plan::replica_count(deployment)
+                .map(|replicas| replicas + self.extra_for(&key, replicas));
+            let entry = match replicas {
                 Ok(0) => Wanted::Nothing,
                 Ok(replicas) => match plan::replica(deployment, 0, catalog) {
                     Ok(template) => Wanted::Run {
-                        replicas: replicas + self.extra_for(&key, replicas),
+                        replicas,
                         template: Box::new(template),
                     },
                     Err(e) => {
@@ -216,6 +218,20 @@ mod tests {
             ["demo/web: run 2"],
             "forgotten, not revived"
         );
+
+        // Scaled to zero and back: the hand-added ones are forgotten too.
+        desired.add_replica(web(), 2);
+        let zero = catalog(&[("/m/web.yaml", &WEB.replace("replicas: 2", "replicas: 0"))]);
+        let (wanted, _) = desired.read(&zero, &running);
+        assert_eq!(summary(&wanted), ["demo/web: nothing"]);
+        let (wanted, _) = desired.read(&two, &running);
+        assert_eq!(summary(&wanted), ["demo/web: run 2"]);
+
+        // Added by hand to a Deployment scaled to zero: it runs until replicas changes.
+        desired.read(&zero, &running);
+        desired.add_replica(web(), 0);
+        let (wanted, _) = desired.read(&zero, &running);
+        assert_eq!(summary(&wanted), ["demo/web: run 1"]);
     }
 
     #[test]

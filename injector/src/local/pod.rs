@@ -35,6 +35,8 @@ pub const SIDECAR: &str = "istio-proxy";
 const INIT: &str = "istio-init";
 /// Istio's `istio-token` projected volume lives 12 hours (`expirationSeconds: 43200`).
 const TOKEN_TTL: Duration = Duration::from_secs(43_200);
+/// The longest grace period a stopping pod gets (a manifest may say anything up to `i64::MAX`).
+const MAX_GRACE_SECONDS: i64 = 24 * 60 * 60;
 /// How often a wait for a sidecar's config asks whether the sidecar rejected it.
 const ASK_REJECTED_EVERY: Duration = Duration::from_millis(500);
 /// The sidecar's admin endpoint with the snapshot it runs (`{"snapshot": ...}`).
@@ -253,14 +255,14 @@ impl RunningPod {
             .all(|process| process.exited().is_some())
     }
 
-    /// `terminationGracePeriodSeconds` (Kubernetes' default: 30 s).
+    /// `terminationGracePeriodSeconds` (Kubernetes' default: 30 s), at most a day.
     pub fn grace_period(&self) -> Duration {
         let seconds = self
             .plan
             .spec
             .termination_grace_period_seconds
             .unwrap_or(30);
-        Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+        Duration::from_secs(u64::try_from(seconds.clamp(0, MAX_GRACE_SECONDS)).unwrap_or(0))
     }
 
     /// Replaces the pod's hosts file (for commands started from now on).

@@ -42,22 +42,6 @@ pub(super) struct Failure {
     retry_at: Instant,
 }
 
-/// Why a pod was not started.
-pub(super) enum NotStarted {
-    /// The pod itself failed: a container exited, its sidecar never became ready, ...
-    Failed(LocalError),
-    /// Something around it failed: its namespace, the records.
-    Cluster(LocalError),
-}
-
-impl From<NotStarted> for LocalError {
-    fn from(not_started: NotStarted) -> Self {
-        match not_started {
-            NotStarted::Failed(e) | NotStarted::Cluster(e) => e,
-        }
-    }
-}
-
 impl Cluster {
     /// Takes the pods to what the manifests (as last read) ask; what fails is reported and
     /// the other steps still run.
@@ -78,10 +62,12 @@ impl Cluster {
             .map(|(_, reason)| reason.clone())
             .collect();
         self.held = held;
-        // A failure counts only while the manifests still ask for the pod that failed.
-        self.failed.retain(|key, failure| {
-            matches!(wanted.get(key), Some(Wanted::Run { template, .. })
-                if rollout::same_pod(template, &failure.plan))
+        // A failure counts while the manifests still ask for the pod that failed (or leave
+        // the Deployment as it is).
+        self.failed.retain(|key, failure| match wanted.get(key) {
+            Some(Wanted::Run { template, .. }) => rollout::same_pod(template, &failure.plan),
+            Some(Wanted::Hold(_)) => true,
+            Some(Wanted::Nothing) | None => false,
         });
 
         let plans: Vec<PodPlan> = self.pods.iter().map(|pod| pod.plan.clone()).collect();
@@ -127,7 +113,7 @@ impl Cluster {
         if failed_before.is_some_and(|failure| Instant::now() < failure.retry_at) {
             return Ok(false);
         }
-        let attempts = failed_before.map_or(0, |failure| failure.attempts);
+        let attempts = failed_before.map_or(0, |failure| failure.attempts) + 1;
         match self.start_plan(plan.clone()) {
             Ok(()) => {
                 self.failed.remove(key);
@@ -136,8 +122,7 @@ impl Cluster {
                     .push(self.pods[self.pods.len() - 1].info.clone());
                 Ok(true)
             }
-            Err(NotStarted::Failed(e)) => {
-                let attempts = attempts + 1;
+            Err(e) => {
                 let backoff = FIRST_RETRY
                     .saturating_mul(1 << (attempts - 1).min(8))
                     .min(MAX_RETRY);
@@ -152,20 +137,18 @@ impl Cluster {
                 );
                 Err(e)
             }
-            Err(NotStarted::Cluster(e)) => Err(e),
         }
     }
 
     /// Creates and starts a pod for `plan`, recorded not ready while it starts and ready once
     /// it runs. A pod that is not started is removed again, records included.
-    pub(super) fn start_plan(&mut self, plan: PodPlan) -> Result<(), NotStarted> {
-        self.create_pod(plan).map_err(NotStarted::Cluster)?;
+    pub(super) fn start_plan(&mut self, plan: PodPlan) -> Result<(), LocalError> {
+        self.create_pod(plan)?;
         let index = self.pods.len() - 1;
         let started = self
             .write_records()
-            .map_err(NotStarted::Cluster)
-            .and_then(|()| self.start_pod(index).map_err(NotStarted::Failed))
-            .and_then(|()| self.write_records().map_err(NotStarted::Cluster));
+            .and_then(|()| self.start_pod(index))
+            .and_then(|()| self.write_records());
         if started.is_err() {
             self.pods.truncate(index);
             // The first error is the one to report; a failure to withdraw the records is
