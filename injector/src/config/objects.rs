@@ -227,6 +227,11 @@ impl Objects {
             ));
             return;
         };
+        if let Some(reason) = unknown_builtin_kind(&id) {
+            // Whatever it was meant to be (a Deployment with a typo?), it may be any object.
+            rejected.push(Rejection::unidentified(origin, id.label, reason));
+            return;
+        }
         let Some(result) = checked(value, &id) else {
             tracing::debug!(object = %id.label, "ignoring a kind the control plane does not read");
             return;
@@ -400,6 +405,58 @@ fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
         }
         ("v1", "ConfigMap") if (namespace, name) == MESH_CONFIG_MAP => mesh_config_map(value),
         _ => return None,
+    })
+}
+
+/// The kinds Kubernetes itself serves in the API versions the control plane reads.
+const BUILTIN_KINDS: &[(&str, &[&str])] = &[
+    (
+        "v1",
+        &[
+            "Binding",
+            "ComponentStatus",
+            "ConfigMap",
+            "Endpoints",
+            "Event",
+            "LimitRange",
+            "List",
+            "Namespace",
+            "Node",
+            "PersistentVolume",
+            "PersistentVolumeClaim",
+            "Pod",
+            "PodTemplate",
+            "ReplicationController",
+            "ResourceQuota",
+            "Secret",
+            "Service",
+            "ServiceAccount",
+        ],
+    ),
+    (
+        "apps/v1",
+        &[
+            "ControllerRevision",
+            "DaemonSet",
+            "Deployment",
+            "ReplicaSet",
+            "StatefulSet",
+        ],
+    ),
+    ("discovery.k8s.io/v1", &["EndpointSlice"]),
+];
+
+/// Why Kubernetes would refuse a document whose kind its API version does not have (a typo
+/// such as `kind: Deploymnet`); other API versions' kinds (CRDs, Istio's) are not judged.
+fn unknown_builtin_kind(id: &Identity) -> Option<String> {
+    let (_, kinds) = BUILTIN_KINDS
+        .iter()
+        .find(|(version, _)| *version == id.api_version)?;
+    (!kinds.contains(&id.kind.as_str())).then(|| {
+        format!(
+            "kind: no kind {:?} in {}, as Kubernetes would say (no matches for kind)",
+            id.kind, id.api_version
+        )
     })
 }
 

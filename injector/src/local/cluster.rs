@@ -371,7 +371,9 @@ impl Cluster {
 
     /// Gives `plan` a namespace, an address, a hosts file and a directory.
     fn create_pod(&mut self, plan: PodPlan) -> Result<(), LocalError> {
-        let netns = format!("{}-{}-{}", self.prefix, plan.namespace, plan.name);
+        // `_` appears in neither a namespace nor a pod name, so no two pods share a netns
+        // name (`a-b`/`c-0` and `a`/`b-c-0` would with a `-`).
+        let netns = format!("{}-{}_{}", self.prefix, plan.namespace, plan.name);
         let network = self.network.add_pod(&netns)?;
         let text = hosts::render(
             &plan.namespace,

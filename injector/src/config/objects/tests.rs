@@ -537,3 +537,25 @@ spec:
         "documents after a List keep their numbers"
     );
 }
+
+#[test]
+fn a_kind_kubernetes_does_not_have_is_rejected_and_may_be_any_object_of_its_file() {
+    let text = "apiVersion: apps/v1\nkind: Deploymnet\nmetadata: {name: web, namespace: demo}\n\
+                ---\napiVersion: v1\nkind: Secret\nmetadata: {name: creds}\n\
+                ---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
+    let (_, rejected) = parse(&[("/dir/web.yaml", text)]);
+    assert_eq!(rejected.len(), 1, "{rejected:#?}");
+    assert_eq!(
+        rejected[0].object,
+        "Deploymnet demo/web in /dir/web.yaml (document 1)"
+    );
+    assert!(
+        rejected[0]
+            .reason
+            .starts_with("kind: no kind \"Deploymnet\" in apps/v1"),
+        "{}",
+        rejected[0].reason
+    );
+    assert!(rejected[0].may_concern("Deployment", "demo", "web", "/dir/web.yaml"));
+    assert!(!rejected[0].may_concern("Deployment", "demo", "web", "/dir/other.yaml"));
+}
