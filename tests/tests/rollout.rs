@@ -5,11 +5,12 @@
 use std::{
     collections::BTreeSet,
     fs,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context};
-use remora_e2e::example_cluster::{curl, ExampleCluster, SteadyLoad};
+use remora_e2e::example_cluster::{curl, wait_for, ExampleCluster, SteadyLoad};
 use remora_injector::local::{LocalPod, Rollout};
 
 const HTTPBIN: &str = "http://httpbin.demo:8000/get";
@@ -148,6 +149,7 @@ fn manifest_edits_roll_out_without_failed_requests() -> anyhow::Result<()> {
             && matches!(rollout.held.as_slice(), [reason] if reason.contains("no longer")),
         "{rollout:?}"
     );
+    let asked = Instant::now();
     let rollout = resync(&mut mesh, "still deleted");
     ensure!(
         names(&rollout.stopped) == ["demo/httpbin-3", "demo/httpbin-2"],
@@ -157,5 +159,25 @@ fn manifest_edits_roll_out_without_failed_requests() -> anyhow::Result<()> {
     ensure!(httpbin_endpoints(&sleep)?.is_empty());
     let response = curl(&sleep, HTTPBIN)?;
     ensure!(response.status != 200, "{response:?}");
+
+    // Asked to stop (SIGTERM), the sidecar drains and the app exits well within the grace
+    // period (30 s); the next read then removes what is left of the pods.
+    let netns: Vec<PathBuf> = rollout
+        .stopped
+        .iter()
+        .map(|pod| Path::new("/run/netns").join(&pod.netns))
+        .collect();
+    wait_for(
+        "the stopped pods to exit and be removed",
+        Duration::from_secs(25),
+        || {
+            mesh.cluster.resync();
+            Ok(netns.iter().all(|path| !path.exists()))
+        },
+    )?;
+    println!(
+        "the stopped pods were gone {:?} after they were asked to stop",
+        asked.elapsed()
+    );
     Ok(())
 }
