@@ -12,7 +12,7 @@
 //! recorded not ready first, and stopped only once every sidecar has dropped it, so clients
 //! never pick an endpoint that is going away.
 
-mod roll_out;
+mod apply;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -467,8 +467,8 @@ impl Cluster {
     }
 }
 
-pub use roll_out::Rollout;
-use roll_out::{held_reasons, Failure};
+pub use apply::Rollout;
+use apply::{held_reasons, Failure};
 
 impl Drop for Cluster {
     /// The pod list goes first, so `remoractl local exec` cannot find pods being torn down.
