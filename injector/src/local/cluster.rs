@@ -48,6 +48,9 @@ use crate::{
     token::TokenIssuer,
 };
 
+pub use apply::Rollout;
+use apply::{held_reasons, Failure};
+
 /// The control plane's pod.
 const CONTROL_PLANE_POD: (&str, &str) = ("istio-system", "istiod-0");
 /// The list of running pods in the state directory, for commands run beside the launcher.
@@ -466,9 +469,6 @@ impl Cluster {
         Ok(())
     }
 }
-
-pub use apply::Rollout;
-use apply::{held_reasons, Failure};
 
 impl Drop for Cluster {
     /// The pod list goes first, so `remoractl local exec` cannot find pods being torn down.
