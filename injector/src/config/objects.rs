@@ -4,8 +4,8 @@
 //! take the others down, and must not be half-applied either. So every document is parsed and
 //! checked on its own and either kept whole or turned into a [`Rejection`] that names the
 //! object, where it came from and the field at fault, the way `kubectl apply` would complain.
-//! A `v1` `List` (what `kubectl get -o yaml` prints) stands for its items, each read as a
-//! document of its own, as `kubectl apply` reads it.
+//! A List (what `kubectl get -o yaml` prints) stands for its items, each read as a document of
+//! its own, as `kubectl apply` reads it.
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
@@ -113,12 +113,17 @@ pub(crate) struct Labelled<T> {
 }
 
 impl<T> Labelled<T> {
-    fn new((label, origin): (String, String), object: T) -> Self {
+    fn new(label: &str, origin: &str, object: T) -> Self {
         Self {
-            label,
-            origin,
+            label: label.to_owned(),
+            origin: origin.to_owned(),
             object,
         }
+    }
+
+    /// The rejection of this object (a `kind` keyed `key`), found after it was kept.
+    pub(crate) fn rejection(&self, kind: &str, key: &Key, reason: String) -> Rejection {
+        Rejection::of(kind, key, &self.origin, self.label.clone(), reason)
     }
 }
 
@@ -244,30 +249,29 @@ impl Objects {
             }
         };
         let (key, label) = (id.key, id.label);
-        let at = |label: &str| (label.to_owned(), origin.to_owned());
         match kept {
             Kept::Mesh(mesh) => self.keep_mesh(mesh, label, origin, rejected),
             Kept::Other(kind) => {
                 self.first_of(kind, &key, &label, origin, rejected);
             }
             Kept::Namespace(namespace) => {
-                let object = Labelled::new(at(&label), *namespace);
+                let object = Labelled::new(&label, origin, *namespace);
                 self.keep("Namespace", key, object, |o| &mut o.namespaces, rejected);
             }
             Kept::Deployment(deployment) => {
-                let object = Labelled::new(at(&label), *deployment);
+                let object = Labelled::new(&label, origin, *deployment);
                 self.keep("Deployment", key, object, |o| &mut o.deployments, rejected);
             }
             Kept::Pod(pod) => {
-                let object = Labelled::new(at(&label), *pod);
+                let object = Labelled::new(&label, origin, *pod);
                 self.keep("Pod", key, object, |o| &mut o.pods, rejected);
             }
             Kept::Service(service) => {
-                let object = Labelled::new(at(&label), *service);
+                let object = Labelled::new(&label, origin, *service);
                 self.keep("Service", key, object, |o| &mut o.services, rejected);
             }
             Kept::EndpointSlice(slice) => {
-                let object = Labelled::new(at(&label), *slice);
+                let object = Labelled::new(&label, origin, *slice);
                 self.keep(
                     "EndpointSlice",
                     key,

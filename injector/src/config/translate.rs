@@ -99,15 +99,7 @@ fn pod_facts(
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
 ) -> Option<(PodFacts, Option<Workload>)> {
-    let mut reject = |reason: String| {
-        rejected.push(Rejection::of(
-            "Pod",
-            key,
-            &pod.origin,
-            pod.label.clone(),
-            reason,
-        ))
-    };
+    let mut reject = |reason: String| rejected.push(pod.rejection("Pod", key, reason));
     let annotations = pod.object.metadata.annotations.as_ref();
     // A bad override is reported but does not stop the pod: it runs with the mesh defaults.
     let proxy_config = ProxyConfig::of_pod(annotations)
@@ -228,13 +220,7 @@ fn services(
                 let reason = format!(
                     "spec.clusterIP: {ip} is already the cluster IP of Service {namespace}/{name}"
                 );
-                rejected.push(Rejection::of(
-                    "Service",
-                    key,
-                    &service.origin,
-                    service.label.clone(),
-                    reason,
-                ));
+                rejected.push(service.rejection("Service", key, reason));
                 conflicting.push(key.clone());
                 continue;
             }

@@ -46,27 +46,20 @@ impl Desired {
             if let Some(origin) = catalog.deployment_origin(&key.0, &key.1) {
                 self.origins.insert(key.clone(), origin.to_owned());
             }
-            let replicas = plan::replica_count(deployment)
-                .map(|replicas| replicas + self.extra_for(&key, replicas));
-            let entry = match replicas {
-                Ok(0) => Wanted::Nothing,
-                Ok(replicas) => match plan::replica(deployment, 0, catalog) {
-                    Ok(template) => Wanted::Run {
+            let entry = plan::replica_count(deployment)
+                .map(|replicas| replicas + self.extra_for(&key, replicas))
+                .and_then(|replicas| match replicas {
+                    0 => Ok(Wanted::Nothing),
+                    replicas => plan::replica(deployment, 0, catalog).map(|template| Wanted::Run {
                         replicas,
                         template: Box::new(template),
-                    },
-                    Err(e) => {
-                        let reason = e.to_string();
-                        skipped.push(e);
-                        Wanted::Hold(reason)
-                    }
-                },
-                Err(e) => {
+                    }),
+                })
+                .unwrap_or_else(|e| {
                     let reason = e.to_string();
                     skipped.push(e);
                     Wanted::Hold(reason)
-                }
-            };
+                });
             wanted.insert(key, entry);
         }
 

@@ -123,10 +123,7 @@ impl Cluster {
                 Ok(true)
             }
             Err(e) => {
-                let backoff = FIRST_RETRY
-                    .saturating_mul(1 << (attempts - 1).min(8))
-                    .min(MAX_RETRY);
-                let retry_at = Instant::now() + backoff;
+                let retry_at = Instant::now() + backoff(attempts);
                 self.failed.insert(
                     key.clone(),
                     Failure {
@@ -196,6 +193,14 @@ impl Cluster {
     }
 }
 
+/// How long to wait after the `attempts`-th failed start before trying again: the kubelet's
+/// CrashLoopBackOff, 10 s doubling each time up to 5 min.
+fn backoff(attempts: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
+        .min(MAX_RETRY)
+}
+
 /// Why each held Deployment is held.
 pub(super) fn held_reasons(
     wanted: &BTreeMap<DeploymentKey, Wanted>,
@@ -207,4 +212,16 @@ pub(super) fn held_reasons(
             Wanted::Run { .. } | Wanted::Nothing => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_starts_back_off_as_the_kubelet_does() {
+        let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX), MAX_RETRY);
+    }
 }
