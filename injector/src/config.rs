@@ -10,8 +10,14 @@
 //! spells the names Kubernetes and Istio fix, for the control plane and the local launcher
 //! alike.
 //!
+//! The local launcher (crate `remora-local`) stands in for the rest of a cluster, so it must
+//! agree with the control plane about what was admitted: it reads its manifests with
+//! [`read_directories`], as [`DirectorySource`] does, and the admitted objects through
+//! [`Catalog::accepted`] ([`Accepted`]).
+//!
 //! [`Snapshot`]: remora_api::proto::config::Snapshot
 
+mod accepted;
 mod catalog;
 pub mod cluster_ip;
 pub(crate) mod directory;
@@ -23,8 +29,9 @@ mod translate;
 pub mod well_known;
 pub(crate) mod yaml;
 
-pub use catalog::{version_of, Catalog, SidecarConfig};
-pub use directory::DirectorySource;
+pub use accepted::{Accepted, SidecarConfig};
+pub use catalog::{version_of, Catalog};
+pub use directory::{read_directories, DirectorySource};
 pub use mesh::ProxyConfigError;
 pub use objects::{Rejection, Subject};
 pub use source::{Source, SourceError};

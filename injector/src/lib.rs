@@ -1,8 +1,14 @@
-//! Remora's control plane (the role istiod plays in Istio) and the pieces `remoractl` shares
-//! with it.
+//! Remora's control plane (the role istiod plays in Istio): the mesh CA ([`ca`], with the
+//! service-account [`token`]s that prove who asks), the config pipeline ([`config`]) and the
+//! discovery server that pushes each sidecar its snapshot ([`server`]).
+//!
+//! Only what the control plane runs lives here, so its image carries nothing else. The local
+//! cluster launcher (`remora-local`) and `remoractl` are crates of their own on top of this
+//! one: they read manifests and admitted objects through [`config`]'s public API
+//! ([`config::read_directories`], [`config::Catalog::accepted`]) and issue with [`ca`] and
+//! [`token`], so they agree with the control plane by construction.
 
 pub mod ca;
 pub mod config;
-pub mod local;
 pub mod server;
 pub mod token;

@@ -44,13 +44,13 @@ impl Binaries {
     }
 
     /// The same binaries as the local cluster launcher wants them (the control plane too).
-    pub fn launcher(&self) -> anyhow::Result<remora_injector::local::Binaries> {
-        Ok(remora_injector::local::Binaries::in_dir(&self.dir)?)
+    pub fn launcher(&self) -> anyhow::Result<remora_local::Binaries> {
+        Ok(remora_local::Binaries::in_dir(&self.dir)?)
     }
 }
 
 fn locate_and_build() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(remora_injector::local::BIN_DIR_ENV) {
+    if let Some(dir) = std::env::var_os(remora_local::BIN_DIR_ENV) {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe().context("locating the running executable")?;

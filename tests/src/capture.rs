@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context;
 
-use remora_injector::local::{run_checked, wait, Netns, Process};
+use remora_local::{run_checked, wait, Netns, Process};
 
 pub struct Capture {
     process: Process,

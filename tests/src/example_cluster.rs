@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use parking_lot::{Mutex, MutexGuard};
-use remora_injector::local::{wait, write_atomic, Cluster, LocalPod, Options};
+use remora_local::{wait, write_atomic, Cluster, LocalPod, Options};
 use tempfile::TempDir;
 
 use crate::{two_pods::CurlResult, Binaries};

@@ -1,7 +1,7 @@
 //! End-to-end harness on one Linux machine: "pods" are network namespaces on a private bridge,
 //! each with `remora-init`'s iptables rules and a `remora-proxy` sidecar running as uid 1337,
 //! next to real app processes. The plumbing is the local cluster launcher's
-//! ([`remora_injector::local`]); on top of it, [`example_cluster`] runs `examples/` with the
+//! ([`remora_local`]); on top of it, [`example_cluster`] runs `examples/` with the
 //! control plane (as the README demo does), and [`Mesh`] wires pods by hand with static
 //! bootstrap files, for what a control plane would never produce.
 //!
@@ -18,7 +18,7 @@ pub mod two_pods;
 pub use bins::Binaries;
 pub use capture::{Capture, Pcap};
 pub use mesh::{counter, CertOrigin, Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
-pub use remora_injector::local::{Netns, Process};
+pub use remora_local::{Netns, Process};
 
 /// Fails with a clear message unless running as root.
 pub fn require_root() -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! A hand-wired mesh with no control plane: pods on the launcher's network
-//! ([`remora_injector::local::Network`]), certificates issued directly from a CA the test
+//! ([`remora_local::Network`]), certificates issued directly from a CA the test
 //! holds, and sidecars started from static bootstrap files. Tests use it to set up what a
 //! control plane would never produce (a foreign CA, a wrong identity, a chosen snapshot).
 //!
@@ -25,11 +25,9 @@ use remora_api::{
     proto::config::{Endpoint, Snapshot},
     Bootstrap, FileIdentity, IdentitySource, ProxyMetadata, SpiffeId,
 };
-use remora_injector::{
-    ca::{Authority, DEFAULT_WORKLOAD_TTL},
-    local::{
-        as_proxy_user, exec_in, probe, run_checked, wait, Network, PodNetwork, Process, PROXY_UID,
-    },
+use remora_injector::ca::{Authority, DEFAULT_WORKLOAD_TTL};
+use remora_local::{
+    as_proxy_user, exec_in, probe, run_checked, wait, Network, PodNetwork, Process, PROXY_UID,
 };
 
 use crate::{bins::Binaries, capture::Capture};

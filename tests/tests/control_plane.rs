@@ -19,7 +19,7 @@ use remora_e2e::{
         curl, edit_file, local_get, sidecar_metrics, wait_for, ExampleCluster, SteadyLoad,
     },
 };
-use remora_injector::local::{as_proxy_user, LocalPod};
+use remora_local::{as_proxy_user, LocalPod};
 
 /// How long a config change may take to reach a sidecar.
 const PROPAGATION: Duration = Duration::from_secs(15);

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{ensure, Context};
 use remora_e2e::example_cluster::{curl, wait_for, ExampleCluster, SteadyLoad};
-use remora_injector::local::{LocalPod, Rollout};
+use remora_local::{LocalPod, Rollout};
 
 const HTTPBIN: &str = "http://httpbin.demo:8000/get";
 const HTTPBIN_HOSTNAME: &str = "httpbin.demo.svc.cluster.local";

@@ -44,6 +44,14 @@ impl DirectorySource {
     }
 }
 
+/// Reads `dirs` once, exactly as a [`DirectorySource`] reads them (the same files in the same
+/// order, an unreadable one among the rejections), without watching: the catalog the control
+/// plane serves for these files as they are now. For whoever must agree with a control plane
+/// reading `dirs` about what it admitted, such as the local launcher.
+pub fn read_directories(dirs: &[PathBuf]) -> Catalog {
+    Files::read(dirs).catalog()
+}
+
 impl Source for DirectorySource {
     fn watch(self: Box<Self>) -> Result<watch::Receiver<Arc<Catalog>>, SourceError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SourceError::NoRuntime)?;
@@ -179,14 +187,14 @@ fn log_new_rejections(catalog: &Catalog, before: &BTreeSet<Rejection>) {
 
 /// One read of the directories.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Files {
+struct Files {
     /// `(path, contents)` in path order, directory by directory.
-    pub(crate) documents: Vec<(String, String)>,
+    documents: Vec<(String, String)>,
     unreadable: Vec<Rejection>,
 }
 
 impl Files {
-    pub(crate) fn read(dirs: &[PathBuf]) -> Self {
+    fn read(dirs: &[PathBuf]) -> Self {
         let mut files = Files {
             documents: Vec::new(),
             unreadable: Vec::new(),
@@ -235,7 +243,7 @@ impl Files {
     }
 
     /// The catalog of these files, with the unreadable ones among its rejections.
-    pub(crate) fn catalog(&self) -> Catalog {
+    fn catalog(&self) -> Catalog {
         let mut catalog = Catalog::build(self.documents.clone());
         catalog
             .rejected

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use remora_e2e::example_cluster::{curl, examples_dir};
-use remora_injector::local::{Cluster, LocalPod, Options, Shutdown};
+use remora_local::{Cluster, LocalPod, Options, Shutdown};
 
 const URL: &str = "http://httpbin.demo:8000/get?show_env=1";
 

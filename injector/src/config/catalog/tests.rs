@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use remora_api::proto::config::{Endpoint, Service, ServicePort};
 
 use super::*;
-use crate::config::cluster_ip;
+use crate::config::{cluster_ip, SidecarConfig};
 
 fn documents(files: &[(&str, &str)]) -> Vec<(String, String)> {
     files
@@ -426,15 +426,16 @@ spec: {serviceAccountName: Admin, containers: []}
     assert_eq!(hostnames, ["a.default.svc.cluster.local"]);
     // The rejected Service is not among the accepted objects either.
     let services: Vec<Option<&str>> = catalog
+        .accepted()
         .services()
         .map(|s| s.metadata.name.as_deref())
         .collect();
     assert_eq!(services, [Some("a")]);
     assert_eq!(
-        catalog.cluster_ip("default", "a"),
+        catalog.accepted().cluster_ip("default", "a"),
         Some(IpAddr::from([10, 96, 0, 1]))
     );
-    assert_eq!(catalog.cluster_ip("default", "b"), None);
+    assert_eq!(catalog.accepted().cluster_ip("default", "b"), None);
 }
 
 #[test]
@@ -473,12 +474,14 @@ spec:
         ]
     );
     let labels = catalog
+        .accepted()
         .namespace("demo")
         .and_then(|ns| ns.metadata.labels.clone())
         .expect("the first demo Namespace");
     assert_eq!(labels["istio-injection"], "enabled");
-    assert!(catalog.namespace("other").is_none());
+    assert!(catalog.accepted().namespace("other").is_none());
     let deployments: Vec<Option<&str>> = catalog
+        .accepted()
         .deployments()
         .map(|d| d.metadata.name.as_deref())
         .collect();
@@ -487,9 +490,13 @@ spec:
         [Some("httpbin")],
         "the rejected one is left out"
     );
-    assert!(catalog.deployment("default", "httpbin").is_some());
-    assert!(catalog.deployment("demo", "web").is_none());
+    assert!(catalog
+        .accepted()
+        .deployment("default", "httpbin")
+        .is_some());
+    assert!(catalog.accepted().deployment("demo", "web").is_none());
     let services: Vec<Option<&str>> = catalog
+        .accepted()
         .services()
         .map(|s| s.metadata.name.as_deref())
         .collect();
@@ -502,10 +509,10 @@ spec:
             Some("reviews")
         ]
     );
-    assert_eq!(catalog.cluster_ip("default", "headless"), None);
-    assert_eq!(catalog.cluster_ip("default", "external"), None);
+    assert_eq!(catalog.accepted().cluster_ip("default", "headless"), None);
+    assert_eq!(catalog.accepted().cluster_ip("default", "external"), None);
     assert_eq!(
-        catalog.cluster_ip("default", "reviews"),
+        catalog.accepted().cluster_ip("default", "reviews"),
         Some(IpAddr::from([10, 96, 0, 20]))
     );
     assert_eq!(catalog.trust_domain(), "example.org");
@@ -520,14 +527,17 @@ spec:
             .collect()
     };
     assert_eq!(
-        catalog.sidecar_config(Some(&annotations)).expect("valid"),
+        catalog
+            .accepted()
+            .sidecar_config(Some(&annotations))
+            .expect("valid"),
         SidecarConfig {
             env: pairs(&[("A", "mesh"), ("B", "pod"), ("C", "pod")]),
             concurrency: Some(0),
         }
     );
     assert_eq!(
-        catalog.sidecar_config(None).expect("valid"),
+        catalog.accepted().sidecar_config(None).expect("valid"),
         SidecarConfig {
             env: pairs(&[("A", "mesh"), ("B", "mesh")]),
             concurrency: Some(4),
@@ -645,7 +655,7 @@ fn a_missing_object_is_traced_to_its_rejection() {
     );
     let catalog = Catalog::build(documents(&[("/dir/app.yaml", APP)]));
     assert_eq!(
-        catalog.deployment_origin("default", "httpbin"),
+        catalog.accepted().deployment_origin("default", "httpbin"),
         Some("/dir/app.yaml")
     );
 }

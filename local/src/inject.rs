@@ -1,7 +1,9 @@
 //! Whether a pod gets a sidecar, decided the way Istio's injection webhook decides: a pure
 //! function of the pod's namespace and labels, annotations and host networking, so the rules
 //! are tested without a cluster. (The sidecar's environment, `proxyMetadata`, comes from the
-//! control plane's own mesh config: [`crate::config::Catalog::proxy_metadata`].)
+//! control plane's own mesh config: [`Accepted::sidecar_config`].)
+//!
+//! [`Accepted::sidecar_config`]: remora_injector::config::Accepted::sidecar_config
 
 use std::collections::BTreeMap;
 

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use remora_injector::local::{Cluster, LocalPod, Options, Rollout, Shutdown};
+use remora_local::{Cluster, LocalPod, Options, Rollout, Shutdown};
 
 /// How often `up` re-reads the manifests to follow edits (pods, EndpointSlices, hosts files).
 const RESYNC_EVERY: Duration = Duration::from_secs(2);

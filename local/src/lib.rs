@@ -11,8 +11,17 @@
 //! demo, the end-to-end tests and the benchmarks all build on this; the plumbing modules
 //! ([`Network`], [`Netns`], [`Process`]) also serve harnesses that wire pods by hand.
 //!
+//! It is a crate of its own, apart from the control plane (`remora-injector`), because it
+//! plays the rest of a cluster (API server, kubelet, Deployment controller, kube-proxy) and is
+//! needed only where there is no cluster: the control plane never imports it, and its image
+//! ships without it. It reads the manifests with the control plane's own directory reader and
+//! runs what the control plane accepted ([`Catalog::accepted`]), so the two agree by
+//! construction.
+//!
 //! Everything needs root (namespaces, iptables, switching to uid 1337), and everything created
 //! is removed when its owner is dropped.
+//!
+//! [`Catalog::accepted`]: remora_injector::config::Catalog::accepted
 
 mod bins;
 mod cluster;

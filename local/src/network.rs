@@ -2,10 +2,10 @@
 //!
 //! Each pod gets `eth0` (a veth whose peer sits on the bridge), a /32 address in
 //! [`POD_CIDR`] and exactly one route, [`MESH_ROUTE`] via `eth0`. Service cluster IPs
-//! (198.19.0.0/16, see [`crate::config::cluster_ip`]) are inside that route, so a connection
-//! to one leaves the pod's stack and is captured by the sidecar's iptables rules; there is no
-//! default route, so nothing reaches the host's network or beyond. The host's own namespace is
-//! never touched.
+//! (198.19.0.0/16, see [`remora_injector::config::cluster_ip`]) are inside that route, so a
+//! connection to one leaves the pod's stack and is captured by the sidecar's iptables rules;
+//! there is no default route, so nothing reaches the host's network or beyond. The host's own
+//! namespace is never touched.
 
 use std::{
     ffi::OsStr,

@@ -8,12 +8,12 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Container, PodSpec},
 };
-
-use super::inject::{self, Candidate};
-use crate::config::{
+use remora_injector::config::{
     well_known::{namespace_of, service_account_of},
     Catalog, ProxyConfigError, SidecarConfig,
 };
+
+use super::inject::{self, Candidate};
 
 /// Why a Deployment cannot run locally, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +147,7 @@ fn replicas_of(
     let sidecar = inject::wants_sidecar(Candidate {
         namespace: &namespace,
         namespace_labels: catalog
+            .accepted()
             .namespace(&namespace)
             .and_then(|ns| ns.metadata.labels.as_ref())
             .unwrap_or(&no_labels),
@@ -156,6 +157,7 @@ fn replicas_of(
     });
     let sidecar_config = if sidecar {
         catalog
+            .accepted()
             .sidecar_config(Some(&annotations))
             .map_err(|source| PlanError::ProxyConfig {
                 namespace: namespace.clone(),

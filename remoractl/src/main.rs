@@ -1,8 +1,10 @@
 //! `remoractl`: the operator's command line for Remora.
+//!
+//! `remoractl ca` makes a mesh root and workload certificates with the control plane's own CA
+//! code, so they are what the control plane would issue; `remoractl local` drives the local
+//! cluster launcher (`remora-local`). It is a crate of its own so that the control plane's
+//! crate and image carry neither this command nor the launcher behind it.
 
-// `remoractl local`: its own file, beside this one (a crate root would look for
-// `src/bin/local.rs`, which cargo would take for another binary).
-#[path = "remoractl/local.rs"]
 mod local;
 
 use std::{path::PathBuf, time::Duration};

@@ -14,6 +14,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use remora_api::proto::config::Snapshot;
+use remora_injector::token::{TokenError, TokenIssuer};
 
 use super::{
     bins::Binaries,
@@ -27,7 +28,6 @@ use super::{
     secrets,
     wait::{self, WaitError},
 };
-use crate::token::{TokenError, TokenIssuer};
 
 /// The sidecar container's name in an injected pod (and its log's name here).
 pub const SIDECAR: &str = "istio-proxy";

@@ -9,10 +9,10 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
+use remora_injector::config::well_known::namespace_of;
 use serde::Serialize;
 
 use super::files::write_atomic;
-use crate::config::well_known::namespace_of;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::PodSpec;
 
 use super::*;
-use crate::local::plan::PodPlan;
+use crate::plan::PodPlan;
 
 fn plan(name: &str, labels: &[(&str, &str)], sidecar: bool, container_ports: &str) -> PodPlan {
     let spec: PodSpec = serde_saphyr::from_str(&format!(

@@ -11,11 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use remora_injector::config::{well_known::namespace_of, Catalog};
+
 use super::{
     plan::{self, PlanError},
     rollout::{DeploymentKey, Wanted},
 };
-use crate::config::{well_known::namespace_of, Catalog};
 
 /// The launcher's memory of the manifests between reads.
 #[derive(Debug, Default)]
@@ -38,12 +39,12 @@ impl Desired {
     ) -> (BTreeMap<DeploymentKey, Wanted>, Vec<PlanError>) {
         let mut wanted = BTreeMap::new();
         let mut skipped = Vec::new();
-        for deployment in catalog.deployments() {
+        for deployment in catalog.accepted().deployments() {
             let key = (
                 namespace_of(&deployment.metadata).to_owned(),
                 deployment.metadata.name.clone().unwrap_or_default(),
             );
-            if let Some(origin) = catalog.deployment_origin(&key.0, &key.1) {
+            if let Some(origin) = catalog.accepted().deployment_origin(&key.0, &key.1) {
                 self.origins.insert(key.clone(), origin.to_owned());
             }
             let entry = plan::replica_count(deployment)

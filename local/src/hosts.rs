@@ -10,8 +10,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use remora_injector::config::well_known::service_hostname;
+
 use super::files::write_atomic;
-use crate::config::well_known::service_hostname;
 
 /// Where `ip netns exec` looks for per-namespace `/etc` files.
 const ETC_NETNS: &str = "/etc/netns";

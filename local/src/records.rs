@@ -18,9 +18,11 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
+use remora_injector::config::well_known::{
+    namespace_of, SERVICE_NAME_LABEL, SIDECAR_STATUS_ANNOTATION,
+};
 
 use super::plan::PodPlan;
-use crate::config::well_known::{namespace_of, SERVICE_NAME_LABEL, SIDECAR_STATUS_ANNOTATION};
 
 /// What Istio's injector records in `sidecar.istio.io/status` (the containers and volumes it added).
 const SIDECAR_STATUS: &str = r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#;

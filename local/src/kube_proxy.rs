@@ -9,8 +9,7 @@
 use std::{fmt::Write as _, net::IpAddr, net::SocketAddr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use crate::config::{
+use remora_injector::config::{
     endpoints::{is_slice_of, ready_endpoints},
     well_known::namespace_of,
     Catalog,
@@ -27,11 +26,12 @@ pub struct ServiceRoute {
 /// The routes of every TCP port of every Service in `catalog` with a cluster IP, to the ready
 /// endpoints `slices` give it (picked exactly as the control plane picks them for sidecars).
 pub fn routes(catalog: &Catalog, slices: &[EndpointSlice]) -> Vec<ServiceRoute> {
+    let accepted = catalog.accepted();
     let mut routes = Vec::new();
-    for service in catalog.services() {
+    for service in accepted.services() {
         let namespace = namespace_of(&service.metadata);
         let name = service.metadata.name.as_deref().unwrap_or_default();
-        let Some(cluster_ip) = catalog.cluster_ip(namespace, name) else {
+        let Some(cluster_ip) = accepted.cluster_ip(namespace, name) else {
             continue;
         };
         let own_slices: Vec<&EndpointSlice> = slices

@@ -3,11 +3,12 @@
 
 use std::{io, path::Path, path::PathBuf};
 
+use remora_injector::{ca::CaError, token::TokenError};
+
 use super::{
     bins::BinariesError, control_plane::ControlPlaneError, network::NetworkError, plan::PlanError,
     pod::PodError, record_dir::RecordError, state::StateError,
 };
-use crate::{ca::CaError, token::TokenError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {

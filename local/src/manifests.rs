@@ -1,14 +1,15 @@
 //! The user's manifest directory as the launcher runs it: read by the control plane's own
-//! directory reader into the control plane's own [`Catalog`], so the launcher runs exactly the
-//! Deployments the control plane accepted (in the Namespaces it accepted), records
-//! EndpointSlices for exactly the Services it accepted, and writes into every pod's
-//! `/etc/hosts` the cluster IPs the sidecars receive. What the catalog rejected is not run;
-//! [`Catalog::rejected`] says why.
+//! directory reader ([`read_directories`]) into the control plane's own [`Catalog`], so the
+//! launcher runs exactly the Deployments the control plane accepted (in the Namespaces it
+//! accepted), records EndpointSlices for exactly the Services it accepted, and writes into
+//! every pod's `/etc/hosts` the cluster IPs the sidecars receive ([`Catalog::accepted`] lists
+//! them all). What the catalog rejected is not run; [`Catalog::rejected`] says why.
 
 use std::{net::IpAddr, path::Path};
 
+use remora_injector::config::{read_directories, well_known::namespace_of, Catalog};
+
 use super::hosts::ServiceAddress;
-use crate::config::{directory::Files, well_known::namespace_of, Catalog};
 
 /// A Service and the address pods reach it at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,18 +23,19 @@ pub struct LocalService {
 
 /// Reads `dir` (recursively) as the control plane reads it.
 pub fn load(dir: &Path) -> Catalog {
-    Files::read(&[dir.to_owned()]).catalog()
+    read_directories(&[dir.to_owned()])
 }
 
 /// The accepted Services, with their cluster IPs and ports.
 pub fn services(catalog: &Catalog) -> Vec<LocalService> {
-    catalog
+    let accepted = catalog.accepted();
+    accepted
         .services()
         .map(|service| {
             let namespace = namespace_of(&service.metadata).to_owned();
             let name = service.metadata.name.clone().unwrap_or_default();
             LocalService {
-                cluster_ip: catalog.cluster_ip(&namespace, &name),
+                cluster_ip: accepted.cluster_ip(&namespace, &name),
                 ports: service
                     .spec
                     .iter()
@@ -65,8 +67,10 @@ pub fn service_addresses(catalog: &Catalog) -> Vec<ServiceAddress> {
 mod tests {
     use std::path::PathBuf;
 
+    use remora_injector::config::cluster_ip;
+
     use super::*;
-    use crate::{config::cluster_ip, local::plan};
+    use crate::plan;
 
     /// The repository's `examples/`, which the README demo brings up.
     fn examples() -> PathBuf {
@@ -90,6 +94,7 @@ mod tests {
         );
         assert_eq!(catalog.trust_domain(), "cluster.local");
         let pods: Vec<(String, String, bool)> = catalog
+            .accepted()
             .deployments()
             .flat_map(|d| plan::deployment_pods(d, &catalog).expect("the examples run locally"))
             .map(|p| (p.namespace, p.name, p.sidecar))

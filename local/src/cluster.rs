@@ -23,6 +23,11 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use remora_api::proto::config::Node;
+use remora_injector::{
+    ca::Authority,
+    config::{read_directories, version_of, well_known::namespace_of, Catalog, Rejection},
+    token::TokenIssuer,
+};
 
 use super::{
     bins::Binaries,
@@ -41,11 +46,6 @@ use super::{
     records,
     rollout::{self, DeploymentKey, Wanted},
     state::StateDir,
-};
-use crate::{
-    ca::Authority,
-    config::{directory::Files, version_of, well_known::namespace_of, Catalog, Rejection},
-    token::TokenIssuer,
 };
 
 pub use apply::Rollout;
@@ -287,7 +287,7 @@ impl Cluster {
         self.reap();
         self.catalog = manifests::load(&self.config_dir);
         let key = (namespace.to_owned(), name.to_owned());
-        let replicas = match self.catalog.deployment(namespace, name) {
+        let replicas = match self.catalog.accepted().deployment(namespace, name) {
             Some(deployment) => plan::replica_count(deployment)?,
             None => {
                 return Err(LocalError::NoDeployment {
@@ -362,13 +362,14 @@ impl Cluster {
     /// Replica `index` of Deployment `key` as the manifests describe it now.
     fn replica_plan(&self, key: &DeploymentKey, index: usize) -> Result<PodPlan, LocalError> {
         let (namespace, name) = key;
-        let deployment =
-            self.catalog
-                .deployment(namespace, name)
-                .ok_or_else(|| LocalError::NoDeployment {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                })?;
+        let deployment = self
+            .catalog
+            .accepted()
+            .deployment(namespace, name)
+            .ok_or_else(|| LocalError::NoDeployment {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })?;
         Ok(plan::replica(deployment, index, &self.catalog)?)
     }
 
@@ -412,7 +413,7 @@ impl Cluster {
     /// as they are now: after a start, so that every ready endpoint is known in every pod;
     /// before a stop, so that no pod still sends to the one going.
     fn wait_for_sidecars(&mut self) -> Result<(), LocalError> {
-        let catalog = Files::read(self.control_plane.config_dirs()).catalog();
+        let catalog = read_directories(self.control_plane.config_dirs());
         // One deadline for all of them, not one per sidecar.
         let deadline = std::time::Instant::now() + self.timeout;
         let mut rejected = None;
@@ -449,6 +450,7 @@ impl Cluster {
             .collect();
         let slices: Vec<((String, String), Vec<EndpointSlice>)> = self
             .catalog
+            .accepted()
             .services()
             .map(|service| {
                 let key = (
