@@ -102,7 +102,7 @@ pub fn replica_count(deployment: &Deployment) -> Result<usize, PlanError> {
     })
 }
 
-/// Replica number `index` of `deployment`, as [`deployment_pods`] would make it.
+/// Replica number `index` of `deployment`, as `deployment_pods` would make it.
 pub fn replica(
     deployment: &Deployment,
     index: usize,
