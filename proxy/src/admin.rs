@@ -10,14 +10,13 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use remora_api::Snapshot;
 
 use crate::{
+    config::Config,
     body::{local_response, Body},
     drain::Drain,
     identity::CurrentCert,
@@ -30,7 +29,7 @@ pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 pub struct Admin {
     pub bootstrap: serde_json::Value,
-    pub config: Arc<ArcSwap<Snapshot>>,
+    pub config: Arc<Config>,
     pub cert: Arc<CurrentCert>,
     pub drain: Drain,
     pub log: LogControl,

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
 use remora_api::{
     proto::config::{
         discovery_client::DiscoveryClient, Node, Snapshot as WireSnapshot, SubscribeRequest,
@@ -18,7 +17,7 @@ use remora_api::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{backoff::Backoff, control_plane::ControlPlane, metrics::Metrics};
+use crate::{backoff::Backoff, config::Config, control_plane::ControlPlane, metrics::Metrics};
 
 /// How long a stream must have lasted for the next reconnect to start from the shortest wait.
 const STABLE_STREAM: Duration = Duration::from_secs(30);
@@ -40,7 +39,7 @@ pub struct Subscription {
     /// The sidecar's trust domain: its certificate and every peer check depend on it, so a
     /// snapshot for another one is refused until the sidecar restarts.
     pub trust_domain: String,
-    pub config: Arc<ArcSwap<Snapshot>>,
+    pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -95,7 +94,7 @@ impl Subscription {
                         destinations = snapshot.destination_count(),
                         "snapshot applied"
                     );
-                    self.config.store(Arc::new(snapshot));
+                    self.config.store(snapshot);
                     if let Some(first) = first.take() {
                         let _ = first.send(());
                     }

@@ -1,34 +1,12 @@
-//! `remora-proxy`: the Remora sidecar. It intercepts the pod's traffic (redirected by
-//! `remora-init`'s iptables rules), wraps mesh traffic in mTLS with SPIFFE identities and
-//! reports Istio-standard metrics.
-
-mod admin;
-mod app;
-mod backoff;
-mod body;
-mod control_plane;
-mod detect;
-mod discovery;
-mod drain;
-mod headers;
-mod identity;
-mod inbound;
-mod listen;
-mod metrics;
-mod outbound;
-mod pool;
-mod prefixed;
-mod serve;
-mod status;
-mod tls;
-mod transport;
-mod upgrade;
+//! `remora-proxy`: the Remora sidecar's binary edge: flags, logging, the runtime, signals. What
+//! it runs is the library's [`app::run`].
 
 use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
 use remora_api::Bootstrap;
+use remora_proxy::{admin, app};
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]

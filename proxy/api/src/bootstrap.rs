@@ -273,16 +273,18 @@ staticSnapshot:
         let snapshot = Snapshot::try_from(b.static_snapshot.expect("snapshot present"))
             .expect("valid snapshot");
         let addr = "198.18.0.3:8000".parse().expect("addr");
-        let Some(crate::Resolved::Upstream(upstream)) = snapshot.resolve(addr) else {
+        let crate::Logical::Workload(endpoint) = snapshot.lookup(addr) else {
             panic!("{addr} not resolved");
         };
         assert_eq!(
-            upstream.identity.map(|id| id.to_string()).as_deref(),
+            endpoint.identity.map(|id| id.to_string()).as_deref(),
             Some("spiffe://cluster.local/ns/default/sa/httpbin")
         );
-        assert!(snapshot
-            .resolve("198.18.0.3:15021".parse().expect("addr"))
-            .is_none());
+        let health = "198.18.0.3:15021".parse().expect("addr");
+        assert_eq!(
+            snapshot.lookup(health),
+            crate::Logical::Passthrough(health)
+        );
     }
 
     #[test]

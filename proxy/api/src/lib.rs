@@ -25,5 +25,7 @@ pub use bootstrap::{
 };
 pub use certificate::CertificateIdError;
 pub use load::{from_value, ConfigError};
-pub use snapshot::{MeshSettings, Resolved, Snapshot, Upstream};
+pub use snapshot::{
+    Endpoint, Logical, MeshSettings, OutboundPolicy, ServiceKey, ServicePort, Snapshot,
+};
 pub use spiffe::{SpiffeId, SpiffeIdError};

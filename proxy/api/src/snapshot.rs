@@ -1,14 +1,16 @@
 //! The run-time config a sidecar acts on: the wire [`proto::Snapshot`] checked and indexed for
 //! lookups on every new connection. A snapshot with any problem is refused whole (the sidecar
 //! keeps the one it has), never half-applied.
+//!
+//! This is plain data and pure decisions only: which logical destination an address is
+//! ([`Snapshot::lookup`]). Choosing one endpoint of a Service, and any state that needs (turns,
+//! latency estimates), belongs to the proxy, so `remoractl` can link this crate and ask the same
+//! questions the sidecar asks.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,38 +22,72 @@ pub struct Snapshot {
     /// What was received, kept for the admin config dump.
     pub source: proto::Snapshot,
     destinations: HashMap<SocketAddr, Destination>,
+    services: Vec<Arc<ServicePort>>,
     pub mesh: MeshSettings,
 }
 
-/// Where a connection to a known address goes.
+/// What a known address is.
 #[derive(Debug)]
 enum Destination {
     /// A workload address: that workload, directly.
-    Workload(Upstream),
-    /// A service's cluster IP and port: one of its endpoints, taken in turn.
-    Service(Arc<Backends>),
+    Workload(Endpoint),
+    /// A service's cluster IP and port.
+    Service(Arc<ServicePort>),
 }
 
-#[derive(Debug)]
-struct Backends {
-    endpoints: Vec<Upstream>,
-    next: AtomicUsize,
+/// One port of a Service and its ready endpoints.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub key: ServiceKey,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Names a Service port across snapshots: its hostname and port number.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ServiceKey {
+    /// `name.namespace.svc.cluster.local`.
+    pub hostname: Arc<str>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.hostname, self.port)
+    }
 }
 
 /// One concrete endpoint to connect to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
+pub struct Endpoint {
     pub address: SocketAddr,
     /// The identity the sidecar in front of it must present; `None` when it has no sidecar.
     pub identity: Option<SpiffeId>,
 }
 
-/// Where a resolved destination leads.
+/// Where an outbound connection goes, decided once per connection from its original
+/// destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Resolved {
-    Upstream(Upstream),
-    /// A service port with no ready endpoint.
-    NoEndpoints,
+pub enum Logical {
+    /// A Service's cluster IP and port: each request (or opaque connection) goes to one of its
+    /// ready endpoints, chosen by the proxy.
+    Service(Arc<ServicePort>),
+    /// A workload address the mesh knows (it runs a sidecar).
+    Workload(Endpoint),
+    /// Not in the mesh registry, with `outboundTrafficPolicy` `ALLOW_ANY`: passed through to
+    /// the address the app dialled, untouched.
+    Passthrough(SocketAddr),
+    /// Not in the mesh registry, with `REGISTRY_ONLY`: refused (Istio's `BlackHoleCluster`).
+    Blackhole(SocketAddr),
+}
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    /// Destinations outside the registry pass through (Istio's default).
+    #[default]
+    AllowAny,
+    /// Destinations outside the registry are refused.
+    RegistryOnly,
 }
 
 /// Mesh settings a sidecar acts on, with Istio's defaults for anything unset.
@@ -59,6 +95,7 @@ pub enum Resolved {
 pub struct MeshSettings {
     pub trust_domain: Option<String>,
     pub drain_duration: Option<Duration>,
+    pub outbound: OutboundPolicy,
 }
 
 impl Snapshot {
@@ -66,20 +103,21 @@ impl Snapshot {
         &self.source.version
     }
 
-    /// Where a connection to `address` should go, or `None` when the address is not in the mesh
-    /// registry (the connection passes through).
-    pub fn resolve(&self, address: SocketAddr) -> Option<Resolved> {
-        Some(match self.destinations.get(&address)? {
-            Destination::Workload(upstream) => Resolved::Upstream(upstream.clone()),
-            Destination::Service(backends) => {
-                if backends.endpoints.is_empty() {
-                    Resolved::NoEndpoints
-                } else {
-                    let turn = backends.next.fetch_add(1, Ordering::Relaxed);
-                    Resolved::Upstream(backends.endpoints[turn % backends.endpoints.len()].clone())
-                }
-            }
-        })
+    /// Where a connection to `address` goes.
+    pub fn lookup(&self, address: SocketAddr) -> Logical {
+        match self.destinations.get(&address) {
+            Some(Destination::Workload(endpoint)) => Logical::Workload(endpoint.clone()),
+            Some(Destination::Service(port)) => Logical::Service(port.clone()),
+            None => match self.mesh.outbound {
+                OutboundPolicy::AllowAny => Logical::Passthrough(address),
+                OutboundPolicy::RegistryOnly => Logical::Blackhole(address),
+            },
+        }
+    }
+
+    /// Every Service port the snapshot lists, once each.
+    pub fn service_ports(&self) -> impl Iterator<Item = &Arc<ServicePort>> {
+        self.services.iter()
     }
 
     /// Number of addresses the snapshot knows.
@@ -96,6 +134,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
     fn try_from(source: proto::Snapshot) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let mut destinations = HashMap::new();
+        let mut services = Vec::new();
         let mut first_seen = HashMap::new();
         let mut insert = |address: SocketAddr, path: String, destination, problems: &mut Vec<_>| {
             if let Some(first) = first_seen.get(&address) {
@@ -109,21 +148,22 @@ impl TryFrom<proto::Snapshot> for Snapshot {
         };
         for (i, endpoint) in source.endpoints.iter().enumerate() {
             let path = format!("endpoints[{i}]");
-            if let Some(upstream) = upstream(endpoint, &path, &mut problems) {
-                if upstream.identity.is_none() {
+            if let Some(endpoint) = parse_endpoint(endpoint, &path, &mut problems) {
+                if endpoint.identity.is_none() {
                     problems.push(format!("{path}.identity: must not be empty"));
                     continue;
                 }
                 insert(
-                    upstream.address,
+                    endpoint.address,
                     format!("{path}.address"),
-                    Destination::Workload(upstream),
+                    Destination::Workload(endpoint),
                     &mut problems,
                 );
             }
         }
         for (s, service) in source.services.iter().enumerate() {
             let path = format!("services[{s}]");
+            let hostname: Arc<str> = Arc::from(service.hostname.as_str());
             let addresses: Vec<IpAddr> = service
                 .addresses
                 .iter()
@@ -149,18 +189,22 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                     .iter()
                     .enumerate()
                     .filter_map(|(e, endpoint)| {
-                        upstream(endpoint, &format!("{path}.endpoints[{e}]"), &mut problems)
+                        parse_endpoint(endpoint, &format!("{path}.endpoints[{e}]"), &mut problems)
                     })
                     .collect();
-                let backends = Arc::new(Backends {
+                let service_port = Arc::new(ServicePort {
+                    key: ServiceKey {
+                        hostname: hostname.clone(),
+                        port: number,
+                    },
                     endpoints,
-                    next: AtomicUsize::new(0),
                 });
+                services.push(service_port.clone());
                 for ip in &addresses {
                     insert(
                         SocketAddr::new(*ip, number),
                         format!("{path}.port"),
-                        Destination::Service(backends.clone()),
+                        Destination::Service(service_port.clone()),
                         &mut problems,
                     );
                 }
@@ -173,23 +217,34 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                 trust_domain: Some(mesh.trust_domain.clone()).filter(|t| !t.is_empty()),
                 drain_duration: Some(Duration::from_millis(mesh.drain_duration_ms))
                     .filter(|d| !d.is_zero()),
+                outbound: match mesh.outbound_traffic_policy.as_str() {
+                    "" | "ALLOW_ANY" => OutboundPolicy::AllowAny,
+                    "REGISTRY_ONLY" => OutboundPolicy::RegistryOnly,
+                    other => {
+                        problems.push(format!(
+                            "mesh.outboundTrafficPolicy: {other:?} is neither ALLOW_ANY nor REGISTRY_ONLY"
+                        ));
+                        OutboundPolicy::AllowAny
+                    }
+                },
             })
             .unwrap_or_default();
         ConfigError::from_problems(problems)?;
         Ok(Self {
             source,
             destinations,
+            services,
             mesh,
         })
     }
 }
 
 /// Parses one endpoint, recording its problems.
-fn upstream(
+fn parse_endpoint(
     endpoint: &proto::Endpoint,
     path: &str,
     problems: &mut Vec<String>,
-) -> Option<Upstream> {
+) -> Option<Endpoint> {
     let address = endpoint
         .address
         .parse()
@@ -210,7 +265,7 @@ fn upstream(
             .map_err(|e| problems.push(format!("{path}.identity: {e}")))
             .ok()
     };
-    Some(Upstream {
+    Some(Endpoint {
         address: address?,
         identity: identity?,
     })
@@ -250,33 +305,63 @@ mod tests {
         }
     }
 
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("addr")
+    }
+
     #[test]
-    fn services_take_their_endpoints_in_turn() {
+    fn addresses_are_looked_up_as_logical_destinations() {
         let s = Snapshot::try_from(snapshot()).expect("valid");
-        let vip = "198.19.0.1:8000".parse().expect("addr");
-        let first = s.resolve(vip).expect("known");
-        let second = s.resolve(vip).expect("known");
-        let Resolved::Upstream(first) = first else {
-            panic!("{first:?}")
+        let Logical::Service(port) = s.lookup(addr("198.19.0.1:8000")) else {
+            panic!("the cluster IP is a Service");
         };
-        let Resolved::Upstream(second) = second else {
-            panic!("{second:?}")
-        };
+        assert_eq!(&*port.key.hostname, "httpbin.default.svc.cluster.local");
+        assert_eq!(port.key.port, 8000);
         assert_eq!(
-            first.identity.map(|i| i.to_string()).as_deref(),
-            Some(HTTPBIN)
+            port.endpoints
+                .iter()
+                .map(|e| (e.address, e.identity.as_ref().map(ToString::to_string)))
+                .collect::<Vec<_>>(),
+            [
+                (addr("198.18.0.3:8080"), Some(HTTPBIN.to_owned())),
+                (addr("198.18.0.4:8080"), None),
+            ]
         );
-        assert_eq!(second.address, "198.18.0.4:8080".parse().expect("addr"));
-        assert_eq!(second.identity, None);
-        assert!(s
-            .resolve("198.19.0.1:9000".parse().expect("addr"))
-            .is_none());
+        assert_eq!(s.service_ports().count(), 1);
+        let cases = [
+            (
+                "198.18.0.3:8080",
+                Logical::Workload(Endpoint {
+                    address: addr("198.18.0.3:8080"),
+                    identity: Some(HTTPBIN.parse().expect("id")),
+                }),
+            ),
+            (
+                "198.19.0.1:9000",
+                Logical::Passthrough(addr("198.19.0.1:9000")),
+            ),
+            ("10.0.0.1:443", Logical::Passthrough(addr("10.0.0.1:443"))),
+        ];
+        for (dst, expected) in cases {
+            assert_eq!(s.lookup(addr(dst)), expected, "{dst}");
+        }
+    }
+
+    #[test]
+    fn registry_only_blackholes_unknown_destinations() {
+        let mut p = snapshot();
+        p.mesh = Some(proto::MeshSettings {
+            outbound_traffic_policy: "REGISTRY_ONLY".into(),
+            ..Default::default()
+        });
+        let s = Snapshot::try_from(p).expect("valid");
+        assert_eq!(
+            s.lookup(addr("10.0.0.1:443")),
+            Logical::Blackhole(addr("10.0.0.1:443"))
+        );
         assert!(matches!(
-            s.resolve("198.18.0.3:8080".parse().expect("addr")),
-            Some(Resolved::Upstream(Upstream {
-                identity: Some(_),
-                ..
-            }))
+            s.lookup(addr("198.19.0.1:8000")),
+            Logical::Service(_)
         ));
     }
 
@@ -285,10 +370,10 @@ mod tests {
         let mut p = snapshot();
         p.services[0].ports[0].endpoints.clear();
         let s = Snapshot::try_from(p).expect("valid");
-        assert_eq!(
-            s.resolve("198.19.0.1:8000".parse().expect("addr")),
-            Some(Resolved::NoEndpoints)
-        );
+        let Logical::Service(port) = s.lookup(addr("198.19.0.1:8000")) else {
+            panic!("still a Service");
+        };
+        assert!(port.endpoints.is_empty());
     }
 
     #[test]
@@ -300,6 +385,10 @@ mod tests {
         p.services[0].addresses.push("not-an-ip".into());
         p.services[0].ports[0].endpoints[1].identity = "httpbin".into();
         p.services[0].ports[0].port = 70000;
+        p.mesh = Some(proto::MeshSettings {
+            outbound_traffic_policy: "DENY".into(),
+            ..Default::default()
+        });
         let err = Snapshot::try_from(p).expect_err("invalid").to_string();
         for expected in [
             "endpoints[1].address: 198.18.0.3:8080 is listed twice (first at endpoints[0].address)",
@@ -307,6 +396,7 @@ mod tests {
             "endpoints[3].identity: must not be empty",
             "services[0].addresses[1]: \"not-an-ip\" is not an IP address",
             "services[0].ports[0].port: 70000 is not a port number",
+            "mesh.outboundTrafficPolicy: \"DENY\" is neither ALLOW_ANY nor REGISTRY_ONLY",
         ] {
             assert!(err.contains(expected), "{expected:?} missing from {err}");
         }
