@@ -16,8 +16,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::{
-    config::Config,
     body::{local_response, Body},
+    config::Config,
     drain::Drain,
     identity::CurrentCert,
     metrics::Metrics,

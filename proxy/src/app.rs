@@ -4,100 +4,35 @@
 //! stops the sidecar before it binds anything.
 
 use std::{
+    convert::Infallible,
     future::Future,
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use remora_api::{proto::config::Node, Bootstrap, IdentitySource, Snapshot, SpiffeId};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-};
+use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::{
     admin::{Admin, LogControl},
     body::Body,
+    config::Config,
     control_plane::ControlPlane,
     discovery::Subscription,
     drain::Drain,
     identity::{ca::CaClient, load_roots, rotation, CurrentCert, Identity},
-    inbound::{self, app::AppClient},
-    listen::{self, Lifetime},
+    inbound::{self, Inbound},
+    listen::{self, Accepted, Destination, Lifetime},
     metrics::Metrics,
-    outbound::{
-        self,
-        mesh::{MeshClient, MeshError},
-    },
-    serve,
+    outbound::{self, Outbound},
+    ports, serve,
     status::{self, Readiness},
-    tls::{MeshTls, TlsError},
-    transport::original_dst,
+    tls::MeshTls,
+    tunnel::TunnelClient,
 };
-
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const INBOUND_PORT: u16 = 15006;
-pub use crate::outbound::mesh::TUNNEL_PORT;
-pub const ADMIN_PORT: u16 = 15000;
-pub const HEALTH_PORT: u16 = 15021;
-pub const STATS_PORT: u16 = 15090;
-
-/// How long to wait for a client's first bytes before treating the connection as a protocol
-/// whose server speaks first.
-const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Why a captured connection ended in failure.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectionError {
-    #[error("refusing a connection addressed to the sidecar's own port {0}")]
-    Loop(SocketAddr),
-    #[error("refusing an inbound connection addressed to {0}, not to this pod")]
-    NotThisPod(SocketAddr),
-    #[error("reading the original destination: {0}")]
-    OriginalDst(#[source] std::io::Error),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("mesh mTLS: {0}")]
-    Tls(#[from] TlsError),
-    #[error("mesh: {0}")]
-    Mesh(#[from] MeshError),
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
-}
-
-/// Whether `port` is one the sidecar listens on for traffic to forward. A connection addressed
-/// to one of them (e.g. a caller dialing `<pod-ip>:15006` directly) would be forwarded back to
-/// the same listener forever, so it is refused, as Envoy's listeners do.
-pub fn is_proxy_port(port: u16) -> bool {
-    matches!(port, OUTBOUND_PORT | INBOUND_PORT | TUNNEL_PORT)
-}
-
-/// Where a redirected connection was headed.
-pub fn intended_destination(tcp: &TcpStream) -> Result<SocketAddr, ConnectionError> {
-    let dst = original_dst(tcp).map_err(ConnectionError::OriginalDst)?;
-    if is_proxy_port(dst.port()) {
-        return Err(ConnectionError::Loop(dst));
-    }
-    Ok(dst)
-}
-
-/// What every connection handler shares.
-pub struct Proxy {
-    pub id: SpiffeId,
-    pub tls: MeshTls,
-    pub mesh: MeshClient,
-    pub app: AppClient,
-    /// The snapshot in use, swapped whole when a new one is accepted.
-    pub config: Arc<ArcSwap<Snapshot>>,
-    pub metrics: Arc<Metrics>,
-    pub drain: Drain,
-    pub detect_timeout: Duration,
-}
 
 /// Runs the sidecar until `shutdown` completes (or a drain is requested over admin), then
 /// drains and returns.
@@ -118,14 +53,14 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let drain = Drain::default();
-    let config = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-    for listener in listen::bind_all(HEALTH_PORT).context("binding the health port")? {
+    let config = Arc::new(Config::default());
+    for listener in listen::bind_all(ports::HEALTH).context("binding the health port")? {
         let readiness = readiness.clone();
         tokio::spawn(serve_status(listener, "health", move |req| {
             status::health(&readiness, &req)
         }));
     }
-    for listener in listen::bind_all(STATS_PORT).context("binding the stats port")? {
+    for listener in listen::bind_all(ports::STATS).context("binding the stats port")? {
         let metrics = metrics.clone();
         tokio::spawn(serve_status(listener, "stats", move |req| {
             status::stats(&metrics, &req)
@@ -151,7 +86,7 @@ pub async fn run(
         log,
         metrics: metrics.clone(),
     });
-    let admin_listener = listen::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT)))
+    let admin_listener = listen::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, ports::ADMIN)))
         .context("binding the admin port")?;
     tokio::spawn(serve_status(admin_listener, "admin", move |req| {
         admin.handle(&req)
@@ -163,39 +98,36 @@ pub async fn run(
         destinations = config.load().destination_count(),
         "identity and config loaded"
     );
-    let proxy = Arc::new(Proxy {
-        id: started.identity.id.clone(),
-        mesh: MeshClient::new(tls.clone()),
-        app: AppClient::new(),
-        tls,
-        config: config.clone(),
-        metrics,
-        drain: drain.clone(),
-        detect_timeout: DETECT_TIMEOUT,
-    });
-
-    let until_drain = Lifetime::UntilDrain(drain.clone());
-    let through_drain = Lifetime::ThroughDrain(drain.clone());
+    let outbound = Outbound::new(
+        config.clone(),
+        TunnelClient::new(tls.clone()),
+        metrics.clone(),
+        drain.clone(),
+    );
+    let inbound = Inbound::new(started.identity.id.clone(), tls, metrics, drain.clone());
+    // Outbound keeps accepting through a drain: the app may still be shutting down and need
+    // to call out. Inbound doors close when it starts.
     spawn_listeners(
-        OUTBOUND_PORT,
+        ports::OUTBOUND,
         "outbound",
-        &proxy,
-        through_drain,
-        outbound::handle,
+        Lifetime::ThroughDrain(drain.clone()),
+        Destination::Original,
+        move |accepted| outbound::handle(outbound.clone(), accepted),
     )?;
+    let capture = inbound.clone();
     spawn_listeners(
-        INBOUND_PORT,
+        ports::INBOUND,
         "inbound",
-        &proxy,
-        until_drain.clone(),
-        inbound::handle,
+        Lifetime::UntilDrain(drain.clone()),
+        Destination::OriginalLocal,
+        move |accepted| inbound::capture::handle(capture.clone(), accepted),
     )?;
     spawn_listeners(
-        TUNNEL_PORT,
+        ports::TUNNEL,
         "tunnel",
-        &proxy,
-        until_drain,
-        inbound::tunnel::handle,
+        Lifetime::UntilDrain(drain.clone()),
+        Destination::Listener,
+        move |accepted| inbound::tunnel::handle(inbound.clone(), accepted),
     )?;
     readiness.set_ready();
     tracing::info!("ready");
@@ -234,7 +166,7 @@ async fn start(
     bootstrap: &Bootstrap,
     from_files: Option<Identity>,
     id: &SpiffeId,
-    config: &Arc<ArcSwap<Snapshot>>,
+    config: &Arc<Config>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Started> {
     let identity = match (&bootstrap.identity, from_files) {
@@ -265,7 +197,7 @@ async fn start(
         (Some(snapshot), _) => {
             let snapshot =
                 Snapshot::try_from(snapshot.clone()).context("invalid static snapshot")?;
-            config.store(Arc::new(snapshot));
+            config.store(snapshot);
         }
         (None, Some(address)) => {
             let control_plane =
@@ -303,21 +235,21 @@ async fn start(
 fn spawn_listeners<H, F>(
     port: u16,
     name: &'static str,
-    proxy: &Arc<Proxy>,
     lifetime: Lifetime,
+    destination: Destination,
     handle: H,
 ) -> anyhow::Result<()>
 where
-    H: Fn(Arc<Proxy>, TcpStream) -> F + Copy + Send + 'static,
-    F: Future<Output = Result<(), ConnectionError>> + Send + 'static,
+    H: Fn(Accepted) -> F + Clone + Send + 'static,
+    F: Future<Output = Result<(), listen::ConnectionError>> + Send + 'static,
 {
     for listener in listen::bind_all(port).with_context(|| format!("binding the {name} port"))? {
-        let proxy = proxy.clone();
         tokio::spawn(listen::accept(
             listener,
             name,
             lifetime.clone(),
-            move |tcp| handle(proxy.clone(), tcp),
+            destination,
+            handle.clone(),
         ));
     }
     Ok(())
@@ -329,16 +261,22 @@ where
     H: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
 {
     let never = Drain::default();
-    listen::accept(listener, name, Lifetime::Forever, move |tcp| {
-        let handle = handle.clone();
-        let never = never.clone();
-        async move {
-            serve::http1(tcp, &never, move |req| {
-                let response = handle(req);
-                async move { response }
-            })
-            .await
-        }
-    })
+    listen::accept(
+        listener,
+        name,
+        Lifetime::Forever,
+        Destination::Listener,
+        move |accepted| {
+            let handle = handle.clone();
+            let never = never.clone();
+            async move {
+                let service = tower::service_fn(move |req| {
+                    let response = handle(req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                serve::http1(accepted.io, &never, service).await
+            }
+        },
+    )
     .await
 }

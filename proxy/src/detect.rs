@@ -12,6 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::prefixed::PrefixedIo;
 
+/// How long to wait for a client's first bytes before treating the connection as a protocol
+/// whose server speaks first.
+pub const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Enough for any request line we are willing to treat as HTTP, and for a TLS ClientHello.
 const MAX_PEEK: usize = 16 * 1024 + 5;
 

@@ -1,19 +1,10 @@
-//! Headers the sidecar adds, removes or reads.
-//!
-//! Between Remora sidecars every request travels as HTTP/2 on one pooled connection per peer;
-//! two headers carry what HTTP/2 alone cannot say. The receiving sidecar removes them before the
-//! app sees anything:
-//! - `remora-orig-proto`: the HTTP/1.x version the app spoke, so the server side hands its app
-//!   HTTP/1.x again (absent: the app spoke HTTP/2);
-//! - `remora-dst-port`: the app port in the destination pod the request was addressed to.
-
-use std::net::SocketAddr;
+//! HTTP headers a proxy hop must handle whatever the mesh: hop-by-hop headers (RFC 9110),
+//! upgrades, and Envoy's `x-forwarded-client-cert`. The mesh's own headers are the tunnel
+//! protocol's ([`crate::tunnel`]).
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Version};
 use remora_api::SpiffeId;
 
-pub const ORIG_PROTO: HeaderName = HeaderName::from_static("remora-orig-proto");
-pub const DST_PORT: HeaderName = HeaderName::from_static("remora-dst-port");
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Removes the headers that describe one hop rather than the message (RFC 9110 §7.6.1),
@@ -61,12 +52,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// Removes Remora's sidecar-to-sidecar headers, so an app can neither see nor forge them.
-pub fn strip_mesh(headers: &mut HeaderMap) {
-    headers.remove(ORIG_PROTO);
-    headers.remove(DST_PORT);
-}
-
 /// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -78,32 +63,6 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-pub fn orig_proto_value(version: Version) -> Option<HeaderValue> {
-    match version {
-        Version::HTTP_10 => Some(HeaderValue::from_static("HTTP/1.0")),
-        Version::HTTP_11 => Some(HeaderValue::from_static("HTTP/1.1")),
-        _ => None,
-    }
-}
-
-/// The HTTP/1.x version named by `remora-orig-proto`, or `None` for HTTP/2 (or nonsense).
-pub fn orig_proto(headers: &HeaderMap) -> Option<Version> {
-    match headers.get(ORIG_PROTO)?.as_bytes() {
-        b"HTTP/1.0" => Some(Version::HTTP_10),
-        b"HTTP/1.1" => Some(Version::HTTP_11),
-        _ => None,
-    }
-}
-
-/// The destination port a peer sidecar asked for.
-pub fn dst_port(headers: &HeaderMap) -> Option<u16> {
-    headers.get(DST_PORT)?.to_str().ok()?.parse().ok()
-}
-
-pub fn dst_port_value(dst: SocketAddr) -> HeaderValue {
-    HeaderValue::from(dst.port())
 }
 
 /// Envoy's `x-forwarded-client-cert` for a verified mesh peer: who we are, who called.
@@ -171,20 +130,6 @@ mod tests {
             .body(())
             .expect("request");
         assert!(!is_upgrade(&no_connection));
-    }
-
-    #[test]
-    fn mesh_headers_round_trip() {
-        let mut headers = HeaderMap::new();
-        headers.insert(ORIG_PROTO, orig_proto_value(Version::HTTP_10).expect("1.0"));
-        headers.insert(
-            DST_PORT,
-            dst_port_value("198.18.0.10:8000".parse().expect("addr")),
-        );
-        assert_eq!(orig_proto(&headers), Some(Version::HTTP_10));
-        assert_eq!(dst_port(&headers), Some(8000));
-        strip_mesh(&mut headers);
-        assert!(headers.is_empty());
     }
 
     #[test]

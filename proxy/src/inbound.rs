@@ -1,146 +1,168 @@
-//! Inbound: connections to the app.
+//! Inbound: the only way to the app.
 //!
-//! Two doors lead in. Remora sidecars call the tunnel port 15008 ([`tunnel`]): one mTLS HTTP/2
-//! connection per caller sidecar carrying requests and `CONNECT` tunnels. Everything else is
-//! redirected to 15006 and handled here: Istio sidecars' mTLS (told apart by ALPN) is
-//! terminated and the peer's SPIFFE identity read from its certificate; plaintext and the app's
-//! own TLS are accepted as they are (PeerAuthentication PERMISSIVE, Istio's default).
+//! Two doors lead in: the tunnel port 15008 ([`tunnel`]), where Remora sidecars send everything
+//! for this pod over mesh mTLS, and the capture port 15006 ([`capture`]), where everything else
+//! is redirected: Istio sidecars' mTLS (told apart by ALPN), the app's own TLS, plaintext. Every
+//! door ends the same way: it describes what it accepted as an [`InboundConn`] (who called,
+//! which app port, how the caller was authenticated, what it speaks), which only
+//! [`Inbound::connection`] makes, past the connection-level policy hook; then the connection is
+//! served by exactly one of [`tcp`] (the only byte path to the app) or [`http`] (the only HTTP
+//! service in front of it), where the per-request hook sits. The app client and the way to dial
+//! the app are private to this module: nothing outside it can reach the app.
 //!
-//! HTTP requests get Envoy's `x-forwarded-client-cert` treatment (SANITIZE_SET: whatever the
-//! caller sent is dropped, ours is set for mesh peers). Everything reaches the app from
-//! 127.0.0.6 so it is not captured again.
+//! Everything reaches the app from 127.0.0.6 (or `::6`) so it is not captured again.
 
-pub mod app;
+mod app_client;
+pub mod capture;
+mod http;
+mod tcp;
 pub mod tunnel;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use http::{HeaderValue, Request, Response};
-use http_body_util::Either;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use ::http::HeaderValue;
 use remora_api::SpiffeId;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    app::{intended_destination, ConnectionError, Proxy},
-    body::Body,
-    detect::{detect, Detected, Protocol},
+    detect::{Protocol, DETECT_TIMEOUT},
+    drain::Drain,
     headers,
-    metrics::{request_protocol, Reporter, Security},
-    serve, tls, transport, upgrade,
+    listen::ConnectionError,
+    metrics::{Metrics, Observed, Reporter, Security},
+    prefixed::PrefixedIo,
+    respond::RequestError,
+    tls::MeshTls,
 };
 
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
-    let app = intended_destination(&tcp)?;
-    // REDIRECT accepts on the pod's own address; a different original destination (loopback,
-    // another host) can only come from a forged packet, and must not be dialled from 127.0.0.6
-    // or ::6 on its behalf.
-    if app.ip() != tcp.local_addr()?.ip() {
-        return Err(ConnectionError::NotThisPod(app));
-    }
-    let detected = detect(tcp, proxy.detect_timeout).await?;
-    proxy
-        .metrics
-        .connection("inbound", detected.protocol.name());
-    if detected.protocol != Protocol::Tls {
-        return to_app(proxy, app, detected, None).await;
-    }
-    let (mesh, io) = tls::offers_mesh_alpn(detected.io, proxy.detect_timeout).await?;
-    if !mesh {
-        // The app's own TLS: not ours to open.
-        let detected = Detected {
-            protocol: Protocol::Tls,
-            io,
-        };
-        return to_app(proxy, app, detected, None).await;
-    }
-    let (tls, peer) = proxy.tls.accept(io).await?;
-    let inner = detect(tls, proxy.detect_timeout).await?;
-    to_app(proxy, app, inner, Some(peer)).await
+use app_client::AppClient;
+
+/// What the inbound side shares across connections.
+pub struct Inbound {
+    id: SpiffeId,
+    tls: MeshTls,
+    app: AppClient,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+    detect_timeout: Duration,
 }
 
-/// Hands a connection to the app at `app`: request by request for HTTP, spliced otherwise.
-async fn to_app<S>(
-    proxy: Arc<Proxy>,
+/// How the caller of an inbound connection proved who it is, if at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerTls {
+    /// A Remora sidecar, through the tunnel port (mesh mTLS, identity verified).
+    Tunnel(SpiffeId),
+    /// An Istio sidecar's mTLS on the capture port, told apart by its ALPN (identity verified).
+    IstioMtls(SpiffeId),
+    /// TLS the app terminates itself: opaque to the sidecar.
+    AppTls,
+    /// No TLS at all.
+    Plaintext,
+}
+
+impl PeerTls {
+    /// The verified mesh identity of the caller.
+    pub fn peer(&self) -> Option<&SpiffeId> {
+        match self {
+            PeerTls::Tunnel(peer) | PeerTls::IstioMtls(peer) => Some(peer),
+            PeerTls::AppTls | PeerTls::Plaintext => None,
+        }
+    }
+
+    /// Istio's `connection_security_policy`.
+    pub fn security(&self) -> Security {
+        match self.peer() {
+            Some(_) => Security::mutual_tls,
+            None => Security::none,
+        }
+    }
+}
+
+/// One connection (or, through the tunnel, one app port of a caller sidecar's connection) that
+/// has been let in.
+pub struct InboundConn {
+    client: SocketAddr,
     app: SocketAddr,
-    detected: Detected<S>,
-    peer: Option<SpiffeId>,
+    tls: PeerTls,
+    protocol: Protocol,
+}
+
+impl InboundConn {
+    /// The caller's address.
+    pub fn client(&self) -> SocketAddr {
+        self.client
+    }
+
+    /// The app port the caller asked for (on this pod's address).
+    pub fn app(&self) -> SocketAddr {
+        self.app
+    }
+
+    pub fn tls(&self) -> &PeerTls {
+        &self.tls
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    fn observed(&self) -> Observed {
+        Observed {
+            reporter: Reporter::destination,
+            security: self.tls.security(),
+        }
+    }
+}
+
+impl Inbound {
+    pub fn new(id: SpiffeId, tls: MeshTls, metrics: Arc<Metrics>, drain: Drain) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            tls,
+            app: AppClient::new(),
+            metrics,
+            drain,
+            detect_timeout: DETECT_TIMEOUT,
+        })
+    }
+
+    /// Lets a connection from `client` to the app at `app` in: the connection-level policy
+    /// hook, the one place every door passes before a byte reaches the app. Everything is let
+    /// in (PeerAuthentication PERMISSIVE, no AuthorizationPolicy) until policies land.
+    fn connection(
+        &self,
+        client: SocketAddr,
+        app: SocketAddr,
+        tls: PeerTls,
+        protocol: Protocol,
+    ) -> Result<InboundConn, RequestError> {
+        Ok(InboundConn {
+            client,
+            app,
+            tls,
+            protocol,
+        })
+    }
+
+    /// Envoy's `x-forwarded-client-cert` for the callers of `conn`.
+    fn forwarded_client_cert(&self, conn: &InboundConn) -> Option<HeaderValue> {
+        conn.tls
+            .peer()
+            .map(|peer| headers::forwarded_client_cert(&self.id, peer))
+    }
+}
+
+/// Serves a connection that was let in: request by request for HTTP, spliced otherwise.
+async fn serve<IO>(
+    inbound: Arc<Inbound>,
+    conn: InboundConn,
+    io: PrefixedIo<IO>,
 ) -> Result<(), ConnectionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let security = match peer {
-        Some(_) => Security::mutual_tls,
-        None => Security::none,
-    };
-    let xfcc = peer.map(|peer| headers::forwarded_client_cert(&proxy.id, &peer));
-    let drain = proxy.drain.clone();
-    let target = Arc::new(AppTarget {
-        proxy,
-        app,
-        xfcc,
-        security,
-    });
-    match detected.protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            serve::http(detected.protocol, detected.io, &drain, move |req| {
-                target.clone().forward(req)
-            })
-            .await?
-        }
-        Protocol::Tls | Protocol::Opaque => {
-            let upstream = transport::connect_to_app(app).await?;
-            transport::splice_recorded(
-                &target.proxy.metrics,
-                Reporter::destination,
-                security,
-                detected.io,
-                upstream,
-            )
-            .await?;
-        }
-    }
-    Ok(())
-}
-
-/// The app port one inbound connection is for, and what is known about the caller.
-struct AppTarget {
-    proxy: Arc<Proxy>,
-    app: SocketAddr,
-    xfcc: Option<HeaderValue>,
-    security: Security,
-}
-
-impl AppTarget {
-    async fn forward(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let protocol = request_protocol(req.headers());
-        headers::strip_mesh(req.headers_mut());
-        headers::set_forwarded_client_cert(req.headers_mut(), self.xfcc.as_ref());
-        let response = if headers::is_upgrade(&req) {
-            match transport::connect_to_app(self.app).await {
-                Ok(tcp) => upgrade::forward(TokioIo::new(tcp), &self.proxy.drain, req)
-                    .await
-                    .unwrap_or_else(|error| app::unavailable(self.app, false, &error)),
-                Err(error) => app::unavailable(self.app, false, &error),
-            }
-        } else {
-            let version = req.version();
-            let orig = (version != http::Version::HTTP_2).then_some(version);
-            self.proxy
-                .app
-                .forward(self.app, orig, protocol, req.map(Either::Left))
-                .await
-        };
-        self.proxy.metrics.request(
-            Reporter::destination,
-            self.security,
-            protocol,
-            response.status(),
-        );
-        response
+    match conn.protocol {
+        Protocol::Http1 | Protocol::Http2 => http::serve(inbound, conn, io).await,
+        Protocol::Tls | Protocol::Opaque => tcp::serve(&inbound, &conn, io).await,
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! It intercepts the pod's traffic (redirected by `remora-init`'s iptables rules), wraps mesh
 //! traffic in mTLS with SPIFFE identities and reports Istio-standard metrics. The map of the
-//! request path is the project's `ARCHITECTURE.md`: [`inbound`] is the only way to the app,
-//! [`outbound`] the only way out to the mesh, [`tunnel`] the sidecar-to-sidecar protocol, and
-//! [`respond`] the one place a failure becomes a response.
+//! request path is the project's `ARCHITECTURE.md`: [`listen`] accepts, [`inbound`] is the only
+//! way to the app, [`outbound`] the only way out to the mesh, [`tunnel`] the sidecar-to-sidecar
+//! protocol, [`respond`] the one place a failure becomes a response, and [`app`] wires them.
 
 pub mod admin;
 pub mod app;
@@ -27,7 +27,7 @@ mod pool;
 pub mod ports;
 pub mod prefixed;
 pub mod respond;
-mod serve;
+pub mod serve;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;

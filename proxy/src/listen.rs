@@ -1,4 +1,10 @@
 //! Binding listeners (IPv4, plus IPv6 when the pod has it) and accepting connections on them.
+//!
+//! Every connection leaves here as an [`Accepted`]: who called, where the connection was headed
+//! (read once, from `SO_ORIGINAL_DST` for a captured one) and the stream. The forwarding-loop
+//! check happens here too, once: a captured connection addressed to one of the sidecar's own
+//! ports would come straight back to it. Handlers never touch the socket's options, so they run
+//! over any stream (in-process tests use pipes).
 
 use std::{
     fmt::Display,
@@ -11,7 +17,72 @@ use std::{
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::drain::Drain;
+use crate::{
+    drain::Drain, ports::is_proxy_port, respond::RequestError, tls::TlsError,
+    transport::original_dst, tunnel::TunnelError,
+};
+
+/// One accepted connection and where it was headed.
+pub struct Accepted<IO = TcpStream> {
+    /// The caller's address.
+    pub client: SocketAddr,
+    /// Where the caller meant to connect: the original destination of a captured connection,
+    /// the listener's own address otherwise.
+    pub orig_dst: SocketAddr,
+    pub io: IO,
+}
+
+/// How a listener learns where its connections were headed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Captured outbound: anywhere the app dialled.
+    Original,
+    /// Captured inbound: REDIRECT accepts on the pod's own address, so an original destination
+    /// elsewhere (loopback, another host) can only come from a forged packet, and must not be
+    /// dialled from the passthrough source on its behalf.
+    OriginalLocal,
+    /// Not captured (the tunnel, the sidecar's own endpoints): the listener's address.
+    Listener,
+}
+
+/// Why a connection ended in failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("refusing a connection addressed to the sidecar's own port {0}")]
+    Loop(SocketAddr),
+    #[error("refusing an inbound connection addressed to {0}, not to this pod")]
+    NotThisPod(SocketAddr),
+    #[error("reading the original destination: {0}")]
+    OriginalDst(#[source] io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("mesh mTLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("mesh: {0}")]
+    Tunnel(#[from] TunnelError),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// Refused, or its upstream (the app) could not be reached.
+    #[error("{0}")]
+    Request(#[from] RequestError),
+}
+
+impl Destination {
+    fn of(self, tcp: &TcpStream) -> Result<SocketAddr, ConnectionError> {
+        let local = tcp.local_addr()?;
+        if self == Destination::Listener {
+            return Ok(local);
+        }
+        let dst = original_dst(tcp).map_err(ConnectionError::OriginalDst)?;
+        if is_proxy_port(dst.port()) {
+            return Err(ConnectionError::Loop(dst));
+        }
+        if self == Destination::OriginalLocal && dst.ip() != local.ip() {
+            return Err(ConnectionError::NotThisPod(dst));
+        }
+        Ok(dst)
+    }
+}
 
 /// Pause after a failed accept (e.g. EMFILE) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -67,9 +138,10 @@ pub async fn accept<H, F, E>(
     listener: TcpListener,
     name: &'static str,
     lifetime: Lifetime,
+    destination: Destination,
     handle: H,
 ) where
-    H: Fn(TcpStream) -> F,
+    H: Fn(Accepted) -> F,
     F: Future<Output = Result<(), E>> + Send + 'static,
     E: Display,
 {
@@ -93,7 +165,18 @@ pub async fn accept<H, F, E>(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "setting TCP_NODELAY");
         }
-        let conn = handle(tcp);
+        let orig_dst = match destination.of(&tcp) {
+            Ok(orig_dst) => orig_dst,
+            Err(error) => {
+                tracing::info!(%error, %peer, listener = name, "connection failed");
+                continue;
+            }
+        };
+        let conn = handle(Accepted {
+            client: peer,
+            orig_dst,
+            io: tcp,
+        });
         let task = async move {
             if let Err(error) = conn.await {
                 tracing::info!(%error, %peer, listener = name, "connection failed");

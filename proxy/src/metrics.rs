@@ -1,7 +1,15 @@
 //! Istio-standard Prometheus metrics (`istio_requests_total`, `istio_tcp_*`), so Kiali and the
 //! Istio dashboards read Remora sidecars unchanged. Exposed on 15090 `/stats/prometheus`.
+//!
+//! The request path never calls a counter by hand: each request carries a [`RequestRecord`] and
+//! each spliced connection a [`TcpRecord`], made from labels resolved once per connection
+//! ([`Observed`]), completed with the outcome, and recorded when dropped, so a request that ends
+//! early (the caller went away) is still counted, with response code 0 as Envoy does.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -188,37 +196,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn request(
-        &self,
-        reporter: Reporter,
-        security: Security,
-        request_protocol: &'static str,
-        status: http::StatusCode,
-    ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                reporter,
-                request_protocol,
-                response_code: status.as_u16(),
-                connection_security_policy: security,
-            })
-            .inc();
-    }
-
-    pub fn tcp_opened(&self, reporter: Reporter, security: Security) {
-        self.tcp_opened
-            .get_or_create(&tcp(reporter, security))
-            .inc();
-    }
-
-    /// Records a finished opaque connection: bytes received from and sent to the caller.
-    pub fn tcp_closed(&self, reporter: Reporter, security: Security, received: u64, sent: u64) {
-        let labels = tcp(reporter, security);
-        self.tcp_closed.get_or_create(&labels).inc();
-        self.tcp_received.get_or_create(&labels).inc_by(received);
-        self.tcp_sent.get_or_create(&labels).inc_by(sent);
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -240,11 +217,89 @@ pub fn request_protocol(headers: &http::HeaderMap) -> &'static str {
     }
 }
 
-fn tcp(reporter: Reporter, security: Security) -> TcpLabels {
-    TcpLabels {
-        reporter,
-        request_protocol: "tcp",
-        connection_security_policy: security,
+/// What every request or spliced stream of one connection is labelled with, resolved once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub reporter: Reporter,
+    pub security: Security,
+}
+
+/// One request's metrics, recorded when dropped.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+}
+
+impl RequestRecord {
+    /// A request of `request_protocol` (see [`request_protocol`]) has started.
+    pub fn new(metrics: Arc<Metrics>, observed: Observed, request_protocol: &'static str) -> Self {
+        Self {
+            metrics,
+            labels: RequestLabels {
+                reporter: observed.reporter,
+                request_protocol,
+                response_code: 0,
+                connection_security_policy: observed.security,
+            },
+        }
+    }
+
+    /// The response the caller got.
+    pub fn complete(&mut self, status: http::StatusCode) {
+        self.labels.response_code = status.as_u16();
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        self.metrics.requests.get_or_create(&self.labels).inc();
+    }
+}
+
+/// One opaque TCP stream's metrics: counted as opened when made, as closed (with its byte
+/// counts) when dropped.
+pub struct TcpRecord {
+    metrics: Arc<Metrics>,
+    labels: TcpLabels,
+    received: u64,
+    sent: u64,
+}
+
+impl TcpRecord {
+    pub fn open(metrics: Arc<Metrics>, observed: Observed) -> Self {
+        let labels = TcpLabels {
+            reporter: observed.reporter,
+            request_protocol: "tcp",
+            connection_security_policy: observed.security,
+        };
+        metrics.tcp_opened.get_or_create(&labels).inc();
+        Self {
+            metrics,
+            labels,
+            received: 0,
+            sent: 0,
+        }
+    }
+
+    /// Bytes received from and sent to the caller.
+    pub fn bytes(&mut self, received: u64, sent: u64) {
+        self.received = received;
+        self.sent = sent;
+    }
+}
+
+impl Drop for TcpRecord {
+    fn drop(&mut self) {
+        let labels = &self.labels;
+        self.metrics.tcp_closed.get_or_create(labels).inc();
+        self.metrics
+            .tcp_received
+            .get_or_create(labels)
+            .inc_by(self.received);
+        self.metrics
+            .tcp_sent
+            .get_or_create(labels)
+            .inc_by(self.sent);
     }
 }
 
@@ -253,38 +308,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exposes_istio_names_and_labels() {
-        let metrics = Metrics::default();
-        metrics.request(
-            Reporter::source,
-            Security::mutual_tls,
-            "http",
-            http::StatusCode::OK,
+    fn records_expose_istio_names_and_labels() {
+        let metrics = Arc::new(Metrics::default());
+        let source = Observed {
+            reporter: Reporter::source,
+            security: Security::mutual_tls,
+        };
+        for _ in 0..2 {
+            let mut request = RequestRecord::new(metrics.clone(), source, "http");
+            request.complete(http::StatusCode::OK);
+        }
+        // A request whose caller went away before an answer.
+        drop(RequestRecord::new(metrics.clone(), source, "grpc"));
+        let mut tcp = TcpRecord::open(
+            metrics.clone(),
+            Observed {
+                reporter: Reporter::destination,
+                security: Security::none,
+            },
         );
-        metrics.request(
-            Reporter::source,
-            Security::mutual_tls,
-            "http",
-            http::StatusCode::OK,
-        );
-        metrics.tcp_opened(Reporter::destination, Security::none);
-        metrics.tcp_closed(Reporter::destination, Security::none, 5, 7);
+        assert!(metrics.encode().contains(
+            r#"istio_tcp_connections_opened_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 1"#
+        ));
+        tcp.bytes(5, 7);
+        drop(tcp);
         metrics.connection("outbound", "http1");
         let text = metrics.encode();
-        assert!(
-            text.contains(
-                r#"remora_proxy_connections_total{direction="outbound",protocol="http1"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(text.contains(
-            r#"istio_requests_total{reporter="source",request_protocol="http",response_code="200",connection_security_policy="mutual_tls"} 2"#
-        ), "{text}");
-        assert!(text.contains(
-            r#"istio_tcp_received_bytes_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 5"#
-        ), "{text}");
-        assert!(text.contains(
-            r#"istio_tcp_sent_bytes_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 7"#
-        ), "{text}");
+        for expected in [
+            r#"remora_proxy_connections_total{direction="outbound",protocol="http1"} 1"#,
+            r#"istio_requests_total{reporter="source",request_protocol="http",response_code="200",connection_security_policy="mutual_tls"} 2"#,
+            r#"istio_requests_total{reporter="source",request_protocol="grpc",response_code="0",connection_security_policy="mutual_tls"} 1"#,
+            r#"istio_tcp_connections_closed_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 1"#,
+            r#"istio_tcp_received_bytes_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 5"#,
+            r#"istio_tcp_sent_bytes_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 7"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing from {text}");
+        }
     }
 }

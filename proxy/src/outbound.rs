@@ -1,147 +1,159 @@
-//! Outbound: connections the app opens, redirected to 15001.
+//! Outbound: connections the app opens, redirected to 15001, and the only way out to the mesh.
 //!
-//! Destinations in the snapshot are mesh endpoints: traffic goes to the sidecar in front of them,
-//! which must prove the identity the snapshot names, over the pooled sidecar-to-sidecar
-//! connection ([`mesh::MeshClient`]). HTTP/1.x and HTTP/2 are proxied request by request;
-//! anything else (opaque TCP, the app's own TLS, protocols whose server speaks first) rides a
-//! tunnel. Destinations not in the snapshot are passed through untouched.
+//! Per connection, its original destination is looked up once ([`remora_api::Snapshot::lookup`])
+//! as a logical target: a Service (its endpoints balanced per request by [`balance`]), a mesh
+//! workload, an address outside the registry (passed through untouched under `ALLOW_ANY`), or a
+//! black hole (`REGISTRY_ONLY`). HTTP/1.x and HTTP/2 are then served request by request by
+//! [`http`]; anything else (opaque TCP, the app's own TLS, protocols whose server speaks first)
+//! by [`tcp`], on one endpoint for the connection's life. Endpoints with a sidecar are reached
+//! through the tunnel ([`crate::tunnel::client`]), which checks the identity the snapshot names;
+//! endpoints without one directly, in the clear.
 
-pub mod mesh;
+pub mod balance;
+mod http;
+mod tcp;
 
-use mesh::{MeshError, MeshRoute};
-
-use std::sync::Arc;
-
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Either;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use remora_api::{Resolved, Upstream};
-use tokio::net::TcpStream;
-
-use crate::{
-    app::{intended_destination, ConnectionError, Proxy},
-    body::{local_response, upstream_unavailable, Body},
-    detect::{detect, Protocol},
-    headers,
-    metrics::{request_protocol, Reporter, Security},
-    prefixed::PrefixedIo,
-    serve, transport, upgrade,
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Weak},
+    time::Duration,
 };
 
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
-    let dst = intended_destination(&tcp)?;
-    let resolved = proxy.config.load().resolve(dst);
-    let (upstream, identity) = match resolved {
-        Some(Resolved::Upstream(Upstream {
-            address,
-            identity: Some(identity),
-        })) => (address, identity),
-        Some(Resolved::NoEndpoints) => {
-            // A known service with nothing behind it: refuse, as Envoy does (no healthy upstream).
-            proxy.metrics.connection("outbound", "no_endpoints");
-            tracing::debug!(%dst, "service has no ready endpoints");
+use remora_api::Logical;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::watch,
+};
+
+use crate::{
+    config::Config,
+    detect::{detect, Protocol, DETECT_TIMEOUT},
+    drain::Drain,
+    http_client::{Connect, HttpClient},
+    listen::{Accepted, ConnectionError},
+    metrics::Metrics,
+    prefixed::PrefixedIo,
+    respond::RequestError,
+    transport,
+    tunnel::TunnelClient,
+};
+
+use balance::{Balancer, Balancers, Upstream};
+
+/// What the outbound side shares across connections.
+pub struct Outbound {
+    config: Arc<Config>,
+    tunnel: TunnelClient,
+    /// For endpoints that run no sidecar.
+    direct: HttpClient<Direct>,
+    balancers: Balancers,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+    detect_timeout: Duration,
+}
+
+impl Outbound {
+    /// The outbound side over `config`; its balancers follow every config push.
+    pub fn new(
+        config: Arc<Config>,
+        tunnel: TunnelClient,
+        metrics: Arc<Metrics>,
+        drain: Drain,
+    ) -> Arc<Self> {
+        let changes = config.changes();
+        let outbound = Arc::new(Self {
+            config,
+            tunnel,
+            direct: HttpClient::with_connector(Direct),
+            balancers: Balancers::default(),
+            metrics,
+            drain,
+            detect_timeout: DETECT_TIMEOUT,
+        });
+        tokio::spawn(follow_config(Arc::downgrade(&outbound), changes));
+        outbound
+    }
+}
+
+/// Hands each balancer its Service's endpoints from every snapshot put in use.
+async fn follow_config(outbound: Weak<Outbound>, mut changes: watch::Receiver<()>) {
+    while changes.changed().await.is_ok() {
+        match outbound.upgrade() {
+            Some(outbound) => outbound
+                .balancers
+                .update(&outbound.config, &outbound.tunnel),
+            None => return,
+        }
+    }
+}
+
+/// Where the requests (or the bytes) of one app connection go.
+enum Backend {
+    /// A Service's endpoints, one chosen per request (per connection for opaque TCP).
+    Balanced(Arc<Balancer>),
+    /// One workload.
+    Fixed(Arc<Upstream>),
+    /// Nowhere (`REGISTRY_ONLY`).
+    Blackhole(SocketAddr),
+}
+
+impl Backend {
+    fn pick(&self) -> Result<Arc<Upstream>, RequestError> {
+        match self {
+            Backend::Balanced(balancer) => balancer.pick().ok_or(RequestError::NoHealthyUpstream),
+            Backend::Fixed(upstream) => Ok(upstream.clone()),
+            Backend::Blackhole(dst) => Err(RequestError::Blackhole(*dst)),
+        }
+    }
+}
+
+pub async fn handle<IO>(
+    outbound: Arc<Outbound>,
+    accepted: Accepted<IO>,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let logical = outbound.config.load().lookup(accepted.orig_dst);
+    let backend = match logical {
+        Logical::Passthrough(dst) => {
+            // Not in the mesh registry: passed through as addressed.
+            outbound.metrics.connection("outbound", "passthrough");
+            let upstream = transport::connect(dst).await?;
+            transport::splice(PrefixedIo::unread(accepted.io), upstream).await?;
             return Ok(());
         }
-        // Not in the mesh registry (passed through as addressed), or an endpoint without a
-        // sidecar (reached directly, in the clear).
-        other => {
-            let address = match other {
-                Some(Resolved::Upstream(Upstream { address, .. })) => address,
-                _ => dst,
-            };
-            proxy.metrics.connection("outbound", "passthrough");
-            let upstream = transport::connect(address).await?;
-            transport::splice(PrefixedIo::unread(tcp), upstream).await?;
-            return Ok(());
+        Logical::Service(port) => Backend::Balanced(outbound.balancers.get(
+            &outbound.config,
+            &outbound.tunnel,
+            &port.key,
+        )),
+        Logical::Workload(endpoint) => {
+            Backend::Fixed(Arc::new(Upstream::new(&outbound.tunnel, endpoint)))
         }
+        Logical::Blackhole(dst) => Backend::Blackhole(dst),
     };
-    let detected = detect(tcp, proxy.detect_timeout).await?;
-    proxy
+    let detected = detect(accepted.io, outbound.detect_timeout).await?;
+    outbound
         .metrics
         .connection("outbound", detected.protocol.name());
-    let drain = proxy.drain.clone();
-    let target = Arc::new(Target {
-        route: proxy.mesh.route(upstream, identity),
-        proxy,
-    });
     match detected.protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            serve::http(detected.protocol, detected.io, &drain, move |req| {
-                target.clone().forward(req)
-            })
-            .await?
+            http::serve(outbound, backend, detected.protocol, detected.io).await
         }
-        Protocol::Tls | Protocol::Opaque => {
-            let tunnel = target.route.tunnel(None).await?;
-            transport::splice_recorded(
-                &target.proxy.metrics,
-                Reporter::source,
-                Security::mutual_tls,
-                detected.io,
-                TokioIo::new(tunnel),
-            )
-            .await?;
-        }
+        Protocol::Tls | Protocol::Opaque => tcp::forward(&outbound, &backend, detected.io).await,
     }
-    Ok(())
 }
 
-/// One app connection's destination: a mesh endpoint and the way to its sidecar.
-struct Target {
-    proxy: Arc<Proxy>,
-    route: MeshRoute,
-}
+/// Dials endpoints that run no sidecar, as addressed.
+#[derive(Clone, Copy)]
+struct Direct;
 
-impl Target {
-    async fn forward(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let protocol = request_protocol(req.headers());
-        let grpc = protocol == "grpc";
-        let response = if req.method() == Method::CONNECT {
-            // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
-            local_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n")
-        } else if headers::is_upgrade(&req) {
-            self.upgrade(req).await
-        } else {
-            let version = req.version();
-            match self.route.request(req.map(Either::Left)).await {
-                Ok(mut response) => {
-                    headers::strip_hop_by_hop(response.headers_mut());
-                    headers::strip_mesh(response.headers_mut());
-                    *response.version_mut() = version;
-                    response.map(Either::Left)
-                }
-                Err(MeshError::Authority(authority)) => local_response(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid authority {authority:?}\n"),
-                ),
-                Err(error) => self.unavailable(grpc, &error),
-            }
-        };
-        self.proxy.metrics.request(
-            Reporter::source,
-            Security::mutual_tls,
-            protocol,
-            response.status(),
-        );
-        response
-    }
-
-    /// A WebSocket-style upgrade: HTTP/1.1 inside a tunnel, served as HTTP again by the peer
-    /// sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end.
-    async fn upgrade(&self, req: Request<Incoming>) -> Response<Body> {
-        let tunnel = self.route.tunnel(Some(req.version())).await;
-        let tunnel = match tunnel {
-            Ok(tunnel) => tunnel,
-            Err(error) => return self.unavailable(false, &error),
-        };
-        upgrade::forward(tunnel, &self.proxy.drain, req)
-            .await
-            .unwrap_or_else(|error| self.unavailable(false, &error))
-    }
-
-    fn unavailable(&self, grpc: bool, error: &dyn std::fmt::Display) -> Response<Body> {
-        tracing::info!(%error, dst = %self.route.dst(), "request failed upstream");
-        upstream_unavailable(grpc, error)
+impl Connect for Direct {
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        transport::connect(addr)
     }
 }

@@ -1,4 +1,5 @@
-//! A pool of multiplexed HTTP/2 connections, one per key (a peer sidecar, or a local app port).
+//! A pool of multiplexed HTTP/2 connections, one per key (a peer sidecar, or an HTTP/2 upstream
+//! such as a local app port).
 //!
 //! Many concurrent requests to the same key share one connection: the first caller dials while
 //! the others wait for it, so a burst opens exactly one connection. A connection that breaks is
@@ -26,42 +27,32 @@ use tokio::{
     time::Instant,
 };
 
-use crate::body::Body;
-
-/// HTTP/2 settings for sidecar connections. Windows far above the 64 KiB default let one
-/// connection carry many streams at full speed; the frame size keeps per-frame overhead low.
-pub struct H2Settings {
-    pub stream_window: u32,
-    pub connection_window: u32,
-    pub max_frame_size: u32,
-    /// Streams one peer may have open at once (tunnels hold theirs for their lifetime).
-    pub max_concurrent_streams: u32,
-    /// Envoy's default limit, so requests that work app to app also work through the mesh.
-    pub max_header_list_size: u32,
-    /// Pings find a dead peer on an idle connection; no answer within the timeout closes it.
-    pub keep_alive_interval: Duration,
-    pub keep_alive_timeout: Duration,
-}
-
-pub const H2_SETTINGS: H2Settings = H2Settings {
-    stream_window: 2 * 1024 * 1024,
-    // 32 stalled readers' worth before one slow stream can hold up its neighbours.
-    connection_window: 64 * 1024 * 1024,
-    max_frame_size: 64 * 1024,
-    max_concurrent_streams: 4096,
-    max_header_list_size: 60 * 1024,
-    keep_alive_interval: Duration::from_secs(20),
-    keep_alive_timeout: Duration::from_secs(20),
-};
+use crate::{body::Body, tunnel::H2_SETTINGS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("connecting: {0}")]
-    Dial(String),
+    #[error("connecting to {addr}: {source}")]
+    Dial {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: DialError,
+    },
+    /// A dial for the same key failed a moment ago; callers queued behind it share its reason.
+    #[error("connecting: {0} (a moment ago)")]
+    RecentDialFailure(Arc<str>),
     #[error("HTTP/2 handshake: {0}")]
     Handshake(#[source] hyper::Error),
     #[error("HTTP/2: {0}")]
     Http(#[from] hyper::Error),
+}
+
+/// Why a dial failed: the TCP connect, or (to a peer sidecar) the mTLS handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Connect(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Opens the transport for one pooled connection.
@@ -108,7 +99,7 @@ struct Conn {
 /// the same reason instead of each waiting out their own connect timeout.
 struct Failure {
     at: Instant,
-    reason: String,
+    reason: Arc<str>,
 }
 
 /// How long a failed dial answers for its key before the next caller tries again.
@@ -241,7 +232,7 @@ async fn checkout<D: Dial>(
         return Ok(conn);
     }
     if let Some(recent) = failure.as_ref().filter(|f| f.at.elapsed() < FAILURE_HOLD) {
-        return Err(PoolError::Dial(recent.reason.clone()));
+        return Err(PoolError::RecentDialFailure(recent.reason.clone()));
     }
     let generation = entry.generations.fetch_add(1, Ordering::Relaxed);
     let dialed = match dial.dial().await {
@@ -258,7 +249,7 @@ async fn checkout<D: Dial>(
         Err(error) => {
             *failure = Some(Failure {
                 at: Instant::now(),
-                reason: error.to_string(),
+                reason: error.to_string().into(),
             });
             Err(error)
         }

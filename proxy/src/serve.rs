@@ -1,26 +1,54 @@
-//! Serving one accepted connection as HTTP/1 or HTTP/2 with a handler per request.
+//! Serving one accepted connection as HTTP/1 or HTTP/2 with a [`tower::Service`] per request,
+//! until the caller closes or a drain has let the requests in flight finish.
 
-use std::{convert::Infallible, future::Future, sync::Arc};
+use std::convert::Infallible;
 
 use http::{Request, Response};
-use hyper::{body::Incoming, server::conn, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{body::Incoming, server::conn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{body::Body, detect::Protocol, drain::Drain, pool::H2_SETTINGS};
+use crate::{body::Body, detect::Protocol, drain::Drain, tunnel::H2_SETTINGS};
 
-/// Serves HTTP/1.x (upgrades allowed) on `io`, answering each request with `handle`, until
-/// the caller closes or a drain has let the request in flight finish.
-pub async fn http1<IO, H, F>(io: IO, drain: &Drain, handle: H) -> Result<(), hyper::Error>
+/// What a connection's requests are answered by: infallible, because every failure has
+/// already become a response (see [`crate::respond`]).
+pub trait HttpService:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Serves HTTP/1.x (upgrades allowed) on `io`.
+pub async fn http1<IO, S>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    S: HttpService,
 {
     // With a timer, hyper enforces its header read timeout (30 s) against slow clients.
     let conn = conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(io), service(handle))
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -30,13 +58,11 @@ where
     conn.await
 }
 
-/// Serves HTTP/2 on `io`, answering each request (stream) with `handle`, until the caller
-/// closes or a drain has sent GOAWAY and let the streams in flight finish.
-pub async fn http2<IO, H, F>(io: IO, drain: &Drain, handle: H) -> Result<(), hyper::Error>
+/// Serves HTTP/2 on `io`; a drain sends GOAWAY and lets the open streams finish.
+pub async fn http2<IO, S>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    S: HttpService,
 {
     let conn = conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -47,7 +73,7 @@ where
         .max_header_list_size(H2_SETTINGS.max_header_list_size)
         .keep_alive_interval(H2_SETTINGS.keep_alive_interval)
         .keep_alive_timeout(H2_SETTINGS.keep_alive_timeout)
-        .serve_connection(TokioIo::new(io), service(handle));
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
         done = conn.as_mut() => return done,
@@ -57,38 +83,18 @@ where
 }
 
 /// Serves `io` as the HTTP version detection found: HTTP/2 for [`Protocol::Http2`], else HTTP/1.
-pub async fn http<IO, H, F>(
+pub async fn http<IO, S>(
     protocol: Protocol,
     io: IO,
     drain: &Drain,
-    handle: H,
+    service: S,
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    S: HttpService,
 {
     match protocol {
-        Protocol::Http2 => http2(io, drain, handle).await,
-        _ => http1(io, drain, handle).await,
+        Protocol::Http2 => http2(io, drain, service).await,
+        _ => http1(io, drain, service).await,
     }
-}
-
-fn service<H, F>(
-    handle: H,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-> + Clone
-where
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let handle = Arc::new(handle);
-    service_fn(move |req| {
-        let response = handle(req);
-        async move { Ok::<_, Infallible>(response.await) }
-    })
 }

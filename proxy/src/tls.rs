@@ -24,7 +24,7 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::TcpStream,
 };
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
@@ -82,7 +82,7 @@ pub struct MeshTls {
 }
 
 pub type ClientStream = client::TlsStream<TcpStream>;
-pub type ServerStream = server::TlsStream<PrefixedIo<TcpStream>>;
+pub type ServerStream<IO> = server::TlsStream<PrefixedIo<IO>>;
 
 impl MeshTls {
     pub fn new(identity: &Identity) -> Result<Self, TlsError> {
@@ -117,15 +117,16 @@ impl MeshTls {
     }
 
     /// Opens mesh mTLS over `tcp` to the sidecar at `ip`, which must prove it is `expected`.
-    pub async fn connect(
+    pub async fn connect<IO>(
         &self,
-        tcp: TcpStream,
+        io: IO,
         ip: IpAddr,
         expected: &SpiffeId,
-    ) -> Result<ClientStream, TlsError> {
-        let handshake = self
-            .connector
-            .connect(ServerName::IpAddress(ip.into()), tcp);
+    ) -> Result<client::TlsStream<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handshake = self.connector.connect(ServerName::IpAddress(ip.into()), io);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| TlsError::Handshake(std::io::ErrorKind::TimedOut.into()))?
@@ -141,10 +142,13 @@ impl MeshTls {
     }
 
     /// Terminates mesh mTLS and returns the verified peer identity.
-    pub async fn accept(
+    pub async fn accept<IO>(
         &self,
-        io: PrefixedIo<TcpStream>,
-    ) -> Result<(ServerStream, SpiffeId), TlsError> {
+        io: PrefixedIo<IO>,
+    ) -> Result<(ServerStream<IO>, SpiffeId), TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(io))
             .await
             .map_err(|_| TlsError::Handshake(std::io::ErrorKind::TimedOut.into()))?

@@ -1,27 +1,14 @@
 //! TCP plumbing shared by both directions: the original destination of a redirected
 //! connection, dialing out, and splicing two streams together with half-close.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::TcpStream,
 };
 
-use crate::{
-    metrics::{Metrics, Reporter, Security},
-    prefixed::PrefixedIo,
-};
-
-/// Source address for traffic the sidecar hands to its own app. Istio's iptables rules exempt
-/// it (`-o lo -s 127.0.0.6/32 -j RETURN`) so the connection is not captured a second time.
-pub const INBOUND_PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
-/// The IPv6 twin (`-o lo -s ::6/128 -j RETURN`); `remora-init --dual-stack` puts it on `lo`.
-pub const INBOUND_PASSTHROUGH_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+use crate::{metrics::TcpRecord, prefixed::PrefixedIo};
 
 /// Where the app meant to connect before iptables redirected it to us (`SO_ORIGINAL_DST`, or
 /// `IP6T_SO_ORIGINAL_DST` for IPv6).
@@ -48,22 +35,8 @@ pub async fn connect(dst: SocketAddr) -> io::Result<TcpStream> {
     Ok(tcp)
 }
 
-/// Dials the local app at `dst` from [`INBOUND_PASSTHROUGH_SOURCE`] (or its IPv6 twin).
-pub async fn connect_to_app(dst: SocketAddr) -> io::Result<TcpStream> {
-    let (socket, source) = match dst.ip() {
-        IpAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(INBOUND_PASSTHROUGH_SOURCE)),
-        IpAddr::V6(_) => (
-            TcpSocket::new_v6()?,
-            IpAddr::V6(INBOUND_PASSTHROUGH_SOURCE_V6),
-        ),
-    };
-    socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = within_connect_timeout(socket.connect(dst)).await?;
-    tcp.set_nodelay(true)?;
-    Ok(tcp)
-}
-
-async fn within_connect_timeout(
+/// `connect` within Istio's default `connectTimeout`.
+pub async fn within_connect_timeout(
     connect: impl std::future::Future<Output = io::Result<TcpStream>>,
 ) -> io::Result<TcpStream> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -73,9 +46,7 @@ async fn within_connect_timeout(
 
 /// [`splice`], recorded as one of Istio's TCP connections (opened, closed, bytes each way).
 pub async fn splice_recorded<A, B>(
-    metrics: &Metrics,
-    reporter: Reporter,
-    security: Security,
+    mut record: TcpRecord,
     caller: PrefixedIo<A>,
     callee: B,
 ) -> io::Result<()>
@@ -83,11 +54,9 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    metrics.tcp_opened(reporter, security);
-    let result = splice(caller, callee).await;
-    let spliced = result.as_ref().copied().unwrap_or_default();
-    metrics.tcp_closed(reporter, security, spliced.received, spliced.sent);
-    result.map(|_| ())
+    let spliced = splice(caller, callee).await?;
+    record.bytes(spliced.received, spliced.sent);
+    Ok(())
 }
 
 /// Byte counts of a finished splice, from the point of view of the caller's side.

@@ -7,7 +7,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::{body::Body, drain::Drain, headers};
+use crate::{body::Body, drain::Drain, tunnel};
 
 /// Sends the upgrade request `req` over `io` and returns the app's answer to the caller. The
 /// upgraded connection then runs as work `drain` waits for.
@@ -26,7 +26,7 @@ where
         }
     });
     let downstream = hyper::upgrade::on(&mut req);
-    headers::strip_mesh(req.headers_mut());
+    tunnel::strip_mesh(req.headers_mut());
     let mut response = sender.send_request(req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);

@@ -281,10 +281,7 @@ staticSnapshot:
             Some("spiffe://cluster.local/ns/default/sa/httpbin")
         );
         let health = "198.18.0.3:15021".parse().expect("addr");
-        assert_eq!(
-            snapshot.lookup(health),
-            crate::Logical::Passthrough(health)
-        );
+        assert_eq!(snapshot.lookup(health), crate::Logical::Passthrough(health));
     }
 
     #[test]

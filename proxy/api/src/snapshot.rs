@@ -22,7 +22,7 @@ pub struct Snapshot {
     /// What was received, kept for the admin config dump.
     pub source: proto::Snapshot,
     destinations: HashMap<SocketAddr, Destination>,
-    services: Vec<Arc<ServicePort>>,
+    services: HashMap<ServiceKey, Arc<ServicePort>>,
     pub mesh: MeshSettings,
 }
 
@@ -117,7 +117,12 @@ impl Snapshot {
 
     /// Every Service port the snapshot lists, once each.
     pub fn service_ports(&self) -> impl Iterator<Item = &Arc<ServicePort>> {
-        self.services.iter()
+        self.services.values()
+    }
+
+    /// The Service port `key` names in this snapshot, if it still lists it.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Arc<ServicePort>> {
+        self.services.get(key)
     }
 
     /// Number of addresses the snapshot knows.
@@ -134,7 +139,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
     fn try_from(source: proto::Snapshot) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let mut destinations = HashMap::new();
-        let mut services = Vec::new();
+        let mut services = HashMap::new();
         let mut first_seen = HashMap::new();
         let mut insert = |address: SocketAddr, path: String, destination, problems: &mut Vec<_>| {
             if let Some(first) = first_seen.get(&address) {
@@ -199,7 +204,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                     },
                     endpoints,
                 });
-                services.push(service_port.clone());
+                services.insert(service_port.key.clone(), service_port.clone());
                 for ip in &addresses {
                     insert(
                         SocketAddr::new(*ip, number),
@@ -328,6 +333,7 @@ mod tests {
             ]
         );
         assert_eq!(s.service_ports().count(), 1);
+        assert_eq!(s.service(&port.key), Some(&port));
         let cases = [
             (
                 "198.18.0.3:8080",

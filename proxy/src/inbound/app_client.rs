@@ -1,137 +1,54 @@
-//! Forwarding requests to the local app, over pooled connections from 127.0.0.6: HTTP/1.x over
-//! hyper's pooling client (one request per connection at a time), HTTP/2 over one multiplexed
-//! connection per app port.
+//! The inbound side's only ways to the app: pooled HTTP, and single connections for the TCP
+//! path and upgrades, all dialled from the passthrough source.
 
-use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
-
-use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, Uri, Version};
-use http_body_util::Either;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+use std::{
+    future::Future,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
-use tokio::net::TcpStream;
+
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::{
-    body::{upstream_unavailable, Body},
-    headers,
-    pool::{Dial, H2Pool, PoolError},
-    transport,
+    http_client::{Connect, HttpClient},
+    transport::within_connect_timeout,
 };
 
-/// How long an unused connection to the app stays open.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Source address for traffic the sidecar hands to its own app. Istio's iptables rules exempt
+/// it (`-o lo -s 127.0.0.6/32 -j RETURN`) so the connection is not captured a second time.
+const INBOUND_PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// The IPv6 twin (`-o lo -s ::6/128 -j RETURN`); `remora-init --dual-stack` puts it on `lo`.
+const INBOUND_PASSTHROUGH_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
-pub struct AppClient {
-    http1: Client<AppConnector, Body>,
-    http2: Arc<H2Pool<SocketAddr>>,
-}
+pub(super) type AppClient = HttpClient<ToApp>;
 
 impl AppClient {
-    pub fn new() -> Self {
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(AppConnector);
-        Self {
-            http1,
-            http2: H2Pool::new(IDLE_TIMEOUT),
-        }
-    }
-
-    /// Sends `req` to the app at `app`, as HTTP/1.x when `version` says so, else HTTP/2.
-    /// `protocol` is the request's Istio `request_protocol`, which shapes a local error reply.
-    pub async fn forward(
-        &self,
-        app: SocketAddr,
-        version: Option<Version>,
-        protocol: &'static str,
-        mut req: Request<Body>,
-    ) -> Response<Body> {
-        headers::strip_hop_by_hop(req.headers_mut());
-        let grpc = protocol == "grpc";
-        let result = match version {
-            Some(version) => {
-                // The app reads the authority from Host; the URI only tells the pool where to go
-                // (it writes the request line in origin form).
-                if !req.headers().contains_key(header::HOST) {
-                    if let Some(host) = req
-                        .uri()
-                        .authority()
-                        .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
-                    {
-                        req.headers_mut().insert(header::HOST, host);
-                    }
-                }
-                let uri = Uri::builder()
-                    .scheme("http")
-                    .authority(app.to_string())
-                    .path_and_query(req.uri().path_and_query().map_or("/", PathAndQuery::as_str))
-                    .build();
-                match uri {
-                    Ok(uri) => *req.uri_mut() = uri,
-                    Err(error) => return unavailable(app, grpc, &error),
-                }
-                *req.version_mut() = version;
-                self.http1.request(req).await.map_err(|e| e.to_string())
-            }
-            None => {
-                *req.version_mut() = Version::HTTP_2;
-                self.http2
-                    .send(&app, &AppDialer(app), req)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        };
-        match result {
-            Ok(mut response) => {
-                headers::strip_hop_by_hop(response.headers_mut());
-                response.map(Either::Left)
-            }
-            Err(error) => unavailable(app, grpc, &error),
-        }
+    pub(super) fn new() -> Self {
+        HttpClient::with_connector(ToApp)
     }
 }
 
-/// Envoy's answer when the app cannot be reached.
-pub fn unavailable(app: SocketAddr, grpc: bool, error: &dyn std::fmt::Display) -> Response<Body> {
-    tracing::info!(%error, %app, "request to the app failed");
-    upstream_unavailable(grpc, error)
-}
-
-/// Connects hyper's HTTP/1 pool to the app named by the URI's authority.
+/// Dials the local app.
 #[derive(Clone, Copy)]
-struct AppConnector;
+pub(super) struct ToApp;
 
-impl tower::Service<Uri> for AppConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(async move {
-            let app: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| io::Error::other(format!("not an app address: {uri}")))?;
-            Ok(TokioIo::new(transport::connect_to_app(app).await?))
-        })
+impl Connect for ToApp {
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        connect_to_app(addr)
     }
 }
 
-struct AppDialer(SocketAddr);
-
-impl Dial for AppDialer {
-    type Io = TcpStream;
-
-    async fn dial(&self) -> Result<TcpStream, PoolError> {
-        transport::connect_to_app(self.0)
-            .await
-            .map_err(|e| PoolError::Dial(format!("app at {}: {e}", self.0)))
-    }
+/// Dials the local app at `dst` from [`INBOUND_PASSTHROUGH_SOURCE`] (or its IPv6 twin).
+async fn connect_to_app(dst: SocketAddr) -> io::Result<TcpStream> {
+    let (socket, source) = match dst.ip() {
+        IpAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(INBOUND_PASSTHROUGH_SOURCE)),
+        IpAddr::V6(_) => (
+            TcpSocket::new_v6()?,
+            IpAddr::V6(INBOUND_PASSTHROUGH_SOURCE_V6),
+        ),
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = within_connect_timeout(socket.connect(dst)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }

@@ -1,113 +1,162 @@
-//! The tunnel port 15008: where Remora sidecars send everything for this pod.
+//! The tunnel port 15008: where Remora sidecars send everything for this pod (the receiving
+//! half of [`crate::tunnel`]).
 //!
 //! Each caller sidecar keeps one mTLS HTTP/2 connection here. A request names its app port in
-//! `remora-dst-port` and its original HTTP version in `remora-orig-proto`; a `CONNECT ip:port`
-//! stream becomes a byte tunnel to that app port. Requests for the sidecar's own ports or for
-//! another address are refused.
+//! `remora-dst-port` and is served by that port's HTTP service, made (past the connection hook)
+//! the first time the caller's connection asks for the port and reused for the connection's
+//! life. A `CONNECT ip:port` stream is a connection of its own: HTTP/1 served as HTTP when it
+//! says it carries it, spliced otherwise. Requests for the sidecar's own ports or for another
+//! address are refused.
 
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Either;
+use arc_swap::ArcSwap;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use remora_api::SpiffeId;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceExt;
 
 use crate::{
-    app::{is_proxy_port, ConnectionError, Proxy},
-    body::{self, local_response, Body},
-    detect::{Detected, Protocol},
-    headers,
-    metrics::{request_protocol, Reporter, Security},
+    body::{self, Body},
+    detect::Protocol,
+    listen::{Accepted, ConnectionError},
+    metrics::{Observed, Reporter, Security},
+    ports::is_proxy_port,
     prefixed::PrefixedIo,
-    serve, transport,
+    respond::{respond, response, RequestError},
+    serve, tunnel,
 };
 
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), ConnectionError> {
-    let pod_ip = tcp.local_addr()?.ip();
-    proxy.metrics.connection("tunnel", "http2");
-    let (tls, peer) = proxy.tls.accept(PrefixedIo::unread(tcp)).await?;
-    let drain = proxy.drain.clone();
+use super::{http::AppHandler, serve as serve_conn, tcp, Inbound, PeerTls};
+
+pub async fn handle<IO>(
+    inbound: Arc<Inbound>,
+    accepted: Accepted<IO>,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    inbound.metrics.connection("tunnel", "http2");
+    let (tls, peer) = inbound.tls.accept(PrefixedIo::unread(accepted.io)).await?;
+    let drain = inbound.drain.clone();
+    let metrics = inbound.metrics.clone();
     let conn = Arc::new(TunnelConn {
-        xfcc: headers::forwarded_client_cert(&proxy.id, &peer),
+        inbound,
+        client: accepted.client,
+        pod_ip: accepted.orig_dst.ip(),
         peer,
-        proxy,
-        pod_ip,
+        ports: ArcSwap::default(),
     });
-    serve::http2(tls, &drain, move |req| conn.clone().handle(req)).await?;
+    let requests = {
+        let conn = conn.clone();
+        let stages = tower::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { conn.request(req).await }
+        });
+        let observed = Observed {
+            reporter: Reporter::destination,
+            security: Security::mutual_tls,
+        };
+        respond(stages, metrics, observed)
+    };
+    // A CONNECT opens a stream, not a request: it is recorded as a TCP connection (opaque) or
+    // by the requests it carries (HTTP/1), never as a request of its own.
+    let service = tower::service_fn(move |req: Request<Incoming>| {
+        let conn = conn.clone();
+        let requests = requests.clone();
+        async move {
+            if req.method() == Method::CONNECT {
+                Ok(conn.connect(req).await)
+            } else {
+                requests.oneshot(req).await
+            }
+        }
+    });
+    serve::http2(tls, &drain, service).await?;
     Ok(())
 }
 
 /// One caller sidecar's connection.
 struct TunnelConn {
-    proxy: Arc<Proxy>,
+    inbound: Arc<Inbound>,
+    client: SocketAddr,
     pod_ip: IpAddr,
     peer: SpiffeId,
-    xfcc: HeaderValue,
+    /// The HTTP service of each app port this connection's requests have named so far.
+    ports: ArcSwap<Vec<(u16, Arc<AppHandler>)>>,
 }
 
 impl TunnelConn {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        if req.method() == Method::CONNECT {
-            return self.connect(req).await;
-        }
-        let protocol = request_protocol(req.headers());
-        let response = match headers::dst_port(req.headers()) {
-            None => local_response(StatusCode::BAD_REQUEST, "missing remora-dst-port\n"),
-            Some(port) if is_proxy_port(port) => forbidden(port),
-            Some(port) => {
-                let version = headers::orig_proto(req.headers());
-                headers::strip_mesh(req.headers_mut());
-                headers::set_forwarded_client_cert(req.headers_mut(), Some(&self.xfcc));
-                let app = SocketAddr::new(self.pod_ip, port);
-                self.proxy
-                    .app
-                    .forward(app, version, protocol, req.map(Either::Left))
-                    .await
-            }
+    async fn request(&self, req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
+        let port = match tunnel::dst_port(req.headers()) {
+            None => return Err(RequestError::MissingDstPort),
+            Some(port) if is_proxy_port(port) => return Err(RequestError::ProxyPort(port)),
+            Some(port) => port,
         };
-        self.proxy.metrics.request(
-            Reporter::destination,
-            Security::mutual_tls,
-            protocol,
-            response.status(),
-        );
-        response
+        let handler = self.port(port)?;
+        handler.stages().oneshot(req).await
     }
 
-    /// Opens a byte tunnel to the app port named by `CONNECT ip:port`. A tunnel carrying HTTP/1
-    /// (an upgrade, per `remora-orig-proto`) is served as HTTP, like a plaintext caller on 15006
-    /// but with this peer's identity; anything else is spliced to the app.
+    /// The HTTP service for `port`, let in once per connection and port.
+    fn port(&self, port: u16) -> Result<Arc<AppHandler>, RequestError> {
+        if let Some((_, handler)) = self.ports.load().iter().find(|(p, _)| *p == port) {
+            return Ok(handler.clone());
+        }
+        let conn = self.inbound.connection(
+            self.client,
+            SocketAddr::new(self.pod_ip, port),
+            PeerTls::Tunnel(self.peer.clone()),
+            Protocol::Http2,
+        )?;
+        let handler = AppHandler::new(self.inbound.clone(), conn);
+        self.ports.rcu(|ports| {
+            let mut ports = Vec::clone(ports);
+            if !ports.iter().any(|(p, _)| *p == port) {
+                ports.push((port, handler.clone()));
+            }
+            ports
+        });
+        Ok(handler)
+    }
+
+    /// Opens a byte stream to the app port named by `CONNECT ip:port`, answering 200 only once
+    /// the app accepted it (or, for HTTP/1 inside, once the stream is let in).
     async fn connect(&self, mut req: Request<Incoming>) -> Response<Body> {
         let target = req
             .uri()
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
         let app = match target {
-            Some(app) if is_proxy_port(app.port()) => return forbidden(app.port()),
-            Some(app) if app.ip() == self.pod_ip => app,
-            _ => {
-                return local_response(
-                    StatusCode::BAD_REQUEST,
-                    format!("CONNECT target must be {}:<port>\n", self.pod_ip),
-                )
+            Some(app) if is_proxy_port(app.port()) => {
+                return response(&RequestError::ProxyPort(app.port()), false)
             }
+            Some(app) if app.ip() == self.pod_ip => app,
+            _ => return response(&RequestError::ConnectTarget(self.pod_ip), false),
         };
-        if headers::orig_proto(req.headers()).is_some() {
-            let upgrade = hyper::upgrade::on(&mut req);
-            let (proxy, peer) = (self.proxy.clone(), self.peer.clone());
-            self.proxy.drain.spawn(async move {
+        let carries_http = tunnel::orig_proto(req.headers()).is_some();
+        let protocol = if carries_http {
+            Protocol::Http1
+        } else {
+            Protocol::Opaque
+        };
+        let peer = PeerTls::Tunnel(self.peer.clone());
+        let conn = match self.inbound.connection(self.client, app, peer, protocol) {
+            Ok(conn) => conn,
+            Err(error) => return response(&error, false),
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        let inbound = self.inbound.clone();
+        if carries_http {
+            self.inbound.drain.spawn(async move {
                 let result = match upgrade.await {
-                    Ok(tunnel) => {
-                        let detected = Detected {
-                            protocol: Protocol::Http1,
-                            io: PrefixedIo::unread(TokioIo::new(tunnel)),
-                        };
-                        super::to_app(proxy, app, detected, Some(peer)).await
+                    Ok(stream) => {
+                        let io = PrefixedIo::unread(TokioIo::new(stream));
+                        serve_conn(inbound, conn, io).await
                     }
                     Err(error) => Err(error.into()),
                 };
@@ -117,40 +166,22 @@ impl TunnelConn {
             });
             return Response::new(body::empty());
         }
-        let tcp = match transport::connect_to_app(app).await {
-            Ok(tcp) => tcp,
-            Err(error) => return super::app::unavailable(app, false, &error),
+        let to_app = match tcp::connect(&self.inbound, &conn).await {
+            Ok(to_app) => to_app,
+            Err(error) => return response(&error, false),
         };
-        let upgrade = hyper::upgrade::on(&mut req);
-        let metrics = self.proxy.metrics.clone();
-        self.proxy.drain.spawn(async move {
-            let tunnel = match upgrade.await {
-                Ok(tunnel) => tunnel,
-                Err(error) => {
-                    tracing::debug!(%error, %app, "tunnel was not established");
-                    return;
+        self.inbound.drain.spawn(async move {
+            let result = match upgrade.await {
+                Ok(stream) => {
+                    let io = PrefixedIo::unread(TokioIo::new(stream));
+                    tcp::splice(&inbound, &conn, io, to_app).await
                 }
+                Err(error) => Err(error.into()),
             };
-            let caller = PrefixedIo::unread(TokioIo::new(tunnel));
-            let result = transport::splice_recorded(
-                &metrics,
-                Reporter::destination,
-                Security::mutual_tls,
-                caller,
-                tcp,
-            )
-            .await;
             if let Err(error) = result {
                 tracing::debug!(%error, %app, "tunnel ended");
             }
         });
         Response::new(body::empty())
     }
-}
-
-fn forbidden(port: u16) -> Response<Body> {
-    local_response(
-        StatusCode::FORBIDDEN,
-        format!("port {port} is the sidecar's own\n"),
-    )
 }

@@ -29,11 +29,12 @@ impl Dial for PipeDialer {
         let kill = self.kill.clone();
         tokio::spawn(async move {
             let drain = Drain::default();
-            let server = serve::http2(far, &drain, |_req| async {
+            let service = tower::service_fn(|_req| async {
                 // A little latency, so concurrent requests overlap.
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                Response::new(body::empty())
+                Ok::<_, std::convert::Infallible>(Response::new(body::empty()))
             });
+            let server = serve::http2(far, &drain, service);
             tokio::select! {
                 _ = server => {}
                 () = kill.notified() => {}
@@ -114,7 +115,10 @@ impl Dial for DeadPeer {
     async fn dial(&self) -> Result<DuplexStream, PoolError> {
         self.dials.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        Err(PoolError::Dial("connect timed out".to_owned()))
+        Err(PoolError::Dial {
+            addr: ([198, 18, 0, 9], 15008).into(),
+            source: std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+        })
     }
 }
 

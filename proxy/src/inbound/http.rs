@@ -1,0 +1,119 @@
+//! The only HTTP service in front of the app. Each request passes the per-request policy hook,
+//! is sanitised (the tunnel protocol's headers removed, `x-forwarded-client-cert` set Envoy's
+//! SANITIZE_SET way: whatever the caller claimed is dropped, ours is set for a mesh peer) and
+//! goes to the app over the pooled app client, or, for an upgrade, over its own connection.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    body::Body,
+    detect::Protocol,
+    headers,
+    listen::ConnectionError,
+    prefixed::PrefixedIo,
+    respond::{respond, RequestError},
+    serve, tunnel, upgrade,
+};
+
+use super::{tcp, Inbound, InboundConn, PeerTls};
+
+/// Serves `conn` as HTTP, request by request.
+pub(super) async fn serve<IO>(
+    inbound: Arc<Inbound>,
+    conn: InboundConn,
+    io: PrefixedIo<IO>,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let protocol = conn.protocol;
+    let drain = inbound.drain.clone();
+    let service = AppHandler::new(inbound, conn).service();
+    serve::http(protocol, io, &drain, service).await?;
+    Ok(())
+}
+
+/// Forwards the requests of one [`InboundConn`] to its app port.
+pub(super) struct AppHandler {
+    inbound: Arc<Inbound>,
+    conn: InboundConn,
+    /// Set on every request (or removed from it when the caller is no mesh peer).
+    xfcc: Option<HeaderValue>,
+}
+
+impl AppHandler {
+    pub(super) fn new(inbound: Arc<Inbound>, conn: InboundConn) -> Arc<Self> {
+        Arc::new(Self {
+            xfcc: inbound.forwarded_client_cert(&conn),
+            inbound,
+            conn,
+        })
+    }
+
+    /// The service `serve` runs: this handler, answered and recorded by [`respond`].
+    pub(super) fn service(self: Arc<Self>) -> impl serve::HttpService {
+        let (metrics, observed) = (self.inbound.metrics.clone(), self.conn.observed());
+        respond(self.stages(), metrics, observed)
+    }
+
+    /// The per-request stages, unanswered: for a door that answers and records itself.
+    pub(super) fn stages(
+        self: Arc<Self>,
+    ) -> impl tower::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = RequestError,
+        Future: Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(move |req| {
+            let handler = self.clone();
+            async move { handler.forward(req).await }
+        })
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
+        self.authorize(&req)?;
+        let version = self.app_version(&req);
+        tunnel::strip_mesh(req.headers_mut());
+        headers::set_forwarded_client_cert(req.headers_mut(), self.xfcc.as_ref());
+        let app = self.conn.app;
+        if headers::is_upgrade(&req) {
+            let tcp = tcp::connect(&self.inbound, &self.conn).await?;
+            return upgrade::forward(TokioIo::new(tcp), &self.inbound.drain, req)
+                .await
+                .map_err(|e| RequestError::unavailable(app, e));
+        }
+        let response = self
+            .inbound
+            .app
+            .forward(app, version, req.map(Either::Left))
+            .await?;
+        Ok(response.map(Either::Left))
+    }
+
+    /// The per-request policy hook: every request to the app passes here once. Everything is
+    /// allowed until AuthorizationPolicy lands.
+    fn authorize(&self, _req: &Request<Incoming>) -> Result<(), RequestError> {
+        Ok(())
+    }
+
+    /// The HTTP version to speak to the app: what the calling app spoke, which through the
+    /// tunnel is carried in `remora-orig-proto` (absent: HTTP/2); `None` means HTTP/2.
+    fn app_version(&self, req: &Request<Incoming>) -> Option<Version> {
+        let tunnelled_request =
+            matches!(self.conn.tls, PeerTls::Tunnel(_)) && self.conn.protocol == Protocol::Http2;
+        match req.version() {
+            Version::HTTP_2 if tunnelled_request => tunnel::orig_proto(req.headers()),
+            Version::HTTP_2 => None,
+            version => Some(version),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The only byte path to the app: a connection that is not HTTP (opaque TCP, the app's own
+//! TLS, a tunnelled `CONNECT`) is spliced to its app port, recorded as one of Istio's TCP
+//! connections.
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use crate::{
+    http_client::Connect, listen::ConnectionError, metrics::TcpRecord, prefixed::PrefixedIo,
+    respond::RequestError, transport,
+};
+
+use super::{Inbound, InboundConn};
+
+/// Connects `conn` to its app port and splices the two until both sides are done.
+pub(super) async fn serve<IO>(
+    inbound: &Inbound,
+    conn: &InboundConn,
+    io: PrefixedIo<IO>,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let app = connect(inbound, conn).await?;
+    splice(inbound, conn, io, app).await
+}
+
+/// Opens `conn`'s connection to the app; the tunnel answers its caller only once this worked.
+pub(super) async fn connect(
+    inbound: &Inbound,
+    conn: &InboundConn,
+) -> Result<TcpStream, RequestError> {
+    inbound
+        .app
+        .connector()
+        .connect(conn.app)
+        .await
+        .map_err(|e| RequestError::unavailable(conn.app, e))
+}
+
+/// Splices the caller's `io` with the `app` connection [`connect`] opened.
+pub(super) async fn splice<IO>(
+    inbound: &Inbound,
+    conn: &InboundConn,
+    io: PrefixedIo<IO>,
+    app: TcpStream,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let record = TcpRecord::open(inbound.metrics.clone(), conn.observed());
+    transport::splice_recorded(record, io, app).await?;
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Opaque outbound connections: one endpoint for the connection's life, reached through a
+//! `CONNECT` stream on its sidecar's tunnel (recorded as one of Istio's TCP connections), or
+//! directly when it runs no sidecar. With no endpoint to go to, the connection is closed, as
+//! Envoy does.
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    listen::ConnectionError,
+    metrics::{Observed, Reporter, Security, TcpRecord},
+    prefixed::PrefixedIo,
+    transport,
+};
+
+use super::{Backend, Outbound};
+
+pub(super) async fn forward<IO>(
+    outbound: &Outbound,
+    backend: &Backend,
+    io: PrefixedIo<IO>,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let upstream = match backend.pick() {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::debug!(%error, "closing an opaque connection");
+            return Ok(());
+        }
+    };
+    match &upstream.channel {
+        Some(channel) => {
+            let stream = channel.tunnel(None).await?;
+            let observed = Observed {
+                reporter: Reporter::source,
+                security: Security::mutual_tls,
+            };
+            let record = TcpRecord::open(outbound.metrics.clone(), observed);
+            transport::splice_recorded(record, io, TokioIo::new(stream)).await?;
+        }
+        None => {
+            let tcp = transport::connect(upstream.endpoint.address).await?;
+            transport::splice(io, tcp).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The one place a failed request becomes a response, and every request is recorded.
+//!
+//! Every per-request stage is a `tower::Service` that fails with a typed [`RequestError`];
+//! [`respond`] wraps the stages of a connection into the service `serve` runs: it starts a
+//! [`RequestRecord`] per request, turns an error into what Envoy would answer ([`response`]:
+//! status, body, and for gRPC callers a trailers-only `grpc-status`) and completes the record
+//! with the status the caller got. [`RequestError::flag`] names Envoy's response flag for
+//! telemetry and access logs. A new failure (a denial, an unroutable request, a timeout) is a
+//! new variant here, nowhere else.
+
+use std::{
+    convert::Infallible,
+    error::Error as StdError,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use crate::{
+    body::{empty, local_response, Body},
+    metrics::{request_protocol, Metrics, Observed, RequestRecord},
+    serve::HttpService,
+};
+
+/// The service `serve` runs for one connection: `stages` answer each request, failures become
+/// Envoy's answers, and each request is recorded with `observed`'s labels.
+pub fn respond<S>(stages: S, metrics: Arc<Metrics>, observed: Observed) -> impl HttpService
+where
+    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = RequestError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tower::service_fn(move |req: Request<Incoming>| {
+        let protocol = request_protocol(req.headers());
+        let mut record = RequestRecord::new(metrics.clone(), observed, protocol);
+        let answer = stages.clone().oneshot(req);
+        async move {
+            let response = match answer.await {
+                Ok(response) => response,
+                Err(error) => response(&error, protocol == "grpc"),
+            };
+            record.complete(response.status());
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+/// Why a request got no answer from its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// An app asked its sidecar to open a tunnel: Remora is not the app's forward proxy.
+    #[error("CONNECT is not supported")]
+    ConnectNotSupported,
+    /// A `Host` (or URI authority) that cannot name an HTTP/2 `:authority`.
+    #[error("invalid authority {0:?}")]
+    InvalidAuthority(String),
+    /// A tunnelled request without the app port it is for.
+    #[error("missing remora-dst-port")]
+    MissingDstPort,
+    /// A tunnelled request or `CONNECT` for one of the sidecar's own ports.
+    #[error("port {0} is the sidecar's own")]
+    ProxyPort(u16),
+    /// A `CONNECT` for an address other than this pod's.
+    #[error("CONNECT target must be {0}:<port>")]
+    ConnectTarget(IpAddr),
+    /// A Service with no ready endpoint.
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// A destination outside the mesh registry under `REGISTRY_ONLY` (Istio's
+    /// `BlackHoleCluster`).
+    #[error("{0} is not in the mesh registry and outboundTrafficPolicy is REGISTRY_ONLY")]
+    Blackhole(SocketAddr),
+    /// The upstream (a peer sidecar, an endpoint, or the app) could not be reached, or reset
+    /// the stream before answering.
+    #[error("{upstream}: {source}")]
+    Unavailable {
+        upstream: SocketAddr,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+}
+
+impl RequestError {
+    pub fn unavailable(
+        upstream: SocketAddr,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Self::Unavailable {
+            upstream,
+            source: source.into(),
+        }
+    }
+
+    /// The HTTP status Envoy answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidAuthority(_) | Self::MissingDstPort | Self::ConnectTarget(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ProxyPort(_) => StatusCode::FORBIDDEN,
+            Self::Blackhole(_) => StatusCode::BAD_GATEWAY,
+            Self::NoHealthyUpstream | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Envoy's response flag (`%RESPONSE_FLAGS%`): UH no healthy upstream, UF upstream
+    /// connection failure, NR no route, `-` for a request refused as malformed.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::NoHealthyUpstream => "UH",
+            Self::Unavailable { .. } => "UF",
+            Self::Blackhole(_) => "NR",
+            Self::ConnectNotSupported
+            | Self::InvalidAuthority(_)
+            | Self::MissingDstPort
+            | Self::ProxyPort(_)
+            | Self::ConnectTarget(_) => "-",
+        }
+    }
+
+    /// The gRPC status a gRPC caller gets instead of an HTTP error, for failures gRPC clients
+    /// should treat as the server being unreachable (UNAVAILABLE, retryable).
+    pub fn grpc_status(&self) -> Option<&'static str> {
+        match self {
+            Self::NoHealthyUpstream | Self::Unavailable { .. } => Some("14"),
+            _ => None,
+        }
+    }
+
+    /// The response body, Envoy's words where Envoy has them.
+    fn body(&self) -> String {
+        match self {
+            Self::Unavailable { source, .. } => {
+                format!("upstream connect error or disconnect/reset before headers: {source}")
+            }
+            Self::NoHealthyUpstream => "no healthy upstream".to_owned(),
+            other => format!("{other}\n"),
+        }
+    }
+}
+
+/// What gRPC's `grpc-message` percent-encodes: controls, non-ASCII (always) and `%` itself.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// The answer to a request that failed with `error`; `grpc` when the caller speaks gRPC.
+pub fn response(error: &RequestError, grpc: bool) -> Response<Body> {
+    match error {
+        RequestError::Unavailable { upstream, source } => {
+            tracing::info!(error = %source, %upstream, "request failed upstream");
+        }
+        other => tracing::debug!(error = %other, "request refused"),
+    }
+    let body = error.body();
+    match error.grpc_status().filter(|_| grpc) {
+        Some(status) => grpc_trailers_only(status, &body),
+        None => local_response(error.status(), body),
+    }
+}
+
+/// A trailers-only gRPC response (status in the headers), which gRPC clients understand.
+fn grpc_trailers_only(status: &'static str, message: &str) -> Response<Body> {
+    let mut response = Response::new(empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(status));
+    // grpc-message is percent-encoded (gRPC over HTTP/2 spec), so it is always a valid value.
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+    if let Ok(value) = HeaderValue::try_from(encoded) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn text(response: Response<Body>) -> String {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn every_error_has_envoys_answer() {
+        let upstream: SocketAddr = "198.18.0.12:15008".parse().expect("addr");
+        let refused = || RequestError::unavailable(upstream, "connection refused");
+        let cases: Vec<(RequestError, u16, &str, &str)> = vec![
+            (
+                RequestError::ConnectNotSupported,
+                405,
+                "CONNECT is not supported\n",
+                "-",
+            ),
+            (
+                RequestError::InvalidAuthority("a b".into()),
+                400,
+                "invalid authority \"a b\"\n",
+                "-",
+            ),
+            (
+                RequestError::MissingDstPort,
+                400,
+                "missing remora-dst-port\n",
+                "-",
+            ),
+            (
+                RequestError::ProxyPort(15006),
+                403,
+                "port 15006 is the sidecar's own\n",
+                "-",
+            ),
+            (
+                RequestError::ConnectTarget([198, 18, 0, 12].into()),
+                400,
+                "CONNECT target must be 198.18.0.12:<port>\n",
+                "-",
+            ),
+            (
+                RequestError::NoHealthyUpstream,
+                503,
+                "no healthy upstream",
+                "UH",
+            ),
+            (
+                RequestError::Blackhole("10.0.0.1:443".parse().expect("addr")),
+                502,
+                "10.0.0.1:443 is not in the mesh registry and outboundTrafficPolicy is REGISTRY_ONLY\n",
+                "NR",
+            ),
+            (
+                refused(),
+                503,
+                "upstream connect error or disconnect/reset before headers: connection refused",
+                "UF",
+            ),
+        ];
+        for (error, status, body, flag) in cases {
+            assert_eq!(error.flag(), flag, "{error}");
+            let response = response(&error, false);
+            assert_eq!(response.status().as_u16(), status, "{error}");
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain");
+            assert_eq!(text(response).await, body);
+        }
+    }
+
+    #[test]
+    fn grpc_callers_get_unavailable_only_for_upstream_failures() {
+        let upstream: SocketAddr = "198.18.0.12:15008".parse().expect("addr");
+        let error = RequestError::unavailable(upstream, "connection refused\n100%");
+        let answer = response(&error, true);
+        assert_eq!(answer.status(), StatusCode::OK);
+        let headers = answer.headers();
+        assert_eq!(headers["grpc-status"], "14");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/grpc");
+        assert!(headers["grpc-message"]
+            .to_str()
+            .expect("ascii")
+            .ends_with("connection refused%0A100%25"));
+        assert_eq!(
+            response(&RequestError::NoHealthyUpstream, true).headers()["grpc-status"],
+            "14"
+        );
+        // A malformed request is an HTTP error whatever the caller speaks.
+        let refused = response(&RequestError::MissingDstPort, true);
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert!(!refused.headers().contains_key("grpc-status"));
+    }
+}
