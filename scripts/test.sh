@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --bench
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The docs build, with every intra-doc link resolving.
+RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links" cargo doc --workspace --no-deps
 # The e2e harness runs these binaries; building them first keeps the test run itself quick.
 cargo build --workspace --bins
 cargo test --workspace

@@ -5,8 +5,8 @@
 //! is redirected: Istio sidecars' mTLS (told apart by ALPN), the app's own TLS, plaintext. Every
 //! door ends the same way: it describes what it accepted as an [`InboundConn`] (who called,
 //! which app port, how the caller was authenticated, what it speaks), which only
-//! [`Inbound::connection`] makes, past the connection-level policy hook; then the connection is
-//! served by exactly one of [`tcp`] (the only byte path to the app) or [`http`] (the only HTTP
+//! `Inbound::connection` makes, past the connection-level policy hook; then the connection is
+//! served by exactly one of `tcp` (the only byte path to the app) or `http` (the only HTTP
 //! service in front of it), where the per-request hook sits. The app client and the way to dial
 //! the app are private to this module: nothing outside it can reach the app.
 //!

@@ -4,8 +4,8 @@
 //! as a logical target: a Service (its endpoints balanced per request by [`balance`]), a mesh
 //! workload, an address outside the registry (passed through untouched under `ALLOW_ANY`), or a
 //! black hole (`REGISTRY_ONLY`). HTTP/1.x and HTTP/2 are then served request by request by
-//! [`http`]; anything else (opaque TCP, the app's own TLS, protocols whose server speaks first)
-//! by [`tcp`], on one endpoint for the connection's life. Endpoints with a sidecar are reached
+//! `http`; anything else (opaque TCP, the app's own TLS, protocols whose server speaks first)
+//! by `tcp`, on one endpoint for the connection's life. Endpoints with a sidecar are reached
 //! through the tunnel ([`crate::tunnel::client`]), which checks the identity the snapshot names;
 //! endpoints without one directly, in the clear.
 

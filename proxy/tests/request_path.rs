@@ -1,0 +1,342 @@
+//! The sidecar's request path in-process, without root: a client sidecar's outbound door and a
+//! server sidecar's tunnel and capture doors, with real mTLS between them on loopback, in front
+//! of a real HTTP (or TCP) app. The app echoes what it received, so the tests see exactly what
+//! the sidecars let through.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use remora_api::{Snapshot, SpiffeId};
+use remora_proxy::{
+    drain::Drain,
+    inbound::{self, Inbound},
+    listen::{self, Accepted, Destination, Lifetime},
+    metrics::Metrics,
+    outbound::{self, Outbound},
+    testing::{SnapshotBuilder, TestCa},
+    tls::MeshTls,
+    tunnel::TunnelClient,
+    Config,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+    net::TcpListener,
+};
+
+/// Where the app under test thinks it connects: a Service's cluster IP.
+const CLUSTER_IP: &str = "198.19.0.1:8000";
+const CALLER: &str = "127.0.0.1:40000";
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("address")
+}
+
+/// An HTTP app that answers every request with what it received: version, then headers.
+async fn echo_app(http2: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let address = listener.local_addr().expect("app address");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let mut seen = format!("version: {:?}\n", req.version());
+                for (name, value) in req.headers() {
+                    seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen))))
+            });
+            let io = TokioIo::new(tcp);
+            tokio::spawn(async move {
+                let _ = if http2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                };
+            });
+        }
+    });
+    address
+}
+
+/// A TCP app that reads until the caller half-closes, then answers with how much it got.
+async fn counting_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let address = listener.local_addr().expect("app address");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if tcp.read_to_end(&mut got).await.is_ok() {
+                    let _ = tcp
+                        .write_all(format!("got {} bytes", got.len()).as_bytes())
+                        .await;
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Two sidecars: `sleep`'s (outbound) and `httpbin`'s (tunnel and capture doors) in front of
+/// the app at `app`.
+struct Mesh {
+    outbound: Arc<Outbound>,
+    inbound: Arc<Inbound>,
+    client_metrics: Arc<Metrics>,
+    server_metrics: Arc<Metrics>,
+    server: SpiffeId,
+    client: SpiffeId,
+}
+
+async fn mesh(snapshot: impl FnOnce(&SpiffeId) -> Snapshot) -> Mesh {
+    let ca = TestCa::default();
+    let (client, server) = (
+        ca.identity("default", "sleep"),
+        ca.identity("default", "httpbin"),
+    );
+    let drain = Drain::default();
+
+    let server_metrics = Arc::new(Metrics::default());
+    let inbound = Inbound::new(
+        server.id.clone(),
+        MeshTls::new(&server).expect("server TLS"),
+        server_metrics.clone(),
+        drain.clone(),
+    );
+    let tunnel = TcpListener::bind("127.0.0.1:0").await.expect("bind tunnel");
+    let tunnel_port = tunnel.local_addr().expect("tunnel address").port();
+    let door = inbound.clone();
+    tokio::spawn(listen::accept(
+        tunnel,
+        "tunnel",
+        Lifetime::Forever,
+        Destination::Listener,
+        move |accepted| inbound::tunnel::handle(door.clone(), accepted),
+    ));
+
+    let client_metrics = Arc::new(Metrics::default());
+    let outbound = Outbound::new(
+        Arc::new(Config::new(snapshot(&server.id))),
+        TunnelClient::with_port(MeshTls::new(&client).expect("client TLS"), tunnel_port),
+        client_metrics.clone(),
+        drain,
+    );
+    Mesh {
+        outbound,
+        inbound,
+        client_metrics,
+        server_metrics,
+        server: server.id,
+        client: client.id,
+    }
+}
+
+/// One Service in front of `app`, whose sidecar is `server`.
+fn one_service(app: SocketAddr) -> impl FnOnce(&SpiffeId) -> Snapshot {
+    move |server| {
+        SnapshotBuilder::default()
+            .service(
+                "httpbin.default.svc.cluster.local",
+                addr(CLUSTER_IP),
+                &[(app, Some(server))],
+            )
+            .build()
+    }
+}
+
+impl Mesh {
+    /// The app's end of a new connection to `dst`, captured by the client sidecar.
+    fn dial(&self, dst: &str) -> DuplexStream {
+        let (app_end, sidecar_end) = tokio::io::duplex(64 * 1024);
+        let accepted = Accepted {
+            client: addr(CALLER),
+            orig_dst: addr(dst),
+            io: sidecar_end,
+        };
+        tokio::spawn(outbound::handle(self.outbound.clone(), accepted));
+        app_end
+    }
+
+    /// A caller's end of a new connection to the app at `app`, captured on 15006.
+    fn dial_inbound(&self, app: SocketAddr) -> DuplexStream {
+        let (caller_end, sidecar_end) = tokio::io::duplex(64 * 1024);
+        let accepted = Accepted {
+            client: addr(CALLER),
+            orig_dst: app,
+            io: sidecar_end,
+        };
+        tokio::spawn(inbound::capture::handle(self.inbound.clone(), accepted));
+        caller_end
+    }
+
+    fn xfcc(&self) -> String {
+        format!("By={};URI={}", self.server, self.client)
+    }
+}
+
+/// A request with the headers an app could try to forge.
+fn forged(version: Version) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri("/get")
+        .version(version)
+        .header("host", "httpbin:8000")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://evil;URI=spiffe://evil",
+        )
+        .header("remora-dst-port", "15000")
+        .header("remora-orig-proto", "HTTP/1.0")
+        .body(Full::default())
+        .expect("request")
+}
+
+async fn send(io: DuplexStream, req: Request<Full<Bytes>>) -> (StatusCode, String) {
+    let io = TokioIo::new(io);
+    let response = if req.version() == Version::HTTP_2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("response")
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("HTTP/1 handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("response")
+    };
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The app saw the caller's version, our XFCC only, and none of the tunnel's headers.
+fn assert_sanitised(seen: &str, version: &str, xfcc: Option<&str>) {
+    assert!(seen.starts_with(&format!("version: {version}\n")), "{seen}");
+    let xfccs: Vec<&str> = seen
+        .lines()
+        .filter_map(|line| line.strip_prefix("x-forwarded-client-cert: "))
+        .collect();
+    assert_eq!(xfccs, xfcc.into_iter().collect::<Vec<_>>(), "{seen}");
+    assert!(
+        !seen.contains("remora-"),
+        "a tunnel header reached the app: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn an_http1_request_reaches_the_app_through_the_tunnel_with_xfcc() {
+    let app = echo_app(false).await;
+    let mesh = mesh(one_service(app)).await;
+    let (status, seen) = send(mesh.dial(CLUSTER_IP), forged(Version::HTTP_11)).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_sanitised(&seen, "HTTP/1.1", Some(&mesh.xfcc()));
+    assert!(seen.contains("host: httpbin:8000\n"), "{seen}");
+
+    let (client, server) = (mesh.client_metrics.encode(), mesh.server_metrics.encode());
+    assert!(client.contains(
+        r#"istio_requests_total{reporter="source",request_protocol="http",response_code="200",connection_security_policy="mutual_tls"} 1"#
+    ), "{client}");
+    assert!(server.contains(
+        r#"istio_requests_total{reporter="destination",request_protocol="http",response_code="200",connection_security_policy="mutual_tls"} 1"#
+    ), "{server}");
+}
+
+#[tokio::test]
+async fn an_http2_request_stays_http2_end_to_end() {
+    let app = echo_app(true).await;
+    let mesh = mesh(one_service(app)).await;
+    let mut req = forged(Version::HTTP_2);
+    *req.uri_mut() = "http://httpbin:8000/get".parse().expect("uri");
+    req.headers_mut().remove("host");
+    let (status, seen) = send(mesh.dial(CLUSTER_IP), req).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    // A forged remora-orig-proto did not turn the app's HTTP/2 into HTTP/1.0.
+    assert_sanitised(&seen, "HTTP/2.0", Some(&mesh.xfcc()));
+}
+
+#[tokio::test]
+async fn opaque_tcp_is_tunnelled_with_half_close() {
+    let app = counting_app().await;
+    let mesh = mesh(one_service(app)).await;
+    let mut io = mesh.dial(CLUSTER_IP);
+    // Not HTTP, not TLS: opaque from the first byte.
+    io.write_all(b"\x00\x01opaque bytes").await.expect("write");
+    io.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    io.read_to_string(&mut answer)
+        .await
+        .expect("read the answer");
+    assert_eq!(answer, "got 14 bytes");
+    // The app got the bytes, so both sidecars had opened their TCP records.
+    let opened = |reporter: &str| {
+        format!(
+            r#"istio_tcp_connections_opened_total{{reporter="{reporter}",request_protocol="tcp",connection_security_policy="mutual_tls"}} 1"#
+        )
+    };
+    let (client, server) = (mesh.client_metrics.encode(), mesh.server_metrics.encode());
+    assert!(client.contains(&opened("source")), "{client}");
+    assert!(server.contains(&opened("destination")), "{server}");
+}
+
+#[tokio::test]
+async fn plaintext_on_the_capture_port_reaches_the_app_without_forged_headers() {
+    let app = echo_app(false).await;
+    let mesh = mesh(one_service(app)).await;
+    let (status, seen) = send(mesh.dial_inbound(app), forged(Version::HTTP_11)).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_sanitised(&seen, "HTTP/1.1", None);
+    let server = mesh.server_metrics.encode();
+    assert!(server.contains(
+        r#"istio_requests_total{reporter="destination",request_protocol="http",response_code="200",connection_security_policy="none"} 1"#
+    ), "{server}");
+}
+
+#[tokio::test]
+async fn a_service_without_ready_endpoints_answers_no_healthy_upstream() {
+    let mesh = mesh(|_| {
+        SnapshotBuilder::default()
+            .service("httpbin.default.svc.cluster.local", addr(CLUSTER_IP), &[])
+            .build()
+    })
+    .await;
+    let (status, body) = send(mesh.dial(CLUSTER_IP), forged(Version::HTTP_11)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "no healthy upstream");
+}
+
+#[tokio::test]
+async fn registry_only_answers_outside_destinations_with_bad_gateway() {
+    let mesh = mesh(|_| SnapshotBuilder::default().registry_only().build()).await;
+    let (status, body) = send(mesh.dial("198.18.0.200:80"), forged(Version::HTTP_11)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("REGISTRY_ONLY"), "{body}");
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_answers_envoys_503() {
+    // A port nothing listens on, behind a sidecar that does.
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let mesh = mesh(one_service(closed)).await;
+    let (status, body) = send(mesh.dial(CLUSTER_IP), forged(Version::HTTP_11)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.starts_with("upstream connect error or disconnect/reset before headers: "),
+        "{body}"
+    );
+}
