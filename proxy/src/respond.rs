@@ -22,18 +22,14 @@ use tower::ServiceExt;
 use crate::{
     body::{empty, local_response, Body},
     metrics::{request_protocol, Metrics, Observed, RequestRecord},
-    serve::HttpService,
+    serve::{HttpService, RequestService},
 };
 
 /// The service `serve` runs for one connection: `stages` answer each request, failures become
 /// Envoy's answers, and each request is recorded with `observed`'s labels.
 pub fn respond<S>(stages: S, metrics: Arc<Metrics>, observed: Observed) -> impl HttpService
 where
-    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = RequestError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: RequestService<RequestError>,
 {
     tower::service_fn(move |req: Request<Incoming>| {
         let protocol = request_protocol(req.headers());

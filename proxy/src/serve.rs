@@ -13,31 +13,33 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{body::Body, detect::Protocol, drain::Drain, tunnel::H2_SETTINGS};
 
-/// What a connection's requests are answered by: infallible, because every failure has
-/// already become a response (see [`crate::respond`]).
-pub trait HttpService:
-    tower::Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
+/// A service for a connection's requests, failing with `E`: the per-request stages fail with
+/// a typed error, and what `serve` runs is infallible ([`HttpService`]), because
+/// [`crate::respond`] has made every failure a response.
+pub trait RequestService<E>:
+    tower::Service<Request<Incoming>, Response = Response<Body>, Error = E, Future: Send + 'static>
+    + Clone
     + Send
     + 'static
 {
 }
 
-impl<S> HttpService for S where
+impl<S, E> RequestService<E> for S where
     S: tower::Service<
             Request<Incoming>,
             Response = Response<Body>,
-            Error = Infallible,
+            Error = E,
             Future: Send + 'static,
         > + Clone
         + Send
         + 'static
 {
 }
+
+/// What `serve` runs.
+pub trait HttpService: RequestService<Infallible> {}
+
+impl<S: RequestService<Infallible>> HttpService for S {}
 
 /// Serves HTTP/1.x (upgrades allowed) on `io`.
 pub async fn http1<IO, S>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>

@@ -236,6 +236,34 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
 }
 
 #[test]
+fn registry_only_refuses_destinations_outside_the_mesh() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with("cp-registry", |dir| {
+        edit_file(
+            &dir.join("mesh.yaml"),
+            "mode: ALLOW_ANY",
+            "mode: REGISTRY_ONLY",
+        )
+    })?;
+    let sleep = mesh.pod("sleep")?;
+    let response = curl(&sleep, HTTPBIN)?;
+    ensure!(response.status == 200, "{response:?}");
+    // An address no Service or workload has: the sidecar answers for it (Istio's
+    // BlackHoleCluster) without dialling anything.
+    let outside = curl(&sleep, "http://198.18.255.254:8080/get")?;
+    ensure!(
+        outside.status == 502 && outside.body.contains("REGISTRY_ONLY"),
+        "{outside:?}"
+    );
+    let metrics = sidecar_metrics(&sleep)?;
+    let refused = [r#"reporter="source""#, r#"response_code="502""#];
+    ensure!(
+        counter(&metrics, "istio_requests_total", &refused) == 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
 fn new_endpoints_and_edited_services_reach_the_sidecars() -> anyhow::Result<()> {
     let mut mesh = ExampleCluster::up("cp-push")?;
     let sleep = mesh.pod("sleep")?;

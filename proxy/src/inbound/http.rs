@@ -63,16 +63,7 @@ impl AppHandler {
     }
 
     /// The per-request stages, unanswered: for a door that answers and records itself.
-    pub(super) fn stages(
-        self: Arc<Self>,
-    ) -> impl tower::Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = RequestError,
-        Future: Send + 'static,
-    > + Clone
-           + Send
-           + 'static {
+    pub(super) fn stages(self: Arc<Self>) -> impl serve::RequestService<RequestError> {
         tower::service_fn(move |req| {
             let handler = self.clone();
             async move { handler.forward(req).await }
