@@ -23,7 +23,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::rules::Family;
+use crate::family::Family;
 
 /// The arguments Istio's injector passes to `istio-iptables` by default, which Remora's injector
 /// passes to `remora-init`: capture everything, except the sidecar's own status and metrics ports.

@@ -32,6 +32,7 @@
 
 pub mod address;
 pub mod apply;
+pub mod family;
 pub mod flags;
 pub mod rules;
 pub mod state;

@@ -16,7 +16,7 @@ use super::{
     netns::exec_in,
     network::PodNetwork,
     process::{Process, ProcessError},
-    wait::{self, WaitError},
+    wait::WaitError,
 };
 
 /// istiod's HTTP port: `/ready`, `/metrics`, `/debug/*`.
@@ -113,12 +113,9 @@ impl ControlPlane {
             None => self.spawn()?,
         };
         let (netns, url) = (self.netns().to_owned(), self.url("/ready"));
-        let ready = wait::until(
-            "waiting for the control plane's /ready",
-            &mut process,
-            timeout,
-            || http_get(&netns, &url).is_ok_and(|(status, _)| status == 200),
-        );
+        let ready = process.wait_until("waiting for the control plane's /ready", timeout, || {
+            http_get(&netns, &url).is_ok_and(|(status, _)| status == 200)
+        });
         self.process = Some(process);
         ready.map_err(|e| ControlPlaneError::Wait(Box::new(e)))
     }

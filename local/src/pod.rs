@@ -26,7 +26,7 @@ use super::{
     probe,
     process::{as_proxy_user, Process, ProcessError},
     secrets,
-    wait::{self, WaitError},
+    wait::WaitError,
 };
 
 /// The sidecar container's name in an injected pod (and its log's name here).
@@ -340,27 +340,27 @@ impl RunningPod {
         let info = &self.info;
         let mut rejection = None;
         let mut asked: Option<Instant> = None;
-        wait::until(
-            "waiting for the sidecar to receive the current config",
-            sidecar,
-            timeout,
-            || {
-                let runs = info.sidecar_snapshot().is_ok_and(|mut running| {
-                    running.version.clear();
-                    running == *expected
-                });
-                if runs || asked.is_some_and(|at| at.elapsed() < ASK_REJECTED_EVERY) {
-                    return runs;
-                }
-                asked = Some(Instant::now());
-                rejection = rejected();
-                rejection.is_some()
-            },
-        )
-        .map_err(|source| PodError::Wait {
-            pod: info.id(),
-            source: Box::new(source),
-        })?;
+        sidecar
+            .wait_until(
+                "waiting for the sidecar to receive the current config",
+                timeout,
+                || {
+                    let runs = info.sidecar_snapshot().is_ok_and(|mut running| {
+                        running.version.clear();
+                        running == *expected
+                    });
+                    if runs || asked.is_some_and(|at| at.elapsed() < ASK_REJECTED_EVERY) {
+                        return runs;
+                    }
+                    asked = Some(Instant::now());
+                    rejection = rejected();
+                    rejection.is_some()
+                },
+            )
+            .map_err(|source| PodError::Wait {
+                pod: info.id(),
+                source: Box::new(source),
+            })?;
         match rejection {
             Some(reason) => Err(PodError::Rejected {
                 pod: info.id(),
@@ -443,16 +443,14 @@ impl RunningPod {
             .envs(&self.plan.sidecar_config.env);
         let netns = self.info.netns.clone();
         let process = self.spawn(SIDECAR, cmd)?;
-        wait::until(
-            "waiting for the sidecar to be ready",
-            process,
-            cx.timeout,
-            || probe::sidecar_ready(&netns),
-        )
-        .map_err(|source| PodError::Wait {
-            pod,
-            source: Box::new(source),
-        })
+        process
+            .wait_until("waiting for the sidecar to be ready", cx.timeout, || {
+                probe::sidecar_ready(&netns)
+            })
+            .map_err(|source| PodError::Wait {
+                pod,
+                source: Box::new(source),
+            })
     }
 
     fn start_container(&mut self, index: usize, timeout: Duration) -> Result<(), PodError> {
@@ -469,19 +467,19 @@ impl RunningPod {
         let (pod, netns) = (self.info.id(), self.info.netns.clone());
         let process = self.spawn(&container.name, cmd)?;
         for port in container.ports {
-            wait::until(
-                &format!(
-                    "waiting for container {} to listen on {port}",
-                    container.name
-                ),
-                process,
-                timeout,
-                || probe::listening(&netns, port),
-            )
-            .map_err(|source| PodError::Wait {
-                pod: pod.clone(),
-                source: Box::new(source),
-            })?;
+            process
+                .wait_until(
+                    &format!(
+                        "waiting for container {} to listen on {port}",
+                        container.name
+                    ),
+                    timeout,
+                    || probe::listening(&netns, port),
+                )
+                .map_err(|source| PodError::Wait {
+                    pod: pod.clone(),
+                    source: Box::new(source),
+                })?;
         }
         Ok(())
     }

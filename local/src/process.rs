@@ -19,7 +19,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::wait;
+use super::wait::{self, WaitError};
 
 /// The sidecar's uid and gid, Istio's, which `remora-init`'s rules exempt from capture.
 pub const PROXY_UID: u32 = 1337;
@@ -120,6 +120,42 @@ impl Process {
             name: self.name.clone(),
             source,
         })
+    }
+
+    /// Polls `check` until it holds, for at most `timeout`, failing early if the process
+    /// exits. `what` says what was awaited.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> bool,
+    ) -> Result<(), WaitError> {
+        let outcome = wait::poll(timeout, || {
+            if check() {
+                ControlFlow::Break(None)
+            } else {
+                self.exited().map_or(ControlFlow::Continue(()), |status| {
+                    ControlFlow::Break(Some(status))
+                })
+            }
+        });
+        match outcome {
+            Some(None) => Ok(()),
+            Some(Some(status)) => Err(WaitError::Exited {
+                what: what.to_owned(),
+                name: self.name().to_owned(),
+                status,
+                log: self.log_path().display().to_string(),
+                tail: wait::tail(&self.log()),
+            }),
+            None => Err(WaitError::TimedOut {
+                what: what.to_owned(),
+                name: self.name().to_owned(),
+                waited: timeout,
+                log: self.log_path().display().to_string(),
+                tail: wait::tail(&self.log()),
+            }),
+        }
     }
 
     /// Waits up to `timeout` for the process to exit.

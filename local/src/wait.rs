@@ -1,7 +1,8 @@
-//! Bounded waits. [`poll`] is the one polling loop of the launcher and its tests; [`until`]
-//! waits on it for a started process to become useful (a sidecar ready, an app listening, the
-//! control plane serving), failing early when the process exits and always with its output,
-//! so a broken pod explains itself instead of timing out silently.
+//! Bounded waits. [`poll`] is the one polling loop of the launcher and its tests;
+//! `Process::wait_until` waits on it for a started process to become useful (a sidecar ready,
+//! an app listening, the control plane serving), failing early when the process exits and
+//! always with its output ([`WaitError`]), so a broken pod explains itself instead of timing
+//! out silently.
 
 use std::{
     ops::ControlFlow,
@@ -9,8 +10,6 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
-
-use super::process::Process;
 
 /// How many trailing log lines an error shows.
 const TAIL_LINES: usize = 40;
@@ -50,44 +49,6 @@ pub fn poll<T>(timeout: Duration, mut step: impl FnMut() -> ControlFlow<T>) -> O
             return None;
         }
         thread::sleep(POLL.min(deadline - now));
-    }
-}
-
-/// Polls `check` until it holds, for at most `timeout`, failing early if `process` exits.
-/// `what` says what was awaited.
-pub fn until(
-    what: &str,
-    process: &mut Process,
-    timeout: Duration,
-    mut check: impl FnMut() -> bool,
-) -> Result<(), WaitError> {
-    let outcome = poll(timeout, || {
-        if check() {
-            ControlFlow::Break(None)
-        } else {
-            process
-                .exited()
-                .map_or(ControlFlow::Continue(()), |status| {
-                    ControlFlow::Break(Some(status))
-                })
-        }
-    });
-    match outcome {
-        Some(None) => Ok(()),
-        Some(Some(status)) => Err(WaitError::Exited {
-            what: what.to_owned(),
-            name: process.name().to_owned(),
-            status,
-            log: process.log_path().display().to_string(),
-            tail: tail(&process.log()),
-        }),
-        None => Err(WaitError::TimedOut {
-            what: what.to_owned(),
-            name: process.name().to_owned(),
-            waited: timeout,
-            log: process.log_path().display().to_string(),
-            tail: tail(&process.log()),
-        }),
     }
 }
 

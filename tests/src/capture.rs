@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context;
 
-use remora_local::{run_checked, wait, Netns, Process};
+use remora_local::{run_checked, Netns, Process};
 
 pub struct Capture {
     process: Process,
@@ -34,9 +34,8 @@ impl Capture {
         ]);
         let log = file.with_extension("log");
         let mut process = Process::spawn("tcpdump", cmd, &log)?;
-        wait::until(
+        process.wait_until(
             "waiting for tcpdump to listen",
-            &mut process,
             Duration::from_secs(10),
             || fs::read_to_string(&log).is_ok_and(|text| text.contains("listening on")),
         )?;

@@ -27,7 +27,7 @@ use remora_api::{
 };
 use remora_injector::ca::{Authority, DEFAULT_WORKLOAD_TTL};
 use remora_local::{
-    as_proxy_user, exec_in, probe, run_checked, wait, Network, PodNetwork, Process, PROXY_UID,
+    as_proxy_user, exec_in, probe, run_checked, Network, PodNetwork, Process, PROXY_UID,
 };
 
 use crate::{bins::Binaries, capture::Capture};
@@ -285,7 +285,7 @@ impl Mesh {
     ) -> anyhow::Result<()> {
         let log = pod.dir.join(format!("{name}.log"));
         let mut process = Process::spawn(&format!("{}/{name}", pod.name), cmd, &log)?;
-        let started = wait::until(what, &mut process, READY_TIMEOUT, ready);
+        let started = process.wait_until(what, READY_TIMEOUT, ready);
         self.processes.lock().push(process);
         Ok(started?)
     }
