@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/istio/v1/auth/ca.proto",
+        "proto/remora/config/v1/security.proto",
         "proto/remora/config/v1/snapshot.proto",
         "proto/remora/config/v1/discovery.proto",
     ];

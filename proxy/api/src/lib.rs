@@ -12,10 +12,15 @@
 //! The proxy never parses Istio YAML: the control plane translates Istio and Kubernetes resources
 //! into these types.
 
+pub mod authz;
 mod bootstrap;
 mod certificate;
+pub mod jwt;
 mod load;
+pub mod path;
+pub mod peer_authn;
 pub mod proto;
+mod security;
 mod snapshot;
 mod spiffe;
 
@@ -25,6 +30,7 @@ pub use bootstrap::{
 };
 pub use certificate::CertificateIdError;
 pub use load::{from_value, ConfigError};
+pub use security::Security;
 pub use snapshot::{
     Endpoint, Logical, MeshSettings, OutboundPolicy, ServiceKey, ServicePort, Snapshot,
 };

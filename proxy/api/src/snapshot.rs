@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use crate::{load::ConfigError, proto::config as proto, spiffe::SpiffeId};
+use crate::{
+    load::ConfigError, path::PathNormalization, proto::config as proto, security::Security,
+    spiffe::SpiffeId,
+};
 
 /// A validated snapshot, indexed by destination address.
 #[derive(Debug, Default)]
@@ -24,6 +27,8 @@ pub struct Snapshot {
     destinations: HashMap<SocketAddr, Destination>,
     services: HashMap<ServiceKey, Arc<ServicePort>>,
     pub mesh: MeshSettings,
+    /// The policies of this sidecar's own workload.
+    pub security: Security,
 }
 
 /// What a known address is.
@@ -96,6 +101,9 @@ pub struct MeshSettings {
     pub trust_domain: Option<String>,
     pub drain_duration: Option<Duration>,
     pub outbound: OutboundPolicy,
+    pub path_normalization: PathNormalization,
+    /// `X-Forwarded-For` hops to trust when finding a request's remote address.
+    pub num_trusted_proxies: u32,
 }
 
 impl Snapshot {
@@ -154,10 +162,6 @@ impl TryFrom<proto::Snapshot> for Snapshot {
         for (i, endpoint) in source.endpoints.iter().enumerate() {
             let path = format!("endpoints[{i}]");
             if let Some(endpoint) = parse_endpoint(endpoint, &path, &mut problems) {
-                if endpoint.identity.is_none() {
-                    problems.push(format!("{path}.identity: must not be empty"));
-                    continue;
-                }
                 insert(
                     endpoint.address,
                     format!("{path}.address"),
@@ -222,6 +226,16 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                 trust_domain: Some(mesh.trust_domain.clone()).filter(|t| !t.is_empty()),
                 drain_duration: Some(Duration::from_millis(mesh.drain_duration_ms))
                     .filter(|d| !d.is_zero()),
+                path_normalization: PathNormalization::parse(&mesh.path_normalization)
+                    .unwrap_or_else(|| {
+                        problems.push(format!(
+                            "mesh.pathNormalization: {:?} is not one of NONE, BASE, \
+                             MERGE_SLASHES, DECODE_AND_MERGE_SLASHES",
+                            mesh.path_normalization
+                        ));
+                        PathNormalization::default()
+                    }),
+                num_trusted_proxies: mesh.num_trusted_proxies,
                 outbound: match mesh.outbound_traffic_policy.as_str() {
                     "" | "ALLOW_ANY" => OutboundPolicy::AllowAny,
                     "REGISTRY_ONLY" => OutboundPolicy::RegistryOnly,
@@ -234,12 +248,23 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                 },
             })
             .unwrap_or_default();
+        let security = source
+            .security
+            .as_ref()
+            .map(Security::compile)
+            .transpose()
+            .unwrap_or_else(|found| {
+                problems.extend(found);
+                None
+            })
+            .unwrap_or_default();
         ConfigError::from_problems(problems)?;
         Ok(Self {
             source,
             destinations,
             services,
             mesh,
+            security,
         })
     }
 }
@@ -307,6 +332,7 @@ mod tests {
                 }],
             }],
             mesh: None,
+            security: None,
         }
     }
 
@@ -387,7 +413,6 @@ mod tests {
         let mut p = snapshot();
         p.endpoints.push(endpoint("198.18.0.3:8080", HTTPBIN));
         p.endpoints.push(endpoint("nowhere", HTTPBIN));
-        p.endpoints.push(endpoint("198.18.0.9:1", ""));
         p.services[0].addresses.push("not-an-ip".into());
         p.services[0].ports[0].endpoints[1].identity = "httpbin".into();
         p.services[0].ports[0].port = 70000;
@@ -399,7 +424,6 @@ mod tests {
         for expected in [
             "endpoints[1].address: 198.18.0.3:8080 is listed twice (first at endpoints[0].address)",
             "endpoints[2].address: \"nowhere\" is not an ip:port address",
-            "endpoints[3].identity: must not be empty",
             "services[0].addresses[1]: \"not-an-ip\" is not an IP address",
             "services[0].ports[0].port: 70000 is not a port number",
             "mesh.outboundTrafficPolicy: \"DENY\" is neither ALLOW_ANY nor REGISTRY_ONLY",

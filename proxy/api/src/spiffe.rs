@@ -37,6 +37,11 @@ impl SpiffeId {
         format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}").parse()
     }
 
+    /// The identity as AuthorizationPolicy `principals` name it: without `spiffe://`.
+    pub fn principal(&self) -> &str {
+        &self.0[SCHEME.len()..]
+    }
+
     pub fn trust_domain(&self) -> &str {
         self.part(0)
     }
