@@ -24,6 +24,7 @@ pub(crate) mod directory;
 pub mod endpoints;
 mod mesh;
 mod objects;
+mod security;
 mod source;
 mod translate;
 pub mod well_known;

@@ -76,6 +76,7 @@ impl Catalog {
                     .mesh
                     .settings(pod.and_then(|pod| pod.proxy_config.as_ref())),
             ),
+            security: pod.map(|pod| pod.security.clone()),
         }
     }
 

@@ -106,6 +106,15 @@ pub(crate) struct ProxyConfig {
     /// Environment for the sidecar, which the injection template renders into its container
     /// (so it is read at injection, not sent in snapshots).
     pub(crate) proxy_metadata: BTreeMap<String, String>,
+    gateway_topology: GatewayTopology,
+}
+
+/// `gatewayTopology`: what lies in front of the proxy.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct GatewayTopology {
+    /// `X-Forwarded-For` hops to trust (AuthorizationPolicy `remoteIpBlocks`).
+    num_trusted_proxies: Option<u32>,
 }
 
 /// Why a pod's `proxy.istio.io/config` annotation cannot be used.
@@ -144,6 +153,11 @@ impl MeshConfig {
             }
         }
         Ok(mesh)
+    }
+
+    /// The namespace whose policies apply mesh-wide.
+    pub(crate) fn root_namespace(&self) -> &str {
+        &self.root_namespace
     }
 
     pub(crate) fn trust_domain(&self) -> &str {
@@ -193,6 +207,7 @@ impl MeshConfig {
                 .iter()
                 .map(|provider| provider.0.clone())
                 .collect(),
+            num_trusted_proxies: proxy.gateway_topology.num_trusted_proxies.unwrap_or(0),
         }
     }
 }
@@ -225,6 +240,12 @@ impl ProxyConfig {
             },
             concurrency: pod.concurrency.or(self.concurrency),
             proxy_metadata,
+            gateway_topology: GatewayTopology {
+                num_trusted_proxies: pod
+                    .gateway_topology
+                    .num_trusted_proxies
+                    .or(self.gateway_topology.num_trusted_proxies),
+            },
         }
     }
 }

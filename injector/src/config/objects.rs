@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use super::{
     mesh::MeshConfig,
+    security::{self, SecurityPolicy},
     well_known::{DEFAULT_NAMESPACE, MESH_FILE},
     yaml::{self, YamlError},
 };
@@ -137,6 +138,9 @@ pub(crate) struct Objects {
     pub(crate) pods: BTreeMap<Key, Labelled<Pod>>,
     pub(crate) services: BTreeMap<Key, Labelled<Service>>,
     pub(crate) endpoint_slices: BTreeMap<Key, Labelled<EndpointSlice>>,
+    /// PeerAuthentications, AuthorizationPolicies and RequestAuthentications, by kind and key;
+    /// a rejected one in its most restrictive form.
+    pub(crate) security: BTreeMap<(&'static str, Key), Labelled<SecurityPolicy>>,
     pub(crate) mesh: Option<MeshConfig>,
     /// `(kind, namespace, name)` of everything kept, with its label, to reject duplicates.
     seen: BTreeMap<(&'static str, Key), String>,
@@ -232,6 +236,10 @@ impl Objects {
             ));
             return;
         };
+        if let Some(kind) = security_kind(&id) {
+            self.add_security(kind, value, id, origin, rejected);
+            return;
+        }
         if let Some(reason) = unknown_builtin_kind(&id) {
             // Whatever it was meant to be (a Deployment with a typo?), it may be any object.
             rejected.push(Rejection::unidentified(origin, id.label, reason));
@@ -281,6 +289,38 @@ impl Objects {
                 );
             }
         }
+    }
+
+    /// A security policy: kept even when rejected (in its most restrictive form, so a mistake
+    /// never widens access), unless it cannot be told apart from others.
+    fn add_security(
+        &mut self,
+        kind: &'static str,
+        value: Value,
+        id: Identity,
+        origin: &str,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        if id.key.1.is_empty() {
+            let reason = "metadata.name: required".to_owned();
+            rejected.push(Rejection::of(kind, &id.key, origin, id.label, reason));
+            return;
+        }
+        if !self.first_of(kind, &id.key, &id.label, origin, rejected) {
+            return;
+        }
+        let read = security::read(kind, value, &id.key.0, &id.key.1);
+        if let Some(problem) = read.problem {
+            rejected.push(Rejection::of(
+                kind,
+                &id.key,
+                origin,
+                id.label.clone(),
+                problem,
+            ));
+        }
+        self.security
+            .insert((kind, id.key), Labelled::new(&id.label, origin, read.kept));
     }
 
     /// Keeps `object` in the map `kept` selects, unless it is a duplicate.
@@ -410,6 +450,20 @@ fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
         ("v1", "ConfigMap") if (namespace, name) == MESH_CONFIG_MAP => mesh_config_map(value),
         _ => return None,
     })
+}
+
+/// The security kind `id` is, spelled statically, if it is one in an API version that has it.
+fn security_kind(id: &Identity) -> Option<&'static str> {
+    if !security::API_VERSIONS.contains(&id.api_version.as_str()) {
+        return None;
+    }
+    [
+        "AuthorizationPolicy",
+        "PeerAuthentication",
+        "RequestAuthentication",
+    ]
+    .into_iter()
+    .find(|kind| *kind == id.kind)
 }
 
 /// The kinds Kubernetes itself serves in the API versions the control plane reads.

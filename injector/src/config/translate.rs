@@ -22,6 +22,7 @@ use super::{
     cluster_ip, endpoints,
     mesh::{MeshConfig, ProxyConfig},
     objects::{Key, Labelled, Objects, Rejection},
+    security,
     well_known::{
         service_account_of, service_hostname, DEFAULT_SERVICE_ACCOUNT, SIDECAR_STATUS_ANNOTATION,
     },
@@ -47,6 +48,8 @@ pub(crate) struct PodFacts {
     pub(crate) service_account: String,
     /// The pod's `proxy.istio.io/config`, when it has a valid one.
     pub(crate) proxy_config: Option<ProxyConfig>,
+    /// The security policies that apply to it.
+    pub(crate) security: proto::Security,
 }
 
 /// What translation needs about a running pod.
@@ -56,6 +59,20 @@ struct Workload {
     /// Empty when the pod runs without a sidecar.
     identity: String,
     ports: BTreeSet<u16>,
+    /// How its sidecar takes mTLS (PeerAuthentication), to tell callers which ports take none.
+    peer_authentication: proto::PeerAuthentication,
+}
+
+impl Workload {
+    /// The identity callers of `port` must verify; empty (send in the clear) without a
+    /// sidecar, or when its PeerAuthentication is DISABLE on that port.
+    fn identity_on(&self, port: u16) -> String {
+        if self.identity.is_empty() || !security::takes_mtls(&self.peer_authentication, port) {
+            String::new()
+        } else {
+            self.identity.clone()
+        }
+    }
 }
 
 /// Translates `objects`; a Service rejected here (for a cluster IP another one holds) is
@@ -68,7 +85,7 @@ pub(crate) fn translate(
     let mut translation = Translation::default();
     let mut workloads = BTreeMap::new();
     for (key, pod) in &objects.pods {
-        if let Some((facts, workload)) = pod_facts(key, pod, mesh, &workloads, rejected) {
+        if let Some((facts, workload)) = pod_facts(key, pod, mesh, objects, &workloads, rejected) {
             translation.pods.insert(key.clone(), facts);
             if let Some(workload) = workload {
                 workloads.insert(workload.ip, workload);
@@ -82,7 +99,7 @@ pub(crate) fn translate(
         .flat_map(|workload| {
             workload.ports.iter().map(|port| proto::Endpoint {
                 address: SocketAddr::new(workload.ip, *port).to_string(),
-                identity: workload.identity.clone(),
+                identity: workload.identity_on(*port),
             })
         })
         .collect();
@@ -96,6 +113,7 @@ fn pod_facts(
     key: &Key,
     pod: &Labelled<Pod>,
     mesh: &MeshConfig,
+    objects: &Objects,
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
 ) -> Option<(PodFacts, Option<Workload>)> {
@@ -122,6 +140,14 @@ fn pod_facts(
     } else {
         String::new()
     };
+    let no_labels = BTreeMap::new();
+    let labels = pod.object.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let security = security::select(
+        objects.security.values().map(|policy| &policy.object),
+        &key.0,
+        labels,
+        mesh.root_namespace(),
+    );
     let status = pod.object.status.as_ref();
     // A finished pod keeps its `podIP` after the address went to another pod.
     let finished = status
@@ -153,6 +179,7 @@ fn pod_facts(
                 ip,
                 identity,
                 ports,
+                peer_authentication: security.peer_authentication.clone().unwrap_or_default(),
             })
         }
         None => None,
@@ -161,6 +188,7 @@ fn pod_facts(
         PodFacts {
             service_account,
             proxy_config,
+            security,
         },
         workload,
     ))
@@ -316,7 +344,7 @@ fn ready_endpoints(
             // finds the pod behind the address.
             identity: workloads
                 .get(&address.ip())
-                .map(|w| w.identity.clone())
+                .map(|w| w.identity_on(address.port()))
                 .unwrap_or_default(),
         })
         .collect()

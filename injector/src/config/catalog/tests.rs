@@ -659,3 +659,76 @@ fn a_missing_object_is_traced_to_its_rejection() {
         Some("/dir/app.yaml")
     );
 }
+
+#[test]
+fn security_policies_reach_the_pods_they_select() {
+    const POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: httpbin, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8080: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-curl, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/curl]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: default}
+spec:
+  action: DENY
+"#;
+    let mut files = example();
+    files.push(("/dir/policies.yaml".to_owned(), POLICIES.to_owned()));
+    let catalog = Catalog::build(files);
+    let rejected: Vec<_> = catalog.rejected.iter().map(|r| r.object.as_str()).collect();
+    assert_eq!(
+        rejected
+            .iter()
+            .filter(|o| o.starts_with("AuthorizationPolicy"))
+            .collect::<Vec<_>>(),
+        [&"AuthorizationPolicy default/broken in /dir/policies.yaml (document 3)"]
+    );
+    let snapshot = catalog.snapshot_for(&node("default", "httpbin-1"));
+    let security = snapshot.security.expect("httpbin's policies");
+    let names: Vec<&str> = security
+        .authorization_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["allow-curl", "broken"]);
+    let peer = security.peer_authentication.expect("resolved");
+    assert_eq!((peer.mode.as_str(), peer.port_mtls.len()), ("STRICT", 1));
+    // Callers learn that httpbin's 8080 takes no mTLS: they send in the clear.
+    assert!(snapshot
+        .endpoints
+        .iter()
+        .filter(|e| e.address.ends_with(":8080") && e.address.starts_with("198.18.0.1"))
+        .all(|e| e.identity.is_empty()));
+    let service = snapshot
+        .services
+        .iter()
+        .find(|s| s.hostname.starts_with("httpbin."))
+        .expect("httpbin");
+    assert!(service.ports[0]
+        .endpoints
+        .iter()
+        .all(|e| e.identity.is_empty()));
+    // Other workloads keep theirs, and their own policies.
+    assert!(snapshot
+        .endpoints
+        .iter()
+        .any(|e| e.address == "198.18.0.30:9090" && !e.identity.is_empty()));
+    let other = catalog.snapshot_for(&node("default", "reviews-0"));
+    assert!(other
+        .security
+        .is_none_or(|s| s.authorization_policies.iter().all(|p| p.name == "broken")));
+}

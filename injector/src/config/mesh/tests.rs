@@ -15,6 +15,8 @@ defaultConfig:
   concurrency: 2
   tracing:
     sampling: 12.5
+  gatewayTopology:
+    numTrustedProxies: 2
   discoveryAddress: istiod.istio-system.svc:15012
 extensionProviders:
 - name: otel
@@ -71,6 +73,7 @@ fn parses_every_field() {
                     settings_json: r#"{"path":"/dev/stdout"}"#.into(),
                 },
             ],
+            num_trusted_proxies: 2,
         }
     );
 }
@@ -93,6 +96,7 @@ fn empty_config_has_istio_defaults() {
             access_log_encoding: "TEXT".into(),
             path_normalization: "BASE".into(),
             extension_providers: Vec::new(),
+            num_trusted_proxies: 0,
         }
     );
     assert_eq!(MeshConfig::default().settings(None), settings);
