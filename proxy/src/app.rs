@@ -104,7 +104,13 @@ pub async fn run(
         metrics.clone(),
         drain.clone(),
     );
-    let inbound = Inbound::new(started.identity.id.clone(), tls, metrics, drain.clone());
+    let inbound = Inbound::new(
+        started.identity.id.clone(),
+        config.clone(),
+        tls,
+        metrics,
+        drain.clone(),
+    );
     // Outbound keeps accepting through a drain: the app may still be shutting down and need
     // to call out. Inbound doors close when it starts.
     spawn_listeners(

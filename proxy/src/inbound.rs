@@ -13,6 +13,7 @@
 //! Everything reaches the app from 127.0.0.6 (or `::6`) so it is not captured again.
 
 mod app_client;
+mod authorize;
 pub mod capture;
 mod http;
 mod tcp;
@@ -21,10 +22,11 @@ pub mod tunnel;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ::http::HeaderValue;
-use remora_api::SpiffeId;
+use remora_api::{peer_authn::MtlsMode, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    config::Config,
     detect::{Protocol, DETECT_TIMEOUT},
     drain::Drain,
     headers,
@@ -40,6 +42,7 @@ use app_client::AppClient;
 /// What the inbound side shares across connections.
 pub struct Inbound {
     id: SpiffeId,
+    config: Arc<Config>,
     tls: MeshTls,
     app: AppClient,
     metrics: Arc<Metrics>,
@@ -85,6 +88,8 @@ pub struct InboundConn {
     app: SocketAddr,
     tls: PeerTls,
     protocol: Protocol,
+    /// The server name the caller's mesh TLS asked for (AuthorizationPolicy `connection.sni`).
+    sni: Option<Arc<str>>,
 }
 
 impl InboundConn {
@@ -115,9 +120,16 @@ impl InboundConn {
 }
 
 impl Inbound {
-    pub fn new(id: SpiffeId, tls: MeshTls, metrics: Arc<Metrics>, drain: Drain) -> Arc<Self> {
+    pub fn new(
+        id: SpiffeId,
+        config: Arc<Config>,
+        tls: MeshTls,
+        metrics: Arc<Metrics>,
+        drain: Drain,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
+            config,
             tls,
             app: AppClient::new(),
             metrics,
@@ -127,21 +139,36 @@ impl Inbound {
     }
 
     /// Lets a connection from `client` to the app at `app` in: the connection-level policy
-    /// hook, the one place every door passes before a byte reaches the app. Everything is let
-    /// in (PeerAuthentication PERMISSIVE, no AuthorizationPolicy) until policies land.
+    /// hook, the one place every door passes before a byte reaches the app. PeerAuthentication
+    /// is enforced here, and AuthorizationPolicy for anything that is not HTTP (HTTP is decided
+    /// per request, in `http`).
     fn connection(
         &self,
         client: SocketAddr,
         app: SocketAddr,
         tls: PeerTls,
         protocol: Protocol,
+        sni: Option<Arc<str>>,
     ) -> Result<InboundConn, RequestError> {
-        Ok(InboundConn {
+        let conn = InboundConn {
             client,
             app,
             tls,
             protocol,
-        })
+            sni,
+        };
+        authorize::connection(&self.config.load(), &self.metrics, &conn)?;
+        Ok(conn)
+    }
+
+    /// Whether `conn`, let in earlier, is still let in by the snapshot in use.
+    fn still_allowed(&self, conn: &InboundConn) -> bool {
+        authorize::connection(&self.config.load(), &self.metrics, conn).is_ok()
+    }
+
+    /// The PeerAuthentication mode of app port `port`.
+    fn mtls_mode(&self, port: u16) -> MtlsMode {
+        self.config.load().security.mtls.mode(port)
     }
 
     /// Envoy's `x-forwarded-client-cert` for the callers of `conn`.

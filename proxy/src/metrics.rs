@@ -63,6 +63,26 @@ pub struct UpdateLabels {
     pub result: &'static str,
 }
 
+/// The policy a decision concerns, `namespace/name` (`-`: the default decided).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DryRunLabels {
+    pub policy: String,
+    pub action: &'static str,
+}
+
+/// What AuthorizationPolicy did: denials by deciding policy, AUDIT and dry-run matches.
+#[derive(Default)]
+struct AuthzMetrics {
+    denied: Family<PolicyLabels, Counter>,
+    audit: Family<PolicyLabels, Counter>,
+    dry_run: Family<DryRunLabels, Counter>,
+}
+
 /// How current the sidecar's config and certificate are: with the control plane gone it keeps
 /// serving, and these show for how long it has been on its own.
 #[derive(Default)]
@@ -82,6 +102,7 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
+    authz: AuthzMetrics,
 }
 
 impl Default for Metrics {
@@ -145,8 +166,26 @@ impl Default for Metrics {
             "When the workload certificate in use expires (Unix time)",
             control_plane.cert_expiry.clone(),
         );
+        let authz = AuthzMetrics::default();
+        registry.register(
+            "remora_authz_denied",
+            "Requests and connections denied by AuthorizationPolicy, by the deciding policy \
+             (- when no ALLOW policy matched)",
+            authz.denied.clone(),
+        );
+        registry.register(
+            "remora_authz_audit",
+            "Requests and connections an AUDIT policy matched",
+            authz.audit.clone(),
+        );
+        registry.register(
+            "remora_authz_dry_run",
+            "Requests and connections a dry-run policy matched (never enforced), by its action",
+            authz.dry_run.clone(),
+        );
         Self {
             registry,
+            authz,
             control_plane,
             connections,
             requests,
@@ -194,6 +233,28 @@ impl Metrics {
                 protocol,
             })
             .inc();
+    }
+
+    pub fn authz_denied(&self, policy: &str) {
+        let labels = PolicyLabels {
+            policy: policy.to_owned(),
+        };
+        self.authz.denied.get_or_create(&labels).inc();
+    }
+
+    pub fn authz_audit(&self, policy: &str) {
+        let labels = PolicyLabels {
+            policy: policy.to_owned(),
+        };
+        self.authz.audit.get_or_create(&labels).inc();
+    }
+
+    pub fn authz_dry_run(&self, policy: &str, action: &'static str) {
+        let labels = DryRunLabels {
+            policy: policy.to_owned(),
+            action,
+        };
+        self.authz.dry_run.get_or_create(&labels).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -71,6 +71,19 @@ pub enum RequestError {
     /// `BlackHoleCluster`).
     #[error("{0} is not in the mesh registry and outboundTrafficPolicy is REGISTRY_ONLY")]
     Blackhole(SocketAddr),
+    /// Refused by an AuthorizationPolicy (Envoy's RBAC filter).
+    #[error("RBAC: access denied")]
+    Denied,
+    /// A JWT that does not verify against the workload's RequestAuthentication.
+    #[error("Jwt verification fails")]
+    JwtInvalid,
+    /// A caller without mesh mTLS on a port whose PeerAuthentication is STRICT; the connection
+    /// is closed before a byte reaches the app.
+    #[error("port {0} takes mesh mTLS only (PeerAuthentication STRICT)")]
+    MtlsRequired(u16),
+    /// A path that cannot be normalized (an encoded NUL).
+    #[error("{0}")]
+    InvalidPath(#[from] remora_api::path::PathError),
     /// The upstream (a peer sidecar, an endpoint, or the app) could not be reached, or reset
     /// the stream before answering.
     #[error("{upstream}: {source}")]
@@ -99,7 +112,9 @@ impl RequestError {
             Self::InvalidAuthority(_) | Self::MissingDstPort | Self::ConnectTarget(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::ProxyPort(_) => StatusCode::FORBIDDEN,
+            Self::ProxyPort(_) | Self::Denied | Self::MtlsRequired(_) => StatusCode::FORBIDDEN,
+            Self::JwtInvalid => StatusCode::UNAUTHORIZED,
+            Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
             Self::Blackhole(_) => StatusCode::BAD_GATEWAY,
             Self::NoHealthyUpstream | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -116,15 +131,22 @@ impl RequestError {
             | Self::InvalidAuthority(_)
             | Self::MissingDstPort
             | Self::ProxyPort(_)
-            | Self::ConnectTarget(_) => "-",
+            | Self::ConnectTarget(_)
+            | Self::Denied
+            | Self::JwtInvalid
+            | Self::MtlsRequired(_)
+            | Self::InvalidPath(_) => "-",
         }
     }
 
-    /// The gRPC status a gRPC caller gets instead of an HTTP error, for failures gRPC clients
-    /// should treat as the server being unreachable (UNAVAILABLE, retryable).
+    /// The gRPC status a gRPC caller gets instead of an HTTP error: UNAVAILABLE (retryable)
+    /// when the server cannot be reached, PERMISSION_DENIED and UNAUTHENTICATED for policy
+    /// refusals, as Envoy's RBAC and JWT filters answer gRPC.
     pub fn grpc_status(&self) -> Option<&'static str> {
         match self {
             Self::NoHealthyUpstream | Self::Unavailable { .. } => Some("14"),
+            Self::Denied | Self::MtlsRequired(_) => Some("7"),
+            Self::JwtInvalid => Some("16"),
             _ => None,
         }
     }
@@ -136,6 +158,7 @@ impl RequestError {
                 format!("upstream connect error or disconnect/reset before headers: {source}")
             }
             Self::NoHealthyUpstream => "no healthy upstream".to_owned(),
+            Self::Denied | Self::JwtInvalid => self.to_string(),
             other => format!("{other}\n"),
         }
     }

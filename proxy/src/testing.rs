@@ -93,6 +93,13 @@ impl SnapshotBuilder {
         self
     }
 
+    /// The policies of the sidecar's own workload, spelled as the snapshot's JSON
+    /// (`{"authorizationPolicies": [...]}`).
+    pub fn security(mut self, security: serde_json::Value) -> Self {
+        self.0.security = Some(serde_json::from_value(security).expect("a valid Security"));
+        self
+    }
+
     pub fn build(self) -> Snapshot {
         Snapshot::try_from(self.0).expect("a valid test snapshot")
     }

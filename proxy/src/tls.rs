@@ -232,6 +232,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// whether it asks for mesh mTLS by ALPN. The bytes stay in front of the stream either way, so
 /// mesh TLS can be terminated from the start and an app's own TLS passed through untouched.
 /// A ClientHello that cannot be parsed, or is not complete in time, is not mesh TLS.
+/// The server name (SNI) a caller's TLS asked for, once the handshake is done.
+pub fn server_name<IO>(stream: &ServerStream<IO>) -> Option<Arc<str>> {
+    stream.get_ref().1.server_name().map(Arc::from)
+}
+
 pub async fn offers_mesh_alpn<S: AsyncRead + Unpin>(
     io: PrefixedIo<S>,
     timeout: Duration,

@@ -4,10 +4,12 @@
 //! mTLS: it is terminated here and the peer's SPIFFE identity read from its certificate; other
 //! TLS is the app's own and passes through unopened; anything else is plaintext. All are
 //! accepted (PeerAuthentication PERMISSIVE, Istio's default) unless the connection hook says
-//! otherwise.
+//! otherwise (STRICT refuses all but mesh mTLS). On a port whose mode is DISABLE nothing is
+//! terminated here: every TLS connection is the app's.
 
 use std::sync::Arc;
 
+use remora_api::peer_authn::MtlsMode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
@@ -35,16 +37,22 @@ where
         .metrics
         .connection("inbound", detected.protocol.name());
     if detected.protocol != Protocol::Tls {
-        let conn = inbound.connection(client, app, PeerTls::Plaintext, detected.protocol)?;
+        let conn = inbound.connection(client, app, PeerTls::Plaintext, detected.protocol, None)?;
         return serve(inbound, conn, detected.io).await;
     }
-    let (mesh, io) = tls::offers_mesh_alpn(detected.io, inbound.detect_timeout).await?;
+    // Under DISABLE the sidecar takes no mTLS on the port: even a mesh ALPN is the app's.
+    let terminates = inbound.mtls_mode(app.port()) != MtlsMode::Disable;
+    let (mesh, io) = match terminates {
+        true => tls::offers_mesh_alpn(detected.io, inbound.detect_timeout).await?,
+        false => (false, detected.io),
+    };
     if !mesh {
-        let conn = inbound.connection(client, app, PeerTls::AppTls, Protocol::Tls)?;
+        let conn = inbound.connection(client, app, PeerTls::AppTls, Protocol::Tls, None)?;
         return serve(inbound, conn, io).await;
     }
     let (tls, peer) = inbound.tls.accept(io).await?;
+    let sni = tls::server_name(&tls);
     let inner = detect(tls, inbound.detect_timeout).await?;
-    let conn = inbound.connection(client, app, PeerTls::IstioMtls(peer), inner.protocol)?;
+    let conn = inbound.connection(client, app, PeerTls::IstioMtls(peer), inner.protocol, sni)?;
     serve(inbound, conn, inner.io).await
 }

@@ -21,7 +21,7 @@ use crate::{
     serve, tunnel, upgrade,
 };
 
-use super::{tcp, Inbound, InboundConn, PeerTls};
+use super::{authorize, tcp, Inbound, InboundConn, PeerTls};
 
 /// Serves `conn` as HTTP, request by request.
 pub(super) async fn serve<IO>(
@@ -71,7 +71,7 @@ impl AppHandler {
     }
 
     async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
-        self.authorize(&req)?;
+        self.authorize(&mut req)?;
         let version = self.app_version(&req);
         tunnel::strip_mesh(req.headers_mut());
         headers::set_forwarded_client_cert(req.headers_mut(), self.xfcc.as_ref());
@@ -90,10 +90,12 @@ impl AppHandler {
         Ok(response.map(Either::Left))
     }
 
-    /// The per-request policy hook: every request to the app passes here once. Everything is
-    /// allowed until AuthorizationPolicy lands.
-    fn authorize(&self, _req: &Request<Incoming>) -> Result<(), RequestError> {
-        Ok(())
+    /// The per-request policy hook: every request to the app passes here once, against the
+    /// snapshot in use when it arrives (path normalization, RequestAuthentication,
+    /// AuthorizationPolicy).
+    fn authorize(&self, req: &mut Request<Incoming>) -> Result<(), RequestError> {
+        let snapshot = self.inbound.config.load();
+        authorize::request(&snapshot, &self.inbound.metrics, &self.conn, req)
     }
 
     /// The HTTP version to speak to the app: what the calling app spoke, which through the

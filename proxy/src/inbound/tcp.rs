@@ -1,10 +1,11 @@
 //! The only byte path to the app: a connection that is not HTTP (opaque TCP, the app's own
 //! TLS, a tunnelled `CONNECT`) is spliced to its app port, recorded as one of Istio's TCP
-//! connections.
+//! connections, and closed if a new snapshot's policies no longer let it in.
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
+    sync::watch,
 };
 
 use crate::{
@@ -51,6 +52,30 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let record = TcpRecord::open(inbound.metrics.clone(), conn.observed());
-    transport::splice_recorded(record, io, app).await?;
+    let mut changes = inbound.config.changes();
+    tokio::select! {
+        spliced = transport::splice_recorded(record, io, app) => spliced?,
+        () = denied_by_a_new_policy(inbound, conn, &mut changes) => {
+            tracing::info!(
+                client = %conn.client,
+                app = %conn.app,
+                "closing a connection the policies in use no longer allow"
+            );
+        }
+    }
     Ok(())
+}
+
+/// Completes when a new snapshot no longer lets `conn` in (never, if config stops changing).
+async fn denied_by_a_new_policy(
+    inbound: &Inbound,
+    conn: &InboundConn,
+    changes: &mut watch::Receiver<()>,
+) {
+    while changes.changed().await.is_ok() {
+        if !inbound.still_allowed(conn) {
+            return;
+        }
+    }
+    std::future::pending().await
 }

@@ -29,7 +29,7 @@ use crate::{
     ports::is_proxy_port,
     prefixed::PrefixedIo,
     respond::{respond, response, RequestError},
-    serve, tunnel,
+    serve, tls, tunnel,
 };
 
 use super::{http::AppHandler, serve as serve_conn, tcp, Inbound, PeerTls};
@@ -43,6 +43,7 @@ where
 {
     inbound.metrics.connection("tunnel", "http2");
     let (tls, peer) = inbound.tls.accept(PrefixedIo::unread(accepted.io)).await?;
+    let sni = tls::server_name(&tls);
     let drain = inbound.drain.clone();
     let metrics = inbound.metrics.clone();
     let conn = Arc::new(TunnelConn {
@@ -50,6 +51,7 @@ where
         client: accepted.client,
         pod_ip: accepted.orig_dst.ip(),
         peer,
+        sni,
         ports: ArcSwap::default(),
     });
     let requests = {
@@ -87,6 +89,7 @@ struct TunnelConn {
     client: SocketAddr,
     pod_ip: IpAddr,
     peer: SpiffeId,
+    sni: Option<Arc<str>>,
     /// The HTTP service of each app port this connection's requests have named so far.
     ports: ArcSwap<Vec<(u16, Arc<AppHandler>)>>,
 }
@@ -112,6 +115,7 @@ impl TunnelConn {
             SocketAddr::new(self.pod_ip, port),
             PeerTls::Tunnel(self.peer.clone()),
             Protocol::Http2,
+            self.sni.clone(),
         )?;
         let handler = AppHandler::new(self.inbound.clone(), conn);
         self.ports.rcu(|ports| {
@@ -145,7 +149,11 @@ impl TunnelConn {
             Protocol::Opaque
         };
         let peer = PeerTls::Tunnel(self.peer.clone());
-        let conn = match self.inbound.connection(self.client, app, peer, protocol) {
+        let sni = self.sni.clone();
+        let conn = match self
+            .inbound
+            .connection(self.client, app, peer, protocol, sni)
+        {
             Ok(conn) => conn,
             Err(error) => return response(&error, false),
         };
