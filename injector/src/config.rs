@@ -31,7 +31,7 @@ pub mod well_known;
 pub(crate) mod yaml;
 
 pub use accepted::{Accepted, SidecarConfig};
-pub use catalog::{version_of, Catalog};
+pub use catalog::{version_of, Catalog, WorkloadPolicies};
 pub use directory::{read_directories, DirectorySource};
 pub use mesh::ProxyConfigError;
 pub use objects::{Rejection, Subject};

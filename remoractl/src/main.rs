@@ -1,10 +1,12 @@
 //! `remoractl`: the operator's command line for Remora.
 //!
 //! `remoractl ca` makes a mesh root and workload certificates with the control plane's own CA
-//! code, so they are what the control plane would issue; `remoractl local` drives the local
-//! cluster launcher (`remora-local`). It is a crate of its own so that the control plane's
+//! code, so they are what the control plane would issue; `remoractl authz check` decides a
+//! request with the sidecar's own policy engine; `remoractl local` drives the local cluster
+//! launcher (`remora-local`). It is a crate of its own so that the control plane's
 //! crate and image carry neither this command nor the launcher behind it.
 
+mod authz;
 mod local;
 
 use std::{path::PathBuf, time::Duration};
@@ -26,6 +28,9 @@ enum Command {
     /// Local certificate authority: make a mesh root and workload certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// AuthorizationPolicy: decide a request as a workload's sidecar would, and explain why.
+    #[command(subcommand)]
+    Authz(authz::AuthzCommand),
     /// A local cluster on this machine: pods as network namespaces, no Kubernetes (needs root).
     #[command(subcommand)]
     Local(local::LocalCommand),
@@ -62,6 +67,7 @@ enum CaCommand {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Local(command) => return local::run(command),
+        Command::Authz(command) => return authz::run(command),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = Authority::generate(&trust_domain)?;
             ca.save_new(&dir)?;

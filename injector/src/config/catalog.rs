@@ -17,7 +17,9 @@ use remora_api::proto::config::{self as proto, Node, Snapshot};
 use super::{
     accepted::Accepted,
     cluster_ip::fnv1a64,
+    mesh::ProxyConfig,
     objects::{Key, Objects, Rejection},
+    security,
     translate::{self, PodFacts},
 };
 
@@ -26,6 +28,14 @@ use super::{
 /// control-plane upgrades too, and anyone can tell which version a given content has.
 pub fn version_of(snapshot: &Snapshot) -> String {
     format!("{:016x}", fnv1a64(&snapshot.encode_to_vec()))
+}
+
+/// The policies a workload's sidecar enforces, and its first container port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadPolicies {
+    pub mesh: proto::MeshSettings,
+    pub security: proto::Security,
+    pub first_port: Option<u16>,
 }
 
 /// The valid config from one read of a source, translated.
@@ -78,6 +88,47 @@ impl Catalog {
             ),
             security: pod.map(|pod| pod.security.clone()),
         }
+    }
+
+    /// What the sidecar of workload `namespace/name` enforces, for `remoractl authz check`: a
+    /// Pod the catalog knows, else a Deployment whose pod template stands for its pods (its
+    /// labels select the policies, its `proxy.istio.io/config` adjusts the mesh settings).
+    pub fn workload(&self, namespace: &str, name: &str) -> Option<WorkloadPolicies> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let objects = &self.accepted.objects;
+        let (metadata, spec) = if let Some(pod) = objects.pods.get(&key) {
+            (Some(&pod.object.metadata), pod.object.spec.as_ref())
+        } else {
+            let template = &objects
+                .deployments
+                .get(&key)?
+                .object
+                .spec
+                .as_ref()?
+                .template;
+            (template.metadata.as_ref(), template.spec.as_ref())
+        };
+        let no_labels = BTreeMap::new();
+        let labels = metadata
+            .and_then(|m| m.labels.as_ref())
+            .unwrap_or(&no_labels);
+        let proxy_config = ProxyConfig::of_pod(metadata.and_then(|m| m.annotations.as_ref()))
+            .ok()
+            .flatten();
+        Some(WorkloadPolicies {
+            mesh: self.accepted.mesh.settings(proxy_config.as_ref()),
+            security: security::select(
+                objects.security.values().map(|policy| &policy.object),
+                namespace,
+                labels,
+                self.accepted.mesh.root_namespace(),
+            ),
+            first_port: spec
+                .into_iter()
+                .flat_map(|s| s.containers.iter())
+                .flat_map(|c| c.ports.iter().flatten())
+                .find_map(|p| u16::try_from(p.container_port).ok()),
+        })
     }
 
     /// A rejection that may be why object `kind` `namespace/name`, last read from file

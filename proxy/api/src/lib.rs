@@ -30,7 +30,7 @@ pub use bootstrap::{
 };
 pub use certificate::CertificateIdError;
 pub use load::{from_value, ConfigError};
-pub use security::Security;
+pub use security::{Outcome, Security};
 pub use snapshot::{
     Endpoint, Logical, MeshSettings, OutboundPolicy, ServiceKey, ServicePort, Snapshot,
 };

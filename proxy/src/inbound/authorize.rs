@@ -1,17 +1,10 @@
-//! The sidecar's side of the security policies: gathers what `remora_api`'s pure decisions need
+//! The sidecar's side of the security policies: gathers what `remora_api`'s pure checks need
 //! from a connection or a request, asks them, and acts on the answer (a typed refusal for
 //! `respond`, the counters and log lines that explain it). Both inbound hooks call in here, so
 //! every door enforces the same policies the same way.
 
-use std::borrow::Cow;
-
-use http::{header, uri::PathAndQuery, Request, Uri};
-use remora_api::{
-    authz::{self, ConnectionFacts, Decision, RequestFacts, Verdict},
-    jwt::JwtOutcome,
-    peer_authn::MtlsMode,
-    Snapshot,
-};
+use http::Request;
+use remora_api::{authz::ConnectionFacts, authz::Decision, Outcome, Snapshot};
 
 use crate::{detect::Protocol, metrics::Metrics, respond::RequestError};
 
@@ -28,143 +21,83 @@ impl InboundConn {
     }
 }
 
-/// Whether `conn` may reach the app at all: its PeerAuthentication mode, and for anything that
-/// is not HTTP (decided per request instead), the AuthorizationPolicies.
+/// Whether `conn` may reach the app at all (PeerAuthentication; AuthorizationPolicy for
+/// anything that is not HTTP).
 pub(super) fn connection(
     snapshot: &Snapshot,
     metrics: &Metrics,
     conn: &InboundConn,
 ) -> Result<(), RequestError> {
-    let security = &snapshot.security;
-    let port = conn.app.port();
-    if security.mtls.mode(port) == MtlsMode::Strict && conn.tls.peer().is_none() {
-        tracing::debug!(
-            client = %conn.client,
-            port,
-            policy = security.mtls.policy.as_deref().unwrap_or("-"),
-            "connection refused: PeerAuthentication STRICT needs mesh mTLS"
-        );
-        return Err(RequestError::MtlsRequired(port));
-    }
-    if matches!(conn.protocol, Protocol::Http1 | Protocol::Http2) || security.authz.is_empty() {
-        return Ok(());
-    }
-    let decision = security.authz.decide(&conn.facts(), None);
-    enforce(metrics, conn, &decision, "connection")
+    let opaque = !matches!(conn.protocol, Protocol::Http1 | Protocol::Http2);
+    let outcome = snapshot.security.check_connection(&conn.facts(), opaque);
+    enforce(snapshot, metrics, conn, outcome, "connection")
 }
 
-/// Lets one request through to the app, or says why not: its path normalized (and rewritten
-/// for the app when that changed it), its JWT verified, then the AuthorizationPolicies.
+/// Lets one request through to the app (rewritten as normalization and JWT rules say), or says
+/// why not.
 pub(super) fn request<B>(
     snapshot: &Snapshot,
     metrics: &Metrics,
     conn: &InboundConn,
     req: &mut Request<B>,
 ) -> Result<(), RequestError> {
-    normalize_path(snapshot, req)?;
-    let security = &snapshot.security;
-    let claims = match security.authn.verify(req.headers(), req.uri().query()) {
-        JwtOutcome::Missing => None,
-        JwtOutcome::Valid { claims, rule } => {
-            rule.rewrite(&claims, req.headers_mut());
-            Some(claims)
-        }
-        JwtOutcome::Invalid(reason) => {
-            tracing::debug!(client = %conn.client, %reason, "JWT refused");
-            return Err(RequestError::JwtInvalid);
-        }
-    };
-    if security.authz.is_empty() {
-        return Ok(());
-    }
-    let headers = req.headers();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or_default();
-    let facts = RequestFacts {
-        method: req.method().as_str(),
-        path: req.uri().path(),
-        host,
-        headers,
-        remote_ip: authz::remote_ip(headers, snapshot.mesh.num_trusted_proxies, conn.client.ip()),
-        jwt: claims.as_ref(),
-    };
-    let decision = security.authz.decide(&conn.facts(), Some(&facts));
-    enforce(metrics, conn, &decision, "request")
+    let outcome = snapshot
+        .security
+        .check_request(&snapshot.mesh, &conn.facts(), req);
+    enforce(snapshot, metrics, conn, outcome, "request")
 }
 
-/// Counts and logs what `decision` reports, and refuses what it denies.
+/// Reports what `outcome` found and refuses what it refuses.
 fn enforce(
+    snapshot: &Snapshot,
     metrics: &Metrics,
     conn: &InboundConn,
-    decision: &Decision<'_>,
+    outcome: Outcome<'_>,
     what: &'static str,
 ) -> Result<(), RequestError> {
+    let peer = conn.tls.peer().map(|p| p.principal()).unwrap_or("-");
+    let (client, port) = (conn.client, conn.app.port());
+    match outcome {
+        Outcome::Allowed(None) => Ok(()),
+        Outcome::Allowed(Some(decision)) => {
+            report(metrics, conn, &decision, what);
+            Ok(())
+        }
+        Outcome::Denied(decision) => {
+            report(metrics, conn, &decision, what);
+            metrics.authz_denied(decision.policy());
+            tracing::debug!(by = %decision.by, %client, peer, port, what, "denied");
+            Err(RequestError::Denied)
+        }
+        Outcome::MtlsRequired => {
+            let policy = snapshot.security.mtls.policy.as_deref().unwrap_or("-");
+            tracing::debug!(%client, port, policy, "refused: PeerAuthentication STRICT needs mesh mTLS");
+            Err(RequestError::MtlsRequired(port))
+        }
+        Outcome::JwtInvalid(reason) => {
+            tracing::debug!(%client, peer, port, %reason, "JWT refused");
+            Err(RequestError::JwtInvalid)
+        }
+        Outcome::InvalidPath(error) => Err(error.into()),
+    }
+}
+
+/// Counts and logs the AUDIT and dry-run policies a decision matched.
+fn report(metrics: &Metrics, conn: &InboundConn, decision: &Decision<'_>, what: &'static str) {
+    let peer = conn.tls.peer().map(|p| p.principal()).unwrap_or("-");
+    let (client, port) = (conn.client, conn.app.port());
     for matched in &decision.audit {
         metrics.authz_audit(&matched.policy.name);
-        tracing::info!(
-            policy = %matched.policy.name,
-            rule = matched.rule,
-            client = %conn.client,
-            peer = conn.tls.peer().map(|p| p.principal()).unwrap_or("-"),
-            port = conn.app.port(),
-            what,
-            "AUDIT policy matched"
-        );
+        let (policy, rule) = (&matched.policy.name, matched.rule);
+        tracing::info!(%policy, rule, %client, peer, port, what, "AUDIT policy matched");
     }
     for matched in &decision.dry_run {
         let action = matched.policy.action.name();
         metrics.authz_dry_run(&matched.policy.name, action);
+        let (policy, rule) = (&matched.policy.name, matched.rule);
         tracing::info!(
-            policy = %matched.policy.name,
-            action,
-            rule = matched.rule,
-            client = %conn.client,
-            peer = conn.tls.peer().map(|p| p.principal()).unwrap_or("-"),
-            port = conn.app.port(),
-            what,
+            %policy, action, rule, %client, peer, port, what,
             "dry-run policy matched (not enforced)"
         );
     }
-    match decision.verdict {
-        Verdict::Allow => Ok(()),
-        Verdict::Deny => {
-            metrics.authz_denied(decision.policy());
-            tracing::debug!(
-                by = %decision.by,
-                client = %conn.client,
-                peer = conn.tls.peer().map(|p| p.principal()).unwrap_or("-"),
-                port = conn.app.port(),
-                what,
-                "denied"
-            );
-            Err(RequestError::Denied)
-        }
-    }
-}
-
-/// Normalizes the request's path as the mesh's `pathNormalization` says, rewriting the URI
-/// only when that changes it.
-fn normalize_path<B>(snapshot: &Snapshot, req: &mut Request<B>) -> Result<(), RequestError> {
-    let normalized = match snapshot
-        .mesh
-        .path_normalization
-        .normalize(req.uri().path())?
-    {
-        Cow::Borrowed(_) => return Ok(()),
-        Cow::Owned(path) => path,
-    };
-    let path_and_query = match req.uri().query() {
-        Some(query) => format!("{normalized}?{query}"),
-        None => normalized,
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = PathAndQuery::try_from(path_and_query).ok();
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
-    Ok(())
 }
