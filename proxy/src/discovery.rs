@@ -152,6 +152,7 @@ mod tests {
                 trust_domain: trust_domain.into(),
                 ..Default::default()
             }),
+            security: None,
         }
     }
 
@@ -168,5 +169,21 @@ mod tests {
         let bad = accept(wire("cluster.local", "198.18.0.3"), "cluster.local")
             .expect_err("bad address refused");
         assert!(bad.contains("endpoints[0].address"), "{bad}");
+        // A policy the sidecar cannot apply refuses the snapshot: the last good one stays.
+        let mut policy = wire("cluster.local", "198.18.0.3:8080");
+        policy.security = Some(remora_api::proto::config::Security {
+            authorization_policies: vec![remora_api::proto::config::AuthorizationPolicy {
+                namespace: "demo".into(),
+                name: "deny".into(),
+                action: "DENY".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let nacked = accept(policy, "cluster.local").expect_err("policy refused");
+        assert!(
+            nacked.contains("security.authorizationPolicies[0].rules: a DENY policy needs"),
+            "{nacked}"
+        );
     }
 }

@@ -268,10 +268,9 @@ struct ToSpec {
 
 type Checked = Result<(SecurityPolicy, Option<String>), String>;
 
-fn parse<S: serde::de::DeserializeOwned>(value: Value) -> Result<(ObjectMeta, S), String>
-where
-    S: Default,
-{
+fn parse<S: serde::de::DeserializeOwned + Default>(
+    value: Value,
+) -> Result<(ObjectMeta, S), String> {
     let object: Object<S> = yaml::from_value(value).map_err(|e| e.to_string())?;
     Ok((object.metadata, object.spec.unwrap_or_default()))
 }
@@ -399,12 +398,11 @@ fn peer(value: Value, scope: &Scope) -> Checked {
     });
     let mut ports = BTreeMap::new();
     let port_level = spec.port_level_mtls.unwrap_or_default();
-    if !port_level.is_empty()
-        && !spec
-            .selector
-            .as_ref()
-            .is_some_and(|s| !s.match_labels.is_empty())
-    {
+    let selected = spec
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty());
+    if !port_level.is_empty() && !selected {
         problems.push("spec.portLevelMtls: needs a workload selector".to_owned());
     }
     for (port, mtls) in port_level {

@@ -45,7 +45,9 @@ impl PathNormalization {
             return Ok(Cow::Borrowed(path));
         }
         let merges = self != Self::Base;
-        if !path.contains(['%', '\\']) && !path.contains("/.") && !(merges && path.contains("//")) {
+        let clean =
+            !(path.contains(['%', '\\']) || path.contains("/.") || merges && path.contains("//"));
+        if clean {
             return Ok(Cow::Borrowed(path));
         }
         let decoded = self.decode(path)?;

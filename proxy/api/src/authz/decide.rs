@@ -206,17 +206,15 @@ pub fn remote_ip(headers: &HeaderMap, trusted_hops: u32, peer: IpAddr) -> IpAddr
     if trusted_hops == 0 {
         return peer;
     }
-    let Some(xff) = headers
+    // Several X-Forwarded-For lines read as one list, in order; hops count from its end.
+    let hops = usize::try_from(trusted_hops).unwrap_or(usize::MAX);
+    headers
         .get_all(http::header::HeaderName::from_static("x-forwarded-for"))
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .last()
-    else {
-        return peer;
-    };
-    usize::try_from(trusted_hops)
-        .ok()
-        .and_then(|hops| xff.rsplit(',').nth(hops - 1))
+        .flat_map(|v| v.rsplit(','))
+        .nth(hops - 1)
         .and_then(|entry| entry.trim().parse().ok())
         .unwrap_or(peer)
 }
