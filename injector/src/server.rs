@@ -8,6 +8,7 @@
 mod certificates;
 mod discovery;
 mod http;
+mod jwks;
 mod metrics;
 mod sync_status;
 
@@ -32,6 +33,7 @@ use crate::{
 
 use certificates::Certificates;
 use discovery::DiscoveryService;
+use jwks::Jwks;
 use metrics::Metrics;
 use sync_status::SyncStatus;
 
@@ -93,6 +95,8 @@ pub async fn run<A: Authenticator>(
     let ca = Arc::new(load_or_create_ca(&options.ca_dir, &trust_domain)?);
     let metrics = Arc::new(Metrics::default());
     tokio::spawn(track_rejections(catalog.clone(), metrics.clone()));
+    let (jwks, fetched) = watch::channel(Arc::new(Jwks::default()));
+    tokio::spawn(jwks::refresh(catalog.clone(), jwks));
 
     let id = SpiffeId::new(&trust_domain, "istio-system", "istiod")
         .map_err(|e| ServeError::Identity(e.to_string()))?;
@@ -132,6 +136,7 @@ pub async fn run<A: Authenticator>(
         }))
         .add_service(DiscoveryServer::new(DiscoveryService {
             catalog,
+            jwks: fetched,
             metrics,
             status,
         }))

@@ -9,7 +9,7 @@
 //! [`Catalog::accepted`] lists, with the trust domain the control plane serves, so the two can
 //! never disagree about them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 use remora_api::proto::config::{self as proto, Node, Snapshot};
@@ -129,6 +129,17 @@ impl Catalog {
                 .flat_map(|c| c.ports.iter().flatten())
                 .find_map(|p| u16::try_from(p.container_port).ok()),
         })
+    }
+
+    /// Every `jwksUri` the policies of a known pod name, for the control plane to fetch.
+    pub fn jwks_uris(&self) -> BTreeSet<String> {
+        self.pods
+            .values()
+            .flat_map(|pod| pod.security.request_authentications.iter())
+            .flat_map(|policy| policy.jwt_rules.iter())
+            .filter(|rule| !rule.jwks_uri.is_empty())
+            .map(|rule| rule.jwks_uri.clone())
+            .collect()
     }
 
     /// A rejection that may be why object `kind` `namespace/name`, last read from file

@@ -446,9 +446,13 @@ fn request(value: Value, scope: &Scope) -> Checked {
         match (rule.jwks.is_empty(), rule.jwks_uri.is_empty()) {
             (false, false) => problems.push(format!("{path}: set jwks or jwksUri, not both")),
             (true, true) => problems.push(format!("{path}.jwksUri: jwks or jwksUri is required")),
-            (true, false) => problems.push(format!(
-                "{path}.jwksUri: fetching keys is not supported yet; give the keys inline in jwks"
-            )),
+            (true, false) => {
+                let uri = &rule.jwks_uri;
+                let scheme = uri.split_once("://").map(|(scheme, _)| scheme);
+                if !matches!(scheme, Some("http" | "https")) || uri.parse::<http::Uri>().is_err() {
+                    problems.push(format!("{path}.jwksUri: {uri:?} is not an http(s) URL"));
+                }
+            }
             (false, true) => {}
         }
         if rules[..i].iter().any(|r| r.issuer == rule.issuer) {

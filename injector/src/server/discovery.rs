@@ -13,11 +13,12 @@ use remora_api::{
     proto::config::{discovery_server::Discovery, Node, Snapshot, SubscribeRequest},
     SpiffeId,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
+    jwks::Jwks,
     metrics::Metrics,
     sync_status::{Entry, SyncStatus},
     CatalogWatch,
@@ -31,6 +32,8 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DiscoveryService {
     pub catalog: CatalogWatch,
+    /// The keys fetched for `jwksUri`s, filled into each snapshot.
+    pub jwks: watch::Receiver<Arc<Jwks>>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<SyncStatus>,
 }
@@ -68,6 +71,7 @@ impl Discovery for DiscoveryService {
             node,
             peer,
             catalog: self.catalog.clone(),
+            jwks: self.jwks.clone(),
             metrics: self.metrics.clone(),
             snapshots,
         };
@@ -103,6 +107,7 @@ struct Session {
     node: Node,
     peer: SpiffeId,
     catalog: CatalogWatch,
+    jwks: watch::Receiver<Arc<Jwks>>,
     metrics: Arc<Metrics>,
     snapshots: mpsc::Sender<Result<Snapshot, Status>>,
 }
@@ -123,8 +128,12 @@ impl Session {
         loop {
             // Computed outside the watch's lock, which the source needs to publish.
             let catalog = self.catalog.borrow_and_update().clone();
-            let snapshot = authorize(&catalog, &self.peer, &self.node)
-                .map(|()| versioned(catalog.snapshot_for(&self.node)));
+            let jwks = self.jwks.borrow_and_update().clone();
+            let snapshot = authorize(&catalog, &self.peer, &self.node).map(|()| {
+                let mut snapshot = catalog.snapshot_for(&self.node);
+                jwks.fill(&mut snapshot);
+                versioned(snapshot)
+            });
             let snapshot = match snapshot {
                 Ok(snapshot) => snapshot,
                 Err(status) => {
@@ -150,6 +159,12 @@ impl Session {
                             return "control plane stopping";
                         }
                         tokio::time::sleep(DEBOUNCE).await;
+                        break;
+                    }
+                    changed = self.jwks.changed() => {
+                        if changed.is_err() {
+                            return "control plane stopping";
+                        }
                         break;
                     }
                     answer = requests.message() => match answer {
