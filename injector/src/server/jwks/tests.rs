@@ -115,8 +115,8 @@ spec:
     let catalog = crate::config::Catalog::build(vec![("/m/app.yaml".into(), manifests)]);
     assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
     assert_eq!(
-        catalog.jwks_uris().into_iter().collect::<Vec<_>>(),
-        [url.clone()]
+        catalog.jwks_uris(),
+        std::collections::BTreeSet::from([url.clone()])
     );
     let (_source, catalogs) = watch::channel(Arc::new(catalog));
     let (keys, mut fetched) = watch::channel(Arc::new(Jwks::default()));
