@@ -2,6 +2,9 @@
 //! a client pod sending load to an app (nginx serving 1 KB) in a server pod,
 //! - directly, with no proxy at all (the baseline);
 //! - through a Remora sidecar pair (iptables interception, mTLS between the sidecars);
+//! - through the same pair with a typical policy set on the server sidecar (an ALLOW for the
+//!   caller's principal, a namespace-wide DENY on `/admin*`), so what authorization costs per
+//!   request is measured beside the policy-free pair in the same run;
 //! - through an nginx mTLS pair: a forward nginx in the client pod (the load generator calls it
 //!   explicitly, nginx cannot intercept) and a TLS-terminating nginx in the server pod, with
 //!   client certificates verified on both sides, keep-alive upstreams and certificates from the
@@ -10,6 +13,7 @@
 use std::{fmt, fs, net::SocketAddr};
 
 use anyhow::Context;
+use remora_api::proto::config::{AuthorizationPolicy, Operation, Rule, Security, Source};
 use remora_e2e::{Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
 
 const APP_PORT: u16 = 8080;
@@ -22,6 +26,7 @@ const NGINX_SERVER_NAME: &str = "server.bench.svc";
 pub enum Kind {
     Direct,
     Remora,
+    RemoraPolicies,
     Nginx,
 }
 
@@ -30,6 +35,7 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Direct => "direct",
             Kind::Remora => "remora",
+            Kind::RemoraPolicies => "remora+policies",
             Kind::Nginx => "nginx",
         })
     }
@@ -47,7 +53,12 @@ pub struct RequestPath {
 
 /// Builds the three paths in `mesh`.
 pub fn build(mesh: &Mesh) -> anyhow::Result<Vec<RequestPath>> {
-    Ok(vec![direct(mesh)?, remora(mesh)?, nginx(mesh)?])
+    Ok(vec![
+        direct(mesh)?,
+        remora(mesh, Kind::Remora, None)?,
+        remora(mesh, Kind::RemoraPolicies, Some(typical_policies()))?,
+        nginx(mesh)?,
+    ])
 }
 
 fn direct(mesh: &Mesh) -> anyhow::Result<RequestPath> {
@@ -62,11 +73,57 @@ fn direct(mesh: &Mesh) -> anyhow::Result<RequestPath> {
     })
 }
 
-fn remora(mesh: &Mesh) -> anyhow::Result<RequestPath> {
-    let client = mesh.add_pod("r-client", "bench", "client")?;
-    let server = mesh.add_pod("r-server", "bench", "server")?;
+/// What a team typically has on a workload: only its one caller allowed, admin paths denied
+/// namespace-wide. The load's requests (`GET /`) pass both.
+fn typical_policies() -> Security {
+    let policy = |name: &str, action: &str, rule: Rule| AuthorizationPolicy {
+        namespace: "bench".to_owned(),
+        name: name.to_owned(),
+        action: action.to_owned(),
+        rules: vec![rule],
+        ..Default::default()
+    };
+    Security {
+        authorization_policies: vec![
+            policy(
+                "server-allow-client",
+                "ALLOW",
+                Rule {
+                    from: vec![Source {
+                        principals: vec![format!("{TRUST_DOMAIN}/ns/bench/sa/client")],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ),
+            policy(
+                "deny-admin",
+                "DENY",
+                Rule {
+                    to: vec![Operation {
+                        paths: vec!["/admin*".to_owned()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
+fn remora(mesh: &Mesh, kind: Kind, security: Option<Security>) -> anyhow::Result<RequestPath> {
+    let prefix = if security.is_some() { "p" } else { "r" };
+    let client = mesh.add_pod(&format!("{prefix}-client"), "bench", "client")?;
+    let server = mesh.add_pod(&format!("{prefix}-server"), "bench", "server")?;
     start_app(mesh, &server)?;
-    mesh.start_sidecar(&server, &SidecarOptions::default())?;
+    mesh.start_sidecar(
+        &server,
+        &SidecarOptions {
+            security,
+            ..Default::default()
+        },
+    )?;
     let identity = remora_api::SpiffeId::new(TRUST_DOMAIN, "bench", "server")?;
     mesh.start_sidecar(
         &client,
@@ -80,7 +137,7 @@ fn remora(mesh: &Mesh) -> anyhow::Result<RequestPath> {
         ("server", pid(mesh, &server, "sidecar")?),
     ];
     Ok(RequestPath {
-        kind: Kind::Remora,
+        kind,
         url: format!("http://{}:{APP_PORT}/", server.ip),
         client,
         proxies,

@@ -60,7 +60,7 @@ pub struct Setup {
 
 /// Renders the comparison. `results` holds direct, remora and nginx, in that order.
 pub fn render(setup: &Setup, results: &[PathResult]) -> String {
-    let find = |kind| results.iter().find(|r| r.kind == kind);
+    let find = |kind| results.iter().find(|r: &&PathResult| r.kind == kind);
     let (Some(direct), Some(remora), Some(nginx)) =
         (find(Kind::Direct), find(Kind::Remora), find(Kind::Nginx))
     else {
@@ -130,7 +130,61 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
         "| saturation (requests/s) | {d:.0} | {r:.0} | {n:.0} | {} |",
         ratio(r, n)
     );
+    if let Some(policies) = find(Kind::RemoraPolicies) {
+        policy_cost(&mut out, direct, remora, nginx, policies);
+    }
     out
+}
+
+/// The same Remora pair with a typical policy set, against the policy-free pair (and nginx).
+fn policy_cost(
+    out: &mut String,
+    direct: &PathResult,
+    remora: &PathResult,
+    nginx: &PathResult,
+    policies: &PathResult,
+) {
+    let _ = writeln!(
+        out,
+        "\nWith a typical policy set on the server sidecar (ALLOW the caller's principal, DENY \
+         /admin* namespace-wide):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| metric | remora | remora+policies | policies / none | remora+policies / nginx |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let both = |r: &PathResult| r.proxy_cpu(0) + r.proxy_cpu(1);
+    let (r, p, n) = (both(remora), both(policies), both(nginx));
+    let _ = writeln!(
+        out,
+        "| CPU per request, both proxies (µs) | {r:.1} | {p:.1} | {} | {} |",
+        ratio(p, r),
+        ratio(p, n)
+    );
+    let (r, p, n) = (
+        remora.proxy_cpu(1),
+        policies.proxy_cpu(1),
+        nginx.proxy_cpu(1),
+    );
+    let _ = writeln!(
+        out,
+        "| CPU per request, server-side proxy (µs) | {r:.1} | {p:.1} | {} | {} |",
+        ratio(p, r),
+        ratio(p, n)
+    );
+    let d = direct.median_of(|r| r.latency.p99);
+    let (r, p, n) = (
+        remora.median_of(|r| r.latency.p99) - d,
+        policies.median_of(|r| r.latency.p99) - d,
+        nginx.median_of(|r| r.latency.p99) - d,
+    );
+    let _ = writeln!(
+        out,
+        "| added p99 (ms) | {r:.3} | {p:.3} | {} | {} |",
+        ratio(p, r),
+        ratio(p, n)
+    );
 }
 
 fn ratio(ours: f64, theirs: f64) -> String {
@@ -200,6 +254,18 @@ mod tests {
         );
         assert!(
             table.contains("| saturation (requests/s) | 9000 | 6000 | 4000 | 1.50 |"),
+            "{table}"
+        );
+        assert!(!table.contains("remora+policies"), "{table}");
+        let mut with_policies = results.to_vec();
+        with_policies.push(PathResult {
+            kind: Kind::RemoraPolicies,
+            rounds: vec![round(0.31, 21.0, 5900.0)],
+            peak_rss_mib: vec![8.0, 8.0],
+        });
+        let table = render(&setup, &with_policies);
+        assert!(
+            table.contains("| CPU per request, both proxies (µs) | 40.0 | 42.0 | 1.05 | 0.53 |"),
             "{table}"
         );
     }

@@ -54,6 +54,8 @@ pub struct SidecarOptions {
     pub cert: CertOrigin,
     /// How long the sidecar drains on SIGTERM (the proxy's default when `None`).
     pub drain_duration: Option<Duration>,
+    /// The policies of the sidecar's own workload.
+    pub security: Option<remora_api::proto::config::Security>,
 }
 
 /// A pod: a network namespace with an address on the mesh bridge.
@@ -217,6 +219,7 @@ impl Mesh {
                         identity: identity.to_string(),
                     })
                     .collect(),
+                security: options.security.clone(),
                 ..Snapshot::default()
             }),
         };

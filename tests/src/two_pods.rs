@@ -147,7 +147,7 @@ impl TwoPods {
             &SidecarOptions {
                 endpoints: vec![],
                 cert: options.server_cert,
-                drain_duration: None,
+                ..SidecarOptions::default()
             },
         )?;
         let expected = SpiffeId::new(TRUST_DOMAIN, "default", "httpbin")?;
@@ -164,7 +164,7 @@ impl TwoPods {
                     .map(|address| (address, expected.clone()))
                     .collect(),
                 cert: options.client_cert,
-                drain_duration: None,
+                ..SidecarOptions::default()
             },
         )?;
         Ok(Self {

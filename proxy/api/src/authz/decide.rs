@@ -171,7 +171,11 @@ impl Authorization {
         conn: &ConnectionFacts<'_>,
         request: Option<&RequestFacts<'_>>,
     ) -> Decision<'p> {
-        let facts = Facts { conn, request };
+        let facts = Facts {
+            conn,
+            request,
+            peer: conn.peer.map(PeerParts::of),
+        };
         let first = |policies: &'p [Policy]| policies.iter().find_map(|p| facts.first_match(p));
         let all = |policies: &'p [Policy]| -> Vec<Matched<'p>> {
             policies
@@ -222,6 +226,27 @@ pub fn remote_ip(headers: &HeaderMap, trusted_hops: u32, peer: IpAddr) -> IpAddr
 struct Facts<'f, 'a> {
     conn: &'f ConnectionFacts<'a>,
     request: Option<&'f RequestFacts<'a>>,
+    /// The peer identity's parts, split once per decision rather than per rule.
+    peer: Option<PeerParts<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct PeerParts<'a> {
+    principal: &'a str,
+    trust_domain: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+}
+
+impl<'a> PeerParts<'a> {
+    fn of(id: &'a SpiffeId) -> Self {
+        Self {
+            principal: id.principal(),
+            trust_domain: id.trust_domain(),
+            namespace: id.namespace(),
+            service_account: id.service_account(),
+        }
+    }
 }
 
 impl Facts<'_, '_> {
@@ -250,12 +275,12 @@ impl Facts<'_, '_> {
     }
 
     fn source(&self, s: &Source) -> bool {
-        let peer = self.conn.peer;
+        let peer = self.peer;
         let remote = self.request.map_or(self.conn.source.ip(), |r| r.remote_ip);
-        strings(&s.principals, peer.map(SpiffeId::principal))
-            && strings(&s.namespaces, peer.map(SpiffeId::namespace))
+        strings(&s.principals, peer.map(|p| p.principal))
+            && strings(&s.namespaces, peer.map(|p| p.namespace))
             && check(&s.service_accounts, peer, |(ns, sa), peer| {
-                peer.namespace() == &**ns && peer.service_account() == &**sa
+                peer.namespace == &**ns && peer.service_account == &**sa
             })
             && strings(
                 &s.request_principals,
@@ -276,7 +301,7 @@ impl Facts<'_, '_> {
     }
 
     fn condition(&self, c: &Condition) -> bool {
-        let peer = self.conn.peer;
+        let peer = self.peer;
         match c {
             Condition::Header(name, field) => match self.request {
                 Some(r) => any_value(field, || {
@@ -298,10 +323,10 @@ impl Facts<'_, '_> {
                     *p == port
                 })
             }
-            Condition::SourceNamespace(field) => strings(field, peer.map(SpiffeId::namespace)),
-            Condition::SourcePrincipal(field) => strings(field, peer.map(SpiffeId::principal)),
+            Condition::SourceNamespace(field) => strings(field, peer.map(|p| p.namespace)),
+            Condition::SourcePrincipal(field) => strings(field, peer.map(|p| p.principal)),
             Condition::SourceServiceAccount(field) => check(field, peer, |p, peer| {
-                let (ns, sa) = (peer.namespace(), peer.service_account());
+                let (ns, sa) = (peer.namespace, peer.service_account);
                 match p {
                     StrMatch::Exact(text) => {
                         text.len() == ns.len() + 1 + sa.len()
@@ -312,7 +337,7 @@ impl Facts<'_, '_> {
                     other => other.matches(&format!("{ns}/{sa}")),
                 }
             }),
-            Condition::SourceTrustDomain(field) => strings(field, peer.map(SpiffeId::trust_domain)),
+            Condition::SourceTrustDomain(field) => strings(field, peer.map(|p| p.trust_domain)),
             Condition::Sni(field) => strings(field, self.conn.sni),
             Condition::AuthPrincipal(field) => {
                 strings(field, self.jwt().map(|claims| claims.principal.as_str()))
