@@ -17,6 +17,7 @@ mod bootstrap;
 mod certificate;
 pub mod jwt;
 mod load;
+mod mesh;
 pub mod path;
 pub mod peer_authn;
 pub mod proto;
@@ -30,8 +31,7 @@ pub use bootstrap::{
 };
 pub use certificate::CertificateIdError;
 pub use load::{from_value, ConfigError};
+pub use mesh::{MeshSettings, OutboundPolicy};
 pub use security::{Outcome, Security};
-pub use snapshot::{
-    Endpoint, Logical, MeshSettings, OutboundPolicy, ServiceKey, ServicePort, Snapshot,
-};
+pub use snapshot::{Endpoint, Logical, ServiceKey, ServicePort, Snapshot};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -10,10 +10,10 @@ use http::{header, uri::PathAndQuery, Request, Uri};
 use crate::{
     authz::{self, Authorization, ConnectionFacts, Decision, Policy, RequestFacts, Verdict},
     jwt::{Authentication, JwtOutcome},
+    mesh::MeshSettings,
     path::PathError,
     peer_authn::{MtlsMode, PeerAuthn},
     proto::config as proto,
-    snapshot::MeshSettings,
 };
 
 /// What the policies say about a connection or a request.

@@ -15,7 +15,11 @@ use std::{
 };
 
 use crate::{
-    load::ConfigError, path::PathNormalization, proto::config as proto, security::Security,
+    load::ConfigError,
+    mesh::{MeshSettings, OutboundPolicy},
+    path::PathNormalization,
+    proto::config as proto,
+    security::Security,
     spiffe::SpiffeId,
 };
 
@@ -83,27 +87,6 @@ pub enum Logical {
     Passthrough(SocketAddr),
     /// Not in the mesh registry, with `REGISTRY_ONLY`: refused (Istio's `BlackHoleCluster`).
     Blackhole(SocketAddr),
-}
-
-/// Istio's `outboundTrafficPolicy.mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OutboundPolicy {
-    /// Destinations outside the registry pass through (Istio's default).
-    #[default]
-    AllowAny,
-    /// Destinations outside the registry are refused.
-    RegistryOnly,
-}
-
-/// Mesh settings a sidecar acts on, with Istio's defaults for anything unset.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MeshSettings {
-    pub trust_domain: Option<String>,
-    pub drain_duration: Option<Duration>,
-    pub outbound: OutboundPolicy,
-    pub path_normalization: PathNormalization,
-    /// `X-Forwarded-For` hops to trust when finding a request's remote address.
-    pub num_trusted_proxies: u32,
 }
 
 impl Snapshot {

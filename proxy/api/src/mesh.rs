@@ -1,0 +1,27 @@
+//! Mesh-wide settings a sidecar acts on (Istio's `MeshConfig` and the pod's `ProxyConfig`, as
+//! the snapshot carries them), with Istio's defaults for anything unset.
+
+use std::time::Duration;
+
+use crate::path::PathNormalization;
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    /// Destinations outside the registry pass through (Istio's default).
+    #[default]
+    AllowAny,
+    /// Destinations outside the registry are refused.
+    RegistryOnly,
+}
+
+/// Mesh settings a sidecar acts on, with Istio's defaults for anything unset.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MeshSettings {
+    pub trust_domain: Option<String>,
+    pub drain_duration: Option<Duration>,
+    pub outbound: OutboundPolicy,
+    pub path_normalization: PathNormalization,
+    /// `X-Forwarded-For` hops to trust when finding a request's remote address.
+    pub num_trusted_proxies: u32,
+}
