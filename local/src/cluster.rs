@@ -216,6 +216,12 @@ impl Cluster {
         self.pods().filter(|pod| pod.deployment == name).collect()
     }
 
+    /// The first replica of Deployment `namespace/name`.
+    pub fn first_pod(&self, namespace: &str, name: &str) -> Option<&LocalPod> {
+        self.pods()
+            .find(|pod| pod.namespace == namespace && pod.deployment == name)
+    }
+
     /// The Services of the manifests, with their cluster IPs.
     pub fn services(&self) -> Vec<LocalService> {
         manifests::services(&self.catalog)

@@ -81,17 +81,20 @@ mod tests {
     fn examples_load_as_the_control_plane_reads_them() {
         let catalog = load(&examples());
         assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
-        let httpbin_ip = cluster_ip::allocate(&[("demo", "httpbin", None)])
-            [&("demo".to_owned(), "httpbin".to_owned())];
-        assert_eq!(
-            services(&catalog),
-            [LocalService {
-                namespace: "demo".to_owned(),
+        // The demo's httpbin, and the zero-trust example's two teams (examples/zero-trust).
+        let namespaces = ["demo", "team-a", "team-b"];
+        let requests = namespaces.map(|ns| (ns, "httpbin", None));
+        let ips = cluster_ip::allocate(&requests);
+        let expected: Vec<LocalService> = namespaces
+            .iter()
+            .map(|ns| LocalService {
+                namespace: (*ns).to_owned(),
                 name: "httpbin".to_owned(),
-                cluster_ip: Some(httpbin_ip),
+                cluster_ip: Some(ips[&((*ns).to_owned(), "httpbin".to_owned())]),
                 ports: vec![8000],
-            }]
-        );
+            })
+            .collect();
+        assert_eq!(services(&catalog), expected);
         assert_eq!(catalog.trust_domain(), "cluster.local");
         let pods: Vec<(String, String, bool)> = catalog
             .accepted()
@@ -99,8 +102,15 @@ mod tests {
             .flat_map(|d| plan::deployment_pods(d, &catalog).expect("the examples run locally"))
             .map(|p| (p.namespace, p.name, p.sidecar))
             .collect();
-        let expected = [("client", "sleep-0", true), ("demo", "httpbin-0", true)]
-            .map(|(ns, name, sidecar)| (ns.to_owned(), name.to_owned(), sidecar));
+        let expected = [
+            ("client", "sleep-0"),
+            ("demo", "httpbin-0"),
+            ("team-a", "curl-0"),
+            ("team-a", "httpbin-0"),
+            ("team-b", "curl-0"),
+            ("team-b", "httpbin-0"),
+        ]
+        .map(|(ns, name)| (ns.to_owned(), name.to_owned(), true));
         assert_eq!(pods, expected);
     }
 }

@@ -1,4 +1,6 @@
-//! Packet capture on the mesh bridge with tcpdump, to check what actually crossed the wire.
+//! Packet capture with tcpdump, to check what actually crossed the wire: on the mesh bridge
+//! (between pods), or on one interface inside a pod (its loopback shows what the sidecar
+//! handed to the app).
 
 use std::{
     fs,
@@ -9,7 +11,7 @@ use std::{
 
 use anyhow::Context;
 
-use remora_local::{run_checked, Netns, Process};
+use remora_local::{run_checked, LocalPod, Netns, Process};
 
 pub struct Capture {
     process: Process,
@@ -20,22 +22,42 @@ pub struct Capture {
 impl Capture {
     /// Starts tcpdump on `br0` in `switch` and waits until it is listening.
     pub fn start(switch: &Netns, file: &Path) -> anyhow::Result<Self> {
+        Self::spawn(|argv| switch.command(argv), "br0", None, file)
+    }
+
+    /// Starts tcpdump on `interface` inside `pod`, keeping what matches `filter`.
+    pub fn in_pod(
+        pod: &LocalPod,
+        interface: &str,
+        filter: &str,
+        file: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(|argv| pod.command(argv), interface, Some(filter), file)
+    }
+
+    fn spawn(
+        command: impl FnOnce(&[&str]) -> std::process::Command,
+        interface: &str,
+        filter: Option<&str>,
+        file: &Path,
+    ) -> anyhow::Result<Self> {
         let file_arg = file.to_string_lossy().into_owned();
-        let cmd = switch.command(&[
+        let mut argv = vec![
             "tcpdump",
             "-i",
-            "br0",
+            interface,
             "-U",
             "--immediate-mode",
             "-s",
             "0",
             "-w",
             &file_arg,
-        ]);
+        ];
+        argv.extend(filter);
         let log = file.with_extension("log");
-        let mut process = Process::spawn("tcpdump", cmd, &log)?;
+        let mut process = Process::spawn("tcpdump", command(&argv), &log)?;
         process.wait_until(
-            "waiting for tcpdump to listen",
+            &format!("waiting for tcpdump to listen on {interface}"),
             Duration::from_secs(10),
             || fs::read_to_string(&log).is_ok_and(|text| text.contains("listening on")),
         )?;

@@ -1,7 +1,8 @@
 //! The end-to-end tests' face of the local cluster launcher: the repository's `examples/`
-//! copied to a scratch directory (so a test can edit manifests while the mesh runs), brought up
-//! with freshly built binaries, plus what tests do to it: curl through it, read a sidecar's
-//! admin and metrics, and time how long a change takes to reach a sidecar.
+//! (its top-level files, plus the subdirectories a test asks for) copied to a scratch directory
+//! (so a test can edit manifests while the mesh runs), brought up with freshly built binaries,
+//! plus what tests do to it: curl through it, read a sidecar's admin and metrics, and time how
+//! long a change takes to reach a sidecar.
 
 use std::{
     fs,
@@ -40,8 +41,9 @@ pub struct ExampleCluster {
 }
 
 impl ExampleCluster {
-    /// Brings up a copy of `examples/`. `name` keeps namespaces and files of concurrent test
-    /// binaries apart.
+    /// Brings up a copy of the top-level files of `examples/` (the demo app and `mesh.yaml`;
+    /// its subdirectories, such as `zero-trust/`, are left out). `name` keeps namespaces and
+    /// files of concurrent test binaries apart.
     pub fn up(name: &str) -> anyhow::Result<Self> {
         Self::up_with(name, |_| Ok(()))
     }
@@ -49,6 +51,16 @@ impl ExampleCluster {
     /// Like [`ExampleCluster::up`], after `edit` has changed the copied manifests.
     pub fn up_with(
         name: &str,
+        edit: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        Self::up_with_dirs(name, &[], edit)
+    }
+
+    /// Like [`ExampleCluster::up_with`], with the subdirectories `dirs` of `examples/` (e.g.
+    /// `"zero-trust"`) copied too, each under its own name beside the top-level files.
+    pub fn up_with_dirs(
+        name: &str,
+        dirs: &[&str],
         edit: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         crate::require_root()?;
@@ -59,7 +71,10 @@ impl ExampleCluster {
             .prefix(&format!("{prefix}-manifests-"))
             .tempdir()
             .context("creating a directory for the manifests")?;
-        copy_dir(&examples_dir(), manifests.path())?;
+        copy_dir(&examples_dir(), manifests.path(), false)?;
+        for dir in dirs {
+            copy_dir(&examples_dir().join(dir), &manifests.path().join(dir), true)?;
+        }
         edit(manifests.path())?;
         let cluster = Cluster::up(
             manifests.path(),
@@ -98,6 +113,23 @@ impl ExampleCluster {
             .with_context(|| format!("no pod of Deployment {deployment}"))
     }
 
+    /// The first replica of Deployment `deployment` in `namespace`, for manifests where
+    /// several namespaces have a Deployment of that name.
+    pub fn pod_in(&self, namespace: &str, deployment: &str) -> anyhow::Result<LocalPod> {
+        self.cluster
+            .first_pod(namespace, deployment)
+            .cloned()
+            .with_context(|| format!("no pod of Deployment {namespace}/{deployment}"))
+    }
+
+    /// Writes manifest `file` (a path relative to the manifests, its directory existing) with
+    /// `text`, atomically, as a user adding or replacing a file would; the control plane
+    /// follows it as it follows any edit.
+    pub fn write(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.manifests().join(file);
+        write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Replaces `from` with `to` in manifest `file`, as a user editing it would.
     pub fn edit(&self, file: &str, from: &str, to: &str) -> anyhow::Result<()> {
         edit_file(&self.manifests().join(file), from, to)
@@ -115,13 +147,16 @@ pub fn edit_file(path: &Path, from: &str, to: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies `from` into `to`: its files, and with `recurse` its subdirectories too.
+fn copy_dir(from: &Path, to: &Path, recurse: bool) -> anyhow::Result<()> {
     fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let path = entry?.path();
         let target = to.join(path.file_name().context("a directory entry has a name")?);
         if path.is_dir() {
-            copy_dir(&path, &target)?;
+            if recurse {
+                copy_dir(&path, &target, recurse)?;
+            }
         } else {
             fs::copy(&path, &target)
                 .with_context(|| format!("copying {} to {}", path.display(), target.display()))?;

@@ -5,7 +5,8 @@
 //! ever holds those; the decision is measured over them, for a request the last rule of the
 //! last policy allows (every rule before it is tried) and one nothing allows (every rule is
 //! tried, then the default denies). `rules/N` shows how the decision grows with rules per
-//! policy, and `compile` what a config push costs.
+//! policy, `compile` what a config push costs, and `check_request` the whole per-request check
+//! with and without the policy set `remora-bench` compares.
 
 use std::net::SocketAddr;
 
@@ -13,8 +14,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::HeaderMap;
 use remora_api::{
     authz::{Authorization, ConnectionFacts, Policy, RequestFacts},
-    proto::config::{AuthorizationPolicy, Operation, Rule, Source},
-    SpiffeId,
+    proto::config::{self as proto, AuthorizationPolicy, Operation, Rule, Source},
+    MeshSettings, Outcome, Security, SpiffeId,
 };
 
 /// Policy `p` of the workload: `rules` rules, each for one caller and one path prefix.
@@ -105,5 +106,77 @@ fn decide(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decide);
+/// The whole per-request check a sidecar runs (path normalization, JWT, decision) with the
+/// policy set `remora-bench`'s `remora+policies` pair uses, on a real `http::Request`.
+fn check_request(c: &mut Criterion) {
+    let security = Security::compile(&proto::Security {
+        authorization_policies: vec![
+            AuthorizationPolicy {
+                namespace: "bench".into(),
+                name: "server-allow-client".into(),
+                action: "ALLOW".into(),
+                rules: vec![Rule {
+                    from: vec![Source {
+                        principals: vec!["cluster.local/ns/bench/sa/client".into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            AuthorizationPolicy {
+                namespace: "bench".into(),
+                name: "deny-admin".into(),
+                action: "DENY".into(),
+                rules: vec![Rule {
+                    to: vec![Operation {
+                        paths: vec!["/admin*".into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    })
+    .expect("valid policies");
+    let none = Security::default();
+    let mesh = MeshSettings::default();
+    let client: SpiffeId = "spiffe://cluster.local/ns/bench/sa/client"
+        .parse()
+        .expect("id");
+    let conn = ConnectionFacts {
+        peer: Some(&client),
+        source: "198.18.0.13:40000".parse().expect("addr"),
+        destination: "198.18.0.14:8080".parse().expect("addr"),
+        sni: None,
+    };
+    let request = || {
+        http::Request::get("/")
+            .header("host", "198.18.0.14:8080")
+            .header("user-agent", "oha/1.4")
+            .header("accept", "*/*")
+            .body(())
+            .expect("request")
+    };
+    let mut group = c.benchmark_group("check_request");
+    for (name, security) in [("no policies", &none), ("typical policies", &security)] {
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                request,
+                |req| {
+                    matches!(
+                        security.check_request(&mesh, &conn, req),
+                        Outcome::Allowed(_)
+                    )
+                },
+                criterion::BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decide, check_request);
 criterion_main!(benches);

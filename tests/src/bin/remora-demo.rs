@@ -2,16 +2,23 @@
 //! needed): the control plane, httpbin and a `sleep` client, each pod with a sidecar that got
 //! its certificate from the mesh CA. Sends one plain `curl http://httpbin.demo:8000/...` from
 //! `sleep` (a Service name, resolved to its cluster IP, captured by the sidecar, carried over
-//! mTLS) and prints what httpbin saw. With `--keep` the cluster stays up until Ctrl-C.
+//! mTLS) and prints what httpbin saw. Then, with `examples/zero-trust/`, curls team-a's httpbin
+//! from team-a's curl (allowed) and team-b's (403 `RBAC: access denied`), each with what
+//! `remoractl authz check` says decided it. With `--keep` the cluster stays up until Ctrl-C.
 
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 use clap::Parser;
 use remora_e2e::example_cluster::{curl, examples_dir};
-use remora_local::{Cluster, LocalPod, Options, Shutdown};
+use remora_local::{Binaries, Cluster, LocalPod, Options, Shutdown};
 
 const URL: &str = "http://httpbin.demo:8000/get?show_env=1";
+/// team-a's httpbin, which only team-a's curl may call (`examples/zero-trust/policies.yaml`).
+const ZERO_TRUST_URL: &str = "http://httpbin.team-a:8000/get";
 
 #[derive(Parser)]
 #[command(
@@ -88,6 +95,14 @@ fn main() -> anyhow::Result<()> {
         .context("no URI= in X-Forwarded-Client-Cert")?;
     println!("httpbin's caller, proven by mTLS: {caller}");
 
+    // The zero-trust example, when the manifests have it.
+    if let (Some(allowed), Some(denied)) = (
+        cluster.first_pod("team-a", "curl"),
+        cluster.first_pod("team-b", "curl"),
+    ) {
+        zero_trust(&dir, allowed, denied)?;
+    }
+
     if args.keep {
         let httpbin = first_pod(&cluster, "httpbin")?;
         println!(
@@ -104,6 +119,59 @@ fn main() -> anyhow::Result<()> {
         );
         shutdown.wait();
         println!("Tearing down...");
+    }
+    Ok(())
+}
+
+/// team-a's httpbin called by `allowed` and by `denied`: each answer, and what `remoractl authz
+/// check` (the sidecar's own decision, explained) says about the same request.
+fn zero_trust(dir: &Path, allowed: &LocalPod, denied: &LocalPod) -> anyhow::Result<()> {
+    let remoractl = Binaries::locate()?.dir.join("remoractl");
+    println!(
+        "\nZero trust: team-a's httpbin answers team-a's curl only \
+         (AuthorizationPolicy team-a/httpbin-allow-curl)."
+    );
+    let config_dir = dir.display().to_string();
+    for caller in [allowed, denied] {
+        println!("\n$ ip netns exec {} curl {ZERO_TRUST_URL}", caller.netns);
+        let response = curl(caller, ZERO_TRUST_URL)?;
+        if response.status == 200 {
+            println!("HTTP 200");
+        } else {
+            println!("HTTP {}: {}", response.status, response.body.trim());
+        }
+        let from = format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            remora_e2e::TRUST_DOMAIN,
+            caller.namespace,
+            caller.service_account
+        );
+        let args: [&str; 12] = [
+            "authz",
+            "check",
+            "--config-dir",
+            &config_dir,
+            "--to",
+            "team-a/httpbin",
+            "--from",
+            &from,
+            "--method",
+            "GET",
+            "--path",
+            "/get",
+        ];
+        println!("$ remoractl {}", args.join(" "));
+        let out = Command::new(&remoractl)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", remoractl.display()))?;
+        ensure!(
+            out.status.success(),
+            "remoractl authz check failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     Ok(())
 }
