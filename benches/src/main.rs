@@ -43,6 +43,10 @@ struct Args {
     /// A few seconds in all: one short round, to check the harness works.
     #[arg(long)]
     smoke: bool,
+    /// Start the remora+policies pair without its policies: an A/A run, showing how far two
+    /// identical Remora pairs differ on this machine (the noise under the policies' cost).
+    #[arg(long)]
+    control: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         args.saturation_seconds = 1;
     }
     let mesh = Mesh::new("bench")?;
-    let paths = paths::build(&mesh)?;
+    let paths = paths::build(&mesh, !args.control)?;
     eprintln!(
         "paths ready: {}",
         paths
@@ -133,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         seconds: args.seconds,
         rounds: args.rounds,
         saturation_seconds: args.saturation_seconds,
+        control: args.control,
     };
     print!("{}", report::render(&setup, &results));
     Ok(())

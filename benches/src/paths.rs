@@ -51,12 +51,18 @@ pub struct RequestPath {
     pub proxies: Vec<(&'static str, u32)>,
 }
 
-/// Builds the three paths in `mesh`.
-pub fn build(mesh: &Mesh) -> anyhow::Result<Vec<RequestPath>> {
+/// Builds the paths in `mesh`; without `policies` the remora+policies pair runs without them
+/// (an A/A control).
+pub fn build(mesh: &Mesh, policies: bool) -> anyhow::Result<Vec<RequestPath>> {
     Ok(vec![
         direct(mesh)?,
-        remora(mesh, Kind::Remora, None)?,
-        remora(mesh, Kind::RemoraPolicies, Some(typical_policies()))?,
+        remora(mesh, Kind::Remora, "r", None)?,
+        remora(
+            mesh,
+            Kind::RemoraPolicies,
+            "p",
+            policies.then(typical_policies),
+        )?,
         nginx(mesh)?,
     ])
 }
@@ -112,8 +118,12 @@ fn typical_policies() -> Security {
     }
 }
 
-fn remora(mesh: &Mesh, kind: Kind, security: Option<Security>) -> anyhow::Result<RequestPath> {
-    let prefix = if security.is_some() { "p" } else { "r" };
+fn remora(
+    mesh: &Mesh,
+    kind: Kind,
+    prefix: &str,
+    security: Option<Security>,
+) -> anyhow::Result<RequestPath> {
     let client = mesh.add_pod(&format!("{prefix}-client"), "bench", "client")?;
     let server = mesh.add_pod(&format!("{prefix}-server"), "bench", "server")?;
     start_app(mesh, &server)?;

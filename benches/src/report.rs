@@ -56,6 +56,8 @@ pub struct Setup {
     pub seconds: u64,
     pub rounds: usize,
     pub saturation_seconds: u64,
+    /// The remora+policies pair ran without its policies (an A/A run).
+    pub control: bool,
 }
 
 /// Renders the comparison. `results` holds direct, remora and nginx, in that order.
@@ -131,24 +133,22 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
         ratio(r, n)
     );
     if let Some(policies) = find(Kind::RemoraPolicies) {
-        policy_cost(&mut out, direct, remora, nginx, policies);
+        policy_cost(&mut out, setup.control, [direct, remora, nginx, policies]);
     }
     out
 }
 
 /// The same Remora pair with a typical policy set, against the policy-free pair (and nginx).
-fn policy_cost(
-    out: &mut String,
-    direct: &PathResult,
-    remora: &PathResult,
-    nginx: &PathResult,
-    policies: &PathResult,
-) {
-    let _ = writeln!(
-        out,
-        "\nWith a typical policy set on the server sidecar (ALLOW the caller's principal, DENY \
-         /admin* namespace-wide):\n"
-    );
+fn policy_cost(out: &mut String, control: bool, paths: [&PathResult; 4]) {
+    let [direct, remora, nginx, policies] = paths;
+    let heading = if control {
+        "A/A control: the remora+policies pair ran WITHOUT policies, so its difference from \
+         remora is how far two identical pairs differ here"
+    } else {
+        "With a typical policy set on the server sidecar (ALLOW the caller's principal, DENY \
+         /admin* namespace-wide)"
+    };
+    let _ = writeln!(out, "\n{heading}:\n");
     let _ = writeln!(
         out,
         "| metric | remora | remora+policies | policies / none | remora+policies / nginx |"
@@ -242,6 +242,7 @@ mod tests {
             seconds: 20,
             rounds: 1,
             saturation_seconds: 10,
+            control: false,
         };
         let table = render(&setup, &results);
         assert!(
