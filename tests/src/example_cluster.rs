@@ -32,6 +32,28 @@ pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+/// Deployment `client/plain`: a pod outside the mesh, as a user opts one out (a YAML document,
+/// after a `---`, to write on its own or after other documents).
+pub const POD_WITHOUT_SIDECAR: &str = r#"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: plain
+  namespace: client
+spec:
+  selector:
+    matchLabels: {app: plain}
+  template:
+    metadata:
+      labels: {app: plain, sidecar.istio.io/inject: "false"}
+    spec:
+      containers:
+        - name: plain
+          image: curlimages/curl
+          command: ["sleep", "infinity"]
+"#;
+
 pub struct ExampleCluster {
     // Fields drop in order: the cluster, then its manifests (the control plane reads them
     // until it stops), then the lock.

@@ -17,6 +17,7 @@ use remora_e2e::{
     counter,
     example_cluster::{
         curl, edit_file, local_get, sidecar_metrics, wait_for, ExampleCluster, SteadyLoad,
+        POD_WITHOUT_SIDECAR,
     },
 };
 use remora_local::{as_proxy_user, LocalPod};
@@ -53,27 +54,6 @@ fn host_mounts() -> anyhow::Result<BTreeSet<String>> {
         .collect())
 }
 
-/// A pod outside the mesh in namespace `client`, as a user opts one out.
-const PLAIN_POD: &str = r#"
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: plain
-  namespace: client
-spec:
-  selector:
-    matchLabels: {app: plain}
-  template:
-    metadata:
-      labels: {app: plain, sidecar.istio.io/inject: "false"}
-    spec:
-      containers:
-        - name: plain
-          image: curlimages/curl
-          command: ["sleep", "infinity"]
-"#;
-
 /// A Service whose port cannot exist.
 const BROKEN_SERVICE: &str = r#"
 apiVersion: v1
@@ -90,7 +70,7 @@ fn service_name_reaches_httpbin_over_mtls_with_ca_issued_certificates() -> anyho
     let mesh = ExampleCluster::up_with("cp-curl", |dir| {
         let path = dir.join("sleep.yaml");
         let text = std::fs::read_to_string(&path)?;
-        std::fs::write(&path, text + PLAIN_POD)?;
+        std::fs::write(&path, text + POD_WITHOUT_SIDECAR)?;
         std::fs::write(dir.join("broken.yaml"), BROKEN_SERVICE)?;
         edit_file(
             &dir.join("mesh.yaml"),

@@ -19,7 +19,10 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use remora_e2e::{
     counter,
-    example_cluster::{curl, edit_file, examples_dir, sidecar_metrics, wait_for, ExampleCluster},
+    example_cluster::{
+        curl, edit_file, examples_dir, sidecar_metrics, wait_for, ExampleCluster,
+        POD_WITHOUT_SIDECAR,
+    },
     two_pods::{fixture, CurlResult},
     Binaries, Capture, Process,
 };
@@ -679,25 +682,6 @@ fn a_tcp_deny_refuses_new_connections_and_closes_open_ones() -> anyhow::Result<(
 // ---------------------------------------------------------------------------------------------
 // PeerAuthentication
 
-/// A pod outside the mesh in namespace `client`, as a user opts one out.
-const PLAIN_POD: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: plain
-  namespace: client
-spec:
-  selector:
-    matchLabels: {app: plain}
-  template:
-    metadata:
-      labels: {app: plain, sidecar.istio.io/inject: "false"}
-    spec:
-      containers:
-        - name: plain
-          image: curlimages/curl
-          command: ["sleep", "infinity"]
-"#;
-
 /// demo's httpbin, logging every request it gets to its container log.
 const GUNICORN: &str = r#"command: ["gunicorn", "-b", "0.0.0.0:8080", "httpbin:app"]"#;
 const GUNICORN_LOGGING: &str =
@@ -727,7 +711,7 @@ spec:
 fn strict_refuses_plaintext_and_disable_sends_it() -> anyhow::Result<()> {
     let mesh = ExampleCluster::up_with("zt-mtls", |dir| {
         edit_file(&dir.join("httpbin.yaml"), GUNICORN, GUNICORN_LOGGING)?;
-        fs::write(dir.join("plain.yaml"), PLAIN_POD)?;
+        fs::write(dir.join("plain.yaml"), POD_WITHOUT_SIDECAR)?;
         let nomtls = NOMTLS_POLICY.to_owned() + &httpbin_app("demo", "httpbin-nomtls");
         fs::write(dir.join("httpbin-nomtls.yaml"), nomtls)?;
         Ok(())
