@@ -326,16 +326,7 @@ impl Facts<'_, '_> {
             Condition::SourceNamespace(field) => strings(field, peer.map(|p| p.namespace)),
             Condition::SourcePrincipal(field) => strings(field, peer.map(|p| p.principal)),
             Condition::SourceServiceAccount(field) => check(field, peer, |p, peer| {
-                let (ns, sa) = (peer.namespace, peer.service_account);
-                match p {
-                    StrMatch::Exact(text) => {
-                        text.len() == ns.len() + 1 + sa.len()
-                            && text.starts_with(ns)
-                            && text[ns.len()..].starts_with('/')
-                            && text.ends_with(sa)
-                    }
-                    other => other.matches(&format!("{ns}/{sa}")),
-                }
+                p.matches_joined(peer.namespace, peer.service_account)
             }),
             Condition::SourceTrustDomain(field) => strings(field, peer.map(|p| p.trust_domain)),
             Condition::Sni(field) => strings(field, self.conn.sni),

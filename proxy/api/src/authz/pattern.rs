@@ -46,6 +46,21 @@ impl StrMatch {
         }
     }
 
+    /// Like [`StrMatch::matches`] on `first/second`, without joining them.
+    pub(crate) fn matches_joined(&self, first: &str, second: &str) -> bool {
+        let joined = || first.bytes().chain([b'/']).chain(second.bytes());
+        let len = first.len() + 1 + second.len();
+        let starts = |p: &str| len >= p.len() && joined().zip(p.bytes()).all(|(a, b)| a == b);
+        let ends =
+            |p: &str| len >= p.len() && joined().rev().zip(p.bytes().rev()).all(|(a, b)| a == b);
+        match self {
+            Self::Exact(exact) => len == exact.len() && starts(exact),
+            Self::Prefix(prefix) => starts(prefix),
+            Self::Suffix(suffix) => ends(suffix),
+            Self::Present => true,
+        }
+    }
+
     /// Like [`StrMatch::matches`], for a pattern made by [`StrMatch::parse_ignoring_case`].
     pub(crate) fn matches_ignoring_case(&self, value: &str) -> bool {
         let (value, len) = (value.as_bytes(), value.len());
@@ -176,6 +191,25 @@ mod tests {
             assert_eq!(parsed.matches(value), expected, "{pattern} ~ {value}");
         }
         assert!(StrMatch::parse("").is_err());
+    }
+
+    #[test]
+    fn joined_values_match_as_if_joined() {
+        for pattern in [
+            "team-a/curl",
+            "team-a/*",
+            "*/curl",
+            "*",
+            "team-a/cur",
+            "team-b/*",
+        ] {
+            let parsed = StrMatch::parse(pattern).expect(pattern);
+            assert_eq!(
+                parsed.matches_joined("team-a", "curl"),
+                parsed.matches("team-a/curl"),
+                "{pattern}"
+            );
+        }
     }
 
     #[test]
