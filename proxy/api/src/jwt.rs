@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use jsonwebtoken::{jwk::JwkSet, DecodingKey, Validation};
+use jsonwebtoken::{
+    jwk::{AlgorithmParameters, Jwk, JwkSet},
+    DecodingKey, Validation,
+};
 use serde_json::{Map, Value};
 
 use crate::proto::config as proto;
@@ -77,7 +80,7 @@ pub struct JwtRule {
     pub policy: Arc<str>,
     issuer: String,
     audiences: Vec<String>,
-    keys: Vec<(Option<String>, DecodingKey)>,
+    keys: Vec<Key>,
     locations: Vec<Location>,
     forward_original_token: bool,
     claim_headers: Vec<(HeaderName, Vec<String>)>,
@@ -93,6 +96,38 @@ impl std::fmt::Debug for JwtRule {
             .field("locations", &self.locations)
             .finish_non_exhaustive()
     }
+}
+
+/// One key of a rule's JWKS, with the checks a token verified by it must pass, made once per
+/// push rather than per request.
+struct Key {
+    id: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The checks for tokens verified by `jwk`: the rule's issuer and audiences, Envoy's clock skew,
+/// and only the algorithms of the key's family.
+fn validation(jwk: &Jwk, issuer: &str, audiences: &[String]) -> Validation {
+    use jsonwebtoken::Algorithm::*;
+    let algorithms = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+        AlgorithmParameters::EllipticCurve(_) => vec![ES256, ES384],
+        AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
+        AlgorithmParameters::OctetKey(_) => vec![HS256, HS384, HS512],
+    };
+    let mut validation = Validation::new(algorithms[0]);
+    validation.algorithms = algorithms;
+    validation.set_issuer(&[issuer]);
+    if audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(audiences);
+    }
+    validation.required_spec_claims.clear();
+    validation.leeway = CLOCK_SKEW_SECONDS;
+    validation.validate_nbf = true;
+    validation
 }
 
 /// What the request's token (if any) says.
@@ -199,7 +234,11 @@ impl JwtRule {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, jwk)| match DecodingKey::from_jwk(jwk) {
-                    Ok(key) => Some((jwk.common.key_id.clone(), key)),
+                    Ok(key) => Some(Key {
+                        id: jwk.common.key_id.clone(),
+                        validation: validation(jwk, &rule.issuer, &rule.audiences),
+                        key,
+                    }),
                     Err(e) => {
                         problems.push(format!("jwks: keys[{i}]: {e}"));
                         None
@@ -263,24 +302,18 @@ impl JwtRule {
 
     fn verify(&self, token: &str) -> Result<Claims, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("bad header: {e}"))?;
-        let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&self.issuer]);
-        if self.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.audiences);
-        }
-        validation.required_spec_claims.clear();
-        validation.leeway = CLOCK_SKEW_SECONDS;
-        validation.validate_nbf = true;
         let candidates = self
             .keys
             .iter()
-            .filter(|(kid, _)| header.kid.is_none() || kid.is_none() || *kid == header.kid);
+            .filter(|k| header.kid.is_none() || k.id.is_none() || k.id == header.kid);
         let mut last = "no key of the issuer's JWKS matches the token".to_owned();
-        // jsonwebtoken refuses a key of another family than the token's algorithm.
-        for (_, key) in candidates {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+        // Each key's validation names only its family's algorithms: a token signed otherwise is
+        // refused (no HS256 token checked against an RSA key's bytes).
+        for Key {
+            key, validation, ..
+        } in candidates
+        {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
                 Ok(data) => {
                     let sub = data.claims.get("sub").and_then(Value::as_str).unwrap_or("");
                     return Ok(Claims {
