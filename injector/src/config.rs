@@ -24,6 +24,7 @@ pub(crate) mod directory;
 pub mod endpoints;
 mod mesh;
 mod objects;
+mod routing;
 mod security;
 mod source;
 mod translate;

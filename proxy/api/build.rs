@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/istio/v1/auth/ca.proto",
+        "proto/remora/config/v1/routing.proto",
         "proto/remora/config/v1/security.proto",
         "proto/remora/config/v1/snapshot.proto",
         "proto/remora/config/v1/discovery.proto",
@@ -12,15 +13,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure()
+    // The snapshot is also written by hand (a bootstrap's `staticSnapshot`) and dumped by the
+    // admin endpoint, in the same camelCase names Kubernetes-style YAML uses. Messages take
+    // defaults for missing fields; a oneof is an enum, written as `{exact: "/a"}`.
+    let config = tonic_prost_build::configure()
         .build_transport(false)
-        // The snapshot is also written by hand (a bootstrap's `staticSnapshot`) and dumped by
-        // the admin endpoint, in the same camelCase names Kubernetes-style YAML uses.
-        .type_attribute(
+        .message_attribute(
             ".remora.config.v1",
             "#[derive(serde::Serialize, serde::Deserialize)] \
              #[serde(rename_all = \"camelCase\", default, deny_unknown_fields)]",
         )
-        .compile_fds(descriptors)?;
+        .enum_attribute(
+            ".remora.config.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] \
+             #[serde(rename_all = \"camelCase\")]",
+        );
+    config.compile_fds(descriptors)?;
     Ok(())
 }

@@ -10,9 +10,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::{
@@ -83,7 +81,7 @@ impl Admin {
 fn json(value: &serde_json::Value) -> Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
-            let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+            let mut response = Response::new(Body::full(body));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),

@@ -146,6 +146,7 @@ mod tests {
             endpoints: vec![Endpoint {
                 address: address.into(),
                 identity: "spiffe://cluster.local/ns/demo/sa/httpbin".into(),
+                ..Default::default()
             }],
             services: vec![],
             mesh: Some(MeshSettings {
@@ -153,6 +154,7 @@ mod tests {
                 ..Default::default()
             }),
             security: None,
+            workloads: vec![],
         }
     }
 

@@ -54,10 +54,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
+    is_upgrade_head(req.version(), req.headers())
+}
+
+/// [`is_upgrade`] for a request's head.
+pub fn is_upgrade_head(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())

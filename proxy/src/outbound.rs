@@ -1,16 +1,21 @@
 //! Outbound: connections the app opens, redirected to 15001, and the only way out to the mesh.
 //!
 //! Per connection, its original destination is looked up once ([`remora_api::Snapshot::lookup`])
-//! as a logical target: a Service (its endpoints balanced per request by [`balance`]), a mesh
-//! workload, an address outside the registry (passed through untouched under `ALLOW_ANY`), or a
-//! black hole (`REGISTRY_ONLY`). HTTP/1.x and HTTP/2 are then served request by request by
-//! `http`; anything else (opaque TCP, the app's own TLS, protocols whose server speaks first)
-//! by `tcp`, on one endpoint for the connection's life. Endpoints with a sidecar are reached
+//! as a logical target: a Service port (its routes kept current by [`routes`], its backends'
+//! endpoints balanced per request by [`balance`]), a mesh workload, an address outside the
+//! registry (passed through untouched under `ALLOW_ANY`), or a black hole (`REGISTRY_ONLY`).
+//! HTTP/1.x and HTTP/2 are then served request by request by `http` (routing, retries,
+//! mirrors); anything else (opaque TCP, the app's own TLS, protocols whose server speaks first)
+//! by `tcp`, on one endpoint of the port for the connection's life. Endpoints with a sidecar are reached
 //! through the tunnel ([`crate::tunnel::client`]), which checks the identity the snapshot names;
 //! endpoints without one directly, in the clear.
 
 pub mod balance;
+mod filters;
 mod http;
+mod mirror;
+mod retry;
+mod routes;
 mod tcp;
 
 use std::{
@@ -21,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use remora_api::Logical;
+use remora_api::{route::TlsMode, Logical};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -41,7 +46,8 @@ use crate::{
     tunnel::TunnelClient,
 };
 
-use balance::{Balancer, Balancers, Upstream};
+use balance::{Balancers, Upstream};
+use routes::{PortRoutes, Routes};
 
 /// What the outbound side shares across connections.
 pub struct Outbound {
@@ -50,6 +56,7 @@ pub struct Outbound {
     /// For endpoints that run no sidecar.
     direct: HttpClient<Direct>,
     balancers: Balancers,
+    routes: Routes,
     metrics: Arc<Metrics>,
     drain: Drain,
     detect_timeout: Duration,
@@ -69,6 +76,7 @@ impl Outbound {
             tunnel,
             direct: HttpClient::with_connector(Direct),
             balancers: Balancers::default(),
+            routes: Routes::default(),
             metrics,
             drain,
             detect_timeout: DETECT_TIMEOUT,
@@ -78,22 +86,25 @@ impl Outbound {
     }
 }
 
-/// Hands each balancer its Service's endpoints from every snapshot put in use.
+/// Hands each balancer its backend's endpoints, then each port in use its routes, from every
+/// snapshot put in use.
 async fn follow_config(outbound: Weak<Outbound>, mut changes: watch::Receiver<()>) {
     while changes.changed().await.is_ok() {
-        match outbound.upgrade() {
-            Some(outbound) => outbound
-                .balancers
-                .update(&outbound.config, &outbound.tunnel),
-            None => return,
-        }
+        let Some(outbound) = outbound.upgrade() else {
+            return;
+        };
+        let snapshot = outbound.config.load();
+        outbound.balancers.update(&snapshot, &outbound.tunnel);
+        outbound
+            .routes
+            .update(&snapshot, &outbound.tunnel, &outbound.balancers);
     }
 }
 
 /// Where the requests (or the bytes) of one app connection go.
 enum Backend {
-    /// A Service's endpoints, one chosen per request (per connection for opaque TCP).
-    Balanced(Arc<Balancer>),
+    /// A Service port: each request routed (opaque TCP to one of the port's endpoints).
+    Routed(Arc<PortRoutes>),
     /// One workload.
     Fixed(Arc<Upstream>),
     /// Nowhere (`REGISTRY_ONLY`).
@@ -101,9 +112,10 @@ enum Backend {
 }
 
 impl Backend {
+    /// The endpoint of a connection that is not HTTP.
     fn pick(&self) -> Result<Arc<Upstream>, RequestError> {
         match self {
-            Backend::Balanced(balancer) => balancer.pick().ok_or(RequestError::NoHealthyUpstream),
+            Backend::Routed(routes) => routes.load().own.pick(&[]).map_err(retry::no_upstream),
             Backend::Fixed(upstream) => Ok(upstream.clone()),
             Backend::Blackhole(dst) => Err(RequestError::Blackhole(*dst)),
         }
@@ -126,14 +138,17 @@ where
             transport::splice(PrefixedIo::unread(accepted.io), upstream).await?;
             return Ok(());
         }
-        Logical::Service(port) => Backend::Balanced(outbound.balancers.get(
+        Logical::Service(port) => Backend::Routed(outbound.routes.get(
+            &port,
             &outbound.config,
             &outbound.tunnel,
-            &port.key,
+            &outbound.balancers,
         )),
-        Logical::Workload(endpoint) => {
-            Backend::Fixed(Arc::new(Upstream::new(&outbound.tunnel, endpoint)))
-        }
+        Logical::Workload(endpoint) => Backend::Fixed(Arc::new(Upstream::new(
+            &outbound.tunnel,
+            endpoint,
+            TlsMode::IstioMutual,
+        ))),
         Logical::Blackhole(dst) => Backend::Blackhole(dst),
     };
     let detected = detect(accepted.io, outbound.detect_timeout).await?;

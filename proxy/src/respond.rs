@@ -17,6 +17,7 @@ use std::{
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use remora_api::route::Abort;
 use tower::ServiceExt;
 
 use crate::{
@@ -67,6 +68,22 @@ pub enum RequestError {
     /// A Service with no ready endpoint.
     #[error("no healthy upstream")]
     NoHealthyUpstream,
+    /// Routes are attached to the destination and none matches the request.
+    #[error("route not found")]
+    NoRoute,
+    /// The route's backend cannot be resolved (a missing Service or subset), or it has no
+    /// backend with weight: answered with `status` (500 under Gateway API, 503 under Istio).
+    #[error("{reason}")]
+    NoBackend { status: StatusCode, reason: String },
+    /// The route's `timeout` (or the last try's `perTryTimeout`) ran out.
+    #[error("upstream request timeout")]
+    Timeout,
+    /// Fault injection's abort.
+    #[error("fault filter abort")]
+    FaultAbort(Abort),
+    /// The backend's `connectionPool` is full, and so is its queue.
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
+    Overflow,
     /// A destination outside the mesh registry under `REGISTRY_ONLY` (Istio's
     /// `BlackHoleCluster`).
     #[error("{0} is not in the mesh registry and outboundTrafficPolicy is REGISTRY_ONLY")]
@@ -116,17 +133,29 @@ impl RequestError {
             Self::JwtInvalid => StatusCode::UNAUTHORIZED,
             Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
             Self::Blackhole(_) => StatusCode::BAD_GATEWAY,
-            Self::NoHealthyUpstream | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyUpstream | Self::Unavailable { .. } | Self::Overflow => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoBackend { status, .. } => *status,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::FaultAbort(Abort::Http(status)) => *status,
+            Self::FaultAbort(Abort::Grpc(_)) => StatusCode::OK,
         }
     }
 
     /// Envoy's response flag (`%RESPONSE_FLAGS%`): UH no healthy upstream, UF upstream
-    /// connection failure, NR no route, `-` for a request refused as malformed.
+    /// connection failure, NR no route, NC no cluster, UT upstream timeout, FI fault abort,
+    /// UO overflow, `-` for a request refused as malformed.
     pub fn flag(&self) -> &'static str {
         match self {
             Self::NoHealthyUpstream => "UH",
             Self::Unavailable { .. } => "UF",
-            Self::Blackhole(_) => "NR",
+            Self::Blackhole(_) | Self::NoRoute => "NR",
+            Self::NoBackend { .. } => "NC",
+            Self::Timeout => "UT",
+            Self::FaultAbort(_) => "FI",
+            Self::Overflow => "UO",
             Self::ConnectNotSupported
             | Self::InvalidAuthority(_)
             | Self::MissingDstPort
@@ -144,9 +173,23 @@ impl RequestError {
     /// refusals, as Envoy's RBAC and JWT filters answer gRPC.
     pub fn grpc_status(&self) -> Option<&'static str> {
         match self {
-            Self::NoHealthyUpstream | Self::Unavailable { .. } => Some("14"),
+            Self::NoHealthyUpstream | Self::Unavailable { .. } | Self::Overflow => Some("14"),
             Self::Denied | Self::MtlsRequired(_) => Some("7"),
             Self::JwtInvalid => Some("16"),
+            Self::FaultAbort(Abort::Grpc(code)) => GRPC_CODES.get(*code as usize).copied(),
+            // Envoy's local replies to gRPC callers map the HTTP status.
+            Self::NoRoute => Some("12"),
+            Self::Timeout => Some("14"),
+            Self::NoBackend { status, .. } | Self::FaultAbort(Abort::Http(status)) => {
+                Some(match status.as_u16() {
+                    400 => "13",
+                    401 => "16",
+                    403 => "7",
+                    404 => "12",
+                    429 | 502..=504 => "14",
+                    _ => "2",
+                })
+            }
             _ => None,
         }
     }
@@ -158,11 +201,21 @@ impl RequestError {
                 format!("upstream connect error or disconnect/reset before headers: {source}")
             }
             Self::NoHealthyUpstream => "no healthy upstream".to_owned(),
-            Self::Denied | Self::JwtInvalid => self.to_string(),
+            Self::NoRoute => String::new(),
+            Self::Denied
+            | Self::JwtInvalid
+            | Self::Timeout
+            | Self::FaultAbort(_)
+            | Self::Overflow => self.to_string(),
             other => format!("{other}\n"),
         }
     }
 }
+
+/// gRPC status codes as `grpc-status` writes them.
+const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
 
 /// What gRPC's `grpc-message` percent-encodes: controls, non-ASCII (always) and `%` itself.
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');

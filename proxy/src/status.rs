@@ -6,9 +6,7 @@ use std::sync::{
     Arc,
 };
 
-use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::{
@@ -65,7 +63,7 @@ pub fn stats(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET || req.uri().path() != "/stats/prometheus" {
         return local_response(StatusCode::NOT_FOUND, "");
     }
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(metrics.encode()))));
+    let mut response = Response::new(Body::full(metrics.encode()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -68,10 +68,25 @@ impl SnapshotBuilder {
                     .map(|(address, identity)| proto::Endpoint {
                         address: address.to_string(),
                         identity: identity.map(ToString::to_string).unwrap_or_default(),
+                        workload: String::new(),
                     })
                     .collect(),
+                ..Default::default()
             }],
         });
+        self
+    }
+
+    /// The routes of the last Service's port, spelled as the snapshot's JSON
+    /// (`[{"kind": "VirtualService", "backends": [...]}]`).
+    pub fn routes(mut self, routes: serde_json::Value) -> Self {
+        let port = self
+            .0
+            .services
+            .last_mut()
+            .and_then(|service| service.ports.last_mut())
+            .expect("a Service to route");
+        port.http_routes = serde_json::from_value(routes).expect("valid HttpRoutes");
         self
     }
 
@@ -80,6 +95,7 @@ impl SnapshotBuilder {
         self.0.endpoints.push(proto::Endpoint {
             address: address.to_string(),
             identity: identity.to_string(),
+            workload: String::new(),
         });
         self
     }

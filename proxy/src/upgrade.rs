@@ -3,7 +3,6 @@
 //! switches protocols the two upgraded connections are spliced together.
 
 use http::{Request, Response, StatusCode};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -46,5 +45,5 @@ where
             }
         });
     }
-    Ok(response.map(Either::Left))
+    Ok(response.map(Body::Incoming))
 }

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use parking_lot::{Mutex, MutexGuard};
 use remora_local::{wait, write_atomic, Cluster, LocalPod, Options};
 use tempfile::TempDir;
@@ -262,4 +262,32 @@ pub fn wait_for(
         Err(e) => ControlFlow::Break(Err(e)),
     });
     outcome.unwrap_or_else(|| bail!("{what}: not within {timeout:?}"))
+}
+
+/// Fails unless the control plane took every manifest as written (a rejected policy is
+/// enforced in its most restrictive form and a rejected route is not applied, either of which
+/// would make a test's checks meaningless).
+pub fn ensure_accepted(mesh: &ExampleCluster) -> anyhow::Result<()> {
+    let rejected: Vec<String> = mesh
+        .cluster
+        .rejected()
+        .iter()
+        .map(|r| format!("{}: {}", r.object, r.reason))
+        .collect();
+    ensure!(
+        rejected.is_empty(),
+        "rejected by the control plane:\n{}",
+        rejected.join("\n")
+    );
+    Ok(())
+}
+
+/// What the control plane rejects now (`/debug/rejections`), for the message of a check that
+/// failed after a manifest was written while the mesh runs.
+pub fn rejections(mesh: &ExampleCluster) -> String {
+    match mesh.cluster.rejections() {
+        Ok(Some(rejected)) => format!("the control plane rejects: {rejected}"),
+        Ok(None) => "the control plane serves no /debug/rejections".to_owned(),
+        Err(e) => format!("asking the control plane what it rejects: {e}"),
+    }
 }

@@ -20,7 +20,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use remora_e2e::{
     counter,
     example_cluster::{
-        curl, edit_file, examples_dir, sidecar_metrics, wait_for, ExampleCluster,
+        curl, edit_file, ensure_accepted, examples_dir, rejections, sidecar_metrics, wait_for,
+        ExampleCluster,
         POD_WITHOUT_SIDECAR,
     },
     two_pods::{fixture, CurlResult},
@@ -83,33 +84,6 @@ fn sidecar_counter(pod: &LocalPod, name: &str, labels: &[&str]) -> anyhow::Resul
 fn has_line(log: &str, needles: &[&str]) -> bool {
     log.lines()
         .any(|line| needles.iter().all(|needle| line.contains(needle)))
-}
-
-/// Fails unless the control plane took every manifest as written (a rejected policy is
-/// enforced in its most restrictive form, which would make the checks below meaningless).
-fn ensure_accepted(mesh: &ExampleCluster) -> anyhow::Result<()> {
-    let rejected: Vec<String> = mesh
-        .cluster
-        .rejected()
-        .iter()
-        .map(|r| format!("{}: {}", r.object, r.reason))
-        .collect();
-    ensure!(
-        rejected.is_empty(),
-        "rejected by the control plane:\n{}",
-        rejected.join("\n")
-    );
-    Ok(())
-}
-
-/// What the control plane rejects now (`/debug/rejections`), for the message of a check that
-/// failed after a policy was written while the mesh runs.
-fn rejections(mesh: &ExampleCluster) -> String {
-    match mesh.cluster.rejections() {
-        Ok(Some(rejected)) => format!("the control plane rejects: {rejected}"),
-        Ok(None) => "the control plane serves no /debug/rejections".to_owned(),
-        Err(e) => format!("asking the control plane what it rejects: {e}"),
-    }
 }
 
 /// `remoractl authz check --config-dir <dir> <args...>`, as run by a user.

@@ -19,6 +19,7 @@ use super::{
     cluster_ip::fnv1a64,
     mesh::ProxyConfig,
     objects::{Key, Objects, Rejection},
+    routing::Routing,
     security,
     translate::{self, PodFacts},
 };
@@ -47,6 +48,7 @@ pub struct Catalog {
     pods: BTreeMap<Key, PodFacts>,
     services: Vec<proto::Service>,
     endpoints: Vec<proto::Endpoint>,
+    workloads: Vec<proto::Workload>,
 }
 
 impl Catalog {
@@ -57,6 +59,13 @@ impl Catalog {
         let (mut objects, mut rejected) = Objects::parse(&documents);
         let mesh = objects.mesh.take().unwrap_or_default();
         let translation = translate::translate(&mut objects, &mesh, &mut rejected);
+        let routing = Routing::new(objects.routing.values().map(|o| &o.object));
+        for (namespace, name, reason) in routing.overridden(&translation.services) {
+            let key = (namespace, name);
+            if let Some(object) = objects.routing.get(&("VirtualService", key.clone())) {
+                rejected.push(object.rejection("VirtualService", &key, reason));
+            }
+        }
         Catalog {
             rejected,
             accepted: Accepted {
@@ -67,6 +76,7 @@ impl Catalog {
             pods: translation.pods,
             services: translation.services,
             endpoints: translation.endpoints,
+            workloads: translation.workloads,
         }
     }
 
@@ -77,10 +87,19 @@ impl Catalog {
         let pod = self
             .pods
             .get(&(node.namespace.clone(), node.pod_name.clone()));
+        let mut services = self.services.clone();
+        let no_labels = BTreeMap::new();
+        Routing::new(self.accepted.objects.routing.values().map(|o| &o.object)).apply(
+            &mut services,
+            &node.namespace,
+            pod.map_or(&no_labels, |pod| &pod.labels),
+            self.accepted.mesh.root_namespace(),
+        );
         Snapshot {
             version: String::new(),
             endpoints: self.endpoints.clone(),
-            services: self.services.clone(),
+            services,
+            workloads: self.workloads.clone(),
             mesh: Some(
                 self.accepted
                     .mesh

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use super::{
     mesh::MeshConfig,
+    routing::{self, RoutingObject},
     security::{self, SecurityPolicy},
     well_known::{DEFAULT_NAMESPACE, MESH_FILE},
     yaml::{self, YamlError},
@@ -141,6 +142,9 @@ pub(crate) struct Objects {
     /// PeerAuthentications, AuthorizationPolicies and RequestAuthentications, by kind and key;
     /// a rejected one in its most restrictive form.
     pub(crate) security: BTreeMap<(&'static str, Key), Labelled<SecurityPolicy>>,
+    /// HTTPRoutes, GRPCRoutes, ReferenceGrants, VirtualServices and DestinationRules, by kind
+    /// and key.
+    pub(crate) routing: BTreeMap<(&'static str, Key), Labelled<RoutingObject>>,
     pub(crate) mesh: Option<MeshConfig>,
     /// `(kind, namespace, name)` of everything kept, with its label, to reject duplicates.
     seen: BTreeMap<(&'static str, Key), String>,
@@ -240,6 +244,10 @@ impl Objects {
             self.add_security(kind, value, id, origin, rejected);
             return;
         }
+        if let Some(kind) = routing::routing_kind(&id.api_version, &id.kind) {
+            self.add_routing(kind, value, id, origin, rejected);
+            return;
+        }
         if let Some(reason) = unknown_builtin_kind(&id) {
             // Whatever it was meant to be (a Deployment with a typo?), it may be any object.
             rejected.push(Rejection::unidentified(origin, id.label, reason));
@@ -321,6 +329,33 @@ impl Objects {
         }
         self.security
             .insert((kind, id.key), Labelled::new(&id.label, origin, read.kept));
+    }
+
+    /// A traffic management object: kept when valid, rejected alone otherwise (the Service it
+    /// would route keeps its default route).
+    fn add_routing(
+        &mut self,
+        kind: &'static str,
+        value: Value,
+        id: Identity,
+        origin: &str,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        if id.key.1.is_empty() {
+            let reason = "metadata.name: required".to_owned();
+            rejected.push(Rejection::of(kind, &id.key, origin, id.label, reason));
+            return;
+        }
+        if !self.first_of(kind, &id.key, &id.label, origin, rejected) {
+            return;
+        }
+        match routing::read(kind, value, &id.key.0, &id.key.1) {
+            Ok(object) => {
+                self.routing
+                    .insert((kind, id.key), Labelled::new(&id.label, origin, object));
+            }
+            Err(reason) => rejected.push(Rejection::of(kind, &id.key, origin, id.label, reason)),
+        }
     }
 
     /// Keeps `object` in the map `kept` selects, unless it is a duplicate.

@@ -39,6 +39,8 @@ pub(crate) struct Translation {
     pub(crate) pods: BTreeMap<Key, PodFacts>,
     pub(crate) services: Vec<proto::Service>,
     pub(crate) endpoints: Vec<proto::Endpoint>,
+    /// The pods behind `endpoints` and the Services' endpoints.
+    pub(crate) workloads: Vec<proto::Workload>,
     /// The cluster IP of every Service that has one.
     pub(crate) cluster_ips: BTreeMap<Key, IpAddr>,
 }
@@ -46,6 +48,8 @@ pub(crate) struct Translation {
 #[derive(Debug)]
 pub(crate) struct PodFacts {
     pub(crate) service_account: String,
+    /// Its labels, which select the routes (`sourceLabels`) and policies it gets.
+    pub(crate) labels: BTreeMap<String, String>,
     /// The pod's `proxy.istio.io/config`, when it has a valid one.
     pub(crate) proxy_config: Option<ProxyConfig>,
     /// The security policies that apply to it.
@@ -55,6 +59,7 @@ pub(crate) struct PodFacts {
 /// What translation needs about a running pod.
 struct Workload {
     pod: Key,
+    labels: BTreeMap<String, String>,
     ip: IpAddr,
     /// Empty when the pod runs without a sidecar.
     identity: String,
@@ -71,6 +76,34 @@ impl Workload {
             String::new()
         } else {
             self.identity.clone()
+        }
+    }
+
+    /// Its endpoint on `port`.
+    fn endpoint(&self, port: u16) -> proto::Endpoint {
+        proto::Endpoint {
+            address: SocketAddr::new(self.ip, port).to_string(),
+            identity: self.identity_on(port),
+            workload: self.name(),
+        }
+    }
+
+    /// `namespace/name`, as endpoints refer to its record.
+    fn name(&self) -> String {
+        format!("{}/{}", self.pod.0, self.pod.1)
+    }
+
+    fn record(&self) -> proto::Workload {
+        proto::Workload {
+            namespace: self.pod.0.clone(),
+            name: self.pod.1.clone(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            identity: self.identity.clone(),
+            addresses: vec![self.ip.to_string()],
         }
     }
 }
@@ -96,13 +129,9 @@ pub(crate) fn translate(
     translation.endpoints = workloads
         .values()
         .filter(|workload| !workload.identity.is_empty())
-        .flat_map(|workload| {
-            workload.ports.iter().map(|port| proto::Endpoint {
-                address: SocketAddr::new(workload.ip, *port).to_string(),
-                identity: workload.identity_on(*port),
-            })
-        })
+        .flat_map(|workload| workload.ports.iter().map(|port| workload.endpoint(*port)))
         .collect();
+    translation.workloads = workloads.values().map(Workload::record).collect();
     (translation.services, translation.cluster_ips) = services(objects, &workloads, rejected);
     translation
 }
@@ -176,6 +205,7 @@ fn pod_facts(
                 .collect();
             Some(Workload {
                 pod: key.clone(),
+                labels: labels.clone(),
                 ip,
                 identity,
                 ports,
@@ -187,6 +217,7 @@ fn pod_facts(
     Some((
         PodFacts {
             service_account,
+            labels: labels.clone(),
             proxy_config,
             security,
         },
@@ -299,6 +330,7 @@ fn service_entry(
                 name: port.name.clone().unwrap_or_default(),
                 app_protocol: app_protocol(port),
                 endpoints: ready_endpoints(port, &slices, workloads),
+                ..Default::default()
             })
         })
         .collect();
@@ -338,14 +370,14 @@ fn ready_endpoints(
 ) -> Vec<proto::Endpoint> {
     endpoints::ready_endpoints(port, slices.iter().copied())
         .into_iter()
-        .map(|address| proto::Endpoint {
-            address: address.to_string(),
-            // Pod IPs are unique in the catalog (conflicts are rejected), so the IP alone
-            // finds the pod behind the address.
-            identity: workloads
-                .get(&address.ip())
-                .map(|w| w.identity_on(address.port()))
-                .unwrap_or_default(),
+        // Pod IPs are unique in the catalog (conflicts are rejected), so the IP alone finds
+        // the pod behind the address.
+        .map(|address| match workloads.get(&address.ip()) {
+            Some(workload) => workload.endpoint(address.port()),
+            None => proto::Endpoint {
+                address: address.to_string(),
+                ..Default::default()
+            },
         })
         .collect()
 }

@@ -217,7 +217,7 @@ mod tests {
         let c = versioned(Snapshot {
             endpoints: vec![remora_api::proto::config::Endpoint {
                 address: "198.18.0.3:8080".into(),
-                identity: String::new(),
+                ..Default::default()
             }],
             ..Default::default()
         });

@@ -8,7 +8,7 @@
 //! questions the sidecar asks.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -19,6 +19,7 @@ use crate::{
     mesh::{MeshSettings, OutboundPolicy},
     path::PathNormalization,
     proto::config as proto,
+    route::{self, Backend, BackendKey, DestinationPolicy, Resolve, RouteTable},
     security::Security,
     spiffe::SpiffeId,
 };
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub source: proto::Snapshot,
     destinations: HashMap<SocketAddr, Destination>,
     services: HashMap<ServiceKey, Arc<ServicePort>>,
+    /// Every Service port, and every subset of one, as a backend to balance over.
+    backends: HashMap<BackendKey, Arc<Backend>>,
     pub mesh: MeshSettings,
     /// The policies of this sidecar's own workload.
     pub security: Security,
@@ -44,12 +47,23 @@ enum Destination {
     Service(Arc<ServicePort>),
 }
 
-/// One port of a Service and its ready endpoints.
-#[derive(Debug, PartialEq, Eq)]
+/// One port of a Service: its ready endpoints and how this sidecar routes requests to it.
+#[derive(Debug)]
 pub struct ServicePort {
     pub key: ServiceKey,
     pub endpoints: Vec<Endpoint>,
+    pub routes: RouteTable,
 }
+
+/// Two ports are the same when they name the same Service port with the same endpoints (their
+/// routes hold compiled regexes, which do not compare).
+impl PartialEq for ServicePort {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.endpoints == other.endpoints
+    }
+}
+
+impl Eq for ServicePort {}
 
 /// Names a Service port across snapshots: its hostname and port number.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -71,6 +85,16 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The identity the sidecar in front of it must present; `None` when it has no sidecar.
     pub identity: Option<SpiffeId>,
+    /// The workload (pod) it belongs to, when the control plane knows it.
+    pub workload: Option<Arc<Workload>>,
+}
+
+/// A workload the snapshot's endpoints belong to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where an outbound connection goes, decided once per connection from its original
@@ -116,6 +140,11 @@ impl Snapshot {
         self.services.get(key)
     }
 
+    /// The backend `key` names in this snapshot, if it still has it.
+    pub fn backend(&self, key: &BackendKey) -> Option<&Arc<Backend>> {
+        self.backends.get(key)
+    }
+
     /// Number of addresses the snapshot knows.
     pub fn destination_count(&self) -> usize {
         self.destinations.len()
@@ -129,8 +158,8 @@ impl TryFrom<proto::Snapshot> for Snapshot {
     /// (`services[0].ports[1].endpoints[2].identity: ...`).
     fn try_from(source: proto::Snapshot) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
+        let workloads = workloads(&source.workloads, &mut problems);
         let mut destinations = HashMap::new();
-        let mut services = HashMap::new();
         let mut first_seen = HashMap::new();
         let mut insert = |address: SocketAddr, path: String, destination, problems: &mut Vec<_>| {
             if let Some(first) = first_seen.get(&address) {
@@ -144,7 +173,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
         };
         for (i, endpoint) in source.endpoints.iter().enumerate() {
             let path = format!("endpoints[{i}]");
-            if let Some(endpoint) = parse_endpoint(endpoint, &path, &mut problems) {
+            if let Some(endpoint) = parse_endpoint(endpoint, &path, &workloads, &mut problems) {
                 insert(
                     endpoint.address,
                     format!("{path}.address"),
@@ -153,6 +182,9 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                 );
             }
         }
+        // Ports and their backends first, so that routes can name any of them.
+        let mut ports = Vec::new();
+        let mut backends = HashMap::new();
         for (s, service) in source.services.iter().enumerate() {
             let path = format!("services[{s}]");
             let hostname: Arc<str> = Arc::from(service.hostname.as_str());
@@ -176,30 +208,44 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                     problems.push(format!("{path}.port: {} is not a port number", port.port));
                     continue;
                 };
-                let endpoints = port
+                let endpoints: Vec<Endpoint> = port
                     .endpoints
                     .iter()
                     .enumerate()
                     .filter_map(|(e, endpoint)| {
-                        parse_endpoint(endpoint, &format!("{path}.endpoints[{e}]"), &mut problems)
+                        let path = format!("{path}.endpoints[{e}]");
+                        parse_endpoint(endpoint, &path, &workloads, &mut problems)
                     })
                     .collect();
-                let service_port = Arc::new(ServicePort {
-                    key: ServiceKey {
-                        hostname: hostname.clone(),
-                        port: number,
-                    },
-                    endpoints,
+                let key = ServiceKey {
+                    hostname: hostname.clone(),
+                    port: number,
+                };
+                add_backends(&key, port, &endpoints, &path, &mut backends, &mut problems);
+                ports.push((key, endpoints, path, addresses.clone(), port));
+            }
+        }
+        let mut services = HashMap::new();
+        for (key, endpoints, path, addresses, port) in ports {
+            let mut resolver = Backends(&backends);
+            let routes = route::compile_table(&key, &port.http_routes, &mut resolver)
+                .unwrap_or_else(|found| {
+                    problems.extend(found.into_iter().map(|e| format!("{path}.{e}")));
+                    RouteTable::empty()
                 });
-                services.insert(service_port.key.clone(), service_port.clone());
-                for ip in &addresses {
-                    insert(
-                        SocketAddr::new(*ip, number),
-                        format!("{path}.port"),
-                        Destination::Service(service_port.clone()),
-                        &mut problems,
-                    );
-                }
+            let service_port = Arc::new(ServicePort {
+                key,
+                endpoints,
+                routes,
+            });
+            services.insert(service_port.key.clone(), service_port.clone());
+            for ip in &addresses {
+                insert(
+                    SocketAddr::new(*ip, service_port.key.port),
+                    format!("{path}.port"),
+                    Destination::Service(service_port.clone()),
+                    &mut problems,
+                );
             }
         }
         let mesh = source
@@ -246,6 +292,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
             source,
             destinations,
             services,
+            backends,
             mesh,
             security,
         })
@@ -256,8 +303,23 @@ impl TryFrom<proto::Snapshot> for Snapshot {
 fn parse_endpoint(
     endpoint: &proto::Endpoint,
     path: &str,
+    workloads: &HashMap<String, Arc<Workload>>,
     problems: &mut Vec<String>,
 ) -> Option<Endpoint> {
+    let workload = if endpoint.workload.is_empty() {
+        Some(None)
+    } else {
+        workloads
+            .get(endpoint.workload.as_str())
+            .map(|w| Some(w.clone()))
+            .or_else(|| {
+                problems.push(format!(
+                    "{path}.workload: {:?} is not in workloads",
+                    endpoint.workload
+                ));
+                None
+            })
+    };
     let address = endpoint
         .address
         .parse()
@@ -281,7 +343,134 @@ fn parse_endpoint(
     Some(Endpoint {
         address: address?,
         identity: identity?,
+        workload: workload?,
     })
+}
+
+/// The workload records, by `namespace/name`.
+fn workloads(
+    source: &[proto::Workload],
+    problems: &mut Vec<String>,
+) -> HashMap<String, Arc<Workload>> {
+    let mut by_name = HashMap::new();
+    for (i, workload) in source.iter().enumerate() {
+        let record = Arc::new(Workload {
+            namespace: workload.namespace.clone(),
+            name: workload.name.clone(),
+            labels: workload
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        });
+        let key = format!("{}/{}", workload.namespace, workload.name);
+        if by_name.contains_key(&key) {
+            problems.push(format!("workloads[{i}]: {key} is listed twice"));
+            continue;
+        }
+        by_name.insert(key, record);
+    }
+    by_name
+}
+
+/// The backends of Service port `key`: the port itself and each of its subsets (the endpoints
+/// whose workload carries the subset's labels), with their DestinationRule policies.
+fn add_backends(
+    key: &ServiceKey,
+    port: &proto::ServicePort,
+    endpoints: &[Endpoint],
+    path: &str,
+    backends: &mut HashMap<BackendKey, Arc<Backend>>,
+    problems: &mut Vec<String>,
+) {
+    let policy =
+        |field: String, source: Option<&proto::TrafficPolicy>, problems: &mut Vec<String>| {
+            DestinationPolicy::compile(source).unwrap_or_else(|found| {
+                problems.extend(found.into_iter().map(|e| format!("{path}.{field}.{e}")));
+                DestinationPolicy::default()
+            })
+        };
+    let own = BackendKey {
+        service: key.clone(),
+        subset: None,
+    };
+    let port_policy = policy(
+        "trafficPolicy".into(),
+        port.traffic_policy.as_ref(),
+        problems,
+    );
+    backends.insert(
+        own.clone(),
+        Arc::new(Backend {
+            key: own,
+            endpoints: endpoints.to_vec(),
+            policy: port_policy,
+        }),
+    );
+    for (i, subset) in port.subsets.iter().enumerate() {
+        let subset_policy = policy(
+            format!("subsets[{i}].trafficPolicy"),
+            subset.traffic_policy.as_ref(),
+            problems,
+        );
+        let key = BackendKey {
+            service: key.clone(),
+            subset: Some(Arc::from(subset.name.as_str())),
+        };
+        let members = endpoints
+            .iter()
+            .filter(|e| {
+                e.workload.as_ref().is_some_and(|w| {
+                    subset
+                        .labels
+                        .iter()
+                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                })
+            })
+            .cloned()
+            .collect();
+        if backends.contains_key(&key) {
+            problems.push(format!(
+                "{path}.subsets[{i}].name: {:?} is listed twice",
+                subset.name
+            ));
+            continue;
+        }
+        backends.insert(
+            key.clone(),
+            Arc::new(Backend {
+                key,
+                endpoints: members,
+                policy: subset_policy,
+            }),
+        );
+    }
+}
+
+/// Resolves route backends against the snapshot's backends.
+struct Backends<'b>(&'b HashMap<BackendKey, Arc<Backend>>);
+
+impl Resolve for Backends<'_> {
+    fn resolve(&mut self, host: &str, port: u16, subset: &str) -> Result<Arc<Backend>, String> {
+        let key = BackendKey {
+            service: ServiceKey {
+                hostname: Arc::from(host),
+                port,
+            },
+            subset: (!subset.is_empty()).then(|| Arc::from(subset)),
+        };
+        self.0.get(&key).cloned().ok_or_else(|| match &key.subset {
+            Some(subset)
+                if self.0.contains_key(&BackendKey {
+                    subset: None,
+                    ..key.clone()
+                }) =>
+            {
+                format!("subset {subset:?} of {} is not defined", key.service)
+            }
+            _ => format!("no Service port {}", key.service),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +481,7 @@ mod tests {
         proto::Endpoint {
             address: address.into(),
             identity: identity.into(),
+            workload: String::new(),
         }
     }
 
@@ -312,10 +502,12 @@ mod tests {
                         endpoint("198.18.0.3:8080", HTTPBIN),
                         endpoint("198.18.0.4:8080", ""),
                     ],
+                    ..Default::default()
                 }],
             }],
             mesh: None,
             security: None,
+            workloads: Vec::new(),
         }
     }
 
@@ -349,6 +541,7 @@ mod tests {
                 Logical::Workload(Endpoint {
                     address: addr("198.18.0.3:8080"),
                     identity: Some(HTTPBIN.parse().expect("id")),
+                    workload: None,
                 }),
             ),
             (
@@ -389,6 +582,129 @@ mod tests {
             panic!("still a Service");
         };
         assert!(port.endpoints.is_empty());
+    }
+
+    /// Two httpbin pods (v1, v2) behind the Service, a DestinationRule subset per version, and
+    /// a route splitting between them.
+    fn with_subsets() -> proto::Snapshot {
+        let mut p = snapshot();
+        for (name, version) in [("httpbin-1", "v1"), ("httpbin-2", "v2")] {
+            p.workloads.push(proto::Workload {
+                namespace: "default".into(),
+                name: name.into(),
+                labels: [
+                    ("app".to_owned(), "httpbin".to_owned()),
+                    ("version".to_owned(), version.to_owned()),
+                ]
+                .into(),
+                ..Default::default()
+            });
+        }
+        let port = &mut p.services[0].ports[0];
+        port.endpoints[0].workload = "default/httpbin-1".into();
+        port.endpoints[1].workload = "default/httpbin-2".into();
+        for version in ["v1", "v2", "v3"] {
+            port.subsets.push(proto::Subset {
+                name: version.into(),
+                labels: [("version".to_owned(), version.to_owned())].into(),
+                traffic_policy: Some(proto::TrafficPolicy {
+                    load_balancer: "ROUND_ROBIN".into(),
+                    ..Default::default()
+                }),
+            });
+        }
+        port.http_routes.push(proto::HttpRoute {
+            kind: "VirtualService".into(),
+            namespace: "default".into(),
+            name: "httpbin".into(),
+            backends: ["v1", "v2", "v4"]
+                .into_iter()
+                .map(|subset| proto::RouteBackend {
+                    host: "httpbin.default.svc.cluster.local".into(),
+                    port: 8000,
+                    subset: subset.into(),
+                    weight: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn subsets_select_endpoints_by_their_workloads_labels() {
+        let s = Snapshot::try_from(with_subsets()).expect("valid");
+        let Logical::Service(port) = s.lookup(addr("198.19.0.1:8000")) else {
+            panic!("a Service");
+        };
+        let table = &port.routes;
+        assert!(table.is_attached());
+        let route = &table.routes()[0];
+        let shares: Vec<String> = (0..3)
+            .map(|draw| match &route.split(draw).expect("a share").target {
+                route::Target::Backend(i) => {
+                    let backend = &table.backends()[*i];
+                    let addresses: Vec<String> = backend
+                        .endpoints
+                        .iter()
+                        .map(|e| e.address.to_string())
+                        .collect();
+                    format!(
+                        "{} {addresses:?} {:?}",
+                        backend.key, backend.policy.load_balancer
+                    )
+                }
+                route::Target::Unresolved { status, reason } => format!("{status} {reason}"),
+            })
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                "httpbin.default.svc.cluster.local:8000 (subset v1) [\"198.18.0.3:8080\"] RoundRobin",
+                "httpbin.default.svc.cluster.local:8000 (subset v2) [\"198.18.0.4:8080\"] RoundRobin",
+                "503 Service Unavailable subset \"v4\" of httpbin.default.svc.cluster.local:8000 is not defined",
+            ]
+        );
+        let v3 = s
+            .backend(&BackendKey {
+                service: port.key.clone(),
+                subset: Some(Arc::from("v3")),
+            })
+            .expect("defined");
+        assert!(v3.endpoints.is_empty(), "no workload has version v3");
+        let own = s
+            .backend(&BackendKey {
+                service: port.key.clone(),
+                subset: None,
+            })
+            .expect("the port itself");
+        assert_eq!(own.endpoints.len(), 2);
+        assert_eq!(
+            own.endpoints[0].workload.as_ref().map(|w| w.name.as_str()),
+            Some("httpbin-1")
+        );
+    }
+
+    #[test]
+    fn routes_and_workloads_problems_name_their_field() {
+        let mut p = with_subsets();
+        p.workloads.push(p.workloads[0].clone());
+        p.services[0].ports[0].endpoints[0].workload = "default/nobody".into();
+        p.services[0].ports[0].http_routes[0].kind = "Ingress".into();
+        p.services[0].ports[0].subsets[0].traffic_policy = Some(proto::TrafficPolicy {
+            load_balancer: "FASTEST".into(),
+            ..Default::default()
+        });
+        let err = Snapshot::try_from(p).expect_err("invalid").to_string();
+        for expected in [
+            "workloads[2]: default/httpbin-1 is listed twice",
+            "services[0].ports[0].endpoints[0].workload: \"default/nobody\" is not in workloads",
+            "services[0].ports[0].httpRoutes[0].kind: \"Ingress\" is not HTTPRoute, GRPCRoute or VirtualService",
+            "services[0].ports[0].subsets[0].trafficPolicy.loadBalancer: \"FASTEST\" is not a load balancer",
+        ] {
+            assert!(err.contains(expected), "{expected:?} missing from {err}");
+        }
     }
 
     #[test]

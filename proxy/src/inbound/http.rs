@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, Version};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -85,9 +84,9 @@ impl AppHandler {
         let response = self
             .inbound
             .app
-            .forward(app, version, req.map(Either::Left))
+            .forward(app, version, req.map(Body::Incoming))
             .await?;
-        Ok(response.map(Either::Left))
+        Ok(response.map(Body::Incoming))
     }
 
     /// The per-request policy hook: every request to the app passes here once, against the

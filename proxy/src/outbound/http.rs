@@ -1,13 +1,21 @@
-//! The outbound HTTP service: per request, an endpoint from the connection's backend, then the
-//! request goes to it through its sidecar's tunnel (or directly, to an endpoint without one).
-//! The caller gets its own HTTP version back, whatever the hop in between spoke.
+//! The outbound HTTP service: every request of an app connection is routed on its own, by the
+//! newest routes of the Service port it was sent to. The stages, each in its own module and
+//! each deciding with a pure function of `remora_api::route`:
+//!
+//! route (select; 404 when routes are attached and none matches) → fault injection → redirect
+//! → request filters and rewrites ([`filters`]) → route timeout → mirrors ([`mirror`]) →
+//! weighted split (once per request, as Envoy does) → tries within that backend ([`retry`]:
+//! connection-pool admission, an endpoint from its balancer, preferring untried ones, the
+//! try's timeout) → the endpoint's tunnel channel (or a direct connection to an endpoint
+//! without a sidecar). The caller gets its own HTTP version back, whatever the hop in between
+//! spoke.
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response, Version};
-use http_body_util::Either;
+use http::{request::Parts, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use remora_api::route::Target;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
@@ -20,11 +28,17 @@ use crate::{
     prefixed::PrefixedIo,
     respond::{respond, RequestError},
     serve,
-    tunnel::{self, PeerChannel, TunnelError},
+    tunnel::{self, TunnelError},
     upgrade,
 };
 
-use super::{balance::Upstream, Backend, Outbound};
+use super::{
+    balance::Upstream,
+    filters, mirror,
+    retry::{self, RequestBody},
+    routes::Resolved,
+    Backend, Outbound,
+};
 
 /// Serves one app connection's requests.
 pub(super) async fn serve<IO>(
@@ -38,7 +52,7 @@ where
 {
     let drain = outbound.drain.clone();
     let metrics = outbound.metrics.clone();
-    let target = Arc::new(Target { outbound, backend });
+    let target = Arc::new(Destination { outbound, backend });
     let stages = tower::service_fn(move |req| {
         let target = target.clone();
         async move { target.forward(req).await }
@@ -53,88 +67,169 @@ where
 }
 
 /// One app connection's destination.
-struct Target {
+struct Destination {
     outbound: Arc<Outbound>,
     backend: Backend,
 }
 
-impl Target {
+impl Destination {
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
         if req.method() == Method::CONNECT {
             // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
             return Err(RequestError::ConnectNotSupported);
         }
-        let upstream = self.backend.pick()?;
-        match &upstream.channel {
-            Some(channel) if headers::is_upgrade(&req) => self.upgrade_through(channel, req).await,
-            Some(channel) => through_tunnel(channel, req).await,
-            None => self.direct(&upstream, req).await,
+        match &self.backend {
+            Backend::Routed(routes) => self.routed(routes.load(), req).await,
+            Backend::Fixed(upstream) => {
+                let upstream = upstream.clone();
+                if headers::is_upgrade(&req) {
+                    return upgrade_to(&self.outbound, &upstream, req).await;
+                }
+                let (parts, body) = req.into_parts();
+                send(
+                    &self.outbound,
+                    &upstream,
+                    Request::from_parts(parts, body.into()),
+                )
+                .await
+            }
+            Backend::Blackhole(dst) => Err(RequestError::Blackhole(*dst)),
         }
     }
 
-    /// A WebSocket-style upgrade: HTTP/1.1 inside a tunnel, served as HTTP again by the peer
-    /// sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end.
-    async fn upgrade_through(
+    async fn routed(
         &self,
-        channel: &PeerChannel,
+        resolved: Arc<Resolved>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, RequestError> {
-        let stream = channel
-            .tunnel(Some(req.version()))
-            .await
-            .map_err(|e| RequestError::unavailable(channel.dst(), e))?;
-        upgrade::forward(stream, &self.outbound.drain, req)
-            .await
-            .map_err(|e| RequestError::unavailable(channel.dst(), e))
+        let (mut parts, body) = req.into_parts();
+        let selected = resolved
+            .port
+            .routes
+            .select(&parts.method, &parts.uri, &parts.headers)
+            .ok_or(RequestError::NoRoute)?;
+        let route = selected.route;
+        if let Some(fault) = &route.fault {
+            filters::inject_fault(fault).await?;
+        }
+        if let Some(redirect) = &route.redirect {
+            return Ok(filters::redirect(
+                redirect,
+                &parts,
+                selected.matched_prefix(),
+            ));
+        }
+        filters::rewrite_request(route, selected.matched_prefix(), &mut parts)?;
+        let share = route
+            .split(rand::random())
+            .map_err(|e| RequestError::NoBackend {
+                status: e.status,
+                reason: e.reason,
+            })?;
+        let balancer = match &share.target {
+            Target::Backend(index) => &resolved.balancers[*index],
+            Target::Unresolved { status, reason } => {
+                return Err(RequestError::NoBackend {
+                    status: *status,
+                    reason: reason.clone(),
+                })
+            }
+        };
+        share.request_headers.apply(&mut parts.headers);
+        if headers::is_upgrade_head(parts.version, &parts.headers) {
+            let upstream = balancer.pick(&[]).map_err(retry::no_upstream)?;
+            let response =
+                upgrade_to(&self.outbound, &upstream, Request::from_parts(parts, body)).await?;
+            return Ok(response);
+        }
+        let (body, first) = RequestBody::new(body);
+        mirror::spawn(&self.outbound, route, &resolved, &parts, &body);
+        let tries = retry::tries(&self.outbound, balancer, &route.retry, parts, body, first);
+        let mut response = match route.timeout {
+            Some(limit) => tokio::time::timeout(limit, tries)
+                .await
+                .map_err(|_| RequestError::Timeout)??,
+            None => tries.await?,
+        };
+        share.response_headers.apply(response.headers_mut());
+        route.response_headers.apply(response.headers_mut());
+        Ok(response)
     }
+}
 
-    /// To an endpoint without a sidecar, as the app spoke it.
-    async fn direct(
-        &self,
-        upstream: &Upstream,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, RequestError> {
-        let address = upstream.endpoint.address;
-        if headers::is_upgrade(&req) {
-            let tcp = self
-                .outbound
+/// A WebSocket-style upgrade, one try: HTTP/1.1 inside a tunnel, served as HTTP again by the
+/// peer sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end; or
+/// directly to an endpoint without a sidecar.
+async fn upgrade_to(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, RequestError> {
+    let address = upstream.endpoint.address;
+    match &upstream.channel {
+        Some(channel) => {
+            let stream = channel
+                .tunnel(Some(req.version()))
+                .await
+                .map_err(|e| RequestError::unavailable(address, e))?;
+            upgrade::forward(stream, &outbound.drain, req)
+                .await
+                .map_err(|e| RequestError::unavailable(address, e))
+        }
+        None => {
+            let tcp = outbound
                 .direct
                 .connector()
                 .connect(address)
                 .await
                 .map_err(|e| RequestError::unavailable(address, e))?;
-            return upgrade::forward(TokioIo::new(tcp), &self.outbound.drain, req)
+            upgrade::forward(TokioIo::new(tcp), &outbound.drain, req)
                 .await
-                .map_err(|e| RequestError::unavailable(address, e));
+                .map_err(|e| RequestError::unavailable(address, e))
         }
-        let version = req.version();
-        let response = self
-            .outbound
-            .direct
-            .forward(
-                address,
-                (version != Version::HTTP_2).then_some(version),
-                req.map(Either::Left),
-            )
-            .await?;
-        Ok(response.map(Either::Left))
     }
 }
 
-/// An HTTP request through the peer's tunnel.
-async fn through_tunnel(
-    channel: &PeerChannel,
-    req: Request<Incoming>,
+/// One try: `req` to `upstream`, through its sidecar's tunnel or directly.
+pub(super) async fn send(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    req: Request<Body>,
 ) -> Result<Response<Body>, RequestError> {
     let version = req.version();
-    match channel.request(req.map(Either::Left)).await {
-        Ok(mut response) => {
-            headers::strip_hop_by_hop(response.headers_mut());
-            tunnel::strip_mesh(response.headers_mut());
-            *response.version_mut() = version;
-            Ok(response.map(Either::Left))
+    match &upstream.channel {
+        Some(channel) => match channel.request(req).await {
+            Ok(mut response) => {
+                headers::strip_hop_by_hop(response.headers_mut());
+                tunnel::strip_mesh(response.headers_mut());
+                *response.version_mut() = version;
+                Ok(response.map(Body::Incoming))
+            }
+            Err(TunnelError::Authority(authority)) => {
+                Err(RequestError::InvalidAuthority(authority))
+            }
+            Err(error) => Err(RequestError::unavailable(channel.dst(), error)),
+        },
+        None => {
+            let response = outbound
+                .direct
+                .forward(
+                    upstream.endpoint.address,
+                    (version != Version::HTTP_2).then_some(version),
+                    req,
+                )
+                .await?;
+            Ok(response.map(Body::Incoming))
         }
-        Err(TunnelError::Authority(authority)) => Err(RequestError::InvalidAuthority(authority)),
-        Err(error) => Err(RequestError::unavailable(channel.dst(), error)),
     }
+}
+
+/// A copy of a request's head, for another try or a mirror.
+pub(super) fn copy_head(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }

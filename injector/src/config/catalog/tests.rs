@@ -20,10 +20,12 @@ fn node(namespace: &str, pod_name: &str) -> Node {
     }
 }
 
-fn endpoint(address: &str, identity: &str) -> Endpoint {
+/// The endpoint `address` of the pod `workload` (`namespace/name`).
+fn endpoint(address: &str, identity: &str, workload: &str) -> Endpoint {
     Endpoint {
         address: address.to_owned(),
         identity: identity.to_owned(),
+        workload: workload.to_owned(),
     }
 }
 
@@ -231,10 +233,10 @@ fn translates_manifests_into_a_snapshot() {
     assert_eq!(
         snapshot.endpoints,
         [
-            endpoint("198.18.0.9:8080", HTTPBIN_ID),
-            endpoint("198.18.0.10:8080", HTTPBIN_ID),
-            endpoint("198.18.0.30:9090", DEFAULT_ID),
-            endpoint("198.18.0.30:15014", DEFAULT_ID),
+            endpoint("198.18.0.9:8080", HTTPBIN_ID, "default/httpbin-1"),
+            endpoint("198.18.0.10:8080", HTTPBIN_ID, "default/httpbin-0"),
+            endpoint("198.18.0.30:9090", DEFAULT_ID, "default/reviews-0"),
+            endpoint("198.18.0.30:15014", DEFAULT_ID, "default/reviews-0"),
         ]
     );
     assert_eq!(
@@ -249,9 +251,10 @@ fn translates_manifests_into_a_snapshot() {
                     app_protocol: "http".into(),
                     // 198.18.0.9 is not ready; 198.18.0.20 runs without a sidecar.
                     endpoints: vec![
-                        endpoint("198.18.0.10:8080", HTTPBIN_ID),
-                        endpoint("198.18.0.20:8080", ""),
+                        endpoint("198.18.0.10:8080", HTTPBIN_ID, "default/httpbin-0"),
+                        endpoint("198.18.0.20:8080", "", "default/legacy-0"),
                     ],
+                    ..Default::default()
                 }],
             },
             Service {
@@ -262,13 +265,23 @@ fn translates_manifests_into_a_snapshot() {
                         port: 9090,
                         name: "grpc-api".into(),
                         app_protocol: "grpc".into(),
-                        endpoints: vec![endpoint("198.18.0.30:9090", DEFAULT_ID)],
+                        endpoints: vec![endpoint(
+                            "198.18.0.30:9090",
+                            DEFAULT_ID,
+                            "default/reviews-0"
+                        )],
+                        ..Default::default()
                     },
                     ServicePort {
                         port: 15014,
                         name: "metrics".into(),
                         app_protocol: "http".into(),
-                        endpoints: vec![endpoint("198.18.0.30:15014", DEFAULT_ID)],
+                        endpoints: vec![endpoint(
+                            "198.18.0.30:15014",
+                            DEFAULT_ID,
+                            "default/reviews-0"
+                        )],
+                        ..Default::default()
                     },
                 ],
             },
@@ -415,7 +428,8 @@ spec: {serviceAccountName: Admin, containers: []}
         snapshot.endpoints,
         [endpoint(
             "198.18.0.5:80",
-            "spiffe://cluster.local/ns/default/sa/default"
+            "spiffe://cluster.local/ns/default/sa/default",
+            "default/first"
         )]
     );
     let hostnames: Vec<&str> = snapshot
@@ -602,7 +616,10 @@ status: {podIP: "fd00::5"}
     assert!(catalog.rejected.is_empty(), "{:#?}", catalog.rejected);
     let snapshot = catalog.snapshot_for(&node("shop", "web-0"));
     let identity = "spiffe://example.org/ns/shop/sa/default";
-    assert_eq!(snapshot.endpoints, [endpoint("[fd00::5]:8080", identity)]);
+    assert_eq!(
+        snapshot.endpoints,
+        [endpoint("[fd00::5]:8080", identity, "shop/web-0")]
+    );
     assert_eq!(snapshot.services.len(), 1);
     let service = &snapshot.services[0];
     assert_eq!(service.hostname, "web.shop.svc.cluster.local");
@@ -612,7 +629,8 @@ status: {podIP: "fd00::5"}
             port: 80,
             name: String::new(),
             app_protocol: String::new(),
-            endpoints: vec![endpoint("[fd00::5]:8080", identity)],
+            endpoints: vec![endpoint("[fd00::5]:8080", identity, "shop/web-0")],
+            ..Default::default()
         }]
     );
 }

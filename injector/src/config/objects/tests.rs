@@ -102,9 +102,9 @@ data:
   mesh: "not: [valid"
 ---
 apiVersion: networking.istio.io/v1
-kind: VirtualService
+kind: Gateway
 metadata:
-  name: reviews
+  name: ingress
 spec: {}
 "#;
 

@@ -1,0 +1,60 @@
+//! Mirroring (`mirror`/`mirrors`, `RequestMirror`): a copy of the request to another backend,
+//! for the route's share of requests. Fire-and-forget: the copy keeps the request's Host, its
+//! answer is discarded, and neither its failure nor its slowness ever reaches the caller. A
+//! request with a body is copied once the primary try has read it (bodies over the recording
+//! limit are not copied).
+
+use std::{sync::Arc, time::Duration};
+
+use http::{request::Parts, Request};
+use remora_api::route::Route;
+
+use super::{
+    http::{copy_head, send},
+    retry::RequestBody,
+    routes::Resolved,
+    Outbound,
+};
+
+/// How long a mirrored request may take before it is given up.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts the copies `route` makes of the request (`parts`, `body`).
+pub fn spawn(
+    outbound: &Arc<Outbound>,
+    route: &Route,
+    resolved: &Resolved,
+    parts: &Parts,
+    body: &RequestBody,
+) {
+    for mirror in &route.mirrors {
+        let Some(index) = mirror.backend else {
+            continue;
+        };
+        if !mirror.percent.hit(rand::random()) {
+            continue;
+        }
+        let balancer = resolved.balancers[index].clone();
+        let head = copy_head(parts);
+        let body = body.clone();
+        let outbound = outbound.clone();
+        tokio::spawn(async move {
+            let body = match body {
+                RequestBody::Empty => crate::body::empty(),
+                RequestBody::Recorded(recording) => match recording.complete().await {
+                    Some(body) => body,
+                    None => return,
+                },
+            };
+            let Ok(upstream) = balancer.pick(&[]) else {
+                return;
+            };
+            let request = send(&outbound, &upstream, Request::from_parts(head, body));
+            match tokio::time::timeout(MIRROR_TIMEOUT, request).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "mirrored request failed"),
+                Err(_) => tracing::debug!("mirrored request timed out"),
+            }
+        });
+    }
+}
