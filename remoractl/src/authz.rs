@@ -13,13 +13,15 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use http::{header, HeaderName, HeaderValue, Method, Request};
+use http::{header, HeaderValue, Method, Request};
 use remora_api::{
     authz::{ConnectionFacts, Decision},
     proto::config as proto,
     Outcome, Snapshot, SpiffeId,
 };
 use remora_injector::config::read_directories;
+
+use crate::header_arg;
 
 #[derive(Subcommand)]
 pub enum AuthzCommand {
@@ -187,13 +189,7 @@ impl Check {
             HeaderValue::try_from(host.as_str()).with_context(|| format!("--host {host:?}"))?,
         );
         for text in &self.headers {
-            let (name, value) = text
-                .split_once('=')
-                .with_context(|| format!("--header {text:?}: expected NAME=VALUE"))?;
-            let name = HeaderName::try_from(name.trim())
-                .with_context(|| format!("--header {text:?}: not a header name"))?;
-            let value = HeaderValue::try_from(value.trim())
-                .with_context(|| format!("--header {text:?}: not a header value"))?;
+            let (name, value) = header_arg::parse(text)?;
             headers.append(name, value);
         }
         if let Some(jwt) = &self.jwt {

@@ -2,12 +2,15 @@
 //!
 //! `remoractl ca` makes a mesh root and workload certificates with the control plane's own CA
 //! code, so they are what the control plane would issue; `remoractl authz check` decides a
-//! request with the sidecar's own policy engine; `remoractl local` drives the local cluster
+//! request with the sidecar's own policy engine, `remoractl route check` routes one with its
+//! own router; `remoractl local` drives the local cluster
 //! launcher (`remora-local`). It is a crate of its own so that the control plane's
 //! crate and image carry neither this command nor the launcher behind it.
 
 mod authz;
+mod header_arg;
 mod local;
+mod route;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -31,6 +34,9 @@ enum Command {
     /// AuthorizationPolicy: decide a request as a workload's sidecar would, and explain why.
     #[command(subcommand)]
     Authz(authz::AuthzCommand),
+    /// HTTPRoute / VirtualService: route a request as a workload's sidecar would, and explain it.
+    #[command(subcommand)]
+    Route(route::RouteCommand),
     /// A local cluster on this machine: pods as network namespaces, no Kubernetes (needs root).
     #[command(subcommand)]
     Local(local::LocalCommand),
@@ -68,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Local(command) => return local::run(command),
         Command::Authz(command) => return authz::run(command),
+        Command::Route(command) => return route::run(command),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = Authority::generate(&trust_domain)?;
             ca.save_new(&dir)?;

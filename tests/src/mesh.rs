@@ -217,6 +217,7 @@ impl Mesh {
                     .map(|(address, identity)| Endpoint {
                         address: address.to_string(),
                         identity: identity.to_string(),
+                        workload: String::new(),
                     })
                     .collect(),
                 security: options.security.clone(),

@@ -21,8 +21,7 @@ use remora_e2e::{
     counter,
     example_cluster::{
         curl, edit_file, ensure_accepted, examples_dir, rejections, sidecar_metrics, wait_for,
-        ExampleCluster,
-        POD_WITHOUT_SIDECAR,
+        ExampleCluster, POD_WITHOUT_SIDECAR,
     },
     two_pods::{fixture, CurlResult},
     Binaries, Capture, Process,

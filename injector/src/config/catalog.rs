@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::{api::core::v1::PodSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use prost::Message;
 use remora_api::proto::config::{self as proto, Node, Snapshot};
 
@@ -81,18 +82,33 @@ impl Catalog {
     }
 
     /// The snapshot for the sidecar of `node`: the same services and endpoints for every
-    /// sidecar, mesh settings with its pod's `proxy.istio.io/config` applied. `version` is left
-    /// empty for the server to fill.
+    /// sidecar, routed as its namespace and labels see them, mesh settings with its pod's
+    /// `proxy.istio.io/config` applied. `version` is left empty for the server to fill.
     pub fn snapshot_for(&self, node: &Node) -> Snapshot {
         let pod = self
             .pods
             .get(&(node.namespace.clone(), node.pod_name.clone()));
-        let mut services = self.services.clone();
         let no_labels = BTreeMap::new();
-        Routing::new(self.accepted.objects.routing.values().map(|o| &o.object)).apply(
-            &mut services,
+        self.snapshot_of(
             &node.namespace,
             pod.map_or(&no_labels, |pod| &pod.labels),
+            pod.and_then(|pod| pod.proxy_config.as_ref()),
+            pod.map(|pod| pod.security.clone()),
+        )
+    }
+
+    fn snapshot_of(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        proxy_config: Option<&ProxyConfig>,
+        security: Option<proto::Security>,
+    ) -> Snapshot {
+        let mut services = self.services.clone();
+        Routing::new(self.accepted.objects.routing.values().map(|o| &o.object)).apply(
+            &mut services,
+            namespace,
+            labels,
             self.accepted.mesh.root_namespace(),
         );
         Snapshot {
@@ -100,33 +116,61 @@ impl Catalog {
             endpoints: self.endpoints.clone(),
             services,
             workloads: self.workloads.clone(),
-            mesh: Some(
-                self.accepted
-                    .mesh
-                    .settings(pod.and_then(|pod| pod.proxy_config.as_ref())),
-            ),
-            security: pod.map(|pod| pod.security.clone()),
+            mesh: Some(self.accepted.mesh.settings(proxy_config)),
+            security,
         }
+    }
+
+    /// The metadata and spec of workload `namespace/name`: a Pod the catalog knows, else a
+    /// Deployment whose pod template stands for its pods.
+    fn pod_template(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<(Option<&ObjectMeta>, Option<&PodSpec>)> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let objects = &self.accepted.objects;
+        if let Some(pod) = objects.pods.get(&key) {
+            return Some((Some(&pod.object.metadata), pod.object.spec.as_ref()));
+        }
+        let template = &objects
+            .deployments
+            .get(&key)?
+            .object
+            .spec
+            .as_ref()?
+            .template;
+        Some((template.metadata.as_ref(), template.spec.as_ref()))
+    }
+
+    /// The snapshot the sidecar of workload `namespace/name` (a Pod, or a Deployment's pods)
+    /// receives, for `remoractl route check`.
+    pub fn workload_snapshot(&self, namespace: &str, name: &str) -> Option<Snapshot> {
+        if let Some(pod) = self.pods.get(&(namespace.to_owned(), name.to_owned())) {
+            return Some(self.snapshot_of(
+                namespace,
+                &pod.labels,
+                pod.proxy_config.as_ref(),
+                Some(pod.security.clone()),
+            ));
+        }
+        let (metadata, _) = self.pod_template(namespace, name)?;
+        let no_labels = BTreeMap::new();
+        let labels = metadata
+            .and_then(|m| m.labels.as_ref())
+            .unwrap_or(&no_labels);
+        let proxy_config = ProxyConfig::of_pod(metadata.and_then(|m| m.annotations.as_ref()))
+            .ok()
+            .flatten();
+        Some(self.snapshot_of(namespace, labels, proxy_config.as_ref(), None))
     }
 
     /// What the sidecar of workload `namespace/name` enforces, for `remoractl authz check`: a
     /// Pod the catalog knows, else a Deployment whose pod template stands for its pods (its
     /// labels select the policies, its `proxy.istio.io/config` adjusts the mesh settings).
     pub fn workload(&self, namespace: &str, name: &str) -> Option<WorkloadPolicies> {
-        let key = (namespace.to_owned(), name.to_owned());
+        let (metadata, spec) = self.pod_template(namespace, name)?;
         let objects = &self.accepted.objects;
-        let (metadata, spec) = if let Some(pod) = objects.pods.get(&key) {
-            (Some(&pod.object.metadata), pod.object.spec.as_ref())
-        } else {
-            let template = &objects
-                .deployments
-                .get(&key)?
-                .object
-                .spec
-                .as_ref()?
-                .template;
-            (template.metadata.as_ref(), template.spec.as_ref())
-        };
         let no_labels = BTreeMap::new();
         let labels = metadata
             .and_then(|m| m.labels.as_ref())

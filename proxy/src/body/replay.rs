@@ -208,6 +208,6 @@ impl http_body::Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.recording.shared.lock().size.clone()
+        self.recording.shared.lock().size
     }
 }

@@ -16,7 +16,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Weak,
+        Arc,
     },
     time::Duration,
 };
@@ -387,14 +387,14 @@ impl Drop for RetrySlot {
     }
 }
 
-/// The balancers of the backends requests are using.
+/// The balancers of the backends requests have used.
 #[derive(Default)]
 pub struct Balancers {
-    live: Mutex<HashMap<BackendKey, Weak<Balancer>>>,
+    live: Mutex<HashMap<BackendKey, Arc<Balancer>>>,
 }
 
 impl Balancers {
-    /// The balancer for `key`, made from `snapshot` when nothing holds one.
+    /// The balancer for `key`, made from `snapshot` the first time.
     pub fn get(
         &self,
         snapshot: &Snapshot,
@@ -402,29 +402,25 @@ impl Balancers {
         key: &BackendKey,
     ) -> Arc<Balancer> {
         let mut live = self.live.lock();
-        if let Some(balancer) = live.get(key).and_then(Weak::upgrade) {
-            return balancer;
+        if let Some(balancer) = live.get(key) {
+            return balancer.clone();
         }
         let (upstreams, policy) = endpoints(snapshot, tunnel, key, &[]);
         let balancer = Arc::new(Balancer::new(upstreams, policy));
-        live.insert(key.clone(), Arc::downgrade(&balancer));
+        live.insert(key.clone(), balancer.clone());
         balancer
     }
 
-    /// After a config push: every balancer in use takes its backend's endpoints from the new
-    /// snapshot (none, if the backend is gone), keeping the state of endpoints that stay;
-    /// those nothing holds are forgotten.
+    /// After a config push: every balancer takes its backend's endpoints from the new
+    /// snapshot, keeping the state of endpoints that stay. A backend the snapshot no longer
+    /// has is forgotten (connections still holding its balancer see it empty).
     pub fn update(&self, snapshot: &Snapshot, tunnel: &TunnelClient) {
         let mut live = self.live.lock();
-        live.retain(|key, balancer| match balancer.upgrade() {
-            Some(balancer) => {
-                let (upstreams, policy) =
-                    endpoints(snapshot, tunnel, key, &balancer.upstreams.load());
-                balancer.upstreams.store(Arc::new(upstreams));
-                balancer.policy.store(Arc::new(policy));
-                true
-            }
-            None => false,
+        live.retain(|key, balancer| {
+            let (upstreams, policy) = endpoints(snapshot, tunnel, key, &balancer.upstreams.load());
+            balancer.upstreams.store(Arc::new(upstreams));
+            balancer.policy.store(Arc::new(policy));
+            snapshot.backend(key).is_some()
         });
     }
 }

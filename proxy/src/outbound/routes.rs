@@ -1,12 +1,10 @@
 //! The route table each Service port's connections use, kept current: a connection holds its
 //! port's [`PortRoutes`] for its life, and every config push swaps in the new table with the
-//! balancers of the backends it names. So a keep-alive connection routes each request by the
+//! balancers of the backends it names (a port's routes stay while the snapshot has the port,
+//! so its balancers' state outlives the connections). So a keep-alive connection routes each request by the
 //! newest routes, and a request finds its backend's balancer by index, with no lookup.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Weak},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -65,10 +63,10 @@ impl PortRoutes {
     }
 }
 
-/// The ports connections are using.
+/// The ports connections have used.
 #[derive(Default)]
 pub struct Routes {
-    live: Mutex<HashMap<ServiceKey, Weak<PortRoutes>>>,
+    live: Mutex<HashMap<ServiceKey, Arc<PortRoutes>>>,
 }
 
 impl Routes {
@@ -84,8 +82,8 @@ impl Routes {
         balancers: &Balancers,
     ) -> Arc<PortRoutes> {
         let mut live = self.live.lock();
-        if let Some(routes) = live.get(&port.key).and_then(Weak::upgrade) {
-            return routes;
+        if let Some(routes) = live.get(&port.key) {
+            return routes.clone();
         }
         let snapshot = config.load();
         let port = snapshot.service(&port.key).unwrap_or(port);
@@ -98,25 +96,23 @@ impl Routes {
                 balancers,
             )),
         });
-        live.insert(port.key.clone(), Arc::downgrade(&routes));
+        live.insert(port.key.clone(), routes.clone());
         routes
     }
 
-    /// After a config push (and after `balancers` took the new endpoints): every port in use
-    /// takes its new routes. A port the snapshot no longer lists keeps its last routes, whose
-    /// backends are empty by now.
+    /// After a config push (and after `balancers` took the new endpoints): every port takes
+    /// its new routes. A port the snapshot no longer lists is forgotten; connections still
+    /// holding it keep its last routes, whose backends are empty by now.
     pub fn update(&self, snapshot: &Snapshot, tunnel: &TunnelClient, balancers: &Balancers) {
         let mut live = self.live.lock();
-        live.retain(|key, routes| match routes.upgrade() {
-            Some(routes) => {
-                if let Some(port) = snapshot.service(key) {
-                    routes.current.store(Arc::new(Resolved::new(
-                        port.clone(),
-                        snapshot,
-                        tunnel,
-                        balancers,
-                    )));
-                }
+        live.retain(|key, routes| match snapshot.service(key) {
+            Some(port) => {
+                routes.current.store(Arc::new(Resolved::new(
+                    port.clone(),
+                    snapshot,
+                    tunnel,
+                    balancers,
+                )));
                 true
             }
             None => false,

@@ -4,7 +4,10 @@
 //! `sleep` (a Service name, resolved to its cluster IP, captured by the sidecar, carried over
 //! mTLS) and prints what httpbin saw. Then, with `examples/zero-trust/`, curls team-a's httpbin
 //! from team-a's curl (allowed) and team-b's (403 `RBAC: access denied`), each with what
-//! `remoractl authz check` says decided it. With `--keep` the cluster stays up until Ctrl-C.
+//! `remoractl authz check` says decided it. With `examples/traffic/`, sends 200 requests to the
+//! `reviews` canary and counts, as the caller sees them, which version answered (the
+//! VirtualService splits 90/10), with what `remoractl route check` says about the route. With
+//! `--keep` the cluster stays up until Ctrl-C.
 
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +22,9 @@ use remora_local::{Binaries, Cluster, LocalPod, Options, Shutdown};
 const URL: &str = "http://httpbin.demo:8000/get?show_env=1";
 /// team-a's httpbin, which only team-a's curl may call (`examples/zero-trust/policies.yaml`).
 const ZERO_TRUST_URL: &str = "http://httpbin.team-a:8000/get";
+/// The canary of `examples/traffic/`: a VirtualService splits it 90/10 over v1 and v2.
+const CANARY_URL: &str = "http://reviews.shop:9080/";
+const CANARY_REQUESTS: usize = 200;
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +109,11 @@ fn main() -> anyhow::Result<()> {
         zero_trust(&dir, allowed, denied)?;
     }
 
+    // The canary of the traffic example, when the manifests have it.
+    if let Some(client) = cluster.first_pod("shop", "sleep") {
+        canary(&dir, client)?;
+    }
+
     if args.keep {
         let httpbin = first_pod(&cluster, "httpbin")?;
         println!(
@@ -173,6 +184,61 @@ fn zero_trust(dir: &Path, allowed: &LocalPod, denied: &LocalPod) -> anyhow::Resu
         );
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
+    Ok(())
+}
+
+/// `CANARY_REQUESTS` requests to the reviews canary from `client`, counted by the pod that
+/// answered (each answers with its name), and the route `remoractl route check` explains.
+fn canary(dir: &Path, client: &LocalPod) -> anyhow::Result<()> {
+    println!(
+        "\nTraffic: the VirtualService shop/reviews sends 90% of requests to subset v1, 10% to v2 \
+         (examples/traffic/canary.yaml)."
+    );
+    let script = format!("for i in $(seq {CANARY_REQUESTS}); do curl -s -m 5 {CANARY_URL}; done");
+    println!(
+        "\n$ ip netns exec {} sh -c '{script}' | sort | uniq -c",
+        client.netns
+    );
+    let out = client
+        .exec(&["sh", "-c", &script])
+        .context("sending the canary requests")?;
+    let answers = String::from_utf8_lossy(&out.stdout);
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for pod in answers.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        *counts.entry(pod).or_default() += 1;
+    }
+    for (pod, count) in &counts {
+        println!("{count:>7} {pod}");
+    }
+    let answered: usize = counts.values().sum();
+    ensure!(
+        answered == CANARY_REQUESTS,
+        "{answered} of {CANARY_REQUESTS} canary requests were answered"
+    );
+    let remoractl = Binaries::locate()?.dir.join("remoractl");
+    let config_dir = dir.display().to_string();
+    let args = [
+        "route",
+        "check",
+        "--config-dir",
+        &config_dir,
+        "--from",
+        "shop/sleep",
+        "--url",
+        CANARY_URL,
+    ];
+    println!("$ remoractl {}", args.join(" "));
+    let out = Command::new(&remoractl)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", remoractl.display()))?;
+    ensure!(
+        out.status.success(),
+        "remoractl route check failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }
 

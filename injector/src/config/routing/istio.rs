@@ -366,7 +366,7 @@ fn is_catch_all(http: &proto::HttpMatch) -> bool {
 /// (the first of those with that very host), if it has routes. Every other VirtualService is
 /// ignored for the host, as Envoy would drop its duplicate virtual host.
 ///
-/// `ports_of` is not consulted: see [`default_port`].
+/// `ports_of` is not consulted: see `default_port`.
 pub(crate) fn http_table(
     services: &[&VirtualService],
     hostname: &str,
@@ -658,7 +658,7 @@ fn virtual_service(meta: Meta, spec: VirtualServiceSpec) -> Result<VirtualServic
                 .collect(),
         )
     };
-    let rules = http
+    let rules: Vec<Rule> = http
         .into_iter()
         .enumerate()
         .map(|(i, rule)| http_rule(i, rule, &meta, &mut p))
@@ -667,6 +667,9 @@ fn virtual_service(meta: Meta, spec: VirtualServiceSpec) -> Result<VirtualServic
         .iter()
         .map(|host| resolve_host(host, &meta.namespace))
         .collect();
+    if p.0.is_empty() {
+        check_routes_with_sidecar(&rules, &mut p);
+    }
     p.finish(VirtualService {
         meta,
         hosts,
@@ -1666,8 +1669,8 @@ impl Parts {
         }
         Some(proto::TrafficPolicy {
             load_balancer: self.load_balancer.clone().unwrap_or_default(),
-            connection_pool: self.connection_pool.clone(),
-            outlier_detection: self.outlier_detection.clone(),
+            connection_pool: self.connection_pool,
+            outlier_detection: self.outlier_detection,
             tls_mode: self.tls_mode.clone().unwrap_or_default(),
             policy: meta.full_name(),
         })
@@ -1684,8 +1687,9 @@ struct SubsetRule {
 /// The DestinationRule policy for `hostname` port `port` as `client` sees it: the port's
 /// policy, and every subset with its policy merged over the port's.
 ///
-/// This is Istio's lookup: rules are consolidated per namespace and host (the oldest rule's
-/// policy wins, subsets are pooled, rules with different `exportTo` or selectors stay apart);
+/// This is Istio's lookup: rules are consolidated per namespace and host (the oldest rule
+/// with a policy gives it, subsets are pooled, rules with other `exportTo` or selectors stay
+/// apart);
 /// the client looks in its own namespace first, then among what the host's namespace exports
 /// to it, then among what the root namespace does, each time at the most specific host only;
 /// of what it finds, a rule of its own namespace whose workload selector it matches wins, else
@@ -1837,8 +1841,7 @@ where
     'r: 'a,
 {
     let mut by_host: BTreeMap<&'r str, Vec<Consolidated<'r>>> = BTreeMap::new();
-    for rule in rules {
-        let rule: &'r DestinationRule = *rule;
+    for &rule in rules {
         let list = by_host.entry(rule.host.as_str()).or_default();
         let mut separately = true;
         for merged in list.iter_mut() {
@@ -2095,14 +2098,18 @@ fn destination_rule(meta: Meta, spec: DestinationRuleSpec) -> Result<Destination
         export_to = BTreeSet::from([".".to_owned()]);
     }
     let host = resolve_host(&host, &meta.namespace);
-    p.finish(DestinationRule {
+    let rule = DestinationRule {
         meta,
         host,
         export_to,
         selector,
         policy,
         subsets,
-    })
+    };
+    if p.0.is_empty() {
+        check_policies_with_sidecar(&rule, &mut p);
+    }
+    p.finish(rule)
 }
 
 fn traffic_policy(spec: TrafficPolicySpec, path: &str, p: &mut Problems) -> Policy {
@@ -2391,6 +2398,122 @@ fn tls_mode(spec: TlsSpec, path: &str, p: &mut Problems) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The sidecar's own check
+
+/// Compiles the rules with the sidecar's route compiler (`remora_api`), so that what the
+/// control plane accepts every sidecar can apply: a regex Istio's RE2 takes but the sidecar's
+/// engine does not would otherwise make each client refuse its whole snapshot.
+fn check_routes_with_sidecar(rules: &[Rule], p: &mut Problems) {
+    let mut rule_of = Vec::new();
+    let mut routes = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let matches = rule.matches.iter().map(|m| m.http.clone()).collect();
+        for route in rule.routes(matches, CHECK_PORT) {
+            rule_of.push(index);
+            routes.push(route);
+        }
+    }
+    let port = proto::ServicePort {
+        port: u32::from(CHECK_PORT),
+        http_routes: routes,
+        ..Default::default()
+    };
+    for (path, problem) in sidecar_problems(vec![port]) {
+        // `httpRoutes[2].matches[0].path`: the rule the route came from, and the field.
+        let found = path
+            .strip_prefix("httpRoutes[")
+            .and_then(|rest| rest.split_once(']'))
+            .and_then(|(n, field)| {
+                let rule = rule_of.get(n.parse::<usize>().ok()?)?;
+                Some((rule, field.trim_start_matches('.')))
+            });
+        match found {
+            Some((rule, field)) => p.add(
+                &format!("spec.http[{rule}]"),
+                format!("the sidecar refuses it: {field}: {problem}"),
+            ),
+            None => p.add("spec", format!("the sidecar refuses it: {path}: {problem}")),
+        }
+    }
+}
+
+/// [`check_routes_with_sidecar`] for a DestinationRule's policies, on each port it names and
+/// on one it does not.
+fn check_policies_with_sidecar(rule: &DestinationRule, p: &mut Problems) {
+    let mut numbers: BTreeSet<u16> = rule
+        .policy
+        .iter()
+        .flat_map(|policy| &policy.ports)
+        .chain(
+            rule.subsets
+                .iter()
+                .filter_map(|s| s.policy.as_ref())
+                .flat_map(|policy| &policy.ports),
+        )
+        .filter_map(|(number, _)| u16::try_from(*number).ok())
+        .collect();
+    if let Some(other) = (1..=u16::MAX).find(|n| !numbers.contains(n)) {
+        numbers.insert(other);
+    }
+    let alone = Consolidated {
+        first: rule,
+        export_to: &rule.export_to,
+        policy: rule.policy.as_ref().map(|policy| (policy, &rule.meta)),
+        subsets: rule.subsets.iter().map(|s| (s, &rule.meta)).collect(),
+    };
+    let ports = numbers
+        .into_iter()
+        .map(|number| {
+            let (traffic_policy, subsets) = alone.for_port(number);
+            proto::ServicePort {
+                port: u32::from(number),
+                traffic_policy,
+                subsets,
+                ..Default::default()
+            }
+        })
+        .collect();
+    for (path, problem) in sidecar_problems(ports) {
+        p.add("spec", format!("the sidecar refuses it: {path}: {problem}"));
+    }
+}
+
+/// Any port will do: what is checked does not depend on it.
+const CHECK_PORT: u16 = 80;
+
+/// The problems the sidecar finds in a snapshot of one Service with `ports`, as
+/// `(path under the port, problem)`.
+fn sidecar_problems(ports: Vec<proto::ServicePort>) -> Vec<(String, String)> {
+    let snapshot = proto::Snapshot {
+        services: vec![proto::Service {
+            hostname: "check.invalid".to_owned(),
+            ports,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let found = match remora_api::Snapshot::try_from(snapshot) {
+        Ok(_) => return Vec::new(),
+        Err(remora_api::ConfigError::Invalid(found)) => found,
+        Err(other) => vec![other.to_string()],
+    };
+    found
+        .into_iter()
+        .map(|problem| {
+            // `services[0].ports[1].httpRoutes[2].matches[0].path: ...`
+            let under_port = problem
+                .strip_prefix("services[0].ports[")
+                .and_then(|rest| rest.split_once("]."))
+                .map_or(problem.as_str(), |(_, rest)| rest);
+            let (path, message) = under_port.split_once(": ").unwrap_or(("", under_port));
+            // Regex errors come on several lines.
+            let message: Vec<&str> = message.lines().map(str::trim).collect();
+            (path.to_owned(), message.join(" "))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shared checks
 
 /// The problems found in one object, each naming its field.
@@ -2537,7 +2660,7 @@ fn millis(duration: Dur, path: &str, p: &mut Problems) -> u64 {
     if duration < Duration::from_millis(1) {
         p.add(path, "must be at least 1ms");
         0
-    } else if duration.subsec_nanos() % 1_000_000 != 0 {
+    } else if !duration.subsec_nanos().is_multiple_of(1_000_000) {
         p.add(path, "only whole milliseconds are supported");
         0
     } else {
@@ -2689,18 +2812,11 @@ fn export_to(
     if seen.contains("*") && entries.len() > 1 {
         p.add(path, "\"*\" cannot be combined with other entries");
     }
-    if selector && !seen.is_empty() {
-        if !seen.contains(namespace) {
-            p.add(
-                path,
-                "a DestinationRule with a workload selector cannot be exported beyond its namespace",
-            );
-        } else if seen.len() > 1 {
-            p.add(
-                path,
-                "a DestinationRule with a workload selector cannot be exported beyond its namespace",
-            );
-        }
+    if selector && !seen.is_empty() && (!seen.contains(namespace) || seen.len() > 1) {
+        p.add(
+            path,
+            "a DestinationRule with a workload selector cannot be exported beyond its namespace",
+        );
     }
     entries.iter().cloned().collect()
 }

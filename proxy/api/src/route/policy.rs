@@ -23,6 +23,11 @@ impl Percent {
         Ok(Percent((percent * 10_000.0).round() as u32))
     }
 
+    /// The share as a percentage.
+    pub fn as_percent(self) -> f64 {
+        f64::from(self.0) / 10_000.0
+    }
+
     /// Whether a request drawing `random` falls in the share.
     pub fn hit(self, random: u32) -> bool {
         random % 1_000_000 < self.0
@@ -48,22 +53,40 @@ enum On {
 }
 
 impl On {
+    const ALL: [On; 12] = [
+        On::ServerError,
+        On::GatewayError,
+        On::Reset,
+        On::ConnectFailure,
+        On::RefusedStream,
+        On::Retriable4xx,
+        On::RetriableStatusCodes,
+        On::Cancelled,
+        On::DeadlineExceeded,
+        On::Internal,
+        On::ResourceExhausted,
+        On::Unavailable,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            On::ServerError => "5xx",
+            On::GatewayError => "gateway-error",
+            On::Reset => "reset",
+            On::ConnectFailure => "connect-failure",
+            On::RefusedStream => "refused-stream",
+            On::Retriable4xx => "retriable-4xx",
+            On::RetriableStatusCodes => "retriable-status-codes",
+            On::Cancelled => "cancelled",
+            On::DeadlineExceeded => "deadline-exceeded",
+            On::Internal => "internal",
+            On::ResourceExhausted => "resource-exhausted",
+            On::Unavailable => "unavailable",
+        }
+    }
+
     fn parse(name: &str) -> Option<On> {
-        Some(match name {
-            "5xx" => On::ServerError,
-            "gateway-error" => On::GatewayError,
-            "reset" => On::Reset,
-            "connect-failure" => On::ConnectFailure,
-            "refused-stream" => On::RefusedStream,
-            "retriable-4xx" => On::Retriable4xx,
-            "retriable-status-codes" => On::RetriableStatusCodes,
-            "cancelled" => On::Cancelled,
-            "deadline-exceeded" => On::DeadlineExceeded,
-            "internal" => On::Internal,
-            "resource-exhausted" => On::ResourceExhausted,
-            "unavailable" => On::Unavailable,
-            _ => return None,
-        })
+        On::ALL.into_iter().find(|on| on.name() == name)
     }
 }
 
@@ -156,6 +179,20 @@ impl RetryPolicy {
             codes,
             backoff: millis(source.backoff_ms).unwrap_or(DEFAULT_BACKOFF),
         })
+    }
+
+    /// The `retry_on` conditions, as Envoy names them.
+    pub fn conditions(&self) -> Vec<&'static str> {
+        On::ALL
+            .into_iter()
+            .filter(|on| self.has(*on))
+            .map(On::name)
+            .collect()
+    }
+
+    /// The statuses retried under `retriable-status-codes`.
+    pub fn codes(&self) -> &[u16] {
+        &self.codes
     }
 
     fn has(&self, condition: On) -> bool {

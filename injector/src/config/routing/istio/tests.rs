@@ -575,11 +575,36 @@ fn virtual_service_rejections_name_the_field() {
         ),
         (
             "{hosts: [reviews], http: [{match: [{uri: {suffix: /a}}], route: [{destination: {host: reviews}}]}]}",
-            "spec.http[0].match[0].uri: unknown field `suffix`",
+            "spec.http[0].match[0].uri.suffix: unknown field `suffix`",
         ),
         (
             "{hosts: [reviews], http: [{route: [{destination: {host: reviews}, weight: lots}]}]}",
             "spec.http[0].route[0].weight: invalid type",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let reason = rejection("VirtualService", spec);
+        assert!(
+            reason.contains(expected),
+            "{spec}\n  got: {reason}\n  want: {expected}"
+        );
+    }
+}
+
+#[test]
+fn what_the_sidecar_cannot_compile_is_rejected_too() {
+    let cases = [
+        (
+            "{hosts: [reviews], http: [{route: [{destination: {host: a}}]}, {match: [{uri: {regex: \"(\"}}], route: [{destination: {host: reviews}}]}]}",
+            "spec.http[1]: the sidecar refuses it: matches[0]",
+        ),
+        (
+            "{hosts: [reviews], http: [{match: [{headers: {x-a: {regex: \"[a\"}}}], route: [{destination: {host: reviews}}]}]}",
+            "spec.http[0]: the sidecar refuses it: matches[0]",
+        ),
+        (
+            "{hosts: [reviews], http: [{rewrite: {uriRegexRewrite: {match: \"a)\", rewrite: b}}, route: [{destination: {host: reviews}}]}]}",
+            "spec.http[0]: the sidecar refuses it: rewrite",
         ),
     ];
     for (spec, expected) in cases {
@@ -711,7 +736,7 @@ fn matches_translate_condition_by_condition() {
         let route = only_route(&format!(
             "{{hosts: [reviews], http: [{{match: [{spec}], {ROUTE}}}]}}"
         ));
-        assert_eq!(route.matches, [expected.clone()], "{spec}");
+        assert_eq!(route.matches, std::slice::from_ref(expected), "{spec}");
     }
 }
 
@@ -720,7 +745,8 @@ fn matches_are_filtered_by_port_and_client() {
     let app_a = labels(&[("app", "a"), ("version", "v1")]);
     let app_b = labels(&[("app", "b")]);
     // (match, port, client namespace, client labels, whether it is kept)
-    let cases: &[(&str, u16, &str, &BTreeMap<String, String>, bool)] = &[
+    type Case<'a> = (&'a str, u16, &'a str, &'a BTreeMap<String, String>, bool);
+    let cases: &[Case] = &[
         ("{port: 9080}", 9080, "shop", &app_a, true),
         ("{port: 9080}", 80, "shop", &app_a, false),
         ("{sourceLabels: {app: a}}", 80, "shop", &app_a, true),
@@ -1704,7 +1730,7 @@ fn destination_rule_rejections_name_the_field() {
         ),
         (
             "{host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM}, extra: 1}}",
-            "spec.trafficPolicy: unknown field `extra`",
+            "spec.trafficPolicy.extra: unknown field `extra`",
         ),
     ];
     for (spec, expected) in cases {
