@@ -26,6 +26,7 @@ mod mesh;
 mod objects;
 mod routing;
 mod security;
+mod service_entry;
 mod source;
 mod translate;
 pub mod well_known;

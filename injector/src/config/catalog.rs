@@ -22,7 +22,8 @@ use super::{
     objects::{Key, Objects, Rejection},
     routing::Routing,
     security,
-    translate::{self, PodFacts},
+    service_entry::ServiceEntry,
+    translate::{self, PodFacts, Translation},
 };
 
 /// The version the control plane gives `snapshot` (whose own `version` is empty): a hash of its
@@ -50,6 +51,8 @@ pub struct Catalog {
     services: Vec<proto::Service>,
     endpoints: Vec<proto::Endpoint>,
     workloads: Vec<proto::Workload>,
+    /// The ServiceEntries that register nothing another object holds.
+    service_entries: Vec<ServiceEntry>,
 }
 
 impl Catalog {
@@ -67,6 +70,7 @@ impl Catalog {
                 rejected.push(object.rejection("VirtualService", &key, reason));
             }
         }
+        let service_entries = service_entries(&objects, &translation, &mut rejected);
         Catalog {
             rejected,
             accepted: Accepted {
@@ -78,6 +82,7 @@ impl Catalog {
             services: translation.services,
             endpoints: translation.endpoints,
             workloads: translation.workloads,
+            service_entries,
         }
     }
 
@@ -105,6 +110,12 @@ impl Catalog {
         security: Option<proto::Security>,
     ) -> Snapshot {
         let mut services = self.services.clone();
+        services.extend(
+            self.service_entries
+                .iter()
+                .filter(|entry| entry.visible_to(namespace))
+                .flat_map(ServiceEntry::services),
+        );
         Routing::new(self.accepted.objects.routing.values().map(|o| &o.object)).apply(
             &mut services,
             namespace,
@@ -236,6 +247,72 @@ impl Catalog {
         self.pods
             .get(&(namespace.to_owned(), pod_name.to_owned()))
             .map(|pod| pod.service_account.as_str())
+    }
+}
+
+/// The ServiceEntries to serve: each, in order, unless one of its hosts is a Service's (or an
+/// earlier entry's) hostname, or one of its `address:port`s is already a cluster IP, a pod
+/// endpoint or an earlier entry's, which would make the snapshot ambiguous. Those are rejected.
+fn service_entries(
+    objects: &Objects,
+    translation: &Translation,
+    rejected: &mut Vec<Rejection>,
+) -> Vec<ServiceEntry> {
+    let mut hosts: BTreeSet<String> = translation
+        .services
+        .iter()
+        .map(|s| s.hostname.clone())
+        .collect();
+    let mut addresses: BTreeSet<String> = translation
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.addresses
+                .iter()
+                .flat_map(move |ip| s.ports.iter().map(move |p| socket(ip, p.port)))
+        })
+        .chain(translation.endpoints.iter().map(|e| e.address.clone()))
+        .collect();
+    let mut kept = Vec::new();
+    for (key, entry) in &objects.service_entries {
+        let services: Vec<proto::Service> = entry.object.services().collect();
+        let taken_host = services.iter().find(|s| hosts.contains(&s.hostname));
+        let entry_addresses: Vec<String> = services
+            .iter()
+            .take(1)
+            .flat_map(|s| {
+                s.addresses
+                    .iter()
+                    .flat_map(move |ip| s.ports.iter().map(move |p| socket(ip, p.port)))
+            })
+            .collect();
+        let taken_address = entry_addresses.iter().find(|a| addresses.contains(*a));
+        let reason = match (taken_host, taken_address) {
+            (Some(service), _) => Some(format!(
+                "spec.hosts: {} is already registered (a Service's or an earlier ServiceEntry's)",
+                service.hostname
+            )),
+            (None, Some(address)) => Some(format!(
+                "spec.addresses: {address} is already a Service's, a pod's or an earlier ServiceEntry's"
+            )),
+            (None, None) => None,
+        };
+        if let Some(reason) = reason {
+            rejected.push(entry.rejection("ServiceEntry", key, reason));
+            continue;
+        }
+        hosts.extend(services.iter().map(|s| s.hostname.clone()));
+        addresses.extend(entry_addresses);
+        kept.push(entry.object.clone());
+    }
+    kept
+}
+
+/// `ip:port` as endpoints spell it.
+fn socket(ip: &str, port: u32) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, u16::try_from(port).unwrap_or(0)).to_string(),
+        Err(_) => format!("{ip}:{port}"),
     }
 }
 

@@ -24,6 +24,7 @@ use super::{
     mesh::MeshConfig,
     routing::{self, RoutingObject},
     security::{self, SecurityPolicy},
+    service_entry::{self, ServiceEntry},
     well_known::{DEFAULT_NAMESPACE, MESH_FILE},
     yaml::{self, YamlError},
 };
@@ -145,6 +146,7 @@ pub(crate) struct Objects {
     /// HTTPRoutes, GRPCRoutes, ReferenceGrants, VirtualServices and DestinationRules, by kind
     /// and key.
     pub(crate) routing: BTreeMap<(&'static str, Key), Labelled<RoutingObject>>,
+    pub(crate) service_entries: BTreeMap<Key, Labelled<ServiceEntry>>,
     pub(crate) mesh: Option<MeshConfig>,
     /// `(kind, namespace, name)` of everything kept, with its label, to reject duplicates.
     seen: BTreeMap<(&'static str, Key), String>,
@@ -246,6 +248,10 @@ impl Objects {
         }
         if let Some(kind) = routing::routing_kind(&id.api_version, &id.kind) {
             self.add_routing(kind, value, id, origin, rejected);
+            return;
+        }
+        if service_entry::is_service_entry(&id.api_version, &id.kind) {
+            self.add_service_entry(value, id, origin, rejected);
             return;
         }
         if let Some(reason) = unknown_builtin_kind(&id) {
@@ -355,6 +361,32 @@ impl Objects {
                     .insert((kind, id.key), Labelled::new(&id.label, origin, object));
             }
             Err(reason) => rejected.push(Rejection::of(kind, &id.key, origin, id.label, reason)),
+        }
+    }
+
+    /// A ServiceEntry: kept when valid, rejected alone otherwise.
+    fn add_service_entry(
+        &mut self,
+        value: Value,
+        id: Identity,
+        origin: &str,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        const KIND: &str = "ServiceEntry";
+        if id.key.1.is_empty() {
+            let reason = "metadata.name: required".to_owned();
+            rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason));
+            return;
+        }
+        if !self.first_of(KIND, &id.key, &id.label, origin, rejected) {
+            return;
+        }
+        match service_entry::read(value, &id.key.0) {
+            Ok(entry) => {
+                self.service_entries
+                    .insert(id.key, Labelled::new(&id.label, origin, entry));
+            }
+            Err(reason) => rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason)),
         }
     }
 

@@ -339,6 +339,7 @@ fn service_entry(
         hostname: service_hostname(namespace, name),
         addresses: vec![ip.to_string()],
         ports,
+        passthrough: false,
     }
 }
 

@@ -45,6 +45,8 @@ enum Destination {
     Workload(Endpoint),
     /// A service's cluster IP and port.
     Service(Arc<ServicePort>),
+    /// A ServiceEntry address with `resolution: NONE`: in the registry, passed through.
+    Passthrough,
 }
 
 /// One port of a Service: its ready endpoints and how this sidecar routes requests to it.
@@ -53,6 +55,8 @@ pub struct ServicePort {
     pub key: ServiceKey,
     pub endpoints: Vec<Endpoint>,
     pub routes: RouteTable,
+    /// A ServiceEntry with `resolution: NONE`: requests go to the address the app dialled.
+    pub passthrough: bool,
 }
 
 /// Two ports are the same when they name the same Service port with the same endpoints (their
@@ -123,6 +127,7 @@ impl Snapshot {
         match self.destinations.get(&address) {
             Some(Destination::Workload(endpoint)) => Logical::Workload(endpoint.clone()),
             Some(Destination::Service(port)) => Logical::Service(port.clone()),
+            Some(Destination::Passthrough) => Logical::Passthrough(address),
             None => match self.mesh.outbound {
                 OutboundPolicy::AllowAny => Logical::Passthrough(address),
                 OutboundPolicy::RegistryOnly => Logical::Blackhole(address),
@@ -222,11 +227,18 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                     port: number,
                 };
                 add_backends(&key, port, &endpoints, &path, &mut backends, &mut problems);
-                ports.push((key, endpoints, path, addresses.clone(), port));
+                ports.push((
+                    key,
+                    endpoints,
+                    path,
+                    addresses.clone(),
+                    port,
+                    service.passthrough,
+                ));
             }
         }
         let mut services = HashMap::new();
-        for (key, endpoints, path, addresses, port) in ports {
+        for (key, endpoints, path, addresses, port, passthrough) in ports {
             let mut resolver = Backends(&backends);
             let routes = route::compile_table(&key, &port.http_routes, &mut resolver)
                 .unwrap_or_else(|found| {
@@ -237,13 +249,19 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                 key,
                 endpoints,
                 routes,
+                passthrough,
             });
             services.insert(service_port.key.clone(), service_port.clone());
             for ip in &addresses {
+                let destination = if passthrough {
+                    Destination::Passthrough
+                } else {
+                    Destination::Service(service_port.clone())
+                };
                 insert(
                     SocketAddr::new(*ip, service_port.key.port),
                     format!("{path}.port"),
-                    Destination::Service(service_port.clone()),
+                    destination,
                     &mut problems,
                 );
             }
@@ -504,6 +522,7 @@ mod tests {
                     ],
                     ..Default::default()
                 }],
+                passthrough: false,
             }],
             mesh: None,
             security: None,
@@ -571,6 +590,41 @@ mod tests {
             s.lookup(addr("198.19.0.1:8000")),
             Logical::Service(_)
         ));
+    }
+
+    #[test]
+    fn service_entries_without_resolution_pass_through_their_addresses() {
+        let mut p = snapshot();
+        p.mesh = Some(proto::MeshSettings {
+            outbound_traffic_policy: "REGISTRY_ONLY".into(),
+            ..Default::default()
+        });
+        p.services.push(proto::Service {
+            hostname: "api.example.com".into(),
+            addresses: vec!["198.18.9.9".into()],
+            ports: vec![proto::ServicePort {
+                port: 443,
+                name: "https".into(),
+                ..Default::default()
+            }],
+            passthrough: true,
+        });
+        let s = Snapshot::try_from(p).expect("valid");
+        assert_eq!(
+            s.lookup(addr("198.18.9.9:443")),
+            Logical::Passthrough(addr("198.18.9.9:443"))
+        );
+        assert_eq!(
+            s.lookup(addr("198.18.9.9:80")),
+            Logical::Blackhole(addr("198.18.9.9:80"))
+        );
+        let port = s
+            .service(&ServiceKey {
+                hostname: "api.example.com".into(),
+                port: 443,
+            })
+            .expect("found by host");
+        assert!(port.passthrough);
     }
 
     #[test]

@@ -10,12 +10,15 @@
 //! without a sidecar). The caller gets its own HTTP version back, whatever the hop in between
 //! spoke.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::{request::Parts, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use remora_api::route::Target;
+use remora_api::{
+    route::{Target, TlsMode},
+    Endpoint, ServiceKey,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
@@ -93,7 +96,64 @@ impl Destination {
                 )
                 .await
             }
-            Backend::Blackhole(dst) => Err(RequestError::Blackhole(*dst)),
+            Backend::Blackhole(dst) => self.by_host(*dst, req).await,
+        }
+    }
+
+    /// A request on a connection to an address outside the registry: a ServiceEntry host
+    /// without addresses is found by the request's `Host` (on the port dialled); anything else
+    /// is refused (`REGISTRY_ONLY`).
+    async fn by_host(
+        &self,
+        dst: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, RequestError> {
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+            })
+            .map(str::to_ascii_lowercase);
+        let port = host.and_then(|host| {
+            self.outbound
+                .config
+                .load()
+                .service(&ServiceKey {
+                    hostname: host.into(),
+                    port: dst.port(),
+                })
+                .cloned()
+        });
+        match port {
+            None => Err(RequestError::Blackhole(dst)),
+            Some(port) if port.passthrough => {
+                let endpoint = Endpoint {
+                    address: dst,
+                    identity: None,
+                    workload: None,
+                };
+                let upstream = Upstream::new(&self.outbound.tunnel, endpoint, TlsMode::Disable);
+                let (parts, body) = req.into_parts();
+                send(
+                    &self.outbound,
+                    &upstream,
+                    Request::from_parts(parts, body.into()),
+                )
+                .await
+            }
+            Some(port) => {
+                let routes = self.outbound.routes.get(
+                    &port,
+                    &self.outbound.config,
+                    &self.outbound.tunnel,
+                    &self.outbound.balancers,
+                );
+                self.routed(routes.load(), req).await
+            }
         }
     }
 

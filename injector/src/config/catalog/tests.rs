@@ -256,6 +256,7 @@ fn translates_manifests_into_a_snapshot() {
                     ],
                     ..Default::default()
                 }],
+                passthrough: false,
             },
             Service {
                 hostname: "reviews.default.svc.cluster.local".into(),
@@ -284,6 +285,7 @@ fn translates_manifests_into_a_snapshot() {
                         ..Default::default()
                     },
                 ],
+                passthrough: false,
             },
         ]
     );
@@ -749,4 +751,81 @@ spec:
     assert!(other
         .security
         .is_none_or(|s| s.authorization_policies.iter().all(|p| p.name == "broken")));
+}
+
+/// ServiceEntries, routes and subsets as a client sidecar gets them: visible by `exportTo`,
+/// refused when they would take what a Service holds, and routed by a VirtualService.
+#[test]
+fn service_entries_and_routes_reach_the_clients_that_see_them() {
+    let entries = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  addresses: ["198.51.100.7"]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow, namespace: default}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  ports: [{number: 8000, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: default}
+spec:
+  host: httpbin
+  subsets: [{name: v1, labels: {app: httpbin}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin]
+  http:
+    - route: [{destination: {host: httpbin, subset: v1}}]
+"#;
+    let mut files = example();
+    files.push(("/m/routing.yaml".to_owned(), entries.to_owned()));
+    let catalog = Catalog::build(files);
+    // The example's own rejection (a pod's bad override) aside.
+    let rejected: Vec<String> = catalog
+        .rejected
+        .iter()
+        .filter(|r| !r.object.starts_with("Pod "))
+        .map(|r| format!("{}: {}", r.object, r.reason))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            "ServiceEntry default/shadow in /m/routing.yaml (document 2): spec.hosts: \
+          httpbin.default.svc.cluster.local is already registered (a Service's or an earlier \
+          ServiceEntry's)"
+        ]
+    );
+    let snapshot = catalog.snapshot_for(&node("default", "httpbin-0"));
+    let api = snapshot
+        .services
+        .iter()
+        .find(|s| s.hostname == "api.example.com")
+        .expect("exported to its own namespace");
+    assert!(api.passthrough);
+    assert_eq!(api.addresses, ["198.51.100.7"]);
+    let httpbin = &snapshot.services[0].ports[0];
+    assert_eq!(httpbin.http_routes.len(), 1);
+    assert_eq!(httpbin.http_routes[0].backends[0].subset, "v1");
+    assert_eq!(httpbin.subsets[0].name, "v1");
+    assert!(
+        remora_api::Snapshot::try_from(snapshot).is_ok(),
+        "the sidecar takes it"
+    );
+    let elsewhere = catalog.snapshot_for(&node("other", "nobody"));
+    assert!(elsewhere
+        .services
+        .iter()
+        .all(|s| s.hostname != "api.example.com"));
 }
