@@ -73,6 +73,7 @@ impl SnapshotBuilder {
                     .collect(),
                 ..Default::default()
             }],
+            passthrough: false,
         });
         self
     }

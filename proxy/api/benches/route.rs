@@ -75,6 +75,7 @@ fn snapshot(routes: usize) -> proto::Snapshot {
                     .collect(),
                 ..Default::default()
             }],
+            passthrough: false,
         }],
         ..Default::default()
     }
