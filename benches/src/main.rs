@@ -43,8 +43,9 @@ struct Args {
     /// A few seconds in all: one short round, to check the harness works.
     #[arg(long)]
     smoke: bool,
-    /// Start the remora+policies pair without its policies: an A/A run, showing how far two
-    /// identical Remora pairs differ on this machine (the noise under the policies' cost).
+    /// Start the remora+policies pair without its policies and the remora+routes pair calling
+    /// the pod directly: an A/A run, showing how far identical Remora pairs differ on this
+    /// machine (the noise under the features' cost).
     #[arg(long)]
     control: bool,
 }

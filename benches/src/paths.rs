@@ -5,6 +5,9 @@
 //! - through the same pair with a typical policy set on the server sidecar (an ALLOW for the
 //!   caller's principal, a namespace-wide DENY on `/admin*`), so what authorization costs per
 //!   request is measured beside the policy-free pair in the same run;
+//! - through the same pair called by a Service's cluster IP, routed by a VirtualService (90/10
+//!   over two subsets, the default retries, no mirror), so what routing costs per request is
+//!   measured beside the pair that calls the pod directly (no routing at all);
 //! - through an nginx mTLS pair: a forward nginx in the client pod (the load generator calls it
 //!   explicitly, nginx cannot intercept) and a TLS-terminating nginx in the server pod, with
 //!   client certificates verified on both sides, keep-alive upstreams and certificates from the
@@ -13,7 +16,10 @@
 use std::{fmt, fs, net::SocketAddr};
 
 use anyhow::Context;
-use remora_api::proto::config::{AuthorizationPolicy, Operation, Rule, Security, Source};
+use remora_api::proto::config::{
+    AuthorizationPolicy, Endpoint, HttpRoute, Operation, RouteBackend, Rule, Security, Service,
+    ServicePort, Source, Subset, Workload,
+};
 use remora_e2e::{Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
 
 const APP_PORT: u16 = 8080;
@@ -27,6 +33,7 @@ pub enum Kind {
     Direct,
     Remora,
     RemoraPolicies,
+    RemoraRoutes,
     Nginx,
 }
 
@@ -36,6 +43,7 @@ impl fmt::Display for Kind {
             Kind::Direct => "direct",
             Kind::Remora => "remora",
             Kind::RemoraPolicies => "remora+policies",
+            Kind::RemoraRoutes => "remora+routes",
             Kind::Nginx => "nginx",
         })
     }
@@ -51,20 +59,77 @@ pub struct RequestPath {
     pub proxies: Vec<(&'static str, u32)>,
 }
 
-/// Builds the paths in `mesh`; without `policies` the remora+policies pair runs without them
-/// (an A/A control).
-pub fn build(mesh: &Mesh, policies: bool) -> anyhow::Result<Vec<RequestPath>> {
+/// Builds the paths in `mesh`; without `features` the remora+policies pair runs without its
+/// policies and the remora+routes pair calls the pod directly (an A/A control).
+pub fn build(mesh: &Mesh, features: bool) -> anyhow::Result<Vec<RequestPath>> {
     Ok(vec![
         direct(mesh)?,
-        remora(mesh, Kind::Remora, "r", None)?,
+        remora(mesh, Kind::Remora, "r", None, false)?,
         remora(
             mesh,
             Kind::RemoraPolicies,
             "p",
-            policies.then(typical_policies),
+            features.then(typical_policies),
+            false,
         )?,
+        remora(mesh, Kind::RemoraRoutes, "v", None, features)?,
         nginx(mesh)?,
     ])
+}
+
+/// The cluster IP the remora+routes client calls.
+const CLUSTER_IP: &str = "198.19.200.1";
+const HOST: &str = "server.bench.svc.cluster.local";
+
+/// A canary as users write it: Service `server` split 90/10 over subsets v1 and v2 by a
+/// VirtualService with the default retries (both subsets select the one server pod, so the
+/// app behind either is the same), as the control plane would translate it.
+fn canary(server: &Pod) -> (Service, Workload) {
+    let workload = Workload {
+        namespace: "bench".to_owned(),
+        name: server.name.clone(),
+        labels: [("app".to_owned(), "server".to_owned())].into(),
+        identity: String::new(),
+        addresses: vec![server.ip.to_string()],
+    };
+    let identity = format!("spiffe://{TRUST_DOMAIN}/ns/bench/sa/server");
+    let subset = |name: &str| Subset {
+        name: name.to_owned(),
+        labels: [("app".to_owned(), "server".to_owned())].into(),
+        traffic_policy: None,
+    };
+    let backend = |subset: &str, weight: u32| RouteBackend {
+        host: HOST.to_owned(),
+        port: u32::from(APP_PORT),
+        subset: subset.to_owned(),
+        weight,
+        ..Default::default()
+    };
+    let service = Service {
+        hostname: HOST.to_owned(),
+        addresses: vec![CLUSTER_IP.to_owned()],
+        ports: vec![ServicePort {
+            port: u32::from(APP_PORT),
+            name: "http".to_owned(),
+            app_protocol: "http".to_owned(),
+            endpoints: vec![Endpoint {
+                address: SocketAddr::from((server.ip, APP_PORT)).to_string(),
+                identity,
+                workload: format!("bench/{}", server.name),
+            }],
+            http_routes: vec![HttpRoute {
+                kind: "VirtualService".to_owned(),
+                namespace: "bench".to_owned(),
+                name: "server".to_owned(),
+                backends: vec![backend("v1", 90), backend("v2", 10)],
+                ..Default::default()
+            }],
+            subsets: vec![subset("v1"), subset("v2")],
+            ..Default::default()
+        }],
+        passthrough: false,
+    };
+    (service, workload)
 }
 
 fn direct(mesh: &Mesh) -> anyhow::Result<RequestPath> {
@@ -118,11 +183,13 @@ fn typical_policies() -> Security {
     }
 }
 
+/// A Remora pair; `routed`: the client calls the server's Service, routed by [`canary`].
 fn remora(
     mesh: &Mesh,
     kind: Kind,
     prefix: &str,
     security: Option<Security>,
+    routed: bool,
 ) -> anyhow::Result<RequestPath> {
     let client = mesh.add_pod(&format!("{prefix}-client"), "bench", "client")?;
     let server = mesh.add_pod(&format!("{prefix}-server"), "bench", "server")?;
@@ -135,10 +202,18 @@ fn remora(
         },
     )?;
     let identity = remora_api::SpiffeId::new(TRUST_DOMAIN, "bench", "server")?;
+    let (service, workload) = canary(&server);
+    let url = if routed {
+        format!("http://{CLUSTER_IP}:{APP_PORT}/")
+    } else {
+        format!("http://{}:{APP_PORT}/", server.ip)
+    };
     mesh.start_sidecar(
         &client,
         &SidecarOptions {
             endpoints: vec![(SocketAddr::from((server.ip, APP_PORT)), identity)],
+            services: vec![service],
+            workloads: vec![workload],
             ..Default::default()
         },
     )?;
@@ -148,7 +223,7 @@ fn remora(
     ];
     Ok(RequestPath {
         kind,
-        url: format!("http://{}:{APP_PORT}/", server.ip),
+        url,
         client,
         proxies,
     })

@@ -132,58 +132,103 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
         "| saturation (requests/s) | {d:.0} | {r:.0} | {n:.0} | {} |",
         ratio(r, n)
     );
-    if let Some(policies) = find(Kind::RemoraPolicies) {
-        policy_cost(&mut out, setup.control, [direct, remora, nginx, policies]);
+    let features = [
+        Feature {
+            kind: Kind::RemoraPolicies,
+            heading: "With a typical policy set on the server sidecar (ALLOW the caller's \
+                      principal, DENY /admin* namespace-wide)",
+            control: "A/A control: the remora+policies pair ran WITHOUT policies, so its \
+                      difference from remora is how far two identical pairs differ here",
+            label: "policies / none",
+            side: 1,
+        },
+        Feature {
+            kind: Kind::RemoraRoutes,
+            heading: "Called by a Service's cluster IP and routed by a VirtualService on the \
+                      client sidecar (90/10 over two subsets, default retries), against the pair \
+                      that calls the pod directly",
+            control: "A/A control: the remora+routes pair called the pod directly, so its \
+                      difference from remora is how far two identical pairs differ here",
+            label: "routes / none",
+            side: 0,
+        },
+    ];
+    for feature in &features {
+        if let Some(with) = find(feature.kind) {
+            feature_cost(
+                &mut out,
+                setup.control,
+                feature,
+                [direct, remora, nginx, with],
+            );
+        }
     }
     out
 }
 
-/// The same Remora pair with a typical policy set, against the policy-free pair (and nginx).
-fn policy_cost(out: &mut String, control: bool, paths: [&PathResult; 4]) {
-    let [direct, remora, nginx, policies] = paths;
+/// A Remora pair with one feature on.
+struct Feature {
+    kind: Kind,
+    heading: &'static str,
+    /// The heading of an A/A run (`--control`: the feature off).
+    control: &'static str,
+    label: &'static str,
+    /// The proxy doing the feature's work: 0 client-side, 1 server-side.
+    side: usize,
+}
+
+/// The pair with `feature` against the pair without it (and nginx).
+fn feature_cost(out: &mut String, control: bool, feature: &Feature, paths: [&PathResult; 4]) {
+    let [direct, remora, nginx, with] = paths;
     let heading = if control {
-        "A/A control: the remora+policies pair ran WITHOUT policies, so its difference from \
-         remora is how far two identical pairs differ here"
+        feature.control
     } else {
-        "With a typical policy set on the server sidecar (ALLOW the caller's principal, DENY \
-         /admin* namespace-wide)"
+        feature.heading
     };
+    let name = feature.kind;
     let _ = writeln!(out, "\n{heading}:\n");
     let _ = writeln!(
         out,
-        "| metric | remora | remora+policies | policies / none | remora+policies / nginx |"
+        "| metric | remora | {name} | {} | {name} / nginx |",
+        feature.label
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
     let both = |r: &PathResult| r.proxy_cpu(0) + r.proxy_cpu(1);
-    let (r, p, n) = (both(remora), both(policies), both(nginx));
+    let (r, w, n) = (both(remora), both(with), both(nginx));
     let _ = writeln!(
         out,
-        "| CPU per request, both proxies (µs) | {r:.1} | {p:.1} | {} | {} |",
-        ratio(p, r),
-        ratio(p, n)
+        "| CPU per request, both proxies (µs) | {r:.1} | {w:.1} | {} | {} |",
+        ratio(w, r),
+        ratio(w, n)
     );
-    let (r, p, n) = (
-        remora.proxy_cpu(1),
-        policies.proxy_cpu(1),
-        nginx.proxy_cpu(1),
+    let side = feature.side;
+    let (r, w, n) = (
+        remora.proxy_cpu(side),
+        with.proxy_cpu(side),
+        nginx.proxy_cpu(side),
     );
+    let side_name = if side == 0 {
+        "client-side"
+    } else {
+        "server-side"
+    };
     let _ = writeln!(
         out,
-        "| CPU per request, server-side proxy (µs) | {r:.1} | {p:.1} | {} | {} |",
-        ratio(p, r),
-        ratio(p, n)
+        "| CPU per request, {side_name} proxy (µs) | {r:.1} | {w:.1} | {} | {} |",
+        ratio(w, r),
+        ratio(w, n)
     );
     let d = direct.median_of(|r| r.latency.p99);
-    let (r, p, n) = (
+    let (r, w, n) = (
         remora.median_of(|r| r.latency.p99) - d,
-        policies.median_of(|r| r.latency.p99) - d,
+        with.median_of(|r| r.latency.p99) - d,
         nginx.median_of(|r| r.latency.p99) - d,
     );
     let _ = writeln!(
         out,
-        "| added p99 (ms) | {r:.3} | {p:.3} | {} | {} |",
-        ratio(p, r),
-        ratio(p, n)
+        "| added p99 (ms) | {r:.3} | {w:.3} | {} | {} |",
+        ratio(w, r),
+        ratio(w, n)
     );
 }
 

@@ -56,6 +56,9 @@ pub struct SidecarOptions {
     pub drain_duration: Option<Duration>,
     /// The policies of the sidecar's own workload.
     pub security: Option<remora_api::proto::config::Security>,
+    /// Services this sidecar may call (with their routes), and the workloads behind them.
+    pub services: Vec<remora_api::proto::config::Service>,
+    pub workloads: Vec<remora_api::proto::config::Workload>,
 }
 
 /// A pod: a network namespace with an address on the mesh bridge.
@@ -221,6 +224,8 @@ impl Mesh {
                     })
                     .collect(),
                 security: options.security.clone(),
+                services: options.services.clone(),
+                workloads: options.workloads.clone(),
                 ..Snapshot::default()
             }),
         };

@@ -3,9 +3,10 @@
 //! port), precedence (each step of the order), gRPC matches, backends, filters, timeouts and
 //! retries.
 
+use remora_api::proto::config::string_match::Kind;
 use serde_json::json;
 
-use super::*;
+use super::{route::string_match, syntax::parse_duration, *};
 
 fn value(text: &str) -> Value {
     serde_saphyr::from_str(text).expect("YAML")

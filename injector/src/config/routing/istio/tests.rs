@@ -3,7 +3,15 @@
 //! `exportTo`, match filters, which VirtualService wins a host, DestinationRule lookup and
 //! policy merging.
 
-use super::*;
+use remora_api::proto::config::{self as proto, string_match::Kind};
+
+use super::{
+    checks::check_wildcard_domain,
+    duration::parse_duration,
+    hosts::{hosts_overlap, more_specific, resolve_host, service_namespace},
+    virtual_service::DEFAULT_RETRY_ON,
+    *,
+};
 
 const REVIEWS: &str = "reviews.shop.svc.cluster.local";
 const ROOT: &str = "istio-system";
