@@ -452,3 +452,174 @@ async fn a_new_policy_closes_an_open_connection_it_denies() {
     let _ = io.read_to_string(&mut answer).await;
     assert_eq!(answer, "");
 }
+
+/// What a [`body_app`] received: how many requests, and a signal on each.
+#[derive(Default)]
+struct Seen {
+    requests: std::sync::atomic::AtomicUsize,
+    arrived: tokio::sync::Notify,
+}
+
+impl Seen {
+    fn count(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests arrived (a test that never sees them times out).
+    async fn until(&self, n: usize) {
+        loop {
+            let arrived = self.arrived.notified();
+            if self.count() >= n {
+                return;
+            }
+            arrived.await;
+        }
+    }
+}
+
+/// An HTTP app that answers with the try it saw (`x-envoy-attempt-count`) and the body it got;
+/// the first `fail` requests get 503.
+async fn body_app(fail: usize) -> (SocketAddr, Arc<Seen>) {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let address = listener.local_addr().expect("app address");
+    let seen = Arc::new(Seen::default());
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let count = count.clone();
+                async move {
+                    let n = count.requests.fetch_add(1, Ordering::SeqCst);
+                    count.arrived.notify_waiters();
+                    let attempt = req
+                        .headers()
+                        .get("x-envoy-attempt-count")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_owned();
+                    let body = req.into_body().collect().await.expect("body").to_bytes();
+                    let mut response = Response::new(Full::new(Bytes::from(format!(
+                        "attempt {attempt}: {}",
+                        String::from_utf8_lossy(&body)
+                    ))));
+                    if n < fail {
+                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (address, seen)
+}
+
+fn post(body: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri("/anything")
+        .header("host", "httpbin:8000")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_retry_sends_the_same_body_again_to_the_same_backend() {
+    let (app, seen) = body_app(1).await;
+    let mesh = mesh(move |server| {
+        SnapshotBuilder::default()
+            .service(
+                "httpbin.default.svc.cluster.local",
+                addr(CLUSTER_IP),
+                &[(app, Some(server))],
+            )
+            .routes(serde_json::json!([{
+                "kind": "VirtualService",
+                "namespace": "default",
+                "name": "httpbin",
+                "backends": [{"host": "httpbin.default.svc.cluster.local", "port": 8000, "weight": 100}],
+                "retry": {"attempts": 2, "retryOn": ["5xx"]},
+            }]))
+            .build()
+    })
+    .await;
+    let body = "x".repeat(10_000);
+    let (status, answer) = send(mesh.dial(CLUSTER_IP), post(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, format!("attempt 2: {body}"));
+    assert_eq!(seen.count(), 2);
+}
+
+#[tokio::test]
+async fn a_body_too_large_to_replay_is_sent_once() {
+    let (app, seen) = body_app(1).await;
+    let mesh = mesh(move |server| {
+        SnapshotBuilder::default()
+            .service(
+                "httpbin.default.svc.cluster.local",
+                addr(CLUSTER_IP),
+                &[(app, Some(server))],
+            )
+            .routes(serde_json::json!([{
+                "kind": "VirtualService",
+                "namespace": "default",
+                "name": "httpbin",
+                "backends": [{"host": "httpbin.default.svc.cluster.local", "port": 8000, "weight": 1}],
+                "retry": {"attempts": 2, "retryOn": ["5xx"]},
+            }]))
+            .build()
+    })
+    .await;
+    let body = "y".repeat(100_000);
+    let (status, answer) = send(mesh.dial(CLUSTER_IP), post(&body)).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "sent once, answered once"
+    );
+    assert_eq!(answer, format!("attempt 1: {body}"));
+    assert_eq!(seen.count(), 1);
+}
+
+#[tokio::test]
+async fn a_mirror_gets_a_copy_of_the_body_and_the_caller_only_the_primarys_answer() {
+    let (primary, _) = body_app(0).await;
+    let (mirror, mirrored) = body_app(usize::MAX).await;
+    let mesh = mesh(move |server| {
+        SnapshotBuilder::default()
+            .service("mirror.default.svc.cluster.local", addr("198.19.0.2:8000"), &[(mirror, Some(server))])
+            .service(
+                "httpbin.default.svc.cluster.local",
+                addr(CLUSTER_IP),
+                &[(primary, Some(server))],
+            )
+            .routes(serde_json::json!([{
+                "kind": "VirtualService",
+                "namespace": "default",
+                "name": "httpbin",
+                "backends": [{"host": "httpbin.default.svc.cluster.local", "port": 8000, "weight": 1}],
+                "mirrors": [{"host": "mirror.default.svc.cluster.local", "port": 8000, "percent": 100.0}],
+            }]))
+            .build()
+    })
+    .await;
+    for i in 0..5 {
+        let body = format!("request {i} {}", "z".repeat(2000));
+        let (status, answer) = send(mesh.dial(CLUSTER_IP), post(&body)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the mirror's 503s never reach the caller"
+        );
+        assert_eq!(answer, format!("attempt 1: {body}"));
+    }
+    // Fire-and-forget: the copies arrive on their own time.
+    mirrored.until(5).await;
+    assert_eq!(mirrored.count(), 5);
+}

@@ -7,6 +7,7 @@
 //! random draw, [`RetryPolicy::retries`] whether a try is retried. Anything that needs state
 //! across requests (balancing, ejections, budgets) belongs to the proxy.
 
+mod cors;
 mod filters;
 mod matching;
 mod policy;
@@ -19,6 +20,7 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::{proto::config as proto, snapshot::Endpoint, ServiceKey};
 
+pub use cors::{Cors, CorsAction};
 pub use filters::{HeaderOps, MatchedPrefix, Redirect, Rewrite};
 pub use matching::{RequestMatch, StringCondition};
 pub use policy::{
@@ -150,6 +152,7 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub fault: Option<Fault>,
+    pub cors: Option<Cors>,
 }
 
 /// What a route answers a request with when no backend can take it.
@@ -313,6 +316,7 @@ pub(crate) fn compile_table(
             timeout: None,
             retry: RetryPolicy::default(),
             fault: None,
+            cors: None,
         };
         return Ok(RouteTable {
             routes: vec![route],
@@ -427,6 +431,11 @@ pub(crate) fn compile_table(
                 .map_err(|found| found.into_iter().for_each(|e| problem("fault.", e)))
                 .ok()
         });
+        let cors = route.cors.as_ref().and_then(|c| {
+            Cors::compile(c)
+                .map_err(|found| found.into_iter().for_each(|e| problem("cors.", e)))
+                .ok()
+        });
         routes.push(Route {
             id: RouteId {
                 kind,
@@ -445,6 +454,7 @@ pub(crate) fn compile_table(
             timeout: policy::millis(route.timeout_ms),
             retry,
             fault,
+            cors,
         });
     }
     if !problems.is_empty() {

@@ -55,13 +55,13 @@ impl Upstream {
         }
     }
 
-    /// Counts a request in flight until the returned guard is dropped (then its latency
-    /// feeds the estimate).
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    /// Counts a request in flight until the returned guard is dropped; with `timed`, its
+    /// latency then feeds the estimate.
+    pub fn start(self: &Arc<Self>, timed: bool) -> InFlight {
         self.load.pending.fetch_add(1, Ordering::Relaxed);
         InFlight {
             upstream: self.clone(),
-            started: Instant::now(),
+            started: timed.then(Instant::now),
         }
     }
 
@@ -107,6 +107,9 @@ impl Load {
     }
 }
 
+/// Envoy's longest ejection (`max_ejection_time`), however often an endpoint was ejected.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
 /// Linkerd's defaults: an endpoint never heard from is assumed to answer in 30 ms, and the
 /// estimate forgets over 10 s.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -147,15 +150,18 @@ impl Estimate {
 /// A request in flight on an upstream.
 pub struct InFlight {
     upstream: Arc<Upstream>,
-    started: Instant,
+    /// When it started, if its latency is to be measured.
+    started: Option<Instant>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let load = &self.upstream.load;
         load.pending.fetch_sub(1, Ordering::Relaxed);
-        let now = Instant::now();
-        load.estimate.lock().observe(now - self.started, now);
+        if let Some(started) = self.started {
+            let now = Instant::now();
+            load.estimate.lock().observe(now - started, now);
+        }
     }
 }
 
@@ -249,10 +255,14 @@ impl Balancer {
     /// when it can) and not ejected.
     pub fn pick(&self, tried: &[SocketAddr]) -> Result<Arc<Upstream>, NoUpstream> {
         let upstreams = self.upstreams.load();
-        let now = Instant::now();
-        let eligible = |u: &&Arc<Upstream>| !tried.contains(&u.endpoint.address) && !u.ejected(now);
+        let policy = self.policy.load();
+        // The clock is read only when something can be ejected.
+        let now = policy.outlier.is_some().then(Instant::now);
+        let eligible = |u: &&Arc<Upstream>| {
+            !tried.contains(&u.endpoint.address) && now.is_none_or(|now| !u.ejected(now))
+        };
         let count = upstreams.iter().filter(eligible).count();
-        let algorithm = self.policy.load().load_balancer;
+        let algorithm = policy.load_balancer;
         let chosen = if count == 0 {
             // Everything was tried or ejected: any endpoint beats none (Envoy's panic mode).
             self.choose(algorithm, &upstreams, upstreams.len(), |_| true)
@@ -274,9 +284,7 @@ impl Balancer {
             0 => None,
             1 => nth(0),
             _ => match algorithm {
-                LoadBalancer::RoundRobin | LoadBalancer::Passthrough => {
-                    nth(self.next.fetch_add(1, Ordering::Relaxed) % count)
-                }
+                LoadBalancer::RoundRobin => nth(self.next.fetch_add(1, Ordering::Relaxed) % count),
                 LoadBalancer::Random => nth(rand::random_range(0..count)),
                 LoadBalancer::LeastRequest => two_choices(count, nth, |u| {
                     u.load.pending.load(Ordering::Relaxed) as f64
@@ -335,14 +343,23 @@ impl Balancer {
         let ejections = load.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let duration = outlier
             .base_ejection
-            .saturating_mul(ejections.min(u32::MAX as u64) as u32);
+            .saturating_mul(ejections.min(u64::from(u32::MAX)) as u32)
+            .min(MAX_EJECTION);
         load.errors_5xx.store(0, Ordering::Relaxed);
         load.errors_gateway.store(0, Ordering::Relaxed);
-        load.ejected_until.store(
-            load.micros(now) + duration.as_micros() as u64,
-            Ordering::Relaxed,
-        );
+        // Readmitted at the first detection interval after its ejection time, as Envoy's
+        // interval timer readmits it.
+        let tick = (outlier.interval.as_micros() as u64).max(1);
+        let until = (load.micros(now) + duration.as_micros() as u64).div_ceil(tick) * tick;
+        load.ejected_until.store(until, Ordering::Relaxed);
         tracing::info!(endpoint = %upstream.endpoint.address, ?duration, "ejected by outlier detection");
+    }
+
+    /// Whether requests' latencies matter: only peak-EWMA choices among several endpoints
+    /// read them.
+    pub fn timed(&self) -> bool {
+        self.policy.load().load_balancer == LoadBalancer::PeakEwma
+            && self.upstreams.load().len() > 1
     }
 
     fn ejected_count(&self, now: Instant) -> usize {
@@ -454,3 +471,6 @@ fn endpoints(
         .collect();
     (upstreams, backend.policy.clone())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,9 @@
-//! What a route does to a request before it is sent, or instead of sending it: fault
-//! injection (a delay, an abort), a redirect, header changes and rewrites. The decisions are
+//! What a route does to a request before it is sent, or instead of sending it: a CORS
+//! preflight's answer, fault injection (a delay, an abort), a redirect, header changes and
+//! rewrites. The decisions are
 //! `remora_api::route`'s; this applies them to the request's head.
 
-use http::{header, request::Parts, HeaderValue, Response, Uri};
+use http::{header, request::Parts, HeaderMap, HeaderValue, Response, Uri};
 use remora_api::route::{Fault, MatchedPrefix, Redirect, Route};
 
 use crate::{
@@ -23,6 +24,13 @@ pub async fn inject_fault(fault: &Fault) -> Result<(), RequestError> {
         }
         _ => Ok(()),
     }
+}
+
+/// The answer to a CORS preflight, with `headers`.
+pub fn preflight(headers: HeaderMap) -> Response<Body> {
+    let mut response = Response::new(empty());
+    *response.headers_mut() = headers;
+    response
 }
 
 /// The redirect answered instead of the request.

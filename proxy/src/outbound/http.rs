@@ -2,7 +2,8 @@
 //! newest routes of the Service port it was sent to. The stages, each in its own module and
 //! each deciding with a pure function of `remora_api::route`:
 //!
-//! route (select; 404 when routes are attached and none matches) → fault injection → redirect
+//! route (select; 404 when routes are attached and none matches) → CORS (a preflight answered
+//! here) → fault injection → redirect
 //! → request filters and rewrites ([`filters`]) → route timeout → mirrors ([`mirror`]) →
 //! weighted split (once per request, as Envoy does) → tries within that backend ([`retry`]:
 //! connection-pool admission, an endpoint from its balancer, preferring untried ones, the
@@ -16,7 +17,7 @@ use http::{request::Parts, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use remora_api::{
-    route::{Target, TlsMode},
+    route::{CorsAction, Target, TlsMode},
     Endpoint, ServiceKey,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -81,22 +82,20 @@ impl Destination {
             // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
             return Err(RequestError::ConnectNotSupported);
         }
+        // Each path's future is boxed: kept inline they would make this future (which the
+        // connection's service moves per request) as large as the largest of them.
         match &self.backend {
-            Backend::Routed(routes) => self.routed(routes.load(), req).await,
+            Backend::Routed(routes) => Box::pin(self.routed(routes.load(), req)).await,
             Backend::Fixed(upstream) => {
                 let upstream = upstream.clone();
                 if headers::is_upgrade(&req) {
-                    return upgrade_to(&self.outbound, &upstream, req).await;
+                    return Box::pin(upgrade_to(&self.outbound, &upstream, req)).await;
                 }
                 let (parts, body) = req.into_parts();
-                send(
-                    &self.outbound,
-                    &upstream,
-                    Request::from_parts(parts, body.into()),
-                )
-                .await
+                let req = Request::from_parts(parts, body.into());
+                Box::pin(send(&self.outbound, &upstream, req)).await
             }
-            Backend::Blackhole(dst) => self.by_host(*dst, req).await,
+            Backend::Blackhole(dst) => Box::pin(self.by_host(*dst, req)).await,
         }
     }
 
@@ -169,6 +168,15 @@ impl Destination {
             .select(&parts.method, &parts.uri, &parts.headers)
             .ok_or(RequestError::NoRoute)?;
         let route = selected.route;
+        let cors = match route
+            .cors
+            .as_ref()
+            .map(|c| c.action(&parts.method, &parts.headers))
+        {
+            Some(CorsAction::Preflight(headers)) => return Ok(filters::preflight(headers)),
+            Some(CorsAction::Respond(headers)) => Some(headers),
+            Some(CorsAction::None) | None => None,
+        };
         if let Some(fault) = &route.fault {
             filters::inject_fault(fault).await?;
         }
@@ -198,8 +206,8 @@ impl Destination {
         share.request_headers.apply(&mut parts.headers);
         if headers::is_upgrade_head(parts.version, &parts.headers) {
             let upstream = balancer.pick(&[]).map_err(retry::no_upstream)?;
-            let response =
-                upgrade_to(&self.outbound, &upstream, Request::from_parts(parts, body)).await?;
+            let req = Request::from_parts(parts, body);
+            let response = Box::pin(upgrade_to(&self.outbound, &upstream, req)).await?;
             return Ok(response);
         }
         let (body, first) = RequestBody::new(body);
@@ -213,6 +221,9 @@ impl Destination {
         };
         share.response_headers.apply(response.headers_mut());
         route.response_headers.apply(response.headers_mut());
+        if let Some(cors) = cors {
+            response.headers_mut().extend(cors);
+        }
         Ok(response)
     }
 }

@@ -28,6 +28,27 @@ use super::{
 /// Envoy's header naming the try a request is.
 const ATTEMPT_COUNT: http::HeaderName = http::HeaderName::from_static("x-envoy-attempt-count");
 
+/// `x-envoy-attempt-count` values, built once: no formatting per try.
+const ATTEMPTS: [HeaderValue; 10] = [
+    HeaderValue::from_static("1"),
+    HeaderValue::from_static("2"),
+    HeaderValue::from_static("3"),
+    HeaderValue::from_static("4"),
+    HeaderValue::from_static("5"),
+    HeaderValue::from_static("6"),
+    HeaderValue::from_static("7"),
+    HeaderValue::from_static("8"),
+    HeaderValue::from_static("9"),
+    HeaderValue::from_static("10"),
+];
+
+fn attempt_count(attempt: u32) -> HeaderValue {
+    ATTEMPTS
+        .get(attempt as usize - 1)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(attempt))
+}
+
 /// A request body, sendable more than once when it is empty or small enough to record.
 #[derive(Clone)]
 pub enum RequestBody {
@@ -92,13 +113,16 @@ pub async fn tries(
         };
         let mut req = Request::from_parts(head, try_body);
         req.headers_mut()
-            .insert(ATTEMPT_COUNT, HeaderValue::from(attempt));
-        let in_flight = upstream.start();
+            .insert(ATTEMPT_COUNT, attempt_count(attempt));
+        let in_flight = upstream.start(balancer.timed());
+        // Boxed: the try's future is large (the tunnel's and the pool's futures), and kept
+        // inline it would be copied through every future that holds this one, per request.
+        let try_once = Box::pin(send(outbound, &upstream, req));
         let result = match policy.per_try_timeout {
-            Some(limit) => tokio::time::timeout(limit, send(outbound, &upstream, req))
+            Some(limit) => tokio::time::timeout(limit, try_once)
                 .await
                 .unwrap_or(Err(RequestError::Timeout)),
-            None => send(outbound, &upstream, req).await,
+            None => try_once.await,
         };
         drop(in_flight);
         drop(admitted);

@@ -347,8 +347,6 @@ pub enum LoadBalancer {
     RoundRobin,
     LeastRequest,
     Random,
-    /// To the address the app dialled, as it dialled it.
-    Passthrough,
 }
 
 /// How the client sidecar reaches a backend's endpoints (`tls.mode`).
@@ -367,7 +365,6 @@ pub struct PoolLimits {
     pub max_connections: Option<u32>,
     pub max_pending: Option<u32>,
     pub max_requests: Option<u32>,
-    pub max_requests_per_connection: Option<u32>,
     pub max_retries: Option<u32>,
 }
 
@@ -403,7 +400,13 @@ impl DestinationPolicy {
             "ROUND_ROBIN" => LoadBalancer::RoundRobin,
             "LEAST_REQUEST" | "LEAST_CONN" => LoadBalancer::LeastRequest,
             "RANDOM" => LoadBalancer::Random,
-            "PASSTHROUGH" => LoadBalancer::Passthrough,
+            // Every request of a sidecar shares one multiplexed connection per peer, so
+            // neither dialling the caller's own destination nor a per-connection request
+            // limit has a meaning yet.
+            "PASSTHROUGH" => {
+                problems.push("loadBalancer: PASSTHROUGH is not supported yet".to_owned());
+                LoadBalancer::PeakEwma
+            }
             other => {
                 problems.push(format!("loadBalancer: {other:?} is not a load balancer"));
                 LoadBalancer::PeakEwma
@@ -420,6 +423,17 @@ impl DestinationPolicy {
             }
         };
         let limit = |n: u32| (n > 0).then_some(n);
+        if source
+            .connection_pool
+            .as_ref()
+            .is_some_and(|p| p.max_requests_per_connection > 0)
+        {
+            problems.push(
+                "connectionPool.maxRequestsPerConnection: not supported yet (requests to a peer \
+                 share one multiplexed connection)"
+                    .to_owned(),
+            );
+        }
         let pool = source
             .connection_pool
             .as_ref()
@@ -427,7 +441,6 @@ impl DestinationPolicy {
                 max_connections: limit(p.max_connections),
                 max_pending: limit(p.http1_max_pending_requests),
                 max_requests: limit(p.http2_max_requests),
-                max_requests_per_connection: limit(p.max_requests_per_connection),
                 max_retries: limit(p.max_retries),
             })
             .unwrap_or_default();

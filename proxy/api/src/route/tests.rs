@@ -788,3 +788,75 @@ fn destination_policies() {
         assert!(err.contains(expected), "{expected:?} missing from {err}");
     }
 }
+
+#[test]
+fn cors_answers_preflights_and_marks_answers_for_allowed_origins() {
+    let cors = |ignore_unmatched_preflights: bool| {
+        Cors::compile(&proto::Cors {
+            allow_origins: vec![
+                exact("https://shop.example").expect("set"),
+                regex("https://.*\\.test").expect("set"),
+            ],
+            allow_methods: vec!["GET".into(), "POST".into()],
+            allow_headers: vec!["x-token".into()],
+            expose_headers: vec!["x-trace".into()],
+            max_age_seconds: 600,
+            allow_credentials: true,
+            ignore_unmatched_preflights,
+        })
+        .expect("valid")
+    };
+    let headers = |pairs: &[(&str, &str)]| request("GET", "/", pairs).2;
+    let preflight = [
+        ("origin", "https://shop.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let CorsAction::Preflight(answer) = cors(false).action(&Method::OPTIONS, &headers(&preflight))
+    else {
+        panic!("a preflight from an allowed origin is answered");
+    };
+    for (name, value) in [
+        ("access-control-allow-origin", "https://shop.example"),
+        ("access-control-allow-methods", "GET,POST"),
+        ("access-control-allow-headers", "x-token"),
+        ("access-control-max-age", "600"),
+        ("access-control-allow-credentials", "true"),
+    ] {
+        assert_eq!(
+            answer.get(name).map(|v| v.to_str().expect("ascii")),
+            Some(value),
+            "{name}"
+        );
+    }
+    assert!(answer.get("access-control-expose-headers").is_none());
+    let CorsAction::Respond(added) =
+        cors(false).action(&Method::GET, &headers(&[("origin", "https://a.test")]))
+    else {
+        panic!("an actual request from an allowed origin is marked");
+    };
+    assert_eq!(
+        added.get("access-control-allow-origin").expect("set"),
+        "https://a.test"
+    );
+    assert_eq!(
+        added.get("access-control-expose-headers").expect("set"),
+        "x-trace"
+    );
+    let stranger = [
+        ("origin", "https://evil.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    assert_eq!(
+        cors(false).action(&Method::OPTIONS, &headers(&stranger)),
+        CorsAction::None
+    );
+    assert_eq!(
+        cors(true).action(&Method::OPTIONS, &headers(&stranger)),
+        CorsAction::Preflight(HeaderMap::new())
+    );
+    assert_eq!(
+        cors(false).action(&Method::GET, &headers(&[])),
+        CorsAction::None,
+        "no Origin"
+    );
+}

@@ -59,7 +59,7 @@ pub(super) struct HttpRouteSpec {
     pub(super) mirrors: Option<Vec<MirrorSpec>>,
     pub(super) mirror_percent: Option<i64>,
     pub(super) mirror_percentage: Option<PercentSpec>,
-    pub(super) cors_policy: Option<Value>,
+    pub(super) cors_policy: Option<CorsPolicySpec>,
     pub(super) headers: Option<HeadersSpec>,
 }
 
@@ -200,6 +200,20 @@ pub(super) struct AbortSpec {
 pub(super) struct MirrorSpec {
     pub(super) destination: Option<DestinationSpec>,
     pub(super) percentage: Option<PercentSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct CorsPolicySpec {
+    pub(super) allow_origins: Option<Vec<StringMatchSpec>>,
+    /// Deprecated exact origins.
+    pub(super) allow_origin: Option<Vec<String>>,
+    pub(super) allow_methods: Option<Vec<String>>,
+    pub(super) allow_headers: Option<Vec<String>>,
+    pub(super) expose_headers: Option<Vec<String>>,
+    pub(super) max_age: Option<Dur>,
+    pub(super) allow_credentials: Option<bool>,
+    pub(super) unmatched_preflights: Option<String>,
 }
 
 #[derive(Deserialize)]

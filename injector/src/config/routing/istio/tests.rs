@@ -282,8 +282,12 @@ fn virtual_service_rejections_name_the_field() {
             "spec.http[0]: mirror and mirrors cannot both be set",
         ),
         (
-            "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}], corsPolicy: {allowOrigins: [{exact: x}]}}]}",
-            "spec.http[0].corsPolicy: not supported yet",
+            "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}], corsPolicy: {allowOrigins: [{}], unmatchedPreflights: DROP}}]}",
+            "spec.http[0].corsPolicy.allowOrigins[0]: one of exact, prefix or regex is required",
+        ),
+        (
+            "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}], corsPolicy: {unmatchedPreflights: DROP}}]}",
+            "spec.http[0].corsPolicy.unmatchedPreflights: \"DROP\" is not one of FORWARD, IGNORE",
         ),
         (
             "{hosts: [reviews], http: [{delegate: {name: other}}]}",
@@ -628,10 +632,10 @@ fn what_the_sidecar_cannot_compile_is_rejected_too() {
 fn every_problem_is_reported() {
     let reason = rejection(
         "VirtualService",
-        "{hosts: [reviews], http: [{route: [{destination: {host: a}, weight: -1}], timeout: 0s, corsPolicy: {}}]}",
+        "{hosts: [reviews], http: [{route: [{destination: {host: a}, weight: -1}], timeout: 0s, corsPolicy: {maxAge: 0s}}]}",
     );
     for expected in [
-        "spec.http[0].corsPolicy: not supported yet",
+        "spec.http[0].corsPolicy.maxAge: must be at least 1ms",
         "spec.http[0].route[0].weight: -1",
         "spec.http[0].timeout: must be at least 1ms",
     ] {
@@ -1476,7 +1480,7 @@ spec:
     loadBalancer: {simple: LEAST_CONN}
     connectionPool:
       tcp: {maxConnections: 100}
-      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 5, maxRetries: 3}
+      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRetries: 3}
     outlierDetection: {consecutive5xxErrors: 7, consecutiveGatewayErrors: 2, interval: 5m, baseEjectionTime: 15m, maxEjectionPercent: 50}
     tls: {mode: ISTIO_MUTUAL}
   subsets:
@@ -1499,7 +1503,7 @@ spec:
             max_connections: 100,
             http1_max_pending_requests: 10,
             http2_max_requests: 1000,
-            max_requests_per_connection: 5,
+            max_requests_per_connection: 0,
             max_retries: 3,
         }),
         outlier_detection: Some(proto::OutlierDetection {
@@ -2087,4 +2091,60 @@ fn host_names_are_checked_as_istio_checks_them() {
         "*.svc.cluster.local"
     ));
     assert!(more_specific("*.a.com", "*.b.com"));
+}
+
+#[test]
+fn policies_the_sidecar_cannot_apply_yet_are_refused_by_name() {
+    let cases = [
+        (
+            "loadBalancer: {simple: PASSTHROUGH}",
+            "PASSTHROUGH is not supported yet",
+        ),
+        (
+            "connectionPool: {http: {maxRequestsPerConnection: 1}}",
+            "maxRequestsPerConnection: not supported yet",
+        ),
+    ];
+    for (policy, expected) in cases {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: reviews, namespace: shop}}\n\
+             spec:\n  host: reviews\n  trafficPolicy: {{{policy}}}\n"
+        );
+        let err = read_doc(&text).expect_err("refused");
+        assert!(err.contains(expected), "{expected:?} missing from {err}");
+    }
+}
+
+#[test]
+fn cors_policies_translate_to_the_routes_cors() {
+    let route = only_route(
+        "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}], corsPolicy: {allowOrigin: [https://old.example], allowOrigins: [{prefix: https://shop}, {regex: 'https://.*[.]test'}], allowMethods: [GET, POST], allowHeaders: [x-token], exposeHeaders: [x-trace], maxAge: 24h, allowCredentials: true, unmatchedPreflights: IGNORE}}]}",
+    );
+    let exact = |s: &str| proto::StringMatch {
+        kind: Some(Kind::Exact(s.into())),
+        ignore_case: false,
+    };
+    assert_eq!(
+        route.cors,
+        Some(proto::Cors {
+            allow_origins: vec![
+                exact("https://old.example"),
+                proto::StringMatch {
+                    kind: Some(Kind::Prefix("https://shop".into())),
+                    ignore_case: false
+                },
+                proto::StringMatch {
+                    kind: Some(Kind::Regex("https://.*[.]test".into())),
+                    ignore_case: false
+                },
+            ],
+            allow_methods: vec!["GET".into(), "POST".into()],
+            allow_headers: vec!["x-token".into()],
+            expose_headers: vec!["x-trace".into()],
+            max_age_seconds: 86_400,
+            allow_credentials: true,
+            ignore_unmatched_preflights: true,
+        })
+    );
 }

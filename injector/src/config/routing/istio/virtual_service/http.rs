@@ -2,12 +2,12 @@
 //! rewrites and mirrors, and the blocks the sibling modules read (`match`, `headers`, `redirect`,
 //! `retries`, `fault`), put together into a [`Rule`].
 
-use remora_api::proto::config as proto;
+use remora_api::proto::config::{self as proto, string_match::Kind};
 
 use super::{
     fault::fault,
     headers::{check_header_value, header_changes},
-    matches::{check_regex, rule_match},
+    matches::{check_regex, rule_match, string_match},
     redirect::redirect,
     retry::retry,
     rule::{RedirectPort, Rule, RuleMatch},
@@ -16,7 +16,7 @@ use crate::config::routing::istio::{
     checks::{check_wildcard_domain, is_dns1123_label, is_set, ranged, Problems},
     duration::millis,
     hosts::resolve_host,
-    spec::{DestinationSpec, HttpRouteSpec, PercentSpec},
+    spec::{CorsPolicySpec, DestinationSpec, HttpRouteSpec, PercentSpec},
     Meta,
 };
 
@@ -24,7 +24,6 @@ pub(super) fn http_rule(index: usize, spec: HttpRouteSpec, meta: &Meta, p: &mut 
     let path = format!("spec.http[{index}]");
     let at = |field: &str| format!("{path}.{field}");
     for (field, value) in [
-        ("corsPolicy", &spec.cors_policy),
         ("delegate", &spec.delegate),
         ("directResponse", &spec.direct_response),
     ] {
@@ -168,6 +167,9 @@ pub(super) fn http_rule(index: usize, spec: HttpRouteSpec, meta: &Meta, p: &mut 
         .map_or(0, |timeout| millis(timeout, &at("timeout"), p));
     let retry = spec.retries.map(|spec| retry(spec, &at("retries"), p));
     let fault = spec.fault.and_then(|spec| fault(spec, &at("fault"), p));
+    let cors = spec
+        .cors_policy
+        .map(|spec| cors(spec, &at("corsPolicy"), p));
 
     let mut mirrors = Vec::new();
     if let Some(percentage) = &spec.mirror_percentage {
@@ -228,10 +230,57 @@ pub(super) fn http_rule(index: usize, spec: HttpRouteSpec, meta: &Meta, p: &mut 
             timeout_ms,
             retry,
             fault,
+            cors,
         },
         redirect_port,
         per_match: rewrite_uri.is_some() || redirect_prefix,
         rewrite_uri,
+    }
+}
+
+/// `corsPolicy`: origins as matches (the deprecated exact `allowOrigin` too), the lists as
+/// written, `unmatchedPreflights` FORWARD (the default) or IGNORE.
+fn cors(spec: CorsPolicySpec, path: &str, p: &mut Problems) -> proto::Cors {
+    let mut origins: Vec<proto::StringMatch> = spec
+        .allow_origin
+        .unwrap_or_default()
+        .into_iter()
+        .map(|origin| proto::StringMatch {
+            kind: Some(Kind::Exact(origin)),
+            ignore_case: false,
+        })
+        .collect();
+    for (i, origin) in spec.allow_origins.unwrap_or_default().iter().enumerate() {
+        let at = format!("{path}.allowOrigins[{i}]");
+        match string_match(origin, &at, false, p) {
+            Some(kind) => origins.push(proto::StringMatch {
+                kind: Some(kind),
+                ignore_case: false,
+            }),
+            None => p.add(&at, "one of exact, prefix or regex is required"),
+        }
+    }
+    let ignore_unmatched_preflights = match spec.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED" | "FORWARD") => false,
+        Some("IGNORE") => true,
+        Some(other) => {
+            p.add(
+                &format!("{path}.unmatchedPreflights"),
+                format!("{other:?} is not one of FORWARD, IGNORE"),
+            );
+            false
+        }
+    };
+    proto::Cors {
+        allow_origins: origins,
+        allow_methods: spec.allow_methods.unwrap_or_default(),
+        allow_headers: spec.allow_headers.unwrap_or_default(),
+        expose_headers: spec.expose_headers.unwrap_or_default(),
+        max_age_seconds: spec
+            .max_age
+            .map_or(0, |age| millis(age, &format!("{path}.maxAge"), p) / 1000),
+        allow_credentials: spec.allow_credentials.unwrap_or(false),
+        ignore_unmatched_preflights,
     }
 }
 

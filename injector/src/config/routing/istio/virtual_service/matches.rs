@@ -164,7 +164,7 @@ fn match_header_name(name: &str, path: &str, p: &mut Problems) -> Option<String>
 }
 
 /// A StringMatch's condition; `None` when it is empty (any value, or presence) or wrong.
-fn string_match(
+pub(super) fn string_match(
     spec: &StringMatchSpec,
     path: &str,
     empty_prefix: bool,
