@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // defaults for missing fields; a oneof is an enum, written as `{exact: "/a"}`.
     let config = tonic_prost_build::configure()
         .build_transport(false)
+        // Ordered maps (labels): a snapshot's encoding, and so its version hash, must not
+        // depend on a hash map's iteration order.
+        .btree_map(".")
         .message_attribute(
             ".remora.config.v1",
             "#[derive(serde::Serialize, serde::Deserialize)] \

@@ -303,3 +303,6 @@ fn retries(out: &mut String, retry: &RetryPolicy) {
             .map_or("none".to_owned(), |t| format!("{t:?}"))
     );
 }
+
+#[cfg(test)]
+mod tests;
