@@ -26,7 +26,10 @@ use std::{
     time::Duration,
 };
 
-use remora_api::{route::TlsMode, Logical};
+use remora_api::{
+    route::{Target, TlsMode},
+    Logical,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -42,7 +45,7 @@ use crate::{
     metrics::Metrics,
     prefixed::PrefixedIo,
     respond::RequestError,
-    transport,
+    tls, transport,
     tunnel::TunnelClient,
 };
 
@@ -112,13 +115,44 @@ enum Backend {
 }
 
 impl Backend {
-    /// The endpoint of a connection that is not HTTP.
-    fn pick(&self) -> Result<Arc<Upstream>, RequestError> {
+    /// The endpoint of a connection that is not HTTP, whose ClientHello (if TLS) names `sni`:
+    /// by the port's first `tcp`/`tls` route that takes it (its backend chosen by weight), else
+    /// one of the port's own endpoints.
+    fn pick(&self, sni: Option<&str>) -> Result<Arc<Upstream>, RequestError> {
         match self {
-            Backend::Routed(routes) => routes.load().own.pick(&[]).map_err(retry::no_upstream),
+            Backend::Routed(routes) => {
+                let resolved = routes.load();
+                let balancer = match resolved.port.routes.select_tcp(sni) {
+                    None => &resolved.own,
+                    Some(route) => {
+                        let share =
+                            route
+                                .split(rand::random())
+                                .map_err(|e| RequestError::NoBackend {
+                                    status: e.status,
+                                    reason: e.reason,
+                                })?;
+                        match &share.target {
+                            Target::Backend(index) => &resolved.balancers[*index],
+                            Target::Unresolved { status, reason } => {
+                                return Err(RequestError::NoBackend {
+                                    status: *status,
+                                    reason: reason.clone(),
+                                })
+                            }
+                        }
+                    }
+                };
+                balancer.pick(&[]).map_err(retry::no_upstream)
+            }
             Backend::Fixed(upstream) => Ok(upstream.clone()),
             Backend::Blackhole(dst) => Err(RequestError::Blackhole(*dst)),
         }
+    }
+
+    /// Whether choosing this connection's endpoint reads its ClientHello's server name.
+    fn routes_by_sni(&self) -> bool {
+        matches!(self, Backend::Routed(routes) if !routes.load().port.routes.tcp_routes().is_empty())
     }
 }
 
@@ -159,7 +193,14 @@ where
         Protocol::Http1 | Protocol::Http2 => {
             http::serve(outbound, backend, detected.protocol, detected.io).await
         }
-        Protocol::Tls | Protocol::Opaque => tcp::forward(&outbound, &backend, detected.io).await,
+        Protocol::Tls if backend.routes_by_sni() => {
+            let (hello, io) = tls::client_hello(detected.io, outbound.detect_timeout).await?;
+            let upstream = backend.pick(hello.server_name.as_deref());
+            tcp::forward(&outbound, upstream, io).await
+        }
+        Protocol::Tls | Protocol::Opaque => {
+            tcp::forward(&outbound, backend.pick(None), detected.io).await
+        }
     }
 }
 

@@ -228,25 +228,34 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Reads the rest of a TLS ClientHello (whose first bytes detection already read) and tells
-/// whether it asks for mesh mTLS by ALPN. The bytes stay in front of the stream either way, so
-/// mesh TLS can be terminated from the start and an app's own TLS passed through untouched.
-/// A ClientHello that cannot be parsed, or is not complete in time, is not mesh TLS.
 /// The server name (SNI) a caller's TLS asked for, once the handshake is done.
 pub fn server_name<IO>(stream: &ServerStream<IO>) -> Option<Arc<str>> {
     stream.get_ref().1.server_name().map(Arc::from)
 }
 
-pub async fn offers_mesh_alpn<S: AsyncRead + Unpin>(
+/// What a ClientHello says, read before any TLS is terminated.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClientHello {
+    /// It asks for mesh mTLS by ALPN.
+    pub mesh: bool,
+    /// The server name (SNI) it asks for.
+    pub server_name: Option<String>,
+}
+
+/// Reads the rest of a TLS ClientHello (whose first bytes detection already read) and tells
+/// what it asks for. The bytes stay in front of the stream either way, so mesh TLS can be
+/// terminated from the start and an app's own TLS passed through untouched. A ClientHello
+/// that cannot be parsed, or is not complete in time, asks for nothing.
+pub async fn client_hello<S: AsyncRead + Unpin>(
     io: PrefixedIo<S>,
     timeout: Duration,
-) -> std::io::Result<(bool, PrefixedIo<S>)> {
+) -> std::io::Result<(ClientHello, PrefixedIo<S>)> {
     let (prefix, mut inner) = io.into_parts();
     let mut buf = BytesMut::from(prefix);
     let mut acceptor = Acceptor::default();
     let mut fed = 0;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mesh = loop {
+    let hello = loop {
         let mut unread = &buf[fed..];
         while !unread.is_empty() {
             acceptor.read_tls(&mut unread)?;
@@ -254,21 +263,33 @@ pub async fn offers_mesh_alpn<S: AsyncRead + Unpin>(
         fed = buf.len();
         match acceptor.accept() {
             Ok(Some(accepted)) => {
-                break accepted
-                    .client_hello()
-                    .alpn()
-                    .is_some_and(|mut protocols| protocols.any(is_mesh_alpn));
+                let hello = accepted.client_hello();
+                break ClientHello {
+                    mesh: hello
+                        .alpn()
+                        .is_some_and(|mut protocols| protocols.any(is_mesh_alpn)),
+                    server_name: hello.server_name().map(str::to_owned),
+                };
             }
-            Err(_) => break false,
+            Err(_) => break ClientHello::default(),
             Ok(None) => {}
         }
         match tokio::time::timeout_at(deadline, inner.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => break false,
+            Ok(Ok(0)) | Err(_) => break ClientHello::default(),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
     };
-    Ok((mesh, PrefixedIo::new(buf.freeze(), inner)))
+    Ok((hello, PrefixedIo::new(buf.freeze(), inner)))
+}
+
+/// Whether a ClientHello asks for mesh mTLS by ALPN ([`client_hello`]).
+pub async fn offers_mesh_alpn<S: AsyncRead + Unpin>(
+    io: PrefixedIo<S>,
+    timeout: Duration,
+) -> std::io::Result<(bool, PrefixedIo<S>)> {
+    let (hello, io) = client_hello(io, timeout).await?;
+    Ok((hello.mesh, io))
 }
 
 #[cfg(test)]

@@ -166,35 +166,76 @@ impl Route {
     /// The share of traffic a draw of `random` falls in: weights are proportional, a weight of
     /// 0 gets nothing, no backends (or all weights 0) is a 500.
     pub fn split(&self, random: u32) -> Result<&WeightedBackend, NoBackend> {
-        if self.total_weight == 0 {
-            return Err(NoBackend {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                reason: format!("{} has no backend with weight", self.id),
-            });
-        }
-        let mut draw = random % self.total_weight;
-        for backend in &self.backends {
-            if draw < backend.weight {
-                return Ok(backend);
-            }
-            draw -= backend.weight;
-        }
-        unreachable_split(&self.id)
+        split(&self.id, &self.backends, self.total_weight, random)
     }
 }
 
-#[cold]
-fn unreachable_split(id: &RouteId) -> Result<&'static WeightedBackend, NoBackend> {
-    Err(NoBackend {
+fn split<'r>(
+    id: &RouteId,
+    backends: &'r [WeightedBackend],
+    total_weight: u32,
+    random: u32,
+) -> Result<&'r WeightedBackend, NoBackend> {
+    let no_backend = |reason: String| NoBackend {
         status: StatusCode::INTERNAL_SERVER_ERROR,
-        reason: format!("{id}: weights do not add up"),
-    })
+        reason,
+    };
+    if total_weight == 0 {
+        return Err(no_backend(format!("{id} has no backend with weight")));
+    }
+    let mut draw = random % total_weight;
+    for backend in backends {
+        if draw < backend.weight {
+            return Ok(backend);
+        }
+        draw -= backend.weight;
+    }
+    Err(no_backend(format!("{id}: weights do not add up")))
+}
+
+/// A compiled `tcp` or `tls` route.
+#[derive(Debug)]
+pub struct TcpRoute {
+    pub id: RouteId,
+    /// Server names (lowercase); `*.example.com` kept as `.example.com`. Empty: any connection.
+    sni: Vec<String>,
+    pub backends: Vec<WeightedBackend>,
+    total_weight: u32,
+}
+
+impl TcpRoute {
+    /// Whether a connection whose ClientHello names `sni` (if any) takes this route.
+    pub fn matches(&self, sni: Option<&str>) -> bool {
+        if self.sni.is_empty() {
+            return true;
+        }
+        let Some(name) = sni else {
+            return false;
+        };
+        self.sni.iter().any(|host| match host.strip_prefix('.') {
+            Some(_) => name.len() > host.len() && ends_with_ignore_case(name, host),
+            None => name.eq_ignore_ascii_case(host),
+        })
+    }
+
+    /// The backend a draw of `random` falls in, as [`Route::split`].
+    pub fn split(&self, random: u32) -> Result<&WeightedBackend, NoBackend> {
+        split(&self.id, &self.backends, self.total_weight, random)
+    }
+}
+
+fn ends_with_ignore_case(name: &str, suffix: &str) -> bool {
+    name.len() >= suffix.len()
+        && name
+            .get(name.len() - suffix.len()..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
 }
 
 /// A Service port's routes, in the order they are tried, and every backend they name.
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    tcp: Vec<TcpRoute>,
     backends: Vec<Arc<Backend>>,
     /// Routes came from an object (a request that matches none gets 404), rather than being
     /// the port's default.
@@ -222,6 +263,7 @@ impl RouteTable {
     pub(crate) fn empty() -> Self {
         Self {
             routes: Vec::new(),
+            tcp: Vec::new(),
             backends: Vec::new(),
             attached: true,
         }
@@ -252,6 +294,16 @@ impl RouteTable {
         &self.routes
     }
 
+    /// The first `tcp`/`tls` route a connection whose ClientHello names `sni` takes; `None`:
+    /// the port's own endpoints.
+    pub fn select_tcp(&self, sni: Option<&str>) -> Option<&TcpRoute> {
+        self.tcp.iter().find(|route| route.matches(sni))
+    }
+
+    pub fn tcp_routes(&self) -> &[TcpRoute] {
+        &self.tcp
+    }
+
     /// Every backend the routes send or mirror to, indexed by [`Target::Backend`] and
     /// [`Mirror::backend`].
     pub fn backends(&self) -> &[Arc<Backend>] {
@@ -274,6 +326,7 @@ pub(crate) trait Resolve {
 pub(crate) fn compile_table(
     own: &ServiceKey,
     source: &[proto::HttpRoute],
+    tcp_source: &[proto::TcpRoute],
     resolver: &mut dyn Resolve,
 ) -> Result<RouteTable, Vec<String>> {
     let mut backends: Vec<Arc<Backend>> = Vec::new();
@@ -285,6 +338,64 @@ pub(crate) fn compile_table(
                 backends.len() - 1
             }
         };
+    let mut problems = Vec::new();
+    let mut tcp = Vec::with_capacity(tcp_source.len());
+    for (r, route) in tcp_source.iter().enumerate() {
+        if route.kind != "VirtualService" {
+            problems.push(format!(
+                "tcpRoutes[{r}].kind: {:?} is not VirtualService",
+                route.kind
+            ));
+            continue;
+        }
+        let sni = route
+            .sni_hosts
+            .iter()
+            .map(|host| {
+                let host = host.to_ascii_lowercase();
+                match host.strip_prefix('*') {
+                    Some(suffix) => suffix.to_owned(),
+                    None => host,
+                }
+            })
+            .collect();
+        let weighted: Vec<WeightedBackend> = route
+            .backends
+            .iter()
+            .map(|backend| WeightedBackend {
+                target: match resolve(resolver, &backend.host, backend.port, &backend.subset) {
+                    Ok(found) => Target::Backend(index_of(found)),
+                    Err(reason) => Target::Unresolved {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        reason,
+                    },
+                },
+                weight: backend.weight,
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+            })
+            .collect();
+        let Some(total_weight) = weighted
+            .iter()
+            .try_fold(0u32, |sum, b| sum.checked_add(b.weight))
+        else {
+            problems.push(format!(
+                "tcpRoutes[{r}].backends: weights add up to more than 2^32"
+            ));
+            continue;
+        };
+        tcp.push(TcpRoute {
+            id: RouteId {
+                kind: RouteKind::VirtualService,
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                rule: route.rule,
+            },
+            sni,
+            backends: weighted,
+            total_weight,
+        });
+    }
     if source.is_empty() {
         let target = match resolver.resolve(&own.hostname, own.port, "") {
             Ok(backend) => Target::Backend(index_of(backend)),
@@ -318,13 +429,16 @@ pub(crate) fn compile_table(
             fault: None,
             cors: None,
         };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         return Ok(RouteTable {
             routes: vec![route],
+            tcp,
             backends,
             attached: false,
         });
     }
-    let mut problems = Vec::new();
     let mut routes = Vec::with_capacity(source.len());
     for (r, route) in source.iter().enumerate() {
         let mut problem =
@@ -462,6 +576,7 @@ pub(crate) fn compile_table(
     }
     Ok(RouteTable {
         routes,
+        tcp,
         backends,
         attached: true,
     })

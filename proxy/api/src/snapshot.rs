@@ -240,11 +240,12 @@ impl TryFrom<proto::Snapshot> for Snapshot {
         let mut services = HashMap::new();
         for (key, endpoints, path, addresses, port, passthrough) in ports {
             let mut resolver = Backends(&backends);
-            let routes = route::compile_table(&key, &port.http_routes, &mut resolver)
-                .unwrap_or_else(|found| {
-                    problems.extend(found.into_iter().map(|e| format!("{path}.{e}")));
-                    RouteTable::empty()
-                });
+            let routes =
+                route::compile_table(&key, &port.http_routes, &port.tcp_routes, &mut resolver)
+                    .unwrap_or_else(|found| {
+                        problems.extend(found.into_iter().map(|e| format!("{path}.{e}")));
+                        RouteTable::empty()
+                    });
             let service_port = Arc::new(ServicePort {
                 key,
                 endpoints,

@@ -1,7 +1,10 @@
-//! Opaque outbound connections: one endpoint for the connection's life, reached through a
+//! Opaque outbound connections: one endpoint for the connection's life (chosen by the port's
+//! VirtualService `tcp`/`tls` routes, if any), reached through a
 //! `CONNECT` stream on its sidecar's tunnel (recorded as one of Istio's TCP connections), or
 //! directly when it runs no sidecar. With no endpoint to go to, the connection is closed, as
 //! Envoy does.
+
+use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -10,20 +13,21 @@ use crate::{
     listen::ConnectionError,
     metrics::{Observed, Reporter, Security, TcpRecord},
     prefixed::PrefixedIo,
+    respond::RequestError,
     transport,
 };
 
-use super::{Backend, Outbound};
+use super::{balance::Upstream, Outbound};
 
 pub(super) async fn forward<IO>(
     outbound: &Outbound,
-    backend: &Backend,
+    upstream: Result<Arc<Upstream>, RequestError>,
     io: PrefixedIo<IO>,
 ) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let upstream = match backend.pick() {
+    let upstream = match upstream {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::debug!(%error, "closing an opaque connection");

@@ -839,3 +839,66 @@ spec:
         .iter()
         .all(|s| s.hostname != "api.example.com"));
 }
+
+/// The admin endpoint dumps a snapshot as JSON and the launcher reads it back to see whether a
+/// sidecar runs the config it should: every field must survive the round trip.
+#[test]
+fn snapshots_survive_a_json_round_trip() {
+    let routing = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: default}
+spec:
+  host: httpbin
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3}
+    connectionPool: {http: {http1MaxPendingRequests: 2}}
+  subsets: [{name: v1, labels: {app: httpbin}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin]
+  http:
+    - match: [{uri: {prefix: /api}, headers: {x-user: {regex: "j.*"}}, queryParams: {q: {exact: "1"}}}]
+      route: [{destination: {host: httpbin, subset: v1}, weight: 100}]
+      retries: {attempts: 3, retryOn: "5xx,409"}
+      timeout: 3s
+      fault: {abort: {httpStatus: 418, percentage: {value: 12.5}}}
+      mirror: {host: httpbin}
+      corsPolicy: {allowOrigins: [{exact: "https://a.example"}], maxAge: 1m}
+    - redirect: {uri: /new}
+"#;
+    let mut files = example();
+    files.push(("/m/routing.yaml".to_owned(), routing.to_owned()));
+    let catalog = Catalog::build(files);
+    let snapshot = catalog.snapshot_for(&node("default", "httpbin-0"));
+    assert!(!snapshot.services[0].ports[0].http_routes.is_empty());
+    let json = serde_json::to_value(&snapshot).expect("serializes");
+    let back: Snapshot = serde_json::from_value(json.clone()).expect("deserializes");
+    assert_eq!(back, snapshot, "{json:#}");
+}
+
+/// The repository's examples (routes of every kind included) give the same snapshot, byte for
+/// byte, however often they are read.
+#[test]
+fn the_examples_give_stable_versions() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let read = || {
+        crate::config::read_directories(&[dir.clone()])
+            .workload_snapshot("shop", "sleep")
+            .expect("shop/sleep")
+    };
+    let first = read();
+    assert!(first
+        .services
+        .iter()
+        .any(|s| s.ports.iter().any(|p| !p.http_routes.is_empty())));
+    for _ in 0..10 {
+        let again = read();
+        assert_eq!(again, first);
+        assert_eq!(version_of(&again), version_of(&first));
+    }
+}

@@ -100,7 +100,7 @@ fn route(
 }
 
 fn table(routes: &[proto::HttpRoute]) -> RouteTable {
-    compile_table(&key("reviews", 9080), routes, &mut Fixture::new()).expect("compiles")
+    compile_table(&key("reviews", 9080), routes, &[], &mut Fixture::new()).expect("compiles")
 }
 
 fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap) {
@@ -281,8 +281,8 @@ fn bad_matches_name_their_field() {
         retry_on: vec!["sometimes".into()],
         ..Default::default()
     });
-    let err =
-        compile_table(&key("reviews", 9080), &[bad], &mut Fixture::new()).expect_err("invalid");
+    let err = compile_table(&key("reviews", 9080), &[bad], &[], &mut Fixture::new())
+        .expect_err("invalid");
     let text = err.join("\n");
     for expected in [
         "httpRoutes[0].matches[0].path: regex \"(unclosed\"",
@@ -858,5 +858,100 @@ fn cors_answers_preflights_and_marks_answers_for_allowed_origins() {
         cors(false).action(&Method::GET, &headers(&[])),
         CorsAction::None,
         "no Origin"
+    );
+}
+
+#[test]
+fn tcp_and_tls_routes_take_connections_by_server_name() {
+    let tcp = |rule: u32, sni: &[&str], backends: Vec<proto::RouteBackend>| proto::TcpRoute {
+        kind: "VirtualService".into(),
+        namespace: "shop".into(),
+        name: "db".into(),
+        rule,
+        sni_hosts: sni.iter().map(|s| s.to_string()).collect(),
+        backends,
+    };
+    let table = compile_table(
+        &key("reviews", 9080),
+        &[],
+        &[
+            tcp(
+                0,
+                &["api.example.com", "*.Internal.Example"],
+                vec![backend("reviews", "v2", 1)],
+            ),
+            tcp(
+                1,
+                &[],
+                vec![
+                    backend("reviews", "v1", 80),
+                    backend("ratings", "", 20),
+                    backend("nowhere", "", 0),
+                ],
+            ),
+        ],
+        &mut Fixture::new(),
+    )
+    .expect("compiles");
+    let rule = |sni: Option<&str>| table.select_tcp(sni).map(|r| r.id.rule);
+    let cases = [
+        (Some("api.example.com"), Some(0)),
+        (Some("API.example.com"), Some(0)),
+        (Some("db.internal.example"), Some(0)),
+        (Some("a.db.internal.example"), Some(0)),
+        (Some("internal.example"), Some(1)),
+        (Some("other.example.com"), Some(1)),
+        (None, Some(1)),
+    ];
+    for (sni, expected) in cases {
+        assert_eq!(rule(sni), expected, "{sni:?}");
+    }
+    let route = &table.tcp_routes()[1];
+    let shares: Vec<String> = [0, 79, 80, 99]
+        .into_iter()
+        .map(|draw| match &route.split(draw).expect("a share").target {
+            Target::Backend(i) => table.backends()[*i].key.to_string(),
+            Target::Unresolved { reason, .. } => reason.clone(),
+        })
+        .collect();
+    assert_eq!(
+        shares,
+        [
+            "reviews:9080 (subset v1)",
+            "reviews:9080 (subset v1)",
+            "ratings:9080",
+            "ratings:9080"
+        ]
+    );
+    let only_tls = compile_table(
+        &key("reviews", 9080),
+        &[],
+        &[tcp(
+            0,
+            &["api.example.com"],
+            vec![backend("nowhere", "", 1)],
+        )],
+        &mut Fixture::new(),
+    )
+    .expect("compiles");
+    assert!(
+        only_tls.select_tcp(None).is_none(),
+        "no SNI: the port's own endpoints"
+    );
+    let unresolved = &only_tls.tcp_routes()[0].split(0).expect("a share").target;
+    assert!(matches!(unresolved, Target::Unresolved { status, .. } if status.as_u16() == 503));
+    let wrong = compile_table(
+        &key("reviews", 9080),
+        &[],
+        &[proto::TcpRoute {
+            kind: "HTTPRoute".into(),
+            ..Default::default()
+        }],
+        &mut Fixture::new(),
+    )
+    .expect_err("refused");
+    assert_eq!(
+        wrong,
+        ["tcpRoutes[0].kind: \"HTTPRoute\" is not VirtualService"]
     );
 }
