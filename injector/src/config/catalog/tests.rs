@@ -887,7 +887,7 @@ spec:
 fn the_examples_give_stable_versions() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let read = || {
-        crate::config::read_directories(&[dir.clone()])
+        crate::config::read_directories(std::slice::from_ref(&dir))
             .workload_snapshot("shop", "sleep")
             .expect("shop/sleep")
     };
