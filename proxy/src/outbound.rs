@@ -1,7 +1,7 @@
 //! Outbound: connections the app opens, redirected to 15001, and the only way out to the mesh.
 //!
 //! Per connection, its original destination is looked up once ([`remora_api::Snapshot::lookup`])
-//! as a logical target: a Service port (its routes kept current by [`routes`], its backends'
+//! as a logical target: a Service port (its routes kept current by `routes`, its backends'
 //! endpoints balanced per request by [`balance`]), a mesh workload, an address outside the
 //! registry (passed through untouched under `ALLOW_ANY`), or a black hole (`REGISTRY_ONLY`).
 //! HTTP/1.x and HTTP/2 are then served request by request by `http` (routing, retries,

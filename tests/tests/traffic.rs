@@ -1656,3 +1656,115 @@ fn grpc_route_sends_each_method_to_its_backend() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// TCP and TLS routes
+
+const TCP_PORT: u16 = 9000;
+
+/// tcp_name.py as `db-v1` and `db-v2` behind Service `db` (port `tcp-db`), and a VirtualService
+/// whose `tls` rule sends connections for `*.v2.example` to v2 and whose `tcp` rule splits the
+/// rest 70/30.
+fn tcp_routes() -> String {
+    let server = fixture("tcp_name.py");
+    let port = TCP_PORT.to_string();
+    let argv = ["python3", server.as_str(), port.as_str()];
+    let mut manifest = SHOP.to_owned();
+    for version in ["v1", "v2"] {
+        manifest += &deployment(
+            "shop",
+            &format!("db-{version}"),
+            &format!("app: db, version: {version}"),
+            &argv,
+            TCP_PORT,
+            &[],
+        );
+    }
+    manifest += &format!(
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: shop}}
+spec:
+  selector: {{app: db}}
+  ports: [{{name: tcp-db, port: {TCP_PORT}, targetPort: {TCP_PORT}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: shop}}
+spec:
+  host: db
+  subsets:
+    - {{name: v1, labels: {{version: v1}}}}
+    - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db]
+  tls:
+    - match: [{{port: {TCP_PORT}, sniHosts: ["*.v2.example"]}}]
+      route: [{{destination: {{host: db, subset: v2}}}}]
+  tcp:
+    - match: [{{port: {TCP_PORT}}}]
+      route:
+        - {{destination: {{host: db, subset: v1}}, weight: 70}}
+        - {{destination: {{host: db, subset: v2}}, weight: 30}}
+"#
+    );
+    manifest
+}
+
+/// Which pod answered each of `count` connections from `sleep` to db, with `sni` if set.
+fn tcp_answers(sleep: &LocalPod, count: usize, sni: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let client = fixture("tcp_name_client.py");
+    let target = format!("db.shop:{TCP_PORT}");
+    let count = count.to_string();
+    let mut argv = vec!["python3", client.as_str(), target.as_str(), count.as_str()];
+    if let Some(sni) = sni {
+        argv.extend(["--sni", sni]);
+    }
+    let out = sleep.exec(&argv).context("running tcp_name_client.py")?;
+    ensure!(
+        out.status.success(),
+        "tcp_name_client.py ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+#[test]
+fn tcp_and_tls_routes_send_connections_by_weight_and_server_name() -> anyhow::Result<()> {
+    let mesh = cluster("traffic-tcp", tcp_routes())?;
+    let sleep = mesh.pod_in("client", "sleep")?;
+
+    // TLS for a name the `tls` rule takes: always v2, whatever the weights of the `tcp` rule.
+    let tls = tcp_answers(&sleep, 20, Some("orders.v2.example"))?;
+    ensure!(
+        tls.len() == 20 && tls.iter().all(|pod| pod == "db-v2-0"),
+        "TLS for orders.v2.example: {tls:?}"
+    );
+    // Plain TCP, and TLS for another name: the `tcp` rule's 70/30, per connection.
+    for sni in [None, Some("orders.v1.example")] {
+        let answers = tcp_answers(&sleep, 300, sni)?;
+        ensure!(answers.len() == 300, "{sni:?}: {answers:?}");
+        let v1 = answers.iter().filter(|pod| *pod == "db-v1-0").count();
+        let v2 = answers.iter().filter(|pod| *pod == "db-v2-0").count();
+        ensure!(
+            v1 + v2 == 300,
+            "{sni:?}: answers from elsewhere: {answers:?}"
+        );
+        let share = v1 as f64 / 300.0;
+        ensure!(
+            (share - 0.7).abs() <= 0.08,
+            "{sni:?}: v1 took {v1} of 300 connections, expected 70% ± 8 points"
+        );
+    }
+    Ok(())
+}

@@ -113,7 +113,7 @@ impl<'o> Routing<'o> {
                 .iter()
                 .map(|port| {
                     let Ok(number) = u16::try_from(port.port) else {
-                        return (Vec::new(), None, Vec::new());
+                        return (Vec::new(), None, Vec::new(), Vec::new());
                     };
                     let routes = gateway::table(
                         &self.routes,
@@ -139,16 +139,24 @@ impl<'o> Routing<'o> {
                         number,
                         &client,
                     );
-                    (routes, policy, subsets)
+                    let tcp = istio::tcp_table(
+                        &self.virtual_services,
+                        &service.hostname,
+                        number,
+                        &client,
+                    )
+                    .unwrap_or_default();
+                    (routes, policy, subsets, tcp)
                 })
                 .collect();
             filled.push(ports);
         }
         for (service, ports) in services.iter_mut().zip(filled) {
-            for (port, (routes, policy, subsets)) in service.ports.iter_mut().zip(ports) {
+            for (port, (routes, policy, subsets, tcp)) in service.ports.iter_mut().zip(ports) {
                 port.http_routes = routes;
                 port.traffic_policy = policy;
                 port.subsets = subsets;
+                port.tcp_routes = tcp;
             }
         }
     }

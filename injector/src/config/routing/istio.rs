@@ -37,7 +37,7 @@ use serde_json::Value;
 
 pub(crate) use destination_rule::{destination_policy, DestinationRule};
 use spec::{parse, DestinationRuleSpec, VirtualServiceSpec};
-pub(crate) use virtual_service::{http_table, VirtualService};
+pub(crate) use virtual_service::{http_table, tcp_table, VirtualService};
 
 /// The API versions the kinds are read in.
 pub(crate) const API_VERSIONS: [&str; 3] = [

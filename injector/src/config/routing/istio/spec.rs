@@ -34,9 +34,38 @@ pub(super) struct VirtualServiceSpec {
     pub(super) hosts: Option<Vec<String>>,
     pub(super) gateways: Option<Vec<String>>,
     pub(super) http: Option<Vec<HttpRouteSpec>>,
-    pub(super) tls: Option<Vec<Value>>,
-    pub(super) tcp: Option<Vec<Value>>,
+    pub(super) tls: Option<Vec<L4RouteSpec>>,
+    pub(super) tcp: Option<Vec<L4RouteSpec>>,
     pub(super) export_to: Option<Vec<String>>,
+}
+
+/// A `tcp` or `tls` rule (`TCPRoute`, `TLSRoute`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct L4RouteSpec {
+    #[serde(rename = "match")]
+    pub(super) matches: Option<Vec<L4MatchSpec>>,
+    pub(super) route: Option<Vec<L4DestinationSpec>>,
+}
+
+/// `L4MatchAttributes` and `TLSMatchAttributes` (which adds `sniHosts`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct L4MatchSpec {
+    pub(super) sni_hosts: Option<Vec<String>>,
+    pub(super) destination_subnets: Option<Vec<String>>,
+    pub(super) port: Option<i64>,
+    pub(super) source_labels: Option<BTreeMap<String, String>>,
+    pub(super) gateways: Option<Vec<String>>,
+    pub(super) source_namespace: Option<String>,
+    pub(super) source_subnet: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct L4DestinationSpec {
+    pub(super) destination: Option<DestinationSpec>,
+    pub(super) weight: Option<i64>,
 }
 
 #[derive(Deserialize)]

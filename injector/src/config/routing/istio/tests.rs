@@ -247,7 +247,7 @@ spec:
 fn virtual_service_rejections_name_the_field() {
     let cases: &[(&str, &str)] = &[
         ("{}", "spec.hosts: required"),
-        ("{hosts: [reviews]}", "spec.http: required"),
+        ("{hosts: [reviews]}", "spec: one of http, tcp or tls is required"),
         (
             "{hosts: [reviews], http: [{route: [{destination: {host: reviews}, weight: -3}]}]}",
             "spec.http[0].route[0].weight: -3 is not between 0",
@@ -298,12 +298,24 @@ fn virtual_service_rejections_name_the_field() {
             "spec.http[0].directResponse: not supported yet",
         ),
         (
-            "{hosts: [reviews], tcp: [{route: [{destination: {host: reviews}}]}]}",
-            "spec.tcp: not supported yet",
+            "{hosts: [reviews], tcp: [{match: [{destinationSubnets: [10.0.0.0/8]}], route: [{destination: {host: reviews}}]}]}",
+            "spec.tcp[0].match[0].destinationSubnets: not supported yet",
         ),
         (
             "{hosts: [reviews], tls: [{match: [{sniHosts: [reviews]}]}]}",
-            "spec.tls: not supported yet",
+            "spec.tls[0].route: required",
+        ),
+        (
+            "{hosts: [reviews], tls: [{match: [{port: 443}], route: [{destination: {host: reviews}}]}]}",
+            "spec.tls[0].match[0].sniHosts: required",
+        ),
+        (
+            "{hosts: [reviews], tcp: [{match: [{sniHosts: [a.example]}], route: [{destination: {host: reviews}}]}]}",
+            "spec.tcp[0].match[0].sniHosts: only `tls` rules match server names",
+        ),
+        (
+            "{hosts: [reviews], tcp: [{route: [{destination: {host: a}, weight: 0}, {destination: {host: b}, weight: 0}]}]}",
+            "spec.tcp[0].route: the weights add up to 0",
         ),
         (
             "{hosts: [\"*\"], http: [{route: [{destination: {host: reviews}}]}]}",
@@ -2147,4 +2159,67 @@ fn cors_policies_translate_to_the_routes_cors() {
             ignore_unmatched_preflights: true,
         })
     );
+}
+
+#[test]
+fn tcp_and_tls_rules_become_the_ports_tcp_routes() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db]
+  tls:
+    - match: [{port: 9000, sniHosts: ["*.v2.example"]}, {port: 9443, sniHosts: [other.example]}]
+      route: [{destination: {host: db, subset: v2}}]
+  tcp:
+    - match: [{port: 9000, sourceLabels: {app: sleep}}]
+      route:
+        - {destination: {host: db, subset: v1}, weight: 70}
+        - {destination: {host: db, subset: v2, port: {number: 9001}}, weight: 30}
+"#;
+    let Ok(IstioObject::VirtualService(vs)) = read_doc(text) else {
+        panic!("a VirtualService");
+    };
+    let host = "db.shop.svc.cluster.local";
+    let sleep: BTreeMap<String, String> = [("app".to_owned(), "sleep".to_owned())].into();
+    let routes = tcp_table(&[&vs], host, 9000, &client("shop", &sleep)).expect("routes");
+    type Summary = (Vec<String>, Vec<(String, u32, u32)>);
+    let summary: Vec<Summary> = routes
+        .iter()
+        .map(|r| {
+            (
+                r.sni_hosts.clone(),
+                r.backends
+                    .iter()
+                    .map(|b| (b.subset.clone(), b.port, b.weight))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                vec!["*.v2.example".to_owned()],
+                vec![("v2".to_owned(), 9000, 100)]
+            ),
+            (
+                vec![],
+                vec![("v1".to_owned(), 9000, 70), ("v2".to_owned(), 9001, 30)]
+            ),
+        ]
+    );
+    assert_eq!(routes[1].rule, 0, "the tcp rule's own index");
+    // Another client: only the `tls` rule is for it; another port: none.
+    let none = BTreeMap::new();
+    assert_eq!(
+        tcp_table(&[&vs], host, 9000, &client("shop", &none))
+            .expect("routes")
+            .len(),
+        1
+    );
+    let other = tcp_table(&[&vs], host, 9443, &client("shop", &none)).expect("routes");
+    assert_eq!(other[0].sni_hosts, ["other.example"]);
+    assert!(tcp_table(&[&vs], host, 8080, &client("shop", &none)).is_none());
 }

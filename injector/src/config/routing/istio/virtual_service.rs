@@ -6,6 +6,7 @@
 mod fault;
 mod headers;
 mod http;
+mod l4;
 mod matches;
 mod redirect;
 mod retry;
@@ -23,6 +24,7 @@ use super::{
     Client, Meta, MESH,
 };
 use http::http_rule;
+use l4::{l4_rule, L4Rule};
 // The tests compare what an unset `retryOn` becomes with Istio's defaults.
 #[cfg(test)]
 pub(super) use retry::DEFAULT_RETRY_ON;
@@ -38,6 +40,8 @@ pub(crate) struct VirtualService {
     mesh: bool,
     export_to: Visibility,
     rules: Vec<Rule>,
+    /// `tls` rules, then `tcp` rules, each in order.
+    l4: Vec<L4Rule>,
 }
 
 impl VirtualService {
@@ -98,6 +102,17 @@ impl VirtualService {
         }
         (!out.is_empty()).then_some(out)
     }
+
+    /// The `tls` rules (server names first) and `tcp` rules for a client calling `port`;
+    /// `None` when none is for it.
+    fn tcp_routes(&self, port: u16, client: &Client) -> Option<Vec<proto::TcpRoute>> {
+        let out: Vec<proto::TcpRoute> = self
+            .l4
+            .iter()
+            .filter_map(|rule| rule.route(port, client))
+            .collect();
+        (!out.is_empty()).then_some(out)
+    }
 }
 
 /// `exportTo`, `.` replaced by the object's own namespace.
@@ -125,6 +140,27 @@ pub(crate) fn http_table(
     client: &Client,
     _ports_of: &dyn Fn(&str) -> Option<Vec<u16>>,
 ) -> Option<Vec<proto::HttpRoute>> {
+    applicable(services, hostname, client, |vs| vs.routes(port, client))
+}
+
+/// The `tcp`/`tls` routes for connections from `client` to host `hostname` on `port`, from the
+/// VirtualService [`http_table`] would choose, or `None` (the port's own endpoints).
+pub(crate) fn tcp_table(
+    services: &[&VirtualService],
+    hostname: &str,
+    port: u16,
+    client: &Client,
+) -> Option<Vec<proto::TcpRoute>> {
+    applicable(services, hostname, client, |vs| vs.tcp_routes(port, client))
+}
+
+/// What the VirtualService Istio chooses for `client` and `hostname` yields (`routes`).
+fn applicable<T>(
+    services: &[&VirtualService],
+    hostname: &str,
+    client: &Client,
+    routes: impl Fn(&VirtualService) -> Option<T>,
+) -> Option<T> {
     let hostname = hostname.to_ascii_lowercase();
     let mut visible: Vec<(u8, &VirtualService)> = services
         .iter()
@@ -140,7 +176,7 @@ pub(crate) fn http_table(
         .filter(|vs| vs.hosts.contains(&hostname))
         .collect();
     if !exact.is_empty() {
-        return exact.iter().find_map(|vs| vs.routes(port, client));
+        return exact.iter().find_map(|vs| routes(vs));
     }
     let wildcard = visible
         .iter()
@@ -150,11 +186,12 @@ pub(crate) fn http_table(
             Some(best) if !more_specific(host, best) => Some(best),
             _ => Some(host),
         })?;
-    visible
-        .iter()
-        .map(|(_, vs)| *vs)
-        .find(|vs| vs.hosts.contains(wildcard))?
-        .routes(port, client)
+    routes(
+        visible
+            .iter()
+            .map(|(_, vs)| *vs)
+            .find(|vs| vs.hosts.contains(wildcard))?,
+    )
 }
 
 /// Checks a VirtualService and keeps it with its hosts resolved and its rules translated.
@@ -195,14 +232,18 @@ pub(super) fn read(meta: Meta, spec: VirtualServiceSpec) -> Result<VirtualServic
             }
         }
     }
-    for (field, routes) in [("tcp", &spec.tcp), ("tls", &spec.tls)] {
-        if routes.as_ref().is_some_and(|r| !r.is_empty()) {
-            p.unsupported(&format!("spec.{field}"));
-        }
-    }
     let http = spec.http.unwrap_or_default();
-    if http.is_empty() {
-        p.add("spec.http", "required");
+    let tls = spec.tls.unwrap_or_default();
+    let tcp = spec.tcp.unwrap_or_default();
+    if http.is_empty() && tls.is_empty() && tcp.is_empty() {
+        p.add("spec", "one of http, tcp or tls is required");
+    }
+    let mut l4: Vec<L4Rule> = Vec::with_capacity(tls.len() + tcp.len());
+    for (i, rule) in tls.into_iter().enumerate() {
+        l4.push(l4_rule(i, true, rule, &meta, &mut p));
+    }
+    for (i, rule) in tcp.into_iter().enumerate() {
+        l4.push(l4_rule(i, false, rule, &meta, &mut p));
     }
     let exported = export_to(
         &spec.export_to.unwrap_or_default(),
@@ -239,6 +280,7 @@ pub(super) fn read(meta: Meta, spec: VirtualServiceSpec) -> Result<VirtualServic
         mesh,
         export_to,
         rules,
+        l4,
     })
 }
 

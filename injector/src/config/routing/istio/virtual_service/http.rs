@@ -285,10 +285,10 @@ fn cors(spec: CorsPolicySpec, path: &str, p: &mut Problems) -> proto::Cors {
 }
 
 /// A destination as checked: host resolved, port 0 when it names none.
-struct Destination {
-    host: String,
-    subset: String,
-    port: u32,
+pub(super) struct Destination {
+    pub(super) host: String,
+    pub(super) subset: String,
+    pub(super) port: u32,
 }
 
 impl Destination {
@@ -302,7 +302,7 @@ impl Destination {
     }
 }
 
-fn destination(
+pub(super) fn destination(
     spec: Option<DestinationSpec>,
     path: &str,
     meta: &Meta,

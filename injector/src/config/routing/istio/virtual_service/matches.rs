@@ -2,6 +2,8 @@
 //! translated into the sidecar's request match, and the port, gateway and source conditions kept
 //! aside for when the client and port are known.
 
+use std::collections::BTreeMap;
+
 use remora_api::proto::config::{self as proto, string_match::Kind};
 
 use super::rule::RuleMatch;
@@ -106,14 +108,43 @@ pub(super) fn rule_match(spec: MatchSpec, path: &str, p: &mut Problems) -> RuleM
         })
         .collect();
 
-    let port = spec
-        .port
+    let mut kept = client_conditions(
+        spec.port,
+        spec.source_labels,
+        spec.source_namespace,
+        spec.gateways,
+        path,
+        p,
+    );
+    kept.http = proto::HttpMatch {
+        path: uri,
+        headers,
+        query_params,
+        method,
+        authority,
+    };
+    kept
+}
+
+/// The conditions of a match Istio checks when it builds a client's config (the port called,
+/// the client's labels and namespace, the gateways), checked and kept aside; the request
+/// conditions are left empty.
+pub(super) fn client_conditions(
+    port: Option<i64>,
+    source_labels: Option<BTreeMap<String, String>>,
+    source_namespace: Option<String>,
+    gateways: Option<Vec<String>>,
+    path: &str,
+    p: &mut Problems,
+) -> RuleMatch {
+    let at = |field: &str| format!("{path}.{field}");
+    let port = port
         .filter(|port| *port != 0)
         .and_then(|port| ranged(port, 1..=65535, &at("port"), p))
         .and_then(|port| u16::try_from(port).ok());
-    let source_labels = spec.source_labels.unwrap_or_default();
+    let source_labels = source_labels.unwrap_or_default();
     check_labels(&source_labels, &at("sourceLabels"), p);
-    let source_namespace = spec.source_namespace.filter(|ns| !ns.is_empty());
+    let source_namespace = source_namespace.filter(|ns| !ns.is_empty());
     if let Some(namespace) = &source_namespace {
         if !is_dns1123_label(namespace) {
             p.add(
@@ -122,16 +153,10 @@ pub(super) fn rule_match(spec: MatchSpec, path: &str, p: &mut Problems) -> RuleM
             );
         }
     }
-    let gateways = spec.gateways.unwrap_or_default();
+    let gateways = gateways.unwrap_or_default();
     check_gateway_names(&gateways, &at("gateways"), p);
     RuleMatch {
-        http: proto::HttpMatch {
-            path: uri,
-            headers,
-            query_params,
-            method,
-            authority,
-        },
+        http: proto::HttpMatch::default(),
         port,
         gateways,
         source_labels,
