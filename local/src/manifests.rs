@@ -81,17 +81,26 @@ mod tests {
     fn examples_load_as_the_control_plane_reads_them() {
         let catalog = load(&examples());
         assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
-        // The demo's httpbin, and the zero-trust example's two teams (examples/zero-trust).
-        let namespaces = ["demo", "team-a", "team-b"];
-        let requests = namespaces.map(|ns| (ns, "httpbin", None));
+        // The demo's httpbin, the zero-trust example's two teams (examples/zero-trust), and
+        // the traffic example's shop (examples/traffic).
+        let wanted = [
+            ("demo", "httpbin", 8000),
+            ("shop", "ratings", 9080),
+            ("shop", "ratings-v1", 9080),
+            ("shop", "ratings-v2", 9080),
+            ("shop", "reviews", 9080),
+            ("team-a", "httpbin", 8000),
+            ("team-b", "httpbin", 8000),
+        ];
+        let requests = wanted.map(|(ns, name, _)| (ns, name, None));
         let ips = cluster_ip::allocate(&requests);
-        let expected: Vec<LocalService> = namespaces
+        let expected: Vec<LocalService> = wanted
             .iter()
-            .map(|ns| LocalService {
+            .map(|(ns, name, port)| LocalService {
                 namespace: (*ns).to_owned(),
-                name: "httpbin".to_owned(),
-                cluster_ip: Some(ips[&((*ns).to_owned(), "httpbin".to_owned())]),
-                ports: vec![8000],
+                name: (*name).to_owned(),
+                cluster_ip: Some(ips[&((*ns).to_owned(), (*name).to_owned())]),
+                ports: vec![*port],
             })
             .collect();
         assert_eq!(services(&catalog), expected);
@@ -105,6 +114,11 @@ mod tests {
         let expected = [
             ("client", "sleep-0"),
             ("demo", "httpbin-0"),
+            ("shop", "ratings-v1-0"),
+            ("shop", "ratings-v2-0"),
+            ("shop", "reviews-v1-0"),
+            ("shop", "reviews-v2-0"),
+            ("shop", "sleep-0"),
             ("team-a", "curl-0"),
             ("team-a", "httpbin-0"),
             ("team-b", "curl-0"),

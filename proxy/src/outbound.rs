@@ -16,6 +16,7 @@ mod http;
 mod mirror;
 mod retry;
 mod routes;
+mod send;
 mod tcp;
 
 use std::{

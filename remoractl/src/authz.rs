@@ -21,7 +21,7 @@ use remora_api::{
 };
 use remora_injector::config::read_directories;
 
-use crate::header_arg;
+use crate::args;
 
 #[derive(Subcommand)]
 pub enum AuthzCommand {
@@ -76,15 +76,8 @@ pub fn run(command: AuthzCommand) -> anyhow::Result<()> {
 impl Check {
     /// The explanation `check` prints: the verdict on its first line.
     fn run(&self) -> anyhow::Result<String> {
-        for dir in &self.config_dirs {
-            std::fs::read_dir(dir)
-                .with_context(|| format!("--config-dir {}: cannot be read", dir.display()))?;
-        }
-        let (namespace, name) = self
-            .to
-            .split_once('/')
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
-            .with_context(|| format!("--to {:?}: expected NAMESPACE/NAME", self.to))?;
+        args::readable(&self.config_dirs)?;
+        let (namespace, name) = args::workload("--to", &self.to)?;
         let peer = match self.from.as_str() {
             "plaintext" => None,
             id => Some(id.parse::<SpiffeId>().with_context(|| {
@@ -189,7 +182,7 @@ impl Check {
             HeaderValue::try_from(host.as_str()).with_context(|| format!("--host {host:?}"))?,
         );
         for text in &self.headers {
-            let (name, value) = header_arg::parse(text)?;
+            let (name, value) = args::header(text)?;
             headers.append(name, value);
         }
         if let Some(jwt) = &self.jwt {

@@ -7,8 +7,8 @@
 //! launcher (`remora-local`). It is a crate of its own so that the control plane's
 //! crate and image carry neither this command nor the launcher behind it.
 
+mod args;
 mod authz;
-mod header_arg;
 mod local;
 mod route;
 

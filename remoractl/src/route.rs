@@ -18,7 +18,7 @@ use remora_api::{
 };
 use remora_injector::config::{read_directories, well_known::CLUSTER_DOMAIN};
 
-use crate::header_arg;
+use crate::args;
 
 #[derive(Subcommand)]
 pub enum RouteCommand {
@@ -57,15 +57,8 @@ pub fn run(command: RouteCommand) -> anyhow::Result<()> {
 impl Check {
     /// The explanation: the route on its first line, then what it does.
     fn run(&self) -> anyhow::Result<String> {
-        for dir in &self.config_dirs {
-            std::fs::read_dir(dir)
-                .with_context(|| format!("--config-dir {}: cannot be read", dir.display()))?;
-        }
-        let (namespace, name) = self
-            .from
-            .split_once('/')
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
-            .with_context(|| format!("--from {:?}: expected NAMESPACE/NAME", self.from))?;
+        args::readable(&self.config_dirs)?;
+        let (namespace, name) = args::workload("--from", &self.from)?;
         let uri: Uri = self
             .url
             .parse()
@@ -89,7 +82,7 @@ impl Check {
             HeaderValue::try_from(authority).context("--url: the host is not a header value")?,
         );
         for text in &self.headers {
-            let (name, value) = header_arg::parse(text)?;
+            let (name, value) = args::header(text)?;
             headers.append(name, value);
         }
         let catalog = read_directories(&self.config_dirs);

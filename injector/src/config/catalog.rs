@@ -166,14 +166,8 @@ impl Catalog {
             ));
         }
         let (metadata, _) = self.pod_template(namespace, name)?;
-        let no_labels = BTreeMap::new();
-        let labels = metadata
-            .and_then(|m| m.labels.as_ref())
-            .unwrap_or(&no_labels);
-        let proxy_config = ProxyConfig::of_pod(metadata.and_then(|m| m.annotations.as_ref()))
-            .ok()
-            .flatten();
-        Some(self.snapshot_of(namespace, labels, proxy_config.as_ref(), None))
+        let (labels, proxy_config) = template_facts(metadata);
+        Some(self.snapshot_of(namespace, &labels, proxy_config.as_ref(), None))
     }
 
     /// What the sidecar of workload `namespace/name` enforces, for `remoractl authz check`: a
@@ -182,19 +176,13 @@ impl Catalog {
     pub fn workload(&self, namespace: &str, name: &str) -> Option<WorkloadPolicies> {
         let (metadata, spec) = self.pod_template(namespace, name)?;
         let objects = &self.accepted.objects;
-        let no_labels = BTreeMap::new();
-        let labels = metadata
-            .and_then(|m| m.labels.as_ref())
-            .unwrap_or(&no_labels);
-        let proxy_config = ProxyConfig::of_pod(metadata.and_then(|m| m.annotations.as_ref()))
-            .ok()
-            .flatten();
+        let (labels, proxy_config) = template_facts(metadata);
         Some(WorkloadPolicies {
             mesh: self.accepted.mesh.settings(proxy_config.as_ref()),
             security: security::select(
                 objects.security.values().map(|policy| &policy.object),
                 namespace,
-                labels,
+                &labels,
                 self.accepted.mesh.root_namespace(),
             ),
             first_port: spec
@@ -248,6 +236,18 @@ impl Catalog {
             .get(&(namespace.to_owned(), pod_name.to_owned()))
             .map(|pod| pod.service_account.as_str())
     }
+}
+
+/// The labels and `proxy.istio.io/config` a pod (template) with `metadata` has (a bad override
+/// counts as none, as for running pods).
+fn template_facts(
+    metadata: Option<&ObjectMeta>,
+) -> (BTreeMap<String, String>, Option<ProxyConfig>) {
+    let labels = metadata.and_then(|m| m.labels.clone()).unwrap_or_default();
+    let proxy_config = ProxyConfig::of_pod(metadata.and_then(|m| m.annotations.as_ref()))
+        .ok()
+        .flatten();
+    (labels, proxy_config)
 }
 
 /// The ServiceEntries to serve: each, in order, unless one of its hosts is a Service's (or an

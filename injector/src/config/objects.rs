@@ -315,12 +315,7 @@ impl Objects {
         origin: &str,
         rejected: &mut Vec<Rejection>,
     ) {
-        if id.key.1.is_empty() {
-            let reason = "metadata.name: required".to_owned();
-            rejected.push(Rejection::of(kind, &id.key, origin, id.label, reason));
-            return;
-        }
-        if !self.first_of(kind, &id.key, &id.label, origin, rejected) {
+        if !self.named_first(kind, &id, origin, rejected) {
             return;
         }
         let read = security::read(kind, value, &id.key.0, &id.key.1);
@@ -347,12 +342,7 @@ impl Objects {
         origin: &str,
         rejected: &mut Vec<Rejection>,
     ) {
-        if id.key.1.is_empty() {
-            let reason = "metadata.name: required".to_owned();
-            rejected.push(Rejection::of(kind, &id.key, origin, id.label, reason));
-            return;
-        }
-        if !self.first_of(kind, &id.key, &id.label, origin, rejected) {
+        if !self.named_first(kind, &id, origin, rejected) {
             return;
         }
         match routing::read(kind, value, &id.key.0, &id.key.1) {
@@ -373,12 +363,7 @@ impl Objects {
         rejected: &mut Vec<Rejection>,
     ) {
         const KIND: &str = "ServiceEntry";
-        if id.key.1.is_empty() {
-            let reason = "metadata.name: required".to_owned();
-            rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason));
-            return;
-        }
-        if !self.first_of(KIND, &id.key, &id.label, origin, rejected) {
+        if !self.named_first(KIND, &id, origin, rejected) {
             return;
         }
         match service_entry::read(value, &id.key.0) {
@@ -388,6 +373,29 @@ impl Objects {
             }
             Err(reason) => rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason)),
         }
+    }
+
+    /// Whether an object of `kind` read as `id` has a name and is the first of that name; it is
+    /// rejected otherwise.
+    fn named_first(
+        &mut self,
+        kind: &'static str,
+        id: &Identity,
+        origin: &str,
+        rejected: &mut Vec<Rejection>,
+    ) -> bool {
+        if id.key.1.is_empty() {
+            let reason = "metadata.name: required".to_owned();
+            rejected.push(Rejection::of(
+                kind,
+                &id.key,
+                origin,
+                id.label.clone(),
+                reason,
+            ));
+            return false;
+        }
+        self.first_of(kind, &id.key, &id.label, origin, rejected)
     }
 
     /// Keeps `object` in the map `kept` selects, unless it is a duplicate.

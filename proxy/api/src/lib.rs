@@ -15,6 +15,7 @@
 pub mod authz;
 mod bootstrap;
 mod certificate;
+mod endpoint;
 pub mod jwt;
 mod load;
 mod mesh;
@@ -31,8 +32,9 @@ pub use bootstrap::{
     DEFAULT_CERT_TTL, DEFAULT_DRAIN_DURATION, DEFAULT_TRUST_DOMAIN, ROOT_CERT_PATH, TOKEN_PATH,
 };
 pub use certificate::CertificateIdError;
+pub use endpoint::{Endpoint, ServiceKey, Workload};
 pub use load::{from_value, ConfigError};
 pub use mesh::{MeshSettings, OutboundPolicy};
 pub use security::{Outcome, Security};
-pub use snapshot::{Endpoint, Logical, ServiceKey, ServicePort, Snapshot, Workload};
+pub use snapshot::{Logical, ServicePort, Snapshot};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -18,14 +18,17 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::{proto::config as proto, snapshot::Endpoint, ServiceKey};
+use crate::{
+    endpoint::{Endpoint, ServiceKey},
+    proto::config as proto,
+};
 
 pub use cors::{Cors, CorsAction};
 pub use filters::{HeaderOps, MatchedPrefix, Redirect, Rewrite};
 pub use matching::{RequestMatch, StringCondition};
 pub use policy::{
-    Abort, Attempt, DestinationPolicy, Fault, LoadBalancer, Outlier, Percent, PoolLimits,
-    RetryPolicy, TlsMode,
+    grpc_code, Abort, Attempt, DestinationPolicy, Fault, LoadBalancer, Outlier, Percent,
+    PoolLimits, RetryPolicy, TlsMode,
 };
 
 /// Which kind of object a route came from.

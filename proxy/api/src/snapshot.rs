@@ -8,12 +8,13 @@
 //! questions the sidecar asks.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
+use crate::endpoint::{Endpoint, ServiceKey, Workload};
 use crate::{
     load::ConfigError,
     mesh::{MeshSettings, OutboundPolicy},
@@ -21,7 +22,6 @@ use crate::{
     proto::config as proto,
     route::{self, Backend, BackendKey, DestinationPolicy, Resolve, RouteTable},
     security::Security,
-    spiffe::SpiffeId,
 };
 
 /// A validated snapshot, indexed by destination address.
@@ -68,38 +68,6 @@ impl PartialEq for ServicePort {
 }
 
 impl Eq for ServicePort {}
-
-/// Names a Service port across snapshots: its hostname and port number.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ServiceKey {
-    /// `name.namespace.svc.cluster.local`.
-    pub hostname: Arc<str>,
-    pub port: u16,
-}
-
-impl std::fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.hostname, self.port)
-    }
-}
-
-/// One concrete endpoint to connect to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    /// The identity the sidecar in front of it must present; `None` when it has no sidecar.
-    pub identity: Option<SpiffeId>,
-    /// The workload (pod) it belongs to, when the control plane knows it.
-    pub workload: Option<Arc<Workload>>,
-}
-
-/// A workload the snapshot's endpoints belong to.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Workload {
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
 
 /// Where an outbound connection goes, decided once per connection from its original
 /// destination.

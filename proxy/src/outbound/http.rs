@@ -13,9 +13,8 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use http::{request::Parts, Method, Request, Response, Version};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use remora_api::{
     route::{CorsAction, Target, TlsMode},
     Endpoint, ServiceKey,
@@ -26,14 +25,11 @@ use crate::{
     body::Body,
     detect::Protocol,
     headers,
-    http_client::Connect,
     listen::ConnectionError,
     metrics::{Observed, Reporter, Security},
     prefixed::PrefixedIo,
     respond::{respond, RequestError},
     serve,
-    tunnel::{self, TunnelError},
-    upgrade,
 };
 
 use super::{
@@ -41,6 +37,7 @@ use super::{
     filters, mirror,
     retry::{self, RequestBody},
     routes::Resolved,
+    send::{send, upgrade_to},
     Backend, Outbound,
 };
 
@@ -226,81 +223,4 @@ impl Destination {
         }
         Ok(response)
     }
-}
-
-/// A WebSocket-style upgrade, one try: HTTP/1.1 inside a tunnel, served as HTTP again by the
-/// peer sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end; or
-/// directly to an endpoint without a sidecar.
-async fn upgrade_to(
-    outbound: &Outbound,
-    upstream: &Upstream,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, RequestError> {
-    let address = upstream.endpoint.address;
-    match &upstream.channel {
-        Some(channel) => {
-            let stream = channel
-                .tunnel(Some(req.version()))
-                .await
-                .map_err(|e| RequestError::unavailable(address, e))?;
-            upgrade::forward(stream, &outbound.drain, req)
-                .await
-                .map_err(|e| RequestError::unavailable(address, e))
-        }
-        None => {
-            let tcp = outbound
-                .direct
-                .connector()
-                .connect(address)
-                .await
-                .map_err(|e| RequestError::unavailable(address, e))?;
-            upgrade::forward(TokioIo::new(tcp), &outbound.drain, req)
-                .await
-                .map_err(|e| RequestError::unavailable(address, e))
-        }
-    }
-}
-
-/// One try: `req` to `upstream`, through its sidecar's tunnel or directly.
-pub(super) async fn send(
-    outbound: &Outbound,
-    upstream: &Upstream,
-    req: Request<Body>,
-) -> Result<Response<Body>, RequestError> {
-    let version = req.version();
-    match &upstream.channel {
-        Some(channel) => match channel.request(req).await {
-            Ok(mut response) => {
-                headers::strip_hop_by_hop(response.headers_mut());
-                tunnel::strip_mesh(response.headers_mut());
-                *response.version_mut() = version;
-                Ok(response.map(Body::Incoming))
-            }
-            Err(TunnelError::Authority(authority)) => {
-                Err(RequestError::InvalidAuthority(authority))
-            }
-            Err(error) => Err(RequestError::unavailable(channel.dst(), error)),
-        },
-        None => {
-            let response = outbound
-                .direct
-                .forward(
-                    upstream.endpoint.address,
-                    (version != Version::HTTP_2).then_some(version),
-                    req,
-                )
-                .await?;
-            Ok(response.map(Body::Incoming))
-        }
-    }
-}
-
-/// A copy of a request's head, for another try or a mirror.
-pub(super) fn copy_head(parts: &Parts) -> Parts {
-    let (mut copy, ()) = Request::new(()).into_parts();
-    copy.method = parts.method.clone();
-    copy.uri = parts.uri.clone();
-    copy.version = parts.version;
-    copy.headers = parts.headers.clone();
-    copy
 }

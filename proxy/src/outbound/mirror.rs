@@ -10,9 +10,9 @@ use http::{request::Parts, Request};
 use remora_api::route::Route;
 
 use super::{
-    http::{copy_head, send},
     retry::RequestBody,
     routes::Resolved,
+    send::{copy_head, send},
     Outbound,
 };
 

@@ -21,7 +21,7 @@ use crate::{
 
 use super::{
     balance::{Balancer, NoUpstream},
-    http::{copy_head, send},
+    send::{copy_head, send},
     Outbound,
 };
 

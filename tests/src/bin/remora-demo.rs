@@ -137,7 +137,6 @@ fn main() -> anyhow::Result<()> {
 /// team-a's httpbin called by `allowed` and by `denied`: each answer, and what `remoractl authz
 /// check` (the sidecar's own decision, explained) says about the same request.
 fn zero_trust(dir: &Path, allowed: &LocalPod, denied: &LocalPod) -> anyhow::Result<()> {
-    let remoractl = Binaries::locate()?.dir.join("remoractl");
     println!(
         "\nZero trust: team-a's httpbin answers team-a's curl only \
          (AuthorizationPolicy team-a/httpbin-allow-curl)."
@@ -171,18 +170,7 @@ fn zero_trust(dir: &Path, allowed: &LocalPod, denied: &LocalPod) -> anyhow::Resu
             "--path",
             "/get",
         ];
-        println!("$ remoractl {}", args.join(" "));
-        let out = Command::new(&remoractl)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", remoractl.display()))?;
-        ensure!(
-            out.status.success(),
-            "remoractl authz check failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+        remoractl(&args)?;
     }
     Ok(())
 }
@@ -215,7 +203,6 @@ fn canary(dir: &Path, client: &LocalPod) -> anyhow::Result<()> {
         answered == CANARY_REQUESTS,
         "{answered} of {CANARY_REQUESTS} canary requests were answered"
     );
-    let remoractl = Binaries::locate()?.dir.join("remoractl");
     let config_dir = dir.display().to_string();
     let args = [
         "route",
@@ -227,6 +214,13 @@ fn canary(dir: &Path, client: &LocalPod) -> anyhow::Result<()> {
         "--url",
         CANARY_URL,
     ];
+    remoractl(&args)?;
+    Ok(())
+}
+
+/// Runs `remoractl args...` as a user would, showing the command and what it printed.
+fn remoractl(args: &[&str]) -> anyhow::Result<()> {
+    let remoractl = Binaries::locate()?.dir.join("remoractl");
     println!("$ remoractl {}", args.join(" "));
     let out = Command::new(&remoractl)
         .args(args)
@@ -234,7 +228,8 @@ fn canary(dir: &Path, client: &LocalPod) -> anyhow::Result<()> {
         .with_context(|| format!("running {}", remoractl.display()))?;
     ensure!(
         out.status.success(),
-        "remoractl route check failed ({}): {}",
+        "remoractl {} failed ({}): {}",
+        args.first().copied().unwrap_or_default(),
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

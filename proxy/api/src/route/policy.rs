@@ -322,7 +322,8 @@ const GRPC_CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-fn grpc_code(text: &str) -> Option<u32> {
+/// The gRPC status code `text` names (`UNAVAILABLE`) or is (`14`).
+pub fn grpc_code(text: &str) -> Option<u32> {
     text.parse::<u32>()
         .ok()
         .filter(|code| *code < 17)

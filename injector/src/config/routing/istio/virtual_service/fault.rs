@@ -1,34 +1,13 @@
 //! A rule's `fault`: delays and aborts as Istio translates them, where a missing percentage means
 //! no request rather than every request.
 
-use remora_api::proto::config as proto;
+use remora_api::{proto::config as proto, route::grpc_code};
 
 use crate::config::routing::istio::{
     checks::{ranged, Problems},
     duration::millis,
     spec::{FaultSpec, PercentSpec},
 };
-
-/// The gRPC statuses Istio's `grpcStatus` takes.
-const GRPC_STATUSES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 /// Istio's fault as it translates it: a delay or abort without a percentage applies to no
 /// request (a delay falls back on the deprecated integer `percent`, itself 0 when unset); a
@@ -83,7 +62,7 @@ pub(super) fn fault(spec: FaultSpec, path: &str, p: &mut Problems) -> Option<pro
                 ranged(status, 200..=599, &format!("{path}.httpStatus"), p).unwrap_or(0);
         }
         if let Some(status) = abort.grpc_status {
-            if !GRPC_STATUSES.contains(&status.as_str()) {
+            if status.parse::<u32>().is_ok() || grpc_code(&status).is_none() {
                 p.add(
                     &format!("{path}.grpcStatus"),
                     format!("{status:?} is not a gRPC status name such as NOT_FOUND"),

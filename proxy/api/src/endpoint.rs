@@ -1,0 +1,39 @@
+//! What a snapshot's destinations are made of: a Service port's name across snapshots, an
+//! endpoint to connect to, and the workload behind it. Shared by the snapshot, which indexes
+//! them, and the routes, which resolve to them.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+
+use crate::spiffe::SpiffeId;
+
+/// Names a Service port across snapshots: its hostname and port number.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ServiceKey {
+    /// `name.namespace.svc.cluster.local`.
+    pub hostname: Arc<str>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.hostname, self.port)
+    }
+}
+
+/// One concrete endpoint to connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// The identity the sidecar in front of it must present; `None` when it has no sidecar.
+    pub identity: Option<SpiffeId>,
+    /// The workload (pod) it belongs to, when the control plane knows it.
+    pub workload: Option<Arc<Workload>>,
+}
+
+/// A workload the snapshot's endpoints belong to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}

@@ -1,0 +1,95 @@
+//! One request to one endpoint: through its sidecar's tunnel (the peer must prove the
+//! identity the snapshot names), or directly to an endpoint without a sidecar; an upgrade
+//! (WebSocket) as a byte stream after it. Every try, mirror and fixed destination ends here.
+
+use http::{request::Parts, Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::{
+    body::Body,
+    headers,
+    http_client::Connect,
+    respond::RequestError,
+    tunnel::{self, TunnelError},
+    upgrade,
+};
+
+use super::{balance::Upstream, Outbound};
+
+/// A WebSocket-style upgrade, one try: HTTP/1.1 inside a tunnel, served as HTTP again by the
+/// peer sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end; or
+/// directly to an endpoint without a sidecar.
+pub(super) async fn upgrade_to(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, RequestError> {
+    let address = upstream.endpoint.address;
+    match &upstream.channel {
+        Some(channel) => {
+            let stream = channel
+                .tunnel(Some(req.version()))
+                .await
+                .map_err(|e| RequestError::unavailable(address, e))?;
+            upgrade::forward(stream, &outbound.drain, req)
+                .await
+                .map_err(|e| RequestError::unavailable(address, e))
+        }
+        None => {
+            let tcp = outbound
+                .direct
+                .connector()
+                .connect(address)
+                .await
+                .map_err(|e| RequestError::unavailable(address, e))?;
+            upgrade::forward(TokioIo::new(tcp), &outbound.drain, req)
+                .await
+                .map_err(|e| RequestError::unavailable(address, e))
+        }
+    }
+}
+
+/// One try: `req` to `upstream`, through its sidecar's tunnel or directly.
+pub(super) async fn send(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    req: Request<Body>,
+) -> Result<Response<Body>, RequestError> {
+    let version = req.version();
+    match &upstream.channel {
+        Some(channel) => match channel.request(req).await {
+            Ok(mut response) => {
+                headers::strip_hop_by_hop(response.headers_mut());
+                tunnel::strip_mesh(response.headers_mut());
+                *response.version_mut() = version;
+                Ok(response.map(Body::Incoming))
+            }
+            Err(TunnelError::Authority(authority)) => {
+                Err(RequestError::InvalidAuthority(authority))
+            }
+            Err(error) => Err(RequestError::unavailable(channel.dst(), error)),
+        },
+        None => {
+            let response = outbound
+                .direct
+                .forward(
+                    upstream.endpoint.address,
+                    (version != Version::HTTP_2).then_some(version),
+                    req,
+                )
+                .await?;
+            Ok(response.map(Body::Incoming))
+        }
+    }
+}
+
+/// A copy of a request's head, for another try or a mirror.
+pub(super) fn copy_head(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
