@@ -226,6 +226,17 @@ async fn checkout<D: Dial>(
     if let Some(conn) = reusable(entry, broken) {
         return Ok(conn);
     }
+    // Boxed: dialing (a TLS handshake) is a large future, and inline it would be carried, and
+    // copied, by every request's future although almost every request finds a connection.
+    Box::pin(dial_new(entry, dial, broken)).await
+}
+
+/// Dials `entry`'s next connection, unless someone else did while this caller waited.
+async fn dial_new<D: Dial>(
+    entry: &Entry,
+    dial: &D,
+    broken: Option<u64>,
+) -> Result<Conn, PoolError> {
     let mut failure = entry.dialing.lock().await;
     // Someone else may have dialed while this caller waited for the lock.
     if let Some(conn) = reusable(entry, broken) {

@@ -1116,6 +1116,7 @@ fn filters() -> String {
             "vs-redirects",
             "rewrites",
             "vs-rewrites",
+            "cors",
         ],
         "app: echo",
     );
@@ -1215,12 +1216,27 @@ spec:
     - match: [{uri: {prefix: /old}}]
       rewrite: {uri: /new, authority: backend.example}
       route: [{destination: {host: vs-rewrites}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cors, namespace: shop}
+spec:
+  hosts: [cors]
+  http:
+    - route: [{destination: {host: cors}}]
+      corsPolicy:
+        allowOrigins: [{exact: "https://shop.example"}]
+        allowMethods: [GET, POST]
+        allowHeaders: [x-token]
+        exposeHeaders: [x-echo-pod]
+        maxAge: 10m
+        allowCredentials: true
 "#;
     manifest
 }
 
 #[test]
-fn filters_modify_headers_redirect_and_rewrite() -> anyhow::Result<()> {
+fn filters_modify_headers_redirect_rewrite_and_answer_cors() -> anyhow::Result<()> {
     let mesh = cluster("traffic-filters", filters())?;
     let sleep = mesh.pod_in("client", "sleep")?;
     let echo = mesh.pod_in("shop", "echo")?;
@@ -1287,6 +1303,44 @@ fn filters_modify_headers_redirect_and_rewrite() -> anyhow::Result<()> {
     ensure!(
         forwarded == 0,
         "{forwarded} redirected requests reached the backend"
+    );
+
+    // CORS: a preflight from an allowed origin is answered by the caller's sidecar; an actual
+    // request from it gets the allow headers added; another origin's gets none.
+    let preflight = Requests::get(url("cors", "/items"))
+        .method("OPTIONS")
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header("x-echo-key", "cors-preflight")
+        .once(&sleep)?;
+    ensure!(
+        preflight.status == 200
+            && preflight.header("access-control-allow-origin") == Some("https://shop.example")
+            && preflight.header("access-control-allow-methods") == Some("GET,POST")
+            && preflight.header("access-control-allow-headers") == Some("x-token")
+            && preflight.header("access-control-max-age") == Some("600")
+            && preflight.header("access-control-allow-credentials") == Some("true"),
+        "preflight: {preflight:?}"
+    );
+    ensure!(
+        count(&echo, "cors-preflight")? == 0,
+        "a preflight the sidecar answers never reaches the backend"
+    );
+    let actual = Requests::get(url("cors", "/items"))
+        .header("origin", "https://shop.example")
+        .once(&sleep)?;
+    ensure!(
+        actual.status == 200
+            && actual.header("access-control-allow-origin") == Some("https://shop.example")
+            && actual.header("access-control-expose-headers") == Some("x-echo-pod"),
+        "request from an allowed origin: {actual:?}"
+    );
+    let stranger = Requests::get(url("cors", "/items"))
+        .header("origin", "https://evil.example")
+        .once(&sleep)?;
+    ensure!(
+        stranger.status == 200 && stranger.header("access-control-allow-origin").is_none(),
+        "request from another origin: {stranger:?}"
     );
 
     // Rewrites: the backend sees the rewritten path and Host.

@@ -71,14 +71,13 @@ pub(super) async fn send(
             Err(error) => Err(RequestError::unavailable(channel.dst(), error)),
         },
         None => {
-            let response = outbound
-                .direct
-                .forward(
-                    upstream.endpoint.address,
-                    (version != Version::HTTP_2).then_some(version),
-                    req,
-                )
-                .await?;
+            // Boxed: the plain client's future is large and endpoints without a sidecar rare.
+            let response = Box::pin(outbound.direct.forward(
+                upstream.endpoint.address,
+                (version != Version::HTTP_2).then_some(version),
+                req,
+            ))
+            .await?;
             Ok(response.map(Body::Incoming))
         }
     }
