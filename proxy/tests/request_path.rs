@@ -520,46 +520,9 @@ async fn body_app(fail: usize) -> (SocketAddr, Arc<Seen>) {
     (address, seen)
 }
 
-fn post(body: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method("POST")
-        .uri("/anything")
-        .header("host", "httpbin:8000")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request")
-}
-
-#[tokio::test]
-async fn a_retry_sends_the_same_body_again_to_the_same_backend() {
-    let (app, seen) = body_app(1).await;
-    let mesh = mesh(move |server| {
-        SnapshotBuilder::default()
-            .service(
-                "httpbin.default.svc.cluster.local",
-                addr(CLUSTER_IP),
-                &[(app, Some(server))],
-            )
-            .routes(serde_json::json!([{
-                "kind": "VirtualService",
-                "namespace": "default",
-                "name": "httpbin",
-                "backends": [{"host": "httpbin.default.svc.cluster.local", "port": 8000, "weight": 100}],
-                "retry": {"attempts": 2, "retryOn": ["5xx"]},
-            }]))
-            .build()
-    })
-    .await;
-    let body = "x".repeat(10_000);
-    let (status, answer) = send(mesh.dial(CLUSTER_IP), post(&body)).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer, format!("attempt 2: {body}"));
-    assert_eq!(seen.count(), 2);
-}
-
-#[tokio::test]
-async fn a_body_too_large_to_replay_is_sent_once() {
-    let (app, seen) = body_app(1).await;
-    let mesh = mesh(move |server| {
+/// The Service in front of `app`, routed by a VirtualService that retries 5xx twice.
+fn retrying_on_5xx(app: SocketAddr) -> impl FnOnce(&SpiffeId) -> Snapshot {
+    move |server| {
         SnapshotBuilder::default()
             .service(
                 "httpbin.default.svc.cluster.local",
@@ -574,8 +537,33 @@ async fn a_body_too_large_to_replay_is_sent_once() {
                 "retry": {"attempts": 2, "retryOn": ["5xx"]},
             }]))
             .build()
-    })
-    .await;
+    }
+}
+
+fn post(body: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri("/anything")
+        .header("host", "httpbin:8000")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_retry_sends_the_same_body_again_to_the_same_backend() {
+    let (app, seen) = body_app(1).await;
+    let mesh = mesh(retrying_on_5xx(app)).await;
+    let body = "x".repeat(10_000);
+    let (status, answer) = send(mesh.dial(CLUSTER_IP), post(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, format!("attempt 2: {body}"));
+    assert_eq!(seen.count(), 2);
+}
+
+#[tokio::test]
+async fn a_body_too_large_to_replay_is_sent_once() {
+    let (app, seen) = body_app(1).await;
+    let mesh = mesh(retrying_on_5xx(app)).await;
     let body = "y".repeat(100_000);
     let (status, answer) = send(mesh.dial(CLUSTER_IP), post(&body)).await;
     assert_eq!(

@@ -731,6 +731,34 @@ spec:
     manifest
 }
 
+/// `reply` (to `service`) has `status`, its answered try carried `x-envoy-attempt-count:
+/// tries`, and the backend got exactly `tries` tries of requests keyed `key`.
+fn ensure_tries(
+    service: &str,
+    reply: &Reply,
+    backend: &LocalPod,
+    key: &str,
+    status: u16,
+    tries: u64,
+) -> anyhow::Result<()> {
+    ensure!(
+        reply.status == status,
+        "{service}: expected {status}, got {reply:?}"
+    );
+    let attempt = reply.seen("x-envoy-attempt-count")?;
+    let expected = tries.to_string();
+    ensure!(
+        attempt.as_deref() == Some(expected.as_str()),
+        "{service}: the answered try carried x-envoy-attempt-count {attempt:?}, expected {tries}"
+    );
+    let got = count(backend, key)?;
+    ensure!(
+        got == tries,
+        "{service}: the backend got {got} tries, expected {tries}"
+    );
+    Ok(())
+}
+
 #[test]
 fn retries_and_timeouts_follow_the_route_policy() -> anyhow::Result<()> {
     let mesh = cluster("traffic-retry", retrying())?;
@@ -743,20 +771,7 @@ fn retries_and_timeouts_follow_the_route_policy() -> anyhow::Result<()> {
             .header("x-echo-fail", "1")
             .header("x-echo-key", key)
             .once(&sleep)?;
-        ensure!(
-            reply.status == 200,
-            "{service}: a request failing once: {reply:?}"
-        );
-        let attempt = reply.seen("x-envoy-attempt-count")?;
-        ensure!(
-            attempt.as_deref() == Some("2"),
-            "{service}: the answered try carried x-envoy-attempt-count {attempt:?}, expected 2"
-        );
-        let tries = count(&flaky, key)?;
-        ensure!(
-            tries == 2,
-            "{service}: the backend got {tries} tries of a request failing once, expected 2"
-        );
+        ensure_tries(service, &reply, &flaky, key, 200, 2)?;
     }
 
     // Always failing, `attempts: 3`: the first try and three retries, then the last answer.
@@ -764,34 +779,14 @@ fn retries_and_timeouts_follow_the_route_policy() -> anyhow::Result<()> {
         .header("x-echo-status", "503")
         .header("x-echo-key", "always")
         .once(&sleep)?;
-    ensure!(reply.status == 503, "retry-thrice: {reply:?}");
-    let attempt = reply.seen("x-envoy-attempt-count")?;
-    ensure!(
-        attempt.as_deref() == Some("4"),
-        "retry-thrice: the last try carried x-envoy-attempt-count {attempt:?}, expected 4"
-    );
-    let tries = count(&flaky, "always")?;
-    ensure!(
-        tries == 4,
-        "retry-thrice: the backend got {tries} tries, expected 4"
-    );
+    ensure_tries("retry-thrice", &reply, &flaky, "always", 503, 4)?;
 
     // No route, Istio's default policy: an answered 503 is the reply, not retried.
     let reply = Requests::get(url("retry-default", "/"))
         .header("x-echo-status", "503")
         .header("x-echo-key", "default")
         .once(&sleep)?;
-    ensure!(reply.status == 503, "retry-default: {reply:?}");
-    let attempt = reply.seen("x-envoy-attempt-count")?;
-    ensure!(
-        attempt.as_deref() == Some("1"),
-        "retry-default: x-envoy-attempt-count {attempt:?}, expected 1"
-    );
-    let tries = count(&flaky, "default")?;
-    ensure!(
-        tries == 1,
-        "the default policy tried an answered 503 {tries} times, expected once"
-    );
+    ensure_tries("retry-default", &reply, &flaky, "default", 503, 1)?;
 
     // perTryTimeout 300 ms, 2 retries, a backend taking 2 s: three tries cut short, then 504.
     let reply = Requests::get(url("per-try-timeout", "/"))
