@@ -128,6 +128,7 @@ fn canary(server: &Pod) -> (Service, Workload) {
             ..Default::default()
         }],
         passthrough: false,
+        ..Default::default()
     };
     (service, workload)
 }

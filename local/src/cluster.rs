@@ -84,6 +84,8 @@ pub struct Cluster {
     records: RecordDir,
     /// kube-proxy's rules for pods without a sidecar, from the current records.
     service_nat: String,
+    /// What cluster DNS answers for headless Services, from the current records.
+    headless: Vec<hosts::ServiceAddress>,
     state: StateDir,
 }
 
@@ -167,6 +169,7 @@ impl Cluster {
             failed: BTreeMap::new(),
             records: RecordDir::new(state.cluster_dir()),
             service_nat: String::new(),
+            headless: Vec::new(),
             state,
         };
         for (key, wanted) in &wanted {
@@ -347,7 +350,13 @@ impl Cluster {
                 report.failed.push(e.into());
             }
         }
-        let services = manifests::service_addresses(&self.catalog);
+    }
+
+    /// Every pod's hosts file, from the current Services and records; the first failure is
+    /// returned after every pod was tried.
+    fn write_hosts(&self) -> Result<(), LocalError> {
+        let services = self.names();
+        let mut failed = None;
         for pod in &self.pods {
             let text = hosts::render(
                 &pod.info.namespace,
@@ -358,11 +367,10 @@ impl Cluster {
             );
             if let Err(e) = pod.write_hosts(&text) {
                 let path = Path::new(&pod.info.name);
-                report
-                    .failed
-                    .push(io_error("writing the hosts file of", path)(e));
+                failed.get_or_insert(io_error("writing the hosts file of", path)(e));
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Replica `index` of Deployment `key` as the manifests describe it now.
@@ -390,7 +398,7 @@ impl Cluster {
             &plan.name,
             network.ip.into(),
             self.control_plane.ip().into(),
-            &manifests::service_addresses(&self.catalog),
+            &self.names(),
         );
         let etc = EtcNetns::create(&netns, &text)
             .map_err(io_error("writing the hosts file of", Path::new(&netns)))?;
@@ -446,8 +454,15 @@ impl Cluster {
         rejected.map_or(Ok(()), |e| Err(e.into()))
     }
 
+    /// Every Service name pods resolve, and its addresses.
+    fn names(&self) -> Vec<hosts::ServiceAddress> {
+        let mut names = manifests::service_addresses(&self.catalog);
+        names.extend(self.headless.iter().cloned());
+        names
+    }
+
     /// Records a Pod per pod and the EndpointSlices of every Service, and brings kube-proxy's
-    /// rules in pods without a sidecar up to date.
+    /// rules in pods without a sidecar and every pod's hosts file up to date.
     fn write_records(&mut self) -> Result<(), LocalError> {
         let pods: Vec<Pod> = self
             .pods
@@ -471,10 +486,11 @@ impl Cluster {
 
         let all_slices: Vec<EndpointSlice> = slices.into_iter().flat_map(|(_, s)| s).collect();
         self.service_nat = kube_proxy::nat_table(&kube_proxy::routes(&self.catalog, &all_slices));
+        self.headless = hosts::headless(&self.catalog, &all_slices);
         for pod in &mut self.pods {
             pod.update_service_routes(&self.service_nat)?;
         }
-        Ok(())
+        self.write_hosts()
     }
 }
 

@@ -1,18 +1,23 @@
 //! Name resolution for local pods: `/etc/netns/<netns>/hosts`, which `ip netns exec` binds over
 //! `/etc/hosts` for everything run in that pod. It stands in for cluster DNS: each Service's
 //! `name.namespace.svc.cluster.local` (and the shorter search-path forms a pod's resolv.conf
-//! would complete) maps to its cluster IP, and `istiod.istio-system.svc` to the control plane.
+//! would complete) maps to its cluster IP (a headless Service's to each of its ready pods, as
+//! cluster DNS answers for one), and `istiod.istio-system.svc` to the control plane.
 
 use std::{
     fmt::Write as _,
-    fs, io,
+    fs,
+    io::{self, Write as _},
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use remora_injector::config::well_known::service_hostname;
-
-use super::files::write_atomic;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use remora_injector::config::{
+    endpoints::is_slice_of,
+    well_known::{namespace_of, service_hostname},
+    Catalog,
+};
 
 /// Where `ip netns exec` looks for per-namespace `/etc` files.
 const ETC_NETNS: &str = "/etc/netns";
@@ -25,6 +30,38 @@ pub struct ServiceAddress {
     pub namespace: String,
     pub name: String,
     pub ip: IpAddr,
+}
+
+/// The names of the accepted headless Services (no cluster IP, not ExternalName): one entry
+/// per ready address in their EndpointSlices `slices`.
+pub fn headless(catalog: &Catalog, slices: &[EndpointSlice]) -> Vec<ServiceAddress> {
+    let accepted = catalog.accepted();
+    let mut found = Vec::new();
+    for service in accepted.services() {
+        let namespace = namespace_of(&service.metadata);
+        let name = service.metadata.name.as_deref().unwrap_or_default();
+        let external =
+            service.spec.as_ref().and_then(|spec| spec.type_.as_deref()) == Some("ExternalName");
+        if external || accepted.cluster_ip(namespace, name).is_some() {
+            continue;
+        }
+        let mut ips: Vec<IpAddr> = slices
+            .iter()
+            .filter(|slice| is_slice_of(slice, namespace, name))
+            .flat_map(|slice| &slice.endpoints)
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+            .flat_map(|e| &e.addresses)
+            .filter_map(|address| address.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        found.extend(ips.into_iter().map(|ip| ServiceAddress {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            ip,
+        }));
+    }
+    found
 }
 
 /// The hosts file of pod `pod_name` in `pod_namespace`: localhost, the pod's own name, the
@@ -87,9 +124,18 @@ impl EtcNetns {
         Ok(etc)
     }
 
-    /// Replaces the hosts file; commands started afterwards see the new one.
+    /// Replaces the hosts file, in place: `ip netns exec` binds this very file (its inode)
+    /// over a command's `/etc/hosts`, so running processes (a sidecar resolving ServiceEntry
+    /// names, an app) see the new names as they would see cluster DNS change. The new text is
+    /// written over the old, then the rest cut off, in one write each.
     pub fn write_hosts(&self, hosts: &str) -> io::Result<()> {
-        write_atomic(&self.dir.join("hosts"), hosts.as_bytes())
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join("hosts"))?;
+        file.write_all(hosts.as_bytes())?;
+        file.set_len(hosts.len() as u64)
     }
 }
 
@@ -102,6 +148,45 @@ impl Drop for EtcNetns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headless_services_resolve_to_their_ready_pods() {
+        let service = |name: &str, spec: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: data}}\nspec: {spec}\n")
+        };
+        let catalog = Catalog::build(vec![(
+            "/m/services.yaml".to_owned(),
+            [
+                service(
+                    "db",
+                    "{clusterIP: None, selector: {app: db}, ports: [{name: tcp, port: 5432}]}",
+                ),
+                service(
+                    "web",
+                    "{clusterIP: 198.19.1.2, selector: {app: db}, ports: [{name: http, port: 80}]}",
+                ),
+            ]
+            .join("---\n"),
+        )]);
+        let slice = |service: &str| -> EndpointSlice {
+            serde_saphyr::from_str(&format!(
+                "metadata: {{name: {service}-local, namespace: data, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+                 addressType: IPv4\n\
+                 ports: [{{name: tcp, port: 5432}}]\n\
+                 endpoints:\n\
+                 \x20 - {{addresses: [198.18.0.11], conditions: {{ready: true}}}}\n\
+                 \x20 - {{addresses: [198.18.0.10]}}\n\
+                 \x20 - {{addresses: [198.18.0.12], conditions: {{ready: false}}}}\n",
+            ))
+            .expect("test EndpointSlice")
+        };
+        let found = headless(&catalog, &[slice("db"), slice("web")]);
+        let ips: Vec<String> = found
+            .iter()
+            .map(|s| format!("{}/{} {}", s.namespace, s.name, s.ip))
+            .collect();
+        assert_eq!(ips, ["data/db 198.18.0.10", "data/db 198.18.0.11"]);
+    }
 
     #[test]
     fn services_resolve_by_every_name_a_pod_would_use() {

@@ -11,6 +11,7 @@
 //! endpoints without one directly, in the clear.
 
 pub mod balance;
+mod dns;
 mod filters;
 mod http;
 mod mirror;
@@ -91,13 +92,25 @@ impl Outbound {
 }
 
 /// Hands each balancer its backend's endpoints, then each port in use its routes, from every
-/// snapshot put in use.
+/// snapshot put in use and every change of what its names resolve to (names new to a
+/// snapshot are resolved before it is used).
 async fn follow_config(outbound: Weak<Outbound>, mut changes: watch::Receiver<()>) {
-    while changes.changed().await.is_ok() {
+    let Some(mut resolved) = outbound.upgrade().map(|o| o.balancers.dns.changes()) else {
+        return;
+    };
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = resolved.changed() => {}
+            }
+        }
         let Some(outbound) = outbound.upgrade() else {
             return;
         };
         let snapshot = outbound.config.load();
+        outbound.balancers.dns.track(snapshot.dns_names()).await;
         outbound.balancers.update(&snapshot, &outbound.tunnel);
         outbound
             .routes

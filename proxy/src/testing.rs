@@ -74,6 +74,7 @@ impl SnapshotBuilder {
                 ..Default::default()
             }],
             passthrough: false,
+            ..Default::default()
         });
         self
     }

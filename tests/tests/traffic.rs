@@ -43,7 +43,7 @@ const OVERFLOW_BODY: &str =
 // Sending requests from a pod
 
 /// Sends requests as described by the JSON in argv[1] (`url`, `method`, `headers` as
-/// `[name, value]` pairs, `n`, `parallel`, `timeout`): `n` requests, `parallel` at a time (the
+/// `[name, value]` pairs, a `Host` among them replacing the URL's, `n`, `parallel`, `timeout`): `n` requests, `parallel` at a time (the
 /// first of each worker sent together), each worker over its own keep-alive connection. Prints
 /// one JSON array, in request order, of `{"status", "headers", "body", "seconds"}`; a request
 /// that got no response has status 0 and the error as its body.
@@ -61,7 +61,8 @@ together = threading.Barrier(parallel)
 def send(conn, i):
     started = time.monotonic()
     try:
-        conn.putrequest(spec["method"], target, skip_accept_encoding=True)
+        own_host = any(name.lower() == "host" for name, _ in spec["headers"])
+        conn.putrequest(spec["method"], target, skip_host=own_host, skip_accept_encoding=True)
         for name, value in spec["headers"]:
             conn.putheader(name, value)
         if spec["method"] in ("POST", "PUT", "PATCH"):
@@ -1599,6 +1600,126 @@ fn registry_only_reaches_outside_only_through_a_service_entry() -> anyhow::Resul
     ensure!(
         other.status == 502,
         "a port the ServiceEntry does not list: {other:?}"
+    );
+    Ok(())
+}
+
+/// Two echo backends without a sidecar (`outside-a`, `outside-b`) behind headless Service
+/// `outside.outside` (so the name resolves to both pods), and a DNS ServiceEntry `api.outside.test`
+/// (virtual address 198.19.250.1) whose endpoint is that name.
+fn dns_entry(resolution: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: outside-api, namespace: client}}
+spec:
+  hosts: [api.outside.test]
+  addresses: ["{DNS_ENTRY_VIP}"]
+  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: {resolution}
+  endpoints: [{{address: outside.outside.svc.cluster.local}}]
+"#
+    )
+}
+
+const DNS_ENTRY_VIP: &str = "198.19.250.1";
+
+fn outside_by_name() -> String {
+    let backend = fixture("echo_backend.py");
+    let mut manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n".to_owned();
+    for name in ["outside-a", "outside-b"] {
+        manifest += &deployment(
+            "outside",
+            name,
+            "app: outside",
+            &["python3", &backend, "9080"],
+            PORT,
+            &[],
+        );
+    }
+    manifest += &format!(
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: outside, namespace: outside}}
+spec:
+  clusterIP: None
+  selector: {{app: outside}}
+  ports: [{{name: http, port: {PORT}}}]
+"#
+    );
+    manifest
+}
+
+/// The pods that answered `replies`, each 200.
+fn answering(replies: &[Reply]) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    for reply in replies {
+        ensure!(reply.status == 200, "{reply:?}");
+    }
+    Ok(replies.iter().map(Reply::pod).collect())
+}
+
+#[test]
+fn dns_service_entries_reach_what_their_names_resolve_to() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with("traffic-dns", |dir| {
+        fs::remove_file(dir.join("httpbin.yaml"))?;
+        edit_file(
+            &dir.join("mesh.yaml"),
+            "mode: ALLOW_ANY",
+            "mode: REGISTRY_ONLY",
+        )?;
+        fs::write(dir.join("outside.yaml"), outside_by_name())?;
+        fs::write(dir.join("outside-entry.yaml"), dns_entry("DNS"))?;
+        Ok(())
+    })?;
+    ensure_accepted(&mesh)?;
+    let sleep = mesh.pod_in("client", "sleep")?;
+    let both: std::collections::BTreeSet<String> =
+        ["outside-a-0".to_owned(), "outside-b-0".to_owned()].into();
+
+    // DNS: every address the name resolves to (both pods) takes requests, once both are
+    // ready and the sidecar has seen them.
+    let by_address = format!("http://{DNS_ENTRY_VIP}:{PORT}/");
+    wait_for("the name to resolve to both pods", PROPAGATION * 4, || {
+        let replies = Requests::get(&by_address)
+            .times(16)
+            .parallel(8)
+            .send(&sleep)?;
+        Ok(replies.iter().all(|r| r.status == 200) && answering(&replies)? == both)
+    })?;
+    let replies = Requests::get(&by_address)
+        .times(80)
+        .parallel(8)
+        .send(&sleep)?;
+    ensure!(
+        answering(&replies)? == both,
+        "resolution DNS balances over every address: {:?}",
+        answering(&replies)?
+    );
+    // A request on an address outside the registry finds the entry by its Host.
+    let replies = Requests::get(format!("http://198.19.250.77:{PORT}/"))
+        .header("Host", &format!("api.outside.test:{PORT}"))
+        .times(10)
+        .send(&sleep)?;
+    ensure!(
+        !answering(&replies)?.is_empty(),
+        "found by Host: {replies:?}"
+    );
+
+    // DNS_ROUND_ROBIN: only the first address is used.
+    mesh.write("outside-entry.yaml", &dns_entry("DNS_ROUND_ROBIN"))?;
+    wait_for("DNS_ROUND_ROBIN to use one address", PROPAGATION, || {
+        let replies = Requests::get(&by_address).times(20).send(&sleep)?;
+        Ok(answering(&replies)?.len() == 1)
+    })
+    .with_context(|| rejections(&mesh))?;
+    let replies = Requests::get(&by_address).times(20).send(&sleep)?;
+    ensure!(
+        answering(&replies)?.len() == 1,
+        "DNS_ROUND_ROBIN: {:?}",
+        answering(&replies)?
     );
     Ok(())
 }

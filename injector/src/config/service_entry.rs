@@ -4,10 +4,11 @@
 //!
 //! Each host becomes a Service in the snapshots of the namespaces it is exported to: its
 //! `addresses` are captured like cluster IPs; `resolution: STATIC` balances over `endpoints`,
-//! `NONE` passes connections through to the address the app dialled. A host without addresses
-//! is found by the `Host` of HTTP requests on a connection the registry does not know. DNS
-//! resolution, wildcard hosts, CIDR addresses and workload selectors are refused for now,
-//! naming the field, rather than half-applied.
+//! `DNS` over what the sidecar resolves their names (or, without endpoints, the host itself)
+//! to, `DNS_ROUND_ROBIN` over the first address of that, and `NONE` passes connections through
+//! to the address the app dialled. A host without addresses is found by the `Host` of HTTP
+//! requests on a connection the registry does not know. Wildcard hosts, CIDR addresses and
+//! workload selectors are refused for now, naming the field, rather than half-applied.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -24,7 +25,7 @@ pub(crate) struct ServiceEntry {
     hosts: Vec<String>,
     addresses: Vec<String>,
     ports: Vec<Port>,
-    passthrough: bool,
+    resolution: Resolution,
     endpoints: Vec<Endpoint>,
     /// Namespaces it is visible to; `None`: all.
     export_to: Option<Vec<String>>,
@@ -38,9 +39,21 @@ struct Port {
     target: Option<u16>,
 }
 
+/// How a host's endpoints are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    /// Connections go to the address the app dialled.
+    None,
+    /// `endpoints` are IP addresses.
+    Static,
+    /// The sidecar resolves each endpoint's name; `round_robin`: only the first address is used.
+    Dns { round_robin: bool },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct Endpoint {
-    address: IpAddr,
+    /// An IP address; under DNS resolution, a name to resolve too.
+    address: String,
     /// Port by the ServiceEntry port's name.
     ports: BTreeMap<String, u16>,
 }
@@ -141,18 +154,16 @@ pub(crate) fn read(value: Value, namespace: &str) -> Result<ServiceEntry, String
     if !spec.subject_alt_names.is_empty() {
         unsupported("spec.subjectAltNames", "TLS origination to a ServiceEntry");
     }
-    let passthrough = match spec.resolution.as_deref().unwrap_or("NONE") {
-        "NONE" => true,
-        "STATIC" => false,
-        "DNS" | "DNS_ROUND_ROBIN" => {
-            unsupported("spec.resolution", "DNS resolution");
-            false
-        }
+    let resolution = match spec.resolution.as_deref().unwrap_or("NONE") {
+        "NONE" => Resolution::None,
+        "STATIC" => Resolution::Static,
+        "DNS" => Resolution::Dns { round_robin: false },
+        "DNS_ROUND_ROBIN" => Resolution::Dns { round_robin: true },
         other => {
             problems.push(format!(
                 "spec.resolution: {other:?} is not one of NONE, STATIC, DNS, DNS_ROUND_ROBIN"
             ));
-            false
+            Resolution::Static
         }
     };
     match spec.location.as_deref().unwrap_or("MESH_EXTERNAL") {
@@ -225,7 +236,7 @@ pub(crate) fn read(value: Value, namespace: &str) -> Result<ServiceEntry, String
             });
         }
     }
-    if passthrough && !spec.endpoints.is_empty() {
+    if resolution == Resolution::None && !spec.endpoints.is_empty() {
         problems.push("spec.endpoints: resolution NONE takes no endpoints".to_owned());
     }
     let mut endpoints = Vec::new();
@@ -241,12 +252,23 @@ pub(crate) fn read(value: Value, namespace: &str) -> Result<ServiceEntry, String
                 "{field}: labels and serviceAccount (mesh-internal endpoints) are not supported yet"
             ));
         }
-        let Ok(address) = endpoint.address.parse::<IpAddr>() else {
-            problems.push(format!(
-                "{field}.address: {:?} is not an IP address (DNS names need resolution DNS, not supported yet)",
-                endpoint.address
-            ));
-            continue;
+        let address = match endpoint.address.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_)
+                if matches!(resolution, Resolution::Dns { .. })
+                    && is_dns_name(&endpoint.address) =>
+            {
+                endpoint.address.to_ascii_lowercase()
+            }
+            Err(_) => {
+                let why = if matches!(resolution, Resolution::Dns { .. }) {
+                    "is neither an IP address nor a DNS name"
+                } else {
+                    "is not an IP address (names need resolution DNS)"
+                };
+                problems.push(format!("{field}.address: {:?} {why}", endpoint.address));
+                continue;
+            }
         };
         let mut mapped = BTreeMap::new();
         for (name, port) in &endpoint.ports {
@@ -264,7 +286,7 @@ pub(crate) fn read(value: Value, namespace: &str) -> Result<ServiceEntry, String
             ports: mapped,
         });
     }
-    if !passthrough && endpoints.is_empty() && problems.is_empty() {
+    if resolution == Resolution::Static && endpoints.is_empty() && problems.is_empty() {
         problems.push("spec.endpoints: resolution STATIC needs endpoints".to_owned());
     }
     if !problems.is_empty() {
@@ -275,10 +297,42 @@ pub(crate) fn read(value: Value, namespace: &str) -> Result<ServiceEntry, String
         hosts,
         addresses,
         ports,
-        passthrough,
+        resolution,
         endpoints,
         export_to: spec.export_to,
     })
+}
+
+/// A name a resolver could look up: dot-separated labels of letters, digits, `-` and `_`.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl Endpoint {
+    /// The endpoint of ServiceEntry port `port`: its own port by the port's name, else the
+    /// port's `targetPort`, else its number.
+    fn to_proto(&self, port: &Port) -> proto::Endpoint {
+        let target = self
+            .ports
+            .get(&port.name)
+            .copied()
+            .or(port.target)
+            .unwrap_or(port.number);
+        let address = match self.address.parse::<IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, target).to_string(),
+            Err(_) => format!("{}:{target}", self.address),
+        };
+        proto::Endpoint {
+            address,
+            ..Default::default()
+        }
+    }
 }
 
 impl ServiceEntry {
@@ -293,39 +347,43 @@ impl ServiceEntry {
         })
     }
 
-    /// Its hosts as snapshot Services.
+    /// Its hosts as snapshot Services. Under DNS resolution without endpoints, each host is
+    /// its own endpoint, resolved by the sidecar.
     pub(crate) fn services(&self) -> impl Iterator<Item = proto::Service> + '_ {
-        self.hosts.iter().map(|host| proto::Service {
-            hostname: host.clone(),
-            addresses: self.addresses.clone(),
-            ports: self
-                .ports
-                .iter()
-                .map(|port| proto::ServicePort {
-                    port: u32::from(port.number),
-                    name: port.name.clone(),
-                    app_protocol: port.protocol.clone(),
-                    endpoints: self
-                        .endpoints
-                        .iter()
-                        .map(|endpoint| {
-                            let target = endpoint
-                                .ports
-                                .get(&port.name)
-                                .copied()
-                                .or(port.target)
-                                .unwrap_or(port.number);
-                            proto::Endpoint {
-                                address: std::net::SocketAddr::new(endpoint.address, target)
-                                    .to_string(),
-                                ..Default::default()
-                            }
-                        })
-                        .collect(),
-                    ..Default::default()
-                })
-                .collect(),
-            passthrough: self.passthrough,
+        self.hosts.iter().map(|host| {
+            let own = [Endpoint {
+                address: host.clone(),
+                ports: BTreeMap::new(),
+            }];
+            let endpoints = match self.resolution {
+                Resolution::Dns { .. } if self.endpoints.is_empty() => &own[..],
+                _ => &self.endpoints[..],
+            };
+            proto::Service {
+                hostname: host.clone(),
+                addresses: self.addresses.clone(),
+                ports: self
+                    .ports
+                    .iter()
+                    .map(|port| proto::ServicePort {
+                        port: u32::from(port.number),
+                        name: port.name.clone(),
+                        app_protocol: port.protocol.clone(),
+                        endpoints: endpoints
+                            .iter()
+                            .map(|endpoint| endpoint.to_proto(port))
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                passthrough: self.resolution == Resolution::None,
+                resolution: match self.resolution {
+                    Resolution::Dns { round_robin: false } => "DNS",
+                    Resolution::Dns { round_robin: true } => "DNS_ROUND_ROBIN",
+                    Resolution::None | Resolution::Static => "",
+                }
+                .to_owned(),
+            }
         })
     }
 }

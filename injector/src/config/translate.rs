@@ -340,6 +340,7 @@ fn service_entry(
         addresses: vec![ip.to_string()],
         ports,
         passthrough: false,
+        ..Default::default()
     }
 }
 

@@ -76,6 +76,7 @@ fn snapshot(routes: usize) -> proto::Snapshot {
                 ..Default::default()
             }],
             passthrough: false,
+            ..Default::default()
         }],
         ..Default::default()
     }

@@ -30,6 +30,29 @@ pub struct Endpoint {
     pub workload: Option<Arc<Workload>>,
 }
 
+/// Endpoints the sidecar finds by resolving names (a ServiceEntry with `resolution: DNS` or
+/// `DNS_ROUND_ROBIN`), resolved again as the names' addresses change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsEndpoints {
+    pub names: Vec<DnsName>,
+    /// `DNS_ROUND_ROBIN`: only the first address of a name is used (Envoy's `LOGICAL_DNS`);
+    /// otherwise every address is an endpoint (`STRICT_DNS`).
+    pub first_only: bool,
+}
+
+/// A name to resolve and the port its addresses take.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct DnsName {
+    pub host: Arc<str>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for DnsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 /// A workload the snapshot's endpoints belong to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Workload {

@@ -19,7 +19,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use http::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::{
-    endpoint::{Endpoint, ServiceKey},
+    endpoint::{DnsEndpoints, Endpoint, ServiceKey},
     proto::config as proto,
 };
 
@@ -112,6 +112,8 @@ impl fmt::Display for BackendKey {
 pub struct Backend {
     pub key: BackendKey,
     pub endpoints: Vec<Endpoint>,
+    /// Names whose addresses are endpoints too (`endpoints` is empty then).
+    pub dns: Option<Arc<DnsEndpoints>>,
     pub policy: DestinationPolicy,
 }
 

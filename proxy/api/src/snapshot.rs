@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::endpoint::{Endpoint, ServiceKey, Workload};
+use crate::endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload};
 use crate::{
     load::ConfigError,
     mesh::{MeshSettings, OutboundPolicy},
@@ -118,6 +118,14 @@ impl Snapshot {
         self.backends.get(key)
     }
 
+    /// Every name the snapshot's backends resolve, for the proxy to keep resolved.
+    pub fn dns_names(&self) -> impl Iterator<Item = &DnsName> {
+        self.backends
+            .values()
+            .filter_map(|backend| backend.dns.as_deref())
+            .flat_map(|dns| &dns.names)
+    }
+
     /// Number of addresses the snapshot knows.
     pub fn destination_count(&self) -> usize {
         self.destinations.len()
@@ -175,26 +183,52 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                         .ok()
                 })
                 .collect();
+            let dns_mode = match service.resolution.as_str() {
+                "" => None,
+                "DNS" => Some(false),
+                "DNS_ROUND_ROBIN" => Some(true),
+                other => {
+                    problems.push(format!(
+                        "{path}.resolution: {other:?} is neither DNS nor DNS_ROUND_ROBIN"
+                    ));
+                    None
+                }
+            };
             for (p, port) in service.ports.iter().enumerate() {
                 let path = format!("{path}.ports[{p}]");
                 let Ok(number) = u16::try_from(port.port) else {
                     problems.push(format!("{path}.port: {} is not a port number", port.port));
                     continue;
                 };
-                let endpoints: Vec<Endpoint> = port
-                    .endpoints
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(e, endpoint)| {
-                        let path = format!("{path}.endpoints[{e}]");
-                        parse_endpoint(endpoint, &path, &workloads, &mut problems)
-                    })
-                    .collect();
+                let (endpoints, dns) = match dns_mode {
+                    Some(first_only) => (
+                        Vec::new(),
+                        Some(Arc::new(DnsEndpoints {
+                            names: dns_names(port, &path, &mut problems),
+                            first_only,
+                        })),
+                    ),
+                    None => (
+                        port.endpoints
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(e, endpoint)| {
+                                let path = format!("{path}.endpoints[{e}]");
+                                parse_endpoint(endpoint, &path, &workloads, &mut problems)
+                            })
+                            .collect(),
+                        None,
+                    ),
+                };
                 let key = ServiceKey {
                     hostname: hostname.clone(),
                     port: number,
                 };
-                add_backends(&key, port, &endpoints, &path, &mut backends, &mut problems);
+                let members = Members {
+                    endpoints: &endpoints,
+                    dns: dns.as_ref(),
+                };
+                add_backends(&key, port, members, &path, &mut backends, &mut problems);
                 ports.push((
                     key,
                     endpoints,
@@ -362,10 +396,45 @@ fn workloads(
 
 /// The backends of Service port `key`: the port itself and each of its subsets (the endpoints
 /// whose workload carries the subset's labels), with their DestinationRule policies.
+/// The endpoints of a Service port a backend takes its members from.
+#[derive(Clone, Copy)]
+struct Members<'a> {
+    endpoints: &'a [Endpoint],
+    dns: Option<&'a Arc<DnsEndpoints>>,
+}
+
+/// The `name:port` endpoints of a port whose Service resolves names.
+fn dns_names(port: &proto::ServicePort, path: &str, problems: &mut Vec<String>) -> Vec<DnsName> {
+    port.endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(e, endpoint)| {
+            let parsed = endpoint
+                .address
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                .filter(|(host, port)| !host.is_empty() && *port > 0);
+            match parsed {
+                Some((host, port)) => Some(DnsName {
+                    host: Arc::from(host.trim_start_matches('[').trim_end_matches(']')),
+                    port,
+                }),
+                None => {
+                    problems.push(format!(
+                        "{path}.endpoints[{e}].address: {:?} is not a name:port address",
+                        endpoint.address
+                    ));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 fn add_backends(
     key: &ServiceKey,
     port: &proto::ServicePort,
-    endpoints: &[Endpoint],
+    members: Members<'_>,
     path: &str,
     backends: &mut HashMap<BackendKey, Arc<Backend>>,
     problems: &mut Vec<String>,
@@ -390,7 +459,8 @@ fn add_backends(
         own.clone(),
         Arc::new(Backend {
             key: own,
-            endpoints: endpoints.to_vec(),
+            endpoints: members.endpoints.to_vec(),
+            dns: members.dns.cloned(),
             policy: port_policy,
         }),
     );
@@ -404,7 +474,10 @@ fn add_backends(
             service: key.clone(),
             subset: Some(Arc::from(subset.name.as_str())),
         };
-        let members = endpoints
+        // Names carry no labels: a subset that selects by labels has none of them.
+        let dns = members.dns.filter(|_| subset.labels.is_empty()).cloned();
+        let endpoints = members
+            .endpoints
             .iter()
             .filter(|e| {
                 e.workload.as_ref().is_some_and(|w| {
@@ -427,7 +500,8 @@ fn add_backends(
             key.clone(),
             Arc::new(Backend {
                 key,
-                endpoints: members,
+                endpoints,
+                dns,
                 policy: subset_policy,
             }),
         );
@@ -491,7 +565,7 @@ mod tests {
                     ],
                     ..Default::default()
                 }],
-                passthrough: false,
+                ..Default::default()
             }],
             mesh: None,
             security: None,
@@ -501,6 +575,61 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("addr")
+    }
+
+    #[test]
+    fn dns_services_name_the_endpoints_the_proxy_resolves() {
+        let mut source = snapshot();
+        source.services.push(proto::Service {
+            hostname: "api.example.com".into(),
+            addresses: vec!["198.19.0.9".into()],
+            ports: vec![proto::ServicePort {
+                port: 80,
+                endpoints: vec![
+                    endpoint("api.example.com:8080", ""),
+                    endpoint("198.18.5.5:80", ""),
+                ],
+                subsets: vec![proto::Subset {
+                    name: "labelled".into(),
+                    labels: [("v".to_owned(), "1".to_owned())].into(),
+                    traffic_policy: None,
+                }],
+                ..Default::default()
+            }],
+            resolution: "DNS_ROUND_ROBIN".into(),
+            ..Default::default()
+        });
+        let s = Snapshot::try_from(source.clone()).expect("valid");
+        let key = |subset: Option<&str>| BackendKey {
+            service: ServiceKey {
+                hostname: "api.example.com".into(),
+                port: 80,
+            },
+            subset: subset.map(Arc::from),
+        };
+        let backend = s.backend(&key(None)).expect("the port's backend");
+        let dns = backend.dns.as_deref().expect("names");
+        assert!(dns.first_only && backend.endpoints.is_empty());
+        let names: Vec<String> = dns.names.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["api.example.com:8080", "198.18.5.5:80"]);
+        assert_eq!(s.dns_names().count(), 2);
+        let labelled = s.backend(&key(Some("labelled"))).expect("the subset");
+        assert!(labelled.dns.is_none(), "names have no labels to select by");
+        assert!(matches!(
+            s.lookup(addr("198.19.0.9:80")),
+            Logical::Service(_)
+        ));
+
+        for (resolution, address, problem) in [
+            ("DNS", "api.example.com", "services[1].ports[0].endpoints[0].address: \"api.example.com\" is not a name:port address"),
+            ("LOOKUP", "api.example.com:80", "services[1].resolution: \"LOOKUP\" is neither DNS nor DNS_ROUND_ROBIN"),
+        ] {
+            let mut bad = source.clone();
+            bad.services[1].resolution = resolution.into();
+            bad.services[1].ports[0].endpoints[0].address = address.into();
+            let err = Snapshot::try_from(bad).expect_err("invalid").to_string();
+            assert!(err.contains(problem), "{problem:?} missing from {err}");
+        }
     }
 
     #[test]
@@ -577,6 +706,7 @@ mod tests {
                 ..Default::default()
             }],
             passthrough: true,
+            ..Default::default()
         });
         let s = Snapshot::try_from(p).expect("valid");
         assert_eq!(

@@ -32,6 +32,8 @@ use tower::retry::budget::TpsBudget;
 
 use crate::tunnel::{PeerChannel, TunnelClient};
 
+use super::dns::Dns;
+
 /// One endpoint, ready to send to, and what the balancer knows about it.
 pub struct Upstream {
     pub endpoint: Endpoint,
@@ -408,6 +410,8 @@ impl Drop for RetrySlot {
 #[derive(Default)]
 pub struct Balancers {
     live: Mutex<HashMap<BackendKey, Arc<Balancer>>>,
+    /// The addresses of backends whose endpoints are names.
+    pub dns: Arc<Dns>,
 }
 
 impl Balancers {
@@ -422,7 +426,7 @@ impl Balancers {
         if let Some(balancer) = live.get(key) {
             return balancer.clone();
         }
-        let (upstreams, policy) = endpoints(snapshot, tunnel, key, &[]);
+        let (upstreams, policy) = endpoints(snapshot, tunnel, &self.dns, key, &[]);
         let balancer = Arc::new(Balancer::new(upstreams, policy));
         live.insert(key.clone(), balancer.clone());
         balancer
@@ -434,7 +438,8 @@ impl Balancers {
     pub fn update(&self, snapshot: &Snapshot, tunnel: &TunnelClient) {
         let mut live = self.live.lock();
         live.retain(|key, balancer| {
-            let (upstreams, policy) = endpoints(snapshot, tunnel, key, &balancer.upstreams.load());
+            let (upstreams, policy) =
+                endpoints(snapshot, tunnel, &self.dns, key, &balancer.upstreams.load());
             balancer.upstreams.store(Arc::new(upstreams));
             balancer.policy.store(Arc::new(policy));
             snapshot.backend(key).is_some()
@@ -442,11 +447,12 @@ impl Balancers {
     }
 }
 
-/// Backend `key`'s endpoints in `snapshot`, reusing the upstreams of `current` whose endpoint
-/// did not change.
+/// Backend `key`'s endpoints in `snapshot` (its names' addresses as `dns` has them),
+/// reusing the upstreams of `current` whose endpoint did not change.
 fn endpoints(
     snapshot: &Snapshot,
     tunnel: &TunnelClient,
+    dns: &Dns,
     key: &BackendKey,
     current: &[Arc<Upstream>],
 ) -> (Vec<Arc<Upstream>>, DestinationPolicy) {
@@ -454,8 +460,19 @@ fn endpoints(
         return (Vec::new(), DestinationPolicy::default());
     };
     let tls = backend.policy.tls;
-    let upstreams = backend
-        .endpoints
+    let resolved = backend.dns.iter().flat_map(|names| {
+        names.names.iter().flat_map(|name| {
+            let addresses = dns.addresses(name);
+            let take = if names.first_only { 1 } else { addresses.len() };
+            (0..take.min(addresses.len())).map(move |i| Endpoint {
+                address: SocketAddr::new(addresses[i], name.port),
+                identity: None,
+                workload: None,
+            })
+        })
+    });
+    let endpoints: Vec<Endpoint> = backend.endpoints.iter().cloned().chain(resolved).collect();
+    let upstreams = endpoints
         .iter()
         .map(|endpoint| {
             current

@@ -257,6 +257,7 @@ fn translates_manifests_into_a_snapshot() {
                     ..Default::default()
                 }],
                 passthrough: false,
+                ..Default::default()
             },
             Service {
                 hostname: "reviews.default.svc.cluster.local".into(),
@@ -286,6 +287,7 @@ fn translates_manifests_into_a_snapshot() {
                     },
                 ],
                 passthrough: false,
+                ..Default::default()
             },
         ]
     );

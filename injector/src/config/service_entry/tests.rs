@@ -76,6 +76,45 @@ fn resolution_none_passes_through() {
 }
 
 #[test]
+fn dns_resolution_names_endpoints_for_the_sidecar_to_resolve() {
+    let cases = [
+        // Without endpoints, each host resolves itself, on the port's target.
+        (
+            json!({"hosts": ["API.example.com", "b.example.com"], "resolution": "DNS",
+                   "ports": [{"number": 80, "name": "http", "targetPort": 8080}]}),
+            "DNS",
+            vec![vec!["api.example.com:8080"], vec!["b.example.com:8080"]],
+        ),
+        // Endpoints, names or addresses, are every host's.
+        (
+            json!({"hosts": ["db.example.com"], "resolution": "DNS_ROUND_ROBIN",
+                   "ports": [{"number": 5432, "name": "tcp-pg"}],
+                   "endpoints": [{"address": "Primary.DB.example"}, {"address": "198.18.5.5", "ports": {"tcp-pg": 6432}}]}),
+            "DNS_ROUND_ROBIN",
+            vec![vec!["primary.db.example:5432", "198.18.5.5:6432"]],
+        ),
+    ];
+    for (spec, resolution, expected) in cases {
+        let read = read(entry(spec), "client").expect("valid");
+        let services: Vec<proto::Service> = read.services().collect();
+        let addresses: Vec<Vec<&str>> = services
+            .iter()
+            .map(|s| {
+                s.ports[0]
+                    .endpoints
+                    .iter()
+                    .map(|e| e.address.as_str())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(addresses, expected);
+        assert!(services
+            .iter()
+            .all(|s| s.resolution == resolution && !s.passthrough));
+    }
+}
+
+#[test]
 fn export_to_limits_who_sees_it() {
     let cases = [
         (None, "other", true),
@@ -123,8 +162,13 @@ fn problems_name_their_field() {
             "spec.ports[0].name: required",
         ),
         (
-            json!({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}], "resolution": "DNS"}),
-            "spec.resolution: DNS resolution is not supported yet",
+            json!({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}], "resolution": "DNS",
+                   "endpoints": [{"address": "bad name.example"}]}),
+            "spec.endpoints[0].address: \"bad name.example\" is neither an IP address nor a DNS name",
+        ),
+        (
+            json!({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}], "resolution": "LOOKUP"}),
+            "spec.resolution: \"LOOKUP\" is not one of NONE, STATIC, DNS, DNS_ROUND_ROBIN",
         ),
         (
             json!({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC"}),
@@ -137,7 +181,7 @@ fn problems_name_their_field() {
         (
             json!({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC",
                    "endpoints": [{"address": "db.example"}]}),
-            "spec.endpoints[0].address: \"db.example\" is not an IP address",
+            "spec.endpoints[0].address: \"db.example\" is not an IP address (names need resolution DNS)",
         ),
         (
             json!({"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}], "resolution": "STATIC",

@@ -30,6 +30,7 @@ impl Fixture {
                     subset: (!subset.is_empty()).then(|| Arc::from(subset)),
                 },
                 endpoints: Vec::new(),
+                dns: None,
                 policy: DestinationPolicy::default(),
             });
             map.insert((host.to_owned(), 9080, subset.to_owned()), backend);
