@@ -2,17 +2,17 @@
 //! hyper's pooling client (one request per connection at a time), HTTP/2 over one multiplexed
 //! connection per upstream address. The connector decides how a connection is opened, so the
 //! inbound side can dial its app from the passthrough source while the outbound side dials
-//! endpoints that run no sidecar directly.
+//! endpoints that run no sidecar directly, or over TLS of its own (DestinationRule `SIMPLE`).
 
 use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use http::{header, uri::PathAndQuery, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::Client,
+    client::legacy::{connect::Connection, Client},
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     body::Body,
@@ -24,9 +24,10 @@ use crate::{
 /// How long an unused upstream connection stays open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Opens a TCP connection to an upstream address.
+/// Opens a connection to an upstream address.
 pub trait Connect: Clone + Send + Sync + 'static {
-    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send;
+    type Io: AsyncRead + AsyncWrite + Connection + Unpin + Send + 'static;
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
 pub struct HttpClient<C: Connect> {
@@ -111,9 +112,9 @@ impl<C: Connect> HttpClient<C> {
 struct ByAuthority<C>(C);
 
 impl<C: Connect> tower::Service<Uri> for ByAuthority<C> {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<C::Io>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<C::Io>>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
@@ -137,9 +138,9 @@ struct Dialer<'a, C> {
 }
 
 impl<C: Connect> Dial for Dialer<'_, C> {
-    type Io = TcpStream;
+    type Io = C::Io;
 
-    async fn dial(&self) -> Result<TcpStream, PoolError> {
+    async fn dial(&self) -> Result<C::Io, PoolError> {
         self.connector
             .connect(self.addr)
             .await

@@ -15,6 +15,7 @@ mod dns;
 mod filters;
 mod http;
 mod mirror;
+mod originate;
 mod retry;
 mod routes;
 mod send;
@@ -195,7 +196,8 @@ where
         Logical::Workload(endpoint) => Backend::Fixed(Arc::new(Upstream::new(
             &outbound.tunnel,
             endpoint,
-            TlsMode::IstioMutual,
+            &TlsMode::IstioMutual,
+            None,
         ))),
         Logical::Blackhole(dst) => Backend::Blackhole(dst),
     };
@@ -223,6 +225,8 @@ where
 struct Direct;
 
 impl Connect for Direct {
+    type Io = TcpStream;
+
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
         transport::connect(addr)
     }

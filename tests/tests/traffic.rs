@@ -1725,6 +1725,168 @@ fn dns_service_entries_reach_what_their_names_resolve_to() -> anyhow::Result<()>
 }
 
 // ---------------------------------------------------------------------------------------------
+// TLS origination
+
+/// The HTTPS echo backends outside the mesh (`tls-mutual` requiring a client certificate from
+/// the test CA, `tls-simple` not), each behind a headless Service of its own, with the test
+/// CA's certificate for `secure.outside.test` in `certs`.
+fn tls_backends(certs: &std::path::Path) -> String {
+    let backend = fixture("echo_backend.py");
+    let file = |name: &str| certs.join(name).display().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server-key.pem"), file("ca.pem"));
+    let mut manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n".to_owned();
+    for (name, argv) in [
+        (
+            "tls-mutual",
+            vec!["python3", &backend, "9443", &cert, &key, &ca],
+        ),
+        ("tls-simple", vec!["python3", &backend, "9443", &cert, &key]),
+    ] {
+        manifest += &deployment("outside", name, &format!("app: {name}"), &argv, 9443, &[]);
+        manifest += &format!(
+            r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: outside}}
+spec:
+  clusterIP: None
+  selector: {{app: {name}}}
+  ports: [{{name: https, port: 9443}}]
+"#
+        );
+    }
+    manifest
+}
+
+/// ServiceEntry `host` (plain HTTP on `vip`:80 for the app) resolving to Service `backend`'s
+/// pod on 9443, and a DestinationRule originating TLS to it with `tls`.
+fn originating(host: &str, vip: &str, backend: &str, tls: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {backend}, namespace: client}}
+spec:
+  hosts: [{host}]
+  addresses: ["{vip}"]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 9443}}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  endpoints: [{{address: {backend}.outside.svc.cluster.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {backend}, namespace: client}}
+spec:
+  host: {host}
+  trafficPolicy:
+    tls: {tls}
+"#
+    )
+}
+
+#[test]
+fn destination_rules_originate_tls_to_services_outside_the_mesh() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let made = std::process::Command::new("python3")
+        .arg(fixture("make_tls_cert.py"))
+        .arg(certs.path())
+        .arg("secure.outside.test")
+        .output()?;
+    ensure!(made.status.success(), "make_tls_cert.py: {made:?}");
+    // The sidecar (uid 1337) reads them, as a mounted Secret would be readable.
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(certs.path(), fs::Permissions::from_mode(0o755))?;
+    for file in ["ca.pem", "server.pem", "server-key.pem"] {
+        fs::set_permissions(certs.path().join(file), fs::Permissions::from_mode(0o644))?;
+    }
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let mutual = format!(
+        "{{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}}}",
+        file("server.pem"),
+        file("server-key.pem"),
+        file("ca.pem")
+    );
+    let simple = |extra: &str| {
+        format!(
+            "{{mode: SIMPLE, caCertificates: {}, sni: secure.outside.test{extra}}}",
+            file("ca.pem")
+        )
+    };
+    let mesh = ExampleCluster::up_with("traffic-tls", |dir| {
+        fs::remove_file(dir.join("httpbin.yaml"))?;
+        fs::write(dir.join("outside.yaml"), tls_backends(certs.path()))?;
+        fs::write(
+            dir.join("mutual.yaml"),
+            originating("secure.outside.test", "198.19.250.2", "tls-mutual", &mutual),
+        )?;
+        fs::write(
+            dir.join("simple.yaml"),
+            originating(
+                "simple.outside.test",
+                "198.19.250.3",
+                "tls-simple",
+                &simple(""),
+            ),
+        )?;
+        Ok(())
+    })?;
+    ensure_accepted(&mesh)?;
+    let sleep = mesh.pod_in("client", "sleep")?;
+
+    // MUTUAL: the app speaks plain HTTP; the sidecar presents the client certificate and
+    // sends the host as the server name.
+    let reply = wait_for_reply(&sleep, "http://198.19.250.2/mutual")?;
+    let tls = &reply.echo()?["tls"];
+    ensure!(
+        reply.pod() == "tls-mutual-0"
+            && tls["sni"] == "secure.outside.test"
+            && tls["client"] == "secure.outside.test",
+        "MUTUAL: {reply:?}"
+    );
+    // SIMPLE: no client certificate, the `sni` set.
+    let reply = wait_for_reply(&sleep, "http://198.19.250.3/simple")?;
+    let tls = &reply.echo()?["tls"];
+    ensure!(
+        reply.pod() == "tls-simple-0"
+            && tls["sni"] == "secure.outside.test"
+            && tls["client"].is_null(),
+        "SIMPLE: {reply:?}"
+    );
+    // A certificate that carries none of `subjectAltNames` is refused: nothing is sent.
+    mesh.write(
+        "simple.yaml",
+        &originating(
+            "simple.outside.test",
+            "198.19.250.3",
+            "tls-simple",
+            &simple(", subjectAltNames: [other.outside.test]"),
+        ),
+    )?;
+    wait_for("the server's name to be refused", PROPAGATION, || {
+        Ok(Requests::get("http://198.19.250.3/refused")
+            .once(&sleep)?
+            .status
+            == 503)
+    })
+    .with_context(|| rejections(&mesh))?;
+    Ok(())
+}
+
+/// The first 200 reply to `GET url` from `pod`, waiting for the backend to be up and resolved.
+fn wait_for_reply(pod: &LocalPod, url: &str) -> anyhow::Result<Reply> {
+    let mut last = None;
+    let waited = wait_for(&format!("{url} to answer"), PROPAGATION * 4, || {
+        let reply = Requests::get(url).once(pod)?;
+        let ok = reply.status == 200;
+        last = Some(reply);
+        Ok(ok)
+    });
+    waited.with_context(|| format!("last reply: {last:?}"))?;
+    last.context("no reply")
+}
+
+// ---------------------------------------------------------------------------------------------
 // GRPCRoute
 
 const GRPC_PORT: u16 = 50051;

@@ -27,8 +27,8 @@ pub use cors::{Cors, CorsAction};
 pub use filters::{HeaderOps, MatchedPrefix, Redirect, Rewrite};
 pub use matching::{RequestMatch, StringCondition};
 pub use policy::{
-    grpc_code, Abort, Attempt, DestinationPolicy, Fault, LoadBalancer, Outlier, Percent,
-    PoolLimits, RetryPolicy, TlsMode,
+    grpc_code, Abort, Attempt, DestinationPolicy, Fault, LoadBalancer, Origination, Outlier,
+    Percent, PoolLimits, RetryPolicy, TlsMode,
 };
 
 /// Which kind of object a route came from.

@@ -33,6 +33,8 @@ impl AppClient {
 pub(super) struct ToApp;
 
 impl Connect for ToApp {
+    type Io = TcpStream;
+
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
         connect_to_app(addr)
     }

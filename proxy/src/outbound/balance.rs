@@ -32,28 +32,58 @@ use tower::retry::budget::TpsBudget;
 
 use crate::tunnel::{PeerChannel, TunnelClient};
 
-use super::dns::Dns;
+use super::{dns::Dns, originate::Originator};
 
 /// One endpoint, ready to send to, and what the balancer knows about it.
 pub struct Upstream {
     pub endpoint: Endpoint,
-    /// Through its sidecar, for an endpoint in the mesh; `None`: reached directly.
-    pub channel: Option<PeerChannel>,
+    pub way: Way,
     load: Load,
 }
 
+/// How an endpoint is reached.
+pub enum Way {
+    /// Through its sidecar, for an endpoint in the mesh.
+    Mesh(PeerChannel),
+    /// Directly, in the clear.
+    Direct,
+    /// Directly, over TLS the sidecar originates (DestinationRule `SIMPLE`/`MUTUAL`).
+    Originate(Arc<Originator>),
+}
+
 impl Upstream {
-    /// `endpoint`, through its sidecar's tunnel when it has one (and `tls` is mesh mTLS).
-    pub fn new(tunnel: &TunnelClient, endpoint: Endpoint, tls: TlsMode) -> Self {
-        let channel = endpoint
-            .identity
-            .clone()
-            .filter(|_| tls == TlsMode::IstioMutual)
-            .map(|identity| tunnel.channel(endpoint.address, identity));
+    /// `endpoint`, through its sidecar's tunnel when it has one and `tls` is mesh mTLS, over
+    /// `originator` when `tls` originates TLS, else directly.
+    pub fn new(
+        tunnel: &TunnelClient,
+        endpoint: Endpoint,
+        tls: &TlsMode,
+        originator: Option<&Arc<Originator>>,
+    ) -> Self {
+        let way = match (tls, originator, &endpoint.identity) {
+            (TlsMode::Originate(_), Some(originator), _) => Way::Originate(originator.clone()),
+            (TlsMode::IstioMutual, _, Some(identity)) => {
+                Way::Mesh(tunnel.channel(endpoint.address, identity.clone()))
+            }
+            _ => Way::Direct,
+        };
         Self {
             endpoint,
-            channel,
+            way,
             load: Load::default(),
+        }
+    }
+
+    /// Whether it is reached as [`Upstream::new`] would reach it under `tls` and `originator`.
+    fn reached_as(&self, tls: &TlsMode, originator: Option<&Arc<Originator>>) -> bool {
+        match (&self.way, tls, originator) {
+            (Way::Mesh(_), TlsMode::IstioMutual, _) => true,
+            (Way::Originate(mine), TlsMode::Originate(_), Some(theirs)) => {
+                Arc::ptr_eq(mine, theirs)
+            }
+            (Way::Direct, TlsMode::Disable, _) => true,
+            (Way::Direct, TlsMode::IstioMutual, _) => self.endpoint.identity.is_none(),
+            _ => false,
         }
     }
 
@@ -459,7 +489,22 @@ fn endpoints(
     let Some(backend) = snapshot.backend(key) else {
         return (Vec::new(), DestinationPolicy::default());
     };
-    let tls = backend.policy.tls;
+    let tls = &backend.policy.tls;
+    // Built once per backend and push; kept while its settings are.
+    let originator = match tls {
+        TlsMode::Originate(settings) => Some(
+            current
+                .iter()
+                .find_map(|u| match &u.way {
+                    Way::Originate(o) if o.is_for(settings, &key.service.hostname) => {
+                        Some(o.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| Arc::new(Originator::new(settings, &key.service.hostname))),
+        ),
+        _ => None,
+    };
     let resolved = backend.dns.iter().flat_map(|names| {
         names.names.iter().flat_map(|name| {
             let addresses = dns.addresses(name);
@@ -477,13 +522,16 @@ fn endpoints(
         .map(|endpoint| {
             current
                 .iter()
-                .find(|u| {
-                    u.endpoint == *endpoint
-                        && u.channel.is_some()
-                            == (tls == TlsMode::IstioMutual && endpoint.identity.is_some())
-                })
+                .find(|u| u.endpoint == *endpoint && u.reached_as(tls, originator.as_ref()))
                 .cloned()
-                .unwrap_or_else(|| Arc::new(Upstream::new(tunnel, endpoint.clone(), tls)))
+                .unwrap_or_else(|| {
+                    Arc::new(Upstream::new(
+                        tunnel,
+                        endpoint.clone(),
+                        tls,
+                        originator.as_ref(),
+                    ))
+                })
         })
         .collect();
     (upstreams, backend.policy.clone())

@@ -132,7 +132,8 @@ impl Destination {
                     identity: None,
                     workload: None,
                 };
-                let upstream = Upstream::new(&self.outbound.tunnel, endpoint, TlsMode::Disable);
+                let upstream =
+                    Upstream::new(&self.outbound.tunnel, endpoint, &TlsMode::Disable, None);
                 let (parts, body) = req.into_parts();
                 send(
                     &self.outbound,

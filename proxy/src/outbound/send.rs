@@ -1,5 +1,6 @@
 //! One request to one endpoint: through its sidecar's tunnel (the peer must prove the
-//! identity the snapshot names), or directly to an endpoint without a sidecar; an upgrade
+//! identity the snapshot names), or directly to an endpoint without a sidecar (in the clear,
+//! or over TLS the sidecar originates); an upgrade
 //! (WebSocket) as a byte stream after it. Every try, mirror and fixed destination ends here.
 
 use http::{request::Parts, Request, Response, Version};
@@ -15,7 +16,10 @@ use crate::{
     upgrade,
 };
 
-use super::{balance::Upstream, Outbound};
+use super::{
+    balance::{Upstream, Way},
+    Outbound,
+};
 
 /// A WebSocket-style upgrade, one try: HTTP/1.1 inside a tunnel, served as HTTP again by the
 /// peer sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end; or
@@ -26,8 +30,8 @@ pub(super) async fn upgrade_to(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, RequestError> {
     let address = upstream.endpoint.address;
-    match &upstream.channel {
-        Some(channel) => {
+    match &upstream.way {
+        Way::Mesh(channel) => {
             let stream = channel
                 .tunnel(Some(req.version()))
                 .await
@@ -36,7 +40,7 @@ pub(super) async fn upgrade_to(
                 .await
                 .map_err(|e| RequestError::unavailable(address, e))
         }
-        None => {
+        Way::Direct => {
             let tcp = outbound
                 .direct
                 .connector()
@@ -44,6 +48,12 @@ pub(super) async fn upgrade_to(
                 .await
                 .map_err(|e| RequestError::unavailable(address, e))?;
             upgrade::forward(TokioIo::new(tcp), &outbound.drain, req)
+                .await
+                .map_err(|e| RequestError::unavailable(address, e))
+        }
+        Way::Originate(originator) => {
+            let tls = originator.connect(address).await?;
+            upgrade::forward(TokioIo::new(tls), &outbound.drain, req)
                 .await
                 .map_err(|e| RequestError::unavailable(address, e))
         }
@@ -57,8 +67,8 @@ pub(super) async fn send(
     req: Request<Body>,
 ) -> Result<Response<Body>, RequestError> {
     let version = req.version();
-    match &upstream.channel {
-        Some(channel) => match channel.request(req).await {
+    match &upstream.way {
+        Way::Mesh(channel) => match channel.request(req).await {
             Ok(mut response) => {
                 headers::strip_hop_by_hop(response.headers_mut());
                 tunnel::strip_mesh(response.headers_mut());
@@ -70,7 +80,7 @@ pub(super) async fn send(
             }
             Err(error) => Err(RequestError::unavailable(channel.dst(), error)),
         },
-        None => {
+        Way::Direct => {
             // Boxed: the plain client's future is large and endpoints without a sidecar rare.
             let response = Box::pin(outbound.direct.forward(
                 upstream.endpoint.address,
@@ -78,6 +88,10 @@ pub(super) async fn send(
                 req,
             ))
             .await?;
+            Ok(response.map(Body::Incoming))
+        }
+        Way::Originate(originator) => {
+            let response = Box::pin(originator.forward(upstream.endpoint.address, req)).await?;
             Ok(response.map(Body::Incoming))
         }
     }

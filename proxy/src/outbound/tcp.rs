@@ -1,8 +1,8 @@
 //! Opaque outbound connections: one endpoint for the connection's life (chosen by the port's
 //! VirtualService `tcp`/`tls` routes, if any), reached through a
 //! `CONNECT` stream on its sidecar's tunnel (recorded as one of Istio's TCP connections), or
-//! directly when it runs no sidecar. With no endpoint to go to, the connection is closed, as
-//! Envoy does.
+//! directly when it runs no sidecar (over TLS the sidecar opens, under DestinationRule `SIMPLE`
+//! or `MUTUAL`). With no endpoint to go to, the connection is closed, as Envoy does.
 
 use std::sync::Arc;
 
@@ -17,7 +17,10 @@ use crate::{
     transport,
 };
 
-use super::{balance::Upstream, Outbound};
+use super::{
+    balance::{Upstream, Way},
+    Outbound,
+};
 
 pub(super) async fn forward<IO>(
     outbound: &Outbound,
@@ -34,8 +37,8 @@ where
             return Ok(());
         }
     };
-    match &upstream.channel {
-        Some(channel) => {
+    match &upstream.way {
+        Way::Mesh(channel) => {
             let stream = channel.tunnel(None).await?;
             let observed = Observed {
                 reporter: Reporter::source,
@@ -44,9 +47,16 @@ where
             let record = TcpRecord::open(outbound.metrics.clone(), observed);
             transport::splice_recorded(record, io, TokioIo::new(stream)).await?;
         }
-        None => {
+        Way::Direct => {
             let tcp = transport::connect(upstream.endpoint.address).await?;
             transport::splice(io, tcp).await?;
+        }
+        Way::Originate(originator) => {
+            let tls = originator
+                .connect(upstream.endpoint.address)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            transport::splice(io, tls).await?;
         }
     }
     Ok(())

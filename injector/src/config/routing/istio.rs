@@ -60,7 +60,7 @@ pub(crate) fn is_istio_kind(api_version: &str, kind: &str) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) enum IstioObject {
     VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
+    DestinationRule(Box<DestinationRule>),
 }
 
 /// Reads an object of `kind` whose `(namespace, name)` was already found; the error names the
@@ -83,7 +83,8 @@ pub(crate) fn read(
         }
         "DestinationRule" => {
             let (metadata, spec) = parse::<DestinationRuleSpec>(value)?;
-            destination_rule::read(meta(&metadata), spec).map(IstioObject::DestinationRule)
+            destination_rule::read(meta(&metadata), spec)
+                .map(|dr| IstioObject::DestinationRule(Box::new(dr)))
         }
         other => Err(format!(
             "kind: {other:?} is neither VirtualService nor DestinationRule"

@@ -3,7 +3,7 @@
 //! outlier detection, TLS), compiled once per snapshot. The decisions that need chance take the
 //! random number as an argument, so they stay pure and testable.
 
-use std::time::Duration;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
@@ -351,13 +351,57 @@ pub enum LoadBalancer {
 }
 
 /// How the client sidecar reaches a backend's endpoints (`tls.mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum TlsMode {
     /// Mesh mTLS to endpoints with a sidecar, clear text to the others.
     #[default]
     IstioMutual,
     /// Clear text, even to sidecars.
     Disable,
+    /// `SIMPLE` or `MUTUAL`: the sidecar opens TLS of its own to every endpoint, as set.
+    Originate(Arc<Origination>),
+}
+
+/// TLS the client sidecar originates (`SIMPLE`, or `MUTUAL` with a client certificate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Origination {
+    /// PEM roots; `None`: the system's.
+    pub ca_certificates: Option<PathBuf>,
+    /// `MUTUAL`: the chain and key presented.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// The server name sent and verified; `None`: the backend's host name.
+    pub sni: Option<String>,
+    /// Names the server's certificate may carry instead of the server name.
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
+}
+
+impl Origination {
+    fn compile(mode: &str, tls: Option<&proto::OriginateTls>, problems: &mut Vec<String>) -> Self {
+        let tls = tls.cloned().unwrap_or_default();
+        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        let client_certificate = match (mode, path(&tls.client_certificate), path(&tls.private_key))
+        {
+            ("MUTUAL", Some(cert), Some(key)) => Some((cert, key)),
+            ("MUTUAL", _, _) => {
+                problems.push("tls: MUTUAL needs clientCertificate and privateKey".to_owned());
+                None
+            }
+            (_, None, None) => None,
+            _ => {
+                problems
+                    .push("tls: clientCertificate and privateKey are only for MUTUAL".to_owned());
+                None
+            }
+        };
+        Self {
+            ca_certificates: path(&tls.ca_certificates),
+            client_certificate,
+            sni: (!tls.sni.is_empty()).then_some(tls.sni),
+            subject_alt_names: tls.subject_alt_names,
+            insecure_skip_verify: tls.insecure_skip_verify,
+        }
+    }
 }
 
 /// `connectionPool` limits; `None`: unlimited.
@@ -416,6 +460,11 @@ impl DestinationPolicy {
         let tls = match source.tls_mode.as_str() {
             "" | "ISTIO_MUTUAL" => TlsMode::IstioMutual,
             "DISABLE" => TlsMode::Disable,
+            mode @ ("SIMPLE" | "MUTUAL") => TlsMode::Originate(Arc::new(Origination::compile(
+                mode,
+                source.tls.as_ref(),
+                &mut problems,
+            ))),
             other => {
                 problems.push(format!(
                     "tlsMode: {other:?} is not supported by the sidecar"

@@ -752,6 +752,7 @@ fn destination_policies() {
         }),
         tls_mode: "DISABLE".into(),
         policy: "shop/reviews".into(),
+        tls: None,
     }))
     .expect("valid");
     assert_eq!(policy.load_balancer, LoadBalancer::LeastRequest);
@@ -777,10 +778,33 @@ fn destination_policies() {
         ),
         (
             proto::TrafficPolicy {
-                tls_mode: "SIMPLE".into(),
+                tls_mode: "OPPORTUNISTIC".into(),
                 ..Default::default()
             },
-            "tlsMode: \"SIMPLE\"",
+            "tlsMode: \"OPPORTUNISTIC\"",
+        ),
+        (
+            proto::TrafficPolicy {
+                tls_mode: "MUTUAL".into(),
+                tls: Some(proto::OriginateTls {
+                    client_certificate: "/etc/certs/cert.pem".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "tls: MUTUAL needs clientCertificate and privateKey",
+        ),
+        (
+            proto::TrafficPolicy {
+                tls_mode: "SIMPLE".into(),
+                tls: Some(proto::OriginateTls {
+                    client_certificate: "/etc/certs/cert.pem".into(),
+                    private_key: "/etc/certs/key.pem".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "tls: clientCertificate and privateKey are only for MUTUAL",
         ),
     ] {
         let err = DestinationPolicy::compile(Some(&bad))
@@ -788,6 +812,57 @@ fn destination_policies() {
             .join("\n");
         assert!(err.contains(expected), "{expected:?} missing from {err}");
     }
+}
+
+#[test]
+fn tls_origination_settings() {
+    let compile = |mode: &str, tls: proto::OriginateTls| {
+        DestinationPolicy::compile(Some(&proto::TrafficPolicy {
+            tls_mode: mode.into(),
+            tls: Some(tls),
+            ..Default::default()
+        }))
+        .expect("valid")
+        .tls
+    };
+    let simple = compile(
+        "SIMPLE",
+        proto::OriginateTls {
+            ca_certificates: "/etc/certs/ca.pem".into(),
+            sni: "api.example.com".into(),
+            subject_alt_names: vec!["api.example.com".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        simple,
+        TlsMode::Originate(Arc::new(Origination {
+            ca_certificates: Some("/etc/certs/ca.pem".into()),
+            client_certificate: None,
+            sni: Some("api.example.com".into()),
+            subject_alt_names: vec!["api.example.com".into()],
+            insecure_skip_verify: false,
+        }))
+    );
+    let mutual = compile(
+        "MUTUAL",
+        proto::OriginateTls {
+            client_certificate: "/c.pem".into(),
+            private_key: "/k.pem".into(),
+            insecure_skip_verify: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        mutual,
+        TlsMode::Originate(Arc::new(Origination {
+            ca_certificates: None,
+            client_certificate: Some(("/c.pem".into(), "/k.pem".into())),
+            sni: None,
+            subject_alt_names: Vec::new(),
+            insecure_skip_verify: true,
+        }))
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ fn upstream(last: u8) -> Arc<Upstream> {
             identity: None,
             workload: None,
         },
-        channel: None,
+        way: Way::Direct,
         load: Load::default(),
     })
 }

@@ -365,12 +365,12 @@ pub(super) struct OutlierDetectionSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct TlsSpec {
     pub(super) mode: Option<String>,
-    pub(super) client_certificate: Option<Value>,
-    pub(super) private_key: Option<Value>,
-    pub(super) ca_certificates: Option<Value>,
+    pub(super) client_certificate: Option<String>,
+    pub(super) private_key: Option<String>,
+    pub(super) ca_certificates: Option<String>,
     pub(super) credential_name: Option<Value>,
-    pub(super) subject_alt_names: Option<Value>,
-    pub(super) sni: Option<Value>,
-    pub(super) insecure_skip_verify: Option<Value>,
+    pub(super) subject_alt_names: Option<Vec<String>>,
+    pub(super) sni: Option<String>,
+    pub(super) insecure_skip_verify: Option<bool>,
     pub(super) ca_crl: Option<Value>,
 }

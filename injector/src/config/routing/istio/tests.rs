@@ -49,7 +49,7 @@ fn vs(spec: &str) -> VirtualService {
 
 fn dr_at(namespace: &str, name: &str, created: Option<&str>, spec: &str) -> DestinationRule {
     match read_doc(&doc("DestinationRule", namespace, name, created, spec)) {
-        Ok(IstioObject::DestinationRule(dr)) => dr,
+        Ok(IstioObject::DestinationRule(dr)) => *dr,
         other => panic!("{spec}: {other:?}"),
     }
 }
@@ -1527,6 +1527,7 @@ spec:
         }),
         tls_mode: "ISTIO_MUTUAL".to_owned(),
         policy: "shop/reviews".to_owned(),
+        tls: None,
     };
     assert_eq!(policy.as_ref(), Some(&expected));
     assert_eq!(subsets.len(), 2);
@@ -1592,6 +1593,32 @@ fn unset_fields_take_istio_defaults() {
             "{loadBalancer: {simple: UNSPECIFIED}, tls: {mode: DISABLE}}",
             proto::TrafficPolicy {
                 tls_mode: "DISABLE".to_owned(),
+                ..Default::default()
+            },
+        ),
+        (
+            "{tls: {mode: SIMPLE, caCertificates: /etc/certs/ca.pem, sni: api.example.com, subjectAltNames: [api.example.com]}}",
+            proto::TrafficPolicy {
+                tls_mode: "SIMPLE".to_owned(),
+                tls: Some(proto::OriginateTls {
+                    ca_certificates: "/etc/certs/ca.pem".to_owned(),
+                    sni: "api.example.com".to_owned(),
+                    subject_alt_names: vec!["api.example.com".to_owned()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "{tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, insecureSkipVerify: true}}",
+            proto::TrafficPolicy {
+                tls_mode: "MUTUAL".to_owned(),
+                tls: Some(proto::OriginateTls {
+                    client_certificate: "/c.pem".to_owned(),
+                    private_key: "/k.pem".to_owned(),
+                    insecure_skip_verify: true,
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         ),
@@ -1687,16 +1714,24 @@ fn destination_rule_rejections_name_the_field() {
             "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes: not supported yet",
         ),
         (
-            "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE}}}",
-            "spec.trafficPolicy.tls.mode: SIMPLE is not supported yet",
+            "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, credentialName: api-cert}}}",
+            "spec.trafficPolicy.tls.credentialName: not supported yet",
         ),
         (
-            "{host: reviews, trafficPolicy: {tls: {mode: MUTUAL, clientCertificate: /c, privateKey: /k}}}",
-            "spec.trafficPolicy.tls.clientCertificate: not supported yet",
+            "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, privateKey: /k}}}",
+            "spec.trafficPolicy.tls.privateKey: only with mode MUTUAL",
+        ),
+        (
+            "{host: reviews, trafficPolicy: {tls: {mode: MUTUAL, privateKey: /k}}}",
+            "spec.trafficPolicy.tls.clientCertificate: required with mode MUTUAL",
+        ),
+        (
+            "{host: reviews, trafficPolicy: {tls: {mode: DISABLE, caCertificates: /c}}}",
+            "spec.trafficPolicy.tls.caCertificates: only with mode SIMPLE or MUTUAL (the mode is DISABLE)",
         ),
         (
             "{host: reviews, trafficPolicy: {tls: {mode: ISTIO_MUTUAL, sni: reviews}}}",
-            "spec.trafficPolicy.tls.sni: not supported yet",
+            "spec.trafficPolicy.tls.sni: only with mode SIMPLE or MUTUAL (the mode is ISTIO_MUTUAL)",
         ),
         (
             "{host: reviews, trafficPolicy: {tls: {mode: STRICT}}}",
@@ -1737,8 +1772,8 @@ fn destination_rule_rejections_name_the_field() {
             "spec.subsets[0].labels.version: \"v 1\" is not a label value",
         ),
         (
-            "{host: reviews, subsets: [{name: v1, trafficPolicy: {tls: {mode: SIMPLE}}}]}",
-            "spec.subsets[0].trafficPolicy.tls.mode: SIMPLE is not supported yet",
+            "{host: reviews, subsets: [{name: v1, trafficPolicy: {tls: {mode: MUTUAL}}}]}",
+            "spec.subsets[0].trafficPolicy.tls.clientCertificate: required with mode MUTUAL",
         ),
         (
             "{host: reviews, workloadSelector: {matchLabels: {app: \"*\"}}}",

@@ -37,7 +37,7 @@ pub(super) struct Parts {
     load_balancer: Option<String>,
     connection_pool: Option<proto::ConnectionPool>,
     outlier_detection: Option<proto::OutlierDetection>,
-    tls_mode: Option<String>,
+    tls: Option<(String, Option<proto::OriginateTls>)>,
 }
 
 impl Parts {
@@ -55,7 +55,7 @@ impl Parts {
             load_balancer: pick(&self.load_balancer, &over.load_balancer, whole),
             connection_pool: pick(&self.connection_pool, &over.connection_pool, whole),
             outlier_detection: pick(&self.outlier_detection, &over.outlier_detection, whole),
-            tls_mode: pick(&self.tls_mode, &over.tls_mode, whole),
+            tls: pick(&self.tls, &over.tls, whole),
         }
     }
 
@@ -67,7 +67,12 @@ impl Parts {
             load_balancer: self.load_balancer.clone().unwrap_or_default(),
             connection_pool: self.connection_pool,
             outlier_detection: self.outlier_detection,
-            tls_mode: self.tls_mode.clone().unwrap_or_default(),
+            tls_mode: self
+                .tls
+                .as_ref()
+                .map(|(mode, _)| mode.clone())
+                .unwrap_or_default(),
+            tls: self.tls.as_ref().and_then(|(_, tls)| tls.clone()),
             policy: meta.full_name(),
         })
     }
@@ -160,6 +165,6 @@ fn policy_parts(
             .map(|spec| pool(spec, &format!("{path}.connectionPool"), p)),
         outlier_detection: outlier_detection
             .map(|spec| outlier(spec, &format!("{path}.outlierDetection"), p)),
-        tls_mode: tls.map(|spec| tls_mode(spec, &format!("{path}.tls"), p)),
+        tls: tls.map(|spec| tls_mode(spec, &format!("{path}.tls"), p)),
     }
 }

@@ -176,38 +176,78 @@ pub(super) fn outlier(
     }
 }
 
-pub(super) fn tls_mode(spec: TlsSpec, path: &str, p: &mut Problems) -> String {
+/// The `tls` block: the mode, and for `SIMPLE` and `MUTUAL` what the sidecar originates with
+/// (its files are paths in the sidecar's filesystem, as Istio's are).
+pub(super) fn tls_mode(
+    spec: TlsSpec,
+    path: &str,
+    p: &mut Problems,
+) -> (String, Option<proto::OriginateTls>) {
+    let at = |field: &str| format!("{path}.{field}");
     for (field, value) in [
-        ("clientCertificate", &spec.client_certificate),
-        ("privateKey", &spec.private_key),
-        ("caCertificates", &spec.ca_certificates),
         ("credentialName", &spec.credential_name),
-        ("subjectAltNames", &spec.subject_alt_names),
-        ("sni", &spec.sni),
-        ("insecureSkipVerify", &spec.insecure_skip_verify),
         ("caCrl", &spec.ca_crl),
     ] {
         if is_set(value) {
-            p.unsupported(&format!("{path}.{field}"));
+            p.unsupported(&at(field));
         }
     }
-    match spec.mode.as_deref() {
+    let mode = match spec.mode.as_deref() {
         // The protobuf default.
-        None | Some("DISABLE") => "DISABLE".to_owned(),
-        Some("ISTIO_MUTUAL") => "ISTIO_MUTUAL".to_owned(),
-        Some(mode @ ("SIMPLE" | "MUTUAL")) => {
-            p.add(
-                &format!("{path}.mode"),
-                format!("{mode} is not supported yet"),
-            );
-            String::new()
-        }
+        None | Some("DISABLE") => "DISABLE",
+        Some(mode @ ("ISTIO_MUTUAL" | "SIMPLE" | "MUTUAL")) => mode,
         Some(other) => {
             p.add(
-                &format!("{path}.mode"),
+                &at("mode"),
                 format!("{other:?} is not one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL"),
             );
-            String::new()
+            return (String::new(), None);
+        }
+    };
+    let originate = proto::OriginateTls {
+        ca_certificates: spec.ca_certificates.unwrap_or_default(),
+        client_certificate: spec.client_certificate.unwrap_or_default(),
+        private_key: spec.private_key.unwrap_or_default(),
+        sni: spec.sni.unwrap_or_default(),
+        subject_alt_names: spec.subject_alt_names.unwrap_or_default(),
+        insecure_skip_verify: spec.insecure_skip_verify.unwrap_or(false),
+    };
+    let fields = [
+        ("caCertificates", !originate.ca_certificates.is_empty()),
+        (
+            "clientCertificate",
+            !originate.client_certificate.is_empty(),
+        ),
+        ("privateKey", !originate.private_key.is_empty()),
+        ("sni", !originate.sni.is_empty()),
+        ("subjectAltNames", !originate.subject_alt_names.is_empty()),
+        ("insecureSkipVerify", originate.insecure_skip_verify),
+    ];
+    match mode {
+        "SIMPLE" | "MUTUAL" => {
+            let key_pair = [
+                ("clientCertificate", &originate.client_certificate),
+                ("privateKey", &originate.private_key),
+            ];
+            for (field, value) in key_pair {
+                if mode == "MUTUAL" && value.is_empty() {
+                    p.add(&at(field), "required with mode MUTUAL");
+                } else if mode == "SIMPLE" && !value.is_empty() {
+                    p.add(&at(field), "only with mode MUTUAL");
+                }
+            }
+            (mode.to_owned(), Some(originate))
+        }
+        _ => {
+            for (field, set) in fields {
+                if set {
+                    p.add(
+                        &at(field),
+                        format!("only with mode SIMPLE or MUTUAL (the mode is {mode})"),
+                    );
+                }
+            }
+            (mode.to_owned(), None)
         }
     }
 }
