@@ -30,7 +30,7 @@ use std::{
 };
 
 use remora_api::{
-    route::{Target, TlsMode},
+    route::{DestinationPolicy, Target},
     Logical,
 };
 use tokio::{
@@ -196,7 +196,7 @@ where
         Logical::Workload(endpoint) => Backend::Fixed(Arc::new(Upstream::new(
             &outbound.tunnel,
             endpoint,
-            &TlsMode::IstioMutual,
+            &DestinationPolicy::default(),
             None,
         ))),
         Logical::Blackhole(dst) => Backend::Blackhole(dst),

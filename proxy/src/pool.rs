@@ -5,14 +5,16 @@
 //! the others wait for it, so a burst opens exactly one connection. A connection that breaks is
 //! replaced on next use, and a request that was not yet sent on it is retried on the new one
 //! (always safe: the peer never saw it). Connections unused for the idle timeout are dropped;
-//! streams still open on them finish first.
+//! streams still open on them finish first. A key may limit the requests one connection carries
+//! (DestinationRule `maxRequestsPerConnection`): the connection that reached it takes no new
+//! request, finishes the ones it has, and the next request dials its successor.
 
 use std::{
     collections::HashMap,
     future::Future,
     hash::Hash,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc, Weak,
     },
     time::Duration,
@@ -87,6 +89,10 @@ struct Entry {
     /// Numbers connections, so a caller can say which one it saw break.
     generations: AtomicU64,
     last_used_ms: AtomicU64,
+    /// Requests one connection may carry; 0: no limit.
+    max_requests: u32,
+    /// Requests the live connection has been given, when there is a limit.
+    taken: AtomicU32,
 }
 
 #[derive(Clone)]
@@ -131,19 +137,21 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
         dial: &D,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, PoolError> {
-        let entry = self.entry(key);
+        let entry = self.entry(key, 0);
         send(&entry, self.clock.now_ms(), dial, req).await
     }
 
-    /// A handle on `key`'s connection, for a caller that will send there repeatedly.
-    pub fn handle(self: &Arc<Self>, key: &K) -> PoolHandle {
+    /// A handle on `key`'s connection, for a caller that will send there repeatedly; a
+    /// connection carries at most `max_requests` requests (0: any number). A key's limit is
+    /// the one it was first asked for: callers with different limits use different keys.
+    pub fn handle(self: &Arc<Self>, key: &K, max_requests: u32) -> PoolHandle {
         PoolHandle {
-            entry: self.entry(key),
+            entry: self.entry(key, max_requests),
             clock: self.clock,
         }
     }
 
-    fn entry(&self, key: &K) -> Arc<Entry> {
+    fn entry(&self, key: &K, max_requests: u32) -> Arc<Entry> {
         let mut entries = self.entries.lock();
         let entry = entries.entry(key.clone()).or_insert_with(|| {
             Arc::new(Entry {
@@ -151,6 +159,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
                 dialing: tokio::sync::Mutex::new(None),
                 generations: AtomicU64::new(0),
                 last_used_ms: AtomicU64::new(0),
+                max_requests,
+                taken: AtomicU32::new(0),
             })
         });
         entry
@@ -206,15 +216,17 @@ async fn send<D: Dial>(
     }
 }
 
-/// The live connection of `entry` unless it is closed or is the `broken` generation a caller
-/// just saw fail.
+/// The live connection of `entry` for one more request, unless it is closed, is the `broken`
+/// generation a caller just saw fail, or has carried all the requests it may.
 fn reusable(entry: &Entry, broken: Option<u64>) -> Option<Conn> {
-    entry
-        .live
-        .lock()
+    let live = entry.live.lock();
+    let conn = live
         .as_ref()
-        .filter(|c| !c.sender.is_closed() && Some(c.generation) != broken)
-        .cloned()
+        .filter(|c| !c.sender.is_closed() && Some(c.generation) != broken)?;
+    if entry.max_requests > 0 && entry.taken.fetch_add(1, Ordering::Relaxed) >= entry.max_requests {
+        return None;
+    }
+    Some(conn.clone())
 }
 
 /// A ready connection for `entry`, dialing if there is none worth using.
@@ -254,7 +266,10 @@ async fn dial_new<D: Dial>(
         Ok(sender) => {
             *failure = None;
             let conn = Conn { generation, sender };
-            *entry.live.lock() = Some(conn.clone());
+            let mut live = entry.live.lock();
+            // This caller's request is the new connection's first.
+            entry.taken.store(1, Ordering::Relaxed);
+            *live = Some(conn.clone());
             Ok(conn)
         }
         Err(error) => {

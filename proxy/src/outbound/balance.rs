@@ -57,14 +57,16 @@ impl Upstream {
     pub fn new(
         tunnel: &TunnelClient,
         endpoint: Endpoint,
-        tls: &TlsMode,
+        policy: &DestinationPolicy,
         originator: Option<&Arc<Originator>>,
     ) -> Self {
-        let way = match (tls, originator, &endpoint.identity) {
+        let way = match (&policy.tls, originator, &endpoint.identity) {
             (TlsMode::Originate(_), Some(originator), _) => Way::Originate(originator.clone()),
-            (TlsMode::IstioMutual, _, Some(identity)) => {
-                Way::Mesh(tunnel.channel(endpoint.address, identity.clone()))
-            }
+            (TlsMode::IstioMutual, _, Some(identity)) => Way::Mesh(tunnel.channel(
+                endpoint.address,
+                identity.clone(),
+                policy.pool.max_requests_per_connection.unwrap_or(0),
+            )),
             _ => Way::Direct,
         };
         Self {
@@ -74,10 +76,13 @@ impl Upstream {
         }
     }
 
-    /// Whether it is reached as [`Upstream::new`] would reach it under `tls` and `originator`.
-    fn reached_as(&self, tls: &TlsMode, originator: Option<&Arc<Originator>>) -> bool {
-        match (&self.way, tls, originator) {
-            (Way::Mesh(_), TlsMode::IstioMutual, _) => true,
+    /// Whether it is reached as [`Upstream::new`] would reach it under `policy` and
+    /// `originator`.
+    fn reached_as(&self, policy: &DestinationPolicy, originator: Option<&Arc<Originator>>) -> bool {
+        match (&self.way, &policy.tls, originator) {
+            (Way::Mesh(channel), TlsMode::IstioMutual, _) => {
+                channel.max_requests() == policy.pool.max_requests_per_connection.unwrap_or(0)
+            }
             (Way::Originate(mine), TlsMode::Originate(_), Some(theirs)) => {
                 Arc::ptr_eq(mine, theirs)
             }
@@ -489,9 +494,8 @@ fn endpoints(
     let Some(backend) = snapshot.backend(key) else {
         return (Vec::new(), DestinationPolicy::default());
     };
-    let tls = &backend.policy.tls;
     // Built once per backend and push; kept while its settings are.
-    let originator = match tls {
+    let originator = match &backend.policy.tls {
         TlsMode::Originate(settings) => Some(
             current
                 .iter()
@@ -522,13 +526,15 @@ fn endpoints(
         .map(|endpoint| {
             current
                 .iter()
-                .find(|u| u.endpoint == *endpoint && u.reached_as(tls, originator.as_ref()))
+                .find(|u| {
+                    u.endpoint == *endpoint && u.reached_as(&backend.policy, originator.as_ref())
+                })
                 .cloned()
                 .unwrap_or_else(|| {
                     Arc::new(Upstream::new(
                         tunnel,
                         endpoint.clone(),
-                        tls,
+                        &backend.policy,
                         originator.as_ref(),
                     ))
                 })

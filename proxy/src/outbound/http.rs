@@ -16,7 +16,7 @@ use std::{net::SocketAddr, sync::Arc};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use remora_api::{
-    route::{CorsAction, Target, TlsMode},
+    route::{CorsAction, DestinationPolicy, Target},
     Endpoint, ServiceKey,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -132,8 +132,12 @@ impl Destination {
                     identity: None,
                     workload: None,
                 };
-                let upstream =
-                    Upstream::new(&self.outbound.tunnel, endpoint, &TlsMode::Disable, None);
+                let upstream = Upstream::new(
+                    &self.outbound.tunnel,
+                    endpoint,
+                    &DestinationPolicy::default(),
+                    None,
+                );
                 let (parts, body) = req.into_parts();
                 send(
                     &self.outbound,

@@ -69,6 +69,24 @@ async fn a_burst_of_requests_shares_one_connection() {
 }
 
 #[tokio::test]
+async fn a_connection_carries_at_most_its_limit_of_requests() {
+    for (limit, requests, dials) in [(0, 7, 1), (1, 3, 3), (3, 7, 3), (3, 6, 2)] {
+        let pool = H2Pool::new(Duration::from_secs(60));
+        let dialer = PipeDialer::default();
+        let handle = pool.handle(&"app", limit);
+        for _ in 0..requests {
+            let response = handle.send(&dialer, get()).await.expect("response");
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        assert_eq!(
+            dialer.dials.load(Ordering::SeqCst),
+            dials,
+            "{requests} requests, at most {limit} per connection"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_broken_connection_is_replaced() {
     let pool = H2Pool::new(Duration::from_secs(60));
     let dialer = PipeDialer::default();
@@ -145,11 +163,11 @@ async fn a_burst_to_a_dead_peer_waits_for_one_dial_not_one_each() {
 async fn handles_share_one_connection_even_across_reaping() {
     let pool = H2Pool::new(Duration::from_millis(200));
     let dialer = PipeDialer::default();
-    let first = pool.handle(&"a");
+    let first = pool.handle(&"a", 0);
     first.send(&dialer, get()).await.expect("first");
     // Idle long enough to be reaped: the connection closes, but the key stays while held.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = pool.handle(&"a");
+    let second = pool.handle(&"a", 0);
     second.send(&dialer, get()).await.expect("second");
     first.send(&dialer, get()).await.expect("first again");
     pool.send(&"a", &dialer, get()).await.expect("by key");

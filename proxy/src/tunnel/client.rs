@@ -46,6 +46,9 @@ pub enum TunnelError {
 struct Peer {
     ip: IpAddr,
     identity: SpiffeId,
+    /// Requests one connection carries (`maxRequestsPerConnection`; 0: any number): peers
+    /// reached under different limits get connections of their own.
+    max_requests: u32,
 }
 
 /// Dials a peer's tunnel port over mTLS, insisting on its expected identity.
@@ -95,16 +98,18 @@ impl TunnelClient {
         }
     }
 
-    /// The way to `dst`, whose sidecar must be `identity`.
-    pub fn channel(&self, dst: SocketAddr, identity: SpiffeId) -> PeerChannel {
+    /// The way to `dst`, whose sidecar must be `identity`, over connections that carry at
+    /// most `max_requests` requests each (0: any number).
+    pub fn channel(&self, dst: SocketAddr, identity: SpiffeId, max_requests: u32) -> PeerChannel {
         let peer = Peer {
             ip: dst.ip(),
             identity,
+            max_requests,
         };
         PeerChannel {
             dst,
             dst_port: dst_port_value(dst),
-            handle: self.pool.handle(&peer),
+            handle: self.pool.handle(&peer, max_requests),
             peer,
             port: self.port,
             tls: self.tls.clone(),
@@ -125,6 +130,11 @@ pub struct PeerChannel {
 impl PeerChannel {
     pub fn dst(&self) -> SocketAddr {
         self.dst
+    }
+
+    /// The requests one of its connections carries (0: any number).
+    pub fn max_requests(&self) -> u32 {
+        self.peer.max_requests
     }
 
     /// Sends an app's HTTP request to the destination.

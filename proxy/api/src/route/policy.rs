@@ -411,6 +411,8 @@ pub struct PoolLimits {
     pub max_pending: Option<u32>,
     pub max_requests: Option<u32>,
     pub max_retries: Option<u32>,
+    /// Requests one upstream connection carries before the next one is opened.
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// `outlierDetection`.
@@ -445,9 +447,8 @@ impl DestinationPolicy {
             "ROUND_ROBIN" => LoadBalancer::RoundRobin,
             "LEAST_REQUEST" | "LEAST_CONN" => LoadBalancer::LeastRequest,
             "RANDOM" => LoadBalancer::Random,
-            // Every request of a sidecar shares one multiplexed connection per peer, so
-            // neither dialling the caller's own destination nor a per-connection request
-            // limit has a meaning yet.
+            // Requests leave through the endpoints the snapshot names, so there is no
+            // caller's own destination to dial yet.
             "PASSTHROUGH" => {
                 problems.push("loadBalancer: PASSTHROUGH is not supported yet".to_owned());
                 LoadBalancer::PeakEwma
@@ -473,17 +474,6 @@ impl DestinationPolicy {
             }
         };
         let limit = |n: u32| (n > 0).then_some(n);
-        if source
-            .connection_pool
-            .as_ref()
-            .is_some_and(|p| p.max_requests_per_connection > 0)
-        {
-            problems.push(
-                "connectionPool.maxRequestsPerConnection: not supported yet (requests to a peer \
-                 share one multiplexed connection)"
-                    .to_owned(),
-            );
-        }
         let pool = source
             .connection_pool
             .as_ref()
@@ -492,6 +482,7 @@ impl DestinationPolicy {
                 max_pending: limit(p.http1_max_pending_requests),
                 max_requests: limit(p.http2_max_requests),
                 max_retries: limit(p.max_retries),
+                max_requests_per_connection: limit(p.max_requests_per_connection),
             })
             .unwrap_or_default();
         let outlier = source.outlier_detection.as_ref().map(|o| Outlier {

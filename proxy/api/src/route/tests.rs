@@ -744,6 +744,7 @@ fn destination_policies() {
         load_balancer: "LEAST_REQUEST".into(),
         connection_pool: Some(proto::ConnectionPool {
             http1_max_pending_requests: 1,
+            max_requests_per_connection: 100,
             ..Default::default()
         }),
         outlier_detection: Some(proto::OutlierDetection {
@@ -758,6 +759,7 @@ fn destination_policies() {
     assert_eq!(policy.load_balancer, LoadBalancer::LeastRequest);
     assert_eq!(policy.pool.max_pending, Some(1));
     assert_eq!(policy.pool.max_requests, None);
+    assert_eq!(policy.pool.max_requests_per_connection, Some(100));
     let outlier = policy.outlier.expect("set");
     assert_eq!(
         (

@@ -1492,7 +1492,7 @@ spec:
     loadBalancer: {simple: LEAST_CONN}
     connectionPool:
       tcp: {maxConnections: 100}
-      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRetries: 3}
+      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRetries: 3, maxRequestsPerConnection: 10}
     outlierDetection: {consecutive5xxErrors: 7, consecutiveGatewayErrors: 2, interval: 5m, baseEjectionTime: 15m, maxEjectionPercent: 50}
     tls: {mode: ISTIO_MUTUAL}
   subsets:
@@ -1515,7 +1515,7 @@ spec:
             max_connections: 100,
             http1_max_pending_requests: 10,
             http2_max_requests: 1000,
-            max_requests_per_connection: 0,
+            max_requests_per_connection: 10,
             max_retries: 3,
         }),
         outlier_detection: Some(proto::OutlierDetection {
@@ -2142,16 +2142,10 @@ fn host_names_are_checked_as_istio_checks_them() {
 
 #[test]
 fn policies_the_sidecar_cannot_apply_yet_are_refused_by_name() {
-    let cases = [
-        (
-            "loadBalancer: {simple: PASSTHROUGH}",
-            "PASSTHROUGH is not supported yet",
-        ),
-        (
-            "connectionPool: {http: {maxRequestsPerConnection: 1}}",
-            "maxRequestsPerConnection: not supported yet",
-        ),
-    ];
+    let cases = [(
+        "loadBalancer: {simple: PASSTHROUGH}",
+        "PASSTHROUGH is not supported yet",
+    )];
     for (policy, expected) in cases {
         let text = format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
