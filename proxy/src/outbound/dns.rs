@@ -113,6 +113,8 @@ impl Dns {
 /// Resolves `name` until it is forgotten, reporting its first answer (or failure) on `answered`.
 async fn refresh(dns: Weak<Dns>, name: DnsName, answered: tokio::sync::oneshot::Sender<()>) {
     let mut answered = Some(answered);
+    // A name that keeps failing is reported once, not on every retry.
+    let mut failing = false;
     loop {
         let found = tokio::net::lookup_host((&*name.host, name.port)).await;
         let Some(dns) = dns.upgrade() else {
@@ -131,10 +133,15 @@ async fn refresh(dns: Weak<Dns>, name: DnsName, answered: tokio::sync::oneshot::
                 if dns.store(&name, ips) {
                     dns.changed.send_replace(());
                 }
+                failing = false;
                 REFRESH
             }
             Err(error) => {
-                tracing::warn!(%name, %error, "resolving a ServiceEntry endpoint failed");
+                if std::mem::replace(&mut failing, true) {
+                    tracing::debug!(%name, %error, "resolving a ServiceEntry endpoint failed again");
+                } else {
+                    tracing::warn!(%name, %error, "resolving a ServiceEntry endpoint failed");
+                }
                 RETRY
             }
         };
