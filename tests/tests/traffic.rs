@@ -1521,17 +1521,44 @@ fn a_full_connection_pool_refuses_the_overflow() -> anyhow::Result<()> {
 /// The echo backend on 9080 in namespace `outside`, without a sidecar and without a Service:
 /// nothing the registry knows.
 fn outside() -> String {
+    outside_pods(&["outside"])
+}
+
+/// Namespace `outside` (no sidecars) with an echo backend on 9080 per name, labelled
+/// `app: outside`.
+fn outside_pods(names: &[&str]) -> String {
     let backend = fixture("echo_backend.py");
     let mut manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n".to_owned();
-    manifest += &deployment(
-        "outside",
-        "outside",
-        "app: outside",
-        &["python3", &backend, "9080"],
-        PORT,
-        &[],
-    );
+    for name in names {
+        manifest += &deployment(
+            "outside",
+            name,
+            "app: outside",
+            &["python3", &backend, "9080"],
+            PORT,
+            &[],
+        );
+    }
     manifest
+}
+
+/// The demo's `client/sleep` under `outboundTrafficPolicy: REGISTRY_ONLY`, without its httpbin,
+/// with `files` (name, manifest) added; every object accepted by the control plane.
+fn registry_only(name: &str, files: &[(&str, String)]) -> anyhow::Result<ExampleCluster> {
+    let mesh = ExampleCluster::up_with(name, |dir| {
+        fs::remove_file(dir.join("httpbin.yaml"))?;
+        edit_file(
+            &dir.join("mesh.yaml"),
+            "mode: ALLOW_ANY",
+            "mode: REGISTRY_ONLY",
+        )?;
+        for (file, manifest) in files {
+            fs::write(dir.join(file), manifest)?;
+        }
+        Ok(())
+    })?;
+    ensure_accepted(&mesh)?;
+    Ok(mesh)
 }
 
 /// A ServiceEntry for `ip:9080`, as an external service's would be written.
@@ -1553,17 +1580,7 @@ spec:
 
 #[test]
 fn registry_only_reaches_outside_only_through_a_service_entry() -> anyhow::Result<()> {
-    let mesh = ExampleCluster::up_with("traffic-registry", |dir| {
-        fs::remove_file(dir.join("httpbin.yaml"))?;
-        edit_file(
-            &dir.join("mesh.yaml"),
-            "mode: ALLOW_ANY",
-            "mode: REGISTRY_ONLY",
-        )?;
-        fs::write(dir.join("outside.yaml"), outside())?;
-        Ok(())
-    })?;
-    ensure_accepted(&mesh)?;
+    let mesh = registry_only("traffic-registry", &[("outside.yaml", outside())])?;
     let sleep = mesh.pod_in("client", "sleep")?;
     let server = mesh.pod_in("outside", "outside")?;
     ensure!(!server.sidecar, "{} has a sidecar", server.id());
@@ -1604,9 +1621,8 @@ fn registry_only_reaches_outside_only_through_a_service_entry() -> anyhow::Resul
     Ok(())
 }
 
-/// Two echo backends without a sidecar (`outside-a`, `outside-b`) behind headless Service
-/// `outside.outside` (so the name resolves to both pods), and a DNS ServiceEntry `api.outside.test`
-/// (virtual address 198.19.250.1) whose endpoint is that name.
+/// A ServiceEntry `api.outside.test` (virtual address 198.19.250.1) resolving the name of
+/// headless Service `outside.outside` with `resolution`.
 fn dns_entry(resolution: &str) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
@@ -1625,19 +1641,10 @@ spec:
 
 const DNS_ENTRY_VIP: &str = "198.19.250.1";
 
+/// Two echo backends without a sidecar (`outside-a`, `outside-b`) behind headless Service
+/// `outside.outside`, so the name resolves to both pods.
 fn outside_by_name() -> String {
-    let backend = fixture("echo_backend.py");
-    let mut manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n".to_owned();
-    for name in ["outside-a", "outside-b"] {
-        manifest += &deployment(
-            "outside",
-            name,
-            "app: outside",
-            &["python3", &backend, "9080"],
-            PORT,
-            &[],
-        );
-    }
+    let mut manifest = outside_pods(&["outside-a", "outside-b"]);
     manifest += &format!(
         r#"
 ---
@@ -1663,18 +1670,13 @@ fn answering(replies: &[Reply]) -> anyhow::Result<std::collections::BTreeSet<Str
 
 #[test]
 fn dns_service_entries_reach_what_their_names_resolve_to() -> anyhow::Result<()> {
-    let mesh = ExampleCluster::up_with("traffic-dns", |dir| {
-        fs::remove_file(dir.join("httpbin.yaml"))?;
-        edit_file(
-            &dir.join("mesh.yaml"),
-            "mode: ALLOW_ANY",
-            "mode: REGISTRY_ONLY",
-        )?;
-        fs::write(dir.join("outside.yaml"), outside_by_name())?;
-        fs::write(dir.join("outside-entry.yaml"), dns_entry("DNS"))?;
-        Ok(())
-    })?;
-    ensure_accepted(&mesh)?;
+    let mesh = registry_only(
+        "traffic-dns",
+        &[
+            ("outside.yaml", outside_by_name()),
+            ("outside-entry.yaml", dns_entry("DNS")),
+        ],
+    )?;
     let sleep = mesh.pod_in("client", "sleep")?;
     let both: std::collections::BTreeSet<String> =
         ["outside-a-0".to_owned(), "outside-b-0".to_owned()].into();

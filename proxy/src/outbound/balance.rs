@@ -539,7 +539,16 @@ fn endpoints(
                     ))
                 })
         })
-        .collect();
+        .collect::<Vec<Arc<Upstream>>>();
+    if backend.policy.pool.max_requests_per_connection.is_some()
+        && upstreams.iter().any(|u| !matches!(u.way, Way::Mesh(_)))
+    {
+        tracing::warn!(
+            backend = %key.service,
+            "maxRequestsPerConnection applies to endpoints with a sidecar only; \
+             requests to the others share connections without a limit"
+        );
+    }
     (upstreams, backend.policy.clone())
 }
 

@@ -135,7 +135,11 @@ fn client_config(settings: &Origination) -> Result<ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let verifier: Arc<dyn ServerCertVerifier> = if settings.insecure_skip_verify {
-        Arc::new(AnyServer(provider))
+        Arc::new(ServerCheck {
+            webpki: None,
+            names: Vec::new(),
+            provider,
+        })
     } else {
         let mut roots = RootCertStore::empty();
         match &settings.ca_certificates {
@@ -153,7 +157,7 @@ fn client_config(settings: &Origination) -> Result<ClientConfig, String> {
         if roots.is_empty() {
             return Err("no usable root certificate to verify the server with".to_owned());
         }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| e.to_string())?;
         if settings.subject_alt_names.is_empty() {
@@ -167,7 +171,11 @@ fn client_config(settings: &Origination) -> Result<ClientConfig, String> {
                         .map_err(|e| format!("subjectAltNames {name:?}: {e}"))
                 })
                 .collect::<Result<_, _>>()?;
-            Arc::new(AnyOfNames { webpki, names })
+            Arc::new(ServerCheck {
+                webpki: Some(webpki),
+                names,
+                provider,
+            })
         }
     };
     let builder = builder
@@ -263,14 +271,17 @@ impl AsyncWrite for OriginatedTls {
     }
 }
 
-/// `subjectAltNames`: the chain must be valid, for any one of the names.
+/// The server checks `insecureSkipVerify` and `subjectAltNames` ask for (the handshake's
+/// signatures always checked): any certificate, or a valid chain for any one of `names`.
 #[derive(Debug)]
-struct AnyOfNames {
-    webpki: Arc<WebPkiServerVerifier>,
+struct ServerCheck {
+    /// `None`: any certificate is taken.
+    webpki: Option<Arc<WebPkiServerVerifier>>,
     names: Vec<ServerName<'static>>,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for AnyOfNames {
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -279,15 +290,12 @@ impl ServerCertVerifier for AnyOfNames {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let mut last = rustls::Error::General("no subjectAltNames".to_owned());
         for name in &self.names {
-            match self.webpki.verify_server_cert(
-                end_entity,
-                intermediates,
-                name,
-                ocsp_response,
-                now,
-            ) {
+            match webpki.verify_server_cert(end_entity, intermediates, name, ocsp_response, now) {
                 Ok(verified) => return Ok(verified),
                 Err(e) => last = e,
             }
@@ -301,7 +309,8 @@ impl ServerCertVerifier for AnyOfNames {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -310,59 +319,13 @@ impl ServerCertVerifier for AnyOfNames {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `insecureSkipVerify`: any certificate is taken (the handshake's signatures still checked).
-#[derive(Debug)]
-struct AnyServer(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
