@@ -2,9 +2,10 @@
 //! DNATed to one of its ready endpoints, picked at random.
 //!
 //! A sidecar handles cluster IPs itself (its rules capture them first, as in a cluster, where
-//! kube-proxy's rules run later, on the node). A pod opted out of injection has no sidecar and
-//! there is no node here, so the launcher installs the equivalent rules in that pod's own
-//! namespace, generated from the same EndpointSlices it records for the control plane.
+//! kube-proxy's rules run later, on the node), except its own connections to one (`PASSTHROUGH`
+//! balancing). There is no node here, so the launcher installs the equivalent rules in every
+//! pod's own namespace (after the capture rules in a pod with a sidecar), generated from the
+//! same EndpointSlices it records for the control plane.
 
 use std::{fmt::Write as _, net::IpAddr, net::SocketAddr};
 
@@ -57,14 +58,24 @@ pub fn routes(catalog: &Catalog, slices: &[EndpointSlice]) -> Vec<ServiceRoute> 
     routes
 }
 
+/// The rule sending a pod's outgoing connections to the Service rules.
+const JUMP: &str = "-A OUTPUT -j REMORA-SERVICES\n";
+
+/// `table` without its jump, for `iptables-restore --noflush` into a pod that has it already
+/// (the chain is emptied and refilled; nothing else is touched).
+pub fn without_jump(table: &str) -> String {
+    table.replacen(JUMP, "", 1)
+}
+
 /// An `iptables-restore` nat table sending each route's traffic to one of its endpoints:
 /// endpoint `i` of `n` is taken with probability `1/(n-i)` among what the earlier rules left,
 /// which is uniform overall (kube-proxy's scheme).
 pub fn nat_table(routes: &[ServiceRoute]) -> String {
     let mut table = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-         :POSTROUTING ACCEPT [0:0]\n:REMORA-SERVICES - [0:0]\n-A OUTPUT -j REMORA-SERVICES\n",
+         :POSTROUTING ACCEPT [0:0]\n:REMORA-SERVICES - [0:0]\n",
     );
+    table.push_str(JUMP);
     for route in routes.iter().filter(|r| r.cluster_ip.is_ipv4()) {
         let count = route.endpoints.len();
         for (i, endpoint) in route.endpoints.iter().enumerate() {
@@ -137,5 +148,8 @@ mod tests {
             ]
         );
         assert!(table.ends_with("COMMIT\n"));
+        let update = without_jump(&table);
+        assert!(!update.contains("-A OUTPUT"), "{update}");
+        assert_eq!(update.lines().count(), table.lines().count() - 1);
     }
 }

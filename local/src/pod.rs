@@ -20,6 +20,7 @@ use super::{
     bins::Binaries,
     expand,
     hosts::EtcNetns,
+    kube_proxy,
     netns::{exec_in, run_checked, CommandError},
     network::{Network, PodNetwork},
     plan::PodPlan,
@@ -314,9 +315,8 @@ impl RunningPod {
     pub fn start(&mut self, cx: &StartContext<'_>) -> Result<(), PodError> {
         if self.plan.sidecar {
             self.start_sidecar(cx)?;
-        } else {
-            self.route_services(cx.service_nat)?;
         }
+        self.route_services(cx.service_nat)?;
         for index in 0..self.plan.containers.len() {
             self.start_container(index, cx.timeout)?;
         }
@@ -370,27 +370,39 @@ impl RunningPod {
         }
     }
 
-    /// Installs `table` (kube-proxy's rules) unless the pod has a sidecar, which handles
-    /// cluster IPs itself, or already has exactly these rules.
+    /// Installs `table` (kube-proxy's rules) unless the pod already has exactly these rules.
+    /// In a pod with a sidecar they go after `remora-init`'s, which stay: the app's
+    /// connections are captured before they meet them (the sidecar handles cluster IPs
+    /// itself), so only the sidecar's own connections to a cluster IP (`PASSTHROUGH`
+    /// balancing) are forwarded by them, as by kube-proxy's rules on a node.
     fn route_services(&mut self, table: &str) -> Result<(), PodError> {
-        if self.plan.sidecar || self.service_nat.as_deref() == Some(table) {
+        if self.service_nat.as_deref() == Some(table) {
             return Ok(());
         }
         let pod = self.info.id();
         let path = self.info.dir.join("kube-proxy.rules");
-        fs::write(&path, table).map_err(|source| PodError::Io {
+        let (text, flags): (String, &[&str]) = match (self.plan.sidecar, &self.service_nat) {
+            (false, _) => (table.to_owned(), &[]),
+            // The jump to the chain once; afterwards only the chain is replaced.
+            (true, None) => (table.to_owned(), &["--noflush"]),
+            (true, Some(_)) => (kube_proxy::without_jump(table), &["--noflush"]),
+        };
+        fs::write(&path, text).map_err(|source| PodError::Io {
             pod: pod.clone(),
             what: "writing its Service rules",
             source,
         })?;
+        let mut argv = vec![OsStr::new("iptables-restore")];
+        argv.extend(flags.iter().map(OsStr::new));
+        argv.push(path.as_os_str());
         self.info
-            .run(&[OsStr::new("iptables-restore"), path.as_os_str()])
+            .run(&argv)
             .map_err(|source| PodError::Command { pod, source })?;
         self.service_nat = Some(table.to_owned());
         Ok(())
     }
 
-    /// Updates the Service rules of a started pod without a sidecar.
+    /// Updates the Service rules of a started pod.
     pub fn update_service_routes(&mut self, table: &str) -> Result<(), PodError> {
         if self.service_nat.is_some() {
             self.route_services(table)?;

@@ -52,7 +52,7 @@ use crate::{
     tunnel::TunnelClient,
 };
 
-use balance::{Balancers, Upstream};
+use balance::{Balancers, Original, Upstream};
 use routes::{PortRoutes, Routes};
 
 /// What the outbound side shares across connections.
@@ -133,7 +133,7 @@ impl Backend {
     /// The endpoint of a connection that is not HTTP, whose ClientHello (if TLS) names `sni`:
     /// by the port's first `tcp`/`tls` route that takes it (its backend chosen by weight), else
     /// one of the port's own endpoints.
-    fn pick(&self, sni: Option<&str>) -> Result<Arc<Upstream>, RequestError> {
+    fn pick(&self, sni: Option<&str>, original: &Original) -> Result<Arc<Upstream>, RequestError> {
         match self {
             Backend::Routed(routes) => {
                 let resolved = routes.load();
@@ -158,7 +158,7 @@ impl Backend {
                         }
                     }
                 };
-                balancer.pick(&[]).map_err(retry::no_upstream)
+                balancer.pick(&[], original).map_err(retry::no_upstream)
             }
             Backend::Fixed(upstream) => Ok(upstream.clone()),
             Backend::Blackhole(dst) => Err(RequestError::Blackhole(*dst)),
@@ -201,21 +201,22 @@ where
         ))),
         Logical::Blackhole(dst) => Backend::Blackhole(dst),
     };
+    let original = Original::new(accepted.orig_dst);
     let detected = detect(accepted.io, outbound.detect_timeout).await?;
     outbound
         .metrics
         .connection("outbound", detected.protocol.name());
     match detected.protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            http::serve(outbound, backend, detected.protocol, detected.io).await
+            http::serve(outbound, backend, original, detected.protocol, detected.io).await
         }
         Protocol::Tls if backend.routes_by_sni() => {
             let (hello, io) = tls::client_hello(detected.io, outbound.detect_timeout).await?;
-            let upstream = backend.pick(hello.server_name.as_deref());
+            let upstream = backend.pick(hello.server_name.as_deref(), &original);
             tcp::forward(&outbound, upstream, io).await
         }
         Protocol::Tls | Protocol::Opaque => {
-            tcp::forward(&outbound, backend.pick(None), detected.io).await
+            tcp::forward(&outbound, backend.pick(None, &original), detected.io).await
         }
     }
 }

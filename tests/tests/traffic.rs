@@ -1455,6 +1455,53 @@ fn outlier_detection_ejects_a_failing_endpoint_then_readmits_it() -> anyhow::Res
 }
 
 // ---------------------------------------------------------------------------------------------
+// PASSTHROUGH balancing
+
+/// Service `pt` in front of two echo pods, whose DestinationRule balances `PASSTHROUGH`.
+fn passthrough() -> String {
+    let mut manifest = SHOP.to_owned();
+    manifest += &echo_deployment("pt-a", "app: pt", &[]);
+    manifest += &echo_deployment("pt-b", "app: pt", &[]);
+    manifest += &service("pt", "app: pt");
+    manifest += r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pt, namespace: shop}
+spec:
+  host: pt
+  trafficPolicy:
+    loadBalancer: {simple: PASSTHROUGH}
+"#;
+    manifest
+}
+
+#[test]
+fn passthrough_sends_requests_to_the_address_the_app_dialled() -> anyhow::Result<()> {
+    let mesh = cluster("traffic-passthrough", passthrough())?;
+    let sleep = mesh.pod_in("client", "sleep")?;
+    let replies = Requests::get(url("pt", "/"))
+        .times(64)
+        .parallel(16)
+        .send(&sleep)?;
+    let pods = answering(&replies)?;
+    ensure!(
+        pods == ["pt-a-0".to_owned(), "pt-b-0".to_owned()].into(),
+        "the cluster IP's forwarding reaches both pods: {pods:?}"
+    );
+    // The sidecar dialled the cluster IP itself, in the clear (as Envoy's ORIGINAL_DST
+    // cluster does), and the Service's forwarding chose the pod: no mesh hop, so the
+    // backend's sidecar has no client certificate to report.
+    for reply in &replies {
+        ensure!(
+            reply.seen("x-forwarded-client-cert")?.is_none(),
+            "a mesh hop: {reply:?}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Connection pool limits
 
 fn pool() -> String {

@@ -16,7 +16,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -106,6 +106,39 @@ impl Upstream {
     fn ejected(&self, now: Instant) -> bool {
         let until = self.load.ejected_until.load(Ordering::Relaxed);
         until != 0 && self.load.micros(now) < until
+    }
+}
+
+/// The address an app connection was sent to, as the endpoint of backends balanced
+/// `PASSTHROUGH`: reached directly, in the clear (kube-proxy, or whatever owns the address,
+/// forwards it), built on first use and kept for the connection's life.
+pub struct Original {
+    address: SocketAddr,
+    upstream: OnceLock<Arc<Upstream>>,
+}
+
+impl Original {
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            upstream: OnceLock::new(),
+        }
+    }
+
+    fn upstream(&self) -> Arc<Upstream> {
+        self.upstream
+            .get_or_init(|| {
+                Arc::new(Upstream {
+                    endpoint: Endpoint {
+                        address: self.address,
+                        identity: None,
+                        workload: None,
+                    },
+                    way: Way::Direct,
+                    load: Load::default(),
+                })
+            })
+            .clone()
     }
 }
 
@@ -289,10 +322,18 @@ impl Balancer {
     }
 
     /// An endpoint for the next try, preferring ones not in `tried` (a retry goes elsewhere
-    /// when it can) and not ejected.
-    pub fn pick(&self, tried: &[SocketAddr]) -> Result<Arc<Upstream>, NoUpstream> {
-        let upstreams = self.upstreams.load();
+    /// when it can) and not ejected; under `PASSTHROUGH`, the address the app connection was
+    /// sent to.
+    pub fn pick(
+        &self,
+        tried: &[SocketAddr],
+        original: &Original,
+    ) -> Result<Arc<Upstream>, NoUpstream> {
         let policy = self.policy.load();
+        if policy.load_balancer == LoadBalancer::Passthrough {
+            return Ok(original.upstream());
+        }
+        let upstreams = self.upstreams.load();
         // The clock is read only when something can be ejected.
         let now = policy.outlier.is_some().then(Instant::now);
         let eligible = |u: &&Arc<Upstream>| {
@@ -330,6 +371,8 @@ impl Balancer {
                     let pending = u.load.pending.load(Ordering::Relaxed) as f64;
                     u.load.estimate.lock().rtt * (pending + 1.0)
                 }),
+                // Answered by `pick` before any endpoint is chosen.
+                LoadBalancer::Passthrough => None,
             },
         }
     }

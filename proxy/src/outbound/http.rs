@@ -33,7 +33,7 @@ use crate::{
 };
 
 use super::{
-    balance::Upstream,
+    balance::{Original, Upstream},
     filters, mirror,
     retry::{self, RequestBody},
     routes::Resolved,
@@ -45,6 +45,7 @@ use super::{
 pub(super) async fn serve<IO>(
     outbound: Arc<Outbound>,
     backend: Backend,
+    original: Original,
     protocol: Protocol,
     io: PrefixedIo<IO>,
 ) -> Result<(), ConnectionError>
@@ -53,7 +54,11 @@ where
 {
     let drain = outbound.drain.clone();
     let metrics = outbound.metrics.clone();
-    let target = Arc::new(Destination { outbound, backend });
+    let target = Arc::new(Destination {
+        outbound,
+        backend,
+        original,
+    });
     let stages = tower::service_fn(move |req| {
         let target = target.clone();
         async move { target.forward(req).await }
@@ -71,6 +76,7 @@ where
 struct Destination {
     outbound: Arc<Outbound>,
     backend: Backend,
+    original: Original,
 }
 
 impl Destination {
@@ -207,14 +213,31 @@ impl Destination {
         };
         share.request_headers.apply(&mut parts.headers);
         if headers::is_upgrade_head(parts.version, &parts.headers) {
-            let upstream = balancer.pick(&[]).map_err(retry::no_upstream)?;
+            let upstream = balancer
+                .pick(&[], &self.original)
+                .map_err(retry::no_upstream)?;
             let req = Request::from_parts(parts, body);
             let response = Box::pin(upgrade_to(&self.outbound, &upstream, req)).await?;
             return Ok(response);
         }
         let (body, first) = RequestBody::new(body);
-        mirror::spawn(&self.outbound, route, &resolved, &parts, &body);
-        let tries = retry::tries(&self.outbound, balancer, &route.retry, parts, body, first);
+        mirror::spawn(
+            &self.outbound,
+            route,
+            &resolved,
+            &parts,
+            &body,
+            &self.original,
+        );
+        let tries = retry::tries(
+            &self.outbound,
+            balancer,
+            &self.original,
+            &route.retry,
+            parts,
+            body,
+            first,
+        );
         let mut response = match route.timeout {
             Some(limit) => tokio::time::timeout(limit, tries)
                 .await

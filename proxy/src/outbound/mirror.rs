@@ -10,6 +10,7 @@ use http::{request::Parts, Request};
 use remora_api::route::Route;
 
 use super::{
+    balance::Original,
     retry::RequestBody,
     routes::Resolved,
     send::{copy_head, send},
@@ -26,6 +27,7 @@ pub fn spawn(
     resolved: &Resolved,
     parts: &Parts,
     body: &RequestBody,
+    original: &Original,
 ) {
     for mirror in &route.mirrors {
         let Some(index) = mirror.backend else {
@@ -34,7 +36,9 @@ pub fn spawn(
         if !mirror.percent.hit(rand::random()) {
             continue;
         }
-        let balancer = resolved.balancers[index].clone();
+        let Ok(upstream) = resolved.balancers[index].pick(&[], original) else {
+            continue;
+        };
         let head = copy_head(parts);
         let body = body.clone();
         let outbound = outbound.clone();
@@ -45,9 +49,6 @@ pub fn spawn(
                     Some(body) => body,
                     None => return,
                 },
-            };
-            let Ok(upstream) = balancer.pick(&[]) else {
-                return;
             };
             let request = send(&outbound, &upstream, Request::from_parts(head, body));
             match tokio::time::timeout(MIRROR_TIMEOUT, request).await {

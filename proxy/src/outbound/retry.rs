@@ -20,7 +20,7 @@ use crate::{
 };
 
 use super::{
-    balance::{Balancer, NoUpstream},
+    balance::{Balancer, NoUpstream, Original},
     send::{copy_head, send},
     Outbound,
 };
@@ -88,6 +88,7 @@ pub fn no_upstream(reason: NoUpstream) -> RequestError {
 pub async fn tries(
     outbound: &Outbound,
     balancer: &Arc<Balancer>,
+    original: &Original,
     policy: &RetryPolicy,
     mut parts: Parts,
     body: RequestBody,
@@ -102,7 +103,7 @@ pub async fn tries(
     loop {
         let last = attempt > policy.attempts;
         let admitted = balancer.admit(&pool.pool).await.map_err(no_upstream)?;
-        let upstream = balancer.pick(&tried).map_err(no_upstream)?;
+        let upstream = balancer.pick(&tried, original).map_err(no_upstream)?;
         let Some(try_body) = next_body.take() else {
             return Err(RequestError::NoHealthyUpstream);
         };

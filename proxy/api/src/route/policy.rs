@@ -348,6 +348,9 @@ pub enum LoadBalancer {
     RoundRobin,
     LeastRequest,
     Random,
+    /// No choice: each request goes to the address its connection was sent to (Envoy's
+    /// `ORIGINAL_DST`), in the clear, as kube-proxy then forwards it.
+    Passthrough,
 }
 
 /// How the client sidecar reaches a backend's endpoints (`tls.mode`).
@@ -447,12 +450,7 @@ impl DestinationPolicy {
             "ROUND_ROBIN" => LoadBalancer::RoundRobin,
             "LEAST_REQUEST" | "LEAST_CONN" => LoadBalancer::LeastRequest,
             "RANDOM" => LoadBalancer::Random,
-            // Requests leave through the endpoints the snapshot names, so there is no
-            // caller's own destination to dial yet.
-            "PASSTHROUGH" => {
-                problems.push("loadBalancer: PASSTHROUGH is not supported yet".to_owned());
-                LoadBalancer::PeakEwma
-            }
+            "PASSTHROUGH" => LoadBalancer::Passthrough,
             other => {
                 problems.push(format!("loadBalancer: {other:?} is not a load balancer"));
                 LoadBalancer::PeakEwma
@@ -473,6 +471,12 @@ impl DestinationPolicy {
                 TlsMode::IstioMutual
             }
         };
+        if load_balancer == LoadBalancer::Passthrough && matches!(tls, TlsMode::Originate(_)) {
+            problems.push(
+                "loadBalancer: PASSTHROUGH with tls SIMPLE or MUTUAL is not supported yet"
+                    .to_owned(),
+            );
+        }
         let limit = |n: u32| (n > 0).then_some(n);
         let pool = source
             .connection_pool

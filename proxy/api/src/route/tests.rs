@@ -770,6 +770,12 @@ fn destination_policies() {
         (Some(1), Duration::from_secs(10), 10)
     );
     assert_eq!(policy.tls, TlsMode::Disable);
+    let passthrough = DestinationPolicy::compile(Some(&proto::TrafficPolicy {
+        load_balancer: "PASSTHROUGH".into(),
+        ..Default::default()
+    }))
+    .expect("valid");
+    assert_eq!(passthrough.load_balancer, LoadBalancer::Passthrough);
     for (bad, expected) in [
         (
             proto::TrafficPolicy {
@@ -784,6 +790,14 @@ fn destination_policies() {
                 ..Default::default()
             },
             "tlsMode: \"OPPORTUNISTIC\"",
+        ),
+        (
+            proto::TrafficPolicy {
+                load_balancer: "PASSTHROUGH".into(),
+                tls_mode: "SIMPLE".into(),
+                ..Default::default()
+            },
+            "loadBalancer: PASSTHROUGH with tls SIMPLE or MUTUAL is not supported yet",
         ),
         (
             proto::TrafficPolicy {

@@ -44,6 +44,29 @@ const OK: Attempt = Attempt::Answered {
     grpc: None,
 };
 
+/// A connection's original destination no test balancer passes through to.
+fn nowhere() -> Original {
+    Original::new(SocketAddr::from(([198, 19, 0, 1], 80)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn passthrough_sends_every_try_to_the_original_destination() {
+    let (b, ups) = balancer(3, policy(LoadBalancer::Passthrough));
+    let original = SocketAddr::from(([198, 19, 7, 7], 9080));
+    let connection = Original::new(original);
+    let tried = [address(&ups[0])];
+    for _ in 0..3 {
+        let upstream = b.pick(&tried, &connection).expect("the original");
+        assert_eq!(address(&upstream), original);
+        assert!(matches!(upstream.way, Way::Direct));
+    }
+    let (empty, _) = balancer(0, policy(LoadBalancer::Passthrough));
+    assert!(
+        empty.pick(&[], &connection).is_ok(),
+        "no endpoint is needed"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn retries_prefer_endpoints_not_tried_and_any_beats_none() {
     for algorithm in [
@@ -56,26 +79,26 @@ async fn retries_prefer_endpoints_not_tried_and_any_beats_none() {
         let tried = [address(&ups[0]), address(&ups[1])];
         for _ in 0..20 {
             assert_eq!(
-                address(&b.pick(&tried).expect("one")),
+                address(&b.pick(&tried, &nowhere()).expect("one")),
                 address(&ups[2]),
                 "{algorithm:?}"
             );
         }
         let all: Vec<SocketAddr> = ups.iter().map(|u| address(u)).collect();
         assert!(
-            b.pick(&all).is_ok(),
+            b.pick(&all, &nowhere()).is_ok(),
             "{algorithm:?}: every endpoint tried, one is still chosen"
         );
     }
     let (empty, _) = balancer(0, DestinationPolicy::default());
-    assert_eq!(empty.pick(&[]).err(), Some(NoUpstream::Empty));
+    assert_eq!(empty.pick(&[], &nowhere()).err(), Some(NoUpstream::Empty));
 }
 
 #[tokio::test(start_paused = true)]
 async fn round_robin_takes_turns() {
     let (b, ups) = balancer(3, policy(LoadBalancer::RoundRobin));
     let picked: Vec<SocketAddr> = (0..6)
-        .map(|_| address(&b.pick(&[]).expect("one")))
+        .map(|_| address(&b.pick(&[], &nowhere()).expect("one")))
         .collect();
     let expected: Vec<SocketAddr> = ups.iter().chain(ups.iter()).map(|u| address(u)).collect();
     assert_eq!(picked, expected);
@@ -87,7 +110,10 @@ async fn two_choices_take_the_cheaper_endpoint() {
     let (b, ups) = balancer(2, policy(LoadBalancer::LeastRequest));
     let _busy: Vec<InFlight> = (0..3).map(|_| ups[0].start(false)).collect();
     for _ in 0..20 {
-        assert_eq!(address(&b.pick(&[]).expect("one")), address(&ups[1]));
+        assert_eq!(
+            address(&b.pick(&[], &nowhere()).expect("one")),
+            address(&ups[1])
+        );
     }
     let (b, ups) = balancer(2, policy(LoadBalancer::PeakEwma));
     // A slow answer raises the estimate at once (the peak)...
@@ -96,14 +122,20 @@ async fn two_choices_take_the_cheaper_endpoint() {
     tokio::time::advance(Duration::from_millis(500)).await;
     drop(slow);
     for _ in 0..20 {
-        assert_eq!(address(&b.pick(&[]).expect("one")), address(&ups[1]));
+        assert_eq!(
+            address(&b.pick(&[], &nowhere()).expect("one")),
+            address(&ups[1])
+        );
     }
     // ...and fast answers decay it back below the untried endpoint's 30 ms.
     for _ in 0..50 {
         tokio::time::advance(Duration::from_secs(1)).await;
         drop(ups[0].start(true));
     }
-    assert_eq!(address(&b.pick(&[]).expect("one")), address(&ups[0]));
+    assert_eq!(
+        address(&b.pick(&[], &nowhere()).expect("one")),
+        address(&ups[0])
+    );
 }
 
 fn outlier(consecutive_5xx: u32, max_ejection_percent: u32) -> DestinationPolicy {
@@ -133,7 +165,10 @@ async fn consecutive_errors_eject_until_the_interval_after_the_ejection_time() {
     b.report(&ups[0], FAILED);
     assert!(ups[0].ejected(Instant::now()));
     for _ in 0..10 {
-        assert_eq!(address(&b.pick(&[]).expect("one")), address(&ups[1]));
+        assert_eq!(
+            address(&b.pick(&[], &nowhere()).expect("one")),
+            address(&ups[1])
+        );
     }
     tokio::time::advance(Duration::from_millis(2900)).await;
     assert!(ups[0].ejected(Instant::now()), "still within its 3 s");

@@ -2142,10 +2142,16 @@ fn host_names_are_checked_as_istio_checks_them() {
 
 #[test]
 fn policies_the_sidecar_cannot_apply_yet_are_refused_by_name() {
-    let cases = [(
-        "loadBalancer: {simple: PASSTHROUGH}",
-        "PASSTHROUGH is not supported yet",
-    )];
+    let cases = [
+        (
+            "loadBalancer: {simple: PASSTHROUGH}, tls: {mode: SIMPLE}",
+            "PASSTHROUGH with tls SIMPLE or MUTUAL is not supported yet",
+        ),
+        (
+            "connectionPool: {tcp: {connectTimeout: 1s}}",
+            "connectionPool.tcp.connectTimeout: not supported yet",
+        ),
+    ];
     for (policy, expected) in cases {
         let text = format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
