@@ -1,6 +1,7 @@
 //! Remora's control plane (the role istiod plays in Istio): the mesh CA ([`ca`], with the
 //! service-account [`token`]s that prove who asks), the config pipeline ([`config`]) and the
-//! discovery server that pushes each sidecar its snapshot ([`server`]).
+//! discovery server that pushes each sidecar its snapshot ([`server`]), and sidecar injection
+//! ([`inject`]: one pure engine behind the admission webhook and `remoractl kube-inject`).
 //!
 //! Only what the control plane runs lives here, so its image carries nothing else. The local
 //! cluster launcher (`remora-local`) and `remoractl` are crates of their own on top of this
@@ -10,5 +11,6 @@
 
 pub mod ca;
 pub mod config;
+pub mod inject;
 pub mod server;
 pub mod token;

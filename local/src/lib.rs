@@ -31,7 +31,6 @@ mod error;
 mod expand;
 mod files;
 mod hosts;
-mod inject;
 mod kube_proxy;
 mod manifests;
 mod netns;

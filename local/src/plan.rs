@@ -13,7 +13,7 @@ use remora_injector::config::{
     Catalog, ProxyConfigError, SidecarConfig,
 };
 
-use super::inject::{self, Candidate};
+use remora_injector::inject::decision::{self as inject, Candidate};
 
 /// Why a Deployment cannot run locally, naming the field at fault.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,12 @@ const DEFAULT_REVISION: &str = "default";
 /// Pod label (or legacy annotation) opting a pod in or out.
 pub const POD_INJECT: &str = "sidecar.istio.io/inject";
 /// Namespaces Istio's injector never injects into (its `IgnoredNamespaces`).
-const IGNORED_NAMESPACES: [&str; 2] = ["kube-system", "kube-public"];
+const IGNORED_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "local-path-storage",
+];
 
 /// A pod as the injection webhook sees it: what its decision depends on.
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +39,7 @@ pub struct Candidate<'a> {
 /// label says `false`, and for pods labelled `sidecar.istio.io/inject=true` in namespaces with
 /// neither label; a namespace labelled anything else (`disabled`, another revision) gets no
 /// sidecars from it. A called webhook skips `hostNetwork` pods (its iptables rules would
-/// rewrite the node's routing) and the `kube-system`/`kube-public` namespaces, then reads the
+/// rewrite the node's routing) and Kubernetes' own namespaces, then reads the
 /// pod's label (or, without one, its legacy annotation) as YAML booleans do: empty means the
 /// default (inject), `y`/`yes`/`true`/`on` inject, anything else does not.
 pub fn wants_sidecar(pod: Candidate<'_>) -> bool {
