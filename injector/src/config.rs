@@ -22,7 +22,7 @@ mod catalog;
 pub mod cluster_ip;
 pub(crate) mod directory;
 pub mod endpoints;
-mod mesh;
+pub(crate) mod mesh;
 mod objects;
 mod routing;
 mod security;

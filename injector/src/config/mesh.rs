@@ -33,6 +33,8 @@ pub(crate) struct MeshConfig {
     access_log_file: String,
     access_log_encoding: AccessLogEncoding,
     path_normalization: PathNormalization,
+    /// Whether injection points Prometheus at the sidecar, which merges the app's metrics.
+    enable_prometheus_merge: bool,
 }
 
 impl Default for MeshConfig {
@@ -47,6 +49,7 @@ impl Default for MeshConfig {
             access_log_file: String::new(),
             access_log_encoding: AccessLogEncoding::default(),
             path_normalization: PathNormalization::default(),
+            enable_prometheus_merge: true,
         }
     }
 }
@@ -107,6 +110,8 @@ pub(crate) struct ProxyConfig {
     /// (so it is read at injection, not sent in snapshots).
     pub(crate) proxy_metadata: BTreeMap<String, String>,
     gateway_topology: GatewayTopology,
+    /// Start the app only once the sidecar is ready (injection puts the sidecar first).
+    pub(crate) hold_application_until_proxy_starts: Option<bool>,
 }
 
 /// `gatewayTopology`: what lies in front of the proxy.
@@ -162,6 +167,10 @@ impl MeshConfig {
 
     pub(crate) fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    pub(crate) fn enable_prometheus_merge(&self) -> bool {
+        self.enable_prometheus_merge
     }
 
     /// The `ProxyConfig` of a pod's sidecar: `defaultConfig` with the pod's
@@ -246,7 +255,44 @@ impl ProxyConfig {
                     .num_trusted_proxies
                     .or(self.gateway_topology.num_trusted_proxies),
             },
+            hold_application_until_proxy_starts: pod
+                .hold_application_until_proxy_starts
+                .or(self.hold_application_until_proxy_starts),
         }
+    }
+
+    /// The fields set, as protobuf JSON (`PROXY_CONFIG`, which the sidecar reads before its
+    /// first snapshot): `{}` when none is.
+    pub(crate) fn to_json(&self) -> String {
+        let mut json = Map::new();
+        if let Some(drain) = self.drain_duration {
+            json.insert(
+                "drainDuration".to_owned(),
+                Value::from(format!("{}s", drain.as_secs_f64())),
+            );
+        }
+        if let Some(concurrency) = self.concurrency {
+            json.insert("concurrency".to_owned(), Value::from(concurrency));
+        }
+        if let Some(sampling) = self.tracing.sampling {
+            json.insert("tracing".to_owned(), serde_json::json!({"sampling": sampling}));
+        }
+        if let Some(hops) = self.gateway_topology.num_trusted_proxies {
+            json.insert(
+                "gatewayTopology".to_owned(),
+                serde_json::json!({"numTrustedProxies": hops}),
+            );
+        }
+        if let Some(hold) = self.hold_application_until_proxy_starts {
+            json.insert("holdApplicationUntilProxyStarts".to_owned(), Value::from(hold));
+        }
+        if !self.proxy_metadata.is_empty() {
+            json.insert(
+                "proxyMetadata".to_owned(),
+                serde_json::to_value(&self.proxy_metadata).unwrap_or_default(),
+            );
+        }
+        Value::Object(json).to_string()
     }
 }
 
