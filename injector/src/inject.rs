@@ -12,11 +12,12 @@
 pub mod decision;
 mod init;
 mod metadata;
-mod prometheus;
 mod probes;
+mod prometheus;
 mod proxy;
 mod resources;
 pub mod values;
+mod workloads;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,7 @@ pub use init::{INIT_COMMAND, STATUS_PORT_ANNOTATION};
 pub use metadata::{Status, Workload};
 pub use proxy::PROXY_COMMAND;
 pub use values::Values;
+pub use workloads::{inject_manifests, Injected, ManifestError};
 
 /// The injected init container's name.
 pub const INIT_CONTAINER: &str = "istio-init";
@@ -98,8 +100,13 @@ impl Injector {
         let status_port = self.status_port(&annotations)?;
         let previous = strip(&mut spec, &mut annotations, status_port);
 
-        let pod_config = ProxyConfig::of_pod(Some(&annotations))
-            .map_err(|e| InjectError::annotation(crate::config::well_known::PROXY_CONFIG_ANNOTATION, "", &e.to_string()))?;
+        let pod_config = ProxyConfig::of_pod(Some(&annotations)).map_err(|e| {
+            InjectError::annotation(
+                crate::config::well_known::PROXY_CONFIG_ANNOTATION,
+                "",
+                &e.to_string(),
+            )
+        })?;
         let proxy_config = self.mesh.proxy_config(pod_config.as_ref());
         let values = &self.values;
         let init_image = resources::image(values, &values.global.proxy_init.image, &annotations);
@@ -125,9 +132,9 @@ impl Injector {
             self.mesh.enable_prometheus_merge(),
             status_port,
         )?;
-        let scrape = scrape
-            .map(|s| s.to_json())
-            .or(previous.scrape.filter(|_| prometheus::points_at(&annotations, status_port)));
+        let scrape = scrape.map(|s| s.to_json()).or(previous
+            .scrape
+            .filter(|_| prometheus::points_at(&annotations, status_port)));
         let probers = if probes::enabled(values, &annotations) && status_port != 0 {
             probes::rewrite(&mut spec.containers, status_port)
         } else {
@@ -150,7 +157,9 @@ impl Injector {
 
         let native = annotations
             .get(NATIVE_SIDECAR_ANNOTATION)
-            .map_or(values.sidecar_injector_webhook.native_sidecars, |v| v != "false");
+            .map_or(values.sidecar_injector_webhook.native_sidecars, |v| {
+                v != "false"
+            });
         let hold = proxy_config
             .hold_application_until_proxy_starts
             .unwrap_or(values.global.proxy.hold_application_until_proxy_starts);
@@ -190,9 +199,9 @@ impl Injector {
     fn status_port(&self, annotations: &BTreeMap<String, String>) -> Result<u16, InjectError> {
         match annotations.get(STATUS_PORT_ANNOTATION) {
             None => Ok(self.values.global.proxy.status_port),
-            Some(port) => port
-                .parse()
-                .map_err(|_| InjectError::annotation(STATUS_PORT_ANNOTATION, port, "not a port number")),
+            Some(port) => port.parse().map_err(|_| {
+                InjectError::annotation(STATUS_PORT_ANNOTATION, port, "not a port number")
+            }),
         }
     }
 }
@@ -218,7 +227,8 @@ fn strip(
     };
     let mut previous = Previous::default();
     let listed = |list: &Option<Vec<String>>, name: &str| {
-        list.as_ref().is_some_and(|names| names.iter().any(|n| n == name))
+        list.as_ref()
+            .is_some_and(|names| names.iter().any(|n| n == name))
     };
     let mut take_env = |container: &Container| {
         for var in container.env.iter().flatten() {
@@ -229,12 +239,17 @@ fn strip(
             }
         }
     };
-    for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for container in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         if container.name == PROXY_CONTAINER {
             take_env(container);
         }
     }
-    spec.containers.retain(|c| !listed(&status.containers, &c.name));
+    spec.containers
+        .retain(|c| !listed(&status.containers, &c.name));
     if let Some(init) = spec.init_containers.as_mut() {
         init.retain(|c| !listed(&status.init_containers, &c.name));
     }

@@ -3,12 +3,14 @@
 //! `remoractl ca` makes a mesh root and workload certificates with the control plane's own CA
 //! code, so they are what the control plane would issue; `remoractl authz check` decides a
 //! request with the sidecar's own policy engine, `remoractl route check` routes one with its
-//! own router; `remoractl local` drives the local cluster
+//! own router; `remoractl kube-inject` injects manifests with the control plane's own injection
+//! engine; `remoractl local` drives the local cluster
 //! launcher (`remora-local`). It is a crate of its own so that the control plane's
 //! crate and image carry neither this command nor the launcher behind it.
 
 mod args;
 mod authz;
+mod kube_inject;
 mod local;
 mod route;
 
@@ -37,6 +39,8 @@ enum Command {
     /// HTTPRoute / VirtualService: route a request as a workload's sidecar would, and explain it.
     #[command(subcommand)]
     Route(route::RouteCommand),
+    /// Add the sidecar to every pod in Kubernetes manifests, as the injection webhook would.
+    KubeInject(kube_inject::KubeInjectArgs),
     /// A local cluster on this machine: pods as network namespaces, no Kubernetes (needs root).
     #[command(subcommand)]
     Local(local::LocalCommand),
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Local(command) => return local::run(command),
         Command::Authz(command) => return authz::run(command),
         Command::Route(command) => return route::run(command),
+        Command::KubeInject(args) => return kube_inject::run(args),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = Authority::generate(&trust_domain)?;
             ca.save_new(&dir)?;

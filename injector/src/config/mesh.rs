@@ -275,7 +275,10 @@ impl ProxyConfig {
             json.insert("concurrency".to_owned(), Value::from(concurrency));
         }
         if let Some(sampling) = self.tracing.sampling {
-            json.insert("tracing".to_owned(), serde_json::json!({"sampling": sampling}));
+            json.insert(
+                "tracing".to_owned(),
+                serde_json::json!({"sampling": sampling}),
+            );
         }
         if let Some(hops) = self.gateway_topology.num_trusted_proxies {
             json.insert(
@@ -284,7 +287,10 @@ impl ProxyConfig {
             );
         }
         if let Some(hold) = self.hold_application_until_proxy_starts {
-            json.insert("holdApplicationUntilProxyStarts".to_owned(), Value::from(hold));
+            json.insert(
+                "holdApplicationUntilProxyStarts".to_owned(),
+                Value::from(hold),
+            );
         }
         if !self.proxy_metadata.is_empty() {
             json.insert(

@@ -34,37 +34,65 @@ pub struct Candidate<'a> {
     pub host_network: bool,
 }
 
-/// Istio's decision. The default revision's webhook is called for pods in a namespace labelled
-/// `istio-injection=enabled` (or, without that label, `istio.io/rev=default`) unless the pod
-/// label says `false`, and for pods labelled `sidecar.istio.io/inject=true` in namespaces with
-/// neither label; a namespace labelled anything else (`disabled`, another revision) gets no
-/// sidecars from it. A called webhook skips `hostNetwork` pods (its iptables rules would
-/// rewrite the node's routing) and Kubernetes' own namespaces, then reads the
-/// pod's label (or, without one, its legacy annotation) as YAML booleans do: empty means the
-/// default (inject), `y`/`yes`/`true`/`on` inject, anything else does not.
+/// Istio's decision, in its two stages: whether one of the default revision's webhooks is
+/// called for the pod ([`webhook_selects`]), then whether the webhook injects it
+/// ([`required`]).
 pub fn wants_sidecar(pod: Candidate<'_>) -> bool {
-    let pod_label = pod.labels.get(POD_INJECT).map(String::as_str);
-    let webhook_called = match pod.namespace_labels.get(NAMESPACE_INJECTION_LABEL) {
+    webhook_selects(pod.namespace_labels, pod.labels)
+        && required(pod.namespace, pod.labels, pod.annotations, pod.host_network).is_ok()
+}
+
+/// Whether the default revision's webhook configuration selects a pod with `labels` in a
+/// namespace with `namespace_labels`: in a namespace labelled `istio-injection=enabled` (or,
+/// without that label, `istio.io/rev=default`) unless the pod label says `false`; in a
+/// namespace with neither label, a pod labelled `sidecar.istio.io/inject=true` (or revision
+/// `default`, unless `inject=false`). A namespace labelled anything else (`disabled`, another
+/// revision) gets no sidecars from it.
+pub fn webhook_selects(
+    namespace_labels: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let pod_label = labels.get(POD_INJECT).map(String::as_str);
+    match namespace_labels.get(NAMESPACE_INJECTION_LABEL) {
         Some(value) => value == "enabled" && pod_label != Some("false"),
-        None => match pod.namespace_labels.get(NAMESPACE_REVISION_LABEL) {
+        None => match namespace_labels.get(NAMESPACE_REVISION_LABEL) {
             Some(revision) => revision == DEFAULT_REVISION && pod_label != Some("false"),
-            // Neither namespace label: the pod's own labels select a webhook, `inject=true`
-            // without a revision (Istio's `object.` webhook) or revision `default` unless
-            // `inject=false` (`rev.object.`).
-            None => match pod.labels.get(NAMESPACE_REVISION_LABEL).map(String::as_str) {
+            None => match labels.get(NAMESPACE_REVISION_LABEL).map(String::as_str) {
                 None => pod_label == Some("true"),
                 Some(revision) => revision == DEFAULT_REVISION && pod_label != Some("false"),
             },
         },
-    };
-    if !webhook_called || pod.host_network || IGNORED_NAMESPACES.contains(&pod.namespace) {
-        return false;
     }
-    let selector = pod_label
-        .or_else(|| pod.annotations.get(POD_INJECT).map(String::as_str))
+}
+
+/// Whether a called webhook injects the pod (Istio's `injectRequired`, policy `enabled`):
+/// never a `hostNetwork` pod (its iptables rules would rewrite the node's routing) nor one in
+/// Kubernetes' own namespaces; otherwise as the pod's label (or, without one, its legacy
+/// annotation) says, read as YAML booleans are: empty means the default (inject),
+/// `y`/`yes`/`true`/`on` inject, anything else does not. `Err` says why not.
+pub fn required(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    host_network: bool,
+) -> Result<(), &'static str> {
+    if host_network {
+        return Err("has host networking enabled");
+    }
+    if IGNORED_NAMESPACES.contains(&namespace) {
+        return Err("is in a namespace Kubernetes owns");
+    }
+    let selector = labels
+        .get(POD_INJECT)
+        .or_else(|| annotations.get(POD_INJECT))
+        .map(String::as_str)
         .unwrap_or_default()
         .to_ascii_lowercase();
-    matches!(selector.as_str(), "" | "y" | "yes" | "true" | "on")
+    if matches!(selector.as_str(), "" | "y" | "yes" | "true" | "on") {
+        Ok(())
+    } else {
+        Err("has sidecar injection disabled")
+    }
 }
 
 #[cfg(test)]

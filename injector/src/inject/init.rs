@@ -111,13 +111,12 @@ fn arguments(
         })?,
         None => proxy.status_port,
     };
-    let excluded = annotated(&EXCLUDE_INBOUND_PORTS).unwrap_or_else(|| proxy.exclude_inbound_ports.clone());
+    let excluded =
+        annotated(&EXCLUDE_INBOUND_PORTS).unwrap_or_else(|| proxy.exclude_inbound_ports.clone());
     let excluded = with_status_port(status_port, &excluded);
-    let mut args: Vec<String> = [
-        "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut args: Vec<String> = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT"]
+        .map(str::to_owned)
+        .to_vec();
     let mut set = |flag: &str, value: String| {
         args.push(flag.to_owned());
         args.push(value);
@@ -169,7 +168,11 @@ fn with_status_port(port: u16, list: &str) -> String {
     if list.split(',').any(|p| p == port) {
         return list.to_owned();
     }
-    let mut ports: Vec<&str> = list.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let mut ports: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
     ports.push(&port);
     ports.join(",")
 }

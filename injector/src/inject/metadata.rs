@@ -124,7 +124,9 @@ pub fn add_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
     ])
     .unwrap_or_else(|| workload.name.clone());
     let name: String = name.chars().take(63).collect();
-    let name = name.trim_matches(|c| matches!(c, '-' | '_' | '.')).to_owned();
+    let name = name
+        .trim_matches(|c| matches!(c, '-' | '_' | '.'))
+        .to_owned();
     let revision = first([
         "service.istio.io/canonical-revision",
         "app.kubernetes.io/version",

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{Container, HTTPGetAction, Probe},
+    api::core::v1::{Container, Probe},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde_json::{json, Map, Value};
@@ -76,7 +76,11 @@ pub fn rewrite(containers: &mut [Container], status_port: u16) -> BTreeMap<Strin
 
 /// The JSON of `probe`'s check as the sidecar performs it, unless it is an exec probe, its
 /// port is unknown, or it is already the status port.
-fn prober(probe: &Probe, resolve: &dyn Fn(&IntOrString) -> Option<i32>, status: i32) -> Option<Value> {
+fn prober(
+    probe: &Probe,
+    resolve: &dyn Fn(&IntOrString) -> Option<i32>,
+    status: i32,
+) -> Option<Value> {
     let mut check = Map::new();
     if let Some(http) = &probe.http_get {
         let port = resolve(&http.port).filter(|p| *p != status)?;
@@ -108,7 +112,7 @@ fn point_at_status_port(probe: &mut Probe, path: String, port: i32) {
     if probe.exec.is_some() {
         return;
     }
-    let mut http = probe.http_get.take().unwrap_or_else(HTTPGetAction::default);
+    let mut http = probe.http_get.take().unwrap_or_default();
     http.path = Some(path);
     http.port = IntOrString::Int(port);
     if http.scheme.as_deref() == Some("HTTPS") {
@@ -123,7 +127,9 @@ fn point_at_status_port(probe: &mut Probe, path: String, port: i32) {
 /// win: the probes it lists were rewritten already, so only it still knows their originals).
 pub fn env_value(previous: Option<&str>, new: BTreeMap<String, Value>) -> Option<String> {
     let mut all = new;
-    if let Some(previous) = previous.and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok()) {
+    if let Some(previous) =
+        previous.and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok())
+    {
         all.extend(previous);
     }
     (!all.is_empty()).then(|| serde_json::to_string(&all).unwrap_or_default())

@@ -20,7 +20,9 @@ const TARGETS: &str = "prometheus_istio_io_scrape_targets";
 /// The sidecar's variable holding the app's scrape settings.
 pub const ANNOTATIONS_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
 /// Ports an app cannot be scraped on: the sidecar's own.
-const RESERVED: [u16; 9] = [15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090];
+const RESERVED: [u16; 9] = [
+    15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090,
+];
 
 /// The app's scrape settings, in Istio's JSON layout.
 #[derive(Debug, Default, PartialEq, Serialize)]
@@ -41,7 +43,13 @@ struct Target {
 /// Prometheus' label name for an annotation key: anything outside `[a-zA-Z0-9_]` becomes `_`.
 fn sanitized(key: &str) -> String {
     key.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -118,7 +126,10 @@ pub fn merge(
     }
     forget(annotations);
     annotations.insert("prometheus.io/port".to_owned(), status);
-    annotations.insert("prometheus.io/path".to_owned(), "/stats/prometheus".to_owned());
+    annotations.insert(
+        "prometheus.io/path".to_owned(),
+        "/stats/prometheus".to_owned(),
+    );
     annotations.insert("prometheus.io/scrape".to_owned(), "true".to_owned());
     let empty = settings == Scrape::default();
     Ok((!empty).then_some(settings))

@@ -16,9 +16,7 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 
-use super::{
-    resources::proxy_resources, values::Values, InjectError, Workload, PROXY_CONTAINER,
-};
+use super::{resources::proxy_resources, values::Values, InjectError, Workload, PROXY_CONTAINER};
 
 /// The program the sidecar container runs (on the image's `PATH`).
 pub const PROXY_COMMAND: &str = "remora-proxy";
@@ -66,7 +64,9 @@ pub fn container(values: &Values, facts: &ProxyFacts<'_>) -> Result<Container, I
                 .parse::<u32>()
                 .ok()
                 .and_then(|v| i32::try_from(v).ok())
-                .ok_or_else(|| InjectError::annotation(annotation, value, "not a number of seconds or tries")),
+                .ok_or_else(|| {
+                    InjectError::annotation(annotation, value, "not a number of seconds or tries")
+                }),
         }
     };
     let ready = || HTTPGetAction {
@@ -80,7 +80,10 @@ pub fn container(values: &Values, facts: &ProxyFacts<'_>) -> Result<Container, I
             READINESS_INITIAL_DELAY,
             proxy.readiness_initial_delay_seconds,
         )?),
-        period_seconds: Some(probe_setting(READINESS_PERIOD, proxy.readiness_period_seconds)?),
+        period_seconds: Some(probe_setting(
+            READINESS_PERIOD,
+            proxy.readiness_period_seconds,
+        )?),
         timeout_seconds: Some(3),
         failure_threshold: Some(probe_setting(
             READINESS_FAILURE_THRESHOLD,
@@ -185,7 +188,11 @@ fn env(values: &Values, facts: &ProxyFacts<'_>) -> Vec<EnvVar> {
         value("ISTIO_META_APP_CONTAINERS", app_containers.join(",")),
         value(
             "ISTIO_META_CLUSTER_ID",
-            if cluster.is_empty() { "Kubernetes".to_owned() } else { cluster.clone() },
+            if cluster.is_empty() {
+                "Kubernetes".to_owned()
+            } else {
+                cluster.clone()
+            },
         ),
         field("ISTIO_META_NODE_NAME", "spec.nodeName"),
         value("ISTIO_META_INTERCEPTION_MODE", "REDIRECT".to_owned()),
@@ -194,7 +201,10 @@ fn env(values: &Values, facts: &ProxyFacts<'_>) -> Vec<EnvVar> {
         env.push(value("ISTIO_META_NETWORK", values.global.network.clone()));
     }
     if !facts.workload.name.is_empty() {
-        env.push(value("ISTIO_META_WORKLOAD_NAME", facts.workload.name.clone()));
+        env.push(value(
+            "ISTIO_META_WORKLOAD_NAME",
+            facts.workload.name.clone(),
+        ));
         env.push(value("ISTIO_META_OWNER", facts.workload.owner()));
     }
     let mesh_id = if values.global.mesh_id.is_empty() {

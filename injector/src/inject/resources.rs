@@ -5,7 +5,9 @@
 
 use std::{collections::BTreeMap, sync::LazyLock};
 
-use k8s_openapi::{api::core::v1::ResourceRequirements, apimachinery::pkg::api::resource::Quantity};
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements, apimachinery::pkg::api::resource::Quantity,
+};
 use regex::Regex;
 
 use super::{values::Values, InjectError};
@@ -19,8 +21,10 @@ const PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
 /// Kubernetes' quantity grammar: a signed decimal number, then an optional binary (`Ki`..`Ei`)
 /// or decimal (`n u m k M G T P E`) suffix or an exponent.
 static QUANTITY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
-        .unwrap_or_else(|e| panic!("the quantity pattern: {e}"))
+    Regex::new(
+        r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$",
+    )
+    .unwrap_or_else(|e| panic!("the quantity pattern: {e}"))
 });
 
 /// The resources of both injected containers.
@@ -45,22 +49,23 @@ pub fn proxy_resources(
             ..ResourceRequirements::default()
         });
     }
-    let pair = |cpu: &str, memory: &str| -> Result<Option<BTreeMap<String, Quantity>>, InjectError> {
-        let mut map = BTreeMap::new();
-        for (resource, annotation) in [("cpu", cpu), ("memory", memory)] {
-            if let Some(value) = annotations.get(annotation) {
-                if !QUANTITY.is_match(value) {
-                    return Err(InjectError::annotation(
-                        annotation,
-                        value,
-                        "not a resource quantity such as 100m or 128Mi",
-                    ));
+    let pair =
+        |cpu: &str, memory: &str| -> Result<Option<BTreeMap<String, Quantity>>, InjectError> {
+            let mut map = BTreeMap::new();
+            for (resource, annotation) in [("cpu", cpu), ("memory", memory)] {
+                if let Some(value) = annotations.get(annotation) {
+                    if !QUANTITY.is_match(value) {
+                        return Err(InjectError::annotation(
+                            annotation,
+                            value,
+                            "not a resource quantity such as 100m or 128Mi",
+                        ));
+                    }
+                    map.insert(resource.to_owned(), Quantity(value.clone()));
                 }
-                map.insert(resource.to_owned(), Quantity(value.clone()));
             }
-        }
-        Ok(Some(map).filter(|m| !m.is_empty()))
-    };
+            Ok(Some(map).filter(|m| !m.is_empty()))
+        };
     Ok(ResourceRequirements {
         requests: pair(PROXY_CPU, PROXY_MEMORY)?,
         limits: pair(PROXY_CPU_LIMIT, PROXY_MEMORY_LIMIT)?,

@@ -8,23 +8,13 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// The injection values Remora reads, Istio's defaults filled in.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Values {
     pub global: Global,
     pub sidecar_injector_webhook: Webhook,
     /// The control plane revision this injector serves; empty: `default`.
     pub revision: String,
-}
-
-impl Default for Values {
-    fn default() -> Self {
-        Self {
-            global: Global::default(),
-            sidecar_injector_webhook: Webhook::default(),
-            revision: String::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
