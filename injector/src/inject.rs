@@ -9,6 +9,7 @@
 //! the app's probes to the status port ([`probes`]), and record the labels, annotations and
 //! status ([`metadata`]). Injecting an injected pod again gives the same pod.
 
+pub mod admission;
 pub mod decision;
 mod init;
 mod metadata;
@@ -84,6 +85,23 @@ impl Injector {
             None => MeshConfig::default(),
         };
         Ok(Self { values, mesh })
+    }
+
+    pub(crate) fn with_mesh(values: Values, mesh: MeshConfig) -> Self {
+        Self { values, mesh }
+    }
+
+    /// This injection for pods of cluster `cluster` on network `network` (the webhook's path
+    /// parameters), where given.
+    pub fn for_cluster(&self, cluster: Option<&str>, network: Option<&str>) -> Self {
+        let mut adjusted = self.clone();
+        if let Some(cluster) = cluster {
+            adjusted.values.global.multi_cluster.cluster_name = cluster.to_owned();
+        }
+        if let Some(network) = network {
+            adjusted.values.global.network = network.to_owned();
+        }
+        adjusted
     }
 
     pub fn values(&self) -> &Values {

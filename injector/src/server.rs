@@ -1,5 +1,6 @@
-//! The control plane's servers: gRPC over TLS on 15012 (the CA and config discovery) and plain
-//! HTTP on 15014 (metrics, readiness, rejected objects, each sidecar's sync state).
+//! The control plane's servers: gRPC over TLS on 15012 (the CA and config discovery), the
+//! sidecar injection webhook over HTTPS on 15017, and plain HTTP on 15014 (metrics, readiness,
+//! rejected objects, each sidecar's sync state).
 //!
 //! The gRPC port serves both services on one TLS listener, as istiod does: a client certificate
 //! is optional at the TLS layer because the CA's callers do not have one yet (they prove
@@ -11,6 +12,7 @@ mod http;
 mod jwks;
 mod metrics;
 mod sync_status;
+mod webhook;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -80,6 +82,8 @@ pub enum ServeError {
 pub struct Options {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The injection webhook (HTTPS).
+    pub webhook: SocketAddr,
     /// CA files (Istio's plug-in layout); a new root is made here when there is none.
     pub ca_dir: PathBuf,
 }
@@ -111,8 +115,11 @@ pub async fn run<A: Authenticator>(
         .client_ca_root(Certificate::from_pem(ca.roots_pem()))
         .client_auth_optional(true);
 
+    let webhook_tls = webhook_tls(&serving.chain_pem, &serving.key_pem)?;
     let grpc = bind(options.grpc).await?;
     let http = bind(options.http).await?;
+    let webhook = bind(options.webhook).await?;
+    tokio::spawn(webhook::serve(webhook, webhook_tls, catalog.clone()));
     let status = Arc::new(SyncStatus::default());
     tokio::spawn(http::serve(
         http,
@@ -120,7 +127,7 @@ pub async fn run<A: Authenticator>(
         catalog.clone(),
         status.clone(),
     ));
-    tracing::info!(grpc = %options.grpc, http = %options.http, %trust_domain, "control plane serving");
+    tracing::info!(grpc = %options.grpc, http = %options.http, webhook = %options.webhook, %trust_domain, "control plane serving");
     // Keepalives find sidecars that vanished without closing (their session tasks end and
     // `pilot_xds` drops) rather than keeping them forever.
     Server::builder()
@@ -143,6 +150,26 @@ pub async fn run<A: Authenticator>(
         .serve_with_incoming(TcpListenerStream::new(grpc))
         .await?;
     Ok(())
+}
+
+/// The webhook's TLS: the serving certificate, HTTP/1.1 (as the API server calls webhooks).
+fn webhook_tls(chain_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let identity = |e: &dyn std::fmt::Display| ServeError::Identity(e.to_string());
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| identity(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| identity(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| identity(&e))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| identity(&e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {

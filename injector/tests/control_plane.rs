@@ -1,6 +1,7 @@
 //! The control plane over real gRPC and TLS on loopback: the CA signs exactly the identity a
-//! token proves, and the discovery stream pushes full snapshots on change, authenticates sidecars
-//! by certificate, and counts NACKs.
+//! token proves, the discovery stream pushes full snapshots on change, authenticates sidecars
+//! by certificate, and counts NACKs, and the injection webhook answers AdmissionReviews over
+//! HTTPS as the API server sends them.
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -60,6 +61,7 @@ fn free_port() -> SocketAddr {
 struct ControlPlane {
     grpc: SocketAddr,
     http: SocketAddr,
+    webhook: SocketAddr,
     roots: String,
     tokens: TokenIssuer,
     config: tempfile::TempDir,
@@ -78,12 +80,13 @@ async fn start() -> ControlPlane {
     let tokens = TokenIssuer::load_or_generate(state.path()).expect("token key");
     let verifier =
         LocalTokens::load(&TokenIssuer::public_key_path(state.path())).expect("verifier");
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http, webhook) = (free_port(), free_port(), free_port());
     let ca_dir = state.path().join("ca");
     tokio::spawn(server::run(
         Options {
             grpc,
             http,
+            webhook,
             ca_dir: ca_dir.clone(),
         },
         Box::new(DirectorySource::new(vec![config.path().to_owned()])),
@@ -98,6 +101,7 @@ async fn start() -> ControlPlane {
             return ControlPlane {
                 grpc,
                 http,
+                webhook,
                 roots,
                 tokens,
                 config,
@@ -386,4 +390,152 @@ async fn discovery_refuses_sidecars_that_are_not_who_they_claim() {
         .await
         .err();
     assert_eq!(refused.map(|s| s.code()), Some(Code::PermissionDenied));
+}
+
+/// POSTs `body` to `path` on the webhook over HTTPS, verifying the serving certificate as the
+/// API server does (the mesh root, name `istiod.istio-system.svc`): status and body.
+async fn post_review(cp: &ControlPlane, path: &str, body: &[u8]) -> (u16, String) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cp.roots.as_bytes()) {
+        roots.add(cert.expect("root PEM")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(cp.webhook)
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("istiod.istio-system.svc").expect("name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS with the serving certificate");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: istiod.istio-system.svc\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.expect("head");
+    // The server may answer (and close) before a too-large body is all sent.
+    let _ = tls.write_all(body).await;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn pod_review(uid: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "demo",
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "httpbin-0", "namespace": "demo", "labels": {"app": "httpbin"}},
+                "spec": {"containers": [{"name": "httpbin", "image": "kennethreitz/httpbin"}]}
+            }
+        }
+    }))
+    .expect("json")
+}
+
+/// The image of the sidecar the patch in `answer` adds.
+fn patched_image(answer: &str) -> String {
+    use base64::Engine as _;
+    let review: serde_json::Value = serde_json::from_str(answer).expect("a review");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(review["response"]["patch"].as_str().expect("a patch"))
+        .expect("base64");
+    let patch: serde_json::Value = serde_json::from_slice(&patch).expect("JSON patch");
+    patch
+        .as_array()
+        .expect("operations")
+        .iter()
+        .find_map(|op| {
+            let value = &op["value"];
+            [value.clone(), value["image"].clone()]
+                .into_iter()
+                .chain(
+                    value
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| c["image"].clone()),
+                )
+                .find_map(|v| {
+                    v.as_str()
+                        .filter(|i| i.contains("proxy"))
+                        .map(str::to_owned)
+                })
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_webhook_injects_pods_with_the_values_in_force_and_refuses_what_is_no_review() {
+    let cp = start().await;
+    let (status, answer) = post_review(&cp, "/inject", &pod_review("uid-1")).await;
+    assert_eq!(status, 200, "{answer}");
+    let review: serde_json::Value = serde_json::from_str(&answer).expect("a review");
+    assert_eq!(review["response"]["uid"], "uid-1");
+    assert_eq!(review["response"]["allowed"], true);
+    assert_eq!(review["response"]["patchType"], "JSONPatch");
+    assert!(
+        patched_image(&answer).starts_with("docker.io/remora/proxy:"),
+        "{answer}"
+    );
+
+    // New injection values in the config directory are used for the next review.
+    std::fs::write(
+        cp.config.path().join("injection.yaml"),
+        "global: {hub: registry.example/mesh, tag: \"1.2\"}\n",
+    )
+    .expect("write");
+    let mut image = String::new();
+    for _ in 0..100 {
+        let (_, answer) = post_review(&cp, "/inject", &pod_review("uid-2")).await;
+        image = patched_image(&answer);
+        if image == "registry.example/mesh/proxy:1.2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(image, "registry.example/mesh/proxy:1.2");
+
+    let oversized = vec![b' '; 1024 * 1024 + 1];
+    for (path, body, expected) in [
+        ("/inject", b"{not json".to_vec(), "not an AdmissionReview"),
+        ("/inject", oversized, "larger than 1048576 bytes"),
+        (
+            "/inject",
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"}}}"#.to_vec(),
+            "only admission.k8s.io/v1",
+        ),
+    ] {
+        let (status, answer) = post_review(&cp, path, &body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.contains(expected), "{expected:?} vs {answer}");
+    }
+    let (status, _) = post_review(&cp, "/other", &pod_review("uid-3")).await;
+    assert_eq!(status, 404);
 }

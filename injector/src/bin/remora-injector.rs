@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the CA and config discovery (gRPC over TLS) and metrics.
+    /// Serve the CA and config discovery (gRPC over TLS), the injection webhook (HTTPS) and
+    /// metrics.
     Serve {
         /// A directory of manifests (multi-document YAML) and `mesh.yaml`; repeat for more.
         /// Files are re-read when they change.
@@ -39,6 +40,9 @@ enum Command {
         /// Metrics and readiness listen address.
         #[arg(long, default_value = "0.0.0.0:15014")]
         http_addr: SocketAddr,
+        /// Sidecar injection webhook (HTTPS) listen address.
+        #[arg(long, default_value = "0.0.0.0:15017")]
+        webhook_addr: SocketAddr,
     },
 }
 
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             token_key,
             grpc_addr,
             http_addr,
+            webhook_addr,
         } => {
             let tokens = LocalTokens::load(&token_key).context("loading --token-key")?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -69,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                     Options {
                         grpc: grpc_addr,
                         http: http_addr,
+                        webhook: webhook_addr,
                         ca_dir,
                     },
                     Box::new(DirectorySource::new(config_dirs)),

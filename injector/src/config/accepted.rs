@@ -14,6 +14,8 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Service},
 };
 
+use crate::inject::Injector;
+
 use super::{
     mesh::{MeshConfig, ProxyConfig, ProxyConfigError},
     objects::{Key, Labelled, Objects},
@@ -37,9 +39,16 @@ pub struct Accepted {
     pub(super) objects: Objects,
     pub(super) mesh: MeshConfig,
     pub(super) cluster_ips: BTreeMap<Key, IpAddr>,
+    /// Injection as the injection values and mesh config in force say.
+    pub(super) injector: Injector,
 }
 
 impl Accepted {
+    /// Sidecar injection with the values and mesh config of this read.
+    pub fn injector(&self) -> &Injector {
+        &self.injector
+    }
+
     /// The Namespace `name`.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         // Namespaces are cluster-scoped: their key's namespace part is empty.

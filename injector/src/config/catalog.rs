@@ -15,6 +15,8 @@ use k8s_openapi::{api::core::v1::PodSpec, apimachinery::pkg::apis::meta::v1::Obj
 use prost::Message;
 use remora_api::proto::config::{self as proto, Node, Snapshot};
 
+use crate::inject::Injector;
+
 use super::{
     accepted::Accepted,
     cluster_ip::fnv1a64,
@@ -62,6 +64,8 @@ impl Catalog {
     pub fn build(documents: Vec<(String, String)>) -> Catalog {
         let (mut objects, mut rejected) = Objects::parse(&documents);
         let mesh = objects.mesh.take().unwrap_or_default();
+        let injector =
+            Injector::with_mesh(objects.injection.take().unwrap_or_default(), mesh.clone());
         let translation = translate::translate(&mut objects, &mesh, &mut rejected);
         let routing = Routing::new(objects.routing.values().map(|o| &o.object));
         for (namespace, name, reason) in routing.overridden(&translation.services) {
@@ -77,6 +81,7 @@ impl Catalog {
                 objects,
                 mesh,
                 cluster_ips: translation.cluster_ips,
+                injector,
             },
             pods: translation.pods,
             services: translation.services,

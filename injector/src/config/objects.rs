@@ -20,12 +20,14 @@ use k8s_openapi::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::inject::Values;
+
 use super::{
     mesh::MeshConfig,
     routing::{self, RoutingObject},
     security::{self, SecurityPolicy},
     service_entry::{self, ServiceEntry},
-    well_known::{DEFAULT_NAMESPACE, MESH_FILE},
+    well_known::{DEFAULT_NAMESPACE, INJECTION_FILE, MESH_FILE},
     yaml::{self, YamlError},
 };
 
@@ -148,12 +150,16 @@ pub(crate) struct Objects {
     pub(crate) routing: BTreeMap<(&'static str, Key), Labelled<RoutingObject>>,
     pub(crate) service_entries: BTreeMap<Key, Labelled<ServiceEntry>>,
     pub(crate) mesh: Option<MeshConfig>,
+    /// The injection values (`injection.yaml`, or the `istio-sidecar-injector` ConfigMap).
+    pub(crate) injection: Option<Values>,
     /// `(kind, namespace, name)` of everything kept, with its label, to reject duplicates.
     seen: BTreeMap<(&'static str, Key), String>,
 }
 
 /// istiod reads the mesh config from the `mesh` key of this ConfigMap in its own namespace.
 const MESH_CONFIG_MAP: (&str, &str) = ("istio-system", "istio");
+/// ... and the injection values from the `values` key of this one.
+const INJECTOR_CONFIG_MAP: (&str, &str) = ("istio-system", "istio-sidecar-injector");
 
 impl Objects {
     /// Parses `(origin, text)` pairs in order; a later object with the same kind, namespace
@@ -175,6 +181,23 @@ impl Objects {
                         origin,
                         label,
                         e.to_string(),
+                    )),
+                }
+                continue;
+            }
+            if Path::new(origin)
+                .file_name()
+                .is_some_and(|name| name == INJECTION_FILE)
+            {
+                let label = format!("injection values in {origin}");
+                match Values::parse(text) {
+                    Ok(values) => objects.keep_injection(values, label, origin, &mut rejected),
+                    Err(e) => rejected.push(Rejection::of(
+                        "InjectionValues",
+                        &Key::default(),
+                        origin,
+                        label,
+                        e,
                     )),
                 }
                 continue;
@@ -273,6 +296,7 @@ impl Objects {
         let (key, label) = (id.key, id.label);
         match kept {
             Kept::Mesh(mesh) => self.keep_mesh(mesh, label, origin, rejected),
+            Kept::Injection(values) => self.keep_injection(*values, label, origin, rejected),
             Kept::Other(kind) => {
                 self.first_of(kind, &key, &label, origin, rejected);
             }
@@ -441,6 +465,18 @@ impl Objects {
             self.mesh = Some(mesh);
         }
     }
+
+    fn keep_injection(
+        &mut self,
+        values: Values,
+        label: String,
+        origin: &str,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        if self.first_of("InjectionValues", &Key::default(), &label, origin, rejected) {
+            self.injection = Some(values);
+        }
+    }
 }
 
 /// A List, of which only the items matter.
@@ -523,6 +559,9 @@ fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
             check(value, check_endpoint_slice).map(|slice| Kept::EndpointSlice(Box::new(slice)))
         }
         ("v1", "ConfigMap") if (namespace, name) == MESH_CONFIG_MAP => mesh_config_map(value),
+        ("v1", "ConfigMap") if (namespace, name) == INJECTOR_CONFIG_MAP => {
+            injector_config_map(value)
+        }
         _ => return None,
     })
 }
@@ -601,6 +640,7 @@ enum Kept {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Mesh(MeshConfig),
+    Injection(Box<Values>),
     /// Checked for mistakes and duplicates, not kept.
     Other(&'static str),
 }
@@ -799,6 +839,21 @@ fn mesh_config_map(value: Value) -> Result<Kept, String> {
             YamlError::Field { path, message } => format!("data.mesh: {path}: {message}"),
             syntax => format!("data.mesh: {syntax}"),
         })
+}
+
+/// The `values` of the `istio-sidecar-injector` ConfigMap (its `config` key holds Istio's
+/// templates, which Remora's own sidecar replaces).
+fn injector_config_map(value: Value) -> Result<Kept, String> {
+    let config_map: ConfigMap = check(value, |_: &ConfigMap, _| {})?;
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|data| data.get("values"))
+        .map(String::as_str)
+        .unwrap_or_default();
+    Values::parse(text)
+        .map(|values| Kept::Injection(Box::new(values)))
+        .map_err(|e| format!("data.values: {e}"))
 }
 
 #[cfg(test)]

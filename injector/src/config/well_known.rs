@@ -16,6 +16,9 @@ pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
 /// A file with this name holds a bare `MeshConfig`, not Kubernetes objects.
 pub const MESH_FILE: &str = "mesh.yaml";
+/// The injection values beside it in a config directory: what the `values` key of Istio's
+/// `istio-sidecar-injector` ConfigMap holds.
+pub const INJECTION_FILE: &str = "injection.yaml";
 /// The cluster's DNS domain; Service hostnames live under `svc.<domain>` whatever the trust
 /// domain is.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
