@@ -23,6 +23,8 @@ pub struct Global {
     pub hub: String,
     pub tag: String,
     pub proxy: Proxy,
+    /// Istio spells this one with an underscore.
+    #[serde(rename = "proxy_init")]
     pub proxy_init: ProxyInit,
     /// Where sidecars ask for certificates; empty: the revision's istiod Service on 15012.
     pub ca_address: String,
@@ -215,5 +217,56 @@ impl Values {
             revision => format!("istiod-{revision}"),
         };
         format!("{service}.{}.svc:15012", self.global.istio_namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istios_spelling_is_read_and_defaults_fill_the_rest() {
+        let values = Values::parse(
+            r#"{"global": {"hub": "registry.example/mesh", "proxy_init": {"image": "init"},
+                "proxy": {"statusPort": 15021, "includeIPRanges": "10.0.0.0/8"},
+                "multiCluster": {"clusterName": "east"}, "meshID": "m1"},
+               "sidecarInjectorWebhook": {"rewriteAppHTTPProbe": false}, "revision": "canary",
+               "pilot": {"env": {}}}"#,
+        )
+        .expect("valid");
+        assert_eq!(values.global.hub, "registry.example/mesh");
+        assert_eq!(values.global.proxy_init.image, "init");
+        assert_eq!(values.global.proxy.status_port, 15021);
+        assert_eq!(values.global.proxy.include_ip_ranges, "10.0.0.0/8");
+        assert_eq!(values.global.proxy.readiness_period_seconds, 15);
+        assert_eq!(values.global.multi_cluster.cluster_name, "east");
+        assert_eq!(values.global.mesh_id, "m1");
+        assert!(!values.sidecar_injector_webhook.rewrite_app_http_probe);
+        assert_eq!(values.ca_address(), "istiod-canary.istio-system.svc:15012");
+        assert_eq!(
+            values.image_reference("proxy"),
+            format!("registry.example/mesh/proxy:{}", values.global.tag)
+        );
+        assert_eq!(
+            values.image_reference("other.example/p:1"),
+            "other.example/p:1"
+        );
+        let err =
+            Values::parse(r#"{"global": {"proxy": {"statusPort": "http"}}}"#).expect_err("bad");
+        assert!(err.starts_with("global.proxy.statusPort"), "{err}");
+    }
+
+    /// The shipped injection ConfigMap is read by the control plane and says what the defaults
+    /// say.
+    #[test]
+    fn the_shipped_config_map_holds_the_defaults() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/sidecar-injector.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("manifests/sidecar-injector.yaml");
+        let catalog = crate::config::Catalog::build(vec![(path.to_owned(), text)]);
+        assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
+        assert_eq!(catalog.accepted().injector().values(), &Values::default());
     }
 }
