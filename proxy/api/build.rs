@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/remora/config/v1/security.proto",
         "proto/remora/config/v1/snapshot.proto",
         "proto/remora/config/v1/discovery.proto",
+        "proto/grpc/health/v1/health.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -6,7 +6,7 @@
 use std::{
     convert::Infallible,
     future::Future,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -29,7 +29,7 @@ use crate::{
     metrics::Metrics,
     outbound::{self, Outbound},
     ports, serve,
-    status::{self, Readiness},
+    status::{self, Readiness, StatusPort},
     tls::MeshTls,
     tunnel::TunnelClient,
 };
@@ -57,13 +57,33 @@ pub async fn run(
     for listener in listen::bind_all(ports::HEALTH).context("binding the health port")? {
         let readiness = readiness.clone();
         tokio::spawn(serve_status(listener, "health", move |req| {
-            status::health(&readiness, &req)
+            std::future::ready(status::health(&readiness, &req))
         }));
     }
     for listener in listen::bind_all(ports::STATS).context("binding the stats port")? {
         let metrics = metrics.clone();
         tokio::spawn(serve_status(listener, "stats", move |req| {
-            status::stats(&metrics, &req)
+            std::future::ready(status::stats(&metrics, &req))
+        }));
+    }
+    let status_port = Arc::new(StatusPort {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        probers: bootstrap.app_probers.clone(),
+        app_metrics: bootstrap
+            .app_metrics
+            .as_ref()
+            .and_then(|m| m.target().map(|(port, path)| (port, path.to_owned()))),
+        pod_ip: bootstrap
+            .metadata
+            .instance_ip
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    });
+    for listener in listen::bind_all(ports::STATUS).context("binding the status port")? {
+        let status_port = status_port.clone();
+        tokio::spawn(serve_status(listener, "status", move |req| {
+            let status_port = status_port.clone();
+            async move { status_port.handle(req).await }
         }));
     }
 
@@ -89,7 +109,7 @@ pub async fn run(
     let admin_listener = listen::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, ports::ADMIN)))
         .context("binding the admin port")?;
     tokio::spawn(serve_status(admin_listener, "admin", move |req| {
-        admin.handle(&req)
+        std::future::ready(admin.handle(&req))
     }));
     tracing::info!(
         id = %started.identity.id,
@@ -262,9 +282,10 @@ where
 }
 
 /// Serves one of the sidecar's own HTTP endpoints; they stay up through a drain.
-async fn serve_status<H>(listener: TcpListener, name: &'static str, handle: H)
+async fn serve_status<H, F>(listener: TcpListener, name: &'static str, handle: H)
 where
-    H: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
     let never = Drain::default();
     listen::accept(
@@ -278,7 +299,7 @@ where
             async move {
                 let service = tower::service_fn(move |req| {
                     let response = handle(req);
-                    async move { Ok::<_, Infallible>(response) }
+                    async move { Ok::<_, Infallible>(response.await) }
                 });
                 serve::http1(accepted.io, &never, service).await
             }

@@ -13,6 +13,7 @@
 //! Everything reaches the app from 127.0.0.6 (or `::6`) so it is not captured again.
 
 mod app_client;
+pub mod app_health;
 mod authorize;
 pub mod capture;
 mod http;

@@ -11,6 +11,8 @@ pub const TUNNEL: u16 = 15008;
 pub const ADMIN: u16 = 15000;
 /// `/healthz/ready`.
 pub const HEALTH: u16 = 15021;
+/// The status port: readiness, the app's probes, merged metrics.
+pub const STATUS: u16 = 15020;
 /// `/stats/prometheus`.
 pub const STATS: u16 = 15090;
 

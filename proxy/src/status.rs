@@ -1,16 +1,25 @@
-//! The endpoints kubelet and Prometheus call: readiness on 15021 (`/healthz/ready`) and
-//! metrics on 15090 (`/stats/prometheus`), at Istio's ports and paths.
+//! The endpoints kubelet and Prometheus call: readiness on 15021 (`/healthz/ready`), metrics
+//! on 15090 (`/stats/prometheus`), and the status port 15020 that injection points the pod's
+//! probes and scrapes at (`/healthz/ready`, the app's own probes under `/app-health/`, and
+//! `/stats/prometheus` with the app's metrics merged in), at Istio's ports and paths.
 
-use std::sync::{
-    atomic::{AtomicU8, Ordering},
-    Arc,
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
 };
+
+use remora_api::app_probe::AppProbe;
 
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::{
     body::{local_response, Body},
+    inbound::app_health,
     metrics::Metrics,
 };
 
@@ -48,7 +57,7 @@ impl Readiness {
 }
 
 /// `/healthz/ready` on 15021.
-pub fn health(readiness: &Readiness, req: &Request<Incoming>) -> Response<Body> {
+pub fn health<B>(readiness: &Readiness, req: &Request<B>) -> Response<Body> {
     match (req.method(), req.uri().path(), readiness.state()) {
         (&Method::GET, "/healthz/ready", "ready") => local_response(StatusCode::OK, ""),
         (&Method::GET, "/healthz/ready", state) => {
@@ -63,10 +72,89 @@ pub fn stats(metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET || req.uri().path() != "/stats/prometheus" {
         return local_response(StatusCode::NOT_FOUND, "");
     }
-    let mut response = Response::new(Body::full(metrics.encode()));
+    exposition(metrics.encode())
+}
+
+fn exposition(text: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
 }
+
+/// The status port (15020).
+pub struct StatusPort {
+    pub readiness: Readiness,
+    pub metrics: Arc<Metrics>,
+    /// The app's original probes, by their `/app-health/...` path.
+    pub probers: BTreeMap<String, AppProbe>,
+    /// Where the app's own metrics are scraped (port, path).
+    pub app_metrics: Option<(u16, String)>,
+    /// The pod's address, which probes and scrapes are sent to.
+    pub pod_ip: IpAddr,
+}
+
+impl StatusPort {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        if req.method() != Method::GET {
+            return local_response(StatusCode::METHOD_NOT_ALLOWED, "");
+        }
+        let path = req.uri().path();
+        if path == "/healthz/ready" {
+            return health(&self.readiness, &req);
+        }
+        if path == "/stats/prometheus" {
+            return self.merged_metrics().await;
+        }
+        match self.probers.get(path) {
+            Some(probe) => {
+                let status = app_health::probe(probe, self.pod_ip).await;
+                local_response(status, "")
+            }
+            None => local_response(StatusCode::NOT_FOUND, ""),
+        }
+    }
+
+    /// The sidecar's metrics, then the app's (when it can be scraped: a failing app never
+    /// turns the sidecar's own into an error).
+    async fn merged_metrics(&self) -> Response<Body> {
+        let mut text = self.metrics.encode();
+        if let Some((port, path)) = &self.app_metrics {
+            if let Some(app) = app_health::scrape(*port, path, self.pod_ip).await {
+                // One end marker, after both.
+                let ours = text.strip_suffix(EOF).map(str::len);
+                if let Some(len) = ours {
+                    text.truncate(len);
+                }
+                text.push_str(&app_exposition(&app));
+                if ours.is_some() {
+                    text.push_str(EOF);
+                }
+            }
+        }
+        exposition(text)
+    }
+}
+
+/// The end of an OpenMetrics exposition.
+const EOF: &str = "# EOF\n";
+
+/// The app's exposition as it can follow the sidecar's: an OpenMetrics `# EOF` dropped, a final
+/// newline ensured.
+fn app_exposition(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out: String = text
+        .lines()
+        .filter(|line| line.trim() != "# EOF")
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! Sidecar-to-sidecar mutual TLS.
+//! Sidecar-to-sidecar mutual TLS (and, in [`ServerCheck`], how servers outside the mesh are
+//! checked when the sidecar opens TLS to them).
 //!
 //! Both sides present workload certificates and verify the peer's chain against the mesh roots.
 //! Workload certificates carry no DNS names, only a SPIFFE URI SAN, so the client side cannot use
@@ -33,6 +34,10 @@ use crate::{
     identity::{provider, Identity},
     prefixed::PrefixedIo,
 };
+
+mod server_check;
+
+pub use server_check::ServerCheck;
 
 /// Our ALPN for sidecar-to-sidecar connections.
 pub const MESH_ALPN: &[u8] = b"remora";

@@ -212,6 +212,8 @@ impl Mesh {
             control_plane: None,
             drain_duration: options.drain_duration,
             concurrency: None,
+            app_probers: Default::default(),
+            app_metrics: None,
             static_snapshot: Some(Snapshot {
                 version: "1".to_owned(),
                 endpoints: options

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    app_probe::{parse_metrics, parse_probers, AppMetrics, AppProbe, METRICS_ENV, PROBERS_ENV},
     load::{self, ConfigError},
     proto::config as proto,
     snapshot::Snapshot,
@@ -41,6 +42,34 @@ pub struct Bootstrap {
     /// Worker threads (Istio's `concurrency`; 0 means one per CPU). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// The app's original health probes, which the status port performs
+    /// (`ISTIO_KUBE_APP_PROBERS`), by their `/app-health/...` path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_probers: BTreeMap<String, AppProbe>,
+    /// Where the app's own metrics are scraped, to merge with the sidecar's
+    /// (`ISTIO_PROMETHEUS_ANNOTATIONS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_metrics: Option<AppMetrics>,
+}
+
+/// The merged ProxyConfig injection renders (JSON): what the sidecar needs before its first
+/// snapshot.
+const PROXY_CONFIG_ENV: &str = "PROXY_CONFIG";
+
+/// The `PROXY_CONFIG` fields read at start (the rest reaches the sidecar in its snapshots).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InjectedProxyConfig {
+    drain_duration: Option<String>,
+    concurrency: Option<u32>,
+}
+
+/// A protobuf JSON duration (`5s`, `0.5s`).
+fn proto_duration(text: &str) -> Result<Duration, String> {
+    text.strip_suffix('s')
+        .and_then(|n| n.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{text:?} is not a duration such as \"5s\""))
 }
 
 /// Where an injected sidecar finds the control plane unless `CA_ADDR` says otherwise (Istio's).
@@ -144,6 +173,34 @@ impl Bootstrap {
                 .map_err(|_| problems.push(format!("INSTANCE_IP: {ip:?} is not an IP address")))
                 .ok()
         });
+        let app_probers = var(PROBERS_ENV)
+            .filter(|v| !v.is_empty())
+            .map_or_else(
+                || Ok(BTreeMap::new()),
+                |text| parse_probers(&text).map_err(|e| format!("{PROBERS_ENV}: {e}")),
+            )
+            .unwrap_or_else(|e| {
+                problems.push(e);
+                BTreeMap::new()
+            });
+        let app_metrics = var(METRICS_ENV).filter(|v| !v.is_empty()).and_then(|text| {
+            parse_metrics(&text)
+                .map_err(|e| problems.push(format!("{METRICS_ENV}: {e}")))
+                .ok()
+        });
+        let proxy_config = var(PROXY_CONFIG_ENV)
+            .filter(|v| !v.trim().is_empty())
+            .and_then(|text| {
+                serde_json::from_str::<InjectedProxyConfig>(&text)
+                    .map_err(|e| problems.push(format!("{PROXY_CONFIG_ENV}: {e}")))
+                    .ok()
+            })
+            .unwrap_or_default();
+        let drain_duration = proxy_config.drain_duration.as_deref().and_then(|text| {
+            proto_duration(text)
+                .map_err(|e| problems.push(format!("{PROXY_CONFIG_ENV}: drainDuration: {e}")))
+                .ok()
+        });
         let ttl = match var("SECRET_TTL") {
             None => DEFAULT_CERT_TTL,
             Some(text) => humantime::parse_duration(&text).unwrap_or_else(|e| {
@@ -169,8 +226,10 @@ impl Bootstrap {
             }),
             control_plane: Some(address),
             static_snapshot: None,
-            drain_duration: None,
-            concurrency: None,
+            drain_duration,
+            concurrency: proxy_config.concurrency.map(|c| c as usize),
+            app_probers,
+            app_metrics,
         };
         bootstrap.validate()?;
         Ok(bootstrap)
@@ -378,6 +437,49 @@ staticSnapshot:
         .expect_err("bad ttl")
         .to_string();
         assert!(bad_ttl.contains("SECRET_TTL"), "{bad_ttl}");
+    }
+
+    #[test]
+    fn injected_variables_reach_the_bootstrap_and_bad_ones_are_named() {
+        let base: HashMap<&str, &str> = [
+            ("POD_NAME", "web-0"),
+            ("POD_NAMESPACE", "shop"),
+            ("SERVICE_ACCOUNT", "web"),
+            (
+                "PROXY_CONFIG",
+                r#"{"drainDuration":"7.5s","concurrency":2,"proxyMetadata":{"A":"b"}}"#,
+            ),
+            (
+                "ISTIO_KUBE_APP_PROBERS",
+                r#"{"/app-health/web/readyz":{"httpGet":{"path":"/ready","port":8080}}}"#,
+            ),
+            (
+                "ISTIO_PROMETHEUS_ANNOTATIONS",
+                r#"{"scrape":"true","path":"/metrics","port":"9100"}"#,
+            ),
+        ]
+        .into();
+        let with = |changes: &[(&'static str, &'static str)]| {
+            let mut env = base.clone();
+            env.extend(changes.iter().copied());
+            Bootstrap::from_env(|k| env.get(k).map(|v| (*v).to_owned()))
+        };
+        let b = with(&[]).expect("valid");
+        assert_eq!(b.drain_duration, Some(Duration::from_millis(7500)));
+        assert_eq!(b.concurrency, Some(2));
+        assert_eq!(b.app_probers.len(), 1);
+        assert_eq!(
+            b.app_metrics.as_ref().and_then(AppMetrics::target),
+            Some((9100, "/metrics"))
+        );
+        for (name, value) in [
+            ("ISTIO_KUBE_APP_PROBERS", "{not json"),
+            ("ISTIO_PROMETHEUS_ANNOTATIONS", r#"{"port":"http"}"#),
+            ("PROXY_CONFIG", r#"{"drainDuration":"soon"}"#),
+        ] {
+            let err = with(&[(name, value)]).expect_err("refused").to_string();
+            assert!(err.contains(&format!("{name}: ")), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! The proxy never parses Istio YAML: the control plane translates Istio and Kubernetes resources
 //! into these types.
 
+pub mod app_probe;
 pub mod authz;
 mod bootstrap;
 mod certificate;

@@ -41,7 +41,7 @@ impl Connect for ToApp {
 }
 
 /// Dials the local app at `dst` from [`INBOUND_PASSTHROUGH_SOURCE`] (or its IPv6 twin).
-async fn connect_to_app(dst: SocketAddr) -> io::Result<TcpStream> {
+pub(super) async fn connect_to_app(dst: SocketAddr) -> io::Result<TcpStream> {
     let (socket, source) = match dst.ip() {
         IpAddr::V4(_) => (TcpSocket::new_v4()?, IpAddr::V4(INBOUND_PASSTHROUGH_SOURCE)),
         IpAddr::V6(_) => (

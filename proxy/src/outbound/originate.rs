@@ -22,13 +22,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use remora_api::route::Origination;
 use rustls::{
-    client::{
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        WebPkiServerVerifier,
-    },
-    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{danger::ServerCertVerifier, WebPkiServerVerifier},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName},
+    ClientConfig, RootCertStore,
 };
 use rustls_pki_types::pem::PemObject;
 use tokio::{
@@ -42,6 +38,7 @@ use crate::{
     http_client::{Connect, HttpClient},
     identity::provider,
     respond::RequestError,
+    tls::ServerCheck,
     transport,
 };
 
@@ -129,17 +126,13 @@ impl Clients {
 }
 
 /// The rustls client settings `settings` describe.
-fn client_config(settings: &Origination) -> Result<ClientConfig, String> {
+pub(crate) fn client_config(settings: &Origination) -> Result<ClientConfig, String> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let verifier: Arc<dyn ServerCertVerifier> = if settings.insecure_skip_verify {
-        Arc::new(ServerCheck {
-            webpki: None,
-            names: Vec::new(),
-            provider,
-        })
+        Arc::new(ServerCheck::any(provider))
     } else {
         let mut roots = RootCertStore::empty();
         match &settings.ca_certificates {
@@ -171,11 +164,7 @@ fn client_config(settings: &Origination) -> Result<ClientConfig, String> {
                         .map_err(|e| format!("subjectAltNames {name:?}: {e}"))
                 })
                 .collect::<Result<_, _>>()?;
-            Arc::new(ServerCheck {
-                webpki: Some(webpki),
-                names,
-                provider,
-            })
+            Arc::new(ServerCheck::any_of(webpki, names, provider))
         }
     };
     let builder = builder
@@ -268,64 +257,5 @@ impl AsyncWrite for OriginatedTls {
 
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
-    }
-}
-
-/// The server checks `insecureSkipVerify` and `subjectAltNames` ask for (the handshake's
-/// signatures always checked): any certificate, or a valid chain for any one of `names`.
-#[derive(Debug)]
-struct ServerCheck {
-    /// `None`: any certificate is taken.
-    webpki: Option<Arc<WebPkiServerVerifier>>,
-    names: Vec<ServerName<'static>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for ServerCheck {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(webpki) = &self.webpki else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let mut last = rustls::Error::General("no subjectAltNames".to_owned());
-        for name in &self.names {
-            match webpki.verify_server_cert(end_entity, intermediates, name, ocsp_response, now) {
-                Ok(verified) => return Ok(verified),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        verify_tls13_signature(message, cert, dss, algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
