@@ -144,3 +144,38 @@ fn one_bad_document_fails_the_stream_naming_it() {
         assert!(err.starts_with(expected), "{expected:?} vs {err}");
     }
 }
+
+/// Golden files: `testdata/NAME.yaml` injected must equal `testdata/NAME.yaml.injected`, which
+/// is written by hand from the rules (compared as data: key order and YAML style are free).
+#[test]
+fn golden_files_match_what_the_rules_say() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/inject/testdata");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("testdata") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let input = std::fs::read_to_string(&path).expect("input");
+        let expected_path = path.with_extension("yaml.injected");
+        let expected = std::fs::read_to_string(&expected_path).expect("expected output");
+        let out = run(&input).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let got = documents(&out.text);
+        let want = documents(&expected);
+        assert_eq!(got.len(), want.len(), "{}", path.display());
+        for (got, want) in got.iter().zip(&want) {
+            assert_eq!(
+                got,
+                want,
+                "{} differs from {}",
+                path.display(),
+                expected_path.display()
+            );
+        }
+        // Injecting the output again changes nothing.
+        let again = run(&out.text).expect("re-injects");
+        assert_eq!(documents(&again.text), got, "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} golden files");
+}
