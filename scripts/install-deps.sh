@@ -40,11 +40,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Real peers for the e2e tests: httpbin under gunicorn, grpcio, websockets.
-if ! python3 -c 'import httpbin, gunicorn, grpc, websockets' >/dev/null 2>&1; then
-  echo "installing Python packages: httpbin gunicorn grpcio websockets"
+# Real peers for the e2e tests: httpbin under gunicorn, grpcio, websockets; and
+# kubernetes-validate, which checks what kube-inject writes against the Kubernetes schemas.
+if ! python3 -c 'import httpbin, gunicorn, grpc, websockets, kubernetes_validate' >/dev/null 2>&1; then
+  echo "installing Python packages: httpbin gunicorn grpcio websockets kubernetes-validate"
   python3 -m pip install --quiet --disable-pip-version-check \
-    'httpbin==0.10.4' 'gunicorn==27.0.1' 'grpcio==1.85.1' 'websockets==17.4'
+    'httpbin==0.10.4' 'gunicorn==27.0.1' 'grpcio==1.85.1' 'websockets==17.4' \
+    'kubernetes-validate==1.37.0'
 fi
 # The benchmark's open-loop load generator (latency-corrected), from crates.io.
 if $bench && ! command -v oha >/dev/null 2>&1; then
