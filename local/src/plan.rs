@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{Container, PodSpec},
+    core::v1::{Container, PodSpec, PodTemplateSpec},
 };
 use remora_injector::config::{
+    cluster_ip::fnv1a64,
     well_known::{namespace_of, service_account_of},
     Catalog, ProxyConfigError, SidecarConfig,
 };
@@ -41,6 +42,8 @@ pub struct PodPlan {
     pub name: String,
     /// The Deployment it is a replica of.
     pub deployment: String,
+    /// The `pod-template-hash` of its template: its ReplicaSet is `<deployment>-<hash>`.
+    pub template_hash: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// The template's spec, with `serviceAccountName` filled in.
@@ -134,6 +137,7 @@ fn replicas_of(
         .as_ref()
         .ok_or_else(|| failure(deployment, "spec", "required".to_owned()))?;
     let template = &spec.template;
+    let template_hash = pod_template_hash(template);
     let meta = template.metadata.clone().unwrap_or_default();
     let labels = meta.labels.unwrap_or_default();
     let annotations = meta.annotations.unwrap_or_default();
@@ -191,6 +195,7 @@ fn replicas_of(
                 namespace: namespace.clone(),
                 name: pod_name,
                 deployment: name.clone(),
+                template_hash: template_hash.clone(),
                 labels: labels.clone(),
                 annotations: annotations.clone(),
                 spec: pod_spec.clone(),
@@ -201,6 +206,21 @@ fn replicas_of(
             })
         })
         .collect()
+}
+
+/// The `pod-template-hash` a Deployment controller gives the ReplicaSet of `template`: a hash
+/// of the template, written in Kubernetes' alphabet for generated names (no vowels, so no
+/// words), the same for the same template in every run.
+fn pod_template_hash(template: &PodTemplateSpec) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut hash = fnv1a64(&serde_json::to_vec(template).unwrap_or_default());
+    let mut out = String::new();
+    for _ in 0..10 {
+        let digit = (hash % ALPHABET.len() as u64) as usize;
+        out.push(char::from(ALPHABET[digit]));
+        hash /= ALPHABET.len() as u64;
+    }
+    out
 }
 
 /// A container as the launcher runs it. The image is ignored, so `command` is required. An
@@ -302,6 +322,25 @@ mod tests {
 
     const DEMO: &str =
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {istio-injection: enabled}}\n";
+
+    #[test]
+    fn the_template_hash_follows_the_template_only() {
+        let template = |image: &str| -> PodTemplateSpec {
+            serde_saphyr::from_str(&format!(
+                "metadata: {{labels: {{app: a}}}}\nspec: {{containers: [{{name: a, image: {image}}}]}}\n"
+            ))
+            .expect("template")
+        };
+        let hash = pod_template_hash(&template("a:1"));
+        assert_eq!(hash.len(), 10);
+        assert!(
+            hash.bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)),
+            "{hash}"
+        );
+        assert_eq!(pod_template_hash(&template("a:1")), hash);
+        assert_ne!(pod_template_hash(&template("a:2")), hash);
+    }
 
     const HTTPBIN: &str = r#"
 apiVersion: apps/v1

@@ -1,5 +1,6 @@
 //! The records a cluster's controllers would write, written by the launcher instead: a Pod per
-//! replica (with `status.podIP`, and the injection status annotation when it has a sidecar) and
+//! replica (with `status.podIP`, owned by its Deployment's ReplicaSet as the Deployment
+//! controller names it, and the injection status annotation when it has a sidecar) and
 //! the EndpointSlices of each selecting Service, computed from those Pods the way Kubernetes'
 //! EndpointSlice controller computes them. The control plane reads them from the state
 //! directory exactly as it reads any other manifest.
@@ -16,16 +17,22 @@ use k8s_openapi::{
         core::v1::{ObjectReference, Pod, PodCondition, PodIP, PodStatus, Service, ServicePort},
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
 };
-use remora_injector::config::well_known::{
-    namespace_of, SERVICE_NAME_LABEL, SIDECAR_STATUS_ANNOTATION,
+use remora_injector::config::{
+    cluster_ip::fnv1a64,
+    well_known::{namespace_of, SERVICE_NAME_LABEL, SIDECAR_STATUS_ANNOTATION},
 };
 
 use super::plan::PodPlan;
 
 /// What Istio's injector records in `sidecar.istio.io/status` (the containers and volumes it added).
 const SIDECAR_STATUS: &str = r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#;
+/// The label a Deployment's ReplicaSet puts on its pods.
+const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// Label Istio's injector adds so peers know the pod speaks mesh mTLS.
 const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -44,12 +51,27 @@ pub fn pod(plan: &PodPlan, ip: IpAddr, ready: bool) -> Pod {
             SIDECAR_STATUS.to_owned(),
         );
     }
+    // As a Deployment's controllers write it: made by the ReplicaSet of its template.
+    labels.insert(TEMPLATE_HASH_LABEL.to_owned(), plan.template_hash.clone());
+    let replica_set = format!("{}-{}", plan.deployment, plan.template_hash);
     Pod {
         metadata: ObjectMeta {
             name: Some(plan.name.clone()),
+            generate_name: Some(format!("{replica_set}-")),
             namespace: Some(plan.namespace.clone()),
             labels: Some(labels),
             annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".to_owned(),
+                kind: "ReplicaSet".to_owned(),
+                uid: format!(
+                    "{:016x}",
+                    fnv1a64(format!("{}/{replica_set}", plan.namespace).as_bytes())
+                ),
+                name: replica_set,
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
             ..ObjectMeta::default()
         },
         spec: Some(plan.spec.clone()),

@@ -192,6 +192,7 @@ mod tests {
             namespace: namespace.to_owned(),
             name: format!("{deployment}-{n}"),
             deployment: deployment.to_owned(),
+            template_hash: format!("{version}hash"),
             labels: BTreeMap::from([("version".to_owned(), version.to_owned())]),
             annotations: BTreeMap::new(),
             spec: PodSpec::default(),

@@ -59,7 +59,7 @@ pub fn allocate(services: &[(&str, &str, Option<IpAddr>)]) -> BTreeMap<(String, 
 }
 
 /// 64-bit FNV-1a: tiny, and unlike std's `RandomState` the same in every process.
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.iter().fold(OFFSET_BASIS, |hash, byte| {

@@ -14,6 +14,7 @@ fn plan(name: &str, labels: &[(&str, &str)], sidecar: bool, container_ports: &st
         namespace: "demo".to_owned(),
         name: name.to_owned(),
         deployment: "httpbin".to_owned(),
+        template_hash: "b7f9c8d6b5".to_owned(),
         labels: labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -55,6 +56,27 @@ fn pod_record_carries_address_and_injection_status() {
         .expect("status annotation");
     let status: serde_json::Value = serde_json::from_str(status).expect("status is JSON");
     assert_eq!(status["containers"][0], "istio-proxy");
+
+    // Owned by its Deployment's ReplicaSet, so the control plane finds the Deployment.
+    assert_eq!(
+        value["metadata"]["labels"]["pod-template-hash"],
+        "b7f9c8d6b5"
+    );
+    assert_eq!(value["metadata"]["generateName"], "httpbin-b7f9c8d6b5-");
+    let owner = &value["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (
+            owner["kind"].as_str(),
+            owner["name"].as_str(),
+            owner["controller"].as_bool()
+        ),
+        (Some("ReplicaSet"), Some("httpbin-b7f9c8d6b5"), Some(true))
+    );
+    let workload = remora_injector::inject::Workload::of_pod(&injected, "demo");
+    assert_eq!(
+        (workload.name.as_str(), workload.kind.as_str()),
+        ("httpbin", "Deployment")
+    );
 
     let plain = pod(&plan("web-0", &[], false, "[]"), ip("198.18.0.11"), true);
     let annotations = plain.metadata.annotations.expect("annotations");
