@@ -13,10 +13,12 @@ pub mod admission;
 pub mod decision;
 mod init;
 mod metadata;
+pub mod policy;
 mod probes;
 mod prometheus;
 mod proxy;
 mod resources;
+mod selector;
 pub mod values;
 mod workloads;
 
@@ -31,6 +33,7 @@ use crate::config::{
 
 pub use init::{INIT_COMMAND, STATUS_PORT_ANNOTATION};
 pub use metadata::{Status, Workload};
+pub use policy::InjectionPolicy;
 pub use proxy::PROXY_COMMAND;
 pub use values::Values;
 pub use workloads::{inject_manifests, Injected, ManifestError};
@@ -73,6 +76,7 @@ impl InjectError {
 pub struct Injector {
     values: Values,
     mesh: MeshConfig,
+    policy: InjectionPolicy,
 }
 
 impl Injector {
@@ -84,11 +88,37 @@ impl Injector {
                 .map_err(|e| InjectError::Values(format!("mesh config: {e}")))?,
             None => MeshConfig::default(),
         };
-        Ok(Self { values, mesh })
+        Ok(Self {
+            values,
+            mesh,
+            policy: InjectionPolicy::default(),
+        })
+    }
+
+    /// This injection deciding by `policy` for pods that say nothing.
+    pub fn with_policy(mut self, policy: InjectionPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Whether a called webhook injects a pod in `namespace` ([`decision::required`] with this
+    /// injection's policy); `Err` says why not.
+    pub fn required(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+        host_network: bool,
+    ) -> Result<(), &'static str> {
+        decision::required(namespace, labels, annotations, host_network, &self.policy)
     }
 
     pub(crate) fn with_mesh(values: Values, mesh: MeshConfig) -> Self {
-        Self { values, mesh }
+        Self {
+            values,
+            mesh,
+            policy: InjectionPolicy::default(),
+        }
     }
 
     /// This injection for pods of cluster `cluster` on network `network` (the webhook's path
@@ -102,6 +132,11 @@ impl Injector {
             adjusted.values.global.network = network.to_owned();
         }
         adjusted
+    }
+
+    /// Annotations the webhook adds to every pod it injects (`injectedAnnotations`).
+    pub fn injected_annotations(&self) -> &BTreeMap<String, String> {
+        &self.policy.injected_annotations
     }
 
     pub fn values(&self) -> &Values {

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use remora_injector::inject::{inject_manifests, Injector, Values};
+use remora_injector::inject::{inject_manifests, InjectionPolicy, Injector, Values};
 
 #[derive(Args)]
 pub struct KubeInjectArgs {
@@ -30,6 +30,10 @@ pub struct KubeInjectArgs {
     /// `injection.yaml`); default: Istio's chart defaults.
     #[arg(long = "valuesFile")]
     values_file: Option<PathBuf>,
+    /// The injection config (the `config` key of the `istio-sidecar-injector` ConfigMap):
+    /// `policy`, `neverInjectSelector`, `alwaysInjectSelector` decide for pods that say nothing.
+    #[arg(long = "injectConfigFile")]
+    inject_config_file: Option<PathBuf>,
     /// Run the sidecar as a native sidecar (an init container that keeps running), so Jobs
     /// complete and apps start after it is ready.
     #[arg(long = "native-sidecar")]
@@ -47,7 +51,16 @@ pub fn run(args: KubeInjectArgs) -> anyhow::Result<()> {
         values.sidecar_injector_webhook.native_sidecars = true;
     }
     let mesh = args.mesh_config_file.as_deref().map(read).transpose()?;
-    let injector = Injector::new(values, mesh.as_deref())?;
+    let mut injector = Injector::new(values, mesh.as_deref())?;
+    if let Some(path) = &args.inject_config_file {
+        let policy = InjectionPolicy::parse(&read(path)?)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}: invalid injection config", path.display()))?;
+        for note in policy.unused() {
+            eprintln!("===> {}: {note}", path.display());
+        }
+        injector = injector.with_policy(policy);
+    }
     let input = if args.filename.as_os_str() == "-" {
         let mut text = String::new();
         io::stdin()

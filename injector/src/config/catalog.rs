@@ -64,8 +64,8 @@ impl Catalog {
     pub fn build(documents: Vec<(String, String)>) -> Catalog {
         let (mut objects, mut rejected) = Objects::parse(&documents);
         let mesh = objects.mesh.take().unwrap_or_default();
-        let injector =
-            Injector::with_mesh(objects.injection.take().unwrap_or_default(), mesh.clone());
+        let (values, policy) = objects.injection.take().unwrap_or_default();
+        let injector = Injector::with_mesh(values, mesh.clone()).with_policy(policy);
         let translation = translate::translate(&mut objects, &mesh, &mut rejected);
         let routing = Routing::new(objects.routing.values().map(|o| &o.object));
         for (namespace, name, reason) in routing.overridden(&translation.services) {

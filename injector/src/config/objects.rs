@@ -20,7 +20,7 @@ use k8s_openapi::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::inject::Values;
+use crate::inject::{InjectionPolicy, Values};
 
 use super::{
     mesh::MeshConfig,
@@ -150,8 +150,9 @@ pub(crate) struct Objects {
     pub(crate) routing: BTreeMap<(&'static str, Key), Labelled<RoutingObject>>,
     pub(crate) service_entries: BTreeMap<Key, Labelled<ServiceEntry>>,
     pub(crate) mesh: Option<MeshConfig>,
-    /// The injection values (`injection.yaml`, or the `istio-sidecar-injector` ConfigMap).
-    pub(crate) injection: Option<Values>,
+    /// The injection values and policy (`injection.yaml`, which holds values only, or the
+    /// `istio-sidecar-injector` ConfigMap's `values` and `config`).
+    pub(crate) injection: Option<(Values, InjectionPolicy)>,
     /// `(kind, namespace, name)` of everything kept, with its label, to reject duplicates.
     seen: BTreeMap<(&'static str, Key), String>,
 }
@@ -191,7 +192,12 @@ impl Objects {
             {
                 let label = format!("injection values in {origin}");
                 match Values::parse(text) {
-                    Ok(values) => objects.keep_injection(values, label, origin, &mut rejected),
+                    Ok(values) => objects.keep_injection(
+                        (values, InjectionPolicy::default()),
+                        label,
+                        origin,
+                        &mut rejected,
+                    ),
                     Err(e) => rejected.push(Rejection::of(
                         "InjectionValues",
                         &Key::default(),
@@ -296,7 +302,7 @@ impl Objects {
         let (key, label) = (id.key, id.label);
         match kept {
             Kept::Mesh(mesh) => self.keep_mesh(mesh, label, origin, rejected),
-            Kept::Injection(values) => self.keep_injection(*values, label, origin, rejected),
+            Kept::Injection(injection) => self.keep_injection(*injection, label, origin, rejected),
             Kept::Other(kind) => {
                 self.first_of(kind, &key, &label, origin, rejected);
             }
@@ -468,7 +474,7 @@ impl Objects {
 
     fn keep_injection(
         &mut self,
-        values: Values,
+        values: (Values, InjectionPolicy),
         label: String,
         origin: &str,
         rejected: &mut Vec<Rejection>,
@@ -640,7 +646,7 @@ enum Kept {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Mesh(MeshConfig),
-    Injection(Box<Values>),
+    Injection(Box<(Values, InjectionPolicy)>),
     /// Checked for mistakes and duplicates, not kept.
     Other(&'static str),
 }
@@ -841,19 +847,24 @@ fn mesh_config_map(value: Value) -> Result<Kept, String> {
         })
 }
 
-/// The `values` of the `istio-sidecar-injector` ConfigMap (its `config` key holds Istio's
-/// templates, which Remora's own sidecar replaces).
+/// The `values` and `config` of the `istio-sidecar-injector` ConfigMap (Istio's templates in
+/// `config` are not used: Remora injects its own sidecar).
 fn injector_config_map(value: Value) -> Result<Kept, String> {
     let config_map: ConfigMap = check(value, |_: &ConfigMap, _| {})?;
-    let text = config_map
-        .data
-        .as_ref()
-        .and_then(|data| data.get("values"))
-        .map(String::as_str)
-        .unwrap_or_default();
-    Values::parse(text)
-        .map(|values| Kept::Injection(Box::new(values)))
-        .map_err(|e| format!("data.values: {e}"))
+    let key = |name: &str| {
+        config_map
+            .data
+            .as_ref()
+            .and_then(|data| data.get(name))
+            .map(String::as_str)
+            .unwrap_or_default()
+    };
+    let values = Values::parse(key("values")).map_err(|e| format!("data.values: {e}"))?;
+    let policy = InjectionPolicy::parse(key("config")).map_err(|e| format!("data.config: {e}"))?;
+    for note in policy.unused() {
+        tracing::info!(%note, "istio-sidecar-injector ConfigMap");
+    }
+    Ok(Kept::Injection(Box::new((values, policy))))
 }
 
 #[cfg(test)]

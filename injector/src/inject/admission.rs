@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{decision, Injector, Workload};
+use super::{Injector, Workload};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
@@ -133,7 +133,7 @@ pub fn review(injector: &Injector, body: &[u8], params: &PathParams) -> Result<V
         .as_ref()
         .and_then(|s| s.host_network)
         .unwrap_or(false);
-    let required = decision::required(
+    let required = injector.required(
         &namespace,
         pod.metadata.labels.as_ref().unwrap_or(&empty),
         pod.metadata.annotations.as_ref().unwrap_or(&empty),
@@ -151,7 +151,17 @@ pub fn review(injector: &Injector, body: &[u8], params: &PathParams) -> Result<V
         &adjusted
     };
     let injected = match injector.inject(&pod, &workload) {
-        Ok(injected) => injected,
+        Ok(mut injected) => {
+            // The webhook's own additions (kube-inject leaves them out, as istioctl does).
+            let annotations = injected
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            for (key, value) in injector.injected_annotations() {
+                annotations.insert(key.clone(), value.clone());
+            }
+            injected
+        }
         Err(error) => {
             return Ok(response(json!({
                 "allowed": false,

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use super::policy::InjectionPolicy;
+
 /// Namespace label turning injection on (`enabled`) or off (`disabled`) for its pods.
 pub const NAMESPACE_INJECTION_LABEL: &str = "istio-injection";
 /// Namespace (or, in a namespace without injection labels, pod) label selecting a
@@ -39,7 +41,14 @@ pub struct Candidate<'a> {
 /// ([`required`]).
 pub fn wants_sidecar(pod: Candidate<'_>) -> bool {
     webhook_selects(pod.namespace_labels, pod.labels)
-        && required(pod.namespace, pod.labels, pod.annotations, pod.host_network).is_ok()
+        && required(
+            pod.namespace,
+            pod.labels,
+            pod.annotations,
+            pod.host_network,
+            &InjectionPolicy::default(),
+        )
+        .is_ok()
 }
 
 /// Whether the default revision's webhook configuration selects a pod with `labels` in a
@@ -65,16 +74,18 @@ pub fn webhook_selects(
     }
 }
 
-/// Whether a called webhook injects the pod (Istio's `injectRequired`, policy `enabled`):
-/// never a `hostNetwork` pod (its iptables rules would rewrite the node's routing) nor one in
-/// Kubernetes' own namespaces; otherwise as the pod's label (or, without one, its legacy
-/// annotation) says, read as YAML booleans are: empty means the default (inject),
-/// `y`/`yes`/`true`/`on` inject, anything else does not. `Err` says why not.
+/// Whether a called webhook injects the pod (Istio's `injectRequired`): never a `hostNetwork`
+/// pod (its iptables rules would rewrite the node's routing) nor one in Kubernetes' own
+/// namespaces; otherwise as the pod's label (or, without one, its legacy annotation) says,
+/// read as YAML booleans are (`y`/`yes`/`true`/`on` inject, anything else but empty does not);
+/// a pod that says nothing is decided by `policy` (its selectors, then `enabled`/`disabled`).
+/// `Err` says why not.
 pub fn required(
     namespace: &str,
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
     host_network: bool,
+    policy: &InjectionPolicy,
 ) -> Result<(), &'static str> {
     if host_network {
         return Err("has host networking enabled");
@@ -88,10 +99,11 @@ pub fn required(
         .map(String::as_str)
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if matches!(selector.as_str(), "" | "y" | "yes" | "true" | "on") {
-        Ok(())
-    } else {
-        Err("has sidecar injection disabled")
+    match selector.as_str() {
+        "" if policy.by_default(labels) => Ok(()),
+        "" => Err("is not selected by the injection policy"),
+        "y" | "yes" | "true" | "on" => Ok(()),
+        _ => Err("has sidecar injection disabled"),
     }
 }
 

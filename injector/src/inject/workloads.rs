@@ -18,7 +18,7 @@ use k8s_openapi::{
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-use super::{decision, InjectError, Injector, Workload};
+use super::{InjectError, Injector, Workload};
 
 /// Why a manifest stream cannot be injected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,7 +242,7 @@ impl Doc<'_> {
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false);
-        let required = decision::required(
+        let required = self.injector.required(
             &workload.namespace,
             meta.labels.as_ref().unwrap_or(&empty),
             meta.annotations.as_ref().unwrap_or(&empty),

@@ -179,3 +179,20 @@ fn golden_files_match_what_the_rules_say() {
     }
     assert!(checked >= 2, "only {checked} golden files");
 }
+
+#[test]
+fn the_policy_decides_for_pods_that_say_nothing() {
+    let injector = Injector::default()
+        .with_policy(crate::inject::InjectionPolicy::parse("policy: disabled").expect("valid"));
+    let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\nspec: {containers: [{name: app}]}\n---\n\
+                apiVersion: v1\nkind: Pod\nmetadata: {name: keen, labels: {sidecar.istio.io/inject: \"true\"}}\nspec: {containers: [{name: app}]}\n";
+    let out = inject_manifests(&injector, text).expect("injected");
+    assert_eq!(
+        out.skipped,
+        ["Skipping injection because Pod \"quiet\" is not selected by the injection policy"]
+    );
+    assert!(out.text.contains("istio-proxy"));
+    let docs = documents(&out.text);
+    assert!(docs[0]["spec"]["initContainers"].is_null());
+    assert_eq!(docs[1]["spec"]["initContainers"][0]["name"], "istio-init");
+}
