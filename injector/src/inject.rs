@@ -4,10 +4,10 @@
 //! code, and it is tested with tables and golden files.
 //!
 //! [`Injector::inject`] follows istiod's pipeline: strip an earlier injection (what its status
-//! annotation lists), check the annotations, add `istio-init` ([`init`]) and `istio-proxy`
-//! ([`proxy`]) with their volumes, point Prometheus at the sidecar ([`prometheus`]), rewrite
-//! the app's probes to the status port ([`probes`]), and record the labels, annotations and
-//! status ([`metadata`]). Injecting an injected pod again gives the same pod.
+//! annotation lists), check the annotations, add `istio-init` (`init`) and `istio-proxy`
+//! (`proxy`) with their volumes, point Prometheus at the sidecar (`prometheus`), rewrite
+//! the app's probes to the status port (`probes`), and record the labels, annotations and
+//! status (`metadata`). Injecting an injected pod again gives the same pod.
 
 pub mod admission;
 pub mod decision;

@@ -3,7 +3,7 @@
 //! are tested without a cluster. (The sidecar's environment, `proxyMetadata`, comes from the
 //! control plane's own mesh config: [`Accepted::sidecar_config`].)
 //!
-//! [`Accepted::sidecar_config`]: remora_injector::config::Accepted::sidecar_config
+//! [`Accepted::sidecar_config`]: crate::config::Accepted::sidecar_config
 
 use std::collections::BTreeMap;
 

@@ -18,40 +18,29 @@ pub const INIT_COMMAND: &str = "remora-init";
 /// Ports that never get inbound interception: the sidecar's Prometheus and health ports.
 const ALWAYS_EXCLUDED_INBOUND: &str = "15090,15021";
 
-/// An annotation that becomes a flag, and the value used without it.
+/// An annotation that becomes a flag.
 struct Setting {
     flag: &'static str,
     annotation: &'static str,
 }
 
-const INCLUDE_OUTBOUND_IP_RANGES: Setting = Setting {
-    flag: "-i",
-    annotation: "traffic.sidecar.istio.io/includeOutboundIPRanges",
-};
-const EXCLUDE_OUTBOUND_IP_RANGES: Setting = Setting {
-    flag: "-x",
-    annotation: "traffic.sidecar.istio.io/excludeOutboundIPRanges",
-};
-const INCLUDE_INBOUND_PORTS: Setting = Setting {
-    flag: "-b",
-    annotation: "traffic.sidecar.istio.io/includeInboundPorts",
-};
-const EXCLUDE_INBOUND_PORTS: Setting = Setting {
-    flag: "-d",
-    annotation: "traffic.sidecar.istio.io/excludeInboundPorts",
-};
-const INCLUDE_OUTBOUND_PORTS: Setting = Setting {
-    flag: "-q",
-    annotation: "traffic.sidecar.istio.io/includeOutboundPorts",
-};
-const EXCLUDE_OUTBOUND_PORTS: Setting = Setting {
-    flag: "-o",
-    annotation: "traffic.sidecar.istio.io/excludeOutboundPorts",
-};
-const EXCLUDE_INTERFACES: Setting = Setting {
-    flag: "-c",
-    annotation: "traffic.sidecar.istio.io/excludeInterfaces",
-};
+const fn setting(flag: &'static str, annotation: &'static str) -> Setting {
+    Setting { flag, annotation }
+}
+
+const INCLUDE_OUTBOUND_IP_RANGES: Setting =
+    setting("-i", "traffic.sidecar.istio.io/includeOutboundIPRanges");
+const EXCLUDE_OUTBOUND_IP_RANGES: Setting =
+    setting("-x", "traffic.sidecar.istio.io/excludeOutboundIPRanges");
+const INCLUDE_INBOUND_PORTS: Setting =
+    setting("-b", "traffic.sidecar.istio.io/includeInboundPorts");
+const EXCLUDE_INBOUND_PORTS: Setting =
+    setting("-d", "traffic.sidecar.istio.io/excludeInboundPorts");
+const INCLUDE_OUTBOUND_PORTS: Setting =
+    setting("-q", "traffic.sidecar.istio.io/includeOutboundPorts");
+const EXCLUDE_OUTBOUND_PORTS: Setting =
+    setting("-o", "traffic.sidecar.istio.io/excludeOutboundPorts");
+const EXCLUDE_INTERFACES: Setting = setting("-c", "traffic.sidecar.istio.io/excludeInterfaces");
 /// `REDIRECT` (the default) is the only interception mode `remora-init` installs.
 const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
 

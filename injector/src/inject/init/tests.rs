@@ -11,28 +11,12 @@ fn args(pairs: &[(&str, &str)]) -> Result<Vec<String>, InjectError> {
     arguments(&Values::default(), &annotations(pairs))
 }
 
-const DEFAULT: [&str; 16] = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
-
 /// The default arguments with `changes` (flag, value) made, extra flags appended in order.
 fn expected(changes: &[(&str, &str)]) -> Vec<String> {
-    let mut out: Vec<String> = DEFAULT.iter().map(|s| (*s).to_owned()).collect();
+    let mut out: Vec<String> = INJECTOR_DEFAULT_ARGS
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     for (flag, value) in changes {
         match out.iter().position(|a| a == flag) {
             Some(i) => out[i + 1] = (*value).to_owned(),
