@@ -32,7 +32,7 @@ mod translate;
 pub mod well_known;
 pub(crate) mod yaml;
 
-pub use accepted::{Accepted, SidecarConfig};
+pub use accepted::Accepted;
 pub use catalog::{version_of, Catalog, WorkloadPolicies};
 pub use directory::{read_directories, DirectorySource};
 pub use mesh::ProxyConfigError;

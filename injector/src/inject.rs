@@ -10,7 +10,7 @@
 //! status (`metadata`). Injecting an injected pod again gives the same pod.
 
 pub mod admission;
-pub mod decision;
+mod decision;
 mod init;
 mod metadata;
 pub mod policy;
@@ -18,7 +18,7 @@ mod probes;
 mod prometheus;
 mod proxy;
 mod resources;
-mod selector;
+pub mod selector;
 pub mod values;
 mod workloads;
 

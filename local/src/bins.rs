@@ -50,6 +50,22 @@ impl Binaries {
         Ok(bins)
     }
 
+    /// Replaces `program`, a container's command, with the path of the Remora binary of that
+    /// name when there is one (containers name them as the images put them on `PATH`);
+    /// whether it was one of Remora's.
+    pub fn resolve(&self, program: &mut std::ffi::OsString) -> bool {
+        let name = Path::new(program.as_os_str());
+        if name.components().count() != 1 {
+            return false;
+        }
+        let path = self.dir.join(name);
+        let ours = [&self.proxy, &self.init, &self.injector].contains(&&path);
+        if ours {
+            *program = path.into_os_string();
+        }
+        ours
+    }
+
     /// The binaries in `$REMORA_BIN_DIR`, or next to the running executable.
     pub fn locate() -> Result<Self, BinariesError> {
         let dir = match std::env::var_os(BIN_DIR_ENV) {

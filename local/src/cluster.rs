@@ -3,9 +3,11 @@
 //!
 //! Bring-up follows what a cluster would do, in an order that never lets a sidecar ask the
 //! control plane about a pod it has no record of, nor a client reach a pod that is not running:
-//! plan every replica, give each a namespace and an address, record the Pods (not ready) and
-//! EndpointSlices (their endpoints not ready), start the control plane and wait until it is
-//! ready, then start the pods one by one, recording each as ready once it runs.
+//! start the control plane and wait until it is ready; plan every replica, send it through
+//! admission (the control plane's injection webhook, as the webhook configuration selects;
+//! a pod refused is reported and not run), give each a namespace and an address; record the
+//! Pods (not ready) and EndpointSlices (their endpoints not ready), then start the pods one by
+//! one, recording each as ready once it runs.
 //!
 //! Afterwards [`Cluster::resync`] follows edits to the manifests as a cluster's controllers
 //! would ([`rollout`] decides what changes). A pod leaves in the reverse order it came: it is
@@ -30,7 +32,9 @@ use remora_injector::{
 };
 
 use super::{
+    admission::{self, AdmissionError, Webhooks},
     bins::Binaries,
+    containers::PodRun,
     control_plane::{has_ca, ControlPlane, ControlPlaneConfig, ControlPlaneError},
     desired::Desired,
     error::{io_error, LocalError},
@@ -81,6 +85,8 @@ pub struct Cluster {
     held: BTreeMap<DeploymentKey, String>,
     /// The pods that failed to start, by Deployment, for their back-off.
     failed: BTreeMap<DeploymentKey, Failure>,
+    /// The Deployments whose last pod admission refused, and why.
+    refused: BTreeMap<DeploymentKey, AdmissionError>,
     records: RecordDir,
     /// kube-proxy's rules for pods without a sidecar, from the current records.
     service_nat: String,
@@ -167,21 +173,33 @@ impl Cluster {
             desired,
             held: held_reasons(&wanted),
             failed: BTreeMap::new(),
+            refused: BTreeMap::new(),
             records: RecordDir::new(state.cluster_dir()),
             service_nat: String::new(),
             headless: Vec::new(),
             state,
         };
+        // Admission asks the control plane's webhook, so it runs first (it reads the records
+        // as they come).
+        cluster.write_records()?;
+        cluster.control_plane.start(cluster.timeout)?;
         for (key, wanted) in &wanted {
             if let Wanted::Run { replicas, .. } = wanted {
                 for index in 0..*replicas {
                     let plan = cluster.replica_plan(key, index)?;
-                    cluster.create_pod(plan)?;
+                    match cluster.create_pod(plan) {
+                        // Refused pods are reported; the others still run.
+                        Err(LocalError::Admission { source, .. }) => {
+                            tracing::warn!(error = %source, "a pod was not admitted");
+                            cluster.refused.insert(key.clone(), source);
+                            break;
+                        }
+                        other => other?,
+                    }
                 }
             }
         }
         cluster.write_records()?;
-        cluster.control_plane.start(cluster.timeout)?;
         for index in 0..cluster.pods.len() {
             cluster.start_pod(index)?;
             cluster.write_records()?;
@@ -238,6 +256,11 @@ impl Cluster {
     /// The Deployments that cannot run locally, and why (at the last read).
     pub fn skipped(&self) -> &[PlanError] {
         &self.skipped
+    }
+
+    /// Why admission refused the pods of Deployments it refused (at their last try).
+    pub fn refused(&self) -> impl Iterator<Item = &AdmissionError> {
+        self.refused.values()
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -384,11 +407,72 @@ impl Cluster {
                 namespace: namespace.clone(),
                 name: name.clone(),
             })?;
-        Ok(plan::replica(deployment, index, &self.catalog)?)
+        Ok(plan::replica(deployment, index)?)
     }
 
-    /// Gives `plan` a namespace, an address, a hosts file and a directory.
+    /// `plan`'s pod as admission leaves it: sent to each webhook the configuration in force
+    /// selects (through the control plane, over HTTPS), each answer applied in turn. A webhook
+    /// that cannot be called is skipped when its `failurePolicy` is `Ignore`.
+    fn admit(&self, plan: &PodPlan) -> Result<Pod, AdmissionError> {
+        let no_labels = BTreeMap::new();
+        let namespace_labels = self
+            .catalog
+            .accepted()
+            .namespace(&plan.namespace)
+            .and_then(|ns| ns.metadata.labels.as_ref())
+            .unwrap_or(&no_labels);
+        let webhooks = Webhooks::of(&self.catalog);
+        let mut pod = plan.pod.clone();
+        for (i, webhook) in webhooks
+            .for_pod(namespace_labels, &pod)
+            .into_iter()
+            .enumerate()
+        {
+            let uid = format!(
+                "{}-{i}",
+                plan.pod.metadata.uid.as_deref().unwrap_or_default()
+            );
+            let answer = admission::path_of(webhook).and_then(|path| {
+                self.control_plane
+                    .call_webhook(&path, &admission::review(&pod, &uid))
+                    .map_err(|e| AdmissionError::Failed {
+                        webhook: webhook.name.clone(),
+                        message: e.to_string(),
+                    })
+            });
+            let patched =
+                answer.and_then(|body| admission::admitted(&pod, &webhook.name, &uid, &body));
+            pod = match patched {
+                Ok(patched) => patched,
+                Err(e @ AdmissionError::Failed { .. })
+                    if webhook.failure_policy.as_deref() == Some("Ignore") =>
+                {
+                    tracing::warn!(error = %e, "failurePolicy Ignore: admitted without it");
+                    pod
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(pod)
+    }
+
+    /// Admits `plan`'s pod and gives it a namespace, an address, a hosts file and a directory.
     fn create_pod(&mut self, plan: PodPlan) -> Result<(), LocalError> {
+        let key = (plan.namespace.clone(), plan.deployment.clone());
+        let id = format!("{}/{}", plan.namespace, plan.name);
+        let admitted = match self.admit(&plan) {
+            Ok(admitted) => admitted,
+            Err(source) => {
+                self.refused.insert(key, source.clone());
+                return Err(LocalError::Admission { pod: id, source });
+            }
+        };
+        self.refused.remove(&key);
+        let run = PodRun::of(&admitted).map_err(|(field, message)| LocalError::Unrunnable {
+            pod: id,
+            field,
+            message,
+        })?;
         // `_` appears in neither a namespace nor a pod name, so no two pods share a netns
         // name (`a-b`/`c-0` and `a`/`b-c-0` would with a `-`).
         let netns = format!("{}-{}_{}", self.prefix, plan.namespace, plan.name);
@@ -406,7 +490,8 @@ impl Cluster {
             .state
             .pod_dir(&plan.namespace, &plan.name)
             .map_err(io_error("creating the directory of", Path::new(&plan.name)))?;
-        self.pods.push(RunningPod::new(plan, network, etc, dir));
+        self.pods
+            .push(RunningPod::new(plan, admitted, run, network, etc, dir));
         Ok(())
     }
 
@@ -414,10 +499,8 @@ impl Cluster {
         let cx = StartContext {
             bins: &self.bins,
             service_nat: &self.service_nat,
-            network: &self.network,
             tokens: &self.tokens,
             roots_pem: &self.roots_pem,
-            trust_domain: self.catalog.trust_domain(),
             timeout: self.timeout,
         };
         Ok(self.pods[index].start(&cx)?)
@@ -467,7 +550,7 @@ impl Cluster {
         let pods: Vec<Pod> = self
             .pods
             .iter()
-            .map(|pod| records::pod(&pod.plan, pod.info.ip.into(), pod.is_ready()))
+            .map(|pod| records::pod(&pod.admitted, pod.info.ip.into(), pod.is_ready()))
             .collect();
         let slices: Vec<((String, String), Vec<EndpointSlice>)> = self
             .catalog

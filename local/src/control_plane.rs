@@ -6,8 +6,10 @@
 
 use std::{
     ffi::OsString,
+    io::Write,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    process::Stdio,
     time::Duration,
 };
 
@@ -21,6 +23,12 @@ use super::{
 
 /// istiod's HTTP port: `/ready`, `/metrics`, `/debug/*`.
 const MONITORING_PORT: u16 = 15014;
+/// istiod's webhook port (which the `istiod` Service's port 443 sends to).
+const WEBHOOK_PORT: u16 = 15017;
+/// The name the webhook's serving certificate is issued for.
+const WEBHOOK_HOST: &str = "istiod.istio-system.svc";
+/// How long the API server waits for a webhook (Istio's `timeoutSeconds`).
+const WEBHOOK_TIMEOUT_SECONDS: &str = "10";
 /// istiod's container name, used for its log file.
 const CONTAINER: &str = "discovery";
 /// Passed on from the launcher's environment.
@@ -34,6 +42,8 @@ pub enum ControlPlaneError {
     Wait(#[from] Box<WaitError>),
     #[error("control plane: GET {path}: {message}")]
     Http { path: String, message: String },
+    #[error("control plane: POST https://{WEBHOOK_HOST}:{WEBHOOK_PORT}{path}: {message}")]
+    Webhook { path: String, message: String },
 }
 
 /// One sidecar's line in `/debug/syncz`, as far as the launcher reads it.
@@ -171,6 +181,41 @@ impl ControlPlane {
             .map(|rejected| rejected.reason)
     }
 
+    /// `POST`s `review` (an AdmissionReview) to `path` on its webhook port over HTTPS, as the
+    /// API server calls it: the certificate checked against the mesh root for
+    /// `istiod.istio-system.svc`. The answer's body, when its status is 200.
+    pub fn call_webhook(&self, path: &str, review: &[u8]) -> Result<Vec<u8>, ControlPlaneError> {
+        let failed = |message: String| ControlPlaneError::Webhook {
+            path: path.to_owned(),
+            message,
+        };
+        let root = self.config.ca_dir.join("root-cert.pem");
+        let resolve = format!("{WEBHOOK_HOST}:{WEBHOOK_PORT}:{}", self.ip());
+        let url = format!("https://{WEBHOOK_HOST}:{WEBHOOK_PORT}{path}");
+        let mut argv: Vec<OsString> = vec!["--cacert".into(), root.into()];
+        argv.extend(
+            [
+                "--resolve",
+                &resolve,
+                "-m",
+                WEBHOOK_TIMEOUT_SECONDS,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "@-",
+                &url,
+            ]
+            .map(OsString::from),
+        );
+        match curl(self.netns(), &argv, review).map_err(failed)? {
+            (200, body) => Ok(body),
+            (status, body) => Err(failed(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ))),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}:{MONITORING_PORT}{path}", self.ip())
     }
@@ -178,13 +223,29 @@ impl ControlPlane {
 
 /// `curl` from inside `netns`: the status (0 when nothing answered) and body.
 fn http_get(netns: &str, url: &str) -> Result<(u16, Vec<u8>), String> {
-    let out = exec_in(
-        netns,
-        &["curl", "-s", "-m", "2", "-w", "\n%{http_code}", url],
-    )
-    .stdin(std::process::Stdio::null())
-    .output()
-    .map_err(|e| format!("running curl: {e}"))?;
+    curl(netns, &["-m", "2", url].map(OsString::from), &[])
+}
+
+/// `curl -s ARGS` from inside `netns` with `stdin` as its input: the status and body; an error
+/// when nothing answered.
+fn curl(netns: &str, args: &[OsString], stdin: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let mut argv: Vec<OsString> = ["curl", "-sS", "-w", "\n%{http_code}"]
+        .map(OsString::from)
+        .to_vec();
+    argv.extend_from_slice(args);
+    let mut child = exec_in(netns, &argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running curl: {e}"))?;
+    if let Some(mut input) = child.stdin.take() {
+        // curl reads its input before it answers; a failure shows in its status below.
+        let _ = input.write_all(stdin);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running curl: {e}"))?;
     let text = out.stdout;
     let split = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
     let status = String::from_utf8_lossy(&text[split..])

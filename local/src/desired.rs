@@ -51,7 +51,7 @@ impl Desired {
                 .map(|replicas| replicas + self.extra_for(&key, replicas))
                 .and_then(|replicas| match replicas {
                     0 => Ok(Wanted::Nothing),
-                    replicas => plan::replica(deployment, 0, catalog).map(|template| Wanted::Run {
+                    replicas => plan::replica(deployment, 0).map(|template| Wanted::Run {
                         replicas,
                         template: Box::new(template),
                     }),

@@ -6,8 +6,9 @@ use std::{io, path::Path, path::PathBuf};
 use remora_injector::{ca::CaError, token::TokenError};
 
 use super::{
-    bins::BinariesError, control_plane::ControlPlaneError, network::NetworkError, plan::PlanError,
-    pod::PodError, record_dir::RecordError, state::StateError,
+    admission::AdmissionError, bins::BinariesError, control_plane::ControlPlaneError,
+    network::NetworkError, plan::PlanError, pod::PodError, record_dir::RecordError,
+    state::StateError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,18 @@ pub enum LocalError {
     Records(#[from] RecordError),
     #[error("writing the pod list: {0}")]
     Index(#[source] serde_json::Error),
+    #[error("pod {pod}: {source}")]
+    Admission {
+        pod: String,
+        #[source]
+        source: AdmissionError,
+    },
+    #[error("pod {pod} as admitted: spec.{field}: {message}")]
+    Unrunnable {
+        pod: String,
+        field: String,
+        message: String,
+    },
     #[error("no Deployment {namespace}/{name} in the manifests (or the control plane rejects it)")]
     NoDeployment { namespace: String, name: String },
 }

@@ -14,7 +14,7 @@
 
 use std::net::IpAddr;
 
-use super::plan::EnvValue;
+use super::containers::EnvValue;
 
 /// The container's environment as its process gets it: `env` in order, each `value` expanded
 /// against the variables before it, `status.podIP` as `pod_ip`.

@@ -3,9 +3,10 @@
 //!
 //! Each Deployment replica is a network namespace on a private bridge (pod IPs in
 //! 198.18.0.0/16, Service cluster IPs in 198.19.0.0/16, one route for 198.18.0.0/15 and no
-//! other), named through its own `/etc/hosts`, injected as Istio would inject it, and run with
-//! the processes a kubelet would start: `remora-init`, `remora-proxy` as uid 1337 with a
-//! service-account token, and each container's `command`/`args` (images are ignored). The
+//! other), named through its own `/etc/hosts`, sent through admission to the control plane's
+//! injection webhook as an API server would send it, and run as a kubelet runs the pod spec
+//! that comes back: init containers (`remora-init`), then every container's `command`/`args`
+//! (images are ignored; `remora-proxy` as uid 1337) with its environment and volumes. The
 //! control plane (`remora-injector serve`) runs in a pod of its own and reads the manifests plus
 //! the Pods and EndpointSlices the launcher records for it. `remoractl local up`, the README
 //! demo, the end-to-end tests and the benchmarks all build on this; the plumbing modules
@@ -23,8 +24,10 @@
 //!
 //! [`Catalog::accepted`]: remora_injector::config::Catalog::accepted
 
+mod admission;
 mod bins;
 mod cluster;
+mod containers;
 mod control_plane;
 mod desired;
 mod error;
@@ -43,11 +46,12 @@ mod process;
 mod record_dir;
 mod records;
 mod rollout;
-mod secrets;
 mod shutdown;
 mod state;
+mod volumes;
 pub mod wait;
 
+pub use admission::AdmissionError;
 pub use bins::{Binaries, BinariesError, BIN_DIR_ENV};
 pub use cluster::{Cluster, Rollout};
 pub use control_plane::ControlPlaneError;

@@ -105,11 +105,21 @@ mod tests {
             .collect();
         assert_eq!(services(&catalog), expected);
         assert_eq!(catalog.trust_domain(), "cluster.local");
+        // Every example pod is sent to the injection webhook.
+        let webhooks = crate::admission::Webhooks::of(&catalog);
+        let no_labels = std::collections::BTreeMap::new();
         let pods: Vec<(String, String, bool)> = catalog
             .accepted()
             .deployments()
-            .flat_map(|d| plan::deployment_pods(d, &catalog).expect("the examples run locally"))
-            .map(|p| (p.namespace, p.name, p.sidecar))
+            .flat_map(|d| plan::deployment_pods(d).expect("the examples run locally"))
+            .map(|p| {
+                let namespace = catalog.accepted().namespace(&p.namespace);
+                let labels = namespace.and_then(|ns| ns.metadata.labels.as_ref());
+                let called = !webhooks
+                    .for_pod(labels.unwrap_or(&no_labels), &p.pod)
+                    .is_empty();
+                (p.namespace, p.name, called)
+            })
             .collect();
         let expected = [
             ("client", "sleep-0"),

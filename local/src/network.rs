@@ -8,16 +8,13 @@
 //! namespace is never touched.
 
 use std::{
-    ffi::OsStr,
     net::{Ipv4Addr, Ipv6Addr},
-    path::Path,
-    process::Output,
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::netns::{exec_in, run_checked, CommandError, Netns};
+use super::netns::{CommandError, Netns};
 
 /// Pod addresses (RFC 2544's benchmarking range, never routed on the internet).
 pub const POD_CIDR: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 16);
@@ -56,6 +53,11 @@ pub struct PodNetwork {
 }
 
 impl Network {
+    /// Whether pods also get an IPv6 address.
+    pub fn dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
     /// Creates namespace `switch_name` holding bridge `br0`. With `dual_stack`, pods also get
     /// an address in [`POD_CIDR6`].
     pub fn create(switch_name: &str, dual_stack: bool) -> Result<Self, NetworkError> {
@@ -144,24 +146,5 @@ impl Network {
             None
         };
         Ok(PodNetwork { netns, ip, ip6 })
-    }
-
-    /// Installs the sidecar's interception rules in namespace `netns` by running
-    /// `remora-init` (at `init`) with the arguments Istio's injector gives `istio-iptables`,
-    /// as the `istio-init` container does before any other container starts.
-    pub fn run_init(&self, init: &Path, netns: &str) -> Result<Output, CommandError> {
-        let mut argv = vec![init.as_os_str()];
-        argv.extend(
-            remora_init::flags::INJECTOR_DEFAULT_ARGS
-                .iter()
-                .map(OsStr::new),
-        );
-        if self.dual_stack {
-            argv.push("--dual-stack".as_ref());
-        }
-        run_checked(
-            // The flag above decides; a stray variable in our environment must not.
-            exec_in(netns, &argv).env_remove(remora_init::flags::DUAL_STACK_ENV),
-        )
     }
 }

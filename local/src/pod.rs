@@ -1,7 +1,7 @@
-//! One local pod: its network namespace, hosts file and processes, started in the order a
-//! kubelet runs an injected pod: `istio-init` (`remora-init`), the `istio-proxy` sidecar
-//! (`remora-proxy` as uid 1337 with the environment and secrets Istio's injection gives it),
-//! then, once the sidecar is ready, each container's `command`/`args`.
+//! One local pod: its network namespace, hosts file, volumes and processes, run as a kubelet
+//! runs the pod spec admission returned (see [`super::containers`]): for an injected pod,
+//! `istio-init` (`remora-init`) to completion, then the app's containers and the `istio-proxy`
+//! sidecar (`remora-proxy` as uid 1337 with the environment and volumes injection gave it).
 
 use std::{
     ffi::{OsStr, OsString},
@@ -12,28 +12,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::core::v1::Pod;
 use nix::sys::signal::Signal;
 use remora_api::proto::config::Snapshot;
-use remora_injector::token::{TokenError, TokenIssuer};
+use remora_injector::{config::well_known::SIDECAR_STATUS_ANNOTATION, token::TokenIssuer};
 
 use super::{
     bins::Binaries,
+    containers::{ContainerPlan, PodRun},
     expand,
     hosts::EtcNetns,
     kube_proxy,
     netns::{exec_in, run_checked, CommandError},
-    network::{Network, PodNetwork},
+    network::PodNetwork,
     plan::PodPlan,
     probe,
-    process::{as_proxy_user, Process, ProcessError},
-    secrets,
+    process::{as_user, Process, ProcessError},
+    volumes,
     wait::WaitError,
 };
 
 /// The sidecar container's name in an injected pod (and its log's name here).
 pub const SIDECAR: &str = "istio-proxy";
-/// The init container's name (and its log's name here).
-const INIT: &str = "istio-init";
 /// Istio's `istio-token` projected volume lives 12 hours (`expirationSeconds: 43200`).
 const TOKEN_TTL: Duration = Duration::from_secs(43_200);
 /// The longest grace period a stopping pod gets (a manifest may say anything up to `i64::MAX`).
@@ -42,13 +42,10 @@ const MAX_GRACE_SECONDS: i64 = 24 * 60 * 60;
 const ASK_REJECTED_EVERY: Duration = Duration::from_millis(500);
 /// The sidecar's admin endpoint with the snapshot it runs (`{"snapshot": ...}`).
 const CONFIG_DUMP_URL: &str = "http://127.0.0.1:15000/config_dump";
-/// Binds the pod's secrets over `/var/run/secrets` in the private mount namespace `ip netns
-/// exec` made, then becomes the sidecar. `$0` is the secrets directory, `$@` the sidecar.
-const BIND_SECRETS_AND_EXEC: &str = r#"mount --bind "$0" /var/run/secrets && exec "$@""#;
 /// Variables of the launcher's environment passed on to everything a pod runs.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG"];
-/// Variables passed on to sidecars, for debugging them.
-const SIDECAR_INHERITED_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE"];
+/// Variables passed on to Remora's own programs (the sidecar, `remora-init`), for debugging.
+const REMORA_INHERITED_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -70,12 +67,6 @@ pub enum PodError {
         pod: String,
         #[source]
         source: ProcessError,
-    },
-    #[error("pod {pod}: minting its service-account token: {source}")]
-    Token {
-        pod: String,
-        #[source]
-        source: TokenError,
     },
     #[error("pod {pod}: its sidecar rejected the current config: {reason}")]
     Rejected { pod: String, reason: String },
@@ -167,20 +158,17 @@ impl LocalPod {
     /// Where its service-account token is kept on the host (for root only; its sidecar sees
     /// it at `/var/run/secrets/tokens/istio-token`).
     pub fn token_path(&self) -> PathBuf {
-        secrets::token_path(&self.dir)
+        volumes::token_path(&self.dir)
     }
 }
 
 /// What starting a pod needs from its cluster.
 pub struct StartContext<'a> {
     pub bins: &'a Binaries,
-    /// kube-proxy's rules for pods without a sidecar (`iptables-restore` input).
+    /// kube-proxy's rules (`iptables-restore` input).
     pub service_nat: &'a str,
-    pub network: &'a Network,
     pub tokens: &'a TokenIssuer,
     pub roots_pem: &'a str,
-    /// The mesh's trust domain, which the sidecar's identity is in (`TRUST_DOMAIN`).
-    pub trust_domain: &'a str,
     pub timeout: Duration,
 }
 
@@ -188,31 +176,49 @@ pub struct StartContext<'a> {
 /// and namespace.
 pub struct RunningPod {
     // Fields drop in order: processes before the namespace they run in.
-    processes: Vec<Process>,
+    /// Each running container's process, by container name, in start order.
+    processes: Vec<(String, Process)>,
     etc: EtcNetns,
     _network: PodNetwork,
     pub info: LocalPod,
+    /// What the manifests asked for (before admission).
     pub plan: PodPlan,
-    /// The kube-proxy rules installed, for a started pod without a sidecar.
+    /// The pod as admission left it: what runs, and what is recorded.
+    pub admitted: Pod,
+    run: PodRun,
+    /// The kube-proxy rules installed, once started.
     service_nat: Option<String>,
     /// Whether every process started and became ready.
     ready: bool,
-    /// When the sidecar's current token was minted.
+    /// When its current service-account token was minted.
     token_minted: Option<Instant>,
 }
 
 impl RunningPod {
-    /// A pod not started yet, with its namespace, address and hosts file in place.
-    pub fn new(plan: PodPlan, network: PodNetwork, etc: EtcNetns, dir: PathBuf) -> Self {
+    /// A pod not started yet, with its namespace, address and hosts file in place, to run
+    /// `run` (worked out from `admitted`).
+    pub fn new(
+        plan: PodPlan,
+        admitted: Pod,
+        run: PodRun,
+        network: PodNetwork,
+        etc: EtcNetns,
+        dir: PathBuf,
+    ) -> Self {
+        let sidecar = admitted
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(SIDECAR_STATUS_ANNOTATION));
         let info = LocalPod {
             namespace: plan.namespace.clone(),
             name: plan.name.clone(),
             deployment: plan.deployment.clone(),
-            service_account: plan.service_account.clone(),
+            service_account: plan.service_account().to_owned(),
             ip: network.ip,
             netns: network.netns.name().to_owned(),
             dir,
-            sidecar: plan.sidecar,
+            sidecar,
         };
         Self {
             processes: Vec::new(),
@@ -220,6 +226,8 @@ impl RunningPod {
             _network: network,
             info,
             plan,
+            admitted,
+            run,
             service_nat: None,
             ready: false,
             token_minted: None,
@@ -242,7 +250,7 @@ impl RunningPod {
     /// sidecar drains, the apps finish what they are doing. Dropping the pod kills what is
     /// left.
     pub fn terminate(&mut self) {
-        for process in &self.processes {
+        for (_, process) in &self.processes {
             if let Err(error) = process.signal(Signal::SIGTERM) {
                 tracing::debug!(pod = %self.info.id(), %error, "SIGTERM");
             }
@@ -253,15 +261,16 @@ impl RunningPod {
     pub fn exited(&mut self) -> bool {
         self.processes
             .iter_mut()
-            .all(|process| process.exited().is_some())
+            .all(|(_, process)| process.exited().is_some())
     }
 
     /// `terminationGracePeriodSeconds` (Kubernetes' default: 30 s), at most a day.
     pub fn grace_period(&self) -> Duration {
         let seconds = self
-            .plan
+            .admitted
             .spec
-            .termination_grace_period_seconds
+            .as_ref()
+            .and_then(|spec| spec.termination_grace_period_seconds)
             .unwrap_or(30);
         Duration::from_secs(u64::try_from(seconds.clamp(0, MAX_GRACE_SECONDS)).unwrap_or(0))
     }
@@ -271,54 +280,68 @@ impl RunningPod {
         self.etc.write_hosts(text)
     }
 
-    /// Runs the pod: init and sidecar when injected, then its containers, each waited for.
-    /// Mints the sidecar's token and writes it with the mesh root; returns the directory to
-    /// bind over `/var/run/secrets`.
-    fn write_secrets(
-        &mut self,
-        tokens: &TokenIssuer,
-        roots_pem: &str,
-    ) -> Result<PathBuf, PodError> {
-        let pod = self.info.id();
-        let token = tokens
-            .mint(
-                &self.info.namespace,
-                &self.info.service_account,
-                &self.info.name,
-                TOKEN_TTL,
-            )
-            .map_err(|source| PodError::Token {
-                pod: pod.clone(),
+    /// Writes the pod's volumes, minting a fresh service-account token for any that holds one.
+    fn write_volumes(&mut self, tokens: &TokenIssuer, roots_pem: &str) -> Result<(), PodError> {
+        let info = &self.info;
+        let mint = || {
+            tokens
+                .mint(
+                    &info.namespace,
+                    &info.service_account,
+                    &info.name,
+                    TOKEN_TTL,
+                )
+                .map_err(|e| format!("minting its service-account token: {e}"))
+        };
+        let secrets = volumes::Secrets {
+            mint: &mint,
+            roots_pem,
+        };
+        volumes::write(&info.dir, &self.run.volumes, self.run.all(), &secrets).map_err(
+            |source| PodError::Io {
+                pod: info.id(),
+                what: "writing its volumes",
                 source,
-            })?;
-        let dir =
-            secrets::write(&self.info.dir, &token, roots_pem).map_err(|source| PodError::Io {
-                pod,
-                what: "writing its secrets",
-                source,
-            })?;
+            },
+        )?;
         self.token_minted = Some(Instant::now());
-        Ok(dir)
+        Ok(())
     }
 
-    /// Replaces the sidecar's token once 80 % of its lifetime has passed, as the kubelet
+    /// Replaces the pod's token once 80 % of its lifetime has passed, as the kubelet
     /// refreshes projected tokens, so certificates can still be renewed in a long session.
     pub fn refresh_token(&mut self, tokens: &TokenIssuer, roots_pem: &str) -> Result<(), PodError> {
         match self.token_minted {
-            Some(minted) if minted.elapsed() >= TOKEN_TTL.mul_f64(0.8) => {
-                self.write_secrets(tokens, roots_pem).map(drop)
+            Some(minted)
+                if minted.elapsed() >= TOKEN_TTL.mul_f64(0.8)
+                    && volumes::has_token(&self.run.volumes) =>
+            {
+                self.write_volumes(tokens, roots_pem)
             }
             _ => Ok(()),
         }
     }
 
+    /// Runs the pod as a kubelet does: its volumes written; init containers in order, each to
+    /// completion (a native sidecar started and waited for until ready instead); kube-proxy's
+    /// rules; then every container started in order and each waited for until ready.
     pub fn start(&mut self, cx: &StartContext<'_>) -> Result<(), PodError> {
-        if self.plan.sidecar {
-            self.start_sidecar(cx)?;
+        self.write_volumes(cx.tokens, cx.roots_pem)?;
+        for init in self.run.init.clone() {
+            if init.keeps_running {
+                self.start_container(&init, cx.bins)?;
+                self.wait_ready(&init, cx.timeout)?;
+            } else {
+                self.run_to_completion(&init, cx)?;
+            }
         }
         self.route_services(cx.service_nat)?;
-        for index in 0..self.plan.containers.len() {
-            self.start_container(index, cx.timeout)?;
+        let containers = self.run.containers.clone();
+        for container in &containers {
+            self.start_container(container, cx.bins)?;
+        }
+        for container in &containers {
+            self.wait_ready(container, cx.timeout)?;
         }
         self.ready = true;
         Ok(())
@@ -334,7 +357,12 @@ impl RunningPod {
         timeout: Duration,
         mut rejected: impl FnMut() -> Option<String>,
     ) -> Result<(), PodError> {
-        let Some(sidecar) = self.processes.first_mut().filter(|_| self.plan.sidecar) else {
+        let Some((_, sidecar)) = self
+            .processes
+            .iter_mut()
+            .find(|(name, _)| name == SIDECAR)
+            .filter(|_| self.info.sidecar)
+        else {
             return Ok(());
         };
         let info = &self.info;
@@ -381,7 +409,7 @@ impl RunningPod {
         }
         let pod = self.info.id();
         let path = self.info.dir.join("kube-proxy.rules");
-        let (text, flags): (String, &[&str]) = match (self.plan.sidecar, &self.service_nat) {
+        let (text, flags): (String, &[&str]) = match (self.info.sidecar, &self.service_nat) {
             (false, _) => (table.to_owned(), &[]),
             // The jump to the chain once; afterwards only the chain is replaced.
             (true, None) => (table.to_owned(), &["--noflush"]),
@@ -410,103 +438,99 @@ impl RunningPod {
         Ok(())
     }
 
-    fn start_sidecar(&mut self, cx: &StartContext<'_>) -> Result<(), PodError> {
-        let pod = self.info.id();
-        let init = cx.network.run_init(&cx.bins.init, &self.info.netns);
-        let log = match &init {
-            Ok(out) => [out.stdout.as_slice(), &out.stderr].concat(),
-            Err(e) => e.to_string().into_bytes(),
-        };
-        let _ = fs::write(self.info.log_path(INIT), log);
-        init.map_err(|source| PodError::Command {
-            pod: pod.clone(),
-            source,
-        })?;
-
-        let secrets_dir = self.write_secrets(cx.tokens, cx.roots_pem)?;
-        let io_error = |what| {
-            let pod = pod.clone();
-            move |source| PodError::Io { pod, what, source }
-        };
-        secrets::ensure_mount_point().map_err(io_error("creating /var/run/secrets"))?;
-
-        let mut argv: Vec<OsString> = vec![
-            "sh".into(),
-            "-c".into(),
-            BIND_SECRETS_AND_EXEC.into(),
-            secrets_dir.into(),
-        ];
-        let mut sidecar: Vec<OsString> = vec![cx.bins.proxy.clone().into()];
-        // As Istio's injection template passes `concurrency` to the proxy.
-        if let Some(workers) = self.plan.sidecar_config.concurrency {
-            sidecar.extend(["--concurrency".into(), workers.to_string().into()]);
-        }
-        argv.extend(as_proxy_user(&sidecar));
-        let mut cmd = self.info.command(&argv);
-        cmd.env_clear()
-            .envs(inherited(INHERITED_ENV))
-            .envs(inherited(SIDECAR_INHERITED_ENV))
-            .env("POD_NAME", &self.info.name)
-            .env("POD_NAMESPACE", &self.info.namespace)
-            .env("SERVICE_ACCOUNT", &self.info.service_account)
-            .env("INSTANCE_IP", self.info.ip.to_string())
-            .env("CA_ADDR", remora_api::DEFAULT_CA_ADDR)
-            .env("TRUST_DOMAIN", cx.trust_domain)
-            .envs(&self.plan.sidecar_config.env);
-        let netns = self.info.netns.clone();
-        let process = self.spawn(SIDECAR, cmd)?;
-        process
-            .wait_until("waiting for the sidecar to be ready", cx.timeout, || {
-                probe::sidecar_ready(&netns)
-            })
-            .map_err(|source| PodError::Wait {
-                pod,
-                source: Box::new(source),
-            })
-    }
-
-    fn start_container(&mut self, index: usize, timeout: Duration) -> Result<(), PodError> {
-        let container = self.plan.containers[index].clone();
+    /// The process of `container`, ready to spawn: its command line (`$(VAR)`s expanded, the
+    /// program resolved), as its user, with its volumes bound and its environment.
+    fn command(&self, container: &ContainerPlan, bins: &Binaries) -> Result<Command, PodError> {
         let env = expand::environment(&container.env, IpAddr::V4(self.info.ip));
-        let mut cmd = self
-            .info
-            .command(&expand::command_line(&container.argv, &env));
+        let mut argv: Vec<OsString> = expand::command_line(&container.argv, &env)
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let ours = bins.resolve(&mut argv[0]);
+        if let Some((uid, gid)) = container.user {
+            argv = as_user(uid, gid, &argv);
+        }
+        let argv = volumes::bind_and_exec(&self.info.dir, container, argv).map_err(|source| {
+            PodError::Io {
+                pod: self.info.id(),
+                what: "creating its mount points",
+                source,
+            }
+        })?;
+        let mut cmd = self.info.command(&argv);
         cmd.env_clear()
             .envs(inherited(INHERITED_ENV))
             .env("HOSTNAME", &self.info.name)
             .envs(env)
-            .current_dir(&self.info.dir);
-        let (pod, netns) = (self.info.id(), self.info.netns.clone());
-        let process = self.spawn(&container.name, cmd)?;
-        for port in container.ports {
-            process
-                .wait_until(
-                    &format!(
-                        "waiting for container {} to listen on {port}",
-                        container.name
-                    ),
-                    timeout,
-                    || probe::listening(&netns, port),
-                )
-                .map_err(|source| PodError::Wait {
-                    pod: pod.clone(),
-                    source: Box::new(source),
-                })?;
+            .current_dir(
+                container
+                    .working_dir
+                    .as_ref()
+                    .map_or(self.info.dir.clone(), PathBuf::from),
+            );
+        if ours {
+            cmd.envs(inherited(REMORA_INHERITED_ENV));
         }
-        Ok(())
+        Ok(cmd)
     }
 
-    fn spawn(&mut self, container: &str, cmd: Command) -> Result<&mut Process, PodError> {
-        let name = format!("{}/{container}", self.info.id());
+    /// Runs init container `container` to completion, its output in its log; fails unless it
+    /// succeeds.
+    fn run_to_completion(
+        &mut self,
+        container: &ContainerPlan,
+        cx: &StartContext<'_>,
+    ) -> Result<(), PodError> {
+        let pod = self.info.id();
+        let mut cmd = self.command(container, cx.bins)?;
+        let out = run_checked(cmd.stdin(Stdio::null()));
+        let log = match &out {
+            Ok(out) => [out.stdout.as_slice(), &out.stderr].concat(),
+            Err(e) => e.to_string().into_bytes(),
+        };
+        let _ = fs::write(self.info.log_path(&container.name), log);
+        out.map(drop)
+            .map_err(|source| PodError::Command { pod, source })
+    }
+
+    fn start_container(
+        &mut self,
+        container: &ContainerPlan,
+        bins: &Binaries,
+    ) -> Result<(), PodError> {
+        let cmd = self.command(container, bins)?;
+        let name = format!("{}/{}", self.info.id(), container.name);
         let process =
-            Process::spawn(&name, cmd, &self.info.log_path(container)).map_err(|source| {
+            Process::spawn(&name, cmd, &self.info.log_path(&container.name)).map_err(|source| {
                 PodError::Process {
                     pod: self.info.id(),
                     source,
                 }
             })?;
-        self.processes.push(process);
-        Ok(self.processes.last_mut().expect("just pushed"))
+        self.processes.push((container.name.clone(), process));
+        Ok(())
+    }
+
+    /// Waits until started container `container` is ready (its probe, else its ports).
+    fn wait_ready(&mut self, container: &ContainerPlan, timeout: Duration) -> Result<(), PodError> {
+        let (pod, netns, ip) = (self.info.id(), self.info.netns.clone(), self.info.ip);
+        let Some((_, process)) = self
+            .processes
+            .iter_mut()
+            .rev()
+            .find(|(name, _)| *name == container.name)
+        else {
+            return Ok(());
+        };
+        let what = format!("waiting for container {} to be ready", container.name);
+        process
+            .wait_until(&what, timeout, || {
+                probe::ready(&netns, ip, &container.ready)
+            })
+            .map_err(|source| PodError::Wait {
+                pod,
+                source: Box::new(source),
+            })
     }
 }
 

@@ -191,13 +191,19 @@ impl Drop for Process {
 /// `argv` prefixed so that it runs as the proxy's uid/gid with no supplementary groups, as the
 /// `istio-proxy` container's `runAsUser`/`runAsGroup` make it run in a pod.
 pub fn as_proxy_user<S: AsRef<OsStr>>(argv: &[S]) -> Vec<OsString> {
-    let id = PROXY_UID.to_string();
+    as_user(PROXY_UID, PROXY_UID, argv)
+}
+
+/// `argv` prefixed so that it runs as `uid`/`gid` with no supplementary groups, as a
+/// container's `runAsUser`/`runAsGroup` make it run.
+pub fn as_user<S: AsRef<OsStr>>(uid: u32, gid: u32, argv: &[S]) -> Vec<OsString> {
+    let (uid, gid) = (uid.to_string(), gid.to_string());
     [
         "setpriv",
         "--reuid",
-        &id,
+        &uid,
         "--regid",
-        &id,
+        &gid,
         "--clear-groups",
         "--",
     ]

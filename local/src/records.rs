@@ -1,6 +1,5 @@
 //! The records a cluster's controllers would write, written by the launcher instead: a Pod per
-//! replica (with `status.podIP`, owned by its Deployment's ReplicaSet as the Deployment
-//! controller names it, and the injection status annotation when it has a sidecar) and
+//! replica (as admission left it, with `status.podIP`) and
 //! the EndpointSlices of each selecting Service, computed from those Pods the way Kubernetes'
 //! EndpointSlice controller computes them. The control plane reads them from the state
 //! directory exactly as it reads any other manifest.
@@ -17,64 +16,21 @@ use k8s_openapi::{
         core::v1::{ObjectReference, Pod, PodCondition, PodIP, PodStatus, Service, ServicePort},
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
-    apimachinery::pkg::{
-        apis::meta::v1::{ObjectMeta, OwnerReference},
-        util::intstr::IntOrString,
-    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use remora_injector::config::{
-    cluster_ip::fnv1a64,
-    well_known::{namespace_of, SERVICE_NAME_LABEL, SIDECAR_STATUS_ANNOTATION},
-};
+use remora_injector::config::well_known::{namespace_of, SERVICE_NAME_LABEL};
 
-use super::plan::PodPlan;
-
-/// What Istio's injector records in `sidecar.istio.io/status` (the containers and volumes it added).
-const SIDECAR_STATUS: &str = r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#;
-/// The label a Deployment's ReplicaSet puts on its pods.
-const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
-/// Label Istio's injector adds so peers know the pod speaks mesh mTLS.
-const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "remoractl.local";
 /// The Pod condition a kubelet sets once every container is ready.
 const READY: &str = "Ready";
 
-/// The Pod object of a replica at `ip`: `Running` and ready once `ready`, `Pending` before.
-pub fn pod(plan: &PodPlan, ip: IpAddr, ready: bool) -> Pod {
-    let mut labels = plan.labels.clone();
-    let mut annotations = plan.annotations.clone();
-    if plan.sidecar {
-        labels.insert(TLS_MODE_LABEL.to_owned(), "istio".to_owned());
-        annotations.insert(
-            SIDECAR_STATUS_ANNOTATION.to_owned(),
-            SIDECAR_STATUS.to_owned(),
-        );
-    }
-    // As a Deployment's controllers write it: made by the ReplicaSet of its template.
-    labels.insert(TEMPLATE_HASH_LABEL.to_owned(), plan.template_hash.clone());
-    let replica_set = format!("{}-{}", plan.deployment, plan.template_hash);
+/// The Pod object of a replica at `ip`, as admission left it (`admitted`): `Running` and
+/// ready once `ready`, `Pending` before.
+pub fn pod(admitted: &Pod, ip: IpAddr, ready: bool) -> Pod {
     Pod {
-        metadata: ObjectMeta {
-            name: Some(plan.name.clone()),
-            generate_name: Some(format!("{replica_set}-")),
-            namespace: Some(plan.namespace.clone()),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "apps/v1".to_owned(),
-                kind: "ReplicaSet".to_owned(),
-                uid: format!(
-                    "{:016x}",
-                    fnv1a64(format!("{}/{replica_set}", plan.namespace).as_bytes())
-                ),
-                name: replica_set,
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(plan.spec.clone()),
+        metadata: admitted.metadata.clone(),
+        spec: admitted.spec.clone(),
         status: Some(PodStatus {
             phase: Some(if ready { "Running" } else { "Pending" }.to_owned()),
             pod_ip: Some(ip.to_string()),

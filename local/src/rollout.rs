@@ -168,22 +168,22 @@ fn index_of(pod: &PodPlan) -> Option<usize> {
         .ok()
 }
 
-/// Whether two plans make the same pod but for its name: the same template, sidecar and
-/// sidecar settings (so a pod that failed to start is tried again when any of them changes).
-pub fn same_pod(a: &PodPlan, b: &PodPlan) -> bool {
-    same_template(a, b) && a.sidecar == b.sidecar && a.sidecar_config == b.sidecar_config
-}
-
-/// Whether two plans come from the same pod template: labels, annotations and spec. What the
-/// launcher derives from elsewhere (injection by namespace label, `proxyMetadata` from the
-/// mesh config) does not restart a pod, as it does not in a cluster.
+/// Whether two plans come from the same pod template: labels (with the template's hash),
+/// annotations and spec. What admission adds from elsewhere (injection by namespace label,
+/// the mesh config) does not restart a pod, as it does not in a cluster.
 pub fn same_template(a: &PodPlan, b: &PodPlan) -> bool {
-    a.labels == b.labels && a.annotations == b.annotations && a.spec == b.spec
+    let meta = (&a.pod.metadata, &b.pod.metadata);
+    meta.0.labels == meta.1.labels
+        && meta.0.annotations == meta.1.annotations
+        && a.pod.spec == b.pod.spec
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::{
+        api::core::v1::{Pod, PodSpec},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
 
     use super::*;
 
@@ -192,14 +192,14 @@ mod tests {
             namespace: namespace.to_owned(),
             name: format!("{deployment}-{n}"),
             deployment: deployment.to_owned(),
-            template_hash: format!("{version}hash"),
-            labels: BTreeMap::from([("version".to_owned(), version.to_owned())]),
-            annotations: BTreeMap::new(),
-            spec: PodSpec::default(),
-            service_account: "default".to_owned(),
-            sidecar: true,
-            sidecar_config: Default::default(),
-            containers: Vec::new(),
+            pod: Pod {
+                metadata: ObjectMeta {
+                    labels: Some(BTreeMap::from([("version".to_owned(), version.to_owned())])),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PodSpec::default()),
+                status: None,
+            },
         }
     }
 
@@ -346,25 +346,6 @@ mod tests {
             names(&steps(&running, &[], &wanted)),
             ["start demo/httpbin-1 then stop httpbin-0"]
         );
-    }
-
-    #[test]
-    fn what_is_derived_from_mesh_config_or_namespace_labels_restarts_nothing() {
-        let running = [plan("demo", "httpbin", 0, "v1")];
-        let mut template = plan("demo", "httpbin", 0, "v1");
-        template.sidecar = false;
-        template
-            .sidecar_config
-            .env
-            .insert("SECRET_TTL".to_owned(), "1h".to_owned());
-        let wanted = BTreeMap::from([(
-            key("demo", "httpbin"),
-            Wanted::Run {
-                replicas: 1,
-                template: Box::new(template),
-            },
-        )]);
-        assert_eq!(steps(&running, &[], &wanted), Vec::new());
     }
 
     #[test]

@@ -154,6 +154,13 @@ fn print_rejections(cluster: &Cluster) {
             println!("  {}: {}", rejection.object, rejection.reason);
         }
     }
+    let refused: Vec<_> = cluster.refused().collect();
+    if !refused.is_empty() {
+        println!("\nRefused at admission (not run):");
+        for refusal in refused {
+            println!("  {refusal}");
+        }
+    }
     let skipped = cluster.skipped();
     if !skipped.is_empty() {
         println!("\nNot run (cannot run locally):");

@@ -148,8 +148,7 @@ impl Mesh {
     ) -> anyhow::Result<Pod> {
         let net = self.network.add_pod(&format!("{}-{name}", self.prefix))?;
         if intercept {
-            self.network
-                .run_init(&self.bins.init, net.netns.name())
+            run_init(&self.bins.init, net.netns.name(), self.network.dual_stack())
                 .context("running remora-init")?;
         }
 
@@ -395,4 +394,27 @@ pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|line| labels.iter().all(|l| line.contains(l)))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Installs the sidecar's interception rules in namespace `netns` by running `remora-init`
+/// (at `init`) with the arguments Istio's injector gives it, as the `istio-init` container
+/// does before any other container starts.
+fn run_init(
+    init: &std::path::Path,
+    netns: &str,
+    dual_stack: bool,
+) -> Result<std::process::Output, remora_local::CommandError> {
+    let mut argv = vec![init.as_os_str()];
+    argv.extend(
+        remora_init::flags::INJECTOR_DEFAULT_ARGS
+            .iter()
+            .map(std::ffi::OsStr::new),
+    );
+    if dual_stack {
+        argv.push("--dual-stack".as_ref());
+    }
+    run_checked(
+        // The flag above decides; a stray variable in our environment must not.
+        exec_in(netns, &argv).env_remove(remora_init::flags::DUAL_STACK_ENV),
+    )
 }

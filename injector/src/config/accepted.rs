@@ -3,13 +3,14 @@
 //!
 //! The discovery server never needs these (it serves the translated snapshot), but whoever
 //! stands in for the rest of a cluster does: the local launcher runs the accepted Deployments,
-//! in the accepted Namespaces, with the `proxyMetadata` injection would render, and records
-//! EndpointSlices for the accepted Services. Reading them here, from the very catalog the
+//! in the accepted Namespaces, sends them through the accepted webhook configuration, and
+//! records EndpointSlices for the accepted Services. Reading them here, from the very catalog the
 //! control plane serves, means the two can never disagree about what was admitted.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
     core::v1::{Namespace, Service},
 };
@@ -17,19 +18,9 @@ use k8s_openapi::api::{
 use crate::inject::Injector;
 
 use super::{
-    mesh::{MeshConfig, ProxyConfig, ProxyConfigError},
+    mesh::MeshConfig,
     objects::{Key, Labelled, Objects},
 };
-
-/// The parts of a pod's `ProxyConfig` that injection renders into its sidecar container, as
-/// Istio's injection template does (the rest reaches the sidecar in its snapshots).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SidecarConfig {
-    /// `proxyMetadata`: environment variables.
-    pub env: BTreeMap<String, String>,
-    /// `concurrency`: worker threads (`--concurrency`; 0 means one per core).
-    pub concurrency: Option<u32>,
-}
 
 /// The accepted objects of one read of a source ([`Catalog::accepted`]).
 ///
@@ -92,18 +83,10 @@ impl Accepted {
             .copied()
     }
 
-    /// What injection renders into the sidecar container of a pod with `annotations`: the
-    /// mesh's `defaultConfig` with the pod's `proxy.istio.io/config` merged over it.
-    pub fn sidecar_config(
-        &self,
-        annotations: Option<&BTreeMap<String, String>>,
-    ) -> Result<SidecarConfig, ProxyConfigError> {
-        let pod = ProxyConfig::of_pod(annotations)?;
-        let proxy = self.mesh.proxy_config(pod.as_ref());
-        Ok(SidecarConfig {
-            env: proxy.proxy_metadata,
-            concurrency: proxy.concurrency,
-        })
+    /// The MutatingWebhookConfigurations, by name: which pods the API server sends to which
+    /// webhook.
+    pub fn webhook_configurations(&self) -> impl Iterator<Item = &MutatingWebhookConfiguration> {
+        objects_of(&self.objects.webhook_configurations)
     }
 }
 

@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use k8s_openapi::{
     api::{
+        admissionregistration::v1::MutatingWebhookConfiguration,
         apps::v1::Deployment,
         core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount, ServicePort},
         discovery::v1::EndpointSlice,
@@ -20,7 +21,7 @@ use k8s_openapi::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::inject::{InjectionPolicy, Values};
+use crate::inject::{selector, InjectionPolicy, Values};
 
 use super::{
     mesh::MeshConfig,
@@ -149,6 +150,9 @@ pub(crate) struct Objects {
     /// and key.
     pub(crate) routing: BTreeMap<(&'static str, Key), Labelled<RoutingObject>>,
     pub(crate) service_entries: BTreeMap<Key, Labelled<ServiceEntry>>,
+    /// MutatingWebhookConfigurations (cluster-scoped: the key's namespace is empty), which say
+    /// which pods the API server sends to the injection webhook.
+    pub(crate) webhook_configurations: BTreeMap<Key, Labelled<MutatingWebhookConfiguration>>,
     pub(crate) mesh: Option<MeshConfig>,
     /// The injection values and policy (`injection.yaml`, which holds values only, or the
     /// `istio-sidecar-injector` ConfigMap's `values` and `config`).
@@ -321,6 +325,16 @@ impl Objects {
             Kept::Service(service) => {
                 let object = Labelled::new(&label, origin, *service);
                 self.keep("Service", key, object, |o| &mut o.services, rejected);
+            }
+            Kept::WebhookConfiguration(configuration) => {
+                let object = Labelled::new(&label, origin, *configuration);
+                self.keep(
+                    "MutatingWebhookConfiguration",
+                    key,
+                    object,
+                    |o| &mut o.webhook_configurations,
+                    rejected,
+                );
             }
             Kept::EndpointSlice(slice) => {
                 let object = Labelled::new(&label, origin, *slice);
@@ -523,7 +537,7 @@ impl Identity {
         };
         let (api_version, kind) = (text("apiVersion")?, text("kind")?);
         let name = meta("name");
-        let namespace = if kind == "Namespace" {
+        let namespace = if CLUSTER_SCOPED.contains(&kind.as_str()) {
             String::new()
         } else {
             // Kubernetes puts an object with no (or an empty) namespace in `default`.
@@ -545,6 +559,9 @@ impl Identity {
     }
 }
 
+/// The kinds read that belong to no namespace.
+const CLUSTER_SCOPED: [&str; 2] = ["Namespace", "MutatingWebhookConfiguration"];
+
 /// Checks a document of a kind the control plane reads; `None` for any other kind.
 fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
     let (namespace, name) = (id.key.0.as_str(), id.key.1.as_str());
@@ -563,6 +580,10 @@ fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             check(value, check_endpoint_slice).map(|slice| Kept::EndpointSlice(Box::new(slice)))
+        }
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+            check(value, check_webhook_configuration)
+                .map(|configuration| Kept::WebhookConfiguration(Box::new(configuration)))
         }
         ("v1", "ConfigMap") if (namespace, name) == MESH_CONFIG_MAP => mesh_config_map(value),
         ("v1", "ConfigMap") if (namespace, name) == INJECTOR_CONFIG_MAP => {
@@ -645,6 +666,7 @@ enum Kept {
     Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    WebhookConfiguration(Box<MutatingWebhookConfiguration>),
     Mesh(MeshConfig),
     Injection(Box<(Values, InjectionPolicy)>),
     /// Checked for mistakes and duplicates, not kept.
@@ -673,7 +695,8 @@ object!(
     Pod,
     Service,
     EndpointSlice,
-    ConfigMap
+    ConfigMap,
+    MutatingWebhookConfiguration
 );
 
 /// Deserializes `value` (naming the field on error) and runs the checks every object gets plus
@@ -814,6 +837,23 @@ fn is_port_name(name: &str) -> bool {
         && !name.starts_with('-')
         && !name.ends_with('-')
         && !name.contains("--")
+}
+
+/// Every webhook's selectors must be well formed: the API server refuses the object otherwise.
+fn check_webhook_configuration(
+    configuration: &MutatingWebhookConfiguration,
+    problems: &mut Vec<String>,
+) {
+    for (i, webhook) in configuration.webhooks.iter().flatten().enumerate() {
+        for (field, selector) in [
+            ("namespaceSelector", &webhook.namespace_selector),
+            ("objectSelector", &webhook.object_selector),
+        ] {
+            if let Some(Err(problem)) = selector.as_ref().map(selector::check) {
+                problems.push(format!("webhooks[{i}].{field}.{problem}"));
+            }
+        }
+    }
 }
 
 fn check_endpoint_slice(slice: &EndpointSlice, problems: &mut Vec<String>) {

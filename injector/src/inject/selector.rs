@@ -7,7 +7,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-/// Whether `labels` satisfy `selector`; `Err` names a requirement that is not well formed.
+/// Whether `selector` is well formed; `Err` names the requirement that is not.
+pub fn check(selector: &LabelSelector) -> Result<(), String> {
+    matches(selector, &BTreeMap::new()).map(drop)
+}
+
+/// Whether `labels` satisfy `selector`; `Err` names a requirement that is not well formed
+/// (whatever the labels).
 pub fn matches(
     selector: &LabelSelector,
     labels: &BTreeMap<String, String>,
@@ -17,9 +23,7 @@ pub fn matches(
         .iter()
         .flatten()
         .all(|(key, value)| labels.get(key) == Some(value));
-    if !exact {
-        return Ok(false);
-    }
+    let mut holds_all = exact;
     for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
         let values = requirement.values.as_deref().unwrap_or_default();
         let value = labels.get(&requirement.key);
@@ -46,11 +50,9 @@ pub fn matches(
                 ))
             }
         };
-        if !holds {
-            return Ok(false);
-        }
+        holds_all &= holds;
     }
-    Ok(true)
+    Ok(holds_all)
 }
 
 #[cfg(test)]

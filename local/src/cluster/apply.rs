@@ -65,7 +65,7 @@ impl Cluster {
         // A failure counts while the manifests still ask for the pod that failed (or leave
         // the Deployment as it is).
         self.failed.retain(|key, failure| match wanted.get(key) {
-            Some(Wanted::Run { template, .. }) => rollout::same_pod(template, &failure.plan),
+            Some(Wanted::Run { template, .. }) => rollout::same_template(template, &failure.plan),
             Some(Wanted::Hold(_)) => true,
             Some(Wanted::Nothing) | None => false,
         });
@@ -109,7 +109,7 @@ impl Cluster {
         let failed_before = self
             .failed
             .get(key)
-            .filter(|failure| rollout::same_pod(&failure.plan, &plan));
+            .filter(|failure| rollout::same_template(&failure.plan, &plan));
         if failed_before.is_some_and(|failure| Instant::now() < failure.retry_at) {
             return Ok(false);
         }

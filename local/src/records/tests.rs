@@ -1,30 +1,38 @@
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::PodSpec;
 
-use super::*;
-use crate::plan::PodPlan;
+use remora_injector::config::well_known::SIDECAR_STATUS_ANNOTATION;
 
-fn plan(name: &str, labels: &[(&str, &str)], sidecar: bool, container_ports: &str) -> PodPlan {
+use super::*;
+
+/// Pod `name` of Deployment `httpbin` in `demo`, as admission left it: injected (as far as
+/// records care: the status annotation and tlsMode label) when `sidecar`.
+fn admitted(name: &str, labels: &[(&str, &str)], sidecar: bool, container_ports: &str) -> Pod {
     let spec: PodSpec = serde_saphyr::from_str(&format!(
         "containers: [{{name: app, command: [app], ports: {container_ports}}}]"
     ))
     .expect("test PodSpec");
-    PodPlan {
-        namespace: "demo".to_owned(),
-        name: name.to_owned(),
-        deployment: "httpbin".to_owned(),
-        template_hash: "b7f9c8d6b5".to_owned(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        annotations: BTreeMap::new(),
-        spec,
-        service_account: "httpbin".to_owned(),
-        sidecar,
-        sidecar_config: Default::default(),
-        containers: Vec::new(),
+    let mut labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut annotations = BTreeMap::new();
+    if sidecar {
+        labels.insert("security.istio.io/tlsMode".to_owned(), "istio".to_owned());
+        annotations.insert(
+            SIDECAR_STATUS_ANNOTATION.to_owned(),
+            r#"{"containers":["istio-proxy"]}"#.to_owned(),
+        );
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("demo".to_owned()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
     }
 }
 
@@ -37,52 +45,21 @@ fn service(yaml: &str) -> Service {
 }
 
 #[test]
-fn pod_record_carries_address_and_injection_status() {
-    let injected = pod(
-        &plan("httpbin-0", &[("app", "httpbin")], true, "[]"),
-        ip("198.18.0.10"),
-        true,
-    );
-    let value = serde_json::to_value(&injected).expect("serializable");
+fn pod_record_is_the_admitted_pod_with_its_address_and_readiness() {
+    let injected = admitted("httpbin-0", &[("app", "httpbin")], true, "[]");
+    let record = pod(&injected, ip("198.18.0.10"), true);
+    assert_eq!(record.metadata, injected.metadata);
+    assert_eq!(record.spec, injected.spec);
+    let value = serde_json::to_value(&record).expect("serializable");
     assert_eq!(value["kind"], "Pod");
     assert_eq!(value["status"]["podIP"], "198.18.0.10");
     assert_eq!(value["status"]["phase"], "Running");
-    assert_eq!(
-        value["metadata"]["labels"]["security.istio.io/tlsMode"],
-        "istio"
-    );
-    let status = value["metadata"]["annotations"][SIDECAR_STATUS_ANNOTATION]
-        .as_str()
-        .expect("status annotation");
-    let status: serde_json::Value = serde_json::from_str(status).expect("status is JSON");
-    assert_eq!(status["containers"][0], "istio-proxy");
 
-    // Owned by its Deployment's ReplicaSet, so the control plane finds the Deployment.
-    assert_eq!(
-        value["metadata"]["labels"]["pod-template-hash"],
-        "b7f9c8d6b5"
+    let starting = pod(
+        &admitted("web-1", &[], false, "[]"),
+        ip("198.18.0.12"),
+        false,
     );
-    assert_eq!(value["metadata"]["generateName"], "httpbin-b7f9c8d6b5-");
-    let owner = &value["metadata"]["ownerReferences"][0];
-    assert_eq!(
-        (
-            owner["kind"].as_str(),
-            owner["name"].as_str(),
-            owner["controller"].as_bool()
-        ),
-        (Some("ReplicaSet"), Some("httpbin-b7f9c8d6b5"), Some(true))
-    );
-    let workload = remora_injector::inject::Workload::of_pod(&injected, "demo");
-    assert_eq!(
-        (workload.name.as_str(), workload.kind.as_str()),
-        ("httpbin", "Deployment")
-    );
-
-    let plain = pod(&plan("web-0", &[], false, "[]"), ip("198.18.0.11"), true);
-    let annotations = plain.metadata.annotations.expect("annotations");
-    assert!(!annotations.contains_key(SIDECAR_STATUS_ANNOTATION));
-
-    let starting = pod(&plan("web-1", &[], false, "[]"), ip("198.18.0.12"), false);
     let value = serde_json::to_value(&starting).expect("serializable");
     assert_eq!(value["status"]["phase"], "Pending");
     assert_eq!(value["status"]["conditions"][0]["type"], "Ready");
@@ -98,12 +75,12 @@ fn a_starting_pod_is_a_not_ready_endpoint() {
     let labels = [("app", "httpbin")];
     let pods = [
         pod(
-            &plan("httpbin-0", &labels, true, "[]"),
+            &admitted("httpbin-0", &labels, true, "[]"),
             ip("198.18.0.10"),
             true,
         ),
         pod(
-            &plan("httpbin-1", &labels, true, "[]"),
+            &admitted("httpbin-1", &labels, true, "[]"),
             ip("198.18.0.11"),
             false,
         ),
@@ -140,7 +117,7 @@ fn slices_select_pods_and_resolve_target_ports() {
     );
     let pods = [
         pod(
-            &plan(
+            &admitted(
                 "httpbin-1",
                 &[("app", "httpbin")],
                 true,
@@ -150,7 +127,7 @@ fn slices_select_pods_and_resolve_target_ports() {
             true,
         ),
         pod(
-            &plan(
+            &admitted(
                 "httpbin-0",
                 &[("app", "httpbin")],
                 true,
@@ -161,12 +138,12 @@ fn slices_select_pods_and_resolve_target_ports() {
         ),
         // Named port missing: its slice lacks that port.
         pod(
-            &plan("httpbin-2", &[("app", "httpbin")], true, "[]"),
+            &admitted("httpbin-2", &[("app", "httpbin")], true, "[]"),
             ip("198.18.0.12"),
             true,
         ),
         pod(
-            &plan("other-0", &[("app", "other")], true, "[]"),
+            &admitted("other-0", &[("app", "other")], true, "[]"),
             ip("198.18.0.13"),
             true,
         ),

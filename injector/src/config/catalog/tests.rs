@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use remora_api::proto::config::{Endpoint, Service, ServicePort};
 
 use super::*;
-use crate::config::{cluster_ip, SidecarConfig};
+use crate::config::cluster_ip;
 
 fn documents(files: &[(&str, &str)]) -> Vec<(String, String)> {
     files
@@ -544,10 +544,35 @@ spec:
         Some(IpAddr::from([10, 96, 0, 20]))
     );
     assert_eq!(catalog.trust_domain(), "example.org");
-    let annotations = BTreeMap::from([(
-        "proxy.istio.io/config".to_owned(),
-        "{proxyMetadata: {B: pod, C: pod}, concurrency: 0}".to_owned(),
-    )]);
+    // The injector of this read renders the mesh's defaultConfig, the pod's annotation
+    // merged over it, into the sidecar.
+    let sidecar = |annotations: &str| {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_saphyr::from_str(&format!(
+            "metadata: {{name: p, namespace: default, annotations: {annotations}}}\n\
+             spec: {{containers: [{{name: app, image: app}}]}}\n"
+        ))
+        .expect("test pod");
+        let workload = crate::inject::Workload::of_pod(&pod, "default");
+        let injected = catalog
+            .accepted()
+            .injector()
+            .inject(&pod, &workload)
+            .expect("injected");
+        let spec = injected.spec.expect("spec");
+        let proxy = spec
+            .containers
+            .into_iter()
+            .find(|c| c.name == "istio-proxy")
+            .expect("istio-proxy");
+        let env: BTreeMap<String, String> = proxy
+            .env
+            .into_iter()
+            .flatten()
+            .filter(|var| ["A", "B", "C"].contains(&var.name.as_str()))
+            .map(|var| (var.name, var.value.unwrap_or_default()))
+            .collect();
+        (env, proxy.args.unwrap_or_default())
+    };
     let pairs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -555,21 +580,20 @@ spec:
             .collect()
     };
     assert_eq!(
-        catalog
-            .accepted()
-            .sidecar_config(Some(&annotations))
-            .expect("valid"),
-        SidecarConfig {
-            env: pairs(&[("A", "mesh"), ("B", "pod"), ("C", "pod")]),
-            concurrency: Some(0),
-        }
+        sidecar(
+            r#"{"proxy.istio.io/config": "{proxyMetadata: {B: pod, C: pod}, concurrency: 0}"}"#
+        ),
+        (
+            pairs(&[("A", "mesh"), ("B", "pod"), ("C", "pod")]),
+            vec!["--concurrency".to_owned(), "0".to_owned()]
+        )
     );
     assert_eq!(
-        catalog.accepted().sidecar_config(None).expect("valid"),
-        SidecarConfig {
-            env: pairs(&[("A", "mesh"), ("B", "mesh")]),
-            concurrency: Some(4),
-        }
+        sidecar("{}"),
+        (
+            pairs(&[("A", "mesh"), ("B", "mesh")]),
+            vec!["--concurrency".to_owned(), "4".to_owned()]
+        )
     );
 }
 
