@@ -1,6 +1,7 @@
 //! `remoractl kube-inject` as users run it: its output is valid Kubernetes (checked by the
 //! Python `kubernetes-validate`, strict, against the API version the control plane models), it
-//! injects every kind it should, and a bad input prints nothing and fails.
+//! injects every kind it should, and a bad input prints nothing and fails; and the local
+//! launcher running pods exactly as the webhook injects them.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,7 +9,12 @@ use std::{
 };
 
 use anyhow::{ensure, Context};
-use remora_e2e::{two_pods::fixture, Binaries};
+use remora_e2e::{
+    example_cluster::{sidecar_metrics, ExampleCluster},
+    two_pods::fixture,
+    Binaries,
+};
+use remora_local::LocalPod;
 
 fn remoractl() -> anyhow::Result<PathBuf> {
     Ok(Binaries::get()?.dir.join("remoractl"))
@@ -112,5 +118,68 @@ fn a_bad_input_prints_nothing_and_fails() -> anyhow::Result<()> {
     let out = child.wait_with_output()?;
     ensure!(out.status.success());
     ensure!(String::from_utf8_lossy(&out.stdout).contains("istio-proxy"));
+    Ok(())
+}
+
+/// `GET http://<pod IP>:<port><path>` from inside `pod`, as the kubelet and Prometheus ask it:
+/// the status and body.
+fn get_pod_ip(pod: &LocalPod, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let url = format!("http://{}:{port}{path}", pod.ip);
+    let out = pod.exec(&["curl", "-s", "-m", "5", "-w", "\n%{http_code}", &url])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((status.trim().parse().unwrap_or(0), body.to_owned()))
+}
+
+/// The launcher runs pods as the webhook injects them: the app's probes answered through the
+/// sidecar's status port (and failing when the app's health fails), the app's metrics merged
+/// there, a native sidecar ready before the app starts, and a pod injection refuses reported.
+#[test]
+fn the_launcher_runs_what_the_webhook_injects() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with("inject", |dir| {
+        std::fs::copy(fixture("inject/launcher.yaml"), dir.join("launcher.yaml"))?;
+        Ok(())
+    })?;
+    let health = mesh.pod_in("probes", "health")?;
+    ensure!(health.sidecar, "health got no sidecar");
+    for path in ["/app-health/health/readyz", "/app-health/health/livez"] {
+        let (status, _) = get_pod_ip(&health, 15020, path)?;
+        ensure!(status == 200, "{path}: {status}");
+    }
+    std::fs::write(health.dir.join("unhealthy"), "")?;
+    for path in ["/app-health/health/readyz", "/app-health/health/livez"] {
+        let (status, _) = get_pod_ip(&health, 15020, path)?;
+        ensure!(status >= 500, "{path} while the app is unhealthy: {status}");
+    }
+    std::fs::remove_file(health.dir.join("unhealthy"))?;
+
+    let (status, merged) = get_pod_ip(&health, 15020, "/stats/prometheus")?;
+    ensure!(status == 200, "merged metrics: {status}");
+    ensure!(merged.contains("app_requests_total 7"), "{merged}");
+    let own = sidecar_metrics(&health)?;
+    let sample = own
+        .lines()
+        .find(|line| line.starts_with("# TYPE"))
+        .context("the sidecar exports nothing")?;
+    ensure!(merged.contains(sample), "{sample} missing from {merged}");
+
+    let native = mesh.pod_in("probes", "native")?;
+    let seen = std::fs::read_to_string(native.dir.join("proxy-ready-at-start"))?;
+    ensure!(
+        seen == "200",
+        "the app started before the proxy was ready: {seen:?}"
+    );
+
+    let refused: Vec<String> = mesh.cluster.refused().map(|e| e.to_string()).collect();
+    ensure!(
+        refused.len() == 1
+            && refused[0].contains("traffic.sidecar.istio.io/excludeInboundPorts")
+            && refused[0].contains("notaport"),
+        "{refused:?}"
+    );
+    ensure!(
+        mesh.pod_in("probes", "refused").is_err(),
+        "a refused pod runs"
+    );
     Ok(())
 }
