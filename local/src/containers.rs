@@ -16,7 +16,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::volumes::{self, VolumePlan};
+use super::volumes::{self, Mount, VolumePlan};
 
 /// The node name pods are told they run on (`spec.nodeName`).
 pub const NODE_NAME: &str = "remora-local";
@@ -49,14 +49,6 @@ pub struct ContainerPlan {
     pub ready: Readiness,
     /// A native sidecar: an init container that keeps running beside the containers.
     pub keeps_running: bool,
-}
-
-/// A volume mounted into a container.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    pub volume: String,
-    pub path: String,
-    pub read_only: bool,
 }
 
 /// A container environment value: written, or from the downward API.
@@ -127,8 +119,17 @@ impl PodRun {
     }
 
     /// Every container, init containers first.
-    pub fn all(&self) -> impl Iterator<Item = &ContainerPlan> + Clone {
+    pub fn all(&self) -> impl Iterator<Item = &ContainerPlan> {
         self.init.iter().chain(&self.containers)
+    }
+
+    /// Who owns the files of volume `name`: the user of the first container that mounts it
+    /// and runs as someone.
+    pub fn owner_of(&self, volume: &str) -> Option<u32> {
+        self.all()
+            .filter(|c| c.mounts.iter().any(|m| m.volume == volume))
+            .find_map(|c| c.user)
+            .map(|(uid, _)| uid)
     }
 }
 

@@ -297,13 +297,17 @@ impl RunningPod {
             mint: &mint,
             roots_pem,
         };
-        volumes::write(&info.dir, &self.run.volumes, self.run.all(), &secrets).map_err(
-            |source| PodError::Io {
-                pod: info.id(),
-                what: "writing its volumes",
-                source,
-            },
-        )?;
+        volumes::write(
+            &info.dir,
+            &self.run.volumes,
+            |volume| self.run.owner_of(volume),
+            &secrets,
+        )
+        .map_err(|source| PodError::Io {
+            pod: info.id(),
+            what: "writing its volumes",
+            source,
+        })?;
         self.token_minted = Some(Instant::now());
         Ok(())
     }
@@ -450,13 +454,14 @@ impl RunningPod {
         if let Some((uid, gid)) = container.user {
             argv = as_user(uid, gid, &argv);
         }
-        let argv = volumes::bind_and_exec(&self.info.dir, container, argv).map_err(|source| {
-            PodError::Io {
-                pod: self.info.id(),
-                what: "creating its mount points",
-                source,
-            }
-        })?;
+        let argv =
+            volumes::bind_and_exec(&self.info.dir, &container.mounts, argv).map_err(|source| {
+                PodError::Io {
+                    pod: self.info.id(),
+                    what: "creating its mount points",
+                    source,
+                }
+            })?;
         let mut cmd = self.info.command(&argv);
         cmd.env_clear()
             .envs(inherited(INHERITED_ENV))

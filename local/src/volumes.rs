@@ -27,8 +27,6 @@ use std::{
 
 use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, PodSpec};
 
-use super::containers::{ContainerPlan, Unrunnable};
-
 /// The only audience the launcher's token issuer mints for (Istio's CA's).
 const TOKEN_AUDIENCE: &str = "istio-ca";
 /// The ConfigMap holding the mesh root in every namespace, and its key.
@@ -39,6 +37,14 @@ const ROOT_UID: u32 = 0;
 /// Binds each `(source, target, rw|ro)` triple given before `--`, then becomes what follows
 /// it. Run as root in the private mount namespace `ip netns exec` made.
 const BIND_AND_EXEC: &str = r#"while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 1; fi; shift 3; done; shift; exec "$@""#;
+
+/// A volume mounted into a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub volume: String,
+    pub path: String,
+    pub read_only: bool,
+}
 
 /// One volume of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,8 +80,9 @@ pub struct Secrets<'a> {
     pub roots_pem: &'a str,
 }
 
-/// The volumes of `spec`, checked to be kinds the launcher provides.
-pub fn plan(pod: &Pod, spec: &PodSpec) -> Result<Vec<VolumePlan>, Unrunnable> {
+/// The volumes of `spec`, checked to be kinds the launcher provides; an error names the field
+/// (below `spec.`) and what is wrong.
+pub fn plan(pod: &Pod, spec: &PodSpec) -> Result<Vec<VolumePlan>, (String, String)> {
     spec.volumes
         .iter()
         .flatten()
@@ -242,21 +249,16 @@ pub fn token_path(pod_dir: &Path) -> PathBuf {
 }
 
 /// Writes (or rewrites: a fresh token, the current root) every volume of `volumes` for the pod
-/// of `pod_dir`; files belong to the user of the first container of `containers` that mounts
-/// them and runs as someone.
-pub fn write<'a>(
+/// of `pod_dir`; a volume's files belong to `owner(volume)` (root when `None`).
+pub fn write(
     pod_dir: &Path,
     volumes: &[VolumePlan],
-    containers: impl Iterator<Item = &'a ContainerPlan> + Clone,
+    owner: impl Fn(&str) -> Option<u32>,
     secrets: &Secrets<'_>,
 ) -> io::Result<()> {
     private_dir(&guard_dir(pod_dir), ROOT_UID, 0o700)?;
     for volume in volumes {
-        let owner = containers
-            .clone()
-            .filter(|c| c.mounts.iter().any(|m| m.volume == volume.name))
-            .find_map(|c| c.user)
-            .map_or(ROOT_UID, |(uid, _)| uid);
+        let owner = owner(&volume.name).unwrap_or(ROOT_UID);
         let dir = volume_dir(pod_dir, &volume.name);
         match &volume.source {
             Source::Empty => private_dir(&dir, owner, 0o777)?,
@@ -289,20 +291,20 @@ pub fn has_token(volumes: &[VolumePlan]) -> bool {
     })
 }
 
-/// `argv` prefixed so that, run as root in a private mount namespace, it first binds the
-/// container's volumes of the pod of `pod_dir` at their mount paths (created on the host if
+/// `argv` prefixed so that, run as root in a private mount namespace, it first binds `mounts`,
+/// volumes of the pod of `pod_dir`, at their mount paths (created on the host if
 /// missing: a bind needs a directory to land on, and the bind itself happens only in the
 /// container's namespace).
 pub fn bind_and_exec(
     pod_dir: &Path,
-    container: &ContainerPlan,
+    mounts: &[Mount],
     argv: Vec<OsString>,
 ) -> io::Result<Vec<OsString>> {
-    if container.mounts.is_empty() {
+    if mounts.is_empty() {
         return Ok(argv);
     }
     let mut out: Vec<OsString> = vec!["sh".into(), "-c".into(), BIND_AND_EXEC.into(), "sh".into()];
-    for mount in &container.mounts {
+    for mount in mounts {
         fs::create_dir_all(&mount.path)?;
         out.push(volume_dir(pod_dir, &mount.volume).into());
         out.push(mount.path.clone().into());

@@ -1,10 +1,9 @@
 use std::os::unix::fs::MetadataExt;
 
 use super::*;
-use crate::containers::PodRun;
 
-/// An injected pod's volumes as injection declares them, and its sidecar mounting them.
-fn injected() -> (Pod, PodRun) {
+/// An injected pod's volumes as injection declares them.
+fn injected() -> Vec<VolumePlan> {
     let pod: Pod = serde_saphyr::from_str(
         r#"
 metadata: {name: web-0, namespace: demo, labels: {app: web}, annotations: {a: "say \"hi\""}}
@@ -34,15 +33,13 @@ spec:
 "#,
     )
     .expect("test pod");
-    let run = PodRun::of(&pod).expect("runnable");
-    (pod, run)
+    plan(&pod, pod.spec.as_ref().expect("spec")).expect("provided locally")
 }
 
 #[test]
 fn volumes_are_planned_from_the_spec() {
-    let (_, run) = injected();
-    let sources: Vec<(&str, &Source)> = run
-        .volumes
+    let volumes = injected();
+    let sources: Vec<(&str, &Source)> = volumes
         .iter()
         .map(|v| (v.name.as_str(), &v.source))
         .collect();
@@ -70,7 +67,7 @@ fn volumes_are_planned_from_the_spec() {
             ),
         ]
     );
-    assert!(has_token(&run.volumes));
+    assert!(has_token(&volumes));
 }
 
 #[test]
@@ -80,7 +77,7 @@ fn volumes_the_launcher_cannot_provide_are_refused_naming_the_field() {
             "metadata: {{name: p}}\nspec: {{containers: [{{name: a, command: [a]}}], volumes: [{volume}]}}\n"
         ))
         .expect("test pod");
-        PodRun::of(&pod).expect_err(volume)
+        plan(&pod, pod.spec.as_ref().expect("spec")).expect_err(volume)
     };
     let (field, message) = refused("{name: s, secret: {secretName: s}}");
     assert_eq!(field, "volumes[0]");
@@ -105,7 +102,7 @@ fn a_refreshed_token_replaces_the_old_one_whole_and_stays_its_containers() {
         nix::unistd::geteuid().is_root(),
         "writing files owned by uid 1337 needs root; run the tests as root"
     );
-    let (_, run) = injected();
+    let volumes = injected();
     let pod = tempfile::tempdir().expect("pod dir");
     let write_with = |token: &str| {
         let mint = || Ok(token.to_owned());
@@ -113,7 +110,8 @@ fn a_refreshed_token_replaces_the_old_one_whole_and_stays_its_containers() {
             mint: &mint,
             roots_pem: "ROOT",
         };
-        write(pod.path(), &run.volumes, run.all(), &secrets).expect("write");
+        // The sidecar (uid 1337) mounts them all, as in an injected pod.
+        write(pod.path(), &volumes, |_| Some(1337), &secrets).expect("write");
     };
     write_with("first-token");
     write_with("second-token");
