@@ -49,3 +49,61 @@ pub fn required(
         _ => Err("has sidecar injection disabled"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    /// Istio's `injectRequired`, for a pod the webhook was called for.
+    #[test]
+    fn a_called_webhook_injects_as_istio_decides() {
+        let yes = [(POD_INJECT, "true")];
+        let no = [(POD_INJECT, "false")];
+        let on = [(POD_INJECT, "On")];
+        // (what, namespace, pod labels, pod annotations, hostNetwork, injected)
+        let cases: &[(&str, &str, Pairs, Pairs, bool, bool)] = &[
+            ("a pod that says nothing", "demo", &[], &[], false, true),
+            ("pod label false", "demo", &no, &[], false, false),
+            ("pod annotation false", "demo", &[], &no, false, false),
+            (
+                "the label wins over the annotation",
+                "demo",
+                &yes,
+                &no,
+                false,
+                true,
+            ),
+            ("YAML booleans count", "demo", &on, &[], false, true),
+            ("hostNetwork", "demo", &[], &[], true, false),
+            ("hostNetwork, label true", "demo", &yes, &[], true, false),
+            ("kube-system", "kube-system", &[], &[], false, false),
+            (
+                "kube-public, label true",
+                "kube-public",
+                &yes,
+                &[],
+                false,
+                false,
+            ),
+        ];
+        for (what, namespace, labels, annotations, host_network, expected) in cases {
+            let decided = required(
+                namespace,
+                &map(labels),
+                &map(annotations),
+                *host_network,
+                &InjectionPolicy::default(),
+            );
+            assert_eq!(decided.is_ok(), *expected, "{what}: {decided:?}");
+        }
+    }
+}

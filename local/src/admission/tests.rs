@@ -77,7 +77,8 @@ fn the_installed_configuration_selects_as_istios_charts_do() {
     }
 }
 
-/// Namespaces are selectable by name, as the API server labels them.
+/// A configuration in the user's manifests replaces the installed one; namespaces are
+/// selectable by name, as the API server labels them.
 #[test]
 fn a_users_configuration_replaces_the_installed_one() {
     let catalog = Catalog::build(vec![(
