@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local mesh needs, only what is missing (safe to run again):
-# Debian packages for namespaces, iptables and captures; the test apps from PyPI.
+# Debian packages for namespaces, iptables, captures and Prometheus; the test apps from PyPI.
 # With --bench, also the benchmark's peers: nginx, wrk and oha.
 set -euo pipefail
 bench=false
@@ -23,6 +23,9 @@ declare -A packages=(
   [setpriv]=util-linux
   [python3]=python3
   [openssl]=openssl
+  # The observability tests scrape the sidecars with a real Prometheus and lint with promtool.
+  [prometheus]=prometheus
+  [promtool]=prometheus
 )
 if $bench; then
   packages[nginx]=nginx-light

@@ -91,6 +91,11 @@ fn canary(server: &Pod) -> (Service, Workload) {
         labels: [("app".to_owned(), "server".to_owned())].into(),
         identity: String::new(),
         addresses: vec![server.ip.to_string()],
+        workload_name: "server".to_owned(),
+        canonical_service: "server".to_owned(),
+        canonical_revision: "latest".to_owned(),
+        app: "server".to_owned(),
+        version: String::new(),
     };
     let identity = format!("spiffe://{TRUST_DOMAIN}/ns/bench/sa/server");
     let subset = |name: &str| Subset {

@@ -12,7 +12,7 @@
 pub mod admission;
 mod decision;
 mod init;
-mod metadata;
+pub mod metadata;
 pub mod policy;
 mod probes;
 mod prometheus;

@@ -26,7 +26,7 @@ use crate::{
     identity::{ca::CaClient, load_roots, rotation, CurrentCert, Identity},
     inbound::{self, Inbound},
     listen::{self, Accepted, Destination, Lifetime},
-    metrics::Metrics,
+    metrics::{Metrics, Own},
     outbound::{self, Outbound},
     ports, serve,
     status::{self, Readiness, StatusPort},
@@ -50,7 +50,11 @@ pub async fn run(
         ),
         IdentitySource::Ca(_) => None,
     };
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(Some(Own {
+        namespace: bootstrap.metadata.namespace.clone(),
+        pod: bootstrap.metadata.pod_name.clone(),
+        id: id.clone(),
+    })));
     let readiness = Readiness::default();
     let drain = Drain::default();
     let config = Arc::new(Config::default());

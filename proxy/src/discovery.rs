@@ -105,7 +105,7 @@ impl Subscription {
                     reason
                 }
             };
-            self.metrics.config_update(error.is_empty());
+            self.metrics.config_update(error.is_empty(), &version);
             if answers
                 .send(SubscribeRequest {
                     node: None,

@@ -32,7 +32,7 @@ use crate::{
     drain::Drain,
     headers,
     listen::ConnectionError,
-    metrics::{Metrics, Observed, Reporter, Security},
+    metrics::{Metrics, Security, Series},
     prefixed::PrefixedIo,
     respond::RequestError,
     tls::MeshTls,
@@ -76,8 +76,8 @@ impl PeerTls {
     /// Istio's `connection_security_policy`.
     pub fn security(&self) -> Security {
         match self.peer() {
-            Some(_) => Security::mutual_tls,
-            None => Security::none,
+            Some(_) => Security::MutualTls,
+            None => Security::None,
         }
     }
 }
@@ -91,6 +91,8 @@ pub struct InboundConn {
     protocol: Protocol,
     /// The server name the caller's mesh TLS asked for (AuthorizationPolicy `connection.sni`).
     sni: Option<Arc<str>>,
+    /// What its requests and bytes are counted under.
+    series: Arc<Series>,
 }
 
 impl InboundConn {
@@ -112,11 +114,8 @@ impl InboundConn {
         self.protocol
     }
 
-    fn observed(&self) -> Observed {
-        Observed {
-            reporter: Reporter::destination,
-            security: self.tls.security(),
-        }
+    pub fn series(&self) -> &Arc<Series> {
+        &self.series
     }
 }
 
@@ -151,14 +150,23 @@ impl Inbound {
         protocol: Protocol,
         sni: Option<Arc<str>>,
     ) -> Result<InboundConn, RequestError> {
+        let snapshot = self.config.load();
+        let series = self.metrics.inbound(
+            &snapshot,
+            client.ip(),
+            tls.peer(),
+            app.port(),
+            tls.security(),
+        );
         let conn = InboundConn {
             client,
             app,
             tls,
             protocol,
             sni,
+            series,
         };
-        authorize::connection(&self.config.load(), &self.metrics, &conn)?;
+        authorize::connection(&snapshot, &self.metrics, &conn)?;
         Ok(conn)
     }
 

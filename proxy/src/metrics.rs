@@ -1,199 +1,185 @@
-//! Istio-standard Prometheus metrics (`istio_requests_total`, `istio_tcp_*`), so Kiali and the
-//! Istio dashboards read Remora sidecars unchanged. Exposed on 15090 `/stats/prometheus`.
+//! The sidecar's metrics, on 15090 `/stats/prometheus` (and merged with the app's on 15020),
+//! in Prometheus' text format 0.0.4 as Envoy serves it: Istio's standard metrics
+//! (`istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes`,
+//! `istio_response_bytes`, `istio_tcp_*`) with Istio's full label set, so Kiali and Istio's
+//! dashboards read Remora sidecars unchanged, and the sidecar's own health (`remora_*`).
 //!
-//! The request path never calls a counter by hand: each request carries a [`RequestRecord`] and
-//! each spliced connection a [`TcpRecord`], made from labels resolved once per connection
-//! ([`Observed`]), completed with the outcome, and recorded when dropped, so a request that ends
-//! early (the caller went away) is still counted, with response code 0 as Envoy does.
+//! The request path never calls a counter by hand: each request carries a [`RequestRecord`]
+//! and each spliced connection a [`TcpRecord`], made from a [`Series`] resolved once per
+//! connection (inbound: the caller as the snapshot knows its verified identity and address;
+//! outbound: once per upstream endpoint), completed with the outcome, and counted when over.
+
+pub mod flags;
+pub mod istio;
+pub mod labels;
+mod names;
+pub mod record;
 
 use std::{
+    net::IpAddr,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+use prometheus::{
+    core::Collector, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+use remora_api::{Endpoint, Snapshot, SpiffeId};
 
 use crate::identity::Issued;
 
-/// Which side of a request this sidecar saw: as the caller's sidecar or the callee's.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)] // Istio's label values are lowercase.
-pub enum Reporter {
-    source,
-    destination,
+pub use flags::{Flag, Flags};
+pub use istio::Series;
+pub use labels::{Reporter, Security};
+pub use names::Own;
+pub use record::{is_grpc, RecordedBody, RequestRecord, TcpRecord};
+
+use labels::{Peer, SeriesLabels, Service, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use names::Names;
+
+/// The sidecar's health: how current its config and certificate are, what it accepted, and
+/// what its policies and traffic settings did.
+struct Health {
+    connected: IntGauge,
+    updates: IntCounterVec,
+    last_update: IntGauge,
+    config_version: IntGaugeVec,
+    cert_expiry: IntGauge,
+    connections: IntCounterVec,
+    open: IntGaugeVec,
+    denied: IntCounterVec,
+    audit: IntCounterVec,
+    dry_run: IntCounterVec,
+    retries: IntCounter,
+    mirrors: IntCounterVec,
 }
 
-/// Istio's `connection_security_policy`.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Security {
-    mutual_tls,
-    none,
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    // Names are constants, distinct by construction: registering cannot fail.
+    if let Err(e) = registry.register(Box::new(collector.clone())) {
+        tracing::error!(error = %e, "registering a metric");
+    }
+    collector
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub reporter: Reporter,
-    pub request_protocol: &'static str,
-    pub response_code: u16,
-    pub connection_security_policy: Security,
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(
+        registry,
+        IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    pub reporter: Reporter,
-    pub request_protocol: &'static str,
-    pub connection_security_policy: Security,
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
 }
 
-/// Which listener accepted a connection, and what it turned out to carry.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabels {
-    pub direction: &'static str,
-    pub protocol: &'static str,
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
 }
 
-/// Whether the sidecar took or refused a snapshot.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpdateLabels {
-    pub result: &'static str,
-}
-
-/// The policy a decision concerns, `namespace/name` (`-`: the default decided).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyLabels {
-    pub policy: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DryRunLabels {
-    pub policy: String,
-    pub action: &'static str,
-}
-
-/// What AuthorizationPolicy did: denials by deciding policy, AUDIT and dry-run matches.
-#[derive(Default)]
-struct AuthzMetrics {
-    denied: Family<PolicyLabels, Counter>,
-    audit: Family<PolicyLabels, Counter>,
-    dry_run: Family<DryRunLabels, Counter>,
-}
-
-/// How current the sidecar's config and certificate are: with the control plane gone it keeps
-/// serving, and these show for how long it has been on its own.
-#[derive(Default)]
-struct ControlPlaneMetrics {
-    connected: Gauge,
-    updates: Family<UpdateLabels, Counter>,
-    last_update: Gauge,
-    cert_expiry: Gauge,
+impl Health {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            connected: gauge(
+                registry,
+                "remora_control_plane_connected",
+                "1 while the discovery stream to the control plane is up",
+            ),
+            updates: counter_vec(
+                registry,
+                "remora_config_updates_total",
+                "Snapshots received, by result (accepted, rejected)",
+                &["result"],
+            ),
+            last_update: gauge(
+                registry,
+                "remora_config_last_update_timestamp_seconds",
+                "When the snapshot in use was received (Unix time)",
+            ),
+            config_version: gauge_vec(
+                registry,
+                "remora_config_version",
+                "1 for the version of the snapshot in use",
+                &["version"],
+            ),
+            cert_expiry: gauge(
+                registry,
+                "remora_certificate_expiry_timestamp_seconds",
+                "When the workload certificate in use expires (Unix time)",
+            ),
+            connections: counter_vec(
+                registry,
+                "remora_proxy_connections_total",
+                "Connections accepted, by listener (outbound, inbound, tunnel) and detected \
+                 protocol",
+                &["direction", "protocol"],
+            ),
+            open: gauge_vec(
+                registry,
+                "remora_proxy_open_connections",
+                "Connections open now, by listener (outbound, inbound, tunnel)",
+                &["direction"],
+            ),
+            denied: counter_vec(
+                registry,
+                "remora_authz_denied_total",
+                "Requests and connections denied by AuthorizationPolicy, by the deciding policy \
+                 (- when no ALLOW policy matched)",
+                &["policy"],
+            ),
+            audit: counter_vec(
+                registry,
+                "remora_authz_audit_total",
+                "Requests and connections an AUDIT policy matched",
+                &["policy"],
+            ),
+            dry_run: counter_vec(
+                registry,
+                "remora_authz_dry_run_total",
+                "Requests and connections a dry-run policy matched (never enforced), by its \
+                 action",
+                &["policy", "action"],
+            ),
+            retries: register(
+                registry,
+                IntCounter::new(
+                    "remora_upstream_retries_total",
+                    "Requests tried again after a failed try",
+                )
+                .unwrap_or_else(|e| panic!("retries: {e}")),
+            ),
+            mirrors: counter_vec(
+                registry,
+                "remora_upstream_mirrors_total",
+                "Mirrored copies of requests, by result (sent, failed, skipped: a body too \
+                 large to copy)",
+                &["result"],
+            ),
+        }
+    }
 }
 
 pub struct Metrics {
     registry: Registry,
-    control_plane: ControlPlaneMetrics,
-    connections: Family<ConnectionLabels, Counter>,
-    requests: Family<RequestLabels, Counter>,
-    tcp_opened: Family<TcpLabels, Counter>,
-    tcp_closed: Family<TcpLabels, Counter>,
-    tcp_sent: Family<TcpLabels, Counter>,
-    tcp_received: Family<TcpLabels, Counter>,
-    authz: AuthzMetrics,
+    istio: istio::Store,
+    names: Names,
+    health: Health,
 }
 
 impl Default for Metrics {
+    /// Metrics of a sidecar that does not know its own pod (tests): it reports itself as an
+    /// unknown workload.
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let connections = Family::default();
-        let requests = Family::default();
-        let tcp_opened = Family::default();
-        let tcp_closed = Family::default();
-        let tcp_sent = Family::default();
-        let tcp_received = Family::default();
-        // prometheus-client appends `_total` to counter names.
-        registry.register(
-            "remora_proxy_connections",
-            "Connections accepted, by listener (outbound, inbound, tunnel) and detected protocol",
-            connections.clone(),
-        );
-        registry.register(
-            "istio_requests",
-            "Requests handled, by reporter and response code",
-            requests.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_opened",
-            "Opaque TCP connections opened",
-            tcp_opened.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_closed",
-            "Opaque TCP connections closed",
-            tcp_closed.clone(),
-        );
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent to the caller on opaque TCP connections",
-            tcp_sent.clone(),
-        );
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from the caller on opaque TCP connections",
-            tcp_received.clone(),
-        );
-        let control_plane = ControlPlaneMetrics::default();
-        registry.register(
-            "remora_control_plane_connected",
-            "1 while the discovery stream to the control plane is up",
-            control_plane.connected.clone(),
-        );
-        registry.register(
-            "remora_config_updates",
-            "Snapshots received, by result (accepted, rejected)",
-            control_plane.updates.clone(),
-        );
-        registry.register(
-            "remora_config_last_update_timestamp_seconds",
-            "When the snapshot in use was received (Unix time)",
-            control_plane.last_update.clone(),
-        );
-        registry.register(
-            "remora_certificate_expiry_timestamp_seconds",
-            "When the workload certificate in use expires (Unix time)",
-            control_plane.cert_expiry.clone(),
-        );
-        let authz = AuthzMetrics::default();
-        registry.register(
-            "remora_authz_denied",
-            "Requests and connections denied by AuthorizationPolicy, by the deciding policy \
-             (- when no ALLOW policy matched)",
-            authz.denied.clone(),
-        );
-        registry.register(
-            "remora_authz_audit",
-            "Requests and connections an AUDIT policy matched",
-            authz.audit.clone(),
-        );
-        registry.register(
-            "remora_authz_dry_run",
-            "Requests and connections a dry-run policy matched (never enforced), by its action",
-            authz.dry_run.clone(),
-        );
-        Self {
-            registry,
-            authz,
-            control_plane,
-            connections,
-            requests,
-            tcp_opened,
-            tcp_closed,
-            tcp_sent,
-            tcp_received,
-        }
+        Self::new(None)
     }
 }
 
@@ -203,207 +189,177 @@ fn unix_seconds(time: SystemTime) -> i64 {
 }
 
 impl Metrics {
-    pub fn control_plane_connected(&self, connected: bool) {
-        self.control_plane.connected.set(i64::from(connected));
+    /// The metrics of the sidecar of `own` pod.
+    pub fn new(own: Option<Own>) -> Self {
+        let registry = Registry::new();
+        let health = Health::new(&registry);
+        Self {
+            registry,
+            istio: istio::Store::default(),
+            names: Names::new(own),
+            health,
+        }
     }
 
-    pub fn config_update(&self, accepted: bool) {
+    pub fn control_plane_connected(&self, connected: bool) {
+        self.health.connected.set(i64::from(connected));
+    }
+
+    /// A snapshot was received: `accepted` (with its `version`) or refused.
+    pub fn config_update(&self, accepted: bool, version: &str) {
         let result = if accepted { "accepted" } else { "rejected" };
-        self.control_plane
-            .updates
-            .get_or_create(&UpdateLabels { result })
-            .inc();
+        self.health.updates.with_label_values(&[result]).inc();
         if accepted {
-            self.control_plane
-                .last_update
-                .set(unix_seconds(SystemTime::now()));
+            self.health.last_update.set(unix_seconds(SystemTime::now()));
+            self.health.config_version.reset();
+            self.health
+                .config_version
+                .with_label_values(&[version])
+                .set(1);
         }
     }
 
     pub fn certificate(&self, issued: &Issued) {
-        self.control_plane
-            .cert_expiry
-            .set(unix_seconds(issued.not_after));
+        self.health.cert_expiry.set(unix_seconds(issued.not_after));
     }
 
+    /// A connection was accepted on `direction`'s listener and detected as `protocol`.
     pub fn connection(&self, direction: &'static str, protocol: &'static str) {
-        self.connections
-            .get_or_create(&ConnectionLabels {
-                direction,
-                protocol,
-            })
+        self.health
+            .connections
+            .with_label_values(&[direction, protocol])
             .inc();
     }
 
+    /// Counts a connection open on `direction`'s listener until the guard is dropped.
+    pub fn open(&self, direction: &'static str) -> OpenConnection {
+        let gauge = self.health.open.with_label_values(&[direction]);
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
     pub fn authz_denied(&self, policy: &str) {
-        let labels = PolicyLabels {
-            policy: policy.to_owned(),
-        };
-        self.authz.denied.get_or_create(&labels).inc();
+        self.health.denied.with_label_values(&[policy]).inc();
     }
 
     pub fn authz_audit(&self, policy: &str) {
-        let labels = PolicyLabels {
-            policy: policy.to_owned(),
-        };
-        self.authz.audit.get_or_create(&labels).inc();
+        self.health.audit.with_label_values(&[policy]).inc();
     }
 
     pub fn authz_dry_run(&self, policy: &str, action: &'static str) {
-        let labels = DryRunLabels {
-            policy: policy.to_owned(),
-            action,
-        };
-        self.authz.dry_run.get_or_create(&labels).inc();
+        self.health
+            .dry_run
+            .with_label_values(&[policy, action])
+            .inc();
     }
 
-    /// The Prometheus text exposition of every metric.
+    pub fn retry(&self) {
+        self.health.retries.inc();
+    }
+
+    pub fn mirror(&self, result: &'static str) {
+        self.health.mirrors.with_label_values(&[result]).inc();
+    }
+
+    /// The series of requests and connections a caller at `client` (having proved `peer`, if
+    /// anything) makes to app port `port` of this pod, as `security` describes its transport.
+    pub fn inbound(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        client: IpAddr,
+        peer: Option<&SpiffeId>,
+        port: u16,
+        security: Security,
+    ) -> Arc<Series> {
+        let local = self.names.local(snapshot);
+        let cluster = snapshot.mesh.cluster_id();
+        let source = Peer::of(
+            snapshot.workload_at(client, peer).map(|w| &**w),
+            peer,
+            cluster,
+        );
+        self.istio.intern(SeriesLabels {
+            reporter: Reporter::Destination,
+            source,
+            destination: local.me.clone(),
+            service: local.service(port),
+            security,
+        })
+    }
+
+    /// The series of requests to `endpoint` of Service `service` (none: the workload was
+    /// called by its address).
+    pub fn outbound(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        service: Option<&str>,
+        endpoint: &Endpoint,
+    ) -> Arc<Series> {
+        let local = self.names.local(snapshot);
+        let destination = Peer::of(
+            endpoint.workload.as_deref(),
+            endpoint.identity.as_ref(),
+            snapshot.mesh.cluster_id(),
+        );
+        let service = match service {
+            Some(host) => Service::named(host, &destination.namespace),
+            None => Service::unknown(&destination.namespace),
+        };
+        self.outbound_series(&local.me, destination, service)
+    }
+
+    /// The series of an outbound connection's requests before (or without) an upstream:
+    /// Service `host`, or an address outside the registry (`PassthroughCluster`) or refused
+    /// (`BlackHoleCluster`).
+    pub fn outbound_unresolved(&self, snapshot: &Arc<Snapshot>, to: Unresolved<'_>) -> Arc<Series> {
+        let local = self.names.local(snapshot);
+        let service = match to {
+            Unresolved::Service(host) => Service::named(host, ""),
+            Unresolved::Passthrough => Service::cluster(PASSTHROUGH_CLUSTER),
+            Unresolved::Blackhole => Service::cluster(BLACKHOLE_CLUSTER),
+        };
+        self.outbound_series(&local.me, Peer::unknown(None), service)
+    }
+
+    fn outbound_series(&self, me: &Peer, destination: Peer, service: Service) -> Arc<Series> {
+        self.istio.intern(SeriesLabels {
+            reporter: Reporter::Source,
+            source: me.clone(),
+            destination,
+            service,
+            security: Security::Unknown,
+        })
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
-
-/// Istio's `request_protocol` of an HTTP request: `grpc` for gRPC, `http` otherwise.
-pub fn request_protocol(headers: &http::HeaderMap) -> &'static str {
-    let grpc = headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
-        "grpc"
-    } else {
-        "http"
-    }
-}
-
-/// What every request or spliced stream of one connection is labelled with, resolved once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Observed {
-    pub reporter: Reporter,
-    pub security: Security,
-}
-
-/// One request's metrics, recorded when dropped.
-pub struct RequestRecord {
-    metrics: Arc<Metrics>,
-    labels: RequestLabels,
-}
-
-impl RequestRecord {
-    /// A request of `request_protocol` (see [`request_protocol`]) has started.
-    pub fn new(metrics: Arc<Metrics>, observed: Observed, request_protocol: &'static str) -> Self {
-        Self {
-            metrics,
-            labels: RequestLabels {
-                reporter: observed.reporter,
-                request_protocol,
-                response_code: 0,
-                connection_security_policy: observed.security,
-            },
+        let mut families = self.istio.families();
+        families.retain(|family| !family.get_metric().is_empty());
+        families.extend(self.registry.gather());
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
         }
-    }
-
-    /// The response the caller got.
-    pub fn complete(&mut self, status: http::StatusCode) {
-        self.labels.response_code = status.as_u16();
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-impl Drop for RequestRecord {
+/// Where an outbound request went when no upstream took it.
+#[derive(Clone, Copy, Debug)]
+pub enum Unresolved<'a> {
+    Service(&'a str),
+    Passthrough,
+    Blackhole,
+}
+
+/// An open connection, counted until dropped.
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.metrics.requests.get_or_create(&self.labels).inc();
-    }
-}
-
-/// One opaque TCP stream's metrics: counted as opened when made, as closed (with its byte
-/// counts) when dropped.
-pub struct TcpRecord {
-    metrics: Arc<Metrics>,
-    labels: TcpLabels,
-    received: u64,
-    sent: u64,
-}
-
-impl TcpRecord {
-    pub fn open(metrics: Arc<Metrics>, observed: Observed) -> Self {
-        let labels = TcpLabels {
-            reporter: observed.reporter,
-            request_protocol: "tcp",
-            connection_security_policy: observed.security,
-        };
-        metrics.tcp_opened.get_or_create(&labels).inc();
-        Self {
-            metrics,
-            labels,
-            received: 0,
-            sent: 0,
-        }
-    }
-
-    /// Bytes received from and sent to the caller.
-    pub fn bytes(&mut self, received: u64, sent: u64) {
-        self.received = received;
-        self.sent = sent;
-    }
-}
-
-impl Drop for TcpRecord {
-    fn drop(&mut self) {
-        let labels = &self.labels;
-        self.metrics.tcp_closed.get_or_create(labels).inc();
-        self.metrics
-            .tcp_received
-            .get_or_create(labels)
-            .inc_by(self.received);
-        self.metrics
-            .tcp_sent
-            .get_or_create(labels)
-            .inc_by(self.sent);
+        self.0.dec();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_expose_istio_names_and_labels() {
-        let metrics = Arc::new(Metrics::default());
-        let source = Observed {
-            reporter: Reporter::source,
-            security: Security::mutual_tls,
-        };
-        for _ in 0..2 {
-            let mut request = RequestRecord::new(metrics.clone(), source, "http");
-            request.complete(http::StatusCode::OK);
-        }
-        // A request whose caller went away before an answer.
-        drop(RequestRecord::new(metrics.clone(), source, "grpc"));
-        let mut tcp = TcpRecord::open(
-            metrics.clone(),
-            Observed {
-                reporter: Reporter::destination,
-                security: Security::none,
-            },
-        );
-        assert!(metrics.encode().contains(
-            r#"istio_tcp_connections_opened_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 1"#
-        ));
-        tcp.bytes(5, 7);
-        drop(tcp);
-        metrics.connection("outbound", "http1");
-        let text = metrics.encode();
-        for expected in [
-            r#"remora_proxy_connections_total{direction="outbound",protocol="http1"} 1"#,
-            r#"istio_requests_total{reporter="source",request_protocol="http",response_code="200",connection_security_policy="mutual_tls"} 2"#,
-            r#"istio_requests_total{reporter="source",request_protocol="grpc",response_code="0",connection_security_policy="mutual_tls"} 1"#,
-            r#"istio_tcp_connections_closed_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 1"#,
-            r#"istio_tcp_received_bytes_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 5"#,
-            r#"istio_tcp_sent_bytes_total{reporter="destination",request_protocol="tcp",connection_security_policy="none"} 7"#,
-        ] {
-            assert!(text.contains(expected), "{expected} missing from {text}");
-        }
-    }
-}
+mod tests;

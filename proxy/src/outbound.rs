@@ -45,7 +45,7 @@ use crate::{
     drain::Drain,
     http_client::{Connect, HttpClient},
     listen::{Accepted, ConnectionError},
-    metrics::Metrics,
+    metrics::{Metrics, Series, TcpRecord, Unresolved},
     prefixed::PrefixedIo,
     respond::RequestError,
     tls, transport,
@@ -165,6 +165,20 @@ impl Backend {
         }
     }
 
+    /// What this connection's requests are counted under until an upstream answers one.
+    fn series(&self, outbound: &Outbound) -> Arc<Series> {
+        let snapshot = outbound.config.load();
+        let metrics = &outbound.metrics;
+        match self {
+            Backend::Routed(routes) => metrics.outbound_unresolved(
+                &snapshot,
+                Unresolved::Service(&routes.load().port.key.hostname),
+            ),
+            Backend::Fixed(upstream) => upstream.series(metrics, &outbound.config).clone(),
+            Backend::Blackhole(_) => metrics.outbound_unresolved(&snapshot, Unresolved::Blackhole),
+        }
+    }
+
     /// Whether choosing this connection's endpoint reads its ClientHello's server name.
     fn routes_by_sni(&self) -> bool {
         matches!(self, Backend::Routed(routes) if !routes.load().port.routes.tcp_routes().is_empty())
@@ -178,13 +192,18 @@ pub async fn handle<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _open = outbound.metrics.open("outbound");
     let logical = outbound.config.load().lookup(accepted.orig_dst);
     let backend = match logical {
         Logical::Passthrough(dst) => {
             // Not in the mesh registry: passed through as addressed.
             outbound.metrics.connection("outbound", "passthrough");
             let upstream = transport::connect(dst).await?;
-            transport::splice(PrefixedIo::unread(accepted.io), upstream).await?;
+            let series = outbound
+                .metrics
+                .outbound_unresolved(&outbound.config.load(), Unresolved::Passthrough);
+            let record = TcpRecord::open(&series);
+            transport::splice_recorded(record, PrefixedIo::unread(accepted.io), upstream).await?;
             return Ok(());
         }
         Logical::Service(port) => Backend::Routed(outbound.routes.get(
@@ -196,6 +215,7 @@ where
         Logical::Workload(endpoint) => Backend::Fixed(Arc::new(Upstream::new(
             &outbound.tunnel,
             endpoint,
+            None,
             &DestinationPolicy::default(),
             None,
         ))),

@@ -1,16 +1,17 @@
 //! The one place a failed request becomes a response, and every request is recorded.
 //!
-//! Every per-request stage is a `tower::Service` that fails with a typed [`RequestError`];
-//! [`respond`] wraps the stages of a connection into the service `serve` runs: it starts a
-//! [`RequestRecord`] per request, turns an error into what Envoy would answer ([`response`]:
-//! status, body, and for gRPC callers a trailers-only `grpc-status`) and completes the record
-//! with the status the caller got. [`RequestError::flag`] names Envoy's response flag for
-//! telemetry and access logs. A new failure (a denial, an unroutable request, a timeout) is a
-//! new variant here, nowhere else.
+//! A connection's per-request [`Stages`] fail with a typed [`RequestError`]; [`respond`]
+//! wraps them into the service `serve` runs: it starts a [`RequestRecord`] per request (which
+//! the stages tell what happened: the upstream that answered, response flags), turns an error
+//! into what Envoy would answer ([`response`]: status, body, and for gRPC callers a
+//! trailers-only `grpc-status`, with Envoy's response flag recorded) and hands the record to
+//! the response body, which completes it when the caller has the last byte. A new failure (a
+//! denial, an unroutable request, a timeout) is a new variant here, nowhere else.
 
 use std::{
     convert::Infallible,
     error::Error as StdError,
+    future::Future,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -18,31 +19,41 @@ use std::{
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use remora_api::route::Abort;
-use tower::ServiceExt;
 
 use crate::{
     body::{empty, local_response, Body},
-    metrics::{request_protocol, Metrics, Observed, RequestRecord},
-    serve::{HttpService, RequestService},
+    metrics::{Flag, RecordedBody, RequestRecord, Series},
+    serve::HttpService,
 };
 
+/// The per-request stages of a connection: answer `req`, telling `record` what happened.
+pub trait Stages: Send + Sync + 'static {
+    fn call<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        record: &'a RequestRecord,
+    ) -> impl Future<Output = Result<Response<Body>, RequestError>> + Send + 'a;
+}
+
 /// The service `serve` runs for one connection: `stages` answer each request, failures become
-/// Envoy's answers, and each request is recorded with `observed`'s labels.
-pub fn respond<S>(stages: S, metrics: Arc<Metrics>, observed: Observed) -> impl HttpService
-where
-    S: RequestService<RequestError>,
-{
+/// Envoy's answers, and each request is recorded under `series` (or the series the stages
+/// name).
+pub fn respond<S: Stages>(stages: Arc<S>, series: Arc<Series>) -> impl HttpService<RecordedBody> {
     tower::service_fn(move |req: Request<Incoming>| {
-        let protocol = request_protocol(req.headers());
-        let mut record = RequestRecord::new(metrics.clone(), observed, protocol);
-        let answer = stages.clone().oneshot(req);
+        let stages = stages.clone();
+        let record = RequestRecord::start(series.clone(), &req);
         async move {
-            let response = match answer.await {
+            let answer = stages.call(req, &record).await;
+            let response = match answer {
                 Ok(response) => response,
-                Err(error) => response(&error, protocol == "grpc"),
+                Err(error) => {
+                    if let Some(flag) = error.flag() {
+                        record.flag(flag);
+                    }
+                    response(&error, record.grpc())
+                }
             };
-            record.complete(response.status());
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(record.respond(response))
         }
     })
 }
@@ -146,16 +157,16 @@ impl RequestError {
 
     /// Envoy's response flag (`%RESPONSE_FLAGS%`): UH no healthy upstream, UF upstream
     /// connection failure, NR no route, NC no cluster, UT upstream timeout, FI fault abort,
-    /// UO overflow, `-` for a request refused as malformed.
-    pub fn flag(&self) -> &'static str {
+    /// UO overflow; none for a request refused as malformed or by policy.
+    pub fn flag(&self) -> Option<Flag> {
         match self {
-            Self::NoHealthyUpstream => "UH",
-            Self::Unavailable { .. } => "UF",
-            Self::Blackhole(_) | Self::NoRoute => "NR",
-            Self::NoBackend { .. } => "NC",
-            Self::Timeout => "UT",
-            Self::FaultAbort(_) => "FI",
-            Self::Overflow => "UO",
+            Self::NoHealthyUpstream => Some(Flag::NoHealthyUpstream),
+            Self::Unavailable { .. } => Some(Flag::UpstreamConnectFailure),
+            Self::Blackhole(_) | Self::NoRoute => Some(Flag::NoRoute),
+            Self::NoBackend { .. } => Some(Flag::NoCluster),
+            Self::Timeout => Some(Flag::UpstreamTimeout),
+            Self::FaultAbort(_) => Some(Flag::FaultInjected),
+            Self::Overflow => Some(Flag::UpstreamOverflow),
             Self::ConnectNotSupported
             | Self::InvalidAuthority(_)
             | Self::MissingDstPort
@@ -164,7 +175,7 @@ impl RequestError {
             | Self::Denied
             | Self::JwtInvalid
             | Self::MtlsRequired(_)
-            | Self::InvalidPath(_) => "-",
+            | Self::InvalidPath(_) => None,
         }
     }
 
@@ -322,7 +333,11 @@ mod tests {
             ),
         ];
         for (error, status, body, flag) in cases {
-            assert_eq!(error.flag(), flag, "{error}");
+            let printed = error.flag().map_or_else(
+                || "-".to_owned(),
+                |f| crate::metrics::Flags::from(f).to_string(),
+            );
+            assert_eq!(printed, flag, "{error}");
             let response = response(&error, false);
             assert_eq!(response.status().as_u16(), status, "{error}");
             assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain");

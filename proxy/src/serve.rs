@@ -11,24 +11,34 @@ use hyper_util::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{body::Body, detect::Protocol, drain::Drain, tunnel::H2_SETTINGS};
+use bytes::Bytes;
 
-/// A service for a connection's requests, failing with `E`: the per-request stages fail with
-/// a typed error, and what `serve` runs is infallible ([`HttpService`]), because
-/// [`crate::respond`] has made every failure a response.
-pub trait RequestService<E>:
-    tower::Service<Request<Incoming>, Response = Response<Body>, Error = E, Future: Send + 'static>
-    + Clone
+use crate::{
+    body::{Body, BoxError},
+    detect::Protocol,
+    drain::Drain,
+    tunnel::H2_SETTINGS,
+};
+
+/// What `serve` runs for a connection's requests: infallible, because [`crate::respond`] has
+/// made every failure a response, answering with bodies of type `B`.
+pub trait HttpService<B: ResponseBody = Body>:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
     + Send
     + 'static
 {
 }
 
-impl<S, E> RequestService<E> for S where
+impl<S, B: ResponseBody> HttpService<B> for S where
     S: tower::Service<
             Request<Incoming>,
-            Response = Response<Body>,
-            Error = E,
+            Response = Response<B>,
+            Error = Infallible,
             Future: Send + 'static,
         > + Clone
         + Send
@@ -36,16 +46,17 @@ impl<S, E> RequestService<E> for S where
 {
 }
 
-/// What `serve` runs.
-pub trait HttpService: RequestService<Infallible> {}
+/// A body `serve` can send back.
+pub trait ResponseBody: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static {}
 
-impl<S: RequestService<Infallible>> HttpService for S {}
+impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static> ResponseBody for B {}
 
 /// Serves HTTP/1.x (upgrades allowed) on `io`.
-pub async fn http1<IO, S>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>
+pub async fn http1<IO, S, B>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     // With a timer, hyper enforces its header read timeout (30 s) against slow clients.
     let conn = conn::http1::Builder::new()
@@ -61,10 +72,11 @@ where
 }
 
 /// Serves HTTP/2 on `io`; a drain sends GOAWAY and lets the open streams finish.
-pub async fn http2<IO, S>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>
+pub async fn http2<IO, S, B>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let conn = conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -85,7 +97,7 @@ where
 }
 
 /// Serves `io` as the HTTP version detection found: HTTP/2 for [`Protocol::Http2`], else HTTP/1.
-pub async fn http<IO, S>(
+pub async fn http<IO, S, B>(
     protocol: Protocol,
     io: IO,
     drain: &Drain,
@@ -93,7 +105,8 @@ pub async fn http<IO, S>(
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     match protocol {
         Protocol::Http2 => http2(io, drain, service).await,

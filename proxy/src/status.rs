@@ -123,23 +123,12 @@ impl StatusPort {
         let mut text = self.metrics.encode();
         if let Some((port, path)) = &self.app_metrics {
             if let Some(app) = app_health::scrape(*port, path, self.pod_ip).await {
-                // One end marker, after both.
-                let ours = text.strip_suffix(EOF).map(str::len);
-                if let Some(len) = ours {
-                    text.truncate(len);
-                }
                 text.push_str(&app_exposition(&app));
-                if ours.is_some() {
-                    text.push_str(EOF);
-                }
             }
         }
         exposition(text)
     }
 }
-
-/// The end of an OpenMetrics exposition.
-const EOF: &str = "# EOF\n";
 
 /// The app's exposition as it can follow the sidecar's: an OpenMetrics `# EOF` dropped, a final
 /// newline ensured.

@@ -132,9 +132,24 @@ impl Catalog {
             endpoints: self.endpoints.clone(),
             services,
             workloads: self.workloads.clone(),
-            mesh: Some(self.accepted.mesh.settings(proxy_config)),
+            mesh: Some(self.mesh_settings(proxy_config)),
             security,
         }
+    }
+
+    /// The mesh settings a sidecar with `proxy_config` overrides receives, with the cluster
+    /// id injection gives every sidecar (`global.multiCluster.clusterName`).
+    fn mesh_settings(&self, proxy_config: Option<&ProxyConfig>) -> proto::MeshSettings {
+        let mut settings = self.accepted.mesh.settings(proxy_config);
+        settings.cluster_id = self
+            .accepted
+            .injector
+            .values()
+            .global
+            .multi_cluster
+            .cluster_name
+            .clone();
+        settings
     }
 
     /// The metadata and spec of workload `namespace/name`: a Pod the catalog knows, else a
@@ -183,7 +198,7 @@ impl Catalog {
         let objects = &self.accepted.objects;
         let (labels, proxy_config) = template_facts(metadata);
         Some(WorkloadPolicies {
-            mesh: self.accepted.mesh.settings(proxy_config.as_ref()),
+            mesh: self.mesh_settings(proxy_config.as_ref()),
             security: security::select(
                 objects.security.values().map(|policy| &policy.object),
                 namespace,

@@ -217,6 +217,8 @@ impl MeshConfig {
                 .map(|provider| provider.0.clone())
                 .collect(),
             num_trusted_proxies: proxy.gateway_topology.num_trusted_proxies.unwrap_or(0),
+            // Injection's, filled in by the catalog.
+            cluster_id: String::new(),
         }
     }
 }

@@ -18,6 +18,8 @@ use k8s_openapi::api::{
 };
 use remora_api::{proto::config as proto, SpiffeId};
 
+use crate::inject::metadata;
+
 use super::{
     cluster_ip, endpoints,
     mesh::{MeshConfig, ProxyConfig},
@@ -60,6 +62,8 @@ pub(crate) struct PodFacts {
 struct Workload {
     pod: Key,
     labels: BTreeMap<String, String>,
+    /// The workload it belongs to (its owner, as istiod derives it).
+    owner: String,
     ip: IpAddr,
     /// Empty when the pod runs without a sidecar.
     identity: String,
@@ -104,6 +108,11 @@ impl Workload {
                 .collect(),
             identity: self.identity.clone(),
             addresses: vec![self.ip.to_string()],
+            workload_name: self.owner.clone(),
+            canonical_service: metadata::canonical_service(&self.labels, &self.owner),
+            canonical_revision: metadata::canonical_revision(&self.labels),
+            app: self.labels.get("app").cloned().unwrap_or_default(),
+            version: self.labels.get("version").cloned().unwrap_or_default(),
         }
     }
 }
@@ -206,6 +215,7 @@ fn pod_facts(
             Some(Workload {
                 pod: key.clone(),
                 labels: labels.clone(),
+                owner: metadata::Workload::of_pod(&pod.object, &key.0).name,
                 ip,
                 identity,
                 ports,

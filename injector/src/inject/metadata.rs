@@ -110,34 +110,53 @@ impl Status {
 }
 
 /// The labels injection adds: `security.istio.io/tlsMode` and the canonical service name and
-/// revision (from the pod's own canonical labels, else `app.kubernetes.io/*`, else
-/// `app`/`version`, else the workload's name and `latest`), each kept if the pod set it.
+/// revision ([`canonical_service`], [`canonical_revision`]), each kept if the pod set it.
 pub fn add_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
-    let first = |keys: [&str; 3]| {
-        keys.iter()
-            .find_map(|key| labels.get(*key).filter(|v| !v.is_empty()).cloned())
-    };
-    let name = first([
-        "service.istio.io/canonical-name",
-        "app.kubernetes.io/name",
-        "app",
-    ])
-    .unwrap_or_else(|| workload.name.clone());
-    let name: String = name.chars().take(63).collect();
-    let name = name
-        .trim_matches(|c| matches!(c, '-' | '_' | '.'))
-        .to_owned();
-    let revision = first([
-        "service.istio.io/canonical-revision",
-        "app.kubernetes.io/version",
-        "version",
-    ])
-    .unwrap_or_else(|| "latest".to_owned());
+    let name = canonical_service(labels, &workload.name);
+    let revision = canonical_revision(labels);
     labels
         .entry("security.istio.io/tlsMode".to_owned())
         .or_insert_with(|| "istio".to_owned());
     labels.insert("service.istio.io/canonical-name".to_owned(), name);
     labels.insert("service.istio.io/canonical-revision".to_owned(), revision);
+}
+
+/// The first of `keys` that `labels` sets to something.
+fn first_label(labels: &BTreeMap<String, String>, keys: [&str; 3]) -> Option<String> {
+    keys.iter()
+        .find_map(|key| labels.get(*key).filter(|v| !v.is_empty()).cloned())
+}
+
+/// A pod's canonical service, as Istio's injection template names it: its own
+/// `service.istio.io/canonical-name`, else `app.kubernetes.io/name`, else `app`, else its
+/// workload's name (at most 63 characters, without leading or trailing `-`, `_`, `.`).
+pub fn canonical_service(labels: &BTreeMap<String, String>, workload: &str) -> String {
+    let name = first_label(
+        labels,
+        [
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ],
+    )
+    .unwrap_or_else(|| workload.to_owned());
+    let name: String = name.chars().take(63).collect();
+    name.trim_matches(|c| matches!(c, '-' | '_' | '.'))
+        .to_owned()
+}
+
+/// A pod's canonical revision: `service.istio.io/canonical-revision`, else
+/// `app.kubernetes.io/version`, else `version`, else `latest`.
+pub fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
+    first_label(
+        labels,
+        [
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ],
+    )
+    .unwrap_or_else(|| "latest".to_owned())
 }
 
 /// The annotations injection adds besides the status: the revision, and the first app

@@ -2,7 +2,11 @@
 //! endpoint to connect to, and the workload behind it. Shared by the snapshot, which indexes
 //! them, and the routes, which resolve to them.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use crate::spiffe::SpiffeId;
 
@@ -53,10 +57,29 @@ impl std::fmt::Display for DnsName {
     }
 }
 
-/// A workload the snapshot's endpoints belong to.
+/// A workload (pod) the snapshot knows: what endpoints belong to, what subsets select, and
+/// what telemetry names a peer by.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Workload {
     pub namespace: String,
+    /// The pod's name.
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The identity its sidecar proves; `None` when it runs without one.
+    pub identity: Option<SpiffeId>,
+    pub addresses: Vec<IpAddr>,
+    /// Telemetry's names for it, as istiod derives them (see [`Telemetry`]).
+    pub telemetry: Telemetry,
+}
+
+/// What Istio's standard metrics and spans call a workload: the workload it belongs to (a
+/// Deployment, ..., or the pod), its canonical service and revision, and its `app` and
+/// `version` labels (empty when it has none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Telemetry {
+    pub workload_name: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub app: String,
+    pub version: String,
 }

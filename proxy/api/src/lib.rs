@@ -33,7 +33,7 @@ pub use bootstrap::{
     DEFAULT_CERT_TTL, DEFAULT_DRAIN_DURATION, DEFAULT_TRUST_DOMAIN, ROOT_CERT_PATH, TOKEN_PATH,
 };
 pub use certificate::CertificateIdError;
-pub use endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload};
+pub use endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Telemetry, Workload};
 pub use load::{from_value, ConfigError};
 pub use mesh::{MeshSettings, OutboundPolicy};
 pub use security::{Outcome, Security};

@@ -24,4 +24,17 @@ pub struct MeshSettings {
     pub path_normalization: PathNormalization,
     /// `X-Forwarded-For` hops to trust when finding a request's remote address.
     pub num_trusted_proxies: u32,
+    /// The cluster the mesh's workloads run in; see [`MeshSettings::cluster_id`].
+    pub cluster_id: Option<String>,
+}
+
+/// Istio's cluster id when none is configured.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+impl MeshSettings {
+    /// The cluster the mesh's workloads run in (telemetry's `source_cluster` and
+    /// `destination_cluster`), Istio's `Kubernetes` unless configured.
+    pub fn cluster_id(&self) -> &str {
+        self.cluster_id.as_deref().unwrap_or(DEFAULT_CLUSTER_ID)
+    }
 }

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload};
+use crate::endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Telemetry, Workload};
 use crate::{
     load::ConfigError,
     mesh::{MeshSettings, OutboundPolicy},
@@ -22,6 +22,7 @@ use crate::{
     proto::config as proto,
     route::{self, Backend, BackendKey, DestinationPolicy, Resolve, RouteTable},
     security::Security,
+    spiffe::SpiffeId,
 };
 
 /// A validated snapshot, indexed by destination address.
@@ -36,6 +37,9 @@ pub struct Snapshot {
     pub mesh: MeshSettings,
     /// The policies of this sidecar's own workload.
     pub security: Security,
+    /// Every workload record, by `namespace/name` and by address.
+    workloads: HashMap<String, Arc<Workload>>,
+    workloads_at: HashMap<IpAddr, Arc<Workload>>,
 }
 
 /// What a known address is.
@@ -130,6 +134,20 @@ impl Snapshot {
     pub fn destination_count(&self) -> usize {
         self.destinations.len()
     }
+
+    /// The record of pod `name` in `namespace`.
+    pub fn workload(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(&format!("{namespace}/{name}"))
+    }
+
+    /// The workload a caller at `ip` is, when it is one the snapshot knows and, for a caller
+    /// that proved `identity`, the one whose sidecar holds that identity: an address alone
+    /// never lends a verified caller another workload's name.
+    pub fn workload_at(&self, ip: IpAddr, identity: Option<&SpiffeId>) -> Option<&Arc<Workload>> {
+        self.workloads_at
+            .get(&ip)
+            .filter(|workload| identity.is_none_or(|id| workload.identity.as_ref() == Some(id)))
+    }
 }
 
 impl TryFrom<proto::Snapshot> for Snapshot {
@@ -140,6 +158,10 @@ impl TryFrom<proto::Snapshot> for Snapshot {
     fn try_from(source: proto::Snapshot) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let workloads = workloads(&source.workloads, &mut problems);
+        let workloads_at = workloads
+            .values()
+            .flat_map(|w| w.addresses.iter().map(move |ip| (*ip, w.clone())))
+            .collect();
         let mut destinations = HashMap::new();
         let mut first_seen = HashMap::new();
         let mut insert = |address: SocketAddr, path: String, destination, problems: &mut Vec<_>| {
@@ -286,6 +308,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                         PathNormalization::default()
                     }),
                 num_trusted_proxies: mesh.num_trusted_proxies,
+                cluster_id: Some(mesh.cluster_id.clone()).filter(|c| !c.is_empty()),
                 outbound: match mesh.outbound_traffic_policy.as_str() {
                     "" | "ALLOW_ANY" => OutboundPolicy::AllowAny,
                     "REGISTRY_ONLY" => OutboundPolicy::RegistryOnly,
@@ -316,6 +339,8 @@ impl TryFrom<proto::Snapshot> for Snapshot {
             backends,
             mesh,
             security,
+            workloads,
+            workloads_at,
         })
     }
 }
@@ -375,6 +400,26 @@ fn workloads(
 ) -> HashMap<String, Arc<Workload>> {
     let mut by_name = HashMap::new();
     for (i, workload) in source.iter().enumerate() {
+        let identity = if workload.identity.is_empty() {
+            None
+        } else {
+            match workload.identity.parse() {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    problems.push(format!("workloads[{i}].identity: {e}"));
+                    continue;
+                }
+            }
+        };
+        let mut addresses = Vec::new();
+        for (a, address) in workload.addresses.iter().enumerate() {
+            match address.parse() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => problems.push(format!(
+                    "workloads[{i}].addresses[{a}]: {address:?} is not an IP address"
+                )),
+            }
+        }
         let record = Arc::new(Workload {
             namespace: workload.namespace.clone(),
             name: workload.name.clone(),
@@ -383,6 +428,15 @@ fn workloads(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            identity,
+            addresses,
+            telemetry: Telemetry {
+                workload_name: workload.workload_name.clone(),
+                canonical_service: workload.canonical_service.clone(),
+                canonical_revision: workload.canonical_revision.clone(),
+                app: workload.app.clone(),
+                version: workload.version.clone(),
+            },
         });
         let key = format!("{}/{}", workload.namespace, workload.name);
         if by_name.contains_key(&key) {

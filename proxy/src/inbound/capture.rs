@@ -32,6 +32,7 @@ where
         orig_dst: app,
         io,
     } = accepted;
+    let _open = inbound.metrics.open("inbound");
     let detected = detect(io, inbound.detect_timeout).await?;
     inbound
         .metrics

@@ -3,7 +3,7 @@
 //! SANITIZE_SET way: whatever the caller claimed is dropped, ours is set for a mesh peer) and
 //! goes to the app over the pooled app client, or, for an upgrade, over its own connection.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
@@ -15,8 +15,9 @@ use crate::{
     detect::Protocol,
     headers,
     listen::ConnectionError,
+    metrics::{RecordedBody, RequestRecord, Series},
     prefixed::PrefixedIo,
-    respond::{respond, RequestError},
+    respond::{respond, RequestError, Stages},
     serve, tunnel, upgrade,
 };
 
@@ -56,20 +57,20 @@ impl AppHandler {
     }
 
     /// The service `serve` runs: this handler, answered and recorded by [`respond`].
-    pub(super) fn service(self: Arc<Self>) -> impl serve::HttpService {
-        let (metrics, observed) = (self.inbound.metrics.clone(), self.conn.observed());
-        respond(self.stages(), metrics, observed)
+    pub(super) fn service(self: Arc<Self>) -> impl serve::HttpService<RecordedBody> {
+        let series = self.conn.series().clone();
+        respond(self, series)
     }
 
-    /// The per-request stages, unanswered: for a door that answers and records itself.
-    pub(super) fn stages(self: Arc<Self>) -> impl serve::RequestService<RequestError> {
-        tower::service_fn(move |req| {
-            let handler = self.clone();
-            async move { handler.forward(req).await }
-        })
+    /// What its requests are counted under.
+    pub(super) fn series(&self) -> &Arc<Series> {
+        self.conn.series()
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
+    pub(super) async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, RequestError> {
         self.authorize(&mut req)?;
         let version = self.app_version(&req);
         tunnel::strip_mesh(req.headers_mut());
@@ -107,5 +108,15 @@ impl AppHandler {
             Version::HTTP_2 => None,
             version => Some(version),
         }
+    }
+}
+
+impl Stages for AppHandler {
+    fn call<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        _record: &'a RequestRecord,
+    ) -> impl Future<Output = Result<Response<Body>, RequestError>> + Send + 'a {
+        self.forward(req)
     }
 }

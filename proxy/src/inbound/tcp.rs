@@ -51,7 +51,7 @@ pub(super) async fn splice<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let record = TcpRecord::open(inbound.metrics.clone(), conn.observed());
+    let record = TcpRecord::open(conn.series());
     let mut changes = inbound.config.changes();
     tokio::select! {
         spliced = transport::splice_recorded(record, io, app) => spliced?,

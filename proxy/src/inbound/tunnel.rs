@@ -25,10 +25,10 @@ use crate::{
     body::{self, Body},
     detect::Protocol,
     listen::{Accepted, ConnectionError},
-    metrics::{Observed, Reporter, Security},
+    metrics::{RecordedBody, RequestRecord, Security},
     ports::is_proxy_port,
     prefixed::PrefixedIo,
-    respond::{respond, response, RequestError},
+    respond::{respond, response, RequestError, Stages},
     serve, tls, tunnel,
 };
 
@@ -42,6 +42,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     inbound.metrics.connection("tunnel", "http2");
+    let _open = inbound.metrics.open("tunnel");
     let (tls, peer) = inbound.tls.accept(PrefixedIo::unread(accepted.io)).await?;
     let sni = tls::server_name(&tls);
     let drain = inbound.drain.clone();
@@ -54,18 +55,12 @@ where
         sni,
         ports: ArcSwap::default(),
     });
-    let requests = {
-        let conn = conn.clone();
-        let stages = tower::service_fn(move |req| {
-            let conn = conn.clone();
-            async move { conn.request(req).await }
-        });
-        let observed = Observed {
-            reporter: Reporter::destination,
-            security: Security::mutual_tls,
-        };
-        respond(stages, metrics, observed)
+    let series = {
+        let snapshot = conn.inbound.config.load();
+        let peer = Some(&conn.peer);
+        metrics.inbound(&snapshot, conn.client.ip(), peer, 0, Security::MutualTls)
     };
+    let requests = respond(conn.clone(), series);
     // A CONNECT opens a stream, not a request: it is recorded as a TCP connection (opaque) or
     // by the requests it carries (HTTP/1), never as a request of its own.
     let service = tower::service_fn(move |req: Request<Incoming>| {
@@ -73,7 +68,7 @@ where
         let requests = requests.clone();
         async move {
             if req.method() == Method::CONNECT {
-                Ok(conn.connect(req).await)
+                Ok(conn.connect(req).await.map(RecordedBody::unrecorded))
             } else {
                 requests.oneshot(req).await
             }
@@ -94,17 +89,26 @@ struct TunnelConn {
     ports: ArcSwap<Vec<(u16, Arc<AppHandler>)>>,
 }
 
-impl TunnelConn {
-    async fn request(&self, req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
+impl Stages for TunnelConn {
+    /// A request for the app port it names, answered by that port's handler and counted
+    /// under its series.
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        record: &RequestRecord,
+    ) -> Result<Response<Body>, RequestError> {
         let port = match tunnel::dst_port(req.headers()) {
             None => return Err(RequestError::MissingDstPort),
             Some(port) if is_proxy_port(port) => return Err(RequestError::ProxyPort(port)),
             Some(port) => port,
         };
         let handler = self.port(port)?;
-        handler.stages().oneshot(req).await
+        record.counted_as(handler.series());
+        handler.forward(req).await
     }
+}
 
+impl TunnelConn {
     /// The HTTP service for `port`, let in once per connection and port.
     fn port(&self, port: u16) -> Result<Arc<AppHandler>, RequestError> {
         if let Some((_, handler)) = self.ports.load().iter().find(|(p, _)| *p == port) {

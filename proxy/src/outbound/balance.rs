@@ -30,7 +30,11 @@ use remora_api::{
 use tokio::{sync::Notify, time::Instant};
 use tower::retry::budget::TpsBudget;
 
-use crate::tunnel::{PeerChannel, TunnelClient};
+use crate::{
+    config::Config,
+    metrics::{Metrics, Series},
+    tunnel::{PeerChannel, TunnelClient},
+};
 
 use super::{dns::Dns, originate::Originator};
 
@@ -39,6 +43,10 @@ pub struct Upstream {
     pub endpoint: Endpoint,
     pub way: Way,
     load: Load,
+    /// The Service host it is an endpoint of, if any.
+    service: Option<Arc<str>>,
+    /// What requests it answers are counted under, resolved on first use.
+    series: OnceLock<Arc<Series>>,
 }
 
 /// How an endpoint is reached.
@@ -57,6 +65,7 @@ impl Upstream {
     pub fn new(
         tunnel: &TunnelClient,
         endpoint: Endpoint,
+        service: Option<Arc<str>>,
         policy: &DestinationPolicy,
         originator: Option<&Arc<Originator>>,
     ) -> Self {
@@ -73,7 +82,16 @@ impl Upstream {
             endpoint,
             way,
             load: Load::default(),
+            service,
+            series: OnceLock::new(),
         }
+    }
+
+    /// What the requests and connections it takes are counted under.
+    pub fn series(&self, metrics: &Metrics, config: &Config) -> &Arc<Series> {
+        self.series.get_or_init(|| {
+            metrics.outbound(&config.load(), self.service.as_deref(), &self.endpoint)
+        })
     }
 
     /// Whether it is reached as [`Upstream::new`] would reach it under `policy` and
@@ -136,6 +154,8 @@ impl Original {
                     },
                     way: Way::Direct,
                     load: Load::default(),
+                    service: None,
+                    series: OnceLock::new(),
                 })
             })
             .clone()
@@ -577,6 +597,7 @@ fn endpoints(
                     Arc::new(Upstream::new(
                         tunnel,
                         endpoint.clone(),
+                        Some(key.service.hostname.clone()),
                         &backend.policy,
                         originator.as_ref(),
                     ))

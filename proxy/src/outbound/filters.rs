@@ -8,13 +8,15 @@ use remora_api::route::{Fault, MatchedPrefix, Redirect, Route};
 
 use crate::{
     body::{empty, Body},
+    metrics::{Flag, RequestRecord},
     respond::RequestError,
 };
 
 /// Delays the request and/or aborts it, each for its share of requests.
-pub async fn inject_fault(fault: &Fault) -> Result<(), RequestError> {
+pub async fn inject_fault(fault: &Fault, record: &RequestRecord) -> Result<(), RequestError> {
     if let Some((delay, percent)) = fault.delay {
         if percent.hit(rand::random()) {
+            record.flag(Flag::DelayInjected);
             tokio::time::sleep(delay).await;
         }
     }

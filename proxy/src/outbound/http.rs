@@ -11,7 +11,7 @@
 //! without a sidecar). The caller gets its own HTTP version back, whatever the hop in between
 //! spoke.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -26,9 +26,9 @@ use crate::{
     detect::Protocol,
     headers,
     listen::ConnectionError,
-    metrics::{Observed, Reporter, Security},
+    metrics::RequestRecord,
     prefixed::PrefixedIo,
-    respond::{respond, RequestError},
+    respond::{respond, RequestError, Stages},
     serve,
 };
 
@@ -53,23 +53,24 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let drain = outbound.drain.clone();
-    let metrics = outbound.metrics.clone();
+    let series = backend.series(&outbound);
     let target = Arc::new(Destination {
         outbound,
         backend,
         original,
     });
-    let stages = tower::service_fn(move |req| {
-        let target = target.clone();
-        async move { target.forward(req).await }
-    });
-    // Istio's client side reports the policy of the mesh hop it makes.
-    let observed = Observed {
-        reporter: Reporter::source,
-        security: Security::mutual_tls,
-    };
-    serve::http(protocol, io, &drain, respond(stages, metrics, observed)).await?;
+    serve::http(protocol, io, &drain, respond(target, series)).await?;
     Ok(())
+}
+
+impl Stages for Destination {
+    fn call<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        record: &'a RequestRecord,
+    ) -> impl Future<Output = Result<Response<Body>, RequestError>> + Send + 'a {
+        self.forward(req, record)
+    }
 }
 
 /// One app connection's destination.
@@ -80,7 +81,11 @@ struct Destination {
 }
 
 impl Destination {
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<Body>, RequestError> {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        record: &RequestRecord,
+    ) -> Result<Response<Body>, RequestError> {
         if req.method() == Method::CONNECT {
             // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
             return Err(RequestError::ConnectNotSupported);
@@ -88,7 +93,7 @@ impl Destination {
         // Each path's future is boxed: kept inline they would make this future (which the
         // connection's service moves per request) as large as the largest of them.
         match &self.backend {
-            Backend::Routed(routes) => Box::pin(self.routed(routes.load(), req)).await,
+            Backend::Routed(routes) => Box::pin(self.routed(routes.load(), req, record)).await,
             Backend::Fixed(upstream) => {
                 let upstream = upstream.clone();
                 if headers::is_upgrade(&req) {
@@ -98,7 +103,7 @@ impl Destination {
                 let req = Request::from_parts(parts, body.into());
                 Box::pin(send(&self.outbound, &upstream, req)).await
             }
-            Backend::Blackhole(dst) => Box::pin(self.by_host(*dst, req)).await,
+            Backend::Blackhole(dst) => Box::pin(self.by_host(*dst, req, record)).await,
         }
     }
 
@@ -109,6 +114,7 @@ impl Destination {
         &self,
         dst: SocketAddr,
         req: Request<Incoming>,
+        record: &RequestRecord,
     ) -> Result<Response<Body>, RequestError> {
         let host = req
             .uri()
@@ -141,9 +147,11 @@ impl Destination {
                 let upstream = Upstream::new(
                     &self.outbound.tunnel,
                     endpoint,
+                    Some(port.key.hostname.clone()),
                     &DestinationPolicy::default(),
                     None,
                 );
+                record.counted_as(upstream.series(&self.outbound.metrics, &self.outbound.config));
                 let (parts, body) = req.into_parts();
                 send(
                     &self.outbound,
@@ -159,7 +167,7 @@ impl Destination {
                     &self.outbound.tunnel,
                     &self.outbound.balancers,
                 );
-                self.routed(routes.load(), req).await
+                self.routed(routes.load(), req, record).await
             }
         }
     }
@@ -168,6 +176,7 @@ impl Destination {
         &self,
         resolved: Arc<Resolved>,
         req: Request<Incoming>,
+        record: &RequestRecord,
     ) -> Result<Response<Body>, RequestError> {
         let (mut parts, body) = req.into_parts();
         let selected = resolved
@@ -186,7 +195,7 @@ impl Destination {
             Some(CorsAction::None) | None => None,
         };
         if let Some(fault) = &route.fault {
-            filters::inject_fault(fault).await?;
+            filters::inject_fault(fault, record).await?;
         }
         if let Some(redirect) = &route.redirect {
             return Ok(filters::redirect(
@@ -216,6 +225,7 @@ impl Destination {
             let upstream = balancer
                 .pick(&[], &self.original)
                 .map_err(retry::no_upstream)?;
+            record.counted_as(upstream.series(&self.outbound.metrics, &self.outbound.config));
             let req = Request::from_parts(parts, body);
             let response = Box::pin(upgrade_to(&self.outbound, &upstream, req)).await?;
             return Ok(response);
@@ -234,9 +244,8 @@ impl Destination {
             balancer,
             &self.original,
             &route.retry,
-            parts,
-            body,
-            first,
+            retry::Outgoing { parts, body, first },
+            record,
         );
         let mut response = match route.timeout {
             Some(limit) => tokio::time::timeout(limit, tries)

@@ -47,15 +47,22 @@ pub fn spawn(
                 RequestBody::Empty => crate::body::empty(),
                 RequestBody::Recorded(recording) => match recording.complete().await {
                     Some(body) => body,
-                    None => return,
+                    None => return outbound.metrics.mirror("skipped"),
                 },
             };
             let request = send(&outbound, &upstream, Request::from_parts(head, body));
-            match tokio::time::timeout(MIRROR_TIMEOUT, request).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "mirrored request failed"),
-                Err(_) => tracing::debug!("mirrored request timed out"),
-            }
+            let result = match tokio::time::timeout(MIRROR_TIMEOUT, request).await {
+                Ok(Ok(_)) => "sent",
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "mirrored request failed");
+                    "failed"
+                }
+                Err(_) => {
+                    tracing::debug!("mirrored request timed out");
+                    "failed"
+                }
+            };
+            outbound.metrics.mirror(result);
         });
     }
 }

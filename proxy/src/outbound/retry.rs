@@ -15,6 +15,7 @@ use tower::retry::budget::Budget;
 
 use crate::{
     body::{Body, Recording},
+    metrics::{Flag, RequestRecord},
     pool::PoolError,
     respond::RequestError,
 };
@@ -75,6 +76,13 @@ impl RequestBody {
     }
 }
 
+/// A request as its tries send it: the head, the first try's body, and the body to send again.
+pub struct Outgoing {
+    pub parts: Parts,
+    pub body: RequestBody,
+    pub first: Body,
+}
+
 /// The answer to a request that could not get an endpoint.
 pub fn no_upstream(reason: NoUpstream) -> RequestError {
     match reason {
@@ -90,10 +98,14 @@ pub async fn tries(
     balancer: &Arc<Balancer>,
     original: &Original,
     policy: &RetryPolicy,
-    mut parts: Parts,
-    body: RequestBody,
-    first: Body,
+    request: Outgoing,
+    record: &RequestRecord,
 ) -> Result<Response<Body>, RequestError> {
+    let Outgoing {
+        mut parts,
+        body,
+        first,
+    } = request;
     let pool = balancer.policy();
     balancer.budget.deposit();
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -104,6 +116,7 @@ pub async fn tries(
         let last = attempt > policy.attempts;
         let admitted = balancer.admit(&pool.pool).await.map_err(no_upstream)?;
         let upstream = balancer.pick(&tried, original).map_err(no_upstream)?;
+        record.counted_as(upstream.series(&outbound.metrics, &outbound.config));
         let Some(try_body) = next_body.take() else {
             return Err(RequestError::NoHealthyUpstream);
         };
@@ -129,20 +142,29 @@ pub async fn tries(
         drop(admitted);
         let outcome = attempt_of(&result);
         balancer.report(&upstream, outcome);
-        if last || !policy.retries(outcome) {
+        if !policy.retries(outcome) {
             return result;
+        }
+        // From here the try failed in a way the policy retries: a way not to is Envoy's URX.
+        let exceeded = |result| {
+            record.flag(Flag::RetryLimitExceeded);
+            result
+        };
+        if last {
+            return exceeded(result);
         }
         let Some(again) = body.again() else {
             return result;
         };
         if !balancer.budget.withdraw() {
             tracing::debug!(endpoint = %upstream.endpoint.address, "retry budget exhausted");
-            return result;
+            return exceeded(result);
         }
         let Some(slot) = balancer.retry_slot(&pool.pool) else {
-            return result;
+            return exceeded(result);
         };
         _slot = Some(slot);
+        outbound.metrics.retry();
         tracing::debug!(endpoint = %upstream.endpoint.address, ?outcome, attempt, "retrying");
         next_body = Some(again);
         tried.push(upstream.endpoint.address);

@@ -10,10 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    listen::ConnectionError,
-    metrics::{Observed, Reporter, Security, TcpRecord},
-    prefixed::PrefixedIo,
-    respond::RequestError,
+    listen::ConnectionError, metrics::TcpRecord, prefixed::PrefixedIo, respond::RequestError,
     transport,
 };
 
@@ -37,26 +34,22 @@ where
             return Ok(());
         }
     };
+    let record = TcpRecord::open(upstream.series(&outbound.metrics, &outbound.config));
     match &upstream.way {
         Way::Mesh(channel) => {
             let stream = channel.tunnel(None).await?;
-            let observed = Observed {
-                reporter: Reporter::source,
-                security: Security::mutual_tls,
-            };
-            let record = TcpRecord::open(outbound.metrics.clone(), observed);
             transport::splice_recorded(record, io, TokioIo::new(stream)).await?;
         }
         Way::Direct => {
             let tcp = transport::connect(upstream.endpoint.address).await?;
-            transport::splice(io, tcp).await?;
+            transport::splice_recorded(record, io, tcp).await?;
         }
         Way::Originate(originator) => {
             let tls = originator
                 .connect(upstream.endpoint.address)
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            transport::splice(io, tls).await?;
+            transport::splice_recorded(record, io, tls).await?;
         }
     }
     Ok(())

@@ -74,6 +74,7 @@ fn parses_every_field() {
                 },
             ],
             num_trusted_proxies: 2,
+            cluster_id: String::new(),
         }
     );
 }
@@ -97,6 +98,7 @@ fn empty_config_has_istio_defaults() {
             path_normalization: "BASE".into(),
             extension_providers: Vec::new(),
             num_trusted_proxies: 0,
+            cluster_id: String::new(),
         }
     );
     assert_eq!(MeshConfig::default().settings(None), settings);

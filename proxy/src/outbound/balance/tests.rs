@@ -13,6 +13,8 @@ fn upstream(last: u8) -> Arc<Upstream> {
         },
         way: Way::Direct,
         load: Load::default(),
+        service: None,
+        series: OnceLock::new(),
     })
 }
 
