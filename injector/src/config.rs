@@ -28,6 +28,7 @@ mod routing;
 mod security;
 mod service_entry;
 mod source;
+mod telemetry;
 mod translate;
 pub mod well_known;
 pub(crate) mod yaml;

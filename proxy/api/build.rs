@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/istio/v1/auth/ca.proto",
         "proto/remora/config/v1/routing.proto",
         "proto/remora/config/v1/security.proto",
+        "proto/remora/config/v1/telemetry.proto",
         "proto/remora/config/v1/snapshot.proto",
         "proto/remora/config/v1/discovery.proto",
         "proto/grpc/health/v1/health.proto",

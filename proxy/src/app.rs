@@ -58,6 +58,7 @@ pub async fn run(
     let readiness = Readiness::default();
     let drain = Drain::default();
     let config = Arc::new(Config::default());
+    tokio::spawn(metrics.clone().follow(config.clone()));
     for listener in listen::bind_all(ports::HEALTH).context("binding the health port")? {
         let readiness = readiness.clone();
         tokio::spawn(serve_status(listener, "health", move |req| {

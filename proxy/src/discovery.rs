@@ -155,6 +155,7 @@ mod tests {
             }),
             security: None,
             workloads: vec![],
+            telemetry: None,
         }
     }
 

@@ -27,12 +27,13 @@ use remora_api::{peer_authn::MtlsMode, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    access_log::{Direction, Downstream},
     config::Config,
     detect::{Protocol, DETECT_TIMEOUT},
     drain::Drain,
     headers,
     listen::ConnectionError,
-    metrics::{Metrics, Security, Series},
+    metrics::{Metrics, Recorder, Security},
     prefixed::PrefixedIo,
     respond::RequestError,
     tls::MeshTls,
@@ -91,8 +92,8 @@ pub struct InboundConn {
     protocol: Protocol,
     /// The server name the caller's mesh TLS asked for (AuthorizationPolicy `connection.sni`).
     sni: Option<Arc<str>>,
-    /// What its requests and bytes are counted under.
-    series: Arc<Series>,
+    /// What its requests and bytes are counted (and logged) by.
+    recorder: Recorder,
 }
 
 impl InboundConn {
@@ -114,8 +115,8 @@ impl InboundConn {
         self.protocol
     }
 
-    pub fn series(&self) -> &Arc<Series> {
-        &self.series
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 }
 
@@ -158,13 +159,18 @@ impl Inbound {
             app.port(),
             tls.security(),
         );
+        let downstream = Downstream {
+            local: Some(app),
+            remote: Some(client),
+        };
+        let recorder = self.metrics.recorder(Direction::Server, series, downstream);
         let conn = InboundConn {
             client,
             app,
             tls,
             protocol,
             sni,
-            series,
+            recorder,
         };
         authorize::connection(&snapshot, &self.metrics, &conn)?;
         Ok(conn)

@@ -7,7 +7,8 @@
 //! The request path never calls a counter by hand: each request carries a [`RequestRecord`]
 //! and each spliced connection a [`TcpRecord`], made from a [`Series`] resolved once per
 //! connection (inbound: the caller as the snapshot knows its verified identity and address;
-//! outbound: once per upstream endpoint), completed with the outcome, and counted when over.
+//! outbound: once per upstream endpoint), completed with the outcome, and counted when over;
+//! the same records write the access log ([`crate::access_log`]) when one is configured.
 
 pub mod flags;
 pub mod istio;
@@ -21,19 +22,24 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use arc_swap::ArcSwap;
 use prometheus::{
     core::Collector, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use remora_api::{Endpoint, Snapshot, SpiffeId};
+use remora_api::{telemetry::Telemetry, Endpoint, Snapshot, SpiffeId};
 
-use crate::identity::Issued;
+use crate::{
+    access_log::{AccessLogs, Direction, Downstream},
+    config::Config,
+    identity::Issued,
+};
 
 pub use flags::{Flag, Flags};
 pub use istio::Series;
 pub use labels::{Reporter, Security};
 pub use names::Own;
-pub use record::{is_grpc, RecordedBody, RequestRecord, TcpRecord};
+pub use record::{is_grpc, RecordedBody, Recorder, RequestRecord, SideState, TcpRecord};
 
 use labels::{Peer, SeriesLabels, Service, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 use names::Names;
@@ -53,6 +59,7 @@ struct Health {
     dry_run: IntCounterVec,
     retries: IntCounter,
     mirrors: IntCounterVec,
+    log_dropped: IntCounter,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -164,6 +171,14 @@ impl Health {
                  large to copy)",
                 &["result"],
             ),
+            log_dropped: register(
+                registry,
+                IntCounter::new(
+                    "remora_access_log_dropped_total",
+                    "Access log entries dropped because the writer was behind",
+                )
+                .unwrap_or_else(|e| panic!("log drops: {e}")),
+            ),
         }
     }
 }
@@ -173,6 +188,13 @@ pub struct Metrics {
     istio: istio::Store,
     names: Names,
     health: Health,
+    /// What each side records, from the snapshot in use (its overrides apply on a scrape).
+    telemetry: ArcSwap<Telemetry>,
+    /// The access logs, which records write to beside counting.
+    logs: AccessLogs,
+    /// What records of each side do, as of the last push.
+    client: Arc<ArcSwap<SideState>>,
+    server: Arc<ArcSwap<SideState>>,
 }
 
 impl Default for Metrics {
@@ -193,11 +215,64 @@ impl Metrics {
     pub fn new(own: Option<Own>) -> Self {
         let registry = Registry::new();
         let health = Health::new(&registry);
+        let logs = AccessLogs::new(health.log_dropped.clone());
         Self {
             registry,
             istio: istio::Store::default(),
             names: Names::new(own),
             health,
+            telemetry: ArcSwap::default(),
+            logs,
+            client: Arc::default(),
+            server: Arc::default(),
+        }
+    }
+
+    /// Follows `config`: each snapshot's telemetry is put in use (metric overrides, access
+    /// logs, request-valued labels) as it is, by connections old and new.
+    pub async fn follow(self: Arc<Self>, config: Arc<Config>) {
+        let mut changes = config.changes();
+        loop {
+            self.apply(config.load().telemetry.clone());
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Puts `telemetry` in use.
+    fn apply(&self, telemetry: Telemetry) {
+        self.logs.update(&telemetry);
+        for (direction, side, state) in [
+            (Direction::Client, &telemetry.client, &self.client),
+            (Direction::Server, &telemetry.server, &self.server),
+        ] {
+            let tags = side.request_tags();
+            state.store(Arc::new(SideState {
+                metrics: side.metrics,
+                log: self.logs.current(direction),
+                request_tags: (!tags.is_empty()).then(|| Arc::from(tags)),
+            }));
+        }
+        self.telemetry.store(Arc::new(telemetry));
+    }
+
+    /// What a connection on `direction`'s side (between `downstream` addresses) records with:
+    /// `series`, and that side's state as each request or stream starts.
+    pub fn recorder(
+        &self,
+        direction: Direction,
+        series: Arc<Series>,
+        downstream: Downstream,
+    ) -> Recorder {
+        let side = match direction {
+            Direction::Client => &self.client,
+            Direction::Server => &self.server,
+        };
+        Recorder {
+            series,
+            downstream,
+            side: side.clone(),
         }
     }
 
@@ -333,8 +408,7 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
     pub fn encode(&self) -> String {
-        let mut families = self.istio.families();
-        families.retain(|family| !family.get_metric().is_empty());
+        let mut families = self.istio.families(&self.telemetry.load());
         families.extend(self.registry.gather());
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {

@@ -40,12 +40,13 @@ use tokio::{
 };
 
 use crate::{
+    access_log::{Direction, Downstream},
     config::Config,
     detect::{detect, Protocol, DETECT_TIMEOUT},
     drain::Drain,
     http_client::{Connect, HttpClient},
     listen::{Accepted, ConnectionError},
-    metrics::{Metrics, Series, TcpRecord, Unresolved},
+    metrics::{Metrics, Recorder, Series, Unresolved},
     prefixed::PrefixedIo,
     respond::RequestError,
     tls, transport,
@@ -165,7 +166,15 @@ impl Backend {
         }
     }
 
-    /// What this connection's requests are counted under until an upstream answers one.
+    /// What this connection's requests are recorded by (counted under its series until an
+    /// upstream answers one).
+    fn recorder(&self, outbound: &Outbound, downstream: Downstream) -> Recorder {
+        let series = self.series(outbound);
+        outbound
+            .metrics
+            .recorder(Direction::Client, series, downstream)
+    }
+
     fn series(&self, outbound: &Outbound) -> Arc<Series> {
         let snapshot = outbound.config.load();
         let metrics = &outbound.metrics;
@@ -193,16 +202,22 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _open = outbound.metrics.open("outbound");
+    let downstream = Downstream {
+        local: Some(accepted.orig_dst),
+        remote: Some(accepted.client),
+    };
     let logical = outbound.config.load().lookup(accepted.orig_dst);
     let backend = match logical {
         Logical::Passthrough(dst) => {
             // Not in the mesh registry: passed through as addressed.
             outbound.metrics.connection("outbound", "passthrough");
             let upstream = transport::connect(dst).await?;
-            let series = outbound
-                .metrics
-                .outbound_unresolved(&outbound.config.load(), Unresolved::Passthrough);
-            let record = TcpRecord::open(&series);
+            let snapshot = outbound.config.load();
+            let metrics = &outbound.metrics;
+            let series = metrics.outbound_unresolved(&snapshot, Unresolved::Passthrough);
+            let recorder = metrics.recorder(Direction::Client, series, downstream);
+            let mut record = recorder.tcp();
+            record.upstream(dst, None);
             transport::splice_recorded(record, PrefixedIo::unread(accepted.io), upstream).await?;
             return Ok(());
         }
@@ -228,15 +243,25 @@ where
         .connection("outbound", detected.protocol.name());
     match detected.protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            http::serve(outbound, backend, original, detected.protocol, detected.io).await
+            let io = detected.io;
+            http::serve(
+                outbound,
+                backend,
+                original,
+                detected.protocol,
+                io,
+                downstream,
+            )
+            .await
         }
         Protocol::Tls if backend.routes_by_sni() => {
             let (hello, io) = tls::client_hello(detected.io, outbound.detect_timeout).await?;
             let upstream = backend.pick(hello.server_name.as_deref(), &original);
-            tcp::forward(&outbound, upstream, io).await
+            tcp::forward(&outbound, upstream, io, downstream).await
         }
         Protocol::Tls | Protocol::Opaque => {
-            tcp::forward(&outbound, backend.pick(None, &original), detected.io).await
+            let upstream = backend.pick(None, &original);
+            tcp::forward(&outbound, upstream, detected.io, downstream).await
         }
     }
 }

@@ -22,7 +22,7 @@ use remora_api::route::Abort;
 
 use crate::{
     body::{empty, local_response, Body},
-    metrics::{Flag, RecordedBody, RequestRecord, Series},
+    metrics::{Flag, RecordedBody, Recorder, RequestRecord},
     serve::HttpService,
 };
 
@@ -36,24 +36,24 @@ pub trait Stages: Send + Sync + 'static {
 }
 
 /// The service `serve` runs for one connection: `stages` answer each request, failures become
-/// Envoy's answers, and each request is recorded under `series` (or the series the stages
-/// name).
-pub fn respond<S: Stages>(stages: Arc<S>, series: Arc<Series>) -> impl HttpService<RecordedBody> {
+/// Envoy's answers, and each request is recorded by `recorder` (under the series the stages
+/// name, if they do).
+pub fn respond<S: Stages>(stages: Arc<S>, recorder: Recorder) -> impl HttpService<RecordedBody> {
     tower::service_fn(move |req: Request<Incoming>| {
         let stages = stages.clone();
-        let record = RequestRecord::start(series.clone(), &req);
+        let record = recorder.start(&req);
         async move {
             let answer = stages.call(req, &record).await;
-            let response = match answer {
-                Ok(response) => response,
+            let (response, details) = match answer {
+                Ok(response) => (response, "via_upstream"),
                 Err(error) => {
                     if let Some(flag) = error.flag() {
                         record.flag(flag);
                     }
-                    response(&error, record.grpc())
+                    (response(&error, record.grpc()), error.details())
                 }
             };
-            Ok::<_, Infallible>(record.respond(response))
+            Ok::<_, Infallible>(record.respond(response, details))
         }
     })
 }
@@ -176,6 +176,29 @@ impl RequestError {
             | Self::JwtInvalid
             | Self::MtlsRequired(_)
             | Self::InvalidPath(_) => None,
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this answer.
+    pub fn details(&self) -> &'static str {
+        match self {
+            Self::ConnectNotSupported
+            | Self::InvalidAuthority(_)
+            | Self::MissingDstPort
+            | Self::ProxyPort(_)
+            | Self::ConnectTarget(_) => "bad_request",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::NoRoute | Self::Blackhole(_) => "route_not_found",
+            Self::NoBackend { .. } => "cluster_not_found",
+            Self::Timeout => "response_timeout",
+            Self::FaultAbort(_) => "fault_filter_abort",
+            Self::Overflow => "upstream_reset_before_response_started{overflow}",
+            Self::Denied | Self::MtlsRequired(_) => "rbac_access_denied",
+            Self::JwtInvalid => "jwt_authn_access_denied",
+            Self::InvalidPath(_) => "path_normalization_failed",
+            Self::Unavailable { .. } => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
         }
     }
 

@@ -168,10 +168,11 @@ fn prometheus_kiali_and_grafana_read_the_sidecars() -> anyhow::Result<()> {
     get("/status/200", 200)?;
     get("/status/418", 418)?;
     let all = r#"sum(istio_requests_total{reporter="destination",destination_workload="httpbin"})"#;
+    let all_sent = r#"sum(istio_requests_total{reporter="source",destination_workload="httpbin"})"#;
     wait_for(
-        "Prometheus to see the first requests",
+        "Prometheus to see the first requests on both sides",
         Duration::from_secs(30),
-        || Ok(prometheus.value(all)? == 2.0),
+        || Ok(prometheus.value(all)? == 2.0 && prometheus.value(all_sent)? == 2.0),
     )?;
     for _ in 1..REQUESTS {
         get("/status/200", 200)?;
@@ -205,6 +206,20 @@ fn prometheus_kiali_and_grafana_read_the_sidecars() -> anyhow::Result<()> {
     wait_for("the client's count", Duration::from_secs(10), || {
         Ok(prometheus.value(sent)? == REQUESTS as f64)
     })?;
+    // Both sides' series were scraped at 1 and again at the full count, so their rates are
+    // above 0 (Kiali leaves out idle edges).
+    for reporter in ["source", "destination"] {
+        let first = format!(
+            r#"min(min_over_time(istio_requests_total{{reporter="{reporter}",destination_workload="httpbin",response_code="200"}}[10m]))"#
+        );
+        ensure!(
+            prometheus.value(&first)? == 1.0,
+            "{reporter}: {first} is not 1: {:?}",
+            prometheus.query(&format!(
+                r#"istio_requests_total{{reporter="{reporter}",response_code="200"}}[10m]"#
+            ))
+        );
+    }
 
     // Kiali's graph: incoming requests of namespace demo, as its backend asks.
     let incoming = prometheus.query(&format!(
@@ -307,5 +322,218 @@ fn prometheus_kiali_and_grafana_read_the_sidecars() -> anyhow::Result<()> {
         everything == (REQUESTS + 2) as f64,
         "httpbin's sidecar counted {everything} requests"
     );
+    Ok(())
+}
+
+/// Access logs as the mesh config turns them on: Istio's text format on the sidecars'
+/// stdout, one line per request on each side, then JSON once the config says so (no restart).
+#[test]
+fn access_logs_follow_the_mesh_config() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with("alog", |dir| {
+        remora_e2e::example_cluster::edit_file(
+            &dir.join("mesh.yaml"),
+            "trustDomain: cluster.local\n",
+            "trustDomain: cluster.local\naccessLogFile: /dev/stdout\n",
+        )
+    })?;
+    ensure_accepted(&mesh)?;
+    let (sleep, httpbin) = (mesh.pod("sleep")?, mesh.pod("httpbin")?);
+    let teapot = curl(&sleep, "http://httpbin.demo:8000/status/418")?;
+    ensure!(teapot.status == 418, "{teapot:?}");
+    // The client's line: the request, its outcome, the Service's cluster and the endpoint.
+    let client_line = wait_for("the client sidecar's line", Duration::from_secs(10), || {
+        Ok(sleep
+            .sidecar_log()
+            .contains("\"GET /status/418 HTTP/1.1\" 418 - via_upstream"))
+    })
+    .and_then(|_| {
+        sleep
+            .sidecar_log()
+            .lines()
+            .find(|l| l.contains("/status/418"))
+            .map(str::to_owned)
+            .context("no line")
+    })?;
+    for part in [
+        "\"curl/",
+        "\"httpbin.demo:8000\"",
+        &format!("\"{}:8080\"", httpbin.ip),
+        " outbound|8000||httpbin.demo.svc.cluster.local ",
+        &format!(" {}:", sleep.ip),
+        " default",
+    ] {
+        ensure!(
+            client_line.contains(part),
+            "{part} missing from {client_line}"
+        );
+    }
+    let server_line = httpbin
+        .sidecar_log()
+        .lines()
+        .find(|l| l.contains("/status/418"))
+        .map(str::to_owned)
+        .with_context(|| format!("no server line: {}", httpbin.sidecar_log()))?;
+    ensure!(
+        server_line.contains("418 - via_upstream") && server_line.contains(" inbound|8080|| "),
+        "{server_line}"
+    );
+
+    // JSON from the next request on.
+    mesh.edit(
+        "mesh.yaml",
+        "accessLogFile: /dev/stdout\n",
+        "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n",
+    )?;
+    let json = wait_for("JSON lines", Duration::from_secs(20), || {
+        let response = curl(&sleep, "http://httpbin.demo:8000/status/204")?;
+        ensure!(response.status == 204, "{response:?}");
+        Ok(sleep
+            .sidecar_log()
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("/status/204")))
+    });
+    json.with_context(|| sleep.sidecar_log())?;
+    let line = sleep
+        .sidecar_log()
+        .lines()
+        .find(|l| l.starts_with('{') && l.contains("/status/204"))
+        .map(str::to_owned)
+        .context("no JSON line")?;
+    let entry: serde_json::Value = serde_json::from_str(&line).context("a JSON line")?;
+    ensure!(
+        entry["response_code"] == 204
+            && entry["method"] == "GET"
+            && entry["upstream_cluster"] == "outbound|8000||httpbin.demo.svc.cluster.local",
+        "{entry}"
+    );
+    Ok(())
+}
+
+/// The Telemetry API as users write it, applied while the mesh runs: a metric disabled mesh
+/// wide disappears, labels are added (a literal and a request header's value) and one removed
+/// on the server side only, and an access log keeps only the errors.
+#[test]
+fn telemetry_resources_change_what_is_recorded() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up("tel")?;
+    ensure_accepted(&mesh)?;
+    let (sleep, httpbin) = (mesh.pod("sleep")?, mesh.pod("httpbin")?);
+    mesh.write(
+        "telemetry.yaml",
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: mesh-default
+  namespace: istio-system
+spec:
+  metrics:
+  - providers:
+    - name: prometheus
+    overrides:
+    - match:
+        metric: REQUEST_SIZE
+      disabled: true
+    - match:
+        metric: REQUEST_COUNT
+      tagOverrides:
+        team:
+          value: "'payments'"
+        user:
+          value: "has(request.headers['x-user']) ? request.headers['x-user'] : 'anonymous'"
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: httpbin
+  namespace: demo
+spec:
+  selector:
+    matchLabels:
+      app: httpbin
+  metrics:
+  - overrides:
+    - match:
+        metric: REQUEST_COUNT
+        mode: SERVER
+      tagOverrides:
+        source_principal:
+          operation: REMOVE
+  accessLogging:
+  - providers:
+    - name: envoy
+    filter:
+      expression: response.code >= 400
+"#,
+    )?;
+    // The new config has reached both sidecars once httpbin logs an error.
+    let request = |path: &str| {
+        sleep.run(&[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-H",
+            "x-user: alice",
+            &format!("http://httpbin.demo:8000{path}"),
+        ])
+    };
+    wait_for(
+        "both sidecars to use the Telemetry",
+        Duration::from_secs(20),
+        || {
+            request("/status/503")?;
+            let client = remora_e2e::example_cluster::sidecar_metrics(&sleep)?;
+            Ok(httpbin
+                .sidecar_log()
+                .contains("\"GET /status/503 HTTP/1.1\" 503")
+                && client.contains(r#"user="alice""#))
+        },
+    )
+    .with_context(|| {
+        format!(
+            "rejected: {:?}\nhttpbin's sidecar:\n{}\nsleep's metrics:\n{:?}",
+            mesh.cluster.rejections(),
+            httpbin.sidecar_log(),
+            remora_e2e::example_cluster::sidecar_metrics(&sleep)
+        )
+    })?;
+    request("/status/200")?;
+    let log = httpbin.sidecar_log();
+    ensure!(
+        !log.contains("/status/200"),
+        "the filter let a 200 through:\n{log}"
+    );
+
+    let client = remora_e2e::example_cluster::sidecar_metrics(&sleep)?;
+    let server = remora_e2e::example_cluster::sidecar_metrics(&httpbin)?;
+    for (side, text) in [("client", &client), ("server", &server)] {
+        ensure!(
+            !text.contains("istio_request_bytes"),
+            "{side}: the disabled metric is still there:\n{text}"
+        );
+        ensure!(
+            text.contains("istio_response_bytes_bucket"),
+            "{side}: other metrics went with it"
+        );
+        let ok = text
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{") && l.contains(r#"response_code="200""#)
+            })
+            .with_context(|| format!("{side}: no 200 sample:\n{text}"))?;
+        ensure!(
+            ok.contains(r#"team="payments""#) && ok.contains(r#"user="alice""#),
+            "{side}: {ok}"
+        );
+    }
+    let served = server
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains(r#"response_code="200""#))
+        .context("no server sample")?;
+    ensure!(!served.contains("source_principal="), "{served}");
+    let sent = client
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains(r#"response_code="200""#))
+        .context("no client sample")?;
+    ensure!(sent.contains("source_principal="), "{sent}");
     Ok(())
 }

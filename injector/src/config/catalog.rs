@@ -25,6 +25,7 @@ use super::{
     routing::Routing,
     security,
     service_entry::ServiceEntry,
+    telemetry,
     translate::{self, PodFacts, Translation},
 };
 
@@ -75,6 +76,15 @@ impl Catalog {
             }
         }
         let service_entries = service_entries(&objects, &translation, &mut rejected);
+        objects.telemetry.retain(
+            |key, telemetry| match telemetry.object.check_providers(&mesh) {
+                Ok(()) => true,
+                Err(reason) => {
+                    rejected.push(telemetry.rejection("Telemetry", key, reason));
+                    false
+                }
+            },
+        );
         Catalog {
             rejected,
             accepted: Accepted {
@@ -134,6 +144,12 @@ impl Catalog {
             workloads: self.workloads.clone(),
             mesh: Some(self.mesh_settings(proxy_config)),
             security,
+            telemetry: Some(telemetry::resolve(
+                self.accepted.objects.telemetry.values().map(|t| &t.object),
+                namespace,
+                labels,
+                &self.accepted.mesh,
+            )),
         }
     }
 

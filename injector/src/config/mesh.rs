@@ -32,9 +32,38 @@ pub(crate) struct MeshConfig {
     extension_providers: Vec<Provider>,
     access_log_file: String,
     access_log_encoding: AccessLogEncoding,
+    /// Envoy command operators, checked with the sidecar's own parser.
+    #[serde(deserialize_with = "access_log_format")]
+    access_log_format: String,
     path_normalization: PathNormalization,
     /// Whether injection points Prometheus at the sidecar, which merges the app's metrics.
     enable_prometheus_merge: bool,
+    /// The providers Telemetry resources that name none use.
+    default_providers: DefaultProviders,
+}
+
+/// `defaultProviders`: provider names, by what they provide.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct DefaultProviders {
+    /// `None`: unset, which Istio's install treats as `[prometheus]`.
+    pub(crate) metrics: Option<Vec<String>>,
+    pub(crate) tracing: Vec<String>,
+    pub(crate) access_logging: Vec<String>,
+}
+
+/// Istio's built-in providers: its Prometheus stats and its stdout access log.
+pub(crate) const PROMETHEUS_PROVIDER: &str = "prometheus";
+pub(crate) const ENVOY_LOG_PROVIDER: &str = "envoy";
+
+/// What an `extensionProviders` entry (or a built-in name) provides.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ProviderKind {
+    Prometheus,
+    /// `envoyFileAccessLog` (or the built-in `envoy`): a file and its format.
+    FileAccessLog(proto::AccessLogPolicy),
+    /// Anything else (tracing, other log sinks), by its kind's name.
+    Other(String),
 }
 
 impl Default for MeshConfig {
@@ -48,8 +77,10 @@ impl Default for MeshConfig {
             extension_providers: Vec::new(),
             access_log_file: String::new(),
             access_log_encoding: AccessLogEncoding::default(),
+            access_log_format: String::new(),
             path_normalization: PathNormalization::default(),
             enable_prometheus_merge: true,
+            default_providers: DefaultProviders::default(),
         }
     }
 }
@@ -122,6 +153,15 @@ struct GatewayTopology {
     num_trusted_proxies: Option<u32>,
 }
 
+/// `accessLogFormat`, refused when the sidecar could not print it.
+fn access_log_format<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if !text.is_empty() {
+        remora_api::access_log::Format::text(&text).map_err(de::Error::custom)?;
+    }
+    Ok(text)
+}
+
 /// Why a pod's `proxy.istio.io/config` annotation cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("metadata.annotations[{PROXY_CONFIG_ANNOTATION}]: {source}")]
@@ -135,6 +175,64 @@ pub struct ProxyConfigError {
 struct Tracing {
     #[serde(deserialize_with = "sampling")]
     sampling: Option<f64>,
+}
+
+/// An `envoyFileAccessLog` provider's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileAccessLog {
+    #[serde(default = "stdout")]
+    path: String,
+    log_format: Option<LogFormat>,
+}
+
+fn stdout() -> String {
+    "/dev/stdout".to_owned()
+}
+
+/// `logFormat`: a text format, or JSON fields (`labels`), each of Envoy's command operators.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogFormat {
+    text: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+impl LogFormat {
+    fn policy(&self, path: &str) -> proto::AccessLogPolicy {
+        let path = if path.is_empty() { "/dev/stdout" } else { path };
+        match &self.labels {
+            Some(labels) => proto::AccessLogPolicy {
+                path: path.to_owned(),
+                json: true,
+                json_fields: labels
+                    .iter()
+                    .map(|(key, format)| proto::JsonField {
+                        key: key.clone(),
+                        format: format.clone(),
+                    })
+                    .collect(),
+                ..proto::AccessLogPolicy::default()
+            },
+            None => proto::AccessLogPolicy {
+                path: path.to_owned(),
+                text_format: self.text.clone().unwrap_or_default(),
+                ..proto::AccessLogPolicy::default()
+            },
+        }
+    }
+
+    /// Whether the sidecar can print it: every operator known.
+    fn check(&self) -> Result<(), String> {
+        use remora_api::access_log::Format;
+        if let Some(text) = &self.text {
+            Format::text(text).map_err(|e| format!("text: {e}"))?;
+        }
+        for (key, value) in self.labels.iter().flatten() {
+            Format::text(value).map_err(|e| format!("labels.{key}: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// One `extensionProviders` entry: `{name, <kind>: {service, port, ...}}`.
@@ -156,8 +254,89 @@ impl MeshConfig {
                     message: format!("{name:?} is defined twice"),
                 });
             }
+            if provider.0.kind == "envoyFileAccessLog" {
+                let settings: Value =
+                    serde_json::from_str(&provider.0.settings_json).unwrap_or_default();
+                if let Some(format) = settings.get("logFormat") {
+                    let checked = serde_json::from_value::<LogFormat>(format.clone())
+                        .map_err(|e| e.to_string())
+                        .and_then(|f| f.check());
+                    if let Err(message) = checked {
+                        return Err(YamlError::Field {
+                            path: format!("extensionProviders[{i}].envoyFileAccessLog.logFormat"),
+                            message,
+                        });
+                    }
+                }
+            }
         }
         Ok(mesh)
+    }
+
+    /// The default providers (`defaultProviders`).
+    pub(crate) fn default_providers(&self) -> &DefaultProviders {
+        &self.default_providers
+    }
+
+    /// What provider `name` provides (names match case-insensitively, as istiod matches them);
+    /// `None` when the mesh has no such provider.
+    pub(crate) fn provider(&self, name: &str) -> Option<ProviderKind> {
+        let found = self
+            .extension_providers
+            .iter()
+            .find(|p| p.0.name.eq_ignore_ascii_case(name));
+        let Some(Provider(provider)) = found else {
+            return if name.eq_ignore_ascii_case(PROMETHEUS_PROVIDER) {
+                Some(ProviderKind::Prometheus)
+            } else if name.eq_ignore_ascii_case(ENVOY_LOG_PROVIDER) {
+                Some(ProviderKind::FileAccessLog(
+                    self.legacy_access_log("/dev/stdout"),
+                ))
+            } else {
+                None
+            };
+        };
+        Some(match provider.kind.as_str() {
+            "prometheus" => ProviderKind::Prometheus,
+            "envoyFileAccessLog" => {
+                let settings: FileAccessLog =
+                    serde_json::from_str(&provider.settings_json).unwrap_or_default();
+                match settings.log_format {
+                    None => ProviderKind::FileAccessLog(self.legacy_access_log(&settings.path)),
+                    Some(format) => ProviderKind::FileAccessLog(format.policy(&settings.path)),
+                }
+            }
+            other => ProviderKind::Other(other.to_owned()),
+        })
+    }
+
+    /// The access log `accessLogFile` asks for, written to `path`, in `accessLogEncoding` and
+    /// `accessLogFormat` (Istio's default format when unset).
+    pub(crate) fn legacy_access_log(&self, path: &str) -> proto::AccessLogPolicy {
+        let json = self.access_log_encoding == AccessLogEncoding::Json;
+        let (text_format, json_fields) = match (json, self.access_log_format.is_empty()) {
+            (false, _) => (self.access_log_format.clone(), Vec::new()),
+            (true, true) => (String::new(), Vec::new()),
+            (true, false) => (
+                String::new(),
+                vec![proto::JsonField {
+                    key: "message".to_owned(),
+                    format: self.access_log_format.trim_end_matches('\n').to_owned(),
+                }],
+            ),
+        };
+        proto::AccessLogPolicy {
+            path: path.to_owned(),
+            text_format,
+            json,
+            json_fields,
+            ..proto::AccessLogPolicy::default()
+        }
+    }
+
+    /// The legacy `accessLogFile`, if set.
+    pub(crate) fn access_log_file(&self) -> Option<&str> {
+        Some(self.access_log_file.as_str()).filter(|f| !f.is_empty())
     }
 
     /// The namespace whose policies apply mesh-wide.

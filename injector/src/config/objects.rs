@@ -28,6 +28,7 @@ use super::{
     routing::{self, RoutingObject},
     security::{self, SecurityPolicy},
     service_entry::{self, ServiceEntry},
+    telemetry::{self, Telemetry},
     well_known::{DEFAULT_NAMESPACE, INJECTION_FILE, MESH_FILE},
     yaml::{self, YamlError},
 };
@@ -150,6 +151,9 @@ pub(crate) struct Objects {
     /// and key.
     pub(crate) routing: BTreeMap<(&'static str, Key), Labelled<RoutingObject>>,
     pub(crate) service_entries: BTreeMap<Key, Labelled<ServiceEntry>>,
+    /// Telemetry resources (those naming a provider the mesh lacks are rejected once the mesh
+    /// config is known, by the catalog).
+    pub(crate) telemetry: BTreeMap<Key, Labelled<Telemetry>>,
     /// MutatingWebhookConfigurations (cluster-scoped: the key's namespace is empty), which say
     /// which pods the API server sends to the injection webhook.
     pub(crate) webhook_configurations: BTreeMap<Key, Labelled<MutatingWebhookConfiguration>>,
@@ -287,6 +291,10 @@ impl Objects {
             self.add_service_entry(value, id, origin, rejected);
             return;
         }
+        if telemetry::is_telemetry(&id.api_version, &id.kind) {
+            self.add_telemetry(value, id, origin, rejected);
+            return;
+        }
         if let Some(reason) = unknown_builtin_kind(&id) {
             // Whatever it was meant to be (a Deployment with a typo?), it may be any object.
             rejected.push(Rejection::unidentified(origin, id.label, reason));
@@ -305,7 +313,7 @@ impl Objects {
         };
         let (key, label) = (id.key, id.label);
         match kept {
-            Kept::Mesh(mesh) => self.keep_mesh(mesh, label, origin, rejected),
+            Kept::Mesh(mesh) => self.keep_mesh(*mesh, label, origin, rejected),
             Kept::Injection(injection) => self.keep_injection(*injection, label, origin, rejected),
             Kept::Other(kind) => {
                 self.first_of(kind, &key, &label, origin, rejected);
@@ -414,6 +422,26 @@ impl Objects {
             Ok(entry) => {
                 self.service_entries
                     .insert(id.key, Labelled::new(&id.label, origin, entry));
+            }
+            Err(reason) => rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason)),
+        }
+    }
+
+    fn add_telemetry(
+        &mut self,
+        value: Value,
+        id: Identity,
+        origin: &str,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        const KIND: &str = "Telemetry";
+        if !self.named_first(KIND, &id, origin, rejected) {
+            return;
+        }
+        match telemetry::read(value, &id.key.0, &id.key.1) {
+            Ok(read) => {
+                self.telemetry
+                    .insert(id.key, Labelled::new(&id.label, origin, read));
             }
             Err(reason) => rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason)),
         }
@@ -667,7 +695,7 @@ enum Kept {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     WebhookConfiguration(Box<MutatingWebhookConfiguration>),
-    Mesh(MeshConfig),
+    Mesh(Box<MeshConfig>),
     Injection(Box<(Values, InjectionPolicy)>),
     /// Checked for mistakes and duplicates, not kept.
     Other(&'static str),
@@ -880,7 +908,7 @@ fn mesh_config_map(value: Value) -> Result<Kept, String> {
         .map(String::as_str)
         .unwrap_or_default();
     MeshConfig::parse(text)
-        .map(Kept::Mesh)
+        .map(|mesh| Kept::Mesh(Box::new(mesh)))
         .map_err(|e| match e {
             YamlError::Field { path, message } => format!("data.mesh: {path}: {message}"),
             syntax => format!("data.mesh: {syntax}"),

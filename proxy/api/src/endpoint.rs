@@ -68,15 +68,15 @@ pub struct Workload {
     /// The identity its sidecar proves; `None` when it runs without one.
     pub identity: Option<SpiffeId>,
     pub addresses: Vec<IpAddr>,
-    /// Telemetry's names for it, as istiod derives them (see [`Telemetry`]).
-    pub telemetry: Telemetry,
+    /// Telemetry's names for it, as istiod derives them (see [`WorkloadNames`]).
+    pub names: WorkloadNames,
 }
 
 /// What Istio's standard metrics and spans call a workload: the workload it belongs to (a
 /// Deployment, ..., or the pod), its canonical service and revision, and its `app` and
 /// `version` labels (empty when it has none).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Telemetry {
+pub struct WorkloadNames {
     pub workload_name: String,
     pub canonical_service: String,
     pub canonical_revision: String,

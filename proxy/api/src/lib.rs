@@ -12,6 +12,7 @@
 //! The proxy never parses Istio YAML: the control plane translates Istio and Kubernetes resources
 //! into these types.
 
+pub mod access_log;
 pub mod app_probe;
 pub mod authz;
 mod bootstrap;
@@ -27,13 +28,14 @@ pub mod route;
 mod security;
 mod snapshot;
 mod spiffe;
+pub mod telemetry;
 
 pub use bootstrap::{
     Bootstrap, CaIdentity, FileIdentity, IdentitySource, ProxyMetadata, DEFAULT_CA_ADDR,
     DEFAULT_CERT_TTL, DEFAULT_DRAIN_DURATION, DEFAULT_TRUST_DOMAIN, ROOT_CERT_PATH, TOKEN_PATH,
 };
 pub use certificate::CertificateIdError;
-pub use endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Telemetry, Workload};
+pub use endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload, WorkloadNames};
 pub use load::{from_value, ConfigError};
 pub use mesh::{MeshSettings, OutboundPolicy};
 pub use security::{Outcome, Security};

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Telemetry, Workload};
+use crate::endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload, WorkloadNames};
 use crate::{
     load::ConfigError,
     mesh::{MeshSettings, OutboundPolicy},
@@ -23,6 +23,7 @@ use crate::{
     route::{self, Backend, BackendKey, DestinationPolicy, Resolve, RouteTable},
     security::Security,
     spiffe::SpiffeId,
+    telemetry::Telemetry,
 };
 
 /// A validated snapshot, indexed by destination address.
@@ -37,6 +38,8 @@ pub struct Snapshot {
     pub mesh: MeshSettings,
     /// The policies of this sidecar's own workload.
     pub security: Security,
+    /// What this sidecar records, per side.
+    pub telemetry: Telemetry,
     /// Every workload record, by `namespace/name` and by address.
     workloads: HashMap<String, Arc<Workload>>,
     workloads_at: HashMap<IpAddr, Arc<Workload>>,
@@ -331,6 +334,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                 None
             })
             .unwrap_or_default();
+        let telemetry = Telemetry::compile(source.telemetry.as_ref(), &mut problems);
         ConfigError::from_problems(problems)?;
         Ok(Self {
             source,
@@ -339,6 +343,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
             backends,
             mesh,
             security,
+            telemetry,
             workloads,
             workloads_at,
         })
@@ -430,7 +435,7 @@ fn workloads(
                 .collect(),
             identity,
             addresses,
-            telemetry: Telemetry {
+            names: WorkloadNames {
                 workload_name: workload.workload_name.clone(),
                 canonical_service: workload.canonical_service.clone(),
                 canonical_revision: workload.canonical_revision.clone(),
@@ -624,6 +629,7 @@ mod tests {
             mesh: None,
             security: None,
             workloads: Vec::new(),
+            telemetry: None,
         }
     }
 

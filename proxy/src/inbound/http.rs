@@ -3,7 +3,7 @@
 //! SANITIZE_SET way: whatever the caller claimed is dropped, ours is set for a mesh peer) and
 //! goes to the app over the pooled app client, or, for an upgrade, over its own connection.
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
@@ -45,12 +45,15 @@ pub(super) struct AppHandler {
     conn: InboundConn,
     /// Set on every request (or removed from it when the caller is no mesh peer).
     xfcc: Option<HeaderValue>,
+    /// The access log's name for the app port (`inbound|<port>||`).
+    cluster: Arc<str>,
 }
 
 impl AppHandler {
     pub(super) fn new(inbound: Arc<Inbound>, conn: InboundConn) -> Arc<Self> {
         Arc::new(Self {
             xfcc: inbound.forwarded_client_cert(&conn),
+            cluster: Arc::from(format!("inbound|{}||", conn.app.port())),
             inbound,
             conn,
         })
@@ -58,13 +61,13 @@ impl AppHandler {
 
     /// The service `serve` runs: this handler, answered and recorded by [`respond`].
     pub(super) fn service(self: Arc<Self>) -> impl serve::HttpService<RecordedBody> {
-        let series = self.conn.series().clone();
-        respond(self, series)
+        let recorder = self.conn.recorder().clone();
+        respond(self, recorder)
     }
 
     /// What its requests are counted under.
     pub(super) fn series(&self) -> &Arc<Series> {
-        self.conn.series()
+        &self.conn.recorder().series
     }
 
     pub(super) async fn forward(
@@ -112,11 +115,12 @@ impl AppHandler {
 }
 
 impl Stages for AppHandler {
-    fn call<'a>(
-        &'a self,
+    async fn call(
+        &self,
         req: Request<Incoming>,
-        _record: &'a RequestRecord,
-    ) -> impl Future<Output = Result<Response<Body>, RequestError>> + Send + 'a {
-        self.forward(req)
+        record: &RequestRecord,
+    ) -> Result<Response<Body>, RequestError> {
+        record.upstream(self.conn.app, Some(&self.cluster));
+        self.forward(req).await
     }
 }

@@ -9,8 +9,8 @@ use tokio::{
 };
 
 use crate::{
-    http_client::Connect, listen::ConnectionError, metrics::TcpRecord, prefixed::PrefixedIo,
-    respond::RequestError, transport,
+    http_client::Connect, listen::ConnectionError, prefixed::PrefixedIo, respond::RequestError,
+    transport,
 };
 
 use super::{Inbound, InboundConn};
@@ -51,7 +51,8 @@ pub(super) async fn splice<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let record = TcpRecord::open(conn.series());
+    let mut record = conn.recorder().tcp();
+    record.upstream(conn.app, None);
     let mut changes = inbound.config.changes();
     tokio::select! {
         spliced = transport::splice_recorded(record, io, app) => spliced?,

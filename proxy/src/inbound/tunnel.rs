@@ -22,11 +22,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 
 use crate::{
+    access_log::{Direction, Downstream},
     body::{self, Body},
     detect::Protocol,
     listen::{Accepted, ConnectionError},
     metrics::{RecordedBody, RequestRecord, Security},
-    ports::is_proxy_port,
+    ports::{self, is_proxy_port},
     prefixed::PrefixedIo,
     respond::{respond, response, RequestError, Stages},
     serve, tls, tunnel,
@@ -55,12 +56,17 @@ where
         sni,
         ports: ArcSwap::default(),
     });
-    let series = {
+    let recorder = {
         let snapshot = conn.inbound.config.load();
         let peer = Some(&conn.peer);
-        metrics.inbound(&snapshot, conn.client.ip(), peer, 0, Security::MutualTls)
+        let series = metrics.inbound(&snapshot, conn.client.ip(), peer, 0, Security::MutualTls);
+        let downstream = Downstream {
+            local: Some(SocketAddr::new(conn.pod_ip, ports::TUNNEL)),
+            remote: Some(conn.client),
+        };
+        metrics.recorder(Direction::Server, series, downstream)
     };
-    let requests = respond(conn.clone(), series);
+    let requests = respond(conn.clone(), recorder);
     // A CONNECT opens a stream, not a request: it is recorded as a TCP connection (opaque) or
     // by the requests it carries (HTTP/1), never as a request of its own.
     let service = tower::service_fn(move |req: Request<Incoming>| {
@@ -104,7 +110,7 @@ impl Stages for TunnelConn {
         };
         let handler = self.port(port)?;
         record.counted_as(handler.series());
-        handler.forward(req).await
+        handler.call(req, record).await
     }
 }
 

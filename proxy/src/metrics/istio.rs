@@ -18,7 +18,12 @@ use std::{
 use parking_lot::{Mutex, RwLock};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-use super::{flags::Flags, labels::SeriesLabels};
+use remora_api::telemetry::{Metric, Side, TagValue, Telemetry};
+
+use super::{
+    flags::Flags,
+    labels::{Reporter, SeriesLabels},
+};
 
 /// Envoy's default histogram buckets, which Istio's sidecars use for the request duration
 /// (milliseconds) and the request and response sizes (bytes).
@@ -75,6 +80,9 @@ pub struct Outcome {
     /// `grpc-status`, for gRPC requests whose response carried one.
     pub grpc_status: Option<u8>,
     pub flags: Flags,
+    /// The request's values for labels overrides take from it: an index into the series'
+    /// table ([`Series::tags`]), 0 when none are configured.
+    pub tags: u32,
 }
 
 /// One request outcome's cells.
@@ -100,7 +108,13 @@ pub struct Series {
     labels: Arc<SeriesLabels>,
     requests: RwLock<Vec<(Outcome, Arc<RequestCells>)>>,
     tcp: RwLock<Vec<(Flags, Arc<TcpCells>)>>,
+    /// Request header values labels were taken from, each set once ([`Outcome::tags`] is its
+    /// index plus one).
+    tag_values: RwLock<Vec<TagValues>>,
 }
+
+/// Request header values, by header name.
+type TagValues = Vec<(String, Option<String>)>;
 
 impl std::fmt::Debug for Series {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,6 +147,25 @@ impl Series {
             }
         };
         record(&cells);
+    }
+
+    /// The id of request header `values` (for [`Outcome::tags`]), the same for equal values.
+    pub fn tags(&self, values: TagValues) -> u32 {
+        let find = |known: &[TagValues]| {
+            known
+                .iter()
+                .position(|v| *v == values)
+                .map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX))
+        };
+        if let Some(id) = find(&self.tag_values.read()) {
+            return id;
+        }
+        let mut known = self.tag_values.write();
+        if let Some(id) = find(&known) {
+            return id;
+        }
+        known.push(values);
+        u32::try_from(known.len()).unwrap_or(u32::MAX)
     }
 
     /// The TCP cells of connections that ended with `flags`.
@@ -168,153 +201,192 @@ impl Store {
             labels: labels.clone(),
             requests: RwLock::default(),
             tcp: RwLock::default(),
+            tag_values: RwLock::default(),
         });
         series.insert(labels, made.clone());
         made
     }
 
-    /// The metric families, as a scrape shows them.
-    pub fn families(&self) -> Vec<MetricFamily> {
+    /// The metric families, as a scrape shows them with `telemetry`'s overrides applied.
+    pub fn families(&self, telemetry: &Telemetry) -> Vec<MetricFamily> {
         let all: Vec<Arc<Series>> = self.series.lock().values().cloned().collect();
-        let mut requests = Family::new(
-            "istio_requests_total",
-            "Requests, by reporter, peers, Service, protocol and outcome",
-            MetricType::COUNTER,
-        );
-        let mut duration = Family::new(
-            "istio_request_duration_milliseconds",
-            "Time from the request's first byte to the response's last, in milliseconds",
-            MetricType::HISTOGRAM,
-        );
-        let mut request_bytes = Family::new(
-            "istio_request_bytes",
-            "Request sizes (headers and body), in bytes",
-            MetricType::HISTOGRAM,
-        );
-        let mut response_bytes = Family::new(
-            "istio_response_bytes",
-            "Response sizes (headers and body), in bytes",
-            MetricType::HISTOGRAM,
-        );
-        let mut opened = Family::new(
-            "istio_tcp_connections_opened_total",
-            "TCP connections opened",
-            MetricType::COUNTER,
-        );
-        let mut closed = Family::new(
-            "istio_tcp_connections_closed_total",
-            "TCP connections closed",
-            MetricType::COUNTER,
-        );
-        let mut sent = Family::new(
-            "istio_tcp_sent_bytes_total",
-            "Bytes sent to the caller on TCP connections",
-            MetricType::COUNTER,
-        );
-        let mut received = Family::new(
-            "istio_tcp_received_bytes_total",
-            "Bytes received from the caller on TCP connections",
-            MetricType::COUNTER,
-        );
+        let mut families: Vec<Family> = Metric::ALL.into_iter().map(Family::of).collect();
         for series in &all {
+            let side = match series.labels.reporter {
+                Reporter::Source => &telemetry.client,
+                Reporter::Destination => &telemetry.server,
+            };
             let base = series.labels.pairs();
+            let security = series.labels.security.as_str();
+            let tag_values = series.tag_values.read();
             for (outcome, cells) in series.requests.read().iter() {
                 let code = outcome.code.to_string();
                 let grpc_status = outcome.grpc_status.map(|s| s.to_string());
-                let mut labels = label_pairs(&base);
-                labels.extend(pairs([
+                let flags = outcome.flags.to_string();
+                let mut labels = base.to_vec();
+                labels.extend([
                     (
                         "request_protocol",
                         if outcome.grpc { "grpc" } else { "http" },
                     ),
                     ("response_code", &code),
                     ("grpc_response_status", grpc_status.as_deref().unwrap_or("")),
-                    ("response_flags", &outcome.flags.to_string()),
-                    (
-                        "connection_security_policy",
-                        series.labels.security.as_str(),
-                    ),
-                ]));
-                requests.counter(&labels, cells.count.load(Relaxed));
-                duration.histogram(&labels, &cells.duration_ms);
-                request_bytes.histogram(&labels, &cells.request_bytes);
-                response_bytes.histogram(&labels, &cells.response_bytes);
+                    ("response_flags", &flags),
+                    ("connection_security_policy", security),
+                ]);
+                let values = (outcome.tags as usize)
+                    .checked_sub(1)
+                    .and_then(|i| tag_values.get(i));
+                for family in &mut families {
+                    let Some(labels) = overridden(side, family.metric, &labels, values) else {
+                        continue;
+                    };
+                    match family.metric {
+                        Metric::RequestsTotal => family.counter(labels, cells.count.load(Relaxed)),
+                        Metric::RequestDuration => family.histogram(labels, &cells.duration_ms),
+                        Metric::RequestBytes => family.histogram(labels, &cells.request_bytes),
+                        Metric::ResponseBytes => family.histogram(labels, &cells.response_bytes),
+                        _ => {}
+                    }
+                }
             }
             for (flags, cells) in series.tcp.read().iter() {
-                let mut labels = label_pairs(&base);
-                labels.extend(pairs([
+                let flags = flags.to_string();
+                let mut labels = base.to_vec();
+                labels.extend([
                     ("request_protocol", "tcp"),
-                    ("response_flags", &flags.to_string()),
-                    (
-                        "connection_security_policy",
-                        series.labels.security.as_str(),
-                    ),
-                ]));
-                opened.counter(&labels, cells.opened.load(Relaxed));
-                closed.counter(&labels, cells.closed.load(Relaxed));
-                sent.counter(&labels, cells.sent.load(Relaxed));
-                received.counter(&labels, cells.received.load(Relaxed));
+                    ("response_flags", &flags),
+                    ("connection_security_policy", security),
+                ]);
+                for family in &mut families {
+                    let Some(labels) = overridden(side, family.metric, &labels, None) else {
+                        continue;
+                    };
+                    let value = match family.metric {
+                        Metric::TcpOpened => &cells.opened,
+                        Metric::TcpClosed => &cells.closed,
+                        Metric::TcpSentBytes => &cells.sent,
+                        Metric::TcpReceivedBytes => &cells.received,
+                        _ => continue,
+                    };
+                    family.counter(labels, value.load(Relaxed));
+                }
             }
         }
-        [
-            requests,
-            duration,
-            request_bytes,
-            response_bytes,
-            opened,
-            closed,
-            sent,
-            received,
-        ]
-        .into_iter()
-        .map(|family| family.0)
-        .collect()
+        families
+            .into_iter()
+            .map(|family| family.family)
+            .filter(|family| !family.get_metric().is_empty())
+            .collect()
     }
 }
 
-fn label_pairs(pairs_in_order: &[(&'static str, &str)]) -> Vec<proto::LabelPair> {
-    pairs(pairs_in_order.iter().copied())
+/// `labels` of a sample of `metric` as `side`'s overrides leave them (`values`: the request's
+/// header values for labels taken from it); `None` when the metric is disabled there.
+fn overridden(
+    side: &Side,
+    metric: Metric,
+    labels: &[(&'static str, &str)],
+    values: Option<&TagValues>,
+) -> Option<Vec<proto::LabelPair>> {
+    if !side.metrics {
+        return None;
+    }
+    let Some(policy) = side.metric(metric) else {
+        return Some(pairs(labels.iter().copied()));
+    };
+    if policy.disabled {
+        return None;
+    }
+    let kept = labels.iter().filter(|(name, _)| {
+        !policy.remove.iter().any(|r| r == name) && !policy.tags.iter().any(|(t, _)| t == name)
+    });
+    let mut out = pairs(kept.copied());
+    for (name, value) in &policy.tags {
+        let text = match value {
+            TagValue::Literal(text) => text.as_str(),
+            TagValue::RequestHeader { name, fallback } => values
+                .and_then(|values| values.iter().find(|(n, _)| n == name))
+                .and_then(|(_, value)| value.as_deref())
+                .unwrap_or(fallback),
+        };
+        out.push(label(name, text));
+    }
+    Some(out)
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut pair = proto::LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
 }
 
 fn pairs<'a>(pairs: impl IntoIterator<Item = (&'static str, &'a str)>) -> Vec<proto::LabelPair> {
     pairs
         .into_iter()
-        .map(|(name, value)| {
-            let mut pair = proto::LabelPair::default();
-            pair.set_name(name.to_owned());
-            pair.set_value(value.to_owned());
-            pair
-        })
+        .map(|(name, value)| label(name, value))
         .collect()
 }
 
 /// A metric family being filled for a scrape.
-struct Family(MetricFamily);
+struct Family {
+    metric: Metric,
+    family: MetricFamily,
+}
 
 impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+    fn of(metric: Metric) -> Self {
+        let (help, kind) = match metric {
+            Metric::RequestsTotal => (
+                "Requests, by reporter, peers, Service, protocol and outcome",
+                MetricType::COUNTER,
+            ),
+            Metric::RequestDuration => (
+                "Time from the request's first byte to the response's last, in milliseconds",
+                MetricType::HISTOGRAM,
+            ),
+            Metric::RequestBytes => (
+                "Request sizes (headers and body), in bytes",
+                MetricType::HISTOGRAM,
+            ),
+            Metric::ResponseBytes => (
+                "Response sizes (headers and body), in bytes",
+                MetricType::HISTOGRAM,
+            ),
+            Metric::TcpOpened => ("TCP connections opened", MetricType::COUNTER),
+            Metric::TcpClosed => ("TCP connections closed", MetricType::COUNTER),
+            Metric::TcpSentBytes => (
+                "Bytes sent to the caller on TCP connections",
+                MetricType::COUNTER,
+            ),
+            Metric::TcpReceivedBytes => (
+                "Bytes received from the caller on TCP connections",
+                MetricType::COUNTER,
+            ),
+        };
         let mut family = MetricFamily::default();
-        family.set_name(name.to_owned());
+        family.set_name(format!("istio_{}", metric.name()));
         family.set_help(help.to_owned());
         family.set_field_type(kind);
-        Self(family)
+        Self { metric, family }
     }
 
     #[allow(clippy::cast_precision_loss)]
-    fn counter(&mut self, labels: &[proto::LabelPair], value: u64) {
+    fn counter(&mut self, labels: Vec<proto::LabelPair>, value: u64) {
         let mut counter = proto::Counter::default();
         counter.set_value(value as f64);
         let mut metric = proto::Metric::default();
-        metric.set_label(labels.to_vec());
+        metric.set_label(labels);
         metric.set_counter(counter);
-        self.0.mut_metric().push(metric);
+        self.family.mut_metric().push(metric);
     }
 
-    fn histogram(&mut self, labels: &[proto::LabelPair], histogram: &Histogram) {
+    fn histogram(&mut self, labels: Vec<proto::LabelPair>, histogram: &Histogram) {
         let mut metric = proto::Metric::default();
-        metric.set_label(labels.to_vec());
+        metric.set_label(labels);
         metric.set_histogram(histogram.proto());
-        self.0.mut_metric().push(metric);
+        self.family.mut_metric().push(metric);
     }
 }
 

@@ -73,7 +73,7 @@ impl Peer {
     /// (or, for an endpoint, must prove); the namespace is read from it when there is one, as
     /// Istio reads it from the peer's certificate.
     pub fn known(workload: &Workload, identity: Option<&SpiffeId>, cluster: &str) -> Self {
-        let names = &workload.telemetry;
+        let names = &workload.names;
         let namespace = identity.map_or(workload.namespace.as_str(), SpiffeId::namespace);
         Self {
             workload: or_unknown(&names.workload_name),
@@ -212,7 +212,7 @@ impl SeriesLabels {
 mod tests {
     use std::collections::BTreeMap;
 
-    use remora_api::Telemetry;
+    use remora_api::WorkloadNames;
 
     use super::*;
 
@@ -227,7 +227,7 @@ mod tests {
             labels: BTreeMap::new(),
             identity: Some(id("spiffe://cluster.local/ns/demo/sa/httpbin")),
             addresses: vec![],
-            telemetry: Telemetry {
+            names: WorkloadNames {
                 workload_name: "httpbin".into(),
                 canonical_service: "httpbin".into(),
                 canonical_revision: version.into(),
@@ -259,10 +259,10 @@ mod tests {
                 "a known workload without labels: unknown app and version, latest revision",
                 Peer::known(
                     &Workload {
-                        telemetry: Telemetry {
+                        names: WorkloadNames {
                             workload_name: "sleep".into(),
                             canonical_service: "sleep".into(),
-                            ..Telemetry::default()
+                            ..WorkloadNames::default()
                         },
                         namespace: "demo".into(),
                         ..Workload::default()

@@ -1,11 +1,13 @@
-//! Per-request and per-connection records: made from a series resolved once per connection,
-//! told by the request path what happened (the upstream that answered, response flags), and
-//! counted when the exchange is over. A request is over when its response's last byte is
+//! Per-request and per-connection records: made by a connection's [`Recorder`] (its series,
+//! resolved once, and its access log, if any), told by the request path what happened (the
+//! upstream that answered, response flags, the route), and counted (and logged) when the
+//! exchange is over. A request is over when its response's last byte is
 //! sent, so [`RecordedBody`] carries the record along with the response body: it counts the
 //! bytes, reads a gRPC status from the trailers, and records on the end of the stream or,
 //! when the caller goes away first, on drop (`DC`, response code 0 if nothing was sent).
 
 use std::{
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicU16, Ordering::Relaxed},
@@ -15,6 +17,7 @@ use std::{
     time::Instant,
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
@@ -24,7 +27,106 @@ use super::{
     flags::{Flag, Flags},
     istio::{Outcome, Series, TcpCells},
 };
-use crate::body::{Body, BoxError};
+use crate::{
+    access_log::{Downstream, Entry, Log},
+    body::{Body, BoxError},
+};
+
+/// What one side records right now, from the snapshot in use: whether its metrics are on,
+/// its access log, and the request headers labels take values from. Replaced whole on every
+/// config push, so long-lived connections (a peer's pooled tunnel) follow it.
+#[derive(Clone)]
+pub struct SideState {
+    pub metrics: bool,
+    pub log: Option<Log>,
+    /// `None`: no label takes a request's value.
+    pub request_tags: Option<Arc<[String]>>,
+}
+
+impl Default for SideState {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            log: None,
+            request_tags: None,
+        }
+    }
+}
+
+/// What a connection's requests and streams are recorded with: the series they count under,
+/// resolved once per connection, and its side's state as it is when each starts.
+#[derive(Clone)]
+pub struct Recorder {
+    pub series: Arc<Series>,
+    pub downstream: Downstream,
+    pub side: Arc<ArcSwap<SideState>>,
+}
+
+impl Recorder {
+    /// A recorder that counts under `series` and writes no log.
+    pub fn counting(series: Arc<Series>) -> Self {
+        Self {
+            series,
+            downstream: Downstream::default(),
+            side: Arc::default(),
+        }
+    }
+
+    /// The record of a request whose head just arrived.
+    pub fn start<B>(&self, req: &Request<B>) -> RequestRecord {
+        let side = self.side.load();
+        let log = side.log.as_ref().map(|log| {
+            let entry = log.logger.request(req, self.downstream);
+            Box::new((log.clone(), entry))
+        });
+        let tags = side.request_tags.as_ref().map(|names| {
+            let values = names
+                .iter()
+                .map(|name| (name.clone(), request_value(req, name)))
+                .collect();
+            Box::new(values)
+        });
+        let series = side.metrics.then(|| self.series.clone());
+        RequestRecord::start(series, req, log, tags)
+    }
+
+    /// The record of a TCP stream opened now.
+    pub fn tcp(&self) -> TcpRecord {
+        let side = self.side.load();
+        let log = side.log.as_ref().map(|log| {
+            let entry = log.logger.connection(self.downstream);
+            Box::new((log.clone(), entry))
+        });
+        TcpRecord::open(side.metrics.then_some(&*self.series), log)
+    }
+}
+
+/// Request header `name` (`:authority`, `:method` for the request's own) as text.
+fn request_value<B>(req: &Request<B>, name: &str) -> Option<String> {
+    match name {
+        ":method" => Some(req.method().as_str().to_owned()),
+        ":authority" => req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| header_text(req.headers(), "host")),
+        ":path" => req.uri().path_and_query().map(|pq| pq.as_str().to_owned()),
+        name => header_text(req.headers(), name),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A record's access log entry, when the connection logs.
+type Logged = Option<Box<(Log, Entry)>>;
+
+/// The values of the request headers labels are taken from, by header name.
+type Tags = Option<Box<Vec<(String, Option<String>)>>>;
 
 /// Istio's `request_protocol` of an HTTP request: gRPC or not.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -59,8 +161,9 @@ fn grpc_status(headers: &HeaderMap) -> Option<u8> {
 /// One request's record, from its head to the end of its response.
 pub struct RequestRecord {
     /// The series it counts under: the connection's, until the request path names the
-    /// upstream that answered.
-    series: Mutex<Arc<Series>>,
+    /// upstream that answered; `None` when its side records no metrics.
+    series: Mutex<Option<Arc<Series>>>,
+    tags: Tags,
     flags: AtomicU16,
     start: Instant,
     grpc: bool,
@@ -69,15 +172,18 @@ pub struct RequestRecord {
     grpc_status: Option<u8>,
     response_bytes: u64,
     ended: bool,
+    /// Its access log entry (the upstream and route written as the stages learn them).
+    log: Mutex<Logged>,
 }
 
 impl RequestRecord {
     /// A request whose head just arrived on a connection counted under `series`.
-    pub fn start<B>(series: Arc<Series>, req: &Request<B>) -> Self {
+    fn start<B>(series: Option<Arc<Series>>, req: &Request<B>, log: Logged, tags: Tags) -> Self {
         let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
         let head = req.method().as_str().len() + target;
         Self {
             series: Mutex::new(series),
+            tags,
             flags: AtomicU16::new(0),
             start: Instant::now(),
             grpc: is_grpc(req.headers()),
@@ -88,6 +194,22 @@ impl RequestRecord {
             grpc_status: None,
             response_bytes: 0,
             ended: false,
+            log: Mutex::new(log),
+        }
+    }
+
+    /// The endpoint that answers (the last try's), as cluster `cluster`.
+    pub fn upstream(&self, address: SocketAddr, cluster: Option<&Arc<str>>) {
+        if let Some(logged) = self.log.lock().as_mut() {
+            logged.1.upstream_host = Some(address);
+            logged.1.upstream_cluster = cluster.cloned();
+        }
+    }
+
+    /// The route that took the request.
+    pub fn route(&self, name: impl FnOnce() -> String) {
+        if let Some(logged) = self.log.lock().as_mut() {
+            logged.1.route = Some(name());
         }
     }
 
@@ -98,9 +220,10 @@ impl RequestRecord {
     /// Counts the request under `series` instead: the upstream that answered (the last
     /// try's), or the app port a tunnelled request named.
     pub fn counted_as(&self, series: &Arc<Series>) {
-        let mut current = self.series.lock();
-        if !Arc::ptr_eq(&current, series) {
-            *current = series.clone();
+        if let Some(current) = self.series.lock().as_mut() {
+            if !Arc::ptr_eq(current, series) {
+                *current = series.clone();
+            }
         }
     }
 
@@ -109,11 +232,20 @@ impl RequestRecord {
         self.flags.fetch_or(flag as u16, Relaxed);
     }
 
-    /// The response the caller gets, whose body `RecordedBody` goes on to count.
-    pub fn respond(mut self, response: Response<Body>) -> Response<RecordedBody> {
+    /// The response the caller gets (`details`: Envoy's response code details), whose body
+    /// `RecordedBody` goes on to count.
+    pub fn respond(
+        mut self,
+        response: Response<Body>,
+        details: &'static str,
+    ) -> Response<RecordedBody> {
         self.code = response.status().as_u16();
         self.grpc_status = grpc_status(response.headers());
         self.response_bytes = header_bytes(response.headers());
+        if let Some((log, entry)) = self.log.get_mut().as_deref_mut() {
+            entry.details = Some(details);
+            log.logger.response(entry, response.headers());
+        }
         let (parts, body) = response.into_parts();
         if body.is_end_stream() {
             self.ended = true;
@@ -134,20 +266,34 @@ impl Drop for RequestRecord {
         if !self.ended {
             flags = flags.with(Flag::DownstreamTerminated);
         }
-        let outcome = Outcome {
-            grpc: self.grpc,
-            code: self.code,
-            grpc_status: self.grpc_status,
-            flags,
-        };
         let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (request_bytes, response_bytes) = (self.request_bytes, self.response_bytes);
-        self.series.get_mut().request(outcome, |cells| {
-            cells.count.fetch_add(1, Relaxed);
-            cells.duration_ms.observe(millis);
-            cells.request_bytes.observe(request_bytes);
-            cells.response_bytes.observe(response_bytes);
-        });
+        if let Some(series) = self.series.get_mut() {
+            let outcome = Outcome {
+                grpc: self.grpc,
+                code: self.code,
+                grpc_status: self.grpc_status,
+                flags,
+                tags: self.tags.take().map_or(0, |values| series.tags(*values)),
+            };
+            series.request(outcome, |cells| {
+                cells.count.fetch_add(1, Relaxed);
+                cells.duration_ms.observe(millis);
+                cells.request_bytes.observe(request_bytes);
+                cells.response_bytes.observe(response_bytes);
+            });
+        }
+        if let Some(logged) = self.log.get_mut().take() {
+            let (log, mut entry) = *logged;
+            if log.filter.keeps(self.code) {
+                entry.code = self.code;
+                entry.flags = flags;
+                entry.received = request_bytes;
+                entry.sent = response_bytes;
+                entry.duration_ms = millis;
+                log.logger.log(entry);
+            }
+        }
     }
 }
 
@@ -223,19 +369,33 @@ impl http_body::Body for RecordedBody {
 /// One TCP connection's record: counted as opened when made, as closed (with its byte counts)
 /// when dropped.
 pub struct TcpRecord {
-    cells: Arc<TcpCells>,
+    cells: Option<Arc<TcpCells>>,
     received: u64,
     sent: u64,
+    start: Instant,
+    log: Logged,
 }
 
 impl TcpRecord {
-    pub fn open(series: &Series) -> Self {
-        let cells = series.tcp(Flags::NONE);
-        cells.opened.fetch_add(1, Relaxed);
+    fn open(series: Option<&Series>, log: Logged) -> Self {
+        let cells = series.map(|series| series.tcp(Flags::NONE));
+        if let Some(cells) = &cells {
+            cells.opened.fetch_add(1, Relaxed);
+        }
         Self {
             cells,
             received: 0,
             sent: 0,
+            start: Instant::now(),
+            log,
+        }
+    }
+
+    /// The endpoint the stream goes to, as cluster `cluster`.
+    pub fn upstream(&mut self, address: SocketAddr, cluster: Option<&Arc<str>>) {
+        if let Some((_, entry)) = self.log.as_deref_mut() {
+            entry.upstream_host = Some(address);
+            entry.upstream_cluster = cluster.cloned();
         }
     }
 
@@ -248,8 +408,20 @@ impl TcpRecord {
 
 impl Drop for TcpRecord {
     fn drop(&mut self) {
-        self.cells.closed.fetch_add(1, Relaxed);
-        self.cells.received.fetch_add(self.received, Relaxed);
-        self.cells.sent.fetch_add(self.sent, Relaxed);
+        if let Some(cells) = &self.cells {
+            cells.closed.fetch_add(1, Relaxed);
+            cells.received.fetch_add(self.received, Relaxed);
+            cells.sent.fetch_add(self.sent, Relaxed);
+        }
+        if let Some(logged) = self.log.take() {
+            let (log, mut entry) = *logged;
+            if log.filter.keeps(0) {
+                entry.received = self.received;
+                entry.sent = self.sent;
+                entry.duration_ms =
+                    u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                log.logger.log(entry);
+            }
+        }
     }
 }

@@ -69,10 +69,10 @@ fn own(pod: &str, id: &str) -> Option<Own> {
 /// One request through a record: answered `status` (with `body`), its body read to the end.
 async fn request(series: &Arc<Series>, status: StatusCode, body: &'static str) {
     let req = Request::get("/ip").body(()).expect("request");
-    let record = RequestRecord::start(series.clone(), &req);
+    let record = Recorder::counting(series.clone()).start(&req);
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
-    let recorded = record.respond(response);
+    let recorded = record.respond(response, "via_upstream");
     recorded.into_body().collect().await.expect("body");
 }
 
@@ -198,7 +198,7 @@ async fn the_client_names_the_endpoint_and_service_it_called() {
     let unresolved = metrics.outbound_unresolved(&snapshot, Unresolved::Blackhole);
     let req = Request::get("/").body(()).expect("request");
     // A request whose caller went away before any answer.
-    drop(RequestRecord::start(unresolved, &req));
+    drop(Recorder::counting(unresolved).start(&req));
     let text = metrics.encode();
     let line = sample(&text, "istio_requests_total", &[r#"response_code="503""#])
         .unwrap_or_else(|| panic!("{text}"));
@@ -233,7 +233,7 @@ async fn a_trailers_only_grpc_status_and_the_paths_flags_are_labels() {
         .header("content-type", "application/grpc")
         .body(())
         .expect("request");
-    let record = RequestRecord::start(series.clone(), &req);
+    let record = Recorder::counting(series.clone()).start(&req);
     record.flag(Flag::RetryLimitExceeded);
     record.flag(Flag::UpstreamConnectFailure);
     let mut response = Response::new(Body::full(""));
@@ -241,7 +241,7 @@ async fn a_trailers_only_grpc_status_and_the_paths_flags_are_labels() {
         .headers_mut()
         .insert("grpc-status", http::HeaderValue::from_static("14"));
     record
-        .respond(response)
+        .respond(response, "via_upstream")
         .into_body()
         .collect()
         .await
@@ -263,7 +263,7 @@ fn tcp_connections_count_opened_closed_and_bytes() {
     let metrics = Metrics::default();
     let snapshot = snapshot();
     let series = metrics.outbound_unresolved(&snapshot, Unresolved::Passthrough);
-    let mut tcp = TcpRecord::open(&series);
+    let mut tcp = Recorder::counting(series).tcp();
     let text = metrics.encode();
     assert!(
         sample(
@@ -313,4 +313,89 @@ fn the_sidecars_health_is_exposed() {
     assert!(metrics
         .encode()
         .contains(r#"remora_proxy_open_connections{direction="inbound"} 0"#));
+}
+
+#[tokio::test]
+async fn overrides_drop_metrics_and_change_labels_on_a_scrape() {
+    use proto::tag_value::Value as V;
+    let metrics = Metrics::new(own("httpbin-5d-b", HTTPBIN_ID));
+    let overrides = proto::TelemetrySide {
+        metric_overrides: vec![
+            proto::MetricOverride {
+                metric: "requests_total".into(),
+                remove_tags: vec!["source_principal".into()],
+                tags: [
+                    (
+                        "team".to_owned(),
+                        proto::TagValue {
+                            value: Some(V::Literal("payments".into())),
+                        },
+                    ),
+                    (
+                        "user".to_owned(),
+                        proto::TagValue {
+                            value: Some(V::RequestHeader(proto::RequestHeader {
+                                name: "x-user".into(),
+                                fallback: "anonymous".into(),
+                            })),
+                        },
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            proto::MetricOverride {
+                metric: "request_bytes".into(),
+                disabled: true,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let mut wire = snapshot().source.clone();
+    wire.telemetry = Some(proto::Telemetry {
+        client: None,
+        server: Some(overrides),
+    });
+    let snapshot = Arc::new(Snapshot::try_from(wire).expect("valid"));
+    metrics.apply(snapshot.telemetry.clone());
+    let sleep: SpiffeId = SLEEP_ID.parse().expect("id");
+    let series = metrics.inbound(
+        &snapshot,
+        "198.18.0.10".parse().expect("ip"),
+        Some(&sleep),
+        80,
+        Security::MutualTls,
+    );
+    let downstream = crate::access_log::Downstream::default();
+    let recorder = metrics.recorder(crate::access_log::Direction::Server, series, downstream);
+    for user in [Some("alice"), Some("alice"), None] {
+        let mut req = Request::get("/ip");
+        if let Some(user) = user {
+            req = req.header("x-user", user);
+        }
+        let record = recorder.start(&req.body(()).expect("request"));
+        record
+            .respond(Response::new(Body::full("ok")), "via_upstream")
+            .into_body()
+            .collect()
+            .await
+            .expect("body");
+    }
+    let text = metrics.encode();
+    assert!(!text.contains("istio_request_bytes"), "{text}");
+    assert!(text.contains("istio_response_bytes_bucket"), "{text}");
+    let alice = sample(&text, "istio_requests_total", &[r#"user="alice""#]).expect("alice");
+    assert!(
+        alice.contains(r#"team="payments""#) && alice.ends_with(" 2"),
+        "{alice}"
+    );
+    assert!(!alice.contains("source_principal"), "{alice}");
+    let anonymous =
+        sample(&text, "istio_requests_total", &[r#"user="anonymous""#]).expect("fallback");
+    assert!(anonymous.ends_with(" 1"), "{anonymous}");
+    // Other metrics keep Istio's labels.
+    let duration =
+        sample(&text, "istio_request_duration_milliseconds_count", &[]).expect("duration");
+    assert!(duration.contains("source_principal=") && !duration.contains("team="));
 }

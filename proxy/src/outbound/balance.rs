@@ -32,7 +32,7 @@ use tower::retry::budget::TpsBudget;
 
 use crate::{
     config::Config,
-    metrics::{Metrics, Series},
+    metrics::{Metrics, RequestRecord, Series},
     tunnel::{PeerChannel, TunnelClient},
 };
 
@@ -45,6 +45,8 @@ pub struct Upstream {
     load: Load,
     /// The Service host it is an endpoint of, if any.
     service: Option<Arc<str>>,
+    /// The access log's name for its backend (`outbound|<port>|<subset>|<host>`), if any.
+    pub cluster: Option<Arc<str>>,
     /// What requests it answers are counted under, resolved on first use.
     series: OnceLock<Arc<Series>>,
 }
@@ -65,7 +67,7 @@ impl Upstream {
     pub fn new(
         tunnel: &TunnelClient,
         endpoint: Endpoint,
-        service: Option<Arc<str>>,
+        backend: Option<&BackendKey>,
         policy: &DestinationPolicy,
         originator: Option<&Arc<Originator>>,
     ) -> Self {
@@ -82,9 +84,23 @@ impl Upstream {
             endpoint,
             way,
             load: Load::default(),
-            service,
+            service: backend.map(|key| key.service.hostname.clone()),
+            cluster: backend.map(|key| {
+                Arc::from(format!(
+                    "outbound|{}|{}|{}",
+                    key.service.port,
+                    key.subset.as_deref().unwrap_or(""),
+                    key.service.hostname
+                ))
+            }),
             series: OnceLock::new(),
         }
+    }
+
+    /// Tells `record` that this endpoint answers.
+    pub fn answers(&self, record: &RequestRecord, metrics: &Metrics, config: &Config) {
+        record.counted_as(self.series(metrics, config));
+        record.upstream(self.endpoint.address, self.cluster.as_ref());
     }
 
     /// What the requests and connections it takes are counted under.
@@ -155,6 +171,7 @@ impl Original {
                     way: Way::Direct,
                     load: Load::default(),
                     service: None,
+                    cluster: None,
                     series: OnceLock::new(),
                 })
             })
@@ -597,7 +614,7 @@ fn endpoints(
                     Arc::new(Upstream::new(
                         tunnel,
                         endpoint.clone(),
-                        Some(key.service.hostname.clone()),
+                        Some(key),
                         &backend.policy,
                         originator.as_ref(),
                     ))

@@ -16,12 +16,13 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use remora_api::{
-    route::{CorsAction, DestinationPolicy, Target},
+    route::{BackendKey, CorsAction, DestinationPolicy, RouteId, RouteKind, Target},
     Endpoint, ServiceKey,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    access_log::Downstream,
     body::Body,
     detect::Protocol,
     headers,
@@ -48,18 +49,19 @@ pub(super) async fn serve<IO>(
     original: Original,
     protocol: Protocol,
     io: PrefixedIo<IO>,
+    downstream: Downstream,
 ) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let drain = outbound.drain.clone();
-    let series = backend.series(&outbound);
+    let recorder = backend.recorder(&outbound, downstream);
     let target = Arc::new(Destination {
         outbound,
         backend,
         original,
     });
-    serve::http(protocol, io, &drain, respond(target, series)).await?;
+    serve::http(protocol, io, &drain, respond(target, recorder)).await?;
     Ok(())
 }
 
@@ -70,6 +72,15 @@ impl Stages for Destination {
         record: &'a RequestRecord,
     ) -> impl Future<Output = Result<Response<Body>, RequestError>> + Send + 'a {
         self.forward(req, record)
+    }
+}
+
+/// The access log's name for the route `id` names: `default` for a port's own, else
+/// `<name>.<namespace>.<rule>` of the object it came from.
+fn route_name(id: &RouteId) -> String {
+    match id.kind {
+        RouteKind::Default => "default".to_owned(),
+        _ => format!("{}.{}.{}", id.name, id.namespace, id.rule),
     }
 }
 
@@ -96,6 +107,7 @@ impl Destination {
             Backend::Routed(routes) => Box::pin(self.routed(routes.load(), req, record)).await,
             Backend::Fixed(upstream) => {
                 let upstream = upstream.clone();
+                upstream.answers(record, &self.outbound.metrics, &self.outbound.config);
                 if headers::is_upgrade(&req) {
                     return Box::pin(upgrade_to(&self.outbound, &upstream, req)).await;
                 }
@@ -144,14 +156,18 @@ impl Destination {
                     identity: None,
                     workload: None,
                 };
+                let backend = BackendKey {
+                    service: port.key.clone(),
+                    subset: None,
+                };
                 let upstream = Upstream::new(
                     &self.outbound.tunnel,
                     endpoint,
-                    Some(port.key.hostname.clone()),
+                    Some(&backend),
                     &DestinationPolicy::default(),
                     None,
                 );
-                record.counted_as(upstream.series(&self.outbound.metrics, &self.outbound.config));
+                upstream.answers(record, &self.outbound.metrics, &self.outbound.config);
                 let (parts, body) = req.into_parts();
                 send(
                     &self.outbound,
@@ -185,6 +201,7 @@ impl Destination {
             .select(&parts.method, &parts.uri, &parts.headers)
             .ok_or(RequestError::NoRoute)?;
         let route = selected.route;
+        record.route(|| route_name(&route.id));
         let cors = match route
             .cors
             .as_ref()
@@ -225,7 +242,7 @@ impl Destination {
             let upstream = balancer
                 .pick(&[], &self.original)
                 .map_err(retry::no_upstream)?;
-            record.counted_as(upstream.series(&self.outbound.metrics, &self.outbound.config));
+            upstream.answers(record, &self.outbound.metrics, &self.outbound.config);
             let req = Request::from_parts(parts, body);
             let response = Box::pin(upgrade_to(&self.outbound, &upstream, req)).await?;
             return Ok(response);

@@ -116,7 +116,7 @@ pub async fn tries(
         let last = attempt > policy.attempts;
         let admitted = balancer.admit(&pool.pool).await.map_err(no_upstream)?;
         let upstream = balancer.pick(&tried, original).map_err(no_upstream)?;
-        record.counted_as(upstream.series(&outbound.metrics, &outbound.config));
+        upstream.answers(record, &outbound.metrics, &outbound.config);
         let Some(try_body) = next_body.take() else {
             return Err(RequestError::NoHealthyUpstream);
         };

@@ -10,7 +10,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    listen::ConnectionError, metrics::TcpRecord, prefixed::PrefixedIo, respond::RequestError,
+    access_log::{Direction, Downstream},
+    listen::ConnectionError,
+    prefixed::PrefixedIo,
+    respond::RequestError,
     transport,
 };
 
@@ -23,6 +26,7 @@ pub(super) async fn forward<IO>(
     outbound: &Outbound,
     upstream: Result<Arc<Upstream>, RequestError>,
     io: PrefixedIo<IO>,
+    downstream: Downstream,
 ) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -34,7 +38,12 @@ where
             return Ok(());
         }
     };
-    let record = TcpRecord::open(upstream.series(&outbound.metrics, &outbound.config));
+    let series = upstream.series(&outbound.metrics, &outbound.config).clone();
+    let recorder = outbound
+        .metrics
+        .recorder(Direction::Client, series, downstream);
+    let mut record = recorder.tcp();
+    record.upstream(upstream.endpoint.address, upstream.cluster.as_ref());
     match &upstream.way {
         Way::Mesh(channel) => {
             let stream = channel.tunnel(None).await?;

@@ -928,3 +928,46 @@ fn the_examples_give_stable_versions() {
         assert_eq!(version_of(&again), version_of(&first));
     }
 }
+
+#[test]
+fn telemetry_reaches_the_snapshots_of_the_pods_it_selects() {
+    const TELEMETRY: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_SIZE}
+      disabled: true
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: broken, namespace: default}
+spec:
+  metrics:
+  - providers: [{name: nowhere}]
+"#;
+    let mut files = example();
+    files.push(("/m/telemetry.yaml".to_owned(), TELEMETRY.to_owned()));
+    let catalog = Catalog::build(files);
+    let rejected: Vec<&str> = catalog
+        .rejected
+        .iter()
+        .filter(|r| r.object.starts_with("Telemetry"))
+        .map(|r| r.reason.as_str())
+        .collect();
+    assert_eq!(
+        rejected,
+        ["spec.metrics[0].providers[0]: no extension provider \"nowhere\""]
+    );
+    let snapshot = catalog.snapshot_for(&node("default", "httpbin-1"));
+    let telemetry = snapshot.telemetry.expect("telemetry");
+    for side in [telemetry.client, telemetry.server] {
+        let side = side.expect("a side");
+        assert!(side
+            .metric_overrides
+            .iter()
+            .any(|o| o.metric == "request_bytes" && o.disabled));
+    }
+}

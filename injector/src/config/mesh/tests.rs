@@ -8,6 +8,7 @@ outboundTrafficPolicy:
 enableTracing: false
 accessLogFile: /dev/stdout
 accessLogEncoding: JSON
+accessLogFormat: "%RESPONSE_CODE% %REQ(:PATH)%"
 pathNormalization:
   normalization: MERGE_SLASHES
 defaultConfig:
@@ -119,6 +120,10 @@ fn invalid_fields_are_named() {
         (
             "accessLogEncoding: XML\n",
             "accessLogEncoding: unknown variant",
+        ),
+        (
+            "accessLogFormat: \"%FILTER_STATE(x)% %RESPONSE_CODE%\"\n",
+            "accessLogFormat: %FILTER_STATE(x)% is not a command operator Remora supports",
         ),
         (
             "pathNormalization:\n  normalization: ALL\n",

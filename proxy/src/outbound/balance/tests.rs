@@ -14,6 +14,7 @@ fn upstream(last: u8) -> Arc<Upstream> {
         way: Way::Direct,
         load: Load::default(),
         service: None,
+        cluster: None,
         series: OnceLock::new(),
     })
 }
