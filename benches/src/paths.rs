@@ -8,6 +8,9 @@
 //! - through the same pair called by a Service's cluster IP, routed by a VirtualService (90/10
 //!   over two subsets, the default retries, no mirror), so what routing costs per request is
 //!   measured beside the pair that calls the pod directly (no routing at all);
+//! - through the same pair with no standard metric recorded on either sidecar (the Telemetry
+//!   API's providers naming none), so what Istio's default telemetry costs per request is
+//!   measured against it in the same run;
 //! - through an nginx mTLS pair: a forward nginx in the client pod (the load generator calls it
 //!   explicitly, nginx cannot intercept) and a TLS-terminating nginx in the server pod, with
 //!   client certificates verified on both sides, keep-alive upstreams and certificates from the
@@ -18,7 +21,7 @@ use std::{fmt, fs, net::SocketAddr};
 use anyhow::Context;
 use remora_api::proto::config::{
     AuthorizationPolicy, Endpoint, HttpRoute, Operation, RouteBackend, Rule, Security, Service,
-    ServicePort, Source, Subset, Workload,
+    ServicePort, Source, Subset, Telemetry, TelemetrySide, Workload,
 };
 use remora_e2e::{Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
 
@@ -34,6 +37,7 @@ pub enum Kind {
     Remora,
     RemoraPolicies,
     RemoraRoutes,
+    RemoraTelemetryOff,
     Nginx,
 }
 
@@ -44,6 +48,7 @@ impl fmt::Display for Kind {
             Kind::Remora => "remora",
             Kind::RemoraPolicies => "remora+policies",
             Kind::RemoraRoutes => "remora+routes",
+            Kind::RemoraTelemetryOff => "remora-telemetry-off",
             Kind::Nginx => "nginx",
         })
     }
@@ -64,15 +69,34 @@ pub struct RequestPath {
 pub fn build(mesh: &Mesh, features: bool) -> anyhow::Result<Vec<RequestPath>> {
     Ok(vec![
         direct(mesh)?,
-        remora(mesh, Kind::Remora, "r", None, false)?,
+        remora(mesh, Kind::Remora, "r", Features::default())?,
         remora(
             mesh,
             Kind::RemoraPolicies,
             "p",
-            features.then(typical_policies),
-            false,
+            Features {
+                security: features.then(typical_policies),
+                ..Features::default()
+            },
         )?,
-        remora(mesh, Kind::RemoraRoutes, "v", None, features)?,
+        remora(
+            mesh,
+            Kind::RemoraRoutes,
+            "v",
+            Features {
+                routed: features,
+                ..Features::default()
+            },
+        )?,
+        remora(
+            mesh,
+            Kind::RemoraTelemetryOff,
+            "t",
+            Features {
+                telemetry: features.then(telemetry_off),
+                ..Features::default()
+            },
+        )?,
         nginx(mesh)?,
     ])
 }
@@ -189,14 +213,42 @@ fn typical_policies() -> Security {
     }
 }
 
-/// A Remora pair; `routed`: the client calls the server's Service, routed by [`canary`].
+/// What a Remora pair runs with beside the defaults.
+#[derive(Default)]
+struct Features {
+    /// The server sidecar's policies.
+    security: Option<Security>,
+    /// The client calls the server's Service, routed by [`canary`].
+    routed: bool,
+    /// Both sidecars' telemetry.
+    telemetry: Option<Telemetry>,
+}
+
+/// No standard metric on either side, as a Telemetry resource whose metrics providers name no
+/// Prometheus provider leaves it.
+fn telemetry_off() -> Telemetry {
+    let off = TelemetrySide {
+        metrics_disabled: true,
+        ..Default::default()
+    };
+    Telemetry {
+        client: Some(off.clone()),
+        server: Some(off),
+    }
+}
+
+/// A Remora pair.
 fn remora(
     mesh: &Mesh,
     kind: Kind,
     prefix: &str,
-    security: Option<Security>,
-    routed: bool,
+    features: Features,
 ) -> anyhow::Result<RequestPath> {
+    let Features {
+        security,
+        routed,
+        telemetry,
+    } = features;
     let client = mesh.add_pod(&format!("{prefix}-client"), "bench", "client")?;
     let server = mesh.add_pod(&format!("{prefix}-server"), "bench", "server")?;
     start_app(mesh, &server)?;
@@ -204,6 +256,7 @@ fn remora(
         &server,
         &SidecarOptions {
             security,
+            telemetry: telemetry.clone(),
             ..Default::default()
         },
     )?;
@@ -220,6 +273,7 @@ fn remora(
             endpoints: vec![(SocketAddr::from((server.ip, APP_PORT)), identity)],
             services: vec![service],
             workloads: vec![workload],
+            telemetry,
             ..Default::default()
         },
     )?;

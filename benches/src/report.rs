@@ -135,6 +135,7 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
     let features = [
         Feature {
             kind: Kind::RemoraPolicies,
+            baseline: Kind::Remora,
             heading: "With a typical policy set on the server sidecar (ALLOW the caller's \
                       principal, DENY /admin* namespace-wide)",
             control: "A/A control: the remora+policies pair ran WITHOUT policies, so its \
@@ -144,6 +145,7 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
         },
         Feature {
             kind: Kind::RemoraRoutes,
+            baseline: Kind::Remora,
             heading: "Called by a Service's cluster IP and routed by a VirtualService on the \
                       client sidecar (90/10 over two subsets, default retries), against the pair \
                       that calls the pod directly",
@@ -152,23 +154,35 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
             label: "routes / none",
             side: 0,
         },
+        Feature {
+            kind: Kind::Remora,
+            baseline: Kind::RemoraTelemetryOff,
+            heading: "Telemetry as Istio's defaults have it (every standard metric with its full \
+                      labels, access logs off) against the same pair with no standard metric \
+                      recorded on either sidecar",
+            control: "A/A control: the remora-telemetry-off pair ran WITH its telemetry, so its \
+                      difference from remora is how far two identical pairs differ here",
+            label: "telemetry / off",
+            side: 1,
+        },
     ];
     for feature in &features {
-        if let Some(with) = find(feature.kind) {
+        if let (Some(with), Some(baseline)) = (find(feature.kind), find(feature.baseline)) {
             feature_cost(
                 &mut out,
                 setup.control,
                 feature,
-                [direct, remora, nginx, with],
+                [direct, baseline, nginx, with],
             );
         }
     }
     out
 }
 
-/// A Remora pair with one feature on.
+/// A Remora pair with one feature on, against one without it.
 struct Feature {
     kind: Kind,
+    baseline: Kind,
     heading: &'static str,
     /// The heading of an A/A run (`--control`: the feature off).
     control: &'static str,
@@ -185,11 +199,11 @@ fn feature_cost(out: &mut String, control: bool, feature: &Feature, paths: [&Pat
     } else {
         feature.heading
     };
-    let name = feature.kind;
+    let (name, baseline) = (feature.kind, feature.baseline);
     let _ = writeln!(out, "\n{heading}:\n");
     let _ = writeln!(
         out,
-        "| metric | remora | {name} | {} | {name} / nginx |",
+        "| metric | {baseline} | {name} | {} | {name} / nginx |",
         feature.label
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
@@ -312,6 +326,21 @@ mod tests {
         let table = render(&setup, &with_policies);
         assert!(
             table.contains("| CPU per request, both proxies (µs) | 40.0 | 42.0 | 1.05 | 0.53 |"),
+            "{table}"
+        );
+        // Telemetry: the default pair against the one recording nothing.
+        with_policies.push(PathResult {
+            kind: Kind::RemoraTelemetryOff,
+            rounds: vec![round(0.31, 16.0, 6100.0)],
+            peak_rss_mib: vec![8.0, 8.0],
+        });
+        let table = render(&setup, &with_policies);
+        assert!(
+            table.contains("| metric | remora-telemetry-off | remora | telemetry / off |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| CPU per request, both proxies (µs) | 32.0 | 40.0 | 1.25 | 0.50 |"),
             "{table}"
         );
     }

@@ -25,7 +25,7 @@ use remora_api::{
     telemetry::{AccessLog, Filter, Telemetry},
 };
 
-use crate::metrics::Flags;
+use crate::metrics::flags::Flags;
 
 /// Entries waiting for the writer; beyond this, new ones are dropped.
 const QUEUE: usize = 4096;

@@ -59,6 +59,8 @@ pub struct SidecarOptions {
     /// Services this sidecar may call (with their routes), and the workloads behind them.
     pub services: Vec<remora_api::proto::config::Service>,
     pub workloads: Vec<remora_api::proto::config::Workload>,
+    /// What the sidecar records (Istio's defaults when `None`).
+    pub telemetry: Option<remora_api::proto::config::Telemetry>,
 }
 
 /// A pod: a network namespace with an address on the mesh bridge.
@@ -227,6 +229,7 @@ impl Mesh {
                 security: options.security.clone(),
                 services: options.services.clone(),
                 workloads: options.workloads.clone(),
+                telemetry: options.telemetry.clone(),
                 ..Snapshot::default()
             }),
         };

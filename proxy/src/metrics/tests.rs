@@ -58,6 +58,17 @@ fn snapshot() -> Arc<Snapshot> {
     Arc::new(Snapshot::try_from(wire).expect("valid snapshot"))
 }
 
+/// The series of a caller at sleep's address (that proved `peer`, if anything) to port 80.
+fn from_sleeps_address(
+    metrics: &Metrics,
+    snapshot: &Arc<Snapshot>,
+    peer: Option<&SpiffeId>,
+    security: Security,
+) -> Arc<Series> {
+    let ip = "198.18.0.10".parse().expect("ip");
+    metrics.inbound(snapshot, ip, peer, 80, security)
+}
+
 fn own(pod: &str, id: &str) -> Option<Own> {
     Some(Own {
         namespace: "demo".into(),
@@ -87,13 +98,7 @@ async fn the_server_names_a_verified_caller_by_the_snapshot() {
     let metrics = Metrics::new(own("httpbin-5d-b", HTTPBIN_ID));
     let snapshot = snapshot();
     let sleep: SpiffeId = SLEEP_ID.parse().expect("id");
-    let series = metrics.inbound(
-        &snapshot,
-        "198.18.0.10".parse().expect("ip"),
-        Some(&sleep),
-        80,
-        Security::MutualTls,
-    );
+    let series = from_sleeps_address(&metrics, &snapshot, Some(&sleep), Security::MutualTls);
     for _ in 0..3 {
         request(&series, StatusCode::OK, "hello").await;
     }
@@ -151,13 +156,7 @@ async fn a_caller_is_never_named_by_an_address_its_identity_does_not_match() {
     let snapshot = snapshot();
     let other: SpiffeId = "spiffe://cluster.local/ns/evil/sa/x".parse().expect("id");
     // sleep's address, another identity: not sleep.
-    let series = metrics.inbound(
-        &snapshot,
-        "198.18.0.10".parse().expect("ip"),
-        Some(&other),
-        80,
-        Security::MutualTls,
-    );
+    let series = from_sleeps_address(&metrics, &snapshot, Some(&other), Security::MutualTls);
     let labels = series.labels();
     assert_eq!(&*labels.source.workload, "unknown");
     assert_eq!(&*labels.source.namespace, "evil");
@@ -166,23 +165,11 @@ async fn a_caller_is_never_named_by_an_address_its_identity_does_not_match() {
         "spiffe://cluster.local/ns/evil/sa/x"
     );
     // A caller in the clear at an address the snapshot knows is that workload.
-    let plain = metrics.inbound(
-        &snapshot,
-        "198.18.0.10".parse().expect("ip"),
-        None,
-        80,
-        Security::None,
-    );
+    let plain = from_sleeps_address(&metrics, &snapshot, None, Security::None);
     assert_eq!(&*plain.labels().source.workload, "sleep");
     assert_eq!(&*plain.labels().source.principal, "unknown");
     // The same labels are the same series.
-    let again = metrics.inbound(
-        &snapshot,
-        "198.18.0.10".parse().expect("ip"),
-        None,
-        80,
-        Security::None,
-    );
+    let again = from_sleeps_address(&metrics, &snapshot, None, Security::None);
     assert!(Arc::ptr_eq(&plain, &again));
 }
 
@@ -360,13 +347,7 @@ async fn overrides_drop_metrics_and_change_labels_on_a_scrape() {
     let snapshot = Arc::new(Snapshot::try_from(wire).expect("valid"));
     metrics.apply(snapshot.telemetry.clone());
     let sleep: SpiffeId = SLEEP_ID.parse().expect("id");
-    let series = metrics.inbound(
-        &snapshot,
-        "198.18.0.10".parse().expect("ip"),
-        Some(&sleep),
-        80,
-        Security::MutualTls,
-    );
+    let series = from_sleeps_address(&metrics, &snapshot, Some(&sleep), Security::MutualTls);
     let downstream = crate::access_log::Downstream::default();
     let recorder = metrics.recorder(crate::access_log::Direction::Server, series, downstream);
     for user in [Some("alice"), Some("alice"), None] {
