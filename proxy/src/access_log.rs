@@ -209,7 +209,7 @@ impl Logger {
     }
 
     /// An entry for a request whose head just arrived, between `downstream` addresses.
-    pub fn request<B>(&self, req: &Request<B>, downstream: Downstream) -> Entry {
+    pub fn request<B>(&self, req: &Request<B>, downstream: &Downstream) -> Entry {
         let request = self
             .request_headers
             .iter()
@@ -238,17 +238,17 @@ impl Logger {
                 },
             ),
             request,
-            downstream,
+            downstream: downstream.clone(),
             ..Entry::default()
         }
     }
 
     /// An entry for a TCP connection opened now.
-    pub fn connection(&self, downstream: Downstream) -> Entry {
+    pub fn connection(&self, downstream: &Downstream) -> Entry {
         Entry {
             start: Some(SystemTime::now()),
             request: vec![None; self.request_headers.len()],
-            downstream,
+            downstream: downstream.clone(),
             ..Entry::default()
         }
     }
@@ -300,12 +300,13 @@ fn write_entries(
     }
 }
 
-/// The two ends of the connection a request came in on.
-#[derive(Clone, Copy, Debug, Default)]
+/// The connection a request came in on: its two ends, and the server name its TLS asked for.
+#[derive(Clone, Debug, Default)]
 pub struct Downstream {
     /// Where the caller connected to (the original destination).
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    pub server_name: Option<Arc<str>>,
 }
 
 /// What one log line says, filled as the request goes.
@@ -324,7 +325,6 @@ pub struct Entry {
     downstream: Downstream,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_cluster: Option<Arc<str>>,
-    pub server_name: Option<Arc<str>>,
     pub route: Option<String>,
 }
 
@@ -357,7 +357,7 @@ impl Fields for Rendered<'_> {
             Value::DownstreamRemoteAddressWithoutPort => {
                 e.downstream.remote.map(|a| a.ip().to_string())
             }
-            Value::RequestedServerName => e.server_name.as_deref().map(str::to_owned),
+            Value::RequestedServerName => e.downstream.server_name.as_deref().map(str::to_owned),
             Value::RouteName => e.route.clone(),
         }
     }
@@ -404,8 +404,9 @@ mod tests {
         let downstream = Downstream {
             local: None,
             remote: Some("198.18.0.10:40000".parse().expect("addr")),
+            server_name: None,
         };
-        let mut entry = log.request(&req, downstream);
+        let mut entry = log.request(&req, &downstream);
         let response = Response::builder()
             .status(StatusCode::IM_A_TEAPOT)
             .header("server", "gunicorn")
@@ -415,7 +416,7 @@ mod tests {
         entry.code = 418;
         entry.upstream_host = Some("198.18.0.11:8080".parse().expect("addr"));
         log.log(entry);
-        log.log(log.connection(Downstream::default()));
+        log.log(log.connection(&Downstream::default()));
         // Closing the logger lets the writer finish what it was handed.
         let Logger { writer, thread, .. } = log;
         drop(writer);
@@ -432,7 +433,7 @@ mod tests {
     fn a_log_that_cannot_be_opened_is_off() {
         let settings = AccessLog {
             path: "/nonexistent-dir/access.log".to_owned(),
-            format: Format::of_mesh("", false).expect("default"),
+            format: Format::istio(false).expect("default"),
             filter: Filter::default(),
         };
         let dropped = IntCounter::new("dropped", "test").expect("counter");

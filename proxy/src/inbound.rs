@@ -162,6 +162,7 @@ impl Inbound {
         let downstream = Downstream {
             local: Some(app),
             remote: Some(client),
+            server_name: sni.clone(),
         };
         let recorder = self.metrics.recorder(Direction::Server, series, downstream);
         let conn = InboundConn {

@@ -205,6 +205,7 @@ where
     let downstream = Downstream {
         local: Some(accepted.orig_dst),
         remote: Some(accepted.client),
+        server_name: None,
     };
     let logical = outbound.config.load().lookup(accepted.orig_dst);
     let backend = match logical {

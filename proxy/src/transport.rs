@@ -1,10 +1,16 @@
 //! TCP plumbing shared by both directions: the original destination of a redirected
 //! connection, dialing out, and splicing two streams together with half-close.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 
@@ -44,7 +50,9 @@ pub async fn within_connect_timeout(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
-/// [`splice`], recorded as one of Istio's TCP connections (opened, closed, bytes each way).
+/// [`splice`], recorded as one of Istio's TCP connections (opened, closed, bytes each way):
+/// the bytes are counted as they pass, so a connection that ends in an error (a reset) is
+/// still recorded with what it carried.
 pub async fn splice_recorded<A, B>(
     mut record: TcpRecord,
     caller: PrefixedIo<A>,
@@ -54,9 +62,59 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let spliced = splice(caller, callee).await?;
-    record.bytes(spliced.received, spliced.sent);
-    Ok(())
+    let mut callee = Counted {
+        io: callee,
+        read: 0,
+        written: 0,
+    };
+    let spliced = splice(caller, &mut callee).await;
+    // What reached the callee came from the caller, and the other way round.
+    record.bytes(callee.written, callee.read);
+    spliced.map(|_| ())
+}
+
+/// A stream that counts the bytes read from and written to it.
+struct Counted<IO> {
+    io: IO,
+    read: u64,
+    written: u64,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.written += n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Byte counts of a finished splice, from the point of view of the caller's side.

@@ -57,11 +57,24 @@ impl Prometheus {
             .stderr(Stdio::null())
             .spawn()
             .context("starting prometheus (scripts/install-deps.sh installs it)")?;
-        Ok(Self {
+        let prometheus = Self {
             child,
             pod: pod.clone(),
             _data: data,
-        })
+        };
+        wait_for("Prometheus to be ready", Duration::from_secs(30), || {
+            let ready = prometheus.pod.exec(&[
+                "curl",
+                "-sf",
+                "-m",
+                "2",
+                "-o",
+                "/dev/null",
+                "http://127.0.0.1:9090/-/ready",
+            ])?;
+            Ok(ready.status.success())
+        })?;
+        Ok(prometheus)
     }
 
     /// The result of instant query `promql` (`data.result`).

@@ -32,8 +32,8 @@ pub(crate) struct MeshConfig {
     extension_providers: Vec<Provider>,
     access_log_file: String,
     access_log_encoding: AccessLogEncoding,
-    /// Envoy command operators, checked with the sidecar's own parser.
-    #[serde(deserialize_with = "access_log_format")]
+    /// Envoy command operators (with the JSON encoding, a JSON object of fields and their
+    /// operators), checked with the sidecar's own parser.
     access_log_format: String,
     path_normalization: PathNormalization,
     /// Whether injection points Prometheus at the sidecar, which merges the app's metrics.
@@ -153,15 +153,6 @@ struct GatewayTopology {
     num_trusted_proxies: Option<u32>,
 }
 
-/// `accessLogFormat`, refused when the sidecar could not print it.
-fn access_log_format<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    if !text.is_empty() {
-        remora_api::access_log::Format::text(&text).map_err(de::Error::custom)?;
-    }
-    Ok(text)
-}
-
 /// Why a pod's `proxy.istio.io/config` annotation cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("metadata.annotations[{PROXY_CONFIG_ANNOTATION}]: {source}")]
@@ -243,6 +234,13 @@ impl MeshConfig {
     /// Parses a `mesh.yaml` or the `mesh` key of the `istio` ConfigMap.
     pub(crate) fn parse(text: &str) -> Result<Self, YamlError> {
         let mesh: Self = yaml::from_str(text)?;
+        if mesh.default_providers.access_logging.len() > 1 {
+            return Err(YamlError::Field {
+                path: "defaultProviders.accessLogging".to_owned(),
+                message: "a sidecar writes one access log; name one provider".to_owned(),
+            });
+        }
+        mesh.check_access_log_format()?;
         for (i, provider) in mesh.extension_providers.iter().enumerate() {
             let name = &provider.0.name;
             if mesh.extension_providers[..i]
@@ -314,16 +312,11 @@ impl MeshConfig {
     /// `accessLogFormat` (Istio's default format when unset).
     pub(crate) fn legacy_access_log(&self, path: &str) -> proto::AccessLogPolicy {
         let json = self.access_log_encoding == AccessLogEncoding::Json;
-        let (text_format, json_fields) = match (json, self.access_log_format.is_empty()) {
-            (false, _) => (self.access_log_format.clone(), Vec::new()),
-            (true, true) => (String::new(), Vec::new()),
-            (true, false) => (
-                String::new(),
-                vec![proto::JsonField {
-                    key: "message".to_owned(),
-                    format: self.access_log_format.trim_end_matches('\n').to_owned(),
-                }],
-            ),
+        let (text_format, json_fields) = if json {
+            // Checked when the mesh config was read.
+            (String::new(), self.json_log_fields().unwrap_or_default())
+        } else {
+            (self.access_log_format.clone(), Vec::new())
         };
         proto::AccessLogPolicy {
             path: path.to_owned(),
@@ -332,6 +325,39 @@ impl MeshConfig {
             json_fields,
             ..proto::AccessLogPolicy::default()
         }
+    }
+
+    /// `accessLogFormat` as a JSON encoding reads it: an object of fields and operators.
+    fn json_log_fields(&self) -> Result<Vec<proto::JsonField>, String> {
+        let fields: BTreeMap<String, String> = serde_json::from_str(&self.access_log_format)
+            .map_err(|e| format!("with accessLogEncoding JSON, a JSON object of strings: {e}"))?;
+        Ok(fields
+            .into_iter()
+            .map(|(key, format)| proto::JsonField { key, format })
+            .collect())
+    }
+
+    /// Refuses an `accessLogFormat` the sidecar could not print.
+    fn check_access_log_format(&self) -> Result<(), YamlError> {
+        use remora_api::access_log::Format;
+        if self.access_log_format.is_empty() {
+            return Ok(());
+        }
+        let checked = if self.access_log_encoding == AccessLogEncoding::Json {
+            self.json_log_fields().and_then(|fields| {
+                Format::json(fields.iter().map(|f| (f.key.as_str(), f.format.as_str())))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        } else {
+            Format::text(&self.access_log_format)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        checked.map_err(|message| YamlError::Field {
+            path: "accessLogFormat".to_owned(),
+            message,
+        })
     }
 
     /// The legacy `accessLogFile`, if set.

@@ -462,6 +462,12 @@ impl Telemetry {
             }
         }
         for (i, logging) in self.logging.iter().enumerate() {
+            if logging.providers.len() > 1 {
+                return Err(format!(
+                    "spec.accessLogging[{i}].providers: a sidecar writes one access log; name \
+                     one provider"
+                ));
+            }
             for (j, name) in logging.providers.iter().enumerate() {
                 let at = format!("spec.accessLogging[{i}].providers[{j}]");
                 match mesh.provider(name) {
@@ -582,7 +588,8 @@ fn side(
 
 /// The access log of one side: the last providers and settings the chain's rules for that
 /// side set, over `defaultProviders.accessLogging`, and without any of those, the mesh's
-/// legacy `accessLogFile`.
+/// legacy `accessLogFile`. A side writes one log: rules and `defaultProviders` naming several
+/// are refused where they are read.
 fn access_log(
     chain: &[&Telemetry],
     mesh: &MeshConfig,
@@ -599,6 +606,8 @@ fn access_log(
             .access_log_file()
             .map(|path| mesh.legacy_access_log(path));
     }
+    // As istiod's mergeLogs: each rule sets its providers (or keeps those in scope), and its
+    // `disabled` and `filter` (unset: enabled, unfiltered) replace what earlier rules said.
     let mut providers = defaults.clone();
     let mut disabled = false;
     let mut filter = None;
@@ -606,12 +615,8 @@ fn access_log(
         if !rule.providers.is_empty() {
             providers.clone_from(&rule.providers);
         }
-        if let Some(d) = rule.disabled {
-            disabled = d;
-        }
-        if rule.filter.is_some() {
-            filter.clone_from(&rule.filter);
-        }
+        disabled = rule.disabled.unwrap_or(false);
+        filter.clone_from(&rule.filter);
     }
     if disabled {
         return None;

@@ -235,15 +235,12 @@ impl Format {
             .map(Format::Json)
     }
 
-    /// What the mesh config asks for: `format` (empty: Istio's default) in `encoding`
-    /// (`TEXT` or `JSON`). A JSON encoding with a format of its own takes the format's
-    /// operators as one `message` field.
-    pub fn of_mesh(format: &str, json: bool) -> Result<Self, FormatError> {
-        match (format.is_empty(), json) {
-            (true, false) => Self::text(ISTIO_TEXT_FORMAT),
-            (true, true) => Self::json(ISTIO_JSON_FIELDS),
-            (false, false) => Self::text(format),
-            (false, true) => Self::json([("message", format.trim_end_matches('\n'))]),
+    /// Istio's default format: its text line, or with `json`, its JSON fields.
+    pub fn istio(json: bool) -> Result<Self, FormatError> {
+        if json {
+            Self::json(ISTIO_JSON_FIELDS)
+        } else {
+            Self::text(ISTIO_TEXT_FORMAT)
         }
     }
 

@@ -8,10 +8,7 @@
 //! [`Filter::keeps`] per entry, the overrides once per scrape (and, for labels taken from a
 //! request, once per request by reading the headers [`Side::request_tags`] lists).
 
-use crate::{
-    access_log::{Format, ISTIO_JSON_FIELDS},
-    proto::config as proto,
-};
+use crate::{access_log::Format, proto::config as proto};
 
 /// Istio's standard metrics, by the names the Telemetry API's overrides use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,7 +141,13 @@ enum Op {
 }
 
 impl Filter {
-    /// Whether an entry with response `code` (0 for TCP and unanswered requests) is logged.
+    /// Whether a TCP connection's entry is logged: only without checks, as Envoy's filter
+    /// finds no response code on a connection and does not log it.
+    pub fn keeps_connection(&self) -> bool {
+        self.checks.is_empty()
+    }
+
+    /// Whether a request's entry with response `code` (0 when unanswered) is logged.
     pub fn keeps(&self, code: u16) -> bool {
         if self.checks.is_empty() {
             return true;
@@ -272,7 +275,7 @@ fn compile_log(
     }
     let format = if source.json {
         if source.json_fields.is_empty() {
-            Format::json(ISTIO_JSON_FIELDS)
+            Format::istio(true)
         } else {
             Format::json(
                 source
@@ -282,7 +285,7 @@ fn compile_log(
             )
         }
     } else if source.text_format.is_empty() {
-        Format::of_mesh("", false)
+        Format::istio(false)
     } else {
         Format::text(&source.text_format)
     };
@@ -324,13 +327,15 @@ fn compile_log(
     })
 }
 
-/// A Prometheus label name.
+/// A Prometheus label name an override may set: not one Prometheus reserves (`__*`) or gives
+/// histogram buckets and summaries (`le`, `quantile`).
 pub fn is_label_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars
+    let valid = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    valid && !name.starts_with("__") && !matches!(name, "le" | "quantile")
 }
 
 #[cfg(test)]

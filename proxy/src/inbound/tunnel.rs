@@ -63,6 +63,7 @@ where
         let downstream = Downstream {
             local: Some(SocketAddr::new(conn.pod_ip, ports::TUNNEL)),
             remote: Some(conn.client),
+            server_name: conn.sni.clone(),
         };
         metrics.recorder(Direction::Server, series, downstream)
     };

@@ -49,14 +49,38 @@ impl Histogram {
         self.sum.fetch_add(value, Relaxed);
     }
 
+    /// Its counts per bucket (the last: above every bound) and its sum.
+    fn read(&self) -> Counts {
+        Counts {
+            buckets: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+            sum: self.sum.load(Relaxed),
+        }
+    }
+}
+
+/// A histogram's counts, as a scrape adds them up.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    buckets: [u64; BUCKETS.len() + 1],
+    sum: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+    }
+
     #[allow(clippy::cast_precision_loss)]
     fn proto(&self) -> proto::Histogram {
         let mut cumulative = 0;
         let buckets = BUCKETS
             .iter()
-            .zip(&self.counts)
+            .zip(&self.buckets)
             .map(|(bound, count)| {
-                cumulative += count.load(Relaxed);
+                cumulative += count;
                 let mut bucket = proto::Bucket::default();
                 bucket.set_upper_bound(*bound);
                 bucket.set_cumulative_count(cumulative);
@@ -64,8 +88,8 @@ impl Histogram {
             })
             .collect();
         let mut histogram = proto::Histogram::default();
-        histogram.set_sample_count(cumulative + self.counts[BUCKETS.len()].load(Relaxed));
-        histogram.set_sample_sum(self.sum.load(Relaxed) as f64);
+        histogram.set_sample_count(cumulative + self.buckets[BUCKETS.len()]);
+        histogram.set_sample_sum(self.sum as f64);
         histogram.set_bucket(buckets);
         histogram
     }
@@ -275,8 +299,8 @@ impl Store {
         }
         families
             .into_iter()
-            .map(|family| family.family)
-            .filter(|family| !family.get_metric().is_empty())
+            .filter(|family| !family.samples.is_empty())
+            .map(Family::into_proto)
             .collect()
     }
 }
@@ -288,7 +312,7 @@ fn overridden(
     metric: Metric,
     labels: &[(&'static str, &str)],
     values: Option<&TagValues>,
-) -> Option<Vec<proto::LabelPair>> {
+) -> Option<Labels> {
     if !side.metrics {
         return None;
     }
@@ -310,34 +334,69 @@ fn overridden(
                 .and_then(|(_, value)| value.as_deref())
                 .unwrap_or(fallback),
         };
-        out.push(label(name, text));
+        out.push((name.clone(), text.to_owned()));
     }
     Some(out)
 }
 
-fn label(name: &str, value: &str) -> proto::LabelPair {
-    let mut pair = proto::LabelPair::default();
-    pair.set_name(name.to_owned());
-    pair.set_value(value.to_owned());
-    pair
-}
+/// A sample's labels, in order.
+type Labels = Vec<(String, String)>;
 
-fn pairs<'a>(pairs: impl IntoIterator<Item = (&'static str, &'a str)>) -> Vec<proto::LabelPair> {
+fn pairs<'a>(pairs: impl IntoIterator<Item = (&'static str, &'a str)>) -> Labels {
     pairs
         .into_iter()
-        .map(|(name, value)| label(name, value))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect()
 }
 
-/// A metric family being filled for a scrape.
+/// A metric family being filled for a scrape. Samples whose labels come out the same (an
+/// override removed or fixed what told them apart) are added up into one, as Prometheus
+/// allows one sample per label set.
 struct Family {
     metric: Metric,
-    family: MetricFamily,
+    samples: Vec<(Labels, Sample)>,
+    index: HashMap<Labels, usize>,
+}
+
+enum Sample {
+    Counter(u64),
+    Histogram(Counts),
 }
 
 impl Family {
     fn of(metric: Metric) -> Self {
-        let (help, kind) = match metric {
+        Self {
+            metric,
+            samples: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, labels: Labels, sample: Sample) {
+        match self.index.get(&labels) {
+            Some(&i) => match (&mut self.samples[i].1, sample) {
+                (Sample::Counter(total), Sample::Counter(value)) => *total += value,
+                (Sample::Histogram(total), Sample::Histogram(counts)) => total.add(counts),
+                _ => {}
+            },
+            None => {
+                self.index.insert(labels.clone(), self.samples.len());
+                self.samples.push((labels, sample));
+            }
+        }
+    }
+
+    fn counter(&mut self, labels: Labels, value: u64) {
+        self.add(labels, Sample::Counter(value));
+    }
+
+    fn histogram(&mut self, labels: Labels, histogram: &Histogram) {
+        self.add(labels, Sample::Histogram(histogram.read()));
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn into_proto(self) -> MetricFamily {
+        let (help, kind) = match self.metric {
             Metric::RequestsTotal => (
                 "Requests, by reporter, peers, Service, protocol and outcome",
                 MetricType::COUNTER,
@@ -366,27 +425,33 @@ impl Family {
             ),
         };
         let mut family = MetricFamily::default();
-        family.set_name(format!("istio_{}", metric.name()));
+        family.set_name(format!("istio_{}", self.metric.name()));
         family.set_help(help.to_owned());
         family.set_field_type(kind);
-        Self { metric, family }
-    }
-
-    #[allow(clippy::cast_precision_loss)]
-    fn counter(&mut self, labels: Vec<proto::LabelPair>, value: u64) {
-        let mut counter = proto::Counter::default();
-        counter.set_value(value as f64);
-        let mut metric = proto::Metric::default();
-        metric.set_label(labels);
-        metric.set_counter(counter);
-        self.family.mut_metric().push(metric);
-    }
-
-    fn histogram(&mut self, labels: Vec<proto::LabelPair>, histogram: &Histogram) {
-        let mut metric = proto::Metric::default();
-        metric.set_label(labels);
-        metric.set_histogram(histogram.proto());
-        self.family.mut_metric().push(metric);
+        for (labels, sample) in self.samples {
+            let mut metric = proto::Metric::default();
+            metric.set_label(
+                labels
+                    .into_iter()
+                    .map(|(name, value)| {
+                        let mut pair = proto::LabelPair::default();
+                        pair.set_name(name);
+                        pair.set_value(value);
+                        pair
+                    })
+                    .collect(),
+            );
+            match sample {
+                Sample::Counter(value) => {
+                    let mut counter = proto::Counter::default();
+                    counter.set_value(value as f64);
+                    metric.set_counter(counter);
+                }
+                Sample::Histogram(counts) => metric.set_histogram(counts.proto()),
+            }
+            family.mut_metric().push(metric);
+        }
+        family
     }
 }
 
@@ -400,7 +465,7 @@ mod tests {
         for value in [0, 1, 2, 5, 6, 4_000_000] {
             histogram.observe(value);
         }
-        let proto = histogram.proto();
+        let proto = histogram.read().proto();
         let cumulative: Vec<u64> = proto
             .get_bucket()
             .iter()

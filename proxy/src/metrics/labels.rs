@@ -129,13 +129,17 @@ pub struct Service {
 }
 
 impl Service {
-    /// Service `host` (`name.namespace.svc.cluster.local`, or a ServiceEntry host, whose name is
-    /// the whole host), in the namespace Istio reports for it: the destination workload's.
+    /// Service `host`: a Kubernetes Service's (`name.namespace.svc.<cluster domain>`) names its
+    /// namespace; another host (a ServiceEntry's) is its own name, in `namespace` (the
+    /// destination workload's, as Istio reports it).
     pub fn named(host: &str, namespace: &str) -> Self {
-        let name = host
-            .strip_suffix(".svc.cluster.local")
-            .and_then(|rest| rest.split_once('.'))
-            .map_or(host, |(name, _)| name);
+        let kubernetes = host
+            .split_once(".svc.")
+            .map(|(service, _)| service)
+            .or_else(|| host.strip_suffix(".svc"))
+            .and_then(|service| service.split_once('.'))
+            .filter(|(name, ns)| !name.is_empty() && !ns.is_empty() && !ns.contains('.'));
+        let (name, namespace) = kubernetes.unwrap_or((host, namespace));
         Self {
             host: Arc::from(host),
             name: Arc::from(name),
@@ -317,8 +321,16 @@ mod tests {
     fn services_are_named_by_their_host() {
         let cases = [
             (
-                Service::named("httpbin.demo.svc.cluster.local", "demo"),
+                Service::named("httpbin.demo.svc.cluster.local", "other"),
                 ["httpbin.demo.svc.cluster.local", "httpbin", "demo"],
+            ),
+            (
+                Service::named("reviews.shop.svc.corp.example", ""),
+                ["reviews.shop.svc.corp.example", "reviews", "shop"],
+            ),
+            (
+                Service::named("api.example.com", "egress"),
+                ["api.example.com", "api.example.com", "egress"],
             ),
             (
                 Service::named("api.example.com", ""),

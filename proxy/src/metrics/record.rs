@@ -76,7 +76,7 @@ impl Recorder {
     pub fn start<B>(&self, req: &Request<B>) -> RequestRecord {
         let side = self.side.load();
         let log = side.log.as_ref().map(|log| {
-            let entry = log.logger.request(req, self.downstream);
+            let entry = log.logger.request(req, &self.downstream);
             Box::new((log.clone(), entry))
         });
         let tags = side.request_tags.as_ref().map(|names| {
@@ -94,7 +94,7 @@ impl Recorder {
     pub fn tcp(&self) -> TcpRecord {
         let side = self.side.load();
         let log = side.log.as_ref().map(|log| {
-            let entry = log.logger.connection(self.downstream);
+            let entry = log.logger.connection(&self.downstream);
             Box::new((log.clone(), entry))
         });
         TcpRecord::open(side.metrics.then_some(&*self.series), log)
@@ -415,7 +415,7 @@ impl Drop for TcpRecord {
         }
         if let Some(logged) = self.log.take() {
             let (log, mut entry) = *logged;
-            if log.filter.keeps(0) {
+            if log.filter.keeps_connection() {
                 entry.received = self.received;
                 entry.sent = self.sent;
                 entry.duration_ms =

@@ -8,7 +8,7 @@ outboundTrafficPolicy:
 enableTracing: false
 accessLogFile: /dev/stdout
 accessLogEncoding: JSON
-accessLogFormat: "%RESPONSE_CODE% %REQ(:PATH)%"
+accessLogFormat: '{"code": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%"}'
 pathNormalization:
   normalization: MERGE_SLASHES
 defaultConfig:
@@ -124,6 +124,18 @@ fn invalid_fields_are_named() {
         (
             "accessLogFormat: \"%FILTER_STATE(x)% %RESPONSE_CODE%\"\n",
             "accessLogFormat: %FILTER_STATE(x)% is not a command operator Remora supports",
+        ),
+        (
+            "accessLogEncoding: JSON\naccessLogFormat: \"%RESPONSE_CODE%\"\n",
+            "accessLogFormat: with accessLogEncoding JSON, a JSON object of strings",
+        ),
+        (
+            "accessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%NOPE%\"}'\n",
+            "accessLogFormat: %NOPE% is not a command operator Remora supports",
+        ),
+        (
+            "defaultProviders:\n  accessLogging: [a, b]\n",
+            "defaultProviders.accessLogging: a sidecar writes one access log",
         ),
         (
             "pathNormalization:\n  normalization: ALL\n",

@@ -276,6 +276,38 @@ fn without_telemetry_the_mesh_config_decides() {
 }
 
 #[test]
+fn a_later_access_log_rule_replaces_disabled_and_filter() {
+    let mesh =
+        mesh("accessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'\n");
+    let root = ok(
+        "istio-system",
+        "off",
+        "2026-01-01T00:00:00Z",
+        "  accessLogging:\n  - providers: [{name: envoy}]\n    disabled: true\n    filter: {expression: \"response.code >= 500\"}\n",
+    );
+    let namespace = ok(
+        "demo",
+        "on",
+        "2026-01-02T00:00:00Z",
+        "  accessLogging:\n  - providers: [{name: envoy}]\n",
+    );
+    let log = resolve([&root, &namespace], "demo", &labels(&[]), &mesh)
+        .server
+        .expect("server")
+        .access_log
+        .expect("enabled again by the namespace's rule");
+    assert!(log.checks.is_empty(), "the namespace's rule has no filter");
+    // The built-in provider prints the mesh's format: its JSON fields.
+    assert_eq!(
+        (log.json, log.json_fields.len()),
+        (true, 1),
+        "{:?}",
+        log.json_fields
+    );
+    assert_eq!(log.json_fields[0].format, "%RESPONSE_CODE%");
+}
+
+#[test]
 fn providers_must_exist_and_provide_what_they_are_named_for() {
     let mesh = mesh(
         "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.obs.svc.cluster.local, port: 4317}\n",
@@ -292,6 +324,10 @@ fn providers_must_exist_and_provide_what_they_are_named_for() {
         (
             "  accessLogging:\n  - providers: [{name: otel}]\n",
             "spec.accessLogging[0].providers[0]: \"otel\" is a opentelemetry provider",
+        ),
+        (
+            "  accessLogging:\n  - providers: [{name: envoy}, {name: envoy}]\n",
+            "spec.accessLogging[0].providers: a sidecar writes one access log",
         ),
     ];
     for (spec, expected) in cases {

@@ -60,9 +60,7 @@ fn entry() -> Entry {
 
 #[test]
 fn istios_default_text_format_prints_as_envoy_prints_it() {
-    let line = Format::of_mesh("", false)
-        .expect("default")
-        .render(&entry());
+    let line = Format::istio(false).expect("default").render(&entry());
     assert_eq!(
         line,
         "[2026-12-06T21:00:00.000Z] \"GET /ip HTTP/1.1\" 200 - via_upstream - \"-\" 0 31 3 - \
@@ -74,7 +72,7 @@ fn istios_default_text_format_prints_as_envoy_prints_it() {
 
 #[test]
 fn json_has_istios_fields_typed() {
-    let line = Format::of_mesh("", true).expect("default").render(&entry());
+    let line = Format::istio(true).expect("default").render(&entry());
     let json: serde_json::Value = serde_json::from_str(&line).expect("JSON");
     assert_eq!(json["method"], "GET");
     assert_eq!(json["path"], "/ip");

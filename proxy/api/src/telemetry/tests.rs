@@ -112,6 +112,13 @@ fn filters_keep_what_the_expression_keeps() {
     let band = log(vec![(">", 199), ("<=", 299), ("!=", 204)], false);
     assert!(band.keeps(200) && !band.keeps(204) && !band.keeps(300));
     assert!(log(vec![], false).keeps(500));
+    // A connection has no response code: only an unfiltered log has its line.
+    assert!(log(vec![], false).keeps_connection());
+    assert!(!errors.keeps_connection());
+    for name in ["le", "quantile", "__name__", "1x", "a-b"] {
+        assert!(!is_label_name(name), "{name}");
+    }
+    assert!(is_label_name("team") && is_label_name("_x1"));
 }
 
 #[test]
