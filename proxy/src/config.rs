@@ -32,6 +32,11 @@ impl Config {
         self.current.load()
     }
 
+    /// The snapshot in use, to keep.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
     /// Puts `snapshot` in use and tells every follower.
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));

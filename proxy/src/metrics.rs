@@ -233,7 +233,10 @@ impl Metrics {
     pub async fn follow(self: Arc<Self>, config: Arc<Config>) {
         let mut changes = config.changes();
         loop {
-            self.apply(config.load().telemetry.clone());
+            let snapshot = config.load_full();
+            // Derived now, once, rather than by the first connections after the push.
+            self.names.local(&snapshot);
+            self.apply(snapshot.telemetry.clone());
             if changes.changed().await.is_err() {
                 return;
             }

@@ -258,11 +258,13 @@ where
         Protocol::Tls if backend.routes_by_sni() => {
             let (hello, io) = tls::client_hello(detected.io, outbound.detect_timeout).await?;
             let upstream = backend.pick(hello.server_name.as_deref(), &original);
-            tcp::forward(&outbound, upstream, io, downstream).await
+            let recorder = backend.recorder(&outbound, downstream);
+            tcp::forward(&outbound, upstream, io, recorder).await
         }
         Protocol::Tls | Protocol::Opaque => {
             let upstream = backend.pick(None, &original);
-            tcp::forward(&outbound, upstream, detected.io, downstream).await
+            let recorder = backend.recorder(&outbound, downstream);
+            tcp::forward(&outbound, upstream, detected.io, recorder).await
         }
     }
 }

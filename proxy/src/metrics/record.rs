@@ -92,12 +92,33 @@ impl Recorder {
 
     /// The record of a TCP stream opened now.
     pub fn tcp(&self) -> TcpRecord {
+        self.tcp_ending(Flags::NONE)
+    }
+
+    /// Records a TCP connection that never reached an upstream, for the reason `flag` says
+    /// (none: the upstream would not take it), opened and closed at once.
+    pub fn tcp_failed(&self, flag: Option<Flag>) {
+        let flags = flag.map_or(Flags::NONE, Flags::from);
+        drop(self.tcp_ending(flags));
+    }
+
+    fn tcp_ending(&self, flags: Flags) -> TcpRecord {
         let side = self.side.load();
         let log = side.log.as_ref().map(|log| {
-            let entry = log.logger.connection(&self.downstream);
+            let mut entry = log.logger.connection(&self.downstream);
+            entry.flags = flags;
             Box::new((log.clone(), entry))
         });
-        TcpRecord::open(side.metrics.then_some(&*self.series), log)
+        TcpRecord::open(side.metrics.then_some(&*self.series), log, flags)
+    }
+
+    /// This connection's recorder, counting under `series` instead (the upstream it reached).
+    pub fn counting_as(&self, series: Arc<Series>) -> Self {
+        Self {
+            series,
+            downstream: self.downstream.clone(),
+            side: self.side.clone(),
+        }
     }
 }
 
@@ -377,8 +398,8 @@ pub struct TcpRecord {
 }
 
 impl TcpRecord {
-    fn open(series: Option<&Series>, log: Logged) -> Self {
-        let cells = series.map(|series| series.tcp(Flags::NONE));
+    fn open(series: Option<&Series>, log: Logged, flags: Flags) -> Self {
+        let cells = series.map(|series| series.tcp(flags));
         if let Some(cells) = &cells {
             cells.opened.fetch_add(1, Relaxed);
         }

@@ -380,3 +380,26 @@ async fn overrides_drop_metrics_and_change_labels_on_a_scrape() {
         sample(&text, "istio_request_duration_milliseconds_count", &[]).expect("duration");
     assert!(duration.contains("source_principal=") && !duration.contains("team="));
 }
+
+#[test]
+fn tcp_connections_that_reach_no_upstream_carry_their_flag() {
+    let metrics = Metrics::default();
+    let series = metrics.outbound_unresolved(
+        &snapshot(),
+        Unresolved::Service("httpbin.demo.svc.cluster.local"),
+    );
+    let recorder = Recorder::counting(series);
+    recorder.tcp_failed(Some(Flag::NoHealthyUpstream));
+    recorder.tcp_failed(Some(Flag::UpstreamConnectFailure));
+    let text = metrics.encode();
+    for flag in ["UH", "UF"] {
+        for name in [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+        ] {
+            let line = sample(&text, name, &[&format!(r#"response_flags="{flag}""#)])
+                .unwrap_or_else(|| panic!("{name} {flag} missing from {text}"));
+            assert!(line.ends_with(" 1"), "{line}");
+        }
+    }
+}
