@@ -39,7 +39,7 @@ pub use flags::{Flag, Flags};
 pub use istio::Series;
 pub use labels::{Reporter, Security};
 pub use names::Own;
-pub use record::{is_grpc, RecordedBody, Recorder, RequestRecord, SideState, TcpRecord};
+pub use record::{RecordedBody, Recorder, RequestRecord, SideState, TcpRecord};
 
 use labels::{Peer, SeriesLabels, Service, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 use names::Names;

@@ -42,13 +42,13 @@ pub(crate) struct MeshConfig {
     default_providers: DefaultProviders,
 }
 
-/// `defaultProviders`: provider names, by what they provide.
+/// `defaultProviders`: provider names, by what they provide (`tracing` is read when spans
+/// are exported; until then it is ignored, as unknown mesh config fields are).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct DefaultProviders {
     /// `None`: unset, which Istio's install treats as `[prometheus]`.
     pub(crate) metrics: Option<Vec<String>>,
-    pub(crate) tracing: Vec<String>,
     pub(crate) access_logging: Vec<String>,
 }
 

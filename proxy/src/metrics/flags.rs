@@ -58,10 +58,6 @@ impl Flags {
         Self(self.0 | flag as u16)
     }
 
-    pub fn bits(self) -> u16 {
-        self.0
-    }
-
     pub fn from_bits(bits: u16) -> Self {
         Self(bits)
     }

@@ -147,6 +147,7 @@ impl std::fmt::Debug for Series {
 }
 
 impl Series {
+    #[cfg(test)]
     pub fn labels(&self) -> &SeriesLabels {
         &self.labels
     }

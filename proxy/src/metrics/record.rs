@@ -150,7 +150,7 @@ type Logged = Option<Box<(Log, Entry)>>;
 type Tags = Option<Box<Vec<(String, Option<String>)>>>;
 
 /// Istio's `request_protocol` of an HTTP request: gRPC or not.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
