@@ -288,11 +288,17 @@ impl Objects {
             return;
         }
         if service_entry::is_service_entry(&id.api_version, &id.kind) {
-            self.add_service_entry(value, id, origin, rejected);
+            let read = |key: &Key| service_entry::read(value, &key.0);
+            self.add_read("ServiceEntry", id, origin, rejected, read, |o| {
+                &mut o.service_entries
+            });
             return;
         }
         if telemetry::is_telemetry(&id.api_version, &id.kind) {
-            self.add_telemetry(value, id, origin, rejected);
+            let read = |key: &Key| telemetry::read(value, &key.0, &key.1);
+            self.add_read("Telemetry", id, origin, rejected, read, |o| {
+                &mut o.telemetry
+            });
             return;
         }
         if let Some(reason) = unknown_builtin_kind(&id) {
@@ -406,44 +412,25 @@ impl Objects {
         }
     }
 
-    /// A ServiceEntry: kept when valid, rejected alone otherwise.
-    fn add_service_entry(
+    /// A namespaced object of `kind` that `read` checks alone: kept in the map `into` gives
+    /// when valid (and the first of its name), rejected alone otherwise.
+    fn add_read<T>(
         &mut self,
-        value: Value,
+        kind: &'static str,
         id: Identity,
         origin: &str,
         rejected: &mut Vec<Rejection>,
+        read: impl FnOnce(&Key) -> Result<T, String>,
+        into: fn(&mut Self) -> &mut BTreeMap<Key, Labelled<T>>,
     ) {
-        const KIND: &str = "ServiceEntry";
-        if !self.named_first(KIND, &id, origin, rejected) {
+        if !self.named_first(kind, &id, origin, rejected) {
             return;
         }
-        match service_entry::read(value, &id.key.0) {
-            Ok(entry) => {
-                self.service_entries
-                    .insert(id.key, Labelled::new(&id.label, origin, entry));
+        match read(&id.key) {
+            Ok(object) => {
+                into(self).insert(id.key, Labelled::new(&id.label, origin, object));
             }
-            Err(reason) => rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason)),
-        }
-    }
-
-    fn add_telemetry(
-        &mut self,
-        value: Value,
-        id: Identity,
-        origin: &str,
-        rejected: &mut Vec<Rejection>,
-    ) {
-        const KIND: &str = "Telemetry";
-        if !self.named_first(KIND, &id, origin, rejected) {
-            return;
-        }
-        match telemetry::read(value, &id.key.0, &id.key.1) {
-            Ok(read) => {
-                self.telemetry
-                    .insert(id.key, Labelled::new(&id.label, origin, read));
-            }
-            Err(reason) => rejected.push(Rejection::of(KIND, &id.key, origin, id.label, reason)),
+            Err(reason) => rejected.push(Rejection::of(kind, &id.key, origin, id.label, reason)),
         }
     }
 
