@@ -43,13 +43,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Real peers for the e2e tests: httpbin under gunicorn, grpcio, websockets; and
-# kubernetes-validate, which checks what kube-inject writes against the Kubernetes schemas.
-if ! python3 -c 'import httpbin, gunicorn, grpc, websockets, kubernetes_validate' >/dev/null 2>&1; then
-  echo "installing Python packages: httpbin gunicorn grpcio websockets kubernetes-validate"
+# Real peers for the e2e tests: httpbin under gunicorn, grpcio, websockets; kubernetes-validate,
+# which checks what kube-inject writes against the Kubernetes schemas; and the official OTLP
+# protos (opentelemetry-proto, with the protobuf runtime it needs) for the trace receiver
+# tests/fixtures/otlp_receiver.py.
+if ! python3 -c 'import httpbin, gunicorn, grpc, websockets, kubernetes_validate, opentelemetry.proto' >/dev/null 2>&1; then
+  echo "installing Python packages: httpbin gunicorn grpcio websockets kubernetes-validate opentelemetry-proto"
   python3 -m pip install --quiet --disable-pip-version-check \
     'httpbin==0.10.4' 'gunicorn==27.0.1' 'grpcio==1.85.1' 'websockets==17.4' \
-    'kubernetes-validate==1.37.0'
+    'kubernetes-validate==1.37.0' 'opentelemetry-proto==1.45.2' 'protobuf==7.36.2'
 fi
 # The benchmark's open-loop load generator (latency-corrected), from crates.io.
 if $bench && ! command -v oha >/dev/null 2>&1; then

@@ -149,6 +149,7 @@ impl Catalog {
                 namespace,
                 labels,
                 &self.accepted.mesh,
+                proxy_config,
             )),
         }
     }

@@ -42,14 +42,14 @@ pub(crate) struct MeshConfig {
     default_providers: DefaultProviders,
 }
 
-/// `defaultProviders`: provider names, by what they provide (`tracing` is read when spans
-/// are exported; until then it is ignored, as unknown mesh config fields are).
+/// `defaultProviders`: provider names, by what they provide.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct DefaultProviders {
     /// `None`: unset, which Istio's install treats as `[prometheus]`.
     pub(crate) metrics: Option<Vec<String>>,
     pub(crate) access_logging: Vec<String>,
+    pub(crate) tracing: Vec<String>,
 }
 
 /// Istio's built-in providers: its Prometheus stats and its stdout access log.
@@ -62,7 +62,9 @@ pub(crate) enum ProviderKind {
     Prometheus,
     /// `envoyFileAccessLog` (or the built-in `envoy`): a file and its format.
     FileAccessLog(proto::AccessLogPolicy),
-    /// Anything else (tracing, other log sinks), by its kind's name.
+    /// `opentelemetry` or `zipkin`: where spans are exported.
+    Tracing(proto::TraceProvider),
+    /// Anything else (other tracers and log sinks), by its kind's name.
     Other(String),
 }
 
@@ -166,6 +168,23 @@ pub struct ProxyConfigError {
 struct Tracing {
     #[serde(deserialize_with = "sampling")]
     sampling: Option<f64>,
+    #[serde(deserialize_with = "zipkin")]
+    zipkin: Option<ZipkinAddress>,
+}
+
+/// `tracing.zipkin`: the legacy tracer's collector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct ZipkinAddress {
+    address: String,
+}
+
+fn zipkin<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ZipkinAddress>, D::Error> {
+    let zipkin = Option::<ZipkinAddress>::deserialize(deserializer)?;
+    if let Some(z) = &zipkin {
+        tracer::legacy_zipkin(&z.address)
+            .map_err(|e| de::Error::custom(format!("address: {e}")))?;
+    }
+    Ok(zipkin)
 }
 
 /// An `envoyFileAccessLog` provider's settings.
@@ -252,6 +271,15 @@ impl MeshConfig {
                     message: format!("{name:?} is defined twice"),
                 });
             }
+            let p = &provider.0;
+            if let Err(message) =
+                tracer::read(&p.name, &p.kind, &p.service, p.port, &p.settings_json)
+            {
+                return Err(YamlError::Field {
+                    path: format!("extensionProviders[{i}].{}", p.kind),
+                    message,
+                });
+            }
             if provider.0.kind == "envoyFileAccessLog" {
                 let settings: Value =
                     serde_json::from_str(&provider.0.settings_json).unwrap_or_default();
@@ -304,8 +332,44 @@ impl MeshConfig {
                     Some(format) => ProviderKind::FileAccessLog(format.policy(&settings.path)),
                 }
             }
-            other => ProviderKind::Other(other.to_owned()),
+            kind => match tracer::read(
+                &provider.name,
+                kind,
+                &provider.service,
+                provider.port,
+                &provider.settings_json,
+            ) {
+                // Checked when the mesh config was read.
+                Ok(Some(tracer)) => ProviderKind::Tracing(tracer),
+                Ok(None) | Err(_) => ProviderKind::Other(kind.to_owned()),
+            },
         })
+    }
+
+    /// Istio's legacy tracer, which applies when neither a Telemetry resource nor
+    /// `defaultProviders` names a tracing provider: under `enableTracing`, Zipkin at the pod's
+    /// `defaultConfig.tracing.zipkin.address` (Istio's default `zipkin.istio-system:9411`).
+    pub(crate) fn legacy_tracer(&self, pod: Option<&ProxyConfig>) -> Option<proto::TraceProvider> {
+        if !self.enable_tracing {
+            return None;
+        }
+        let proxy = self.proxy_config(pod);
+        let address = proxy
+            .tracing
+            .zipkin
+            .as_ref()
+            .map_or(tracer::LEGACY_ZIPKIN_ADDRESS, |z| z.address.as_str());
+        // Checked when the mesh config and the pod's annotation were read.
+        tracer::legacy_zipkin(address).ok()
+    }
+
+    /// The percentage of requests a pod's sidecar samples when no Telemetry resource sets
+    /// one: its `defaultConfig.tracing.sampling` (with the pod's annotation), else 1%.
+    pub(crate) fn tracing_sampling(&self, pod: Option<&ProxyConfig>) -> f64 {
+        self.proxy_config(pod)
+            .tracing
+            .sampling
+            .unwrap_or(DEFAULT_TRACING_SAMPLING)
     }
 
     /// The access log `accessLogFile` asks for, written to `path`, in `accessLogEncoding` and
@@ -402,7 +466,7 @@ impl MeshConfig {
             .to_owned(),
             drain_duration_ms: u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
             enable_tracing: self.enable_tracing,
-            tracing_sampling: proxy.tracing.sampling.unwrap_or(DEFAULT_TRACING_SAMPLING),
+            tracing_sampling: self.tracing_sampling(pod),
             access_log_file: self.access_log_file.clone(),
             access_log_encoding: match self.access_log_encoding {
                 AccessLogEncoding::Text => "TEXT",
@@ -453,6 +517,7 @@ impl ProxyConfig {
             drain_duration: pod.drain_duration.or(self.drain_duration),
             tracing: Tracing {
                 sampling: pod.tracing.sampling.or(self.tracing.sampling),
+                zipkin: pod.tracing.zipkin.clone().or(self.tracing.zipkin.clone()),
             },
             concurrency: pod.concurrency.or(self.concurrency),
             proxy_metadata,
@@ -614,3 +679,4 @@ impl<'de> de::Visitor<'de> for ProviderVisitor {
 
 #[cfg(test)]
 mod tests;
+mod tracer;

@@ -2,16 +2,19 @@
 //!
 //! Each resource is checked alone and rejected alone, naming the field: `metrics` (providers,
 //! `overrides` that disable a metric or remove and add labels, with a literal or a request
-//! header's value) and `accessLogging` (providers, `disabled`, `filter.expression` on the
-//! response code). What Remora does not do yet is refused by name rather than ignored: `tracing`
-//! (spans are not exported yet), `targetRef(s)` (they select gateways and waypoints),
-//! `customMetric`, `reportingInterval`, and filter or value expressions beyond the forms below.
+//! header's value), `tracing` (a provider, `randomSamplingPercentage`, `customTags`,
+//! `disableSpanReporting`, `disableContextPropagation`, `enableIstioTags`) and
+//! `accessLogging` (providers, `disabled`, `filter.expression` on the response code). What
+//! Remora does not do is refused by name rather than ignored: `targetRef(s)` (they select
+//! gateways and waypoints), `customMetric`, `reportingInterval`, `formatter` custom tags, and
+//! filter or value expressions beyond the forms below.
 //!
 //! Per pod, resources apply as istiod applies them ([`resolve`]): the root namespace's
 //! selector-less one, then the pod's namespace's selector-less one, then those in its namespace
 //! whose `selector` matches it, each kind of setting merged in that order (the oldest resource
 //! winning where a namespace has several without a selector), over the mesh config's
-//! `defaultProviders` and, for access logs, its legacy `accessLogFile`.
+//! `defaultProviders` and its legacy settings (`accessLogFile`; for tracing, `enableTracing`
+//! with `defaultConfig.tracing`).
 
 use std::collections::BTreeMap;
 
@@ -20,7 +23,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    mesh::{MeshConfig, ProviderKind, PROMETHEUS_PROVIDER},
+    mesh::{MeshConfig, ProviderKind, ProxyConfig, PROMETHEUS_PROVIDER},
     yaml,
 };
 
@@ -43,6 +46,21 @@ pub(crate) struct Telemetry {
     selector: Option<BTreeMap<String, String>>,
     metrics: Vec<Metrics>,
     logging: Vec<Logging>,
+    tracing: Vec<Tracing>,
+}
+
+/// One `tracing` rule: each field it sets overrides what less specific rules set.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Tracing {
+    modes: Modes,
+    /// The first provider named, if any.
+    provider: Option<String>,
+    sampling: Option<f64>,
+    disable_reporting: Option<bool>,
+    disable_propagation: Option<bool>,
+    istio_tags: Option<bool>,
+    /// Replaces the inherited tags whole when not empty.
+    custom_tags: Vec<proto::CustomTag>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +85,7 @@ enum Tag {
 }
 
 /// Which sides a rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Modes {
     client: bool,
     server: bool,
@@ -157,7 +175,8 @@ struct Spec {
     selector: Option<Selector>,
     target_ref: Option<Value>,
     target_refs: Option<Value>,
-    tracing: Option<Value>,
+    #[serde(default)]
+    tracing: Vec<TracingSpec>,
     #[serde(default)]
     metrics: Vec<MetricsSpec>,
     #[serde(default)]
@@ -224,6 +243,47 @@ struct LoggingSpec {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TracingSpec {
+    #[serde(rename = "match")]
+    matcher: Option<ModeMatch>,
+    #[serde(default)]
+    providers: Vec<ProviderRef>,
+    random_sampling_percentage: Option<f64>,
+    disable_span_reporting: Option<bool>,
+    #[serde(default)]
+    custom_tags: BTreeMap<String, CustomTagSpec>,
+    /// Envoy samples by the request id's hash; Remora draws per request either way.
+    #[serde(rename = "useRequestIdForTraceSampling")]
+    _use_request_id: Option<bool>,
+    enable_istio_tags: Option<bool>,
+    disable_context_propagation: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomTagSpec {
+    literal: Option<LiteralTag>,
+    environment: Option<SourcedTag>,
+    header: Option<SourcedTag>,
+    formatter: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiteralTag {
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SourcedTag {
+    name: String,
+    #[serde(default)]
+    default_value: String,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModeMatch {
     mode: Option<String>,
@@ -246,9 +306,12 @@ pub(crate) fn read(value: Value, namespace: &str, name: &str) -> Result<Telemetr
                 .to_owned(),
         );
     }
-    if spec.tracing.is_some() {
-        return Err("spec.tracing: not supported yet (the sidecar exports no spans)".to_owned());
-    }
+    let tracing = spec
+        .tracing
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| read_tracing(t, &format!("spec.tracing[{i}]")))
+        .collect::<Result<_, _>>()?;
     let metrics = spec
         .metrics
         .into_iter()
@@ -268,6 +331,71 @@ pub(crate) fn read(value: Value, namespace: &str, name: &str) -> Result<Telemetr
         selector: spec.selector.map(|s| s.match_labels),
         metrics,
         logging,
+        tracing,
+    })
+}
+
+fn read_tracing(spec: TracingSpec, path: &str) -> Result<Tracing, String> {
+    let modes = modes(
+        spec.matcher.as_ref().and_then(|m| m.mode.as_deref()),
+        &format!("{path}.match.mode"),
+    )?;
+    if let Some(percent) = spec.random_sampling_percentage {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(format!(
+                "{path}.randomSamplingPercentage: {percent} is not a percentage between 0 and 100"
+            ));
+        }
+    }
+    let mut custom_tags = Vec::new();
+    for (name, tag) in spec.custom_tags {
+        use proto::custom_tag::Value as V;
+        let at = format!("{path}.customTags.{name}");
+        if name.is_empty() {
+            return Err(format!("{at}: a tag needs a name"));
+        }
+        let value = match (tag.literal, tag.environment, tag.header, tag.formatter) {
+            (Some(literal), None, None, None) => V::Literal(literal.value),
+            (None, Some(env), None, None) => V::Environment(proto::EnvironmentVariable {
+                name: env.name,
+                fallback: env.default_value,
+            }),
+            (None, None, Some(header), None) => {
+                if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+                    return Err(format!(
+                        "{at}.header.name: {:?} is not a header name",
+                        header.name
+                    ));
+                }
+                V::RequestHeader(proto::RequestHeader {
+                    name: header.name.to_ascii_lowercase(),
+                    fallback: header.default_value,
+                })
+            }
+            (None, None, None, Some(_)) => {
+                return Err(format!(
+                    "{at}.formatter: not supported; use literal, environment or header"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "{at}: set exactly one of literal, environment and header"
+                ))
+            }
+        };
+        custom_tags.push(proto::CustomTag {
+            name,
+            value: Some(value),
+        });
+    }
+    Ok(Tracing {
+        modes,
+        provider: spec.providers.into_iter().next().map(|p| p.name),
+        sampling: spec.random_sampling_percentage,
+        disable_reporting: spec.disable_span_reporting,
+        disable_propagation: spec.disable_context_propagation,
+        istio_tags: spec.enable_istio_tags,
+        custom_tags,
     })
 }
 
@@ -478,11 +606,32 @@ impl Telemetry {
                              to files (envoyFileAccessLog)"
                         ))
                     }
-                    Some(ProviderKind::Prometheus) => {
+                    Some(ProviderKind::Prometheus | ProviderKind::Tracing(_)) => {
                         return Err(format!("{at}: {name:?} does not provide access logs"))
                     }
                     None => return Err(format!("{at}: no extension provider {name:?}")),
                 }
+            }
+        }
+        self.check_tracing_providers(mesh)
+    }
+
+    fn check_tracing_providers(&self, mesh: &MeshConfig) -> Result<(), String> {
+        for (i, tracing) in self.tracing.iter().enumerate() {
+            let Some(name) = &tracing.provider else {
+                continue;
+            };
+            let at = format!("spec.tracing[{i}].providers[0]");
+            match mesh.provider(name) {
+                Some(ProviderKind::Tracing(_)) => {}
+                Some(ProviderKind::Other(kind)) => {
+                    return Err(format!(
+                        "{at}: {name:?} is a {kind} provider; Remora exports spans over \
+                         OpenTelemetry (OTLP) or Zipkin"
+                    ))
+                }
+                Some(_) => return Err(format!("{at}: {name:?} does not provide tracing")),
+                None => return Err(format!("{at}: no extension provider {name:?}")),
             }
         }
         Ok(())
@@ -504,6 +653,7 @@ pub(crate) fn resolve<'a>(
     namespace: &str,
     labels: &BTreeMap<String, String>,
     mesh: &MeshConfig,
+    proxy: Option<&ProxyConfig>,
 ) -> proto::Telemetry {
     let mut all: Vec<&Telemetry> = all.into_iter().collect();
     all.sort_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)));
@@ -522,9 +672,13 @@ pub(crate) fn resolve<'a>(
             .filter(|t| t.namespace == namespace && t.selects(labels))
             .copied(),
     );
+    let mut client = side(&chain, mesh, |m| m.client);
+    client.tracing = tracing(&chain, mesh, proxy, |m| m.client);
+    let mut server = side(&chain, mesh, |m| m.server);
+    server.tracing = tracing(&chain, mesh, proxy, |m| m.server);
     proto::Telemetry {
-        client: Some(side(&chain, mesh, |m| m.client)),
-        server: Some(side(&chain, mesh, |m| m.server)),
+        client: Some(client),
+        server: Some(server),
     }
 }
 
@@ -583,7 +737,60 @@ fn side(
         metrics_disabled,
         metric_overrides,
         access_log: access_log(chain, mesh, &on),
+        tracing: None,
     }
+}
+
+/// The tracing of one side, as istiod's `Tracing` merges it: the first
+/// `defaultProviders.tracing` entry, then each rule for that side overriding what it sets. A
+/// side whose rules and defaults name no provider falls back to the legacy tracer
+/// (`enableTracing`); one whose provider cannot be found does not trace.
+fn tracing(
+    chain: &[&Telemetry],
+    mesh: &MeshConfig,
+    proxy: Option<&ProxyConfig>,
+    on: impl Fn(Modes) -> bool,
+) -> Option<proto::TracingPolicy> {
+    let rules: Vec<&Tracing> = chain
+        .iter()
+        .flat_map(|t| &t.tracing)
+        .filter(|t| on(t.modes))
+        .collect();
+    let defaults = &mesh.default_providers().tracing;
+    let mut merged = Tracing {
+        provider: defaults.first().cloned(),
+        ..Tracing::default()
+    };
+    for rule in &rules {
+        if rule.provider.is_some() {
+            merged.provider.clone_from(&rule.provider);
+        }
+        merged.sampling = rule.sampling.or(merged.sampling);
+        merged.disable_reporting = rule.disable_reporting.or(merged.disable_reporting);
+        merged.disable_propagation = rule.disable_propagation.or(merged.disable_propagation);
+        merged.istio_tags = rule.istio_tags.or(merged.istio_tags);
+        if !rule.custom_tags.is_empty() {
+            merged.custom_tags.clone_from(&rule.custom_tags);
+        }
+    }
+    let provider = match &merged.provider {
+        Some(name) => match mesh.provider(name) {
+            Some(ProviderKind::Tracing(provider)) => provider,
+            _ => return None,
+        },
+        None if rules.is_empty() => mesh.legacy_tracer(proxy)?,
+        None => return None,
+    };
+    Some(proto::TracingPolicy {
+        sampling: merged
+            .sampling
+            .unwrap_or_else(|| mesh.tracing_sampling(proxy)),
+        reporting_disabled: merged.disable_reporting.unwrap_or(false),
+        propagation_disabled: merged.disable_propagation.unwrap_or(false),
+        istio_tags_disabled: !merged.istio_tags.unwrap_or(true),
+        custom_tags: merged.custom_tags,
+        provider: Some(provider),
+    })
 }
 
 /// The access log of one side: the last providers and settings the chain's rules for that

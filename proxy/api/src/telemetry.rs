@@ -2,13 +2,18 @@
 //! server: inbound, reporter `destination`), as the control plane resolved it from Istio's
 //! Telemetry API and mesh config: whether the standard metrics are recorded, how
 //! `metrics.overrides` change them (a metric dropped, labels removed or added with a literal
-//! or a request header's value), and the access log with its `filter`.
+//! or a request header's value), the access log with its `filter`, and its tracing
+//! ([`spans`]).
 //!
 //! Checked and compiled with the rest of the snapshot, so the proxy only applies decisions:
 //! [`Filter::keeps`] per entry, the overrides once per scrape (and, for labels taken from a
 //! request, once per request by reading the headers [`Side::request_tags`] lists).
 
 use crate::{access_log::Format, proto::config as proto};
+
+pub mod spans;
+
+pub use spans::Tracing;
 
 /// Istio's standard metrics, by the names the Telemetry API's overrides use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,7 +81,7 @@ pub struct MetricPolicy {
 }
 
 /// One side's telemetry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Side {
     /// Whether the standard metrics are recorded at all.
     pub metrics: bool,
@@ -84,6 +89,8 @@ pub struct Side {
     pub access_log: Option<AccessLog>,
     /// Request headers some label takes its value from, in a fixed order.
     request_tags: Vec<String>,
+    /// `None`: the side neither traces nor touches trace headers.
+    pub tracing: Option<Tracing>,
 }
 
 impl Default for Side {
@@ -93,6 +100,7 @@ impl Default for Side {
             overrides: Vec::new(),
             access_log: None,
             request_tags: Vec::new(),
+            tracing: None,
         }
     }
 }
@@ -169,7 +177,7 @@ impl Filter {
 }
 
 /// Both sides.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Telemetry {
     pub client: Side,
     pub server: Side,
@@ -256,11 +264,16 @@ fn compile_side(source: &proto::TelemetrySide, path: &str, problems: &mut Vec<St
         .access_log
         .as_ref()
         .and_then(|log| compile_log(log, &format!("{path}.accessLog"), problems));
+    let tracing = source
+        .tracing
+        .as_ref()
+        .and_then(|t| spans::compile(t, &format!("{path}.tracing"), problems));
     Side {
         metrics: !source.metrics_disabled,
         overrides,
         access_log,
         request_tags,
+        tracing,
     }
 }
 

@@ -174,8 +174,20 @@ fn invalid_fields_are_named() {
             "extensionProviders[0].zipkin.port: invalid type",
         ),
         (
-            "extensionProviders:\n- name: a\n  zipkin: {}\n- name: a\n  prometheus: {}\n",
+            "extensionProviders:\n- name: a\n  zipkin: {service: z.ns, port: 9411}\n- name: a\n  prometheus: {}\n",
             "extensionProviders[1].name: \"a\" is defined twice",
+        ),
+        (
+            "extensionProviders:\n- name: a\n  zipkin: {}\n",
+            "extensionProviders[0].zipkin: service and port",
+        ),
+        (
+            "extensionProviders:\n- name: a\n  opentelemetry: {service: o.ns, port: 4318, http: {}}\n",
+            "extensionProviders[0].opentelemetry: http.path",
+        ),
+        (
+            "defaultConfig:\n  tracing:\n    zipkin: {address: zipkin}\n",
+            "defaultConfig.tracing.zipkin: address: \"zipkin\" is not a host:port",
         ),
         ("mode: [", "not valid YAML"),
     ];

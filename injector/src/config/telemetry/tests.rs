@@ -28,8 +28,20 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn what_remora_does_not_do_is_refused_by_name() {
     let cases = [
         (
-            "  tracing:\n  - randomSamplingPercentage: 10\n",
-            "spec.tracing: not supported yet",
+            "  tracing:\n  - randomSamplingPercentage: 101\n",
+            "spec.tracing[0].randomSamplingPercentage: 101 is not a percentage",
+        ),
+        (
+            "  tracing:\n  - customTags:\n      t: {formatter: {value: \"%REQ(x)%\"}}\n",
+            "spec.tracing[0].customTags.t.formatter: not supported",
+        ),
+        (
+            "  tracing:\n  - customTags:\n      t: {literal: {value: a}, header: {name: x}}\n",
+            "spec.tracing[0].customTags.t: set exactly one",
+        ),
+        (
+            "  tracing:\n  - match: {mode: BOTH}\n",
+            "spec.tracing[0].match.mode",
         ),
         (
             "  targetRefs:\n  - {kind: Gateway, name: gw}\n",
@@ -178,7 +190,7 @@ fn resources_merge_root_then_namespace_then_workload() {
         "  accessLogging:\n  - disabled: true\n",
     );
     let all = [&root, &namespace, &younger, &workload, &other_namespace];
-    let httpbin = resolve(all, "demo", &labels(&[("app", "httpbin")]), &mesh);
+    let httpbin = resolve(all, "demo", &labels(&[("app", "httpbin")]), &mesh, None);
     let server = httpbin.server.expect("server side");
     assert!(!server.metrics_disabled);
     let requests = server
@@ -226,7 +238,7 @@ fn resources_merge_root_then_namespace_then_workload() {
     assert_eq!(disabled, ["request_bytes"]);
 
     // Another workload of demo does not get the selector's override.
-    let sleep = resolve(all, "demo", &labels(&[("app", "sleep")]), &mesh);
+    let sleep = resolve(all, "demo", &labels(&[("app", "sleep")]), &mesh, None);
     assert!(!sleep
         .server
         .expect("server")
@@ -234,14 +246,14 @@ fn resources_merge_root_then_namespace_then_workload() {
         .iter()
         .any(|o| o.metric == "request_bytes"));
     // shop disables its logs; a namespace without any Telemetry... gets the root's.
-    let shop = resolve(all, "shop", &labels(&[]), &mesh);
+    let shop = resolve(all, "shop", &labels(&[]), &mesh, None);
     assert!(shop.server.expect("server").access_log.is_none());
 }
 
 #[test]
 fn without_telemetry_the_mesh_config_decides() {
     let none: [&Telemetry; 0] = [];
-    let quiet = resolve(none, "demo", &labels(&[]), &mesh(""));
+    let quiet = resolve(none, "demo", &labels(&[]), &mesh(""), None);
     let client = quiet.client.expect("client");
     assert!(!client.metrics_disabled && client.access_log.is_none());
     let legacy = resolve(
@@ -249,6 +261,7 @@ fn without_telemetry_the_mesh_config_decides() {
         "demo",
         &labels(&[]),
         &mesh("accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n"),
+        None,
     );
     let log = legacy.server.expect("server").access_log.expect("a log");
     assert!(log.json && log.path == "/dev/stdout");
@@ -258,13 +271,14 @@ fn without_telemetry_the_mesh_config_decides() {
         "demo",
         &labels(&[]),
         &mesh("defaultProviders:\n  metrics: []\n"),
+        None,
     );
     assert!(no_metrics.client.expect("client").metrics_disabled);
     // A file provider with its own format.
     let custom = mesh(
         "extensionProviders:\n- name: file\n  envoyFileAccessLog:\n    path: /tmp/a.log\n    logFormat:\n      text: \"%RESPONSE_CODE%\\n\"\ndefaultProviders:\n  accessLogging: [file]\n",
     );
-    let log = resolve(none, "demo", &labels(&[]), &custom)
+    let log = resolve(none, "demo", &labels(&[]), &custom, None)
         .client
         .expect("client")
         .access_log
@@ -291,7 +305,7 @@ fn a_later_access_log_rule_replaces_disabled_and_filter() {
         "2026-01-02T00:00:00Z",
         "  accessLogging:\n  - providers: [{name: envoy}]\n",
     );
-    let log = resolve([&root, &namespace], "demo", &labels(&[]), &mesh)
+    let log = resolve([&root, &namespace], "demo", &labels(&[]), &mesh, None)
         .server
         .expect("server")
         .access_log
@@ -323,7 +337,7 @@ fn providers_must_exist_and_provide_what_they_are_named_for() {
         ),
         (
             "  accessLogging:\n  - providers: [{name: otel}]\n",
-            "spec.accessLogging[0].providers[0]: \"otel\" is a opentelemetry provider",
+            "spec.accessLogging[0].providers[0]: \"otel\" does not provide access logs",
         ),
         (
             "  accessLogging:\n  - providers: [{name: envoy}, {name: envoy}]\n",
@@ -344,4 +358,121 @@ fn providers_must_exist_and_provide_what_they_are_named_for() {
     )
     .check_providers(&mesh)
     .expect("built-in providers");
+}
+
+/// A mesh with an OpenTelemetry collector and a Zipkin one.
+const TRACING_MESH: &str = "extensionProviders:\n\
+- name: otel\n  opentelemetry: {service: observability/otel.observability.svc.cluster.local, port: 4317}\n\
+- name: zipkin\n  zipkin: {service: zipkin.observability, port: 9411}\n\
+- name: datadog\n  datadog: {service: dd.observability, port: 8126}\n";
+
+#[test]
+fn tracing_merges_as_istiod_merges_it() {
+    let mesh = mesh(&format!(
+        "{TRACING_MESH}defaultProviders:\n  tracing: [zipkin]\n"
+    ));
+    let root = ok(
+        "istio-system",
+        "mesh",
+        "2026-01-01T00:00:00Z",
+        "  tracing:\n  - randomSamplingPercentage: 10\n    customTags:\n      team: {literal: {value: platform}}\n",
+    );
+    let namespace = ok(
+        "demo",
+        "ns",
+        "2026-01-02T00:00:00Z",
+        "  tracing:\n  - providers: [{name: otel}]\n    match: {mode: SERVER}\n    customTags:\n      user: {header: {name: X-User, defaultValue: nobody}}\n  - match: {mode: CLIENT}\n    disableSpanReporting: true\n",
+    );
+    let resolved = resolve([&root, &namespace], "demo", &labels(&[]), &mesh, None);
+    let server = resolved.server.expect("server").tracing.expect("traced");
+    let provider = server.provider.expect("provider");
+    assert_eq!(provider.name, "otel");
+    assert_eq!(provider.service, "otel.observability.svc.cluster.local");
+    assert_eq!(server.sampling, 10.0, "the root's sampling is kept");
+    assert_eq!(
+        server.custom_tags.len(),
+        1,
+        "the namespace's tags replace the root's"
+    );
+    assert_eq!(server.custom_tags[0].name, "user");
+    assert!(!server.reporting_disabled);
+    let client = resolved.client.expect("client").tracing.expect("traced");
+    assert_eq!(client.provider.expect("provider").name, "zipkin");
+    assert!(client.reporting_disabled);
+    assert_eq!(client.custom_tags[0].name, "team");
+    // Another namespace: the root's rule over the default provider.
+    let shop = resolve([&root, &namespace], "shop", &labels(&[]), &mesh, None);
+    let shop = shop.server.expect("server").tracing.expect("traced");
+    assert_eq!(
+        shop.provider.expect("provider").protocol(),
+        proto::trace_provider::Protocol::Zipkin
+    );
+}
+
+#[test]
+fn without_a_tracing_provider_the_legacy_tracer_or_nothing() {
+    let none: [&Telemetry; 0] = [];
+    // Istio's defaults: enableTracing, Zipkin at zipkin.istio-system:9411, 1%.
+    let legacy = resolve(none, "demo", &labels(&[]), &mesh(""), None);
+    let tracing = legacy
+        .client
+        .expect("client")
+        .tracing
+        .expect("legacy tracer");
+    assert_eq!(tracing.sampling, 1.0);
+    let provider = tracing.provider.expect("zipkin");
+    assert_eq!(
+        (provider.service.as_str(), provider.port),
+        ("zipkin.istio-system.svc.cluster.local", 9411)
+    );
+    // The pod's own sampling and collector.
+    let pod = ProxyConfig::from_annotation(
+        "tracing:\n  sampling: 50\n  zipkin: {address: \"jaeger.tracing:9411\"}\n",
+    )
+    .expect("proxy config");
+    let own = resolve(none, "demo", &labels(&[]), &mesh(""), Some(&pod));
+    let own = own.server.expect("server").tracing.expect("traced");
+    assert_eq!(own.sampling, 50.0);
+    assert_eq!(
+        own.provider.expect("provider").service,
+        "jaeger.tracing.svc.cluster.local"
+    );
+    // enableTracing: false, nothing.
+    let off = resolve(
+        none,
+        "demo",
+        &labels(&[]),
+        &mesh("enableTracing: false\n"),
+        None,
+    );
+    assert!(off.client.expect("client").tracing.is_none());
+    // A rule without a provider, and none by default: that side does not trace.
+    let sampling_only = ok(
+        "demo",
+        "t",
+        "",
+        "  tracing:\n  - randomSamplingPercentage: 100\n",
+    );
+    let resolved = resolve([&sampling_only], "demo", &labels(&[]), &mesh(""), None);
+    assert!(resolved.server.expect("server").tracing.is_none());
+}
+
+#[test]
+fn tracing_providers_must_trace() {
+    let mesh = mesh(TRACING_MESH);
+    let check = |spec: &str| ok("demo", "t", "", spec).check_providers(&mesh);
+    assert_eq!(check("  tracing:\n  - providers: [{name: otel}]\n"), Ok(()));
+    let datadog = check("  tracing:\n  - providers: [{name: datadog}]\n").expect_err("datadog");
+    assert!(
+        datadog.contains("spec.tracing[0].providers[0]: \"datadog\" is a datadog provider"),
+        "{datadog}"
+    );
+    let missing = check("  tracing:\n  - providers: [{name: jaeger}]\n").expect_err("missing");
+    assert!(
+        missing.contains("no extension provider \"jaeger\""),
+        "{missing}"
+    );
+    let metrics =
+        check("  tracing:\n  - providers: [{name: prometheus}]\n").expect_err("prometheus");
+    assert!(metrics.contains("does not provide tracing"), "{metrics}");
 }

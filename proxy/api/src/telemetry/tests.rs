@@ -173,3 +173,68 @@ fn problems_are_named() {
         assert_eq!(problems, vec![expected.to_owned()]);
     }
 }
+
+fn traced(sampling: f64) -> proto::TracingPolicy {
+    proto::TracingPolicy {
+        sampling,
+        provider: Some(proto::TraceProvider {
+            name: "otel".into(),
+            service: "otel.observability.svc.cluster.local".into(),
+            port: 4317,
+            timeout_ms: 3000,
+            max_tag_length: 256,
+            ..proto::TraceProvider::default()
+        }),
+        ..proto::TracingPolicy::default()
+    }
+}
+
+#[test]
+fn sampling_honours_the_callers_decision_then_draws() {
+    let mut problems = Vec::new();
+    let compiled = |percent| {
+        let source = side(|s| s.tracing = Some(traced(percent)));
+        Telemetry::compile(Some(&source), &mut Vec::new())
+            .client
+            .tracing
+            .expect("traced")
+    };
+    let one = compiled(1.0);
+    assert!(problems.is_empty());
+    assert_eq!(one.provider.export, spans::Export::OtlpGrpc);
+    assert_eq!(one.provider.max_tag_length, Some(256));
+    // (caller's decision, draw, sampled)
+    let cases = [
+        (Some(true), 999_999, true),
+        (Some(false), 0, false),
+        (None, 0, true),
+        (None, 9_999, true),
+        (None, 10_000, false),
+        (None, 1_999_999, false),
+    ];
+    for (parent, draw, expected) in cases {
+        assert_eq!(one.sampled(parent, draw), expected, "{parent:?} {draw}");
+    }
+    assert!(!compiled(0.0).sampled(None, 0));
+    assert!(compiled(100.0).sampled(None, 999_999));
+    // A bad policy is a problem named by its path, and the side does not trace.
+    let mut bad = traced(150.0);
+    let source = side(|s| s.tracing = Some(bad.clone()));
+    let telemetry = Telemetry::compile(Some(&source), &mut problems);
+    assert!(telemetry.client.tracing.is_none());
+    assert_eq!(
+        problems,
+        ["telemetry.client.tracing.sampling: 150 is not a percentage between 0 and 100"]
+    );
+    bad.sampling = 1.0;
+    if let Some(provider) = bad.provider.as_mut() {
+        provider.protocol = proto::trace_provider::Protocol::OtlpHttp.into();
+    }
+    let source = side(|s| s.tracing = Some(bad));
+    problems.clear();
+    Telemetry::compile(Some(&source), &mut problems);
+    assert_eq!(
+        problems,
+        ["telemetry.client.tracing.provider.path: \"\" is not a path"]
+    );
+}
