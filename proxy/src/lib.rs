@@ -33,6 +33,7 @@ mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 pub mod tunnel;
 mod upgrade;

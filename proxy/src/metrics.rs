@@ -33,6 +33,7 @@ use crate::{
     access_log::{AccessLogs, Direction, Downstream},
     config::Config,
     identity::Issued,
+    trace::{self, Tracer},
 };
 
 pub use flags::{Flag, Flags};
@@ -60,6 +61,7 @@ struct Health {
     retries: IntCounter,
     mirrors: IntCounterVec,
     log_dropped: IntCounter,
+    spans: trace::export::Counters,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -179,6 +181,27 @@ impl Health {
                 )
                 .unwrap_or_else(|e| panic!("log drops: {e}")),
             ),
+            spans: {
+                let dropped = counter_vec(
+                    registry,
+                    "remora_tracing_spans_dropped_total",
+                    "Spans not exported, by reason (queue_full: the export queue was full; \
+                     export_failed: the collector failed or did not answer in time)",
+                    &["reason"],
+                );
+                trace::export::Counters {
+                    exported: register(
+                        registry,
+                        IntCounter::new(
+                            "remora_tracing_spans_exported_total",
+                            "Spans the collector accepted",
+                        )
+                        .unwrap_or_else(|e| panic!("spans: {e}")),
+                    ),
+                    queue_full: dropped.with_label_values(&["queue_full"]),
+                    export_failed: dropped.with_label_values(&["export_failed"]),
+                }
+            },
         }
     }
 }
@@ -192,6 +215,8 @@ pub struct Metrics {
     telemetry: ArcSwap<Telemetry>,
     /// The access logs, which records write to beside counting.
     logs: AccessLogs,
+    /// The span exporters, which records report to.
+    tracer: Tracer,
     /// What records of each side do, as of the last push.
     client: Arc<ArcSwap<SideState>>,
     server: Arc<ArcSwap<SideState>>,
@@ -216,6 +241,7 @@ impl Metrics {
         let registry = Registry::new();
         let health = Health::new(&registry);
         let logs = AccessLogs::new(health.log_dropped.clone());
+        let tracer = Tracer::new(health.spans.clone());
         Self {
             registry,
             istio: istio::Store::default(),
@@ -223,38 +249,61 @@ impl Metrics {
             health,
             telemetry: ArcSwap::default(),
             logs,
+            tracer,
             client: Arc::default(),
             server: Arc::default(),
         }
     }
 
     /// Follows `config`: each snapshot's telemetry is put in use (metric overrides, access
-    /// logs, request-valued labels) as it is, by connections old and new.
+    /// logs, request-valued labels, tracing) as it is, by connections old and new.
     pub async fn follow(self: Arc<Self>, config: Arc<Config>) {
         let mut changes = config.changes();
         loop {
             let snapshot = config.load_full();
-            // Derived now, once, rather than by the first connections after the push.
-            self.names.local(&snapshot);
-            self.apply(snapshot.telemetry.clone());
+            self.apply(&snapshot);
             if changes.changed().await.is_err() {
                 return;
             }
         }
     }
 
-    /// Puts `telemetry` in use.
-    fn apply(&self, telemetry: Telemetry) {
+    /// Puts `snapshot`'s telemetry in use.
+    fn apply(&self, snapshot: &Arc<Snapshot>) {
+        let telemetry = snapshot.telemetry.clone();
         self.logs.update(&telemetry);
-        for (direction, side, state) in [
-            (Direction::Client, &telemetry.client, &self.client),
-            (Direction::Server, &telemetry.server, &self.server),
+        // Derived now, once, rather than by the first connections after the push.
+        let local = self.names.local(snapshot);
+        let me = &local.me;
+        let (client_tracing, server_tracing) = self.tracer.sides(
+            snapshot,
+            &trace::Me {
+                canonical_service: &me.canonical_service,
+                canonical_revision: &me.canonical_revision,
+                namespace: &me.namespace,
+                cluster: &me.cluster,
+            },
+        );
+        for (direction, side, state, tracing) in [
+            (
+                Direction::Client,
+                &telemetry.client,
+                &self.client,
+                client_tracing,
+            ),
+            (
+                Direction::Server,
+                &telemetry.server,
+                &self.server,
+                server_tracing,
+            ),
         ] {
             let tags = side.request_tags();
             state.store(Arc::new(SideState {
                 metrics: side.metrics,
                 log: self.logs.current(direction),
                 request_tags: (!tags.is_empty()).then(|| Arc::from(tags)),
+                tracing,
             }));
         }
         self.telemetry.store(Arc::new(telemetry));

@@ -39,9 +39,9 @@ pub trait Stages: Send + Sync + 'static {
 /// Envoy's answers, and each request is recorded by `recorder` (under the series the stages
 /// name, if they do).
 pub fn respond<S: Stages>(stages: Arc<S>, recorder: Recorder) -> impl HttpService<RecordedBody> {
-    tower::service_fn(move |req: Request<Incoming>| {
+    tower::service_fn(move |mut req: Request<Incoming>| {
         let stages = stages.clone();
-        let record = recorder.start(&req);
+        let record = recorder.start(&mut req);
         async move {
             let answer = stages.call(req, &record).await;
             let (response, details) = match answer {

@@ -147,7 +147,6 @@ impl std::fmt::Debug for Series {
 }
 
 impl Series {
-    #[cfg(test)]
     pub fn labels(&self) -> &SeriesLabels {
         &self.labels
     }

@@ -5,6 +5,8 @@
 //! sent, so [`RecordedBody`] carries the record along with the response body: it counts the
 //! bytes, reads a gRPC status from the trailers, and records on the end of the stream or,
 //! when the caller goes away first, on drop (`DC`, response code 0 if nothing was sent).
+//! A request's record also holds its trace ([`crate::trace`]): started with the record (which
+//! gives a request without an `x-request-id` one first), reported with it.
 
 use std::{
     net::SocketAddr,
@@ -30,17 +32,20 @@ use super::{
 use crate::{
     access_log::{Downstream, Entry, Log},
     body::{Body, BoxError},
+    trace::{context, Described, Ended, SideTracer, Trace},
 };
 
 /// What one side records right now, from the snapshot in use: whether its metrics are on,
-/// its access log, and the request headers labels take values from. Replaced whole on every
-/// config push, so long-lived connections (a peer's pooled tunnel) follow it.
+/// its access log, the request headers labels take values from, and its tracing. Replaced
+/// whole on every config push, so long-lived connections (a peer's pooled tunnel) follow it.
 #[derive(Clone)]
 pub struct SideState {
     pub metrics: bool,
     pub log: Option<Log>,
     /// `None`: no label takes a request's value.
     pub request_tags: Option<Arc<[String]>>,
+    /// `None`: the side does not trace.
+    pub tracing: Option<Arc<SideTracer>>,
 }
 
 impl Default for SideState {
@@ -49,6 +54,7 @@ impl Default for SideState {
             metrics: true,
             log: None,
             request_tags: None,
+            tracing: None,
         }
     }
 }
@@ -72,9 +78,23 @@ impl Recorder {
         }
     }
 
-    /// The record of a request whose head just arrived.
-    pub fn start<B>(&self, req: &Request<B>) -> RequestRecord {
+    /// The record of a request whose head just arrived (given an `x-request-id` if it has
+    /// none, and its trace context when the side traces).
+    pub fn start<B>(&self, req: &mut Request<B>) -> RequestRecord {
+        context::ensure_request_id(req.headers_mut(), rand::random());
         let side = self.side.load();
+        let trace = side.tracing.as_ref().map(|tracing| {
+            tracing.start(req, || {
+                let labels = self.series.labels();
+                let peer = &labels.source.principal;
+                let peer = (&**peer != super::labels::UNKNOWN).then(|| peer.clone());
+                let port = self.downstream.local.map_or(0, |a| a.port());
+                Described {
+                    peer,
+                    service: Some((labels.service.host.clone(), port)),
+                }
+            })
+        });
         let log = side.log.as_ref().map(|log| {
             let entry = log.logger.request(req, &self.downstream);
             Box::new((log.clone(), entry))
@@ -87,7 +107,7 @@ impl Recorder {
             Box::new(values)
         });
         let series = side.metrics.then(|| self.series.clone());
-        RequestRecord::start(series, req, log, tags)
+        RequestRecord::start(series, req, log, tags, trace)
     }
 
     /// The record of a TCP stream opened now.
@@ -195,11 +215,18 @@ pub struct RequestRecord {
     ended: bool,
     /// Its access log entry (the upstream and route written as the stages learn them).
     log: Mutex<Logged>,
+    trace: Option<Trace>,
 }
 
 impl RequestRecord {
     /// A request whose head just arrived on a connection counted under `series`.
-    fn start<B>(series: Option<Arc<Series>>, req: &Request<B>, log: Logged, tags: Tags) -> Self {
+    fn start<B>(
+        series: Option<Arc<Series>>,
+        req: &Request<B>,
+        log: Logged,
+        tags: Tags,
+        trace: Option<Trace>,
+    ) -> Self {
         let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
         let head = req.method().as_str().len() + target;
         Self {
@@ -216,7 +243,13 @@ impl RequestRecord {
             response_bytes: 0,
             ended: false,
             log: Mutex::new(log),
+            trace,
         }
+    }
+
+    /// The request's trace, when its side traces: each try to an upstream is a span of it.
+    pub fn trace(&self) -> Option<&Trace> {
+        self.trace.as_ref()
     }
 
     /// The endpoint that answers (the last try's), as cluster `cluster`.
@@ -228,9 +261,12 @@ impl RequestRecord {
     }
 
     /// The route that took the request.
-    pub fn route(&self, name: impl FnOnce() -> String) {
+    pub fn route(&self, name: impl Fn() -> String) {
         if let Some(logged) = self.log.lock().as_mut() {
             logged.1.route = Some(name());
+        }
+        if let Some(trace) = &self.trace {
+            trace.route(name);
         }
     }
 
@@ -302,6 +338,14 @@ impl Drop for RequestRecord {
                 cells.duration_ms.observe(millis);
                 cells.request_bytes.observe(request_bytes);
                 cells.response_bytes.observe(response_bytes);
+            });
+        }
+        if let Some(trace) = &mut self.trace {
+            trace.end(&Ended {
+                code: self.code,
+                flags: &flags,
+                cluster: None,
+                upstream: None,
             });
         }
         if let Some(logged) = self.log.get_mut().take() {

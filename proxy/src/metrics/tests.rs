@@ -79,8 +79,8 @@ fn own(pod: &str, id: &str) -> Option<Own> {
 
 /// One request through a record: answered `status` (with `body`), its body read to the end.
 async fn request(series: &Arc<Series>, status: StatusCode, body: &'static str) {
-    let req = Request::get("/ip").body(()).expect("request");
-    let record = Recorder::counting(series.clone()).start(&req);
+    let mut req = Request::get("/ip").body(()).expect("request");
+    let record = Recorder::counting(series.clone()).start(&mut req);
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
     let recorded = record.respond(response, "via_upstream");
@@ -183,9 +183,9 @@ async fn the_client_names_the_endpoint_and_service_it_called() {
     let series = metrics.outbound(&snapshot, Some(&port.key.hostname), &port.endpoints[0]);
     request(&series, StatusCode::SERVICE_UNAVAILABLE, "").await;
     let unresolved = metrics.outbound_unresolved(&snapshot, Unresolved::Blackhole);
-    let req = Request::get("/").body(()).expect("request");
+    let mut req = Request::get("/").body(()).expect("request");
     // A request whose caller went away before any answer.
-    drop(Recorder::counting(unresolved).start(&req));
+    drop(Recorder::counting(unresolved).start(&mut req));
     let text = metrics.encode();
     let line = sample(&text, "istio_requests_total", &[r#"response_code="503""#])
         .unwrap_or_else(|| panic!("{text}"));
@@ -216,11 +216,11 @@ async fn a_trailers_only_grpc_status_and_the_paths_flags_are_labels() {
     let snapshot = snapshot();
     let series =
         metrics.outbound_unresolved(&snapshot, Unresolved::Service("x.demo.svc.cluster.local"));
-    let req = Request::post("/pkg.Svc/Call")
+    let mut req = Request::post("/pkg.Svc/Call")
         .header("content-type", "application/grpc")
         .body(())
         .expect("request");
-    let record = Recorder::counting(series.clone()).start(&req);
+    let record = Recorder::counting(series.clone()).start(&mut req);
     record.flag(Flag::RetryLimitExceeded);
     record.flag(Flag::UpstreamConnectFailure);
     let mut response = Response::new(Body::full(""));
@@ -345,7 +345,7 @@ async fn overrides_drop_metrics_and_change_labels_on_a_scrape() {
         server: Some(overrides),
     });
     let snapshot = Arc::new(Snapshot::try_from(wire).expect("valid"));
-    metrics.apply(snapshot.telemetry.clone());
+    metrics.apply(&snapshot);
     let sleep: SpiffeId = SLEEP_ID.parse().expect("id");
     let series = from_sleeps_address(&metrics, &snapshot, Some(&sleep), Security::MutualTls);
     let downstream = crate::access_log::Downstream::default();
@@ -355,7 +355,7 @@ async fn overrides_drop_metrics_and_change_labels_on_a_scrape() {
         if let Some(user) = user {
             req = req.header("x-user", user);
         }
-        let record = recorder.start(&req.body(()).expect("request"));
+        let record = recorder.start(&mut req.body(()).expect("request"));
         record
             .respond(Response::new(Body::full("ok")), "via_upstream")
             .into_body()

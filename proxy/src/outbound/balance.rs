@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use remora_api::{
     route::{Attempt, BackendKey, DestinationPolicy, LoadBalancer, PoolLimits, TlsMode},
-    Endpoint, Snapshot,
+    Endpoint, ServiceKey, Snapshot,
 };
 use tokio::{sync::Notify, time::Instant};
 use tower::retry::budget::TpsBudget;
@@ -33,6 +33,7 @@ use tower::retry::budget::TpsBudget;
 use crate::{
     config::Config,
     metrics::{Metrics, RequestRecord, Series},
+    trace,
     tunnel::{PeerChannel, TunnelClient},
 };
 
@@ -43,8 +44,8 @@ pub struct Upstream {
     pub endpoint: Endpoint,
     pub way: Way,
     load: Load,
-    /// The Service host it is an endpoint of, if any.
-    service: Option<Arc<str>>,
+    /// The Service port it is an endpoint of, if any.
+    service: Option<ServiceKey>,
     /// The access log's name for its backend (`outbound|<port>|<subset>|<host>`), if any.
     pub cluster: Option<Arc<str>>,
     /// What requests it answers are counted under, resolved on first use.
@@ -84,7 +85,7 @@ impl Upstream {
             endpoint,
             way,
             load: Load::default(),
-            service: backend.map(|key| key.service.hostname.clone()),
+            service: backend.map(|key| key.service.clone()),
             cluster: backend.map(|key| {
                 Arc::from(format!(
                     "outbound|{}|{}|{}",
@@ -97,6 +98,16 @@ impl Upstream {
         }
     }
 
+    /// Where a try to it goes, as its span names it.
+    pub fn to(&self) -> trace::To<'_> {
+        trace::To {
+            address: self.endpoint.address,
+            identity: self.endpoint.identity.as_ref(),
+            cluster: self.cluster.as_ref(),
+            service: self.service.as_ref().map(|key| (&key.hostname, key.port)),
+        }
+    }
+
     /// Tells `record` that this endpoint answers.
     pub fn answers(&self, record: &RequestRecord, metrics: &Metrics, config: &Config) {
         record.counted_as(self.series(metrics, config));
@@ -106,7 +117,8 @@ impl Upstream {
     /// What the requests and connections it takes are counted under.
     pub fn series(&self, metrics: &Metrics, config: &Config) -> &Arc<Series> {
         self.series.get_or_init(|| {
-            metrics.outbound(&config.load(), self.service.as_deref(), &self.endpoint)
+            let host = self.service.as_ref().map(|key| &*key.hostname);
+            metrics.outbound(&config.load(), host, &self.endpoint)
         })
     }
 

@@ -109,11 +109,12 @@ impl Destination {
                 let upstream = upstream.clone();
                 upstream.answers(record, &self.outbound.metrics, &self.outbound.config);
                 if headers::is_upgrade(&req) {
-                    return Box::pin(upgrade_to(&self.outbound, &upstream, req)).await;
+                    return Box::pin(upgrade_to(&self.outbound, &upstream, req, record.trace()))
+                        .await;
                 }
                 let (parts, body) = req.into_parts();
                 let req = Request::from_parts(parts, body.into());
-                Box::pin(send(&self.outbound, &upstream, req)).await
+                Box::pin(send(&self.outbound, &upstream, req, record.trace())).await
             }
             Backend::Blackhole(dst) => Box::pin(self.by_host(*dst, req, record)).await,
         }
@@ -173,6 +174,7 @@ impl Destination {
                     &self.outbound,
                     &upstream,
                     Request::from_parts(parts, body.into()),
+                    record.trace(),
                 )
                 .await
             }
@@ -244,7 +246,8 @@ impl Destination {
                 .map_err(retry::no_upstream)?;
             upstream.answers(record, &self.outbound.metrics, &self.outbound.config);
             let req = Request::from_parts(parts, body);
-            let response = Box::pin(upgrade_to(&self.outbound, &upstream, req)).await?;
+            let response =
+                Box::pin(upgrade_to(&self.outbound, &upstream, req, record.trace())).await?;
             return Ok(response);
         }
         let (body, first) = RequestBody::new(body);
@@ -255,6 +258,7 @@ impl Destination {
             &parts,
             &body,
             &self.original,
+            record.trace(),
         );
         let tries = retry::tries(
             &self.outbound,

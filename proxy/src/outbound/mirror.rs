@@ -2,12 +2,14 @@
 //! for the route's share of requests. Fire-and-forget: the copy keeps the request's Host, its
 //! answer is discarded, and neither its failure nor its slowness ever reaches the caller. A
 //! request with a body is copied once the primary try has read it (bodies over the recording
-//! limit are not copied).
+//! limit are not copied). Each copy is a span of the request's trace.
 
 use std::{sync::Arc, time::Duration};
 
 use http::{request::Parts, Request};
 use remora_api::route::Route;
+
+use crate::trace::Trace;
 
 use super::{
     balance::Original,
@@ -28,6 +30,7 @@ pub fn spawn(
     parts: &Parts,
     body: &RequestBody,
     original: &Original,
+    trace: Option<&Trace>,
 ) {
     for mirror in &route.mirrors {
         let Some(index) = mirror.backend else {
@@ -42,6 +45,7 @@ pub fn spawn(
         let head = copy_head(parts);
         let body = body.clone();
         let outbound = outbound.clone();
+        let trace = trace.cloned();
         tokio::spawn(async move {
             let body = match body {
                 RequestBody::Empty => crate::body::empty(),
@@ -50,7 +54,12 @@ pub fn spawn(
                     None => return outbound.metrics.mirror("skipped"),
                 },
             };
-            let request = send(&outbound, &upstream, Request::from_parts(head, body));
+            let request = send(
+                &outbound,
+                &upstream,
+                Request::from_parts(head, body),
+                trace.as_ref(),
+            );
             let result = match tokio::time::timeout(MIRROR_TIMEOUT, request).await {
                 Ok(Ok(_)) => "sent",
                 Ok(Err(error)) => {

@@ -131,7 +131,7 @@ pub async fn tries(
         let in_flight = upstream.start(balancer.timed());
         // Boxed: the try's future is large (the tunnel's and the pool's futures), and kept
         // inline it would be copied through every future that holds this one, per request.
-        let try_once = Box::pin(send(outbound, &upstream, req));
+        let try_once = Box::pin(send(outbound, &upstream, req, record.trace()));
         let result = match policy.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, try_once)
                 .await

@@ -1,7 +1,9 @@
 //! One request to one endpoint: through its sidecar's tunnel (the peer must prove the
 //! identity the snapshot names), or directly to an endpoint without a sidecar (in the clear,
 //! or over TLS the sidecar originates); an upgrade
-//! (WebSocket) as a byte stream after it. Every try, mirror and fixed destination ends here.
+//! (WebSocket) as a byte stream after it. Every try, mirror and fixed destination ends here,
+//! so each is a span of the request's trace here: its context written on the request, the span
+//! reported when the try has its answer (or is given up).
 
 use http::{request::Parts, Request, Response, Version};
 use hyper::body::Incoming;
@@ -11,7 +13,9 @@ use crate::{
     body::Body,
     headers,
     http_client::Connect,
+    metrics::Flags,
     respond::RequestError,
+    trace::{Attempt, Trace},
     tunnel::{self, TunnelError},
     upgrade,
 };
@@ -25,6 +29,18 @@ use super::{
 /// peer sidecar (which sets `x-forwarded-client-cert`), then the upgraded bytes end to end; or
 /// directly to an endpoint without a sidecar.
 pub(super) async fn upgrade_to(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+    trace: Option<&Trace>,
+) -> Result<Response<Body>, RequestError> {
+    let attempt = trace.and_then(|t| t.attempt(&mut req, &upstream.to()));
+    let result = upgrade_once(outbound, upstream, req).await;
+    ended(attempt, &result);
+    result
+}
+
+async fn upgrade_once(
     outbound: &Outbound,
     upstream: &Upstream,
     req: Request<Incoming>,
@@ -60,8 +76,30 @@ pub(super) async fn upgrade_to(
     }
 }
 
-/// One try: `req` to `upstream`, through its sidecar's tunnel or directly.
+/// One try: `req` to `upstream`, through its sidecar's tunnel or directly, a span of `trace`.
 pub(super) async fn send(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    mut req: Request<Body>,
+    trace: Option<&Trace>,
+) -> Result<Response<Body>, RequestError> {
+    let attempt = trace.and_then(|t| t.attempt(&mut req, &upstream.to()));
+    let result = send_once(outbound, upstream, req).await;
+    ended(attempt, &result);
+    result
+}
+
+/// Reports a try's span, if it has one, as `result` ended it.
+fn ended(attempt: Option<Attempt>, result: &Result<Response<Body>, RequestError>) {
+    if let Some(attempt) = attempt {
+        match result {
+            Ok(response) => attempt.end(response.status().as_u16(), &Flags::NONE),
+            Err(error) => attempt.end(0, &error.flag().map_or(Flags::NONE, Flags::from)),
+        }
+    }
+}
+
+async fn send_once(
     outbound: &Outbound,
     upstream: &Upstream,
     req: Request<Body>,

@@ -16,7 +16,7 @@ pub struct Percent(u32);
 impl Percent {
     pub const ALL: Percent = Percent(1_000_000);
 
-    pub(crate) fn compile(percent: f64) -> Result<Self, String> {
+    pub fn compile(percent: f64) -> Result<Self, String> {
         if !(0.0..=100.0).contains(&percent) {
             return Err(format!("{percent} is not a percentage between 0 and 100"));
         }
