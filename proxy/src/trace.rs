@@ -205,13 +205,8 @@ pub struct SideTracer {
 impl SideTracer {
     /// The trace of a request whose head just arrived: its sampling decided (the caller's
     /// decision is honoured even where headers are not written), and on the server side,
-    /// this hop's span written as the app's parent. A server span names the caller's
-    /// verified `peer` and is named after `service` (host and port).
-    pub fn start<B>(
-        self: &Arc<Self>,
-        req: &mut Request<B>,
-        describe: impl FnOnce() -> Described,
-    ) -> Trace {
+    /// this hop's span written as the app's parent.
+    pub fn start<B>(self: &Arc<Self>, req: &mut Request<B>) -> Trace {
         let incoming = context::extract(req.headers());
         let sampled = self.tracing.sampled(incoming.sampled, rand::random());
         let (trace_id, parent) = match incoming.parent {
@@ -243,23 +238,22 @@ impl SideTracer {
                 },
             );
             if trace.reports() {
-                let described = describe();
-                let mut started = Started::of(req, span_id, &self.headers);
-                started.peer = described.peer;
-                started.service = described.service;
-                trace.span = Some(Box::new(started));
+                trace.span = Some(Box::new(Started::of(req, span_id, &self.headers)));
             }
         }
         trace
     }
 }
 
-/// What a server span says about its request's connection.
+/// What a server span says about its request's connection, known when it ends (a tunnelled
+/// request names its app port on its way in).
 pub struct Described {
     /// The caller's verified identity.
     pub peer: Option<Arc<str>>,
-    /// The Service host and app port it called.
-    pub service: Option<(Arc<str>, u16)>,
+    /// The Service host it called.
+    pub service: Option<Arc<str>>,
+    /// The app port it called.
+    pub port: u16,
 }
 
 /// A new trace id (never zero).
@@ -426,9 +420,25 @@ impl Trace {
         })
     }
 
-    /// Reports the server side's span of a request that ended as `ended` says.
-    pub fn end(&mut self, ended: &Ended<'_>) {
-        if let Some(started) = self.span.take() {
+    /// Whether a server span waits to be reported (and so to be described).
+    pub fn has_span(&self) -> bool {
+        self.span.is_some()
+    }
+
+    /// Reports the server side's span of a request that ended as `ended` says, on the
+    /// connection `describe` tells about. The span is named after the Service and the port
+    /// the caller addressed (its `:authority`'s, else the app port), as Envoy names it.
+    pub fn end(&mut self, ended: &Ended<'_>, describe: impl FnOnce() -> Described) {
+        if let Some(mut started) = self.span.take() {
+            let described = describe();
+            let port = started
+                .authority
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, port)| port.parse().ok())
+                .unwrap_or(described.port);
+            started.peer = described.peer;
+            started.service = described.service.map(|host| (host, port));
             self.report(*started, ended);
         }
     }

@@ -108,7 +108,8 @@ fn headers_seen(sleep: &LocalPod, extra: &[&str]) -> anyhow::Result<Value> {
     for header in extra {
         argv.extend(["-H", header]);
     }
-    argv.push("http://httpbin.demo:8000/headers");
+    // httpbin hides x-request-id and a few others unless asked to show them.
+    argv.push("http://httpbin.demo:8000/headers?show_env=1");
     let out = sleep.run(&argv)?;
     let echoed: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("httpbin's answer: {}", String::from_utf8_lossy(&out.stdout)))?;
@@ -144,7 +145,7 @@ fn dropped(pod: &LocalPod) -> anyhow::Result<f64> {
 
 #[test]
 fn a_request_through_two_sidecars_is_one_trace() -> anyhow::Result<()> {
-    let mesh = ExampleCluster::up("trace")?;
+    let mesh = ExampleCluster::up_with_dirs("trace", &["observability"], |_| Ok(()))?;
     ensure_accepted(&mesh)?;
     let (sleep, collector) = (
         mesh.pod("sleep")?,

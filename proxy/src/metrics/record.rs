@@ -83,18 +83,7 @@ impl Recorder {
     pub fn start<B>(&self, req: &mut Request<B>) -> RequestRecord {
         context::ensure_request_id(req.headers_mut(), rand::random());
         let side = self.side.load();
-        let trace = side.tracing.as_ref().map(|tracing| {
-            tracing.start(req, || {
-                let labels = self.series.labels();
-                let peer = &labels.source.principal;
-                let peer = (&**peer != super::labels::UNKNOWN).then(|| peer.clone());
-                let port = self.downstream.local.map_or(0, |a| a.port());
-                Described {
-                    peer,
-                    service: Some((labels.service.host.clone(), port)),
-                }
-            })
-        });
+        let trace = side.tracing.as_ref().map(|tracing| tracing.start(req));
         let log = side.log.as_ref().map(|log| {
             let entry = log.logger.request(req, &self.downstream);
             Box::new((log.clone(), entry))
@@ -106,8 +95,13 @@ impl Recorder {
                 .collect();
             Box::new(values)
         });
-        let series = side.metrics.then(|| self.series.clone());
-        RequestRecord::start(series, req, log, tags, trace)
+        // A server span, too, is described by the series the request ends up counted under.
+        let keep = side.metrics || trace.as_ref().is_some_and(Trace::has_span);
+        let series = keep.then(|| self.series.clone());
+        let mut record = RequestRecord::start(series, req, log, tags, trace);
+        record.counts = side.metrics;
+        record.port = self.downstream.local.map_or(0, |a| a.port());
+        record
     }
 
     /// The record of a TCP stream opened now.
@@ -202,8 +196,13 @@ fn grpc_status(headers: &HeaderMap) -> Option<u8> {
 /// One request's record, from its head to the end of its response.
 pub struct RequestRecord {
     /// The series it counts under: the connection's, until the request path names the
-    /// upstream that answered; `None` when its side records no metrics.
+    /// upstream that answered (or the app port a tunnelled request named); `None` when its
+    /// side neither records metrics nor reports a server span.
     series: Mutex<Option<Arc<Series>>>,
+    /// Whether it is counted (its side records metrics).
+    counts: bool,
+    /// The port its connection was addressed to.
+    port: u16,
     tags: Tags,
     flags: AtomicU16,
     start: Instant,
@@ -231,6 +230,8 @@ impl RequestRecord {
         let head = req.method().as_str().len() + target;
         Self {
             series: Mutex::new(series),
+            counts: true,
+            port: 0,
             tags,
             flags: AtomicU16::new(0),
             start: Instant::now(),
@@ -325,7 +326,31 @@ impl Drop for RequestRecord {
         }
         let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (request_bytes, response_bytes) = (self.request_bytes, self.response_bytes);
-        if let Some(series) = self.series.get_mut() {
+        if let Some(trace) = &mut self.trace {
+            let series = self.series.get_mut();
+            let port = self.port;
+            trace.end(
+                &Ended {
+                    code: self.code,
+                    flags: &flags,
+                    cluster: None,
+                    upstream: None,
+                },
+                || {
+                    let labels = series.as_ref().map(|s| s.labels());
+                    let peer = labels
+                        .map(|l| &l.source.principal)
+                        .filter(|p| &***p != super::labels::UNKNOWN)
+                        .cloned();
+                    Described {
+                        peer,
+                        service: labels.map(|l| l.service.host.clone()),
+                        port,
+                    }
+                },
+            );
+        }
+        if let Some(series) = self.series.get_mut().as_ref().filter(|_| self.counts) {
             let outcome = Outcome {
                 grpc: self.grpc,
                 code: self.code,
@@ -338,14 +363,6 @@ impl Drop for RequestRecord {
                 cells.duration_ms.observe(millis);
                 cells.request_bytes.observe(request_bytes);
                 cells.response_bytes.observe(response_bytes);
-            });
-        }
-        if let Some(trace) = &mut self.trace {
-            trace.end(&Ended {
-                code: self.code,
-                flags: &flags,
-                cluster: None,
-                upstream: None,
             });
         }
         if let Some(logged) = self.log.get_mut().take() {

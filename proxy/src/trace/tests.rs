@@ -119,7 +119,8 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
 fn described() -> Described {
     Described {
         peer: Some(Arc::from("spiffe://cluster.local/ns/demo/sa/sleep")),
-        service: Some((Arc::from("httpbin.demo.svc.cluster.local"), 8000)),
+        service: Some(Arc::from("httpbin.demo.svc.cluster.local")),
+        port: 8080,
     }
 }
 
@@ -134,7 +135,7 @@ async fn a_server_span_continues_the_callers_trace_and_parents_the_app() {
         .header("x-user", "alice")
         .body(())
         .expect("request");
-    let mut trace = server.start(&mut req, described);
+    let mut trace = server.start(&mut req);
     // The app's parent is this hop's span, in the same trace.
     let sent = context::extract(req.headers());
     let (trace_id, span_id) = sent.parent.expect("written");
@@ -142,12 +143,15 @@ async fn a_server_span_continues_the_callers_trace_and_parents_the_app() {
     assert_ne!(span_id, 0x00f0_67aa_0ba9_02b7);
     assert_eq!(sent.sampled, Some(true), "the caller's decision beats 0%");
     trace.route(|| "default".into());
-    trace.end(&Ended {
-        code: 503,
-        flags: &"UF",
-        cluster: None,
-        upstream: None,
-    });
+    trace.end(
+        &Ended {
+            code: 503,
+            flags: &"UF",
+            cluster: None,
+            upstream: None,
+        },
+        described,
+    );
     let spans = exported(&kept).await;
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
@@ -182,10 +186,7 @@ async fn a_server_span_continues_the_callers_trace_and_parents_the_app() {
 async fn each_try_is_a_client_span_and_the_next_hops_parent() {
     let (client, kept) = side(tracing(100.0, Export::OtlpGrpc), Side::Client);
     let mut req = Request::get("/ip").body(()).expect("request");
-    let trace = client.start(&mut req, || Described {
-        peer: None,
-        service: None,
-    });
+    let trace = client.start(&mut req);
     assert!(
         !req.headers().contains_key("traceparent"),
         "written per try"
@@ -253,10 +254,7 @@ async fn each_try_is_a_client_span_and_the_next_hops_parent() {
 async fn unsampled_requests_propagate_their_decision_and_report_nothing() {
     let (client, kept) = side(tracing(0.0, Export::Zipkin), Side::Client);
     let mut req = Request::get("/").body(()).expect("request");
-    let trace = client.start(&mut req, || Described {
-        peer: None,
-        service: None,
-    });
+    let trace = client.start(&mut req);
     let mut sent = Request::get("/").body(()).expect("request");
     let to = To {
         address: "198.18.0.12:8000".parse().expect("address"),
@@ -278,7 +276,7 @@ async fn b3_in_is_b3_out_and_propagation_can_be_off() {
         .header("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1")
         .body(())
         .expect("request");
-    server.start(&mut req, described);
+    server.start(&mut req);
     let headers = req.headers();
     let b3 = headers["b3"].to_str().expect("ascii");
     assert!(b3.starts_with("4bf92f3577b34da6a3ce929d0e0e4736-"), "{b3}");
@@ -297,14 +295,17 @@ async fn b3_in_is_b3_out_and_propagation_can_be_off() {
         .header("traceparent", original.clone())
         .body(())
         .expect("request");
-    let mut trace = server.start(&mut req, described);
+    let mut trace = server.start(&mut req);
     assert_eq!(req.headers()["traceparent"], original, "left as it came");
-    trace.end(&Ended {
-        code: 200,
-        flags: &"-",
-        cluster: None,
-        upstream: None,
-    });
+    trace.end(
+        &Ended {
+            code: 200,
+            flags: &"-",
+            cluster: None,
+            upstream: None,
+        },
+        described,
+    );
     assert!(
         exported(&kept).await.is_empty(),
         "the caller said not sampled"
