@@ -8,9 +8,11 @@
 //! - through the same pair called by a Service's cluster IP, routed by a VirtualService (90/10
 //!   over two subsets, the default retries, no mirror), so what routing costs per request is
 //!   measured beside the pair that calls the pod directly (no routing at all);
-//! - through the same pair with no standard metric recorded on either sidecar (the Telemetry
-//!   API's providers naming none), so what Istio's default telemetry costs per request is
-//!   measured against it in the same run;
+//! - through the same pair with no telemetry at all on either sidecar (no standard metric, no
+//!   tracing), so what the telemetry defaults cost per request is measured against it in the
+//!   same run. Every other Remora pair runs with those defaults: Istio's standard metrics and
+//!   1% of requests traced to an OTLP receiver (the e2e fixture, in a pod of its own, reached
+//!   through a Service in the sidecars' snapshots); access logs off;
 //! - through an nginx mTLS pair: a forward nginx in the client pod (the load generator calls it
 //!   explicitly, nginx cannot intercept) and a TLS-terminating nginx in the server pod, with
 //!   client certificates verified on both sides, keep-alive upstreams and certificates from the
@@ -21,9 +23,9 @@ use std::{fmt, fs, net::SocketAddr};
 use anyhow::Context;
 use remora_api::proto::config::{
     AuthorizationPolicy, Endpoint, HttpRoute, Operation, RouteBackend, Rule, Security, Service,
-    ServicePort, Source, Subset, Telemetry, TelemetrySide, Workload,
+    ServicePort, Source, Subset, Telemetry, TelemetrySide, TraceProvider, TracingPolicy, Workload,
 };
-use remora_e2e::{Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
+use remora_e2e::{two_pods::fixture, Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
 
 const APP_PORT: u16 = 8080;
 const NGINX_TLS_PORT: u16 = 8443;
@@ -67,16 +69,22 @@ pub struct RequestPath {
 /// Builds the paths in `mesh`; without `features` the remora+policies pair runs without its
 /// policies and the remora+routes pair calls the pod directly (an A/A control).
 pub fn build(mesh: &Mesh, features: bool) -> anyhow::Result<Vec<RequestPath>> {
+    let collector = collector(mesh)?;
+    let defaults = || Features {
+        telemetry: telemetry_defaults(),
+        collector: Some(collector.clone()),
+        ..Features::default()
+    };
     Ok(vec![
         direct(mesh)?,
-        remora(mesh, Kind::Remora, "r", Features::default())?,
+        remora(mesh, Kind::Remora, "r", defaults())?,
         remora(
             mesh,
             Kind::RemoraPolicies,
             "p",
             Features {
                 security: features.then(typical_policies),
-                ..Features::default()
+                ..defaults()
             },
         )?,
         remora(
@@ -85,20 +93,55 @@ pub fn build(mesh: &Mesh, features: bool) -> anyhow::Result<Vec<RequestPath>> {
             "v",
             Features {
                 routed: features,
-                ..Features::default()
+                ..defaults()
             },
         )?,
         remora(
             mesh,
             Kind::RemoraTelemetryOff,
             "t",
-            Features {
-                telemetry: features.then(telemetry_off),
-                ..Features::default()
+            if features {
+                Features {
+                    telemetry: telemetry_off(),
+                    ..Features::default()
+                }
+            } else {
+                defaults()
             },
         )?,
         nginx(mesh)?,
     ])
+}
+
+/// The collector's Service host and OTLP/gRPC port.
+const COLLECTOR_HOST: &str = "otel-collector.bench.svc.cluster.local";
+const COLLECTOR_PORT: u16 = 4317;
+
+/// Starts the OTLP receiver in a pod without a sidecar: the Service the sidecars export to.
+fn collector(mesh: &Mesh) -> anyhow::Result<Service> {
+    let pod = mesh.add_pod_without_sidecar("o-collector", "bench", "collector")?;
+    let script = fixture("otlp_receiver.py");
+    let out = pod.dir.join("spans.jsonl");
+    let out = out.to_string_lossy();
+    mesh.start_app(
+        &pod,
+        "collector",
+        &["python3", &script, "--out", &out],
+        COLLECTOR_PORT,
+    )?;
+    Ok(Service {
+        hostname: COLLECTOR_HOST.to_owned(),
+        ports: vec![ServicePort {
+            port: u32::from(COLLECTOR_PORT),
+            name: "grpc-otlp".to_owned(),
+            endpoints: vec![Endpoint {
+                address: SocketAddr::from((pod.ip, COLLECTOR_PORT)).to_string(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
 }
 
 /// The cluster IP the remora+routes client calls.
@@ -222,19 +265,45 @@ struct Features {
     routed: bool,
     /// Both sidecars' telemetry.
     telemetry: Option<Telemetry>,
+    /// The collector's Service, in both sidecars' snapshots.
+    collector: Option<Service>,
 }
 
-/// No standard metric on either side, as a Telemetry resource whose metrics providers name no
-/// Prometheus provider leaves it.
-fn telemetry_off() -> Telemetry {
+/// Istio's defaults with a tracing provider: every standard metric, 1% of requests traced to
+/// the collector over OTLP/gRPC, no access log.
+fn telemetry_defaults() -> Option<Telemetry> {
+    let side = TelemetrySide {
+        tracing: Some(TracingPolicy {
+            sampling: 1.0,
+            provider: Some(TraceProvider {
+                name: "otel".to_owned(),
+                service: COLLECTOR_HOST.to_owned(),
+                port: u32::from(COLLECTOR_PORT),
+                timeout_ms: 3000,
+                max_tag_length: 256,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some(Telemetry {
+        client: Some(side.clone()),
+        server: Some(side),
+    })
+}
+
+/// No telemetry on either side: no standard metric (a Telemetry resource whose metrics
+/// providers name no Prometheus provider), no tracing provider.
+fn telemetry_off() -> Option<Telemetry> {
     let off = TelemetrySide {
         metrics_disabled: true,
         ..Default::default()
     };
-    Telemetry {
+    Some(Telemetry {
         client: Some(off.clone()),
         server: Some(off),
-    }
+    })
 }
 
 /// A Remora pair.
@@ -248,6 +317,7 @@ fn remora(
         security,
         routed,
         telemetry,
+        collector,
     } = features;
     let client = mesh.add_pod(&format!("{prefix}-client"), "bench", "client")?;
     let server = mesh.add_pod(&format!("{prefix}-server"), "bench", "server")?;
@@ -257,6 +327,7 @@ fn remora(
         &SidecarOptions {
             security,
             telemetry: telemetry.clone(),
+            services: collector.iter().cloned().collect(),
             ..Default::default()
         },
     )?;
@@ -271,7 +342,7 @@ fn remora(
         &client,
         &SidecarOptions {
             endpoints: vec![(SocketAddr::from((server.ip, APP_PORT)), identity)],
-            services: vec![service],
+            services: std::iter::once(service).chain(collector).collect(),
             workloads: vec![workload],
             telemetry,
             ..Default::default()

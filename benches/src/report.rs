@@ -158,8 +158,9 @@ pub fn render(setup: &Setup, results: &[PathResult]) -> String {
             kind: Kind::Remora,
             baseline: Kind::RemoraTelemetryOff,
             heading: "Telemetry as Istio's defaults have it (every standard metric with its full \
-                      labels, access logs off) against the same pair with no standard metric \
-                      recorded on either sidecar",
+                      labels, 1% of requests traced to an OTLP receiver, access logs off) \
+                      against the same pair with no metric recorded and no tracing on either \
+                      sidecar",
             control: "A/A control: the remora-telemetry-off pair ran WITH its telemetry, so its \
                       difference from remora is how far two identical pairs differ here",
             label: "telemetry / off",
