@@ -82,30 +82,33 @@ mod tests {
         let catalog = load(&examples());
         assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
         // The demo's httpbin, the zero-trust example's two teams (examples/zero-trust), and
-        // the traffic example's shop (examples/traffic).
-        let wanted = [
-            ("demo", "httpbin", 8000),
-            ("shop", "ratings", 9080),
-            ("shop", "ratings-v1", 9080),
-            ("shop", "ratings-v2", 9080),
-            ("shop", "reviews", 9080),
-            ("team-a", "httpbin", 8000),
-            ("team-b", "httpbin", 8000),
+        // the traffic example's shop (examples/traffic), the tracing collector
+        // (examples/observability).
+        let wanted: [(&str, &str, &[u16]); 8] = [
+            ("demo", "httpbin", &[8000]),
+            ("observability", "otel-collector", &[4317, 4318, 9411]),
+            ("shop", "ratings", &[9080]),
+            ("shop", "ratings-v1", &[9080]),
+            ("shop", "ratings-v2", &[9080]),
+            ("shop", "reviews", &[9080]),
+            ("team-a", "httpbin", &[8000]),
+            ("team-b", "httpbin", &[8000]),
         ];
         let requests = wanted.map(|(ns, name, _)| (ns, name, None));
         let ips = cluster_ip::allocate(&requests);
         let expected: Vec<LocalService> = wanted
             .iter()
-            .map(|(ns, name, port)| LocalService {
+            .map(|(ns, name, ports)| LocalService {
                 namespace: (*ns).to_owned(),
                 name: (*name).to_owned(),
                 cluster_ip: Some(ips[&((*ns).to_owned(), (*name).to_owned())]),
-                ports: vec![*port],
+                ports: ports.to_vec(),
             })
             .collect();
         assert_eq!(services(&catalog), expected);
         assert_eq!(catalog.trust_domain(), "cluster.local");
-        // Every example pod is sent to the injection webhook.
+        // Every example pod is sent to the injection webhook but the collector's (its
+        // namespace is not labelled for injection).
         let webhooks = crate::admission::Webhooks::of(&catalog);
         let no_labels = std::collections::BTreeMap::new();
         let pods: Vec<(String, String, bool)> = catalog
@@ -122,19 +125,20 @@ mod tests {
             })
             .collect();
         let expected = [
-            ("client", "sleep-0"),
-            ("demo", "httpbin-0"),
-            ("shop", "ratings-v1-0"),
-            ("shop", "ratings-v2-0"),
-            ("shop", "reviews-v1-0"),
-            ("shop", "reviews-v2-0"),
-            ("shop", "sleep-0"),
-            ("team-a", "curl-0"),
-            ("team-a", "httpbin-0"),
-            ("team-b", "curl-0"),
-            ("team-b", "httpbin-0"),
+            ("client", "sleep-0", true),
+            ("demo", "httpbin-0", true),
+            ("observability", "otel-collector-0", false),
+            ("shop", "ratings-v1-0", true),
+            ("shop", "ratings-v2-0", true),
+            ("shop", "reviews-v1-0", true),
+            ("shop", "reviews-v2-0", true),
+            ("shop", "sleep-0", true),
+            ("team-a", "curl-0", true),
+            ("team-a", "httpbin-0", true),
+            ("team-b", "curl-0", true),
+            ("team-b", "httpbin-0", true),
         ]
-        .map(|(ns, name)| (ns.to_owned(), name.to_owned(), true));
+        .map(|(ns, name, called)| (ns.to_owned(), name.to_owned(), called));
         assert_eq!(pods, expected);
     }
 }
