@@ -13,9 +13,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use remora_e2e::example_cluster::{
-    ensure_accepted, rejections, sidecar_metrics, wait_for, ExampleCluster,
+    curl, ensure_accepted, rejections, sidecar_metrics, wait_for, ExampleCluster,
 };
 use remora_local::LocalPod;
 use serde_json::Value;
@@ -329,21 +329,11 @@ fn a_request_through_two_sidecars_is_one_trace() -> anyhow::Result<()> {
     receiver.stop();
     let before = dropped(&sleep)?;
     for _ in 0..3 {
-        let out = sleep.run(&[
-            "curl",
-            "-sS",
-            "-m",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://httpbin.demo:8000/ip",
-        ])?;
-        let code = String::from_utf8_lossy(&out.stdout).into_owned();
-        if code != "200" {
-            bail!("with the collector gone: {code}");
-        }
+        let response = curl(&sleep, "http://httpbin.demo:8000/ip")?;
+        ensure!(
+            response.status == 200,
+            "with the collector gone: {response:?}"
+        );
     }
     wait_for(
         "the lost spans to be counted",

@@ -5,6 +5,8 @@
 //! so each is a span of the request's trace here: its context written on the request, the span
 //! reported when the try has its answer (or is given up).
 
+use std::future::Future;
+
 use http::{request::Parts, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -15,7 +17,7 @@ use crate::{
     http_client::Connect,
     metrics::Flags,
     respond::RequestError,
-    trace::{Attempt, Trace},
+    trace::Trace,
     tunnel::{self, TunnelError},
     upgrade,
 };
@@ -31,13 +33,13 @@ use super::{
 pub(super) async fn upgrade_to(
     outbound: &Outbound,
     upstream: &Upstream,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     trace: Option<&Trace>,
 ) -> Result<Response<Body>, RequestError> {
-    let attempt = trace.and_then(|t| t.attempt(&mut req, &upstream.to()));
-    let result = upgrade_once(outbound, upstream, req).await;
-    ended(attempt, &result);
-    result
+    traced(trace, upstream, req, |req| {
+        upgrade_once(outbound, upstream, req)
+    })
+    .await
 }
 
 async fn upgrade_once(
@@ -80,23 +82,35 @@ async fn upgrade_once(
 pub(super) async fn send(
     outbound: &Outbound,
     upstream: &Upstream,
-    mut req: Request<Body>,
+    req: Request<Body>,
     trace: Option<&Trace>,
 ) -> Result<Response<Body>, RequestError> {
-    let attempt = trace.and_then(|t| t.attempt(&mut req, &upstream.to()));
-    let result = send_once(outbound, upstream, req).await;
-    ended(attempt, &result);
-    result
+    traced(trace, upstream, req, |req| {
+        send_once(outbound, upstream, req)
+    })
+    .await
 }
 
-/// Reports a try's span, if it has one, as `result` ended it.
-fn ended(attempt: Option<Attempt>, result: &Result<Response<Body>, RequestError>) {
+/// Runs `try_once` on `req` as a span of `trace`: its context written on the request, the
+/// span reported as the try ended.
+async fn traced<B, F>(
+    trace: Option<&Trace>,
+    upstream: &Upstream,
+    mut req: Request<B>,
+    try_once: impl FnOnce(Request<B>) -> F,
+) -> Result<Response<Body>, RequestError>
+where
+    F: Future<Output = Result<Response<Body>, RequestError>>,
+{
+    let attempt = trace.and_then(|t| t.attempt(&mut req, &upstream.to()));
+    let result = try_once(req).await;
     if let Some(attempt) = attempt {
-        match result {
+        match &result {
             Ok(response) => attempt.end(response.status().as_u16(), &Flags::NONE),
             Err(error) => attempt.end(0, &error.flag().map_or(Flags::NONE, Flags::from)),
         }
     }
+    result
 }
 
 async fn send_once(
