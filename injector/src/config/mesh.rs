@@ -346,29 +346,28 @@ impl MeshConfig {
         })
     }
 
-    /// Istio's legacy tracer, which applies when neither a Telemetry resource nor
-    /// `defaultProviders` names a tracing provider: under `enableTracing`, Zipkin at the pod's
-    /// `defaultConfig.tracing.zipkin.address` (Istio's default `zipkin.istio-system:9411`).
+    /// Istio's legacy tracer, which applies when no Telemetry resource traces and
+    /// `defaultProviders` names no tracing provider: under `enableTracing`, Zipkin at the
+    /// pod's `defaultConfig.tracing.zipkin.address`, when one is set (Istio installs no tracer
+    /// by default).
     pub(crate) fn legacy_tracer(&self, pod: Option<&ProxyConfig>) -> Option<proto::TraceProvider> {
         if !self.enable_tracing {
             return None;
         }
         let proxy = self.proxy_config(pod);
-        let address = proxy
-            .tracing
-            .zipkin
-            .as_ref()
-            .map_or(tracer::LEGACY_ZIPKIN_ADDRESS, |z| z.address.as_str());
+        let address = &proxy.tracing.zipkin.as_ref()?.address;
         // Checked when the mesh config and the pod's annotation were read.
         tracer::legacy_zipkin(address).ok()
     }
 
     /// The percentage of requests a pod's sidecar samples when no Telemetry resource sets
-    /// one: its `defaultConfig.tracing.sampling` (with the pod's annotation), else 1%.
+    /// one: its `defaultConfig.tracing.sampling` (with the pod's annotation), else 1%; as in
+    /// istiod, 0 counts as unset.
     pub(crate) fn tracing_sampling(&self, pod: Option<&ProxyConfig>) -> f64 {
         self.proxy_config(pod)
             .tracing
             .sampling
+            .filter(|&percent| percent != 0.0)
             .unwrap_or(DEFAULT_TRACING_SAMPLING)
     }
 

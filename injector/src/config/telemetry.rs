@@ -59,8 +59,8 @@ struct Tracing {
     disable_reporting: Option<bool>,
     disable_propagation: Option<bool>,
     istio_tags: Option<bool>,
-    /// Replaces the inherited tags whole when not empty.
-    custom_tags: Vec<proto::CustomTag>,
+    /// Replaces the inherited tags whole when set (even to none).
+    custom_tags: Option<Vec<proto::CustomTag>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,8 +251,7 @@ struct TracingSpec {
     providers: Vec<ProviderRef>,
     random_sampling_percentage: Option<f64>,
     disable_span_reporting: Option<bool>,
-    #[serde(default)]
-    custom_tags: BTreeMap<String, CustomTagSpec>,
+    custom_tags: Option<BTreeMap<String, CustomTagSpec>>,
     /// Envoy samples by the request id's hash; Remora draws per request either way.
     #[serde(rename = "useRequestIdForTraceSampling")]
     _use_request_id: Option<bool>,
@@ -347,8 +346,9 @@ fn read_tracing(spec: TracingSpec, path: &str) -> Result<Tracing, String> {
             ));
         }
     }
+    let set_tags = spec.custom_tags.is_some();
     let mut custom_tags = Vec::new();
-    for (name, tag) in spec.custom_tags {
+    for (name, tag) in spec.custom_tags.unwrap_or_default() {
         use proto::custom_tag::Value as V;
         let at = format!("{path}.customTags.{name}");
         if name.is_empty() {
@@ -395,7 +395,7 @@ fn read_tracing(spec: TracingSpec, path: &str) -> Result<Tracing, String> {
         disable_reporting: spec.disable_span_reporting,
         disable_propagation: spec.disable_context_propagation,
         istio_tags: spec.enable_istio_tags,
-        custom_tags,
+        custom_tags: set_tags.then_some(custom_tags),
     })
 }
 
@@ -742,26 +742,31 @@ fn side(
 }
 
 /// The tracing of one side, as istiod's `Tracing` merges it: the first
-/// `defaultProviders.tracing` entry, then each rule for that side overriding what it sets. A
-/// side whose rules and defaults name no provider falls back to the legacy tracer
-/// (`enableTracing`); one whose provider cannot be found does not trace.
+/// `defaultProviders.tracing` entry, then each rule for that side overriding what it sets.
+/// Without any tracing rule (for either side) or default provider, the legacy tracer applies
+/// (`enableTracing` with `defaultConfig.tracing.zipkin`). A side whose provider cannot be found,
+/// or whose span reporting is disabled, does not trace at all: istiod then configures no
+/// tracing, and trace headers pass through untouched.
 fn tracing(
     chain: &[&Telemetry],
     mesh: &MeshConfig,
     proxy: Option<&ProxyConfig>,
     on: impl Fn(Modes) -> bool,
 ) -> Option<proto::TracingPolicy> {
-    let rules: Vec<&Tracing> = chain
-        .iter()
-        .flat_map(|t| &t.tracing)
-        .filter(|t| on(t.modes))
-        .collect();
+    let rules: Vec<&Tracing> = chain.iter().flat_map(|t| &t.tracing).collect();
     let defaults = &mesh.default_providers().tracing;
+    if rules.is_empty() && defaults.is_empty() {
+        return Some(proto::TracingPolicy {
+            sampling: mesh.tracing_sampling(proxy),
+            provider: Some(mesh.legacy_tracer(proxy)?),
+            ..proto::TracingPolicy::default()
+        });
+    }
     let mut merged = Tracing {
         provider: defaults.first().cloned(),
         ..Tracing::default()
     };
-    for rule in &rules {
+    for rule in rules.iter().filter(|t| on(t.modes)) {
         if rule.provider.is_some() {
             merged.provider.clone_from(&rule.provider);
         }
@@ -769,26 +774,23 @@ fn tracing(
         merged.disable_reporting = rule.disable_reporting.or(merged.disable_reporting);
         merged.disable_propagation = rule.disable_propagation.or(merged.disable_propagation);
         merged.istio_tags = rule.istio_tags.or(merged.istio_tags);
-        if !rule.custom_tags.is_empty() {
+        if rule.custom_tags.is_some() {
             merged.custom_tags.clone_from(&rule.custom_tags);
         }
     }
-    let provider = match &merged.provider {
-        Some(name) => match mesh.provider(name) {
-            Some(ProviderKind::Tracing(provider)) => provider,
-            _ => return None,
-        },
-        None if rules.is_empty() => mesh.legacy_tracer(proxy)?,
-        None => return None,
+    if merged.disable_reporting == Some(true) {
+        return None;
+    }
+    let Some(ProviderKind::Tracing(provider)) = mesh.provider(merged.provider.as_deref()?) else {
+        return None;
     };
     Some(proto::TracingPolicy {
         sampling: merged
             .sampling
             .unwrap_or_else(|| mesh.tracing_sampling(proxy)),
-        reporting_disabled: merged.disable_reporting.unwrap_or(false),
         propagation_disabled: merged.disable_propagation.unwrap_or(false),
         istio_tags_disabled: !merged.istio_tags.unwrap_or(true),
-        custom_tags: merged.custom_tags,
+        custom_tags: merged.custom_tags.unwrap_or_default(),
         provider: Some(provider),
     })
 }

@@ -110,7 +110,7 @@ impl Stages for TunnelConn {
             Some(port) => port,
         };
         let handler = self.port(port)?;
-        record.counted_as(handler.series());
+        record.serves(handler.series(), port);
         handler.call(req, record).await
     }
 }

@@ -81,7 +81,7 @@ impl Recorder {
     /// The record of a request whose head just arrived (given an `x-request-id` if it has
     /// none, and its trace context when the side traces).
     pub fn start<B>(&self, req: &mut Request<B>) -> RequestRecord {
-        context::ensure_request_id(req.headers_mut(), rand::random());
+        context::ensure_request_id(req.headers_mut(), rand::random);
         let side = self.side.load();
         let trace = side.tracing.as_ref().map(|tracing| tracing.start(req));
         let log = side.log.as_ref().map(|log| {
@@ -100,7 +100,7 @@ impl Recorder {
         let series = keep.then(|| self.series.clone());
         let mut record = RequestRecord::start(series, req, log, tags, trace);
         record.counts = side.metrics;
-        record.port = self.downstream.local.map_or(0, |a| a.port());
+        record.port = AtomicU16::new(self.downstream.local.map_or(0, |a| a.port()));
         record
     }
 
@@ -202,7 +202,7 @@ pub struct RequestRecord {
     /// Whether it is counted (its side records metrics).
     counts: bool,
     /// The port its connection was addressed to.
-    port: u16,
+    port: AtomicU16,
     tags: Tags,
     flags: AtomicU16,
     start: Instant,
@@ -231,7 +231,7 @@ impl RequestRecord {
         Self {
             series: Mutex::new(series),
             counts: true,
-            port: 0,
+            port: AtomicU16::new(0),
             tags,
             flags: AtomicU16::new(0),
             start: Instant::now(),
@@ -273,6 +273,12 @@ impl RequestRecord {
 
     pub fn grpc(&self) -> bool {
         self.grpc
+    }
+
+    /// A tunnelled request for app `port`, counted under that port's `series`.
+    pub fn serves(&self, series: &Arc<Series>, port: u16) {
+        self.port.store(port, Relaxed);
+        self.counted_as(series);
     }
 
     /// Counts the request under `series` instead: the upstream that answered (the last
@@ -328,22 +334,21 @@ impl Drop for RequestRecord {
         let (request_bytes, response_bytes) = (self.request_bytes, self.response_bytes);
         if let Some(trace) = &mut self.trace {
             let series = self.series.get_mut();
-            let port = self.port;
+            let port = *self.port.get_mut();
             trace.end(
                 &Ended {
                     code: self.code,
                     flags: &flags,
-                    cluster: None,
-                    upstream: None,
+                    grpc_status: self.grpc_status,
                 },
                 || {
                     let labels = series.as_ref().map(|s| s.labels());
-                    let peer = labels
-                        .map(|l| &l.source.principal)
-                        .filter(|p| &***p != super::labels::UNKNOWN)
-                        .cloned();
+                    let known = |principal: &Arc<str>| {
+                        (&**principal != super::labels::UNKNOWN).then(|| principal.clone())
+                    };
                     Described {
-                        peer,
+                        source: labels.and_then(|l| known(&l.source.principal)),
+                        destination: labels.and_then(|l| known(&l.destination.principal)),
                         service: labels.map(|l| l.service.host.clone()),
                         port,
                     }

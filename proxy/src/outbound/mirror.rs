@@ -45,7 +45,7 @@ pub fn spawn(
         let head = copy_head(parts);
         let body = body.clone();
         let outbound = outbound.clone();
-        let trace = trace.cloned();
+        let trace = trace.map(Trace::for_mirror);
         tokio::spawn(async move {
             let body = match body {
                 RequestBody::Empty => crate::body::empty(),

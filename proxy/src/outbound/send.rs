@@ -91,8 +91,9 @@ pub(super) async fn send(
     .await
 }
 
-/// Runs `try_once` on `req` as a span of `trace`: its context written on the request, the
-/// span reported as the try ended.
+/// Runs `try_once` on `req` as a span of `trace`: its context written on the request; the
+/// span reported when the try fails, or handed back to the trace with its answer (it ends
+/// when the caller has that answer, or when a retry answers instead).
 async fn traced<B, F>(
     trace: Option<&Trace>,
     upstream: &Upstream,
@@ -102,12 +103,15 @@ async fn traced<B, F>(
 where
     F: Future<Output = Result<Response<Body>, RequestError>>,
 {
-    let attempt = trace.and_then(|t| t.attempt(&mut req, &upstream.to()));
+    let attempt = trace.and_then(|t| Some((t, t.attempt(&mut req, &upstream.to())?)));
     let result = try_once(req).await;
-    if let Some(attempt) = attempt {
+    if let Some((trace, attempt)) = attempt {
         match &result {
-            Ok(response) => attempt.end(response.status().as_u16(), &Flags::NONE),
-            Err(error) => attempt.end(0, &error.flag().map_or(Flags::NONE, Flags::from)),
+            Ok(response) => trace.answered(attempt, response.status().as_u16()),
+            Err(error) => {
+                let flags = error.flag().map_or(Flags::NONE, Flags::from);
+                attempt.end(0, &flags, None);
+            }
         }
     }
     result

@@ -10,7 +10,7 @@ use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::{trace::SpanExporter as _, Resource};
 use remora_api::{
-    telemetry::spans::{Export, HeaderSource, Provider},
+    telemetry::spans::{Export, Provider},
     ServiceKey, Snapshot,
 };
 
@@ -25,30 +25,26 @@ pub struct Key {
     pub service_name: String,
 }
 
-/// The endpoint spans for `provider` go to under `snapshot`: the lowest address of its
-/// Service's endpoints; `None` when the snapshot has none.
-pub fn endpoint(provider: &Provider, snapshot: &Snapshot) -> Option<SocketAddr> {
+/// The endpoint spans for `provider` go to under `snapshot`: one of its Service's endpoints,
+/// picked by `seed` (each sidecar its own, so sidecars spread over a collector's replicas);
+/// `None` when the snapshot has none.
+pub fn endpoint(provider: &Provider, snapshot: &Snapshot, seed: usize) -> Option<SocketAddr> {
     let service = snapshot.service(&ServiceKey {
         hostname: provider.service.as_str().into(),
         port: provider.port,
     })?;
-    service.endpoints.iter().map(|e| e.address).min()
+    let mut addresses: Vec<SocketAddr> = service.endpoints.iter().map(|e| e.address).collect();
+    if addresses.is_empty() {
+        return None;
+    }
+    addresses.sort();
+    Some(addresses[seed % addresses.len()])
 }
 
 /// Starts an exporter for `key` whose spans carry `resource`.
 pub fn start(key: &Key, resource: &Resource, counters: Counters) -> Result<Exporter, String> {
     let provider = &key.provider;
-    let headers: HashMap<String, String> = provider
-        .headers
-        .iter()
-        .filter_map(|(name, source)| {
-            let value = match source {
-                HeaderSource::Literal(value) => Some(value.clone()),
-                HeaderSource::Environment(var) => std::env::var(var).ok(),
-            }?;
-            Some((name.clone(), value))
-        })
-        .collect();
+    let headers: HashMap<String, String> = provider.headers.iter().cloned().collect();
     let http = || HyperClient::with_default_connector(provider.timeout, None);
     let base = format!("http://{}", key.endpoint);
     let timeout = provider.timeout;

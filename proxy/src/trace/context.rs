@@ -48,6 +48,8 @@ pub struct Incoming {
     pub parent: Option<(u128, u64)>,
     /// The caller's sampling decision, when it made one (B3 may send one without ids).
     pub sampled: Option<bool>,
+    /// B3's debug flag: sampled, and said so on the way on.
+    pub debug: bool,
     /// The formats it came in, which the request sent on is written in too.
     pub formats: Formats,
 }
@@ -82,40 +84,48 @@ fn w3c(value: &HeaderValue) -> Option<Incoming> {
     Some(Incoming {
         parent: Some((trace, u64::try_from(span).ok()?)),
         sampled: Some(flags & 1 == 1),
+        debug: false,
         formats: Formats::W3C,
     })
 }
 
+/// `b3: {trace}-{span}[-{flag}[-{parent}]]`, or the flag alone; the flag is `1`, `0` or `d`
+/// (debug).
 fn b3_single(value: &HeaderValue) -> Option<Incoming> {
     let text = value.to_str().ok()?.trim();
-    let parts: Vec<&str> = text.split('-').collect();
+    let mut parts = text.split('-');
+    let first = parts.next()?;
     let decision = |flag: &str| match flag {
-        "1" | "d" => Some(true),
-        "0" => Some(false),
+        "1" => Some((true, false)),
+        "d" => Some((true, true)),
+        "0" => Some((false, false)),
         _ => None,
     };
-    match parts.as_slice() {
-        [flag] => Some(Incoming {
+    let Some(span) = parts.next() else {
+        let (sampled, debug) = decision(first)?;
+        return Some(Incoming {
             parent: None,
-            sampled: Some(decision(flag)?),
+            sampled: Some(sampled),
+            debug,
             formats: Formats::B3_SINGLE,
-        }),
-        [trace, span, rest @ ..] if rest.len() <= 2 => {
-            let sampled = match rest.first() {
-                Some(flag) => Some(decision(flag)?),
-                None => None,
-            };
-            if let Some(parent) = rest.get(1) {
-                hex_id(parent, 16)?;
-            }
-            Some(Incoming {
-                parent: Some((b3_trace_id(trace)?, u64::try_from(hex_id(span, 16)?).ok()?)),
-                sampled,
-                formats: Formats::B3_SINGLE,
-            })
-        }
-        _ => None,
+        });
+    };
+    let flag = match parts.next() {
+        Some(flag) => Some(decision(flag)?),
+        None => None,
+    };
+    if let Some(parent) = parts.next() {
+        hex_id(parent, 16)?;
     }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Incoming {
+        parent: Some((b3_trace_id(first)?, u64::try_from(hex_id(span, 16)?).ok()?)),
+        sampled: flag.map(|(sampled, _)| sampled),
+        debug: flag.is_some_and(|(_, debug)| debug),
+        formats: Formats::B3_SINGLE,
+    })
 }
 
 fn b3_multi(headers: &HeaderMap) -> Option<Incoming> {
@@ -136,6 +146,7 @@ fn b3_multi(headers: &HeaderMap) -> Option<Incoming> {
     (ids.is_some() || sampled.is_some()).then_some(Incoming {
         parent: ids,
         sampled,
+        debug,
         formats: Formats::B3_MULTI,
     })
 }
@@ -162,6 +173,8 @@ pub struct Outgoing {
     /// Its own parent (B3 names it).
     pub parent_span_id: Option<u64>,
     pub sampled: bool,
+    /// B3's debug flag, passed on.
+    pub debug: bool,
 }
 
 /// Writes `context` into `headers` in each of `formats`, replacing what was there.
@@ -169,18 +182,21 @@ pub fn inject(headers: &mut HeaderMap, context: &Outgoing, formats: Formats) {
     if formats == Formats::NONE {
         return;
     }
-    // "00-<trace>-<span>-0x": trace id at 3..35, span id at 36..52.
-    let mut text = BytesMut::with_capacity(55);
+    // One buffer: "00-<trace>-<span>-0x" (trace id at 3..35, span id at 36..52), then the
+    // parent span id (55..71).
+    let mut text = BytesMut::with_capacity(71);
     text.put_slice(b"00-");
     put_hex(&mut text, context.trace_id, 32);
     text.put_u8(b'-');
     put_hex(&mut text, u128::from(context.span_id), 16);
     text.put_slice(if context.sampled { b"-01" } else { b"-00" });
+    if let Some(parent) = context.parent_span_id {
+        put_hex(&mut text, u128::from(parent), 16);
+    }
     let text = text.freeze();
     let value = |bytes: Bytes| HeaderValue::from_maybe_shared(bytes).ok();
-    let sampled = HeaderValue::from_static(if context.sampled { "1" } else { "0" });
     if formats.contains(Formats::W3C) {
-        if let Some(v) = value(text.clone()) {
+        if let Some(v) = value(text.slice(..55)) {
             headers.insert(TRACEPARENT, v);
         }
     }
@@ -191,26 +207,34 @@ pub fn inject(headers: &mut HeaderMap, context: &Outgoing, formats: Formats) {
         if let Some(v) = value(text.slice(36..52)) {
             headers.insert(B3_SPAN_ID, v);
         }
-        match context.parent_span_id {
-            Some(parent) => {
-                if let Some(v) = value(hex(u128::from(parent), 16)) {
-                    headers.insert(B3_PARENT_SPAN_ID, v);
-                }
-            }
-            None => {
-                headers.remove(B3_PARENT_SPAN_ID);
-            }
+        match context
+            .parent_span_id
+            .and_then(|_| value(text.slice(55..71)))
+        {
+            Some(parent) => headers.insert(B3_PARENT_SPAN_ID, parent),
+            None => headers.remove(B3_PARENT_SPAN_ID),
+        };
+        // Debug implies sampled, and B3 sends it instead of the sampling decision.
+        if context.debug {
+            headers.insert(B3_FLAGS, HeaderValue::from_static("1"));
+            headers.remove(B3_SAMPLED);
+        } else {
+            let sampled = if context.sampled { "1" } else { "0" };
+            headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
+            headers.remove(B3_FLAGS);
         }
-        headers.insert(B3_SAMPLED, sampled);
-        headers.remove(B3_FLAGS);
     }
     if formats.contains(Formats::B3_SINGLE) {
         let mut single = BytesMut::with_capacity(68);
         single.put_slice(&text[3..52]);
-        single.put_slice(if context.sampled { b"-1" } else { b"-0" });
-        if let Some(parent) = context.parent_span_id {
+        single.put_slice(match (context.debug, context.sampled) {
+            (true, _) => b"-d",
+            (false, true) => b"-1",
+            (false, false) => b"-0",
+        });
+        if context.parent_span_id.is_some() {
             single.put_u8(b'-');
-            put_hex(&mut single, u128::from(parent), 16);
+            single.put_slice(&text[55..71]);
         }
         if let Some(v) = value(single.freeze()) {
             headers.insert(B3, v);
@@ -218,38 +242,28 @@ pub fn inject(headers: &mut HeaderMap, context: &Outgoing, formats: Formats) {
     }
 }
 
-/// Gives a request without an `x-request-id` a new one (a random UUID, as Envoy makes).
-pub fn ensure_request_id(headers: &mut HeaderMap, random: u128) {
+/// Gives a request without an `x-request-id` a new one (a random UUID, as Envoy makes; the
+/// draw only happens then).
+pub fn ensure_request_id(headers: &mut HeaderMap, random: impl FnOnce() -> u128) {
     if headers.contains_key(REQUEST_ID) {
         return;
     }
     // Version 4, variant 10.
-    let id = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let digits = hex(id, 32);
+    let id = (random() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let mut text = BytesMut::with_capacity(36);
-    for (range, dash) in [
-        (0..8, true),
-        (8..12, true),
-        (12..16, true),
-        (16..20, true),
-        (20..32, false),
-    ] {
-        text.put_slice(&digits[range]);
-        if dash {
+    // 8-4-4-4-12 digits.
+    for (shift, digits) in [(96, 8), (80, 4), (64, 4), (48, 4), (0, 12)] {
+        if shift != 96 {
             text.put_u8(b'-');
         }
+        put_hex(&mut text, id >> shift, digits);
     }
     if let Ok(value) = HeaderValue::from_maybe_shared(text.freeze()) {
         headers.insert(REQUEST_ID, value);
     }
 }
 
-fn hex(id: u128, digits: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(digits);
-    put_hex(&mut out, id, digits);
-    out.freeze()
-}
-
+/// The low `digits` hex digits of `id`.
 fn put_hex(out: &mut BytesMut, id: u128, digits: usize) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for i in (0..digits).rev() {
@@ -281,11 +295,13 @@ mod tests {
         let traced = |sampled, formats| Incoming {
             parent: Some((TRACE, SPAN)),
             sampled,
+            debug: false,
             formats,
         };
         let short = Incoming {
             parent: Some((0xa3ce_929d_0e0e_4736, SPAN)),
             sampled: Some(true),
+            debug: true,
             formats: Formats::B3_MULTI,
         };
         let cases: Vec<(Vec<(&str, &str)>, Incoming)> = vec![
@@ -327,7 +343,15 @@ mod tests {
                 Incoming {
                     parent: None,
                     sampled: Some(false),
+                    debug: false,
                     formats: Formats::B3_SINGLE,
+                },
+            ),
+            (
+                vec![("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-d")],
+                Incoming {
+                    debug: true,
+                    ..traced(Some(true), Formats::B3_SINGLE)
                 },
             ),
             (
@@ -406,6 +430,7 @@ mod tests {
             span_id: 0x1234_5678_9abc_def0,
             parent_span_id: Some(SPAN),
             sampled: true,
+            debug: false,
         };
         let mut written = headers(&[("x-b3-flags", "1"), ("tracestate", "vendor=1")]);
         inject(
@@ -433,6 +458,7 @@ mod tests {
         let read = Incoming {
             parent: Some((TRACE, 0x1234_5678_9abc_def0)),
             sampled: Some(true),
+            debug: false,
             formats: Formats::W3C,
         };
         assert_eq!(extract(&written), read);
@@ -455,12 +481,27 @@ mod tests {
             .to_str()
             .expect("ascii")
             .ends_with("-00"));
+        // B3's debug flag travels on, in place of the sampling decision.
+        let mut debug = headers(&[("x-b3-sampled", "1")]);
+        let context = Outgoing {
+            debug: true,
+            parent_span_id: None,
+            ..context
+        };
+        inject(&mut debug, &context, Formats::B3_MULTI | Formats::B3_SINGLE);
+        assert_eq!(debug[B3_FLAGS], "1");
+        assert!(!debug.contains_key(B3_SAMPLED) && !debug.contains_key(B3_PARENT_SPAN_ID));
+        assert!(debug[B3]
+            .to_str()
+            .expect("ascii")
+            .ends_with("-123456789abcdef0-d"));
+        assert!(extract(&debug).debug);
     }
 
     #[test]
     fn a_request_id_is_made_only_when_missing() {
         let mut made = HeaderMap::new();
-        ensure_request_id(&mut made, u128::MAX);
+        ensure_request_id(&mut made, || u128::MAX);
         let id = made[REQUEST_ID].to_str().expect("ascii").to_owned();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4", "version 4: {id}");
@@ -470,7 +511,9 @@ mod tests {
         );
         assert_eq!(id.matches('-').count(), 4);
         let mut kept = headers(&[("x-request-id", "from-the-app")]);
-        ensure_request_id(&mut kept, 7);
+        ensure_request_id(&mut kept, || {
+            unreachable!("no draw when the request has an id")
+        });
         assert_eq!(kept[REQUEST_ID], "from-the-app");
     }
 }

@@ -1,9 +1,12 @@
 use std::{future::Future, pin::Pin, sync::Mutex as StdMutex, time::Duration};
 
-use http::HeaderValue;
+use http::{HeaderValue, Request};
+use opentelemetry::trace::{SpanId, SpanKind, Status};
+use opentelemetry_sdk::trace::SpanData;
 use remora_api::{
     route::Percent,
     telemetry::spans::{CustomTag, Provider},
+    SpiffeId,
 };
 
 use super::{export::Sink, *};
@@ -35,7 +38,6 @@ fn counters() -> Counters {
 fn tracing(percent: f64, export: Export) -> Tracing {
     Tracing {
         sampling: Percent::compile(percent).expect("percent"),
-        reporting: true,
         propagation: true,
         istio_tags: true,
         custom_tags: vec![
@@ -75,25 +77,10 @@ const ME: Me<'static> = Me {
 /// A side tracing by `tracing`, whose spans end up in the returned list.
 fn side(tracing: Tracing, side: Side) -> (Arc<SideTracer>, Arc<StdMutex<Vec<SpanData>>>) {
     let kept = Arc::new(StdMutex::new(Vec::new()));
-    let tracer = Tracer::new(counters());
-    let mut built = tracer
-        .side(
-            Some(&tracing),
-            side,
-            &Snapshot::default(),
-            &ME,
-            &mut Vec::new(),
-        )
-        .expect("traces");
-    // No collector in an empty snapshot: give it one that keeps what it gets.
-    if let Some(side) = Arc::get_mut(&mut built) {
-        side.exporter = Some(Exporter::spawn(
-            Kept(kept.clone()),
-            Duration::from_secs(3),
-            counters(),
-        ));
-    }
-    (built, kept)
+    let exporter = Exporter::spawn(Kept(kept.clone()), Duration::from_secs(3), counters());
+    let scope = InstrumentationScope::builder("test").build();
+    let built = SideTracer::new(&tracing, side, exporter, &ME, scope);
+    (Arc::new(built), kept)
 }
 
 async fn exported(kept: &StdMutex<Vec<SpanData>>) -> Vec<SpanData> {
@@ -118,7 +105,8 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
 
 fn described() -> Described {
     Described {
-        peer: Some(Arc::from("spiffe://cluster.local/ns/demo/sa/sleep")),
+        source: Some(Arc::from("spiffe://cluster.local/ns/demo/sa/sleep")),
+        destination: Some(Arc::from("spiffe://cluster.local/ns/demo/sa/httpbin")),
         service: Some(Arc::from("httpbin.demo.svc.cluster.local")),
         port: 8080,
     }
@@ -147,8 +135,7 @@ async fn a_server_span_continues_the_callers_trace_and_parents_the_app() {
         &Ended {
             code: 503,
             flags: &"UF",
-            cluster: None,
-            upstream: None,
+            grpc_status: None,
         },
         described,
     );
@@ -173,7 +160,7 @@ async fn a_server_span_continues_the_callers_trace_and_parents_the_app() {
         ("http.response.status_code", "503"),
         ("response_flags", "UF"),
         ("route_name", "default"),
-        ("peer.identity", "spiffe://cluster"),
+        ("peer.identity", "spiffe://cluster.local/ns/demo/sa/sleep"),
         ("istio.canonical_service", "httpbin"),
         ("team", "payments"),
         ("user", "alice"),
@@ -204,7 +191,7 @@ async fn each_try_is_a_client_span_and_the_next_hops_parent() {
     };
     let mut tries = Vec::new();
     for attempt in ["1", "2"] {
-        let mut try_req = Request::get("/ip")
+        let mut try_req = Request::get("/ip/a/path/longer/than/sixteen")
             .header("x-envoy-attempt-count", attempt)
             .body(())
             .expect("request");
@@ -219,7 +206,7 @@ async fn each_try_is_a_client_span_and_the_next_hops_parent() {
         "one trace"
     );
     assert_ne!(first.parent, second.parent, "a span per try");
-    first_span.end(0, &"UF");
+    first_span.end(0, &"UF", None);
     // The second try is given up (its future dropped): still reported, unanswered.
     drop(second_span);
     let spans = exported(&kept).await;
@@ -239,8 +226,8 @@ async fn each_try_is_a_client_span_and_the_next_hops_parent() {
         assert_eq!(span.name, "httpbin.demo.svc.cluster.local:8000/*");
         assert_eq!(
             attribute(span, "peer.identity").as_deref(),
-            Some("spiffe://cluster")
-        ); // cut to 16
+            Some("spiffe://cluster.local/ns/demo/sa/httpbin")
+        );
         assert!(matches!(span.status, Status::Error { .. }));
     }
     assert_eq!(
@@ -248,6 +235,108 @@ async fn each_try_is_a_client_span_and_the_next_hops_parent() {
         Some("1")
     );
     assert_eq!(attribute(&spans[0], "user").as_deref(), Some("nobody"));
+    // maxTagLength bounds the path, as Envoy's max_path_tag_length does.
+    assert_eq!(
+        attribute(&spans[0], "url.path").as_deref(),
+        Some("/ip/a/path/longe")
+    );
+}
+
+fn try_to<'a>(identity: &'a SpiffeId, host: &'a Arc<str>) -> To<'a> {
+    To {
+        address: "198.18.0.12:15008".parse().expect("address"),
+        identity: Some(identity),
+        cluster: None,
+        service: Some((host, 9080)),
+    }
+}
+
+fn a_try() -> Request<()> {
+    Request::get("/").body(()).expect("request")
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_answering_try_ends_with_the_request_and_a_local_answer_has_its_own_span() {
+    let (client, kept) = side(tracing(100.0, Export::OtlpGrpc), Side::Client);
+    let identity: SpiffeId = "spiffe://cluster.local/ns/shop/sa/reviews"
+        .parse()
+        .expect("id");
+    let host: Arc<str> = Arc::from("reviews.shop.svc.cluster.local");
+    let to = try_to(&identity, &host);
+    let unreachable = || -> Described { unreachable!("a try was made") };
+
+    // The first try answers 503 and is retried; the second's answer streams to the caller.
+    let mut trace = client.start(&mut a_try());
+    let first = trace.attempt(&mut a_try(), &to).expect("sampled");
+    trace.answered(first, 503);
+    let second = trace.attempt(&mut a_try(), &to).expect("sampled");
+    trace.answered(second, 200);
+    let spans = exported(&kept).await;
+    assert_eq!(
+        spans.len(),
+        1,
+        "the retried try ended when the next one answered"
+    );
+    assert_eq!(
+        attribute(&spans[0], "http.response.status_code").as_deref(),
+        Some("503")
+    );
+    trace.end(
+        &Ended {
+            code: 200,
+            flags: &"-",
+            grpc_status: Some(0),
+        },
+        unreachable,
+    );
+    let spans = exported(&kept).await;
+    assert_eq!(
+        spans.len(),
+        1,
+        "the answering try, and no span of the request's own"
+    );
+    assert_eq!(
+        attribute(&spans[0], "rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+    assert!(matches!(spans[0].status, Status::Unset));
+
+    // A mirror's try ends with its answer.
+    let mirror = trace.for_mirror();
+    let copy = mirror.attempt(&mut a_try(), &to).expect("sampled");
+    mirror.answered(copy, 200);
+    assert_eq!(exported(&kept).await.len(), 1);
+
+    // Answered before any try (no route): the request's own client span.
+    let mut req = Request::get("http://reviews.shop:9080/")
+        .body(())
+        .expect("request");
+    let mut trace = client.start(&mut req);
+    trace.route(|| "reviews.shop.0".into());
+    trace.end(
+        &Ended {
+            code: 404,
+            flags: &"NR",
+            grpc_status: None,
+        },
+        || Described {
+            source: None,
+            destination: None,
+            service: Some(host.clone()),
+            port: 0,
+        },
+    );
+    let spans = exported(&kept).await;
+    assert_eq!(spans.len(), 1);
+    let span = &spans[0];
+    assert_eq!(span.span_kind, SpanKind::Client);
+    assert_eq!(span.name, "reviews.shop.svc.cluster.local:9080/*");
+    assert_eq!(attribute(span, "response_flags").as_deref(), Some("NR"));
+    assert_eq!(
+        attribute(span, "route_name").as_deref(),
+        Some("reviews.shop.0")
+    );
+    assert!(matches!(span.status, Status::Error { .. }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -301,8 +390,7 @@ async fn b3_in_is_b3_out_and_propagation_can_be_off() {
         &Ended {
             code: 200,
             flags: &"-",
-            cluster: None,
-            upstream: None,
+            grpc_status: None,
         },
         described,
     );

@@ -223,10 +223,11 @@ fn pod_annotation_overrides_only_what_it_sets() {
         ("drainDuration: 3s\n", 3_000, 10.0, Some(2)),
         ("tracing:\n  sampling: 100\n", 20_000, 100.0, Some(2)),
         ("concurrency: 0\n", 20_000, 10.0, Some(0)),
+        // 0 counts as unset, as istiod reads it: Istio's default 1%.
         (
             "{drainDuration: 1s, tracing: {sampling: 0}}",
             1_000,
-            0.0,
+            1.0,
             Some(2),
         ),
     ];

@@ -16,8 +16,6 @@ const MAX_TAG_LENGTH: u32 = 256;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Zipkin's span endpoint.
 const ZIPKIN_PATH: &str = "/api/v2/spans";
-/// Where Istio's legacy tracer sends spans when nothing else is configured.
-pub(super) const LEGACY_ZIPKIN_ADDRESS: &str = "zipkin.istio-system:9411";
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -61,8 +59,7 @@ struct Zipkin {
     path: Option<String>,
     trace_context_option: Option<String>,
     timeout: Option<String>,
-    #[serde(default)]
-    headers: Vec<Header>,
+    headers: Option<Vec<Header>>,
 }
 
 /// Reads provider `name` of `kind` (`opentelemetry` or `zipkin`) at `service:port` with its
@@ -135,7 +132,13 @@ pub(super) fn read(
                 }
             };
             provider.timeout_ms = timeout(settings.timeout.as_deref(), "timeout")?;
-            provider.headers = headers(settings.headers, "headers")?;
+            if settings.headers.is_some_and(|h| !h.is_empty()) {
+                return Err(
+                    "headers: not supported for zipkin (the Zipkin exporter sends \
+                            none); an opentelemetry provider's http.headers are"
+                        .to_owned(),
+                );
+            }
         }
         _ => return Ok(None),
     }
@@ -188,32 +191,32 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The headers sent with every export; an `envName` is read from the control plane's
+/// environment, as istiod reads it (a variable that is not set sends no header).
 fn headers(headers: Vec<Header>, path: &str) -> Result<Vec<proto::ExportHeader>, String> {
-    use proto::export_header::Value;
-    headers
-        .into_iter()
-        .enumerate()
-        .map(|(i, header)| {
-            let at = format!("{path}[{i}]");
-            if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
-                return Err(format!("{at}.name: {:?} is not a header name", header.name));
-            }
-            let value = match (header.value, header.env_name) {
-                (Some(value), None) => {
-                    if http::HeaderValue::from_str(&value).is_err() {
-                        return Err(format!("{at}.value: not a header value"));
-                    }
-                    Value::Literal(value)
-                }
-                (None, Some(env)) => Value::Env(env),
-                _ => return Err(format!("{at}: set exactly one of value and envName")),
-            };
-            Ok(proto::ExportHeader {
-                name: header.name.to_ascii_lowercase(),
-                value: Some(value),
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (i, header) in headers.into_iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+            return Err(format!("{at}.name: {:?} is not a header name", header.name));
+        }
+        let value = match (header.value, header.env_name) {
+            (Some(value), None) => value,
+            (None, Some(env)) => match std::env::var(&env) {
+                Ok(value) => value,
+                Err(_) => continue,
+            },
+            _ => return Err(format!("{at}: set exactly one of value and envName")),
+        };
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(format!("{at}.value: not a header value"));
+        }
+        out.push(proto::ExportHeader {
+            name: header.name.to_ascii_lowercase(),
+            value,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -240,13 +243,21 @@ mod tests {
         );
         let http = otel(
             r#"{"http": {"path": "/v1/traces", "timeout": "500ms",
-                 "headers": [{"name": "X-Token", "envName": "TOKEN"}]}}"#,
+                 "headers": [{"name": "X-Token", "value": "t"},
+                             {"name": "X-Unset", "envName": "REMORA_TEST_UNSET_VARIABLE"}]}}"#,
         )
         .expect("ok")
         .expect("traces");
         assert_eq!(http.protocol(), Protocol::OtlpHttp);
         assert_eq!((http.path.as_str(), http.timeout_ms), ("/v1/traces", 500));
-        assert_eq!(http.headers[0].name, "x-token");
+        assert_eq!(
+            http.headers,
+            [proto::ExportHeader {
+                name: "x-token".into(),
+                value: "t".into()
+            }],
+            "an unset variable sends nothing"
+        );
         let zipkin = read(
             "z",
             "zipkin",
@@ -259,7 +270,7 @@ mod tests {
         assert_eq!(zipkin.protocol(), Protocol::Zipkin);
         assert_eq!((zipkin.path.as_str(), zipkin.w3c), ("/api/v2/spans", true));
         assert_eq!(read("p", "prometheus", "", 0, "{}"), Ok(None));
-        let legacy = legacy_zipkin(LEGACY_ZIPKIN_ADDRESS).expect("legacy");
+        let legacy = legacy_zipkin("zipkin.istio-system:9411").expect("legacy");
         assert_eq!(legacy.service, "zipkin.istio-system.svc.cluster.local");
         assert_eq!(legacy.port, 9411);
     }
@@ -292,6 +303,18 @@ mod tests {
         )
         .expect_err("option");
         assert!(error.contains("traceContextOption"), "{error}");
+        let error = read(
+            "z",
+            "zipkin",
+            "zipkin.ns",
+            9411,
+            r#"{"headers": [{"name": "a", "value": "b"}]}"#,
+        )
+        .expect_err("zipkin headers");
+        assert!(
+            error.contains("headers: not supported for zipkin"),
+            "{error}"
+        );
         let error = read("otel", "opentelemetry", "", 4317, "{}").expect_err("no service");
         assert!(error.contains("service"), "{error}");
         assert!(legacy_zipkin("zipkin").is_err());

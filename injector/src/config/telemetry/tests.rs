@@ -381,7 +381,7 @@ fn tracing_merges_as_istiod_merges_it() {
         "demo",
         "ns",
         "2026-01-02T00:00:00Z",
-        "  tracing:\n  - providers: [{name: otel}]\n    match: {mode: SERVER}\n    customTags:\n      user: {header: {name: X-User, defaultValue: nobody}}\n  - match: {mode: CLIENT}\n    disableSpanReporting: true\n",
+        "  tracing:\n  - providers: [{name: otel}]\n    match: {mode: SERVER}\n    customTags:\n      user: {header: {name: X-User, defaultValue: nobody}}\n  - match: {mode: CLIENT}\n    disableContextPropagation: true\n",
     );
     let resolved = resolve([&root, &namespace], "demo", &labels(&[]), &mesh, None);
     let server = resolved.server.expect("server").tracing.expect("traced");
@@ -395,10 +395,9 @@ fn tracing_merges_as_istiod_merges_it() {
         "the namespace's tags replace the root's"
     );
     assert_eq!(server.custom_tags[0].name, "user");
-    assert!(!server.reporting_disabled);
     let client = resolved.client.expect("client").tracing.expect("traced");
     assert_eq!(client.provider.expect("provider").name, "zipkin");
-    assert!(client.reporting_disabled);
+    assert!(client.propagation_disabled && !server.propagation_disabled);
     assert_eq!(client.custom_tags[0].name, "team");
     // Another namespace: the root's rule over the default provider.
     let shop = resolve([&root, &namespace], "shop", &labels(&[]), &mesh, None);
@@ -407,13 +406,37 @@ fn tracing_merges_as_istiod_merges_it() {
         shop.provider.expect("provider").protocol(),
         proto::trace_provider::Protocol::Zipkin
     );
+    // A workload's rule: span reporting off (no tracing at all on that side, as istiod
+    // configures none) and the inherited tags cleared by an empty map.
+    let workload = ok(
+        "demo",
+        "quiet",
+        "2026-01-03T00:00:00Z",
+        "  selector:\n    matchLabels: {app: quiet}\n  tracing:\n  - match: {mode: SERVER}\n    disableSpanReporting: true\n  - match: {mode: CLIENT}\n    customTags: {}\n",
+    );
+    let quiet = resolve(
+        [&root, &namespace, &workload],
+        "demo",
+        &labels(&[("app", "quiet")]),
+        &mesh,
+        None,
+    );
+    assert!(quiet.server.expect("server").tracing.is_none());
+    let client = quiet.client.expect("client").tracing.expect("traced");
+    assert!(client.custom_tags.is_empty());
 }
 
 #[test]
 fn without_a_tracing_provider_the_legacy_tracer_or_nothing() {
     let none: [&Telemetry; 0] = [];
-    // Istio's defaults: enableTracing, Zipkin at zipkin.istio-system:9411, 1%.
-    let legacy = resolve(none, "demo", &labels(&[]), &mesh(""), None);
+    // Istio's defaults: no tracer at all.
+    let nothing = resolve(none, "demo", &labels(&[]), &mesh(""), None);
+    assert!(nothing.client.expect("client").tracing.is_none());
+    // The legacy tracer: enableTracing (the default) and a Zipkin address, 1% (0 is unset).
+    let legacy_mesh = mesh(
+        "defaultConfig:\n  tracing:\n    sampling: 0\n    zipkin: {address: \"zipkin.istio-system:9411\"}\n",
+    );
+    let legacy = resolve(none, "demo", &labels(&[]), &legacy_mesh, None);
     let tracing = legacy
         .client
         .expect("client")
@@ -442,19 +465,21 @@ fn without_a_tracing_provider_the_legacy_tracer_or_nothing() {
         none,
         "demo",
         &labels(&[]),
-        &mesh("enableTracing: false\n"),
+        &mesh("enableTracing: false\ndefaultConfig:\n  tracing:\n    zipkin: {address: \"z.ns:9411\"}\n"),
         None,
     );
     assert!(off.client.expect("client").tracing.is_none());
-    // A rule without a provider, and none by default: that side does not trace.
+    // A rule without a provider, and none by default: neither side traces, not even the side
+    // the rule does not match (any tracing rule turns the legacy tracer off, as in istiod).
     let sampling_only = ok(
         "demo",
         "t",
         "",
-        "  tracing:\n  - randomSamplingPercentage: 100\n",
+        "  tracing:\n  - match: {mode: SERVER}\n    randomSamplingPercentage: 100\n",
     );
-    let resolved = resolve([&sampling_only], "demo", &labels(&[]), &mesh(""), None);
+    let resolved = resolve([&sampling_only], "demo", &labels(&[]), &legacy_mesh, None);
     assert!(resolved.server.expect("server").tracing.is_none());
+    assert!(resolved.client.expect("client").tracing.is_none());
 }
 
 #[test]

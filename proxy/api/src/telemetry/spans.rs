@@ -1,13 +1,12 @@
 //! What a side traces, as the control plane resolved it from the Telemetry API's `tracing`,
 //! `defaultProviders.tracing` and the legacy tracer: the share of requests sampled when the
-//! caller did not decide, whether spans are reported and trace headers written, the tags
-//! spans carry, and the collector they go to. [`Tracing::sampled`] is the one sampling
-//! decision.
+//! caller did not decide, whether trace headers are written, the tags spans carry, and the
+//! collector they go to. [`Tracing::sampled`] is the one sampling decision.
 
 use std::time::Duration;
 
 use crate::{
-    proto::config::{self as proto, custom_tag, export_header, trace_provider::Protocol},
+    proto::config::{self as proto, custom_tag, trace_provider::Protocol},
     route::Percent,
 };
 
@@ -16,8 +15,6 @@ use crate::{
 pub struct Tracing {
     /// Of the requests that arrive without a sampling decision, the share sampled.
     pub sampling: Percent,
-    /// Whether sampled requests are reported as spans.
-    pub reporting: bool,
     /// Whether trace headers are read and written.
     pub propagation: bool,
     /// Whether spans carry Istio's own attributes (`istio.*`).
@@ -74,19 +71,12 @@ pub struct Provider {
     /// The HTTP path spans are posted to (OTLP/HTTP, Zipkin).
     pub path: String,
     pub timeout: Duration,
-    /// Sent with every export (gRPC metadata for OTLP/gRPC).
-    pub headers: Vec<(String, HeaderSource)>,
+    /// Sent with every export (gRPC metadata for OTLP/gRPC), by name.
+    pub headers: Vec<(String, String)>,
     /// Zipkin only: W3C trace context is written beside B3.
     pub w3c: bool,
     /// Attribute values are cut to this many bytes (`None`: not cut).
     pub max_tag_length: Option<usize>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum HeaderSource {
-    Literal(String),
-    /// The sidecar's environment variable.
-    Environment(String),
 }
 
 /// Compiles one side's `tracing`, recording each problem with its path.
@@ -127,7 +117,6 @@ pub(super) fn compile(
     let provider = compile_provider(provider, &format!("{path}.provider"), problems)?;
     Some(Tracing {
         sampling,
-        reporting: !source.reporting_disabled,
         propagation: !source.propagation_disabled,
         istio_tags: !source.istio_tags_disabled,
         custom_tags,
@@ -161,18 +150,11 @@ fn compile_provider(
         problems.push(format!("{path}.path: {:?} is not a path", source.path));
         return None;
     }
-    let mut headers = Vec::new();
-    for (i, header) in source.headers.iter().enumerate() {
-        let value = match &header.value {
-            Some(export_header::Value::Literal(text)) => HeaderSource::Literal(text.clone()),
-            Some(export_header::Value::Env(name)) => HeaderSource::Environment(name.clone()),
-            None => {
-                problems.push(format!("{path}.headers[{i}]: no value"));
-                return None;
-            }
-        };
-        headers.push((header.name.clone(), value));
-    }
+    let headers = source
+        .headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect();
     Some(Provider {
         name: source.name.clone(),
         export,
