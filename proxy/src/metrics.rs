@@ -415,15 +415,18 @@ impl Metrics {
     }
 
     /// The series of requests to `endpoint` of Service `service` (none: the workload was
-    /// called by its address).
+    /// called by its address), reached over mesh mTLS or not (`mesh_tls`): as Istio reads the
+    /// principals from the upstream connection's certificates, a hop in the clear (or over TLS
+    /// the sidecar originates to a destination outside the mesh) has `unknown` ones.
     pub fn outbound(
         &self,
         snapshot: &Arc<Snapshot>,
         service: Option<&str>,
         endpoint: &Endpoint,
+        mesh_tls: bool,
     ) -> Arc<Series> {
         let local = self.names.local(snapshot);
-        let destination = Peer::of(
+        let mut destination = Peer::of(
             endpoint.workload.as_deref(),
             endpoint.identity.as_ref(),
             snapshot.mesh.cluster_id(),
@@ -432,7 +435,16 @@ impl Metrics {
             Some(host) => Service::named(host, &destination.namespace),
             None => Service::unknown(&destination.namespace),
         };
-        self.outbound_series(&local.me, destination, service)
+        if mesh_tls {
+            return self.outbound_series(&local.me, destination, service);
+        }
+        let unknown: Arc<str> = Arc::from(labels::UNKNOWN);
+        destination.principal = unknown.clone();
+        let me = Peer {
+            principal: unknown,
+            ..local.me.clone()
+        };
+        self.outbound_series(&me, destination, service)
     }
 
     /// The series of an outbound connection's requests before (or without) an upstream:

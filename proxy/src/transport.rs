@@ -5,6 +5,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::{atomic::Ordering::Relaxed, Arc},
     task::{Context, Poll},
     time::Duration,
 };
@@ -14,7 +15,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{metrics::TcpRecord, prefixed::PrefixedIo};
+use crate::{
+    metrics::{istio::TcpCells, TcpRecord},
+    prefixed::PrefixedIo,
+};
 
 /// Where the app meant to connect before iptables redirected it to us (`SO_ORIGINAL_DST`, or
 /// `IP6T_SO_ORIGINAL_DST` for IPv6).
@@ -51,8 +55,9 @@ pub async fn within_connect_timeout(
 }
 
 /// [`splice`], recorded as one of Istio's TCP connections (opened, closed, bytes each way):
-/// the bytes are counted as they pass, so a connection that ends in an error (a reset) is
-/// still recorded with what it carried.
+/// the bytes are counted as they pass, so a long-lived connection's byte counters grow while
+/// it is open (as Istio reports them every `reportingInterval`), and one that ends in an error
+/// (a reset) is still recorded with what it carried.
 pub async fn splice_recorded<A, B>(
     mut record: TcpRecord,
     caller: PrefixedIo<A>,
@@ -66,6 +71,7 @@ where
         io: callee,
         read: 0,
         written: 0,
+        cells: record.cells(),
     };
     let spliced = splice(caller, &mut callee).await;
     // What reached the callee came from the caller, and the other way round.
@@ -73,11 +79,13 @@ where
     spliced.map(|_| ())
 }
 
-/// A stream that counts the bytes read from and written to it.
+/// A stream that counts the bytes read from and written to it, and adds them to its
+/// connection's counters as they pass (read from the callee: sent to the caller).
 struct Counted<IO> {
     io: IO,
     read: u64,
     written: u64,
+    cells: Option<Arc<TcpCells>>,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
@@ -89,7 +97,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        this.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.read += n;
+            if let Some(cells) = &this.cells {
+                cells.sent.fetch_add(n, Relaxed);
+            }
+        }
         polled
     }
 }
@@ -104,6 +118,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         let polled = Pin::new(&mut this.io).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = polled {
             this.written += n as u64;
+            if let Some(cells) = &this.cells {
+                cells.received.fetch_add(n as u64, Relaxed);
+            }
         }
         polled
     }

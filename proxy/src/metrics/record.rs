@@ -486,7 +486,13 @@ impl TcpRecord {
         }
     }
 
-    /// Bytes received from and sent to the caller.
+    /// The counters its bytes are added to as they pass, when its side records metrics.
+    pub fn cells(&self) -> Option<Arc<TcpCells>> {
+        self.cells.clone()
+    }
+
+    /// Bytes received from and sent to the caller in all (for its access log entry; the
+    /// counters have them already).
     pub fn bytes(&mut self, received: u64, sent: u64) {
         self.received = received;
         self.sent = sent;
@@ -497,8 +503,6 @@ impl Drop for TcpRecord {
     fn drop(&mut self) {
         if let Some(cells) = &self.cells {
             cells.closed.fetch_add(1, Relaxed);
-            cells.received.fetch_add(self.received, Relaxed);
-            cells.sent.fetch_add(self.sent, Relaxed);
         }
         if let Some(logged) = self.log.take() {
             let (log, mut entry) = *logged;

@@ -180,7 +180,12 @@ async fn the_client_names_the_endpoint_and_service_it_called() {
     let Logical::Service(port) = snapshot.lookup("198.19.0.1:8000".parse().expect("addr")) else {
         panic!("a Service");
     };
-    let series = metrics.outbound(&snapshot, Some(&port.key.hostname), &port.endpoints[0]);
+    let series = metrics.outbound(
+        &snapshot,
+        Some(&port.key.hostname),
+        &port.endpoints[0],
+        true,
+    );
     request(&series, StatusCode::SERVICE_UNAVAILABLE, "").await;
     let unresolved = metrics.outbound_unresolved(&snapshot, Unresolved::Blackhole);
     let mut req = Request::get("/").body(()).expect("request");
@@ -208,6 +213,21 @@ async fn the_client_names_the_endpoint_and_service_it_called() {
         "{gone}"
     );
     assert!(gone.contains(r#"response_flags="DC""#), "{gone}");
+    // The same endpoint reached in the clear (DestinationRule `tls.mode: DISABLE`): no
+    // certificate on that hop, so no principal on either side, as Istio reports it.
+    let plain = metrics.outbound(
+        &snapshot,
+        Some(&port.key.hostname),
+        &port.endpoints[0],
+        false,
+    );
+    let labels = plain.labels();
+    assert_eq!(
+        (&*labels.source.principal, &*labels.destination.principal),
+        ("unknown", "unknown")
+    );
+    assert_eq!(&*labels.source.workload, "sleep");
+    assert_eq!(&*labels.destination.workload, "httpbin");
 }
 
 #[tokio::test]
@@ -245,37 +265,58 @@ async fn a_trailers_only_grpc_status_and_the_paths_flags_are_labels() {
     assert!(line.contains(r#"source_workload="unknown""#), "{line}");
 }
 
-#[test]
-fn tcp_connections_count_opened_closed_and_bytes() {
+#[tokio::test]
+async fn tcp_connections_count_opened_closed_and_bytes_as_they_pass() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let metrics = Metrics::default();
     let snapshot = snapshot();
     let series = metrics.outbound_unresolved(&snapshot, Unresolved::Passthrough);
-    let mut tcp = Recorder::counting(series).tcp();
-    let text = metrics.encode();
-    assert!(
+    let tcp = Recorder::counting(series).tcp();
+    let value = |name: &str| {
+        let text = metrics.encode();
         sample(
-            &text,
-            "istio_tcp_connections_opened_total",
-            &[r#"request_protocol="tcp""#]
-        )
-        .is_some_and(|l| l.ends_with(" 1")),
-        "{text}"
-    );
-    tcp.bytes(5, 7);
-    drop(tcp);
-    let text = metrics.encode();
-    for (name, value) in [
-        ("istio_tcp_connections_closed_total", " 1"),
-        ("istio_tcp_received_bytes_total", " 5"),
-        ("istio_tcp_sent_bytes_total", " 7"),
-    ] {
-        let line = sample(
             &text,
             name,
             &[r#"destination_service_name="PassthroughCluster""#],
         )
-        .unwrap_or_else(|| panic!("{name} missing from {text}"));
-        assert!(line.ends_with(value), "{line}");
+        .map(|line| line.rsplit(' ').next().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        value("istio_tcp_connections_opened_total").as_deref(),
+        Some("1")
+    );
+    let (caller, mut app) = tokio::io::duplex(64);
+    let (callee, mut upstream) = tokio::io::duplex(64);
+    let spliced = tokio::spawn(crate::transport::splice_recorded(
+        tcp,
+        crate::prefixed::PrefixedIo::unread(caller),
+        callee,
+    ));
+    app.write_all(b"hello").await.expect("write");
+    let mut got = [0; 5];
+    upstream.read_exact(&mut got).await.expect("read");
+    upstream.write_all(b"goodbye").await.expect("write");
+    let mut got = [0; 7];
+    app.read_exact(&mut got).await.expect("read");
+    // Counted while the connection is open, as Istio reports a long-lived one.
+    assert_eq!(
+        value("istio_tcp_received_bytes_total").as_deref(),
+        Some("5")
+    );
+    assert_eq!(value("istio_tcp_sent_bytes_total").as_deref(), Some("7"));
+    assert!(matches!(
+        value("istio_tcp_connections_closed_total").as_deref(),
+        None | Some("0")
+    ));
+    drop((app, upstream));
+    spliced.await.expect("joined").expect("spliced");
+    for (name, expected) in [
+        ("istio_tcp_connections_closed_total", "1"),
+        ("istio_tcp_received_bytes_total", "5"),
+        ("istio_tcp_sent_bytes_total", "7"),
+    ] {
+        assert_eq!(value(name).as_deref(), Some(expected), "{name}");
     }
 }
 

@@ -118,7 +118,8 @@ impl Upstream {
     pub fn series(&self, metrics: &Metrics, config: &Config) -> &Arc<Series> {
         self.series.get_or_init(|| {
             let host = self.service.as_ref().map(|key| &*key.hostname);
-            metrics.outbound(&config.load(), host, &self.endpoint)
+            let mesh_tls = matches!(self.way, Way::Mesh(_));
+            metrics.outbound(&config.load(), host, &self.endpoint, mesh_tls)
         })
     }
 

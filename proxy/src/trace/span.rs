@@ -22,6 +22,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::SpanData;
 use parking_lot::Mutex;
+use rand::Rng;
 use remora_api::SpiffeId;
 
 use super::{
@@ -35,10 +36,11 @@ impl SideTracer {
     /// this hop's span written as the app's parent.
     pub fn start<B>(self: &Arc<Self>, req: &mut Request<B>) -> Trace {
         let incoming = context::extract(req.headers());
-        let sampled = self.tracing.sampled(incoming.sampled, rand::random());
+        let mut rng = rand::rng();
+        let sampled = self.tracing.sampled(incoming.sampled, || rng.random());
         let (trace_id, parent) = match incoming.parent {
             Some((trace_id, span_id)) => (trace_id, Some(span_id)),
-            None => (new_id(), None),
+            None => (rng.random::<u128>().max(1), None),
         };
         let mut trace = Trace {
             lineage: Lineage {
@@ -55,12 +57,12 @@ impl SideTracer {
         };
         let span_id = match self.side {
             Side::Server => {
-                let span_id = new_span_id();
+                let span_id = new_span_id(&mut rng);
                 trace.write(req.headers_mut(), span_id);
                 span_id
             }
             // Each try has its own; this one names the request's span, if it needs one.
-            Side::Client if sampled => new_span_id(),
+            Side::Client if sampled => new_span_id(&mut rng),
             Side::Client => return trace,
         };
         if sampled {
@@ -70,13 +72,9 @@ impl SideTracer {
     }
 }
 
-/// A new trace id (never zero).
-fn new_id() -> u128 {
-    rand::random::<u128>().max(1)
-}
-
-fn new_span_id() -> u64 {
-    rand::random::<u64>().max(1)
+/// A new span id (never zero).
+fn new_span_id(rng: &mut impl Rng) -> u64 {
+    rng.random::<u64>().max(1)
 }
 
 /// What every span of a request shares.
@@ -260,7 +258,7 @@ impl Trace {
     /// One try of the request, about to be sent as `req` to `to`: its own span id is written
     /// as the peer's parent; `Some` when the try is a span to report.
     pub fn attempt<B>(&self, req: &mut Request<B>, to: &To<'_>) -> Option<Attempt> {
-        let span_id = new_span_id();
+        let span_id = new_span_id(&mut rand::rng());
         self.write(req.headers_mut(), span_id);
         let shared = self.shared.as_ref()?;
         if !self.mirror {

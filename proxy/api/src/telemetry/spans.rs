@@ -24,10 +24,10 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Whether a request is sampled: as the caller decided (`parent`), else when a draw of
-    /// `random` falls in the sampling share.
-    pub fn sampled(&self, parent: Option<bool>, random: u32) -> bool {
-        parent.unwrap_or_else(|| self.sampling.hit(random))
+    /// Whether a request is sampled: as the caller decided (`parent`), else when a draw
+    /// (`random`, only called then) falls in the sampling share.
+    pub fn sampled(&self, parent: Option<bool>, random: impl FnOnce() -> u32) -> bool {
+        parent.unwrap_or_else(|| self.sampling.hit(random()))
     }
 }
 

@@ -213,10 +213,13 @@ fn sampling_honours_the_callers_decision_then_draws() {
         (None, 1_999_999, false),
     ];
     for (parent, draw, expected) in cases {
-        assert_eq!(one.sampled(parent, draw), expected, "{parent:?} {draw}");
+        assert_eq!(one.sampled(parent, || draw), expected, "{parent:?} {draw}");
     }
-    assert!(!compiled(0.0).sampled(None, 0));
-    assert!(compiled(100.0).sampled(None, 999_999));
+    assert!(!compiled(0.0).sampled(None, || 0));
+    assert!(compiled(100.0).sampled(None, || 999_999));
+    assert!(one.sampled(Some(true), || unreachable!(
+        "no draw when the caller decided"
+    )));
     // A bad policy is a problem named by its path, and the side does not trace.
     let mut bad = traced(150.0);
     let source = side(|s| s.tracing = Some(bad.clone()));
