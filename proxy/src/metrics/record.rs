@@ -97,11 +97,12 @@ impl Recorder {
         });
         // A server span, too, is described by the series the request ends up counted under.
         let keep = side.metrics || trace.as_ref().is_some_and(Trace::has_span);
-        let series = keep.then(|| self.series.clone());
-        let mut record = RequestRecord::start(series, req, log, tags, trace);
-        record.counts = side.metrics;
-        record.port = AtomicU16::new(self.downstream.local.map_or(0, |a| a.port()));
-        record
+        let counted = Counted {
+            series: keep.then(|| self.series.clone()),
+            counts: side.metrics,
+            port: self.downstream.local.map_or(0, |a| a.port()),
+        };
+        RequestRecord::start(counted, req, log, tags, trace)
     }
 
     /// The record of a TCP stream opened now.
@@ -193,6 +194,15 @@ fn grpc_status(headers: &HeaderMap) -> Option<u8> {
         .and_then(|v| v.parse().ok())
 }
 
+/// How a request is counted, from its connection's recorder.
+struct Counted {
+    /// `None` when its side neither records metrics nor reports a span of the request.
+    series: Option<Arc<Series>>,
+    counts: bool,
+    /// The port the connection was addressed to.
+    port: u16,
+}
+
 /// One request's record, from its head to the end of its response.
 pub struct RequestRecord {
     /// The series it counts under: the connection's, until the request path names the
@@ -218,9 +228,9 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// A request whose head just arrived on a connection counted under `series`.
+    /// A request whose head just arrived on a connection, counted as `counted` says.
     fn start<B>(
-        series: Option<Arc<Series>>,
+        counted: Counted,
         req: &Request<B>,
         log: Logged,
         tags: Tags,
@@ -229,9 +239,9 @@ impl RequestRecord {
         let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
         let head = req.method().as_str().len() + target;
         Self {
-            series: Mutex::new(series),
-            counts: true,
-            port: AtomicU16::new(0),
+            series: Mutex::new(counted.series),
+            counts: counted.counts,
+            port: AtomicU16::new(counted.port),
             tags,
             flags: AtomicU16::new(0),
             start: Instant::now(),
