@@ -37,5 +37,5 @@ pub use accepted::Accepted;
 pub use catalog::{version_of, Catalog, WorkloadPolicies};
 pub use directory::{read_directories, DirectorySource};
 pub use mesh::ProxyConfigError;
-pub use objects::{Rejection, Subject};
+pub use objects::{Body, Document, Rejection, Subject};
 pub use source::{Source, SourceError};

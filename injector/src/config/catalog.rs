@@ -21,7 +21,7 @@ use super::{
     accepted::Accepted,
     cluster_ip::fnv1a64,
     mesh::ProxyConfig,
-    objects::{Key, Objects, Rejection},
+    objects::{self, Document, Key, Objects, Rejection},
     routing::Routing,
     security,
     service_entry::ServiceEntry,
@@ -59,11 +59,19 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Builds a catalog from `(origin, text)` pairs: each text is multi-document Kubernetes
-    /// YAML, except an origin whose file name is `mesh.yaml`, which is a bare Istio
-    /// `MeshConfig`. Later duplicates of an object are rejected, so order matters.
-    pub fn build(documents: Vec<(String, String)>) -> Catalog {
-        let (mut objects, mut rejected) = Objects::parse(&documents);
+    /// Builds a catalog from `(path, text)` pairs of files, split as [`Document::split`]
+    /// splits them. Later duplicates of an object are rejected, so order matters.
+    pub fn build(files: Vec<(String, String)>) -> Catalog {
+        Self::from_documents(objects::documents_of(&files))
+    }
+
+    /// Builds a catalog from parsed documents in order (a source's rejection of what it could
+    /// not parse takes its place among them). Later duplicates of an object are rejected, so
+    /// order matters.
+    pub fn from_documents(
+        documents: impl IntoIterator<Item = Result<Document, Rejection>>,
+    ) -> Catalog {
+        let (mut objects, mut rejected) = Objects::from_documents(documents);
         let mesh = objects.mesh.take().unwrap_or_default();
         let (values, policy) = objects.injection.take().unwrap_or_default();
         let injector = Injector::with_mesh(values, mesh.clone()).with_policy(policy);

@@ -6,6 +6,11 @@
 //! object, where it came from and the field at fault, the way `kubectl apply` would complain.
 //! A List (what `kubectl get -o yaml` prints) stands for its items, each read as a document of
 //! its own, as `kubectl apply` reads it.
+//!
+//! Sources hand over parsed [`Document`]s, each with its origin (a file and the document's
+//! position in it, or an API object and its resourceVersion), not text: the directory source
+//! splits its files with [`Document::split`], a source watching the API server hands over the
+//! objects it holds, and both feed the same per-kind checks ([`Objects::from_documents`]).
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
@@ -110,6 +115,77 @@ impl Rejection {
 /// `(namespace, name)`.
 pub(crate) type Key = (String, String);
 
+/// One object (or List of them) as a source read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Where it came from, which rejections of objects that cannot be told apart name: a file's
+    /// path, or for an API object, the API it was read from.
+    pub origin: String,
+    /// Where in it: `document 2` of a file, `resourceVersion 812` of an API object.
+    pub position: String,
+    pub body: Body,
+}
+
+/// What a document holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A Kubernetes object, or a List of them.
+    Object(Value),
+    /// A bare Istio `MeshConfig` (a `mesh.yaml` file).
+    MeshConfig(String),
+    /// Injection values (an `injection.yaml` file).
+    InjectionValues(String),
+}
+
+/// The documents of `(path, text)` files in order, each file that is not YAML as its
+/// rejection in its place.
+pub(crate) fn documents_of<P: AsRef<str>, T: AsRef<str>>(
+    files: &[(P, T)],
+) -> Vec<Result<Document, Rejection>> {
+    files
+        .iter()
+        .flat_map(
+            |(path, text)| match Document::split(path.as_ref(), text.as_ref()) {
+                Ok(documents) => documents.into_iter().map(Ok).collect(),
+                Err(rejection) => vec![Err(rejection)],
+            },
+        )
+        .collect()
+}
+
+impl Document {
+    /// The documents of file `path` holding `text`: multi-document Kubernetes YAML, except a
+    /// file named `mesh.yaml` (a bare `MeshConfig`) or `injection.yaml` (injection values);
+    /// text that is not YAML is the file's rejection.
+    pub fn split(path: &str, text: &str) -> Result<Vec<Document>, Rejection> {
+        let named = |file: &str| Path::new(path).file_name().is_some_and(|name| name == file);
+        let whole = |body| {
+            vec![Document {
+                origin: path.to_owned(),
+                position: String::new(),
+                body,
+            }]
+        };
+        if named(MESH_FILE) {
+            return Ok(whole(Body::MeshConfig(text.to_owned())));
+        }
+        if named(INJECTION_FILE) {
+            return Ok(whole(Body::InjectionValues(text.to_owned())));
+        }
+        let values = yaml::documents(text)
+            .map_err(|e| Rejection::unidentified(path, path.to_owned(), e.to_string()))?;
+        Ok(values
+            .into_iter()
+            .enumerate()
+            .map(|(index, value)| Document {
+                origin: path.to_owned(),
+                position: format!("document {}", index + 1),
+                body: Body::Object(value),
+            })
+            .collect())
+    }
+}
+
 /// A kept object and the description of where it came from, for rejections found later.
 #[derive(Debug)]
 pub(crate) struct Labelled<T> {
@@ -171,63 +247,61 @@ const MESH_CONFIG_MAP: (&str, &str) = ("istio-system", "istio");
 const INJECTOR_CONFIG_MAP: (&str, &str) = ("istio-system", "istio-sidecar-injector");
 
 impl Objects {
-    /// Parses `(origin, text)` pairs in order; a later object with the same kind, namespace
-    /// and name as a kept one is rejected.
-    pub(crate) fn parse(documents: &[(String, String)]) -> (Self, Vec<Rejection>) {
+    /// Checks and keeps `documents` in order (a source's rejection of a whole file takes its
+    /// place among them); a later object with the same kind, namespace and name as a kept one
+    /// is rejected.
+    pub(crate) fn from_documents(
+        documents: impl IntoIterator<Item = Result<Document, Rejection>>,
+    ) -> (Self, Vec<Rejection>) {
         let mut objects = Self::default();
         let mut rejected = Vec::new();
-        for (origin, text) in documents {
-            if Path::new(origin)
-                .file_name()
-                .is_some_and(|name| name == MESH_FILE)
-            {
-                let label = format!("MeshConfig in {origin}");
-                match MeshConfig::parse(text) {
-                    Ok(mesh) => objects.keep_mesh(mesh, label, origin, &mut rejected),
-                    Err(e) => rejected.push(Rejection::of(
-                        "MeshConfig",
-                        &Key::default(),
-                        origin,
-                        label,
-                        e.to_string(),
-                    )),
+        for document in documents {
+            let Document {
+                origin,
+                position,
+                body,
+            } = match document {
+                Ok(document) => document,
+                Err(rejection) => {
+                    rejected.push(rejection);
+                    continue;
                 }
-                continue;
-            }
-            if Path::new(origin)
-                .file_name()
-                .is_some_and(|name| name == INJECTION_FILE)
-            {
-                let label = format!("injection values in {origin}");
-                match Values::parse(text) {
-                    Ok(values) => objects.keep_injection(
-                        (values, InjectionPolicy::default()),
-                        label,
-                        origin,
-                        &mut rejected,
-                    ),
-                    Err(e) => rejected.push(Rejection::of(
-                        "InjectionValues",
-                        &Key::default(),
-                        origin,
-                        label,
-                        e,
-                    )),
+            };
+            match body {
+                Body::Object(value) => {
+                    objects.add_document(value, &origin, &position, &mut rejected);
                 }
-                continue;
-            }
-            match yaml::documents(text) {
-                Ok(values) => {
-                    for (index, value) in values.into_iter().enumerate() {
-                        let position = format!("document {}", index + 1);
-                        objects.add_document(value, origin, &position, &mut rejected);
+                Body::MeshConfig(text) => {
+                    let label = format!("MeshConfig in {origin}");
+                    match MeshConfig::parse(&text) {
+                        Ok(mesh) => objects.keep_mesh(mesh, label, &origin, &mut rejected),
+                        Err(e) => rejected.push(Rejection::of(
+                            "MeshConfig",
+                            &Key::default(),
+                            &origin,
+                            label,
+                            e.to_string(),
+                        )),
                     }
                 }
-                Err(e) => rejected.push(Rejection::unidentified(
-                    origin,
-                    origin.clone(),
-                    e.to_string(),
-                )),
+                Body::InjectionValues(text) => {
+                    let label = format!("injection values in {origin}");
+                    match Values::parse(&text) {
+                        Ok(values) => objects.keep_injection(
+                            (values, InjectionPolicy::default()),
+                            label,
+                            &origin,
+                            &mut rejected,
+                        ),
+                        Err(e) => rejected.push(Rejection::of(
+                            "InjectionValues",
+                            &Key::default(),
+                            &origin,
+                            label,
+                            e,
+                        )),
+                    }
+                }
             }
         }
         (objects, rejected)

@@ -1,11 +1,7 @@
 use super::*;
 
 fn parse(files: &[(&str, &str)]) -> (Objects, Vec<Rejection>) {
-    let documents: Vec<(String, String)> = files
-        .iter()
-        .map(|(origin, text)| ((*origin).to_owned(), (*text).to_owned()))
-        .collect();
-    Objects::parse(&documents)
+    Objects::from_documents(documents_of(files))
 }
 
 fn key(namespace: &str, name: &str) -> Key {
@@ -558,4 +554,39 @@ fn a_kind_kubernetes_does_not_have_is_rejected_and_may_be_any_object_of_its_file
     );
     assert!(rejected[0].may_concern("Deployment", "demo", "web", "/dir/web.yaml"));
     assert!(!rejected[0].may_concern("Deployment", "demo", "web", "/dir/other.yaml"));
+}
+
+#[test]
+fn objects_from_the_api_server_are_checked_as_files_are() {
+    let object = |version: &str, yaml: &str| {
+        Ok(Document {
+            origin: "the Kubernetes API".to_owned(),
+            position: format!("resourceVersion {version}"),
+            body: Body::Object(yaml::from_str(yaml).expect("yaml")),
+        })
+    };
+    let (objects, rejected) = Objects::from_documents([
+        object(
+            "41",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: httpbin, namespace: demo}\nspec:\n  ports: [{port: 8000}]\n",
+        ),
+        object(
+            "42",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  ports: [{port: http}]\n",
+        ),
+    ]);
+    assert!(objects.services.contains_key(&key("demo", "httpbin")));
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(
+        rejected[0].object,
+        "Service demo/broken in the Kubernetes API (resourceVersion 42)"
+    );
+    assert_eq!(
+        rejected[0].subject,
+        Subject::Object {
+            kind: "Service".into(),
+            namespace: "demo".into(),
+            name: "broken".into()
+        }
+    );
 }
