@@ -2,9 +2,13 @@
 //!
 //! A sidecar proves its identity to the CA with the projected service-account token Kubernetes
 //! mounts for it (audience `istio-ca`). The CA asks an [`Authenticator`] what service account a
-//! token proves; in a cluster that is the API server's TokenReview, locally it is
-//! [`LocalTokens`]: ES256 JWTs shaped like Kubernetes' own, minted by the local launcher with a
-//! key it keeps in its state directory ([`TokenIssuer`]).
+//! token proves; in a cluster that is the API server's TokenReview ([`TokenReviews`]), locally
+//! it is [`LocalTokens`]: ES256 JWTs shaped like Kubernetes' own, minted by the local launcher
+//! with a key it keeps in its state directory ([`TokenIssuer`]).
+
+mod review;
+
+pub use review::TokenReviews;
 
 use std::{
     fs,
@@ -36,13 +40,18 @@ pub enum TokenError {
     Key(String),
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token could not be checked (the API server did not answer): refused, as the CA
+    /// fails closed.
+    #[error("token review unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// A Kubernetes service account, as a token proves it.
+/// A Kubernetes service account, as a token proves it, and the pod the token is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceAccount {
     pub namespace: String,
     pub name: String,
+    pub pod: Option<String>,
 }
 
 /// Checks bearer tokens presented to the CA.
@@ -177,6 +186,7 @@ impl LocalTokens {
         let account = ServiceAccount {
             namespace: claims.kubernetes.namespace,
             name: claims.kubernetes.serviceaccount.name,
+            pod: claims.kubernetes.pod.map(|pod| pod.name),
         };
         let subject = format!(
             "system:serviceaccount:{}:{}",
@@ -230,7 +240,8 @@ mod tests {
             tokens.authenticate(&token).await.expect("valid"),
             ServiceAccount {
                 namespace: "client".into(),
-                name: "sleep".into()
+                name: "sleep".into(),
+                pod: Some("sleep-0".into()),
             }
         );
         // The same key is used again after a restart.
