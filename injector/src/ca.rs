@@ -4,7 +4,9 @@
 //! Files follow Istio's "plug-in CA" layout so an operator's existing CA material works:
 //! `ca-cert.pem`, `ca-key.pem`, `root-cert.pem` and, for an intermediate, `cert-chain.pem`.
 //! Workload certificates are written the way Istio mounts them: `cert-chain.pem`, `key.pem`,
-//! `root-cert.pem`.
+//! `root-cert.pem`. In a cluster the same material lives in Secrets ([`cluster`]).
+
+pub mod cluster;
 
 use std::{
     fs, io,
@@ -60,6 +62,9 @@ pub enum CaError {
     Csr(String),
     #[error("the CSR asks for {asked}, but the caller is {allowed}")]
     ForeignIdentity { asked: String, allowed: SpiffeId },
+    /// The API server holding the CA's Secrets could not be asked.
+    #[error("Secret {secret}: {message}")]
+    Api { secret: String, message: String },
 }
 
 fn crypto(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> CaError {
@@ -134,21 +139,38 @@ impl Authority {
         let ca_cert = read(dir, CA_CERT)?;
         let key_pem = read(dir, CA_KEY)?;
         let roots_pem = read(dir, ROOT_CERT)?;
-        // With plug-in certs, cert-chain.pem is the CA cert followed by its parents.
         let chain_pem = match read(dir, CERT_CHAIN) {
-            Ok(chain) => chain,
-            Err(CaError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                ca_cert.clone()
-            }
+            Ok(chain) => Some(chain),
+            Err(CaError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(crypto(format!("parsing {}", dir.join(CA_KEY).display())))?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_cert, key)
-            .map_err(crypto(format!("parsing {}", dir.join(CA_CERT).display())))?;
+        Self::from_pem(
+            &ca_cert,
+            &key_pem,
+            roots_pem,
+            chain_pem,
+            &dir.display().to_string(),
+        )
+    }
+
+    /// A CA from its certificate, key, roots and (for plug-in certs: the CA certificate
+    /// followed by its parents) chain, read from `place`.
+    fn from_pem(
+        ca_cert: &str,
+        key_pem: &str,
+        roots_pem: String,
+        chain_pem: Option<String>,
+        place: &str,
+    ) -> Result<Self, CaError> {
+        let key =
+            KeyPair::from_pem(key_pem).map_err(crypto(format!("parsing {place}'s {CA_KEY}")))?;
+        let issuer = Issuer::from_ca_cert_pem(ca_cert, key)
+            .map_err(crypto(format!("parsing {place}'s {CA_CERT}")))?;
         Ok(Self {
             issuer,
-            chain_pem,
+            chain_pem: chain_pem
+                .filter(|chain| !chain.trim().is_empty())
+                .unwrap_or_else(|| ca_cert.to_owned()),
             roots_pem,
         })
     }
