@@ -14,3 +14,4 @@ pub mod config;
 pub mod inject;
 pub mod server;
 pub mod token;
+pub mod webhook_bundle;
