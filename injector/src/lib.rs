@@ -1,7 +1,10 @@
 //! Remora's control plane (the role istiod plays in Istio): the mesh CA ([`ca`], with the
 //! service-account [`token`]s that prove who asks), the config pipeline ([`config`]) and the
 //! discovery server that pushes each sidecar its snapshot ([`server`]), and sidecar injection
-//! ([`inject`]: one pure engine behind the admission webhook and `remoractl kube-inject`).
+//! ([`inject`]: one pure engine behind the admission webhook and `remoractl kube-inject`). In a
+//! cluster it also keeps what the API server and workloads read in step with the mesh root:
+//! [`root_cert`] (the root in every namespace) and [`webhook_bundle`] (the webhook's
+//! `caBundle`).
 //!
 //! Only what the control plane runs lives here, so its image carries nothing else. The local
 //! cluster launcher (`remora-local`) and `remoractl` are crates of their own on top of this
@@ -12,6 +15,7 @@
 pub mod ca;
 pub mod config;
 pub mod inject;
+pub mod root_cert;
 pub mod server;
 pub mod token;
 pub mod webhook_bundle;
