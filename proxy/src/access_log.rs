@@ -430,6 +430,54 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_that_cannot_keep_up_costs_lines_never_waits() {
+        // A log whose reader never reads: the writer blocks once the pipe is full.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("stalled.log");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let (done, finish) = mpsc::channel::<()>();
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let _held = std::fs::File::open(&path).expect("the reading end");
+                let _ = finish.recv();
+            })
+        };
+        let settings = AccessLog {
+            path: path.display().to_string(),
+            format: Format::text("%REQ(USER-AGENT)%").expect("format"),
+            filter: Filter::default(),
+        };
+        let dropped = IntCounter::new("dropped", "test").expect("counter");
+        let log = Logger::open(&settings, &dropped).expect("opens");
+        let req = Request::get("/")
+            .header("user-agent", "x".repeat(1024))
+            .body(())
+            .expect("request");
+        // Far more than the pipe holds plus the queue: every call returns at once, and what
+        // does not fit is counted.
+        let sent = QUEUE * 3;
+        for _ in 0..sent {
+            log.log(log.request(&req, &Downstream::default()));
+        }
+        let lost = dropped.get();
+        assert!(
+            lost >= (sent - QUEUE - 128) as u64 && lost < sent as u64,
+            "{lost} of {sent} dropped"
+        );
+        // The reader goes away: the writer's writes fail, it drains the queue and ends.
+        drop(done);
+        reader.join().expect("reader");
+        let Logger { writer, thread, .. } = log;
+        drop(writer);
+        thread.join().expect("the writer ends");
+    }
+
+    #[test]
     fn a_log_that_cannot_be_opened_is_off() {
         let settings = AccessLog {
             path: "/nonexistent-dir/access.log".to_owned(),
