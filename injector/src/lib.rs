@@ -12,6 +12,8 @@
 //! ([`config::read_directories`], [`config::Catalog::accepted`]) and issue with [`ca`] and
 //! [`token`], so they agree with the control plane by construction.
 
+#[cfg(test)]
+mod api_mock;
 pub mod ca;
 pub mod config;
 pub mod inject;

@@ -1,46 +1,11 @@
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::client::Body;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle, SendResponse};
 
 use super::*;
-
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+use crate::api_mock::{api, failure, next, reply};
 
 const MAPS: &str = "/api/v1/namespaces/demo/configmaps";
 const ROOT: &str = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n";
-
-fn api() -> (kube::Client, ApiHandle) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (kube::Client::new(service, "demo"), handle)
-}
-
-fn reply(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .body(Body::from(body.to_string().into_bytes()))
-        .expect("response")
-}
-
-async fn next(
-    handle: &mut ApiHandle,
-    method: Method,
-    path: &str,
-) -> (Value, SendResponse<Response<Body>>) {
-    let (request, respond) = handle.next_request().await.expect("a request");
-    assert_eq!((request.method(), request.uri().path()), (&method, path));
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-        respond,
-    )
-}
 
 fn map(root: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -51,14 +16,11 @@ fn map(root: &str) -> Value {
 #[tokio::test]
 async fn a_missing_root_is_published_an_edited_one_repaired_a_current_one_left() {
     // Deleted (or never made): created.
-    let (client, mut handle) = api();
+    let (client, mut handle) = api("demo");
     let (change, ()) = tokio::join!(ensure(client, "demo", ROOT), async {
         let path = format!("{MAPS}/{CONFIG_MAP}");
         let (_, respond) = next(&mut handle, Method::GET, &path).await;
-        respond.send_response(reply(
-            StatusCode::NOT_FOUND,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-        ));
+        respond.send_response(reply(StatusCode::NOT_FOUND, &failure(404, "NotFound")));
         let (sent, respond) = next(&mut handle, Method::POST, MAPS).await;
         assert_eq!(sent["metadata"]["name"], CONFIG_MAP);
         assert_eq!(sent["data"][KEY], ROOT);
@@ -67,7 +29,7 @@ async fn a_missing_root_is_published_an_edited_one_repaired_a_current_one_left()
     assert_eq!(change.expect("published"), Change::Created);
 
     // Edited: written back, other keys kept.
-    let (client, mut handle) = api();
+    let (client, mut handle) = api("demo");
     let (change, ()) = tokio::join!(ensure(client, "demo", ROOT), async {
         let path = format!("{MAPS}/{CONFIG_MAP}");
         let (_, respond) = next(&mut handle, Method::GET, &path).await;
@@ -83,7 +45,7 @@ async fn a_missing_root_is_published_an_edited_one_repaired_a_current_one_left()
     assert_eq!(change.expect("repaired"), Change::Updated);
 
     // Current: nothing written.
-    let (client, mut handle) = api();
+    let (client, mut handle) = api("demo");
     let (change, ()) = tokio::join!(ensure(client, "demo", ROOT), async {
         let (_, respond) = next(&mut handle, Method::GET, &format!("{MAPS}/{CONFIG_MAP}")).await;
         respond.send_response(reply(StatusCode::OK, &map(ROOT)));

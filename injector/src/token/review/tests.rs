@@ -1,21 +1,16 @@
 use std::collections::BTreeMap;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::client::Body;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle};
 
 use super::*;
+use crate::api_mock::{api, failure, next, reply, ApiHandle};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 fn reviews() -> (TokenReviews, ApiHandle) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (
-        TokenReviews::new(kube::Client::new(service, "default")),
-        handle,
-    )
+    let (client, handle) = api("default");
+    (TokenReviews::new(client), handle)
 }
 
 /// A JWT-shaped token (only its payload matters here) expiring at `exp`.
@@ -34,19 +29,7 @@ fn in_an_hour() -> u64 {
 
 /// Answers the next request, which must be the TokenReview of `token`, with `status`.
 async fn answer(handle: &mut ApiHandle, token: &str, status: Value) {
-    let (request, respond) = handle.next_request().await.expect("a review");
-    assert_eq!(request.method(), Method::POST);
-    assert_eq!(
-        request.uri().path(),
-        "/apis/authentication.k8s.io/v1/tokenreviews"
-    );
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let sent: Value = serde_json::from_slice(&body).expect("json");
+    let (sent, respond) = next(handle, Method::POST, REVIEWS).await;
     assert_eq!(sent["spec"]["token"], token);
     assert_eq!(sent["spec"]["audiences"], json!(["istio-ca"]));
     let reviewed = json!({
@@ -55,12 +38,7 @@ async fn answer(handle: &mut ApiHandle, token: &str, status: Value) {
         "spec": sent["spec"],
         "status": status,
     });
-    respond.send_response(
-        Response::builder()
-            .status(StatusCode::CREATED)
-            .body(Body::from(reviewed.to_string().into_bytes()))
-            .expect("response"),
-    );
+    respond.send_response(reply(StatusCode::CREATED, &reviewed));
 }
 
 fn authenticated(username: &str, pod: Option<&str>) -> Value {
@@ -136,7 +114,7 @@ async fn without_the_api_server_every_token_is_refused() {
     let (reviews, mut handle) = reviews();
     let token = token(in_an_hour());
     let (result, ()) = tokio::join!(reviews.authenticate(&token), async {
-        let (_, respond) = handle.next_request().await.expect("a review");
+        let (_, respond) = next(&mut handle, Method::POST, REVIEWS).await;
         respond.send_error(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "connection refused",
@@ -148,15 +126,8 @@ async fn without_the_api_server_every_token_is_refused() {
     );
     // An API error (here: the control plane may not create reviews) refuses too.
     let (result, ()) = tokio::join!(reviews.authenticate(&token), async {
-        let (_, respond) = handle.next_request().await.expect("a review");
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "reason": "Forbidden", "code": 403, "message": "forbidden"});
-        respond.send_response(
-            Response::builder()
-                .status(StatusCode::FORBIDDEN)
-                .body(Body::from(status.to_string().into_bytes()))
-                .expect("response"),
-        );
+        let (_, respond) = next(&mut handle, Method::POST, REVIEWS).await;
+        respond.send_response(reply(StatusCode::FORBIDDEN, &failure(403, "Forbidden")));
     });
     assert!(
         matches!(result, Err(TokenError::Unavailable(_))),
