@@ -305,24 +305,9 @@ pub(crate) fn read(value: Value, namespace: &str, name: &str) -> Result<Telemetr
                 .to_owned(),
         );
     }
-    let tracing = spec
-        .tracing
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| read_tracing(t, &format!("spec.tracing[{i}]")))
-        .collect::<Result<_, _>>()?;
-    let metrics = spec
-        .metrics
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| read_metrics(m, &format!("spec.metrics[{i}]")))
-        .collect::<Result<_, _>>()?;
-    let logging = spec
-        .access_logging
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| read_logging(l, &format!("spec.accessLogging[{i}]")))
-        .collect::<Result<_, _>>()?;
+    let tracing = read_each(spec.tracing, "spec.tracing", read_tracing)?;
+    let metrics = read_each(spec.metrics, "spec.metrics", read_metrics)?;
+    let logging = read_each(spec.access_logging, "spec.accessLogging", read_logging)?;
     Ok(Telemetry {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -332,6 +317,19 @@ pub(crate) fn read(value: Value, namespace: &str, name: &str) -> Result<Telemetr
         logging,
         tracing,
     })
+}
+
+/// Each rule of list `path`, read by `read` with its own path (`spec.metrics[2]`).
+fn read_each<S, T>(
+    specs: Vec<S>,
+    path: &str,
+    read: impl Fn(S, &str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| read(spec, &format!("{path}[{i}]")))
+        .collect()
 }
 
 fn read_tracing(spec: TracingSpec, path: &str) -> Result<Tracing, String> {
