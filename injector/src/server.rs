@@ -94,7 +94,7 @@ pub async fn run<A: Authenticator>(
     source: Box<dyn Source>,
     tokens: A,
 ) -> Result<(), ServeError> {
-    let catalog = source.watch()?;
+    let catalog = source.watch().await?;
     let trust_domain = catalog.borrow().trust_domain().to_owned();
     let ca = Arc::new(load_or_create_ca(&options.ca_dir, &trust_domain)?);
     let metrics = Arc::new(Metrics::default());

@@ -23,7 +23,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Catalog, Rejection, Source, SourceError};
+use super::{
+    source::{log_new_rejections, Watching},
+    Catalog, Rejection, Source, SourceError,
+};
 
 /// How long the files must stay quiet before they are re-read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -53,7 +56,13 @@ pub fn read_directories(dirs: &[PathBuf]) -> Catalog {
 }
 
 impl Source for DirectorySource {
-    fn watch(self: Box<Self>) -> Result<watch::Receiver<Arc<Catalog>>, SourceError> {
+    fn watch(self: Box<Self>) -> Watching {
+        Box::pin(async move { self.start() })
+    }
+}
+
+impl DirectorySource {
+    fn start(self) -> Result<watch::Receiver<Arc<Catalog>>, SourceError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SourceError::NoRuntime)?;
         for dir in &self.dirs {
             fs::read_dir(dir).map_err(|source| SourceError::Directory {
@@ -175,13 +184,6 @@ async fn settle(changes: &mut mpsc::UnboundedReceiver<()>) -> bool {
             Ok(None) => return false,
             Err(_settled) => return true,
         }
-    }
-}
-
-/// Rejections are logged when they first appear, not again on every reload.
-fn log_new_rejections(catalog: &Catalog, before: &BTreeSet<Rejection>) {
-    for rejection in catalog.rejected.iter().filter(|r| !before.contains(r)) {
-        tracing::warn!(object = %rejection.object, reason = %rejection.reason, "config rejected");
     }
 }
 

@@ -47,6 +47,7 @@ async fn publishes_a_new_catalog_only_when_contents_change() {
 
     let mut catalogs = Box::new(DirectorySource::new(vec![root.to_owned()]))
         .watch()
+        .await
         .expect("directory exists");
     {
         let initial = catalogs.borrow_and_update();
@@ -110,6 +111,7 @@ async fn a_missing_directory_is_an_error_naming_it() {
         missing.clone(),
     ]))
     .watch()
+    .await
     .expect_err("missing directory");
     assert!(
         matches!(&err, SourceError::Directory { path, .. } if *path == missing),
@@ -121,10 +123,14 @@ async fn a_missing_directory_is_an_error_naming_it() {
 #[test]
 fn needs_a_runtime() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = Box::new(DirectorySource::new(vec![dir.path().to_owned()]))
-        .watch()
-        .expect_err("no runtime");
-    assert!(matches!(err, SourceError::NoRuntime), "{err}");
+    let mut watching = Box::new(DirectorySource::new(vec![dir.path().to_owned()])).watch();
+    let polled = watching
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    assert!(
+        matches!(polled, std::task::Poll::Ready(Err(SourceError::NoRuntime))),
+        "{polled:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
