@@ -15,6 +15,7 @@
 #[cfg(test)]
 mod api_mock;
 pub mod ca;
+pub mod cluster;
 pub mod config;
 pub mod inject;
 pub mod root_cert;

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
-    ca::{Authority, CaError},
+    ca::{self, Authority, CaError},
     config::{Catalog, Source, SourceError},
     token::{Authenticator, TokenError},
 };
@@ -58,9 +58,10 @@ const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 pub enum ServeError {
     #[error("config source: {0}")]
     Source(#[from] SourceError),
-    #[error("CA in {dir}: {source}")]
+    #[error("CA {place}: {source}")]
     Ca {
-        dir: PathBuf,
+        /// Where its material is: `in /dir`, `in the cluster`.
+        place: String,
         #[source]
         source: CaError,
     },
@@ -84,8 +85,21 @@ pub struct Options {
     pub http: SocketAddr,
     /// The injection webhook (HTTPS).
     pub webhook: SocketAddr,
-    /// CA files (Istio's plug-in layout); a new root is made here when there is none.
-    pub ca_dir: PathBuf,
+    pub ca: CaStore,
+}
+
+/// Where the CA's key material is kept.
+pub enum CaStore {
+    /// Files (Istio's plug-in layout); a new root is made here when there is none.
+    Directory(PathBuf),
+    /// A cluster's Secrets in the control plane's namespace (`cacerts`, else
+    /// `istio-ca-secret`, made by the first replica), the root published in every namespace and
+    /// in the `caBundle` of webhook configuration `webhook`.
+    Cluster {
+        client: kube::Client,
+        namespace: String,
+        webhook: String,
+    },
 }
 
 /// Runs the control plane until the gRPC server fails.
@@ -96,7 +110,27 @@ pub async fn run<A: Authenticator>(
 ) -> Result<(), ServeError> {
     let catalog = source.watch().await?;
     let trust_domain = catalog.borrow().trust_domain().to_owned();
-    let ca = Arc::new(load_or_create_ca(&options.ca_dir, &trust_domain)?);
+    let ca = Arc::new(match &options.ca {
+        CaStore::Directory(dir) => load_or_create_ca(dir, &trust_domain)?,
+        CaStore::Cluster {
+            client,
+            namespace,
+            webhook,
+        } => {
+            let ca = ca::cluster::load_or_create(client.clone(), namespace, &trust_domain)
+                .await
+                .map_err(|source| ServeError::Ca {
+                    place: format!("in namespace {namespace}"),
+                    source,
+                })?;
+            tokio::spawn(crate::cluster::keep_roots(
+                client.clone(),
+                webhook.clone(),
+                ca.roots_pem().to_owned(),
+            ));
+            ca
+        }
+    });
     let metrics = Arc::new(Metrics::default());
     tokio::spawn(track_rejections(catalog.clone(), metrics.clone()));
     let (jwks, fetched) = watch::channel(Arc::new(Jwks::default()));
@@ -107,7 +141,7 @@ pub async fn run<A: Authenticator>(
     let serving = ca
         .issue_with_dns(&id, &SERVING_NAMES, SERVING_TTL)
         .map_err(|source| ServeError::Ca {
-            dir: options.ca_dir.clone(),
+            place: "(the serving certificate)".to_owned(),
             source,
         })?;
     let tls = ServerTlsConfig::new()
@@ -181,7 +215,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// Loads the CA from `dir`, or makes and saves a new root there on first start.
 fn load_or_create_ca(dir: &std::path::Path, trust_domain: &str) -> Result<Authority, ServeError> {
     let error = |source| ServeError::Ca {
-        dir: dir.to_owned(),
+        place: format!("in {}", dir.display()),
         source,
     };
     match Authority::load(dir) {

@@ -1,14 +1,15 @@
 //! `remora-injector`: Remora's control plane (istiod's role): the mesh CA and config discovery
-//! for sidecars, reading its config from a source (directories of manifests in local mode).
+//! for sidecars, reading its config from a source (directories of manifests in local mode, the
+//! Kubernetes API in a cluster).
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use remora_injector::{
-    config::DirectorySource,
-    server::{self, Options},
-    token::LocalTokens,
+    config::{DirectorySource, KubernetesSource},
+    server::{self, CaStore, Options},
+    token::{LocalTokens, TokenReviews},
 };
 
 #[derive(Parser)]
@@ -23,17 +24,29 @@ enum Command {
     /// Serve the CA and config discovery (gRPC over TLS), the injection webhook (HTTPS) and
     /// metrics.
     Serve {
+        /// Run in a Kubernetes cluster: config, CA material and token checks come from the
+        /// API server (in-cluster config, else KUBECONFIG), as istiod's do.
+        #[arg(long, conflicts_with_all = ["config_dirs", "ca_dir", "token_key"])]
+        kubernetes: bool,
+        /// The control plane's namespace in a cluster: its CA Secrets, and the mesh and
+        /// injection ConfigMaps (istiod reads the same variable).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+        namespace: String,
+        /// In a cluster, the MutatingWebhookConfiguration whose `caBundle` is kept at the mesh
+        /// root.
+        #[arg(long, default_value = "istio-sidecar-injector")]
+        webhook_configuration: String,
         /// A directory of manifests (multi-document YAML) and `mesh.yaml`; repeat for more.
         /// Files are re-read when they change.
-        #[arg(long = "config-dir", required = true)]
+        #[arg(long = "config-dir", required_unless_present = "kubernetes")]
         config_dirs: Vec<PathBuf>,
         /// CA directory (Istio plug-in certs: ca-cert.pem, ca-key.pem, root-cert.pem,
         /// cert-chain.pem); a new root is created there if it holds none.
-        #[arg(long)]
-        ca_dir: PathBuf,
+        #[arg(long, required_unless_present = "kubernetes")]
+        ca_dir: Option<PathBuf>,
         /// Public key (PEM) that verifies service-account tokens minted by the local launcher.
-        #[arg(long)]
-        token_key: PathBuf,
+        #[arg(long, required_unless_present = "kubernetes")]
+        token_key: Option<PathBuf>,
         /// gRPC (CA and discovery) listen address.
         #[arg(long, default_value = "0.0.0.0:15012")]
         grpc_addr: SocketAddr,
@@ -54,35 +67,55 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Serve {
-            config_dirs,
-            ca_dir,
-            token_key,
-            grpc_addr,
-            http_addr,
-            webhook_addr,
-        } => {
-            let tokens = LocalTokens::load(&token_key).context("loading --token-key")?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            runtime.block_on(async {
-                server::run(
-                    Options {
-                        grpc: grpc_addr,
-                        http: http_addr,
-                        webhook: webhook_addr,
-                        ca_dir,
-                    },
-                    Box::new(DirectorySource::new(config_dirs)),
-                    tokens,
-                )
-                .await
-                .context("control plane")
-            })
+    let Command::Serve {
+        kubernetes,
+        namespace,
+        webhook_configuration,
+        config_dirs,
+        ca_dir,
+        token_key,
+        grpc_addr,
+        http_addr,
+        webhook_addr,
+    } = Cli::parse().command;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let listen = |ca| Options {
+        grpc: grpc_addr,
+        http: http_addr,
+        webhook: webhook_addr,
+        ca,
+    };
+    runtime.block_on(async {
+        match (kubernetes, ca_dir, token_key) {
+            (true, _, _) => {
+                let client = kube::Client::try_default().await.context(
+                    "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
+                )?;
+                let source = KubernetesSource::new(
+                    client.clone(),
+                    &namespace,
+                    std::env::var("POD_NAME").ok(),
+                );
+                let ca = CaStore::Cluster {
+                    client: client.clone(),
+                    namespace,
+                    webhook: webhook_configuration,
+                };
+                server::run(listen(ca), Box::new(source), TokenReviews::new(client)).await
+            }
+            (false, Some(ca_dir), Some(token_key)) => {
+                let tokens = LocalTokens::load(&token_key).context("loading --token-key")?;
+                let source = DirectorySource::new(config_dirs);
+                server::run(listen(CaStore::Directory(ca_dir)), Box::new(source), tokens).await
+            }
+            (false, _, _) => {
+                anyhow::bail!("--ca-dir and --token-key are needed without --kubernetes")
+            }
         }
-    }
+        .context("control plane")
+    })
 }
