@@ -17,7 +17,7 @@ use remora_api::proto::{
 };
 use remora_injector::{
     config::DirectorySource,
-    server::{self, Options},
+    server::{self, CaStore, Options},
     token::{LocalTokens, TokenIssuer},
 };
 use tokio::{
@@ -87,7 +87,7 @@ async fn start() -> ControlPlane {
             grpc,
             http,
             webhook,
-            ca_dir: ca_dir.clone(),
+            ca: CaStore::Directory(ca_dir.clone()),
         },
         Box::new(DirectorySource::new(vec![config.path().to_owned()])),
         verifier,

@@ -257,11 +257,9 @@ async fn a_kind_not_installed_is_skipped_then_read_when_it_appears() {
     let source = Box::new(KubernetesSource::new(client, "istio-system", None));
     // Published without it.
     let mut watching = tokio::spawn(source.watch());
-    let mut catalogs = loop {
-        tokio::select! {
-            done = &mut watching => break done.expect("source task").expect("first catalog"),
-            _ = cluster.next(Method::GET, "/never") => unreachable!(),
-        }
+    let mut catalogs = tokio::select! {
+        done = &mut watching => done.expect("source task").expect("first catalog"),
+        _ = cluster.next(Method::GET, "/never") => unreachable!("nothing is sent there"),
     };
     assert!(catalogs.borrow_and_update().rejected.is_empty());
 
