@@ -9,6 +9,7 @@
 //! including when a test panics. It needs root: the sidecar must run as uid 1337 inside each
 //! namespace, which user namespaces cannot provide.
 
+pub mod apiserver;
 mod bins;
 mod capture;
 pub mod example_cluster;
