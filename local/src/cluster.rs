@@ -154,6 +154,7 @@ impl Cluster {
                 ca_dir,
                 token_key: TokenIssuer::public_key_path(state.root()),
                 dir: cp_dir,
+                api_server: options.api_server,
             },
         );
 
@@ -280,6 +281,12 @@ impl Cluster {
     /// Everything the control plane printed, over all its runs.
     pub fn control_plane_log(&self) -> String {
         self.control_plane.log()
+    }
+
+    /// Each kind of request the control plane made of the API server (`VERB group/resource`),
+    /// when it runs as in a cluster.
+    pub fn api_audit(&self) -> String {
+        std::fs::read_to_string(self.control_plane.api_audit_path()).unwrap_or_default()
     }
 
     /// Stops the control plane (SIGTERM, then SIGKILL after a grace period). Sidecars keep

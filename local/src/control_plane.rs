@@ -3,6 +3,12 @@
 //! the user's manifests and the launcher's records, reached by every pod as
 //! `istiod.istio-system.svc`. It can be stopped and started again with the same flags and
 //! state, which is how the tests show the data plane outliving it.
+//!
+//! Or, given an API server program ([`ControlPlaneConfig::api_server`]), it runs as in a
+//! cluster: that program serves the same directories as a Kubernetes API (and the launcher's
+//! CA as the `cacerts` Secret) in the control plane's pod, and `remora-injector serve
+//! --kubernetes` reads everything from it. The API server outlives control-plane restarts, as
+//! a cluster's does.
 
 use std::{
     ffi::OsString,
@@ -31,6 +37,10 @@ const WEBHOOK_HOST: &str = "istiod.istio-system.svc";
 const WEBHOOK_TIMEOUT_SECONDS: &str = "10";
 /// istiod's container name, used for its log file.
 const CONTAINER: &str = "discovery";
+/// Where the API server listens, in the control plane's pod.
+const API_SERVER: &str = "127.0.0.1:6443";
+/// The control plane's namespace.
+const NAMESPACE: &str = "istio-system";
 /// Passed on from the launcher's environment.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "RUST_LOG", "RUST_BACKTRACE"];
 
@@ -69,11 +79,17 @@ pub struct ControlPlaneConfig {
     pub token_key: PathBuf,
     /// Where its log goes.
     pub dir: PathBuf,
+    /// A Kubernetes API server program to read everything from instead of files (the tests'
+    /// fake one), run as `PROGRAM --listen ADDR --config-dir D... --token-key K
+    /// --plugged-in-ca DIR --audit FILE`.
+    pub api_server: Option<PathBuf>,
 }
 
 /// The control plane's pod and, while running, its process.
 pub struct ControlPlane {
     process: Option<Process>,
+    /// The API server, when it runs as in a cluster.
+    api_server: Option<Process>,
     _etc: EtcNetns,
     network: PodNetwork,
     config: ControlPlaneConfig,
@@ -84,6 +100,7 @@ impl ControlPlane {
     pub fn new(network: PodNetwork, etc: EtcNetns, config: ControlPlaneConfig) -> Self {
         Self {
             process: None,
+            api_server: None,
             _etc: etc,
             network,
             config,
@@ -130,27 +147,94 @@ impl ControlPlane {
         ready.map_err(|e| ControlPlaneError::Wait(Box::new(e)))
     }
 
-    fn spawn(&self) -> Result<Process, ProcessError> {
+    fn spawn(&mut self) -> Result<Process, ControlPlaneError> {
         let mut argv: Vec<OsString> = vec![self.config.binary.clone().into(), "serve".into()];
+        let mut env: Vec<(&str, OsString)> = INHERITED_ENV
+            .iter()
+            .filter_map(|name| Some((*name, std::env::var_os(name)?)))
+            .collect();
+        if self.config.api_server.is_some() {
+            let kubeconfig = self.start_api_server()?;
+            argv.push("--kubernetes".into());
+            env.extend([
+                ("KUBECONFIG", kubeconfig.into()),
+                ("POD_NAMESPACE", NAMESPACE.into()),
+                ("POD_NAME", "istiod".into()),
+            ]);
+        } else {
+            for dir in &self.config.config_dirs {
+                argv.extend(["--config-dir".into(), dir.into()]);
+            }
+            argv.extend([
+                "--ca-dir".into(),
+                self.config.ca_dir.clone().into(),
+                "--token-key".into(),
+                self.config.token_key.clone().into(),
+            ]);
+        }
+        let mut cmd = exec_in(self.netns(), &argv);
+        cmd.env_clear().envs(env);
+        Ok(Process::spawn(
+            "istio-system/istiod",
+            cmd,
+            &self.log_path(),
+        )?)
+    }
+
+    /// Starts the API server unless it runs, and waits until it answers; the kubeconfig that
+    /// reaches it.
+    fn start_api_server(&mut self) -> Result<PathBuf, ControlPlaneError> {
+        let kubeconfig = self.config.dir.join("kubeconfig");
+        let running = self
+            .api_server
+            .as_mut()
+            .is_some_and(|p| p.exited().is_none());
+        let Some(program) = self.config.api_server.clone().filter(|_| !running) else {
+            return Ok(kubeconfig);
+        };
+        let write = |e: std::io::Error| ControlPlaneError::Http {
+            path: kubeconfig.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::write(&kubeconfig, kubeconfig_for(API_SERVER)).map_err(write)?;
+        let mut argv: Vec<OsString> = vec![program.into(), "--listen".into(), API_SERVER.into()];
         for dir in &self.config.config_dirs {
             argv.extend(["--config-dir".into(), dir.into()]);
         }
         argv.extend([
-            "--ca-dir".into(),
-            self.config.ca_dir.clone().into(),
             "--token-key".into(),
             self.config.token_key.clone().into(),
+            "--plugged-in-ca".into(),
+            self.config.ca_dir.clone().into(),
+            "--audit".into(),
+            self.api_audit_path().into(),
         ]);
         let mut cmd = exec_in(self.netns(), &argv);
-        cmd.env_clear().envs(
-            INHERITED_ENV
-                .iter()
-                .filter_map(|name| Some((*name, std::env::var_os(name)?))),
+        cmd.env_clear();
+        let log = self.config.dir.join("apiserver.log");
+        let mut process = Process::spawn("kube-system/kube-apiserver", cmd, &log)?;
+        let (netns, url) = (
+            self.netns().to_owned(),
+            format!("http://{API_SERVER}/api/v1/namespaces"),
         );
-        Process::spawn("istio-system/istiod", cmd, &self.log_path())
+        process
+            .wait_until(
+                "waiting for the API server",
+                Duration::from_secs(10),
+                || http_get(&netns, &url).is_ok_and(|(status, _)| status == 200),
+            )
+            .map_err(|e| ControlPlaneError::Wait(Box::new(e)))?;
+        self.api_server = Some(process);
+        Ok(kubeconfig)
     }
 
-    /// Stops it: SIGTERM, a grace period, SIGKILL.
+    /// Where the API server writes each kind of request the control plane made
+    /// (`VERB group/resource`), when it runs as in a cluster.
+    pub fn api_audit_path(&self) -> PathBuf {
+        self.config.dir.join("apiserver-audit.txt")
+    }
+
+    /// Stops it: SIGTERM, a grace period, SIGKILL. The API server, if any, keeps running.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.stop();
@@ -259,6 +343,15 @@ fn curl(netns: &str, args: &[OsString], stdin: &[u8]) -> Result<(u16, Vec<u8>), 
         ));
     }
     Ok((status, text[..split].to_vec()))
+}
+
+/// A kubeconfig for the API server at `address` (plain HTTP, as the tests' fake one serves).
+fn kubeconfig_for(address: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: http://{address}\n\
+         contexts:\n- name: local\n  context:\n    cluster: local\n    namespace: {NAMESPACE}\n    user: istiod\n\
+         current-context: local\nusers:\n- name: istiod\n  user: {{}}\n"
+    )
 }
 
 /// Whether `dir` looks like a CA directory (has the root certificate).

@@ -19,6 +19,9 @@ pub struct Options {
     pub binaries: Option<Binaries>,
     /// The most any one thing (control plane, sidecar, app port) may take to become ready.
     pub timeout: Duration,
+    /// Run the control plane as in a cluster, against this Kubernetes API server program
+    /// serving the manifests and records (see `control_plane`); files when `None`.
+    pub api_server: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -29,6 +32,7 @@ impl Default for Options {
             keep_state: false,
             binaries: None,
             timeout: Duration::from_secs(30),
+            api_server: None,
         }
     }
 }

@@ -143,15 +143,19 @@ impl Server {
 
     fn seed_ca(&self, dir: &std::path::Path) -> anyhow::Result<()> {
         let mut data = serde_json::Map::new();
-        for file in [
-            "ca-cert.pem",
-            "ca-key.pem",
-            "root-cert.pem",
-            "cert-chain.pem",
+        // A self-signed root has no chain of its own.
+        for (file, required) in [
+            ("ca-cert.pem", true),
+            ("ca-key.pem", true),
+            ("root-cert.pem", true),
+            ("cert-chain.pem", false),
         ] {
             let path = dir.join(file);
-            let pem =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let pem = match std::fs::read(&path) {
+                Ok(pem) => pem,
+                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
             data.insert(
                 file.to_owned(),
                 json!(base64::Engine::encode(

@@ -15,6 +15,8 @@ pub struct Binaries {
     pub dir: PathBuf,
     pub proxy: PathBuf,
     pub init: PathBuf,
+    /// The tests' fake Kubernetes API server (`remora_e2e::apiserver`).
+    pub fake_apiserver: PathBuf,
 }
 
 impl Binaries {
@@ -31,8 +33,9 @@ impl Binaries {
             dir: dir.clone(),
             proxy: dir.join("remora-proxy"),
             init: dir.join("remora-init"),
+            fake_apiserver: dir.join("fake-apiserver"),
         };
-        for bin in [&bins.proxy, &bins.init] {
+        for bin in [&bins.proxy, &bins.init, &bins.fake_apiserver] {
             if !bin.is_file() {
                 bail!(
                     "{} is missing; build with `cargo build --workspace --bins`",

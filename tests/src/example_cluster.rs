@@ -85,6 +85,27 @@ impl ExampleCluster {
         dirs: &[&str],
         edit: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
+        Self::bring_up(name, dirs, edit, None)
+    }
+
+    /// Like [`ExampleCluster::up_with_dirs`], with the control plane run as in a cluster:
+    /// `remora-injector serve --kubernetes` against the tests' fake API server, which serves
+    /// the manifests and the launcher's records.
+    pub fn up_on_api_server(
+        name: &str,
+        dirs: &[&str],
+        edit: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let api_server = Binaries::get()?.fake_apiserver;
+        Self::bring_up(name, dirs, edit, Some(api_server))
+    }
+
+    fn bring_up(
+        name: &str,
+        dirs: &[&str],
+        edit: impl FnOnce(&Path) -> anyhow::Result<()>,
+        api_server: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         crate::require_root()?;
         let turn = ONE_AT_A_TIME.lock();
         let bins = Binaries::get()?.launcher()?;
@@ -104,6 +125,7 @@ impl ExampleCluster {
                 name: prefix,
                 keep_state: std::env::var_os("REMORA_KEEP_LOGS").is_some(),
                 binaries: Some(bins),
+                api_server,
                 ..Options::default()
             },
         )?;

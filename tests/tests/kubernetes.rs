@@ -1,0 +1,291 @@
+//! The control plane as it runs in a cluster: `remora-injector serve --kubernetes`, a process
+//! of its own, reading config, CA material and token reviews from a Kubernetes API (the tests'
+//! fake API server, which serves the same manifests the users write).
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{ensure, Context};
+use remora_e2e::{
+    example_cluster::{curl, ensure_accepted, wait_for, ExampleCluster},
+    Binaries, Process,
+};
+use remora_injector::token::TokenIssuer;
+use serde_json::Value;
+
+const TEAM_A_HTTPBIN: &str = "http://httpbin.team-a:8000";
+const TEAM_A_CURL: &str = "spiffe://cluster.local/ns/team-a/sa/curl";
+/// Envoy's body for a request AuthorizationPolicy denies.
+const DENIED: &str = "RBAC: access denied";
+const CHANGE: Duration = Duration::from_secs(20);
+
+/// `GET path` on the fake API server, from the control plane's pod.
+fn api_get(mesh: &ExampleCluster, path: &str) -> anyhow::Result<Value> {
+    let url = format!("http://127.0.0.1:6443{path}");
+    let netns = mesh.cluster.control_plane_netns();
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "curl", "-sSf", "-m", "5", &url])
+        .output()
+        .context("running curl")?;
+    ensure!(
+        out.status.success(),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `n` requests to `url` from `pod`, one answer line each.
+fn answers(pod: &remora_local::LocalPod, url: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let script = format!("for i in $(seq {n}); do curl -s -m 5 {url}; echo; done");
+    let out = pod.run(&["sh", "-c", &script])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+fn count(answers: &[String], pod: &str) -> usize {
+    answers.iter().filter(|a| a.trim() == pod).count()
+}
+
+#[test]
+fn the_mesh_runs_on_the_kubernetes_api() -> anyhow::Result<()> {
+    let mut mesh = ExampleCluster::up_on_api_server("k8s", &["zero-trust", "traffic"], |dir| {
+        // The canary only, from the traffic example.
+        fs::remove_file(dir.join("traffic/external-api.yaml"))?;
+        fs::remove_dir_all(dir.join("traffic/gateway-api"))?;
+        Ok(())
+    })?;
+    ensure_accepted(&mesh)?;
+    let log = mesh.cluster.control_plane_log();
+    ensure!(
+        log.contains("config rebuilt from the Kubernetes API"),
+        "{log}"
+    );
+
+    // The demo: sleep's curl reaches httpbin through both sidecars, over mTLS.
+    let sleep = mesh.pod_in("client", "sleep")?;
+    let response = curl(&sleep, "http://httpbin.demo:8000/headers")?;
+    ensure!(response.status == 200, "the demo's curl: {response:?}");
+
+    // team-a's httpbin admits team-a's curl (proven by its certificate) and not team-b's.
+    let (curl_a, curl_b) = (
+        mesh.pod_in("team-a", "curl")?,
+        mesh.pod_in("team-b", "curl")?,
+    );
+    let response = curl(&curl_a, &format!("{TEAM_A_HTTPBIN}/get"))?;
+    ensure!(
+        response.status == 200 && response.body.contains(&format!("URI={TEAM_A_CURL}")),
+        "team-a's curl: {response:?}"
+    );
+    let response = curl(&curl_b, &format!("{TEAM_A_HTTPBIN}/get"))?;
+    ensure!(
+        response.status == 403 && response.body == DENIED,
+        "team-b's curl: {response:?}"
+    );
+
+    // The canary: 90 % to v1, 10 % to v2.
+    let shop = mesh.pod_in("shop", "sleep")?;
+    let replies = answers(&shop, "http://reviews:9080/", 100)?;
+    let (v1, v2) = (
+        count(&replies, "reviews-v1-0"),
+        count(&replies, "reviews-v2-0"),
+    );
+    ensure!(
+        v1 + v2 == 100 && (1..=30).contains(&v2),
+        "90/10 expected, got v1 {v1}, v2 {v2}: {replies:?}"
+    );
+
+    // A control-plane restart: sidecars keep serving meanwhile, and the new process reads the
+    // same CA (the cacerts Secret) and follows the API from where it is.
+    mesh.cluster.stop_control_plane();
+    let response = curl(&curl_a, &format!("{TEAM_A_HTTPBIN}/get"))?;
+    ensure!(
+        response.status == 200,
+        "without a control plane: {response:?}"
+    );
+
+    mesh.cluster.start_control_plane()?;
+    mesh.edit("traffic/canary.yaml", "weight: 90", "weight: 0")?;
+    mesh.edit("traffic/canary.yaml", "weight: 10", "weight: 100")?;
+    wait_for("the canary at 0/100 after the restart", CHANGE, || {
+        let replies = answers(&shop, "http://reviews:9080/", 10)?;
+        Ok(count(&replies, "reviews-v2-0") == 10)
+    })?;
+
+    // The root is published in every namespace, as istiod publishes it.
+    let root = api_get(
+        &mesh,
+        "/api/v1/namespaces/team-b/configmaps/istio-ca-root-cert",
+    )?;
+    let secret = api_get(&mesh, "/api/v1/namespaces/istio-system/secrets/cacerts")?;
+    let encoded = secret["data"]["root-cert.pem"].as_str().unwrap_or_default();
+    let plugged = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)?;
+    ensure!(
+        root["data"]["root-cert.pem"].as_str() == Some(&*String::from_utf8_lossy(&plugged)),
+        "team-b's root ConfigMap: {root}"
+    );
+
+    // A broken policy is rejected, and the rejection is written on the object as an Event.
+    mesh.write(
+        "broken-policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {name: broken, namespace: team-b}\nspec: {action: MAYBE}\n",
+    )?;
+    wait_for("the rejection's Event", CHANGE, || {
+        let events = api_get(&mesh, "/apis/events.k8s.io/v1/namespaces/team-b/events")?;
+        Ok(events["items"].as_array().into_iter().flatten().any(|e| {
+            e["regarding"]["name"] == "broken"
+                && e["reason"] == "Rejected"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("spec.action"))
+        }))
+    })?;
+    Ok(())
+}
+
+/// A free port on loopback.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A control-plane replica on loopback, its ports: (gRPC, HTTP, webhook).
+fn replica(dir: &Path, name: &str, ports: (u16, u16, u16)) -> anyhow::Result<Process> {
+    let injector = Binaries::get()?.dir.join("remora-injector");
+    let mut cmd = Command::new(injector);
+    cmd.args(["serve", "--kubernetes"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", ports.0)])
+        .args(["--http-addr", &format!("127.0.0.1:{}", ports.1)])
+        .args(["--webhook-addr", &format!("127.0.0.1:{}", ports.2)])
+        .env("KUBECONFIG", dir.join("kubeconfig"))
+        .env("POD_NAMESPACE", "istio-system")
+        .env("POD_NAME", name);
+    Ok(Process::spawn(name, cmd, &dir.join(format!("{name}.log")))?)
+}
+
+fn wait_ready(process: &mut Process, http_port: u16) -> anyhow::Result<()> {
+    let url = format!("http://127.0.0.1:{http_port}/ready");
+    process.wait_until("/ready", Duration::from_secs(30), || {
+        run_curl(&["-sf", "-m", "2", &url]).is_ok_and(|out| out.status.success())
+    })?;
+    Ok(())
+}
+
+fn run_curl(args: &[&str]) -> std::io::Result<Output> {
+    Command::new("curl").args(args).output()
+}
+
+/// Whether the replica serving its webhook on `port` proves itself with a certificate of the
+/// root in `root_pem`.
+fn serves_under(root_pem: &Path, port: u16) -> anyhow::Result<bool> {
+    let resolve = format!("istiod.istio-system.svc:{port}:127.0.0.1");
+    let url = format!("https://istiod.istio-system.svc:{port}/");
+    let cacert = root_pem.display().to_string();
+    let out = run_curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-m",
+        "5",
+        "--cacert",
+        &cacert,
+        "--resolve",
+        &resolve,
+        &url,
+    ])?;
+    // Any HTTP answer means the TLS handshake verified; curl's 60 is a certificate problem.
+    Ok(out.status.success())
+}
+
+#[test]
+fn control_plane_replicas_racing_share_one_root_across_restarts() -> anyhow::Result<()> {
+    remora_e2e::require_root()?;
+    let dir = tempfile::tempdir()?;
+    let manifests = dir.path().join("manifests");
+    fs::create_dir(&manifests)?;
+    fs::copy(
+        remora_e2e::example_cluster::examples_dir().join("mesh.yaml"),
+        manifests.join("mesh.yaml"),
+    )?;
+    TokenIssuer::load_or_generate(dir.path())?;
+    let api_port = free_port()?;
+    fs::write(
+        dir.path().join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{api_port}\n\
+             contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )?;
+    let mut api = Command::new(Binaries::get()?.fake_apiserver);
+    api.args(["--listen", &format!("127.0.0.1:{api_port}")])
+        .arg("--config-dir")
+        .arg(&manifests)
+        .arg("--token-key")
+        .arg(TokenIssuer::public_key_path(dir.path()));
+    let mut api = Process::spawn("apiserver", api, &dir.path().join("apiserver.log"))?;
+    let namespaces = format!("http://127.0.0.1:{api_port}/api/v1/namespaces");
+    api.wait_until("the API server", Duration::from_secs(10), || {
+        run_curl(&["-sf", "-m", "2", &namespaces]).is_ok_and(|out| out.status.success())
+    })?;
+
+    // Two replicas start together: neither finds a root, both make one, one Secret wins.
+    let ports = |_: u8| -> anyhow::Result<(u16, u16, u16)> {
+        Ok((free_port()?, free_port()?, free_port()?))
+    };
+    let (first_ports, second_ports) = (ports(1)?, ports(2)?);
+    let mut first = replica(dir.path(), "istiod-1", first_ports)?;
+    let mut second = replica(dir.path(), "istiod-2", second_ports)?;
+    wait_ready(&mut first, first_ports.1)?;
+    wait_ready(&mut second, second_ports.1)?;
+    let secret_url = format!(
+        "http://127.0.0.1:{api_port}/api/v1/namespaces/istio-system/secrets/istio-ca-secret"
+    );
+    let secret: Value = serde_json::from_slice(&run_curl(&["-sf", &secret_url])?.stdout)?;
+    let encoded = secret["data"]["ca-cert.pem"]
+        .as_str()
+        .context("ca-cert.pem")?;
+    let root = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)?;
+    let root_pem = dir.path().join("root.pem");
+    fs::write(&root_pem, &root)?;
+    let created = [&first, &second]
+        .iter()
+        .filter(|replica| replica.log().contains("created a new mesh root"))
+        .count();
+    ensure!(
+        created == 1,
+        "one replica creates the root:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    ensure!(
+        serves_under(&root_pem, first_ports.2)?,
+        "istiod-1 signs with another root"
+    );
+    ensure!(
+        serves_under(&root_pem, second_ports.2)?,
+        "istiod-2 signs with another root"
+    );
+
+    // A replica restarted reads the same root back.
+    first.stop();
+    let mut third = replica(dir.path(), "istiod-3", first_ports)?;
+    wait_ready(&mut third, first_ports.1)?;
+    ensure!(
+        !third.log().contains("created a new mesh root"),
+        "{}",
+        third.log()
+    );
+    ensure!(
+        serves_under(&root_pem, first_ports.2)?,
+        "the restarted replica signs with another root"
+    );
+    Ok(())
+}
