@@ -17,6 +17,7 @@ mod api_mock;
 pub mod ca;
 pub mod cluster;
 pub mod config;
+pub mod crds;
 pub mod inject;
 pub mod root_cert;
 pub mod server;

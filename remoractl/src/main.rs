@@ -4,7 +4,8 @@
 //! code, so they are what the control plane would issue; `remoractl authz check` decides a
 //! request with the sidecar's own policy engine, `remoractl route check` routes one with its
 //! own router; `remoractl kube-inject` injects manifests with the control plane's own injection
-//! engine; `remoractl local` drives the local cluster
+//! engine; `remoractl crds` prints the CRDs the control plane's kinds are served by;
+//! `remoractl local` drives the local cluster
 //! launcher (`remora-local`). It is a crate of its own so that the control plane's
 //! crate and image carry neither this command nor the launcher behind it.
 
@@ -44,6 +45,9 @@ enum Command {
     /// A local cluster on this machine: pods as network namespaces, no Kubernetes (needs root).
     #[command(subcommand)]
     Local(local::LocalCommand),
+    /// Print the CustomResourceDefinitions of the Istio kinds Remora reads (YAML), for a
+    /// cluster without Istio: what `manifests/crds.yaml` holds.
+    Crds,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Authz(command) => return authz::run(command),
         Command::Route(command) => return route::run(command),
         Command::KubeInject(args) => return kube_inject::run(args),
+        Command::Crds => print!("{}", remora_injector::crds::crds_yaml()?),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = Authority::generate(&trust_domain)?;
             ca.save_new(&dir)?;
