@@ -3,6 +3,7 @@
 //! fake API server, which serves the same manifests the users write).
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::TcpListener,
     path::Path,
@@ -40,6 +41,32 @@ fn api_get(mesh: &ExampleCluster, path: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// `PUT path` with `object` on the fake API server, from the control plane's pod.
+fn api_put(mesh: &ExampleCluster, path: &str, object: &Value) -> anyhow::Result<()> {
+    let url = format!("http://127.0.0.1:6443{path}");
+    let netns = mesh.cluster.control_plane_netns();
+    let body = object.to_string();
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", netns, "curl", "-sSf", "-m", "5", "-X", "PUT",
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+            &url,
+        ])
+        .output()
+        .context("running curl")?;
+    ensure!(
+        out.status.success(),
+        "PUT {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// `n` requests to `url` from `pod`, one answer line each.
 fn answers(pod: &remora_local::LocalPod, url: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let script = format!("for i in $(seq {n}); do curl -s -m 5 {url}; echo; done");
@@ -55,8 +82,9 @@ fn count(answers: &[String], pod: &str) -> usize {
     answers.iter().filter(|a| a.trim() == pod).count()
 }
 
-#[test]
-fn the_mesh_runs_on_the_kubernetes_api() -> anyhow::Result<()> {
+/// The mesh on the API: the demo, team-a/team-b, the canary, a restart, the root's repair and
+/// a rejection's Event. Each kind of request the control plane made.
+fn the_mesh_on_the_api() -> anyhow::Result<String> {
     let mut mesh = ExampleCluster::up_on_api_server("k8s", &["zero-trust", "traffic"], |dir| {
         // The canary only, from the traffic example.
         fs::remove_file(dir.join("traffic/external-api.yaml"))?;
@@ -133,6 +161,15 @@ fn the_mesh_runs_on_the_kubernetes_api() -> anyhow::Result<()> {
         "team-b's root ConfigMap: {root}"
     );
 
+    // Someone edits a namespace's root: it is written back.
+    let map = "/api/v1/namespaces/team-b/configmaps/istio-ca-root-cert";
+    let mut edited = api_get(&mesh, map)?;
+    edited["data"]["root-cert.pem"] = "tampered".into();
+    api_put(&mesh, map, &edited)?;
+    wait_for("team-b's root repaired", CHANGE, || {
+        Ok(api_get(&mesh, map)?["data"] == root["data"])
+    })?;
+
     // A broken policy is rejected, and the rejection is written on the object as an Event.
     mesh.write(
         "broken-policy.yaml",
@@ -149,7 +186,7 @@ fn the_mesh_runs_on_the_kubernetes_api() -> anyhow::Result<()> {
                     .is_some_and(|n| n.contains("spec.action"))
         }))
     })?;
-    Ok(())
+    Ok(mesh.cluster.api_audit())
 }
 
 /// A free port on loopback.
@@ -205,15 +242,20 @@ fn serves_under(root_pem: &Path, port: u16) -> anyhow::Result<bool> {
     Ok(out.status.success())
 }
 
-#[test]
-fn control_plane_replicas_racing_share_one_root_across_restarts() -> anyhow::Result<()> {
-    remora_e2e::require_root()?;
+/// Two replicas racing for the CA Secret and the webhook's caBundle, and a restart: one root.
+/// Each kind of request they made.
+fn replicas_racing() -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let manifests = dir.path().join("manifests");
     fs::create_dir(&manifests)?;
     fs::copy(
         remora_e2e::example_cluster::examples_dir().join("mesh.yaml"),
         manifests.join("mesh.yaml"),
+    )?;
+    // The install's webhook configuration, whose caBundle both replicas set.
+    fs::copy(
+        install_dir().join("sidecar-injector.yaml"),
+        manifests.join("sidecar-injector.yaml"),
     )?;
     TokenIssuer::load_or_generate(dir.path())?;
     let api_port = free_port()?;
@@ -229,7 +271,9 @@ fn control_plane_replicas_racing_share_one_root_across_restarts() -> anyhow::Res
         .arg("--config-dir")
         .arg(&manifests)
         .arg("--token-key")
-        .arg(TokenIssuer::public_key_path(dir.path()));
+        .arg(TokenIssuer::public_key_path(dir.path()))
+        .arg("--audit")
+        .arg(dir.path().join("audit.txt"));
     let mut api = Process::spawn("apiserver", api, &dir.path().join("apiserver.log"))?;
     let namespaces = format!("http://127.0.0.1:{api_port}/api/v1/namespaces");
     api.wait_until("the API server", Duration::from_secs(10), || {
@@ -273,6 +317,19 @@ fn control_plane_replicas_racing_share_one_root_across_restarts() -> anyhow::Res
         serves_under(&root_pem, second_ports.2)?,
         "istiod-2 signs with another root"
     );
+    let webhook_url = format!(
+        "http://127.0.0.1:{api_port}/apis/admissionregistration.k8s.io/v1/\
+         mutatingwebhookconfigurations/istio-sidecar-injector"
+    );
+    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &root);
+    wait_for("the webhook trusting the root", CHANGE, || {
+        let config: Value = serde_json::from_slice(&run_curl(&["-sf", &webhook_url])?.stdout)?;
+        let webhooks = config["webhooks"].as_array().cloned().unwrap_or_default();
+        Ok(!webhooks.is_empty()
+            && webhooks
+                .iter()
+                .all(|w| w["clientConfig"]["caBundle"] == bundle.as_str()))
+    })?;
 
     // A replica restarted reads the same root back.
     first.stop();
@@ -286,6 +343,84 @@ fn control_plane_replicas_racing_share_one_root_across_restarts() -> anyhow::Res
     ensure!(
         serves_under(&root_pem, first_ports.2)?,
         "the restarted replica signs with another root"
+    );
+    Ok(fs::read_to_string(dir.path().join("audit.txt")).unwrap_or_default())
+}
+
+fn install_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// Every `VERB group/resource` the install's ClusterRole and Roles grant.
+fn granted() -> anyhow::Result<BTreeSet<String>> {
+    let text = fs::read_to_string(install_dir().join("rbac.yaml"))?;
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text)?;
+    let mut granted = BTreeSet::new();
+    let roles = documents
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role");
+    for rule in roles.flat_map(|role| role["rules"].as_array().into_iter().flatten()) {
+        let list = |field: &str| -> Vec<String> {
+            let values = rule[field].as_array().into_iter().flatten();
+            values
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    granted.insert(format!("{verb} {group}/{resource}"));
+                }
+            }
+        }
+    }
+    Ok(granted)
+}
+
+#[test]
+fn the_control_plane_runs_on_the_kubernetes_api() -> anyhow::Result<()> {
+    remora_e2e::require_root()?;
+    let mut used: BTreeSet<String> = replicas_racing()?.lines().map(str::to_owned).collect();
+    used.extend(the_mesh_on_the_api()?.lines().map(str::to_owned));
+    // The install grants exactly what the control plane was seen doing.
+    let granted = granted()?;
+    ensure!(
+        used == granted,
+        "used but not granted: {:?}\ngranted but never used: {:?}",
+        used.difference(&granted).collect::<Vec<_>>(),
+        granted.difference(&used).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_install_is_valid_kubernetes() -> anyhow::Result<()> {
+    let kustomization = fs::read_to_string(install_dir().join("kustomization.yaml"))?;
+    let mut files = Vec::new();
+    for entry in fs::read_dir(install_dir())? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            ensure!(
+                kustomization.contains(&format!("- {name}")),
+                "kustomization.yaml leaves out {name}"
+            );
+            files.push(path);
+        }
+    }
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", "1.33.0"])
+        .args(&files)
+        .output()
+        .context("running kubernetes-validate (scripts/install-deps.sh installs it)")?;
+    ensure!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }
