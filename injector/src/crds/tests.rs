@@ -1,9 +1,12 @@
 use super::*;
 
+/// A CRD's name, its versions (name, stored) and short names.
+type Described = (String, Vec<(String, bool)>, Vec<String>);
+
 #[test]
 fn every_kind_read_is_defined_in_every_version_istio_serves() {
     let crds = crds().expect("versions merge");
-    let described: Vec<(String, Vec<(String, bool)>, Vec<String>)> = crds
+    let described: Vec<Described> = crds
         .iter()
         .map(|crd| {
             let versions = crd
