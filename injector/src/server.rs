@@ -11,6 +11,7 @@ mod discovery;
 mod http;
 mod jwks;
 mod metrics;
+mod serving;
 mod sync_status;
 mod webhook;
 
@@ -24,8 +25,8 @@ use remora_api::{
     SpiffeId,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
 
 use crate::{
     ca::{self, Authority, CaError},
@@ -37,6 +38,7 @@ use certificates::Certificates;
 use discovery::DiscoveryService;
 use jwks::Jwks;
 use metrics::Metrics;
+use serving::{ServingCert, ServingError};
 use sync_status::SyncStatus;
 
 /// The latest valid config, as every service reads it.
@@ -51,8 +53,8 @@ const SERVING_NAMES: [&str; 3] = [
 ];
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Lifetime of the serving certificate, made anew at each start.
-const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Lifetime of the serving certificate, renewed at half of it.
+const SERVING_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -77,6 +79,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("the serving identity: {0}")]
     Identity(String),
+    #[error(transparent)]
+    Serving(#[from] ServingError),
 }
 
 /// Where the control plane listens and what it serves.
@@ -138,18 +142,10 @@ pub async fn run<A: Authenticator>(
 
     let id = SpiffeId::new(&trust_domain, "istio-system", "istiod")
         .map_err(|e| ServeError::Identity(e.to_string()))?;
-    let serving = ca
-        .issue_with_dns(&id, &SERVING_NAMES, SERVING_TTL)
-        .map_err(|source| ServeError::Ca {
-            place: "(the serving certificate)".to_owned(),
-            source,
-        })?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&serving.chain_pem, &serving.key_pem))
-        .client_ca_root(Certificate::from_pem(ca.roots_pem()))
-        .client_auth_optional(true);
-
-    let webhook_tls = webhook_tls(&serving.chain_pem, &serving.key_pem)?;
+    let serving = ServingCert::issue(&ca, id, &SERVING_NAMES, SERVING_TTL)?;
+    tokio::spawn(serving.clone().renew(ca.clone()));
+    let grpc_tls = TlsAcceptor::from(Arc::new(serving.grpc_config(ca.roots_pem())?));
+    let webhook_tls = TlsAcceptor::from(Arc::new(serving.webhook_config()?));
     let grpc = bind(options.grpc).await?;
     let http = bind(options.http).await?;
     let webhook = bind(options.webhook).await?;
@@ -168,7 +164,6 @@ pub async fn run<A: Authenticator>(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
-        .tls_config(tls)?
         .add_service(IstioCertificateServiceServer::new(Certificates {
             ca,
             tokens,
@@ -181,29 +176,9 @@ pub async fn run<A: Authenticator>(
             metrics,
             status,
         }))
-        .serve_with_incoming(TcpListenerStream::new(grpc))
+        .serve_with_incoming(serving::incoming(grpc, grpc_tls))
         .await?;
     Ok(())
-}
-
-/// The webhook's TLS: the serving certificate, HTTP/1.1 (as the API server calls webhooks).
-fn webhook_tls(chain_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
-    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let identity = |e: &dyn std::fmt::Display| ServeError::Identity(e.to_string());
-    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| identity(&e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| identity(&e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| identity(&e))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| identity(&e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
