@@ -7,32 +7,21 @@
 //! exactly the same documents publishes nothing, so sidecars are not sent identical snapshots.
 
 use std::{
-    collections::BTreeSet,
     fs, io,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use notify::{
     event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind},
     Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher,
 };
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::sync::{mpsc, watch};
 
 use super::{
-    source::{log_new_rejections, Watching},
+    source::{log_new_rejections, seen, settle, Seen, Watching},
     Catalog, Rejection, Source, SourceError,
 };
-
-/// How long the files must stay quiet before they are re-read.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// The longest a re-read waits after the first change of a burst, however busy the files
-/// stay: a file written without pause must not hold every other change back.
-const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Reads every `*.yaml` / `*.yml` file under some directories (recursively, in path order,
 /// skipping hidden files and directories) and watches them for changes.
@@ -89,7 +78,7 @@ impl DirectorySource {
         // Watching starts before the first read, so no change can fall between the two.
         let files = Files::read(&self.dirs);
         let catalog = files.catalog();
-        log_new_rejections(&catalog, &BTreeSet::new());
+        log_new_rejections(&catalog, &Seen::new());
         let (publish, catalogs) = watch::channel(Arc::new(catalog));
         runtime.spawn(reload(self.dirs, watcher, changes, publish, files));
         Ok(catalogs)
@@ -141,7 +130,7 @@ async fn reload(
             change = changes.recv() => if change.is_none() { return },
             () = publish.closed() => return,
         }
-        if !settle(&mut changes).await {
+        if !settle(&mut changes, |()| {}).await {
             return;
         }
         let reading = dirs.clone();
@@ -158,7 +147,7 @@ async fn reload(
             tracing::warn!("building the config catalog failed; keeping the last config");
             continue;
         };
-        let before: BTreeSet<Rejection> = publish.borrow().rejected.iter().cloned().collect();
+        let before = seen(&publish.borrow());
         log_new_rejections(&catalog, &before);
         tracing::info!(
             documents = files.documents.len(),
@@ -168,21 +157,6 @@ async fn reload(
         last = files;
         if publish.send(Arc::new(catalog)).is_err() {
             return;
-        }
-    }
-}
-
-/// Waits for a burst of changes, whose first one has just arrived, to end: until none came for
-/// [`DEBOUNCE`], or [`MAX_DELAY`] after the first, whichever is sooner. False once nobody can
-/// send changes any more.
-async fn settle(changes: &mut mpsc::UnboundedReceiver<()>) -> bool {
-    let latest = Instant::now() + MAX_DELAY;
-    loop {
-        let quiet_until = (Instant::now() + DEBOUNCE).min(latest);
-        match tokio::time::timeout_at(quiet_until, changes.recv()).await {
-            Ok(Some(())) => {}
-            Ok(None) => return false,
-            Err(_settled) => return true,
         }
     }
 }

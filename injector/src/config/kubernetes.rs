@@ -13,38 +13,32 @@ mod kinds;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
-    api::{Api, DynamicObject},
+    api::{Api, ApiResource, DynamicObject},
     runtime::{
-        events::{Event as KubeEvent, EventType, Recorder, Reporter},
         reflector::{self, Store},
         watcher, WatchStreamExt,
     },
     ResourceExt,
 };
 use serde_json::Value;
-use tokio::{
-    sync::{mpsc, oneshot, watch},
-    time::Instant,
-};
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt;
 
-use kinds::KINDS;
+use kinds::{Kind, Scope, KINDS};
 
 use super::{
-    source::{log_new_rejections, Watching},
-    Body, Catalog, Document, Rejection, Source, SourceError, Subject,
+    source::{log_new_rejections, new_rejections, seen, settle, Seen, Watching},
+    Body, Catalog, Document, Source, SourceError, Subject,
 };
 
 /// Where rejections of API objects say they were read.
 pub const ORIGIN: &str = "the Kubernetes API";
-/// How long the API must stay quiet before the world is rebuilt.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// The longest a rebuild waits after the first change of a burst, however busy the API stays.
-const MAX_DELAY: Duration = Duration::from_secs(1);
+/// How often a kind the API server does not serve is looked for again.
+const RECHECK: Duration = Duration::from_secs(10);
 /// The annotation `kubectl apply` keeps a whole copy of the object in: never read, so not kept.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -60,11 +54,11 @@ pub struct KubernetesSource {
 impl KubernetesSource {
     pub fn new(client: kube::Client, root_namespace: &str, instance: Option<String>) -> Self {
         Self {
-            client,
+            client: client.clone(),
             root_namespace: root_namespace.to_owned(),
             reporter: Reporter {
-                controller: "remora-injector".to_owned(),
-                instance,
+                client: client.clone(),
+                instance: instance.unwrap_or_else(|| CONTROLLER.to_owned()),
             },
         }
     }
@@ -76,34 +70,38 @@ impl Source for KubernetesSource {
             let (signals, signalled) = mpsc::unbounded_channel();
             let mut stores = Vec::with_capacity(KINDS.len());
             for (index, kind) in KINDS.iter().enumerate() {
-                let resource = kind.resource();
-                let api: Api<DynamicObject> = match kind.scope {
-                    kinds::Scope::Cluster => Api::all_with(self.client.clone(), &resource),
-                    kinds::Scope::RootNamespace => {
-                        Api::namespaced_with(self.client.clone(), &self.root_namespace, &resource)
-                    }
+                let writer = reflector::store::Writer::new(kind.resource());
+                stores.push(writer.as_reader());
+                let api = Apis {
+                    client: self.client.clone(),
+                    root_namespace: self.root_namespace.clone(),
                 };
-                let writer = reflector::store::Writer::new(resource);
-                let store = writer.as_reader();
-                let events = reflector(writer, watcher(api, watcher::Config::default()));
-                tokio::spawn(reflect(index, events, signals.clone()));
-                stores.push(store);
+                tokio::spawn(reflect(index, api, writer, signals.clone()));
             }
             drop(signals);
-            let recorder = Recorder::new(self.client, self.reporter);
+            let reporter = Arc::new(self.reporter);
             let (first, published) = oneshot::channel();
-            tokio::spawn(rebuild(stores, signalled, recorder, first));
+            tokio::spawn(rebuild(stores, signalled, reporter, first));
             published.await.map_err(|_| SourceError::Stopped)
         })
     }
 }
 
-/// One kind's events, pruned of what is never read and stored by its reflector.
-fn reflector(
-    writer: reflector::store::Writer<DynamicObject>,
-    events: impl Stream<Item = watcher::Result<watcher::Event<DynamicObject>>> + Send + 'static,
-) -> impl Stream<Item = watcher::Result<watcher::Event<DynamicObject>>> + Send {
-    reflector::reflector(writer, events.default_backoff().modify(prune))
+/// Where a kind's objects are read.
+struct Apis {
+    client: kube::Client,
+    root_namespace: String,
+}
+
+impl Apis {
+    fn of(&self, kind: &Kind, resource: &ApiResource) -> Api<DynamicObject> {
+        match kind.scope {
+            Scope::Cluster => Api::all_with(self.client.clone(), resource),
+            Scope::RootNamespace => {
+                Api::namespaced_with(self.client.clone(), &self.root_namespace, resource)
+            }
+        }
+    }
 }
 
 /// Drops what the catalog never reads and can be large: managed fields and `kubectl apply`'s
@@ -124,40 +122,65 @@ enum Signal {
     Absent(usize),
 }
 
-/// Runs kind `index`'s reflector until the rebuild stops listening.
+/// Runs kind `index`'s reflector until the rebuild stops listening: watched in the newest of
+/// its versions the API server serves; when it serves none (a CRD not installed, or deleted:
+/// its objects are gone), looked for again every [`RECHECK`].
 async fn reflect(
     index: usize,
-    events: impl Stream<Item = watcher::Result<watcher::Event<DynamicObject>>>,
+    apis: Apis,
+    mut writer: reflector::store::Writer<DynamicObject>,
     signals: mpsc::UnboundedSender<Signal>,
 ) {
     let kind = &KINDS[index];
-    let mut events = std::pin::pin!(events);
     let mut absent = false;
-    while let Some(event) = events.next().await {
-        let signal = match event {
-            Ok(watcher::Event::InitDone) => {
-                if std::mem::take(&mut absent) {
-                    tracing::info!(kind = %kind, "now installed: reading it");
+    loop {
+        for version in kind.versions {
+            let api = apis.of(kind, &kind.resource_in(version));
+            let events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(prune);
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let signal = match event {
+                    Ok(event) => {
+                        writer.apply_watcher_event(&event);
+                        match event {
+                            watcher::Event::InitDone => {
+                                if std::mem::take(&mut absent) {
+                                    tracing::info!(kind = %kind, version, "now served: reading it");
+                                } else if version != &kind.versions[0] {
+                                    tracing::warn!(kind = %kind, version, "served only in this older version: reading it there");
+                                }
+                                Signal::Listed(index)
+                            }
+                            watcher::Event::Apply(_) | watcher::Event::Delete(_) => Signal::Changed,
+                            watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                        }
+                    }
+                    Err(e) if not_installed(&e) => break,
+                    Err(e) => {
+                        tracing::warn!(kind = %kind, error = %e, "watching the Kubernetes API; retrying");
+                        continue;
+                    }
+                };
+                if signals.send(signal).is_err() {
+                    return;
                 }
-                Signal::Listed(index)
             }
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed,
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
-            Err(e) if not_installed(&e) => {
-                if std::mem::replace(&mut absent, true) {
-                    continue;
-                }
-                tracing::info!(kind = %kind, "not installed in this cluster: skipped until it is");
-                Signal::Absent(index)
+        }
+        // Served in none of its versions: whatever was stored is gone with it.
+        let had_objects = !writer.as_reader().is_empty();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        if !std::mem::replace(&mut absent, true) {
+            tracing::info!(kind = %kind, "not served by this cluster (CRD not installed): skipped until it is");
+            if signals.send(Signal::Absent(index)).is_err() {
+                return;
             }
-            Err(e) => {
-                tracing::warn!(kind = %kind, error = %e, "watching the Kubernetes API; retrying");
-                continue;
-            }
-        };
-        if signals.send(signal).is_err() {
+        } else if had_objects && signals.send(Signal::Changed).is_err() {
             return;
         }
+        tokio::time::sleep(RECHECK).await;
     }
 }
 
@@ -174,8 +197,8 @@ fn not_installed(error: &watcher::Error) -> bool {
 struct World {
     stores: Vec<Store<DynamicObject>>,
     ready: Vec<bool>,
-    /// Every object's kind, namespace, name and resourceVersion at the last build.
-    last: Vec<(usize, String, String, String)>,
+    /// The objects at the last build.
+    last: Versions,
 }
 
 /// Rebuilds the catalog after each burst of signals once every kind is ready; the first catalog
@@ -183,7 +206,7 @@ struct World {
 async fn rebuild(
     stores: Vec<Store<DynamicObject>>,
     mut signals: mpsc::UnboundedReceiver<Signal>,
-    recorder: Recorder,
+    reporter: Arc<Reporter>,
     first: oneshot::Sender<watch::Receiver<Arc<Catalog>>>,
 ) {
     let ready = vec![false; stores.len()];
@@ -196,17 +219,18 @@ async fn rebuild(
     let mut publish: Option<watch::Sender<Arc<Catalog>>> = None;
     while let Some(signal) = signals.recv().await {
         world.note(signal);
-        if !settle(&mut signals, &mut world).await {
+        if !settle(&mut signals, |signal| world.note(signal)).await {
             return;
         }
         if world.ready.contains(&false) {
             continue;
         }
-        let versions = world.versions();
+        let objects = world.objects();
+        let versions = versions(&objects);
         if publish.is_some() && versions == world.last {
             continue;
         }
-        let documents = world.documents();
+        let documents = documents(&objects);
         let Ok(catalog) = tokio::task::spawn_blocking(move || {
             Catalog::from_documents(documents.into_iter().map(Ok))
         })
@@ -216,9 +240,9 @@ async fn rebuild(
             continue;
         };
         world.last = versions;
-        let before: BTreeSet<Rejection> = publish
+        let before = publish
             .as_ref()
-            .map(|p| p.borrow().rejected.iter().cloned().collect())
+            .map(|p| seen(&p.borrow()))
             .unwrap_or_default();
         log_new_rejections(&catalog, &before);
         let events = world.events(&catalog, &before);
@@ -245,21 +269,7 @@ async fn rebuild(
         }
         // After publishing: an API server slow to take Events must not hold config back.
         if !events.is_empty() {
-            tokio::spawn(report(recorder.clone(), events));
-        }
-    }
-}
-
-/// Waits for a burst of signals, whose first has just been noted, to end: until none came for
-/// [`DEBOUNCE`], or [`MAX_DELAY`] after the first. False once every reflector has stopped.
-async fn settle(signals: &mut mpsc::UnboundedReceiver<Signal>, world: &mut World) -> bool {
-    let latest = Instant::now() + MAX_DELAY;
-    loop {
-        let quiet_until = (Instant::now() + DEBOUNCE).min(latest);
-        match tokio::time::timeout_at(quiet_until, signals.recv()).await {
-            Ok(Some(signal)) => world.note(signal),
-            Ok(None) => return false,
-            Err(_settled) => return true,
+            tokio::spawn(report(reporter.clone(), events));
         }
     }
 }
@@ -287,54 +297,9 @@ impl World {
         objects
     }
 
-    fn versions(&self) -> Vec<(usize, String, String, String)> {
-        self.objects()
-            .into_iter()
-            .map(|(index, o)| {
-                let version = o.resource_version().unwrap_or_default();
-                (
-                    index,
-                    o.namespace().unwrap_or_default(),
-                    o.name_any(),
-                    version,
-                )
-            })
-            .collect()
-    }
-
-    /// The stored objects as the documents a catalog is built from. List items carry no
-    /// `apiVersion` and `kind`; the kind watched says what they are.
-    fn documents(&self) -> Vec<Document> {
-        self.objects()
-            .into_iter()
-            .filter_map(|(index, object)| {
-                let mut value = serde_json::to_value(&*object).ok()?;
-                let resource = KINDS[index].resource();
-                let fields = value.as_object_mut()?;
-                fields.insert("apiVersion".into(), Value::String(resource.api_version));
-                fields.insert("kind".into(), Value::String(resource.kind));
-                Some(Document {
-                    origin: ORIGIN.to_owned(),
-                    position: format!(
-                        "resourceVersion {}",
-                        object.resource_version().unwrap_or_default()
-                    ),
-                    body: Body::Object(value),
-                })
-            })
-            .collect()
-    }
-
     /// The objects newly rejected in `catalog`, as Events refer to them, and why.
-    fn events(
-        &self,
-        catalog: &Catalog,
-        before: &BTreeSet<Rejection>,
-    ) -> Vec<(ObjectReference, String)> {
-        catalog
-            .rejected
-            .iter()
-            .filter(|r| !before.contains(r))
+    fn events(&self, catalog: &Catalog, before: &Seen) -> Vec<(ObjectReference, String)> {
+        new_rejections(catalog, before)
             .filter_map(|r| Some((self.reference(&r.subject)?, r.reason.clone())))
             .collect()
     }
@@ -368,18 +333,95 @@ impl World {
     }
 }
 
-/// Writes a Warning Event on each object newly rejected: `kubectl describe` shows why.
-async fn report(recorder: Recorder, events: Vec<(ObjectReference, String)>) {
+/// What identifies the world's state: every object's kind, namespace, name and resourceVersion.
+type Versions = Vec<(usize, String, String, String)>;
+
+fn versions(objects: &[(usize, Arc<DynamicObject>)]) -> Versions {
+    objects
+        .iter()
+        .map(|(index, o)| {
+            let version = o.resource_version().unwrap_or_default();
+            (
+                *index,
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+                version,
+            )
+        })
+        .collect()
+}
+
+/// The objects as the documents a catalog is built from. List items carry no `apiVersion` and
+/// `kind`; the kind watched says what they are.
+fn documents(objects: &[(usize, Arc<DynamicObject>)]) -> Vec<Document> {
+    objects
+        .iter()
+        .filter_map(|(index, object)| {
+            let mut value = serde_json::to_value(&**object).ok()?;
+            let resource = KINDS[*index].resource();
+            let fields = value.as_object_mut()?;
+            fields.insert("apiVersion".into(), Value::String(resource.api_version));
+            fields.insert("kind".into(), Value::String(resource.kind));
+            Some(Document {
+                origin: ORIGIN.to_owned(),
+                position: format!(
+                    "resourceVersion {}",
+                    object.resource_version().unwrap_or_default()
+                ),
+                body: Body::Object(value),
+            })
+        })
+        .collect()
+}
+
+/// Writes the rejections' Events.
+struct Reporter {
+    client: kube::Client,
+    /// The control plane's pod.
+    instance: String,
+}
+
+/// Who Events say wrote them.
+const CONTROLLER: &str = "remora-injector";
+
+/// Writes a Warning Event on each object newly rejected, why in its note: `kubectl describe`
+/// shows it. Each is a new Event (never a patch of an earlier one, whose note would be stale).
+async fn report(reporter: Arc<Reporter>, events: Vec<(ObjectReference, String)>) {
     for (reference, reason) in events {
-        let event = KubeEvent {
-            type_: EventType::Warning,
-            reason: "Rejected".to_owned(),
+        let namespace = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = k8s_openapi::api::events::v1::Event {
+            metadata: kube::core::ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    reference.name.as_deref().unwrap_or(CONTROLLER),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                now,
+            )),
+            type_: Some("Warning".to_owned()),
+            reason: Some("Rejected".to_owned()),
+            action: Some("Validate".to_owned()),
             note: Some(truncate(&reason, 1000)),
-            action: "Validate".to_owned(),
-            secondary: None,
+            regarding: Some(reference),
+            reporting_controller: Some(CONTROLLER.to_owned()),
+            reporting_instance: Some(reporter.instance.clone()),
+            ..Default::default()
         };
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            let name = reference.name.unwrap_or_default();
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(reporter.client.clone(), &namespace);
+        if let Err(e) = events
+            .create(&kube::api::PostParams::default(), &event)
+            .await
+        {
+            let name = event.regarding.and_then(|r| r.name).unwrap_or_default();
             tracing::warn!(object = %name, error = %e, "cannot write the rejection's Event");
         }
     }

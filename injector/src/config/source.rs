@@ -2,11 +2,22 @@
 //! watches the Kubernetes API. Both hand the discovery server the same thing: a channel that
 //! always holds the latest complete [`Catalog`], so the server never sees a half-read source.
 
-use std::{collections::BTreeSet, future::Future, path::PathBuf, pin::Pin, sync::Arc};
+use std::{
+    collections::BTreeSet, future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration,
+};
 
-use tokio::sync::watch;
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
-use super::{Catalog, Rejection};
+use super::{Catalog, Rejection, Subject};
+
+/// How long a source must stay quiet before it rebuilds its catalog.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a rebuild waits after the first change of a burst, however busy the source
+/// stays: a file written without pause must not hold every other change back.
+const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// What [`Source::watch`] returns: resolves once the first complete catalog is read.
 pub type Watching =
@@ -18,10 +29,52 @@ pub trait Source: Send + 'static {
     fn watch(self: Box<Self>) -> Watching;
 }
 
+/// What the rejections of a catalog were about, and why: a rejection is new unless its object
+/// was rejected for the same reason before (wherever it was read last: an API object's
+/// resourceVersion changes with every write to it).
+pub(super) type Seen = BTreeSet<(Subject, String)>;
+
+pub(super) fn seen(catalog: &Catalog) -> Seen {
+    catalog
+        .rejected
+        .iter()
+        .map(|r| (r.subject.clone(), r.reason.clone()))
+        .collect()
+}
+
+/// The rejections of `catalog` not in `before`.
+pub(super) fn new_rejections<'c>(
+    catalog: &'c Catalog,
+    before: &'c Seen,
+) -> impl Iterator<Item = &'c Rejection> {
+    catalog
+        .rejected
+        .iter()
+        .filter(|r| !before.contains(&(r.subject.clone(), r.reason.clone())))
+}
+
 /// Rejections are logged when they first appear, not again on every rebuild.
-pub(super) fn log_new_rejections(catalog: &Catalog, before: &BTreeSet<Rejection>) {
-    for rejection in catalog.rejected.iter().filter(|r| !before.contains(r)) {
+pub(super) fn log_new_rejections(catalog: &Catalog, before: &Seen) {
+    for rejection in new_rejections(catalog, before) {
         tracing::warn!(object = %rejection.object, reason = %rejection.reason, "config rejected");
+    }
+}
+
+/// Waits for a burst of changes, whose first has just arrived, to end: until none came for
+/// [`DEBOUNCE`], or [`MAX_DELAY`] after the first, whichever is sooner; `note` sees each
+/// change. False once nobody can send changes any more.
+pub(super) async fn settle<T>(
+    changes: &mut mpsc::UnboundedReceiver<T>,
+    mut note: impl FnMut(T),
+) -> bool {
+    let latest = Instant::now() + MAX_DELAY;
+    loop {
+        let quiet_until = (Instant::now() + DEBOUNCE).min(latest);
+        match tokio::time::timeout_at(quiet_until, changes.recv()).await {
+            Ok(Some(change)) => note(change),
+            Ok(None) => return false,
+            Err(_settled) => return true,
+        }
     }
 }
 
@@ -47,3 +100,6 @@ pub enum SourceError {
     #[error("the config source stopped before its first catalog was read")]
     Stopped,
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,7 @@ use crate::api_mock::{api, failure, reply, ApiHandle};
 
 const SERVICES: &str = "/api/v1/services";
 const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+const POLICIES_V1BETA1: &str = "/apis/security.istio.io/v1beta1/authorizationpolicies";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 type Respond = SendResponse<Response<Body>>;
@@ -253,7 +254,11 @@ async fn lists_every_kind_then_follows_edits_restarts_and_a_gone_relist() {
 #[tokio::test(start_paused = true)]
 async fn a_kind_not_installed_is_skipped_then_read_when_it_appears() {
     let (client, handle) = api("default");
-    let mut cluster = Cluster::new(handle, vec![POLICIES], vec![POLICIES, EVENTS]);
+    let mut cluster = Cluster::new(
+        handle,
+        vec![POLICIES, POLICIES_V1BETA1],
+        vec![POLICIES, EVENTS],
+    );
     let source = Box::new(KubernetesSource::new(client, "istio-system", None));
     // Published without it.
     let mut watching = tokio::spawn(source.watch());
@@ -263,7 +268,7 @@ async fn a_kind_not_installed_is_skipped_then_read_when_it_appears() {
     };
     assert!(catalogs.borrow_and_update().rejected.is_empty());
 
-    // Installed later: listed on the watcher's next try, its objects read.
+    // Installed later: looked for again, listed, its objects read.
     cluster.absent.clear();
     let (uri, _, respond) = cluster.next(Method::GET, POLICIES).await;
     assert!(!is_watch(&uri), "{uri}");
@@ -289,6 +294,51 @@ async fn a_kind_not_installed_is_skipped_then_read_when_it_appears() {
             &json!("AuthorizationPolicy"),
             &json!("security.istio.io/v1")
         )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kind_served_only_in_an_older_version_is_read_there() {
+    // Istio before 1.22 serves its kinds as v1beta1 only: its policies must still be read.
+    let (client, handle) = api("default");
+    let mut cluster = Cluster::new(handle, vec![POLICIES], vec![POLICIES_V1BETA1, EVENTS]);
+    let source = Box::new(KubernetesSource::new(client, "istio-system", None));
+    let mut watching = tokio::spawn(source.watch());
+    let (uri, _, respond) = cluster.next(Method::GET, POLICIES_V1BETA1).await;
+    assert!(!is_watch(&uri), "{uri}");
+    let policy = json!({"metadata": {"name": "bad", "namespace": "default", "uid": "uid-bad",
+                                     "resourceVersion": "7"},
+                        "spec": {"action": "MAYBE"}});
+    respond.send_response(reply(StatusCode::OK, &list(&[policy], "7")));
+    let catalogs = tokio::select! {
+        done = &mut watching => done.expect("source task").expect("first catalog"),
+        _ = cluster.next(Method::GET, "/never") => unreachable!("nothing is sent there"),
+    };
+    let first = catalogs.borrow().clone();
+    let [rejection] = first.rejected.as_slice() else {
+        panic!("{:?}", first.rejected)
+    };
+    assert_eq!(
+        rejection.object,
+        "AuthorizationPolicy default/bad in the Kubernetes API (resourceVersion 7)"
+    );
+}
+
+#[test]
+fn the_versions_watched_are_the_versions_read() {
+    let versions = |api_versions: &[&str]| -> Vec<String> {
+        api_versions
+            .iter()
+            .map(|v| v.rsplit('/').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        versions(&crate::config::security::API_VERSIONS),
+        kinds::SECURITY
+    );
+    assert_eq!(
+        versions(&crate::config::routing::istio::API_VERSIONS),
+        kinds::NETWORKING
     );
 }
 
