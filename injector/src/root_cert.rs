@@ -65,9 +65,7 @@ pub async fn ensure(
                 Err(e) => Err(error(e)),
             }
         }
-        Some(map) if map.data.as_ref().and_then(|d| d.get(KEY)) == Some(&roots_pem.to_owned()) => {
-            Ok(Change::Unchanged)
-        }
+        Some(map) if holds(&map, roots_pem) => Ok(Change::Unchanged),
         Some(mut map) => {
             map.data
                 .get_or_insert_with(BTreeMap::new)
@@ -78,6 +76,15 @@ pub async fn ensure(
             Ok(Change::Updated)
         }
     }
+}
+
+/// Whether `map` publishes exactly `roots_pem`.
+pub fn holds(map: &ConfigMap, roots_pem: &str) -> bool {
+    map.data
+        .as_ref()
+        .and_then(|d| d.get(KEY))
+        .map(String::as_str)
+        == Some(roots_pem)
 }
 
 #[cfg(test)]

@@ -52,6 +52,12 @@ pub enum ControlPlaneError {
     Wait(#[from] Box<WaitError>),
     #[error("control plane: GET {path}: {message}")]
     Http { path: String, message: String },
+    #[error("control plane: writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("control plane: POST https://{WEBHOOK_HOST}:{WEBHOOK_PORT}{path}: {message}")]
     Webhook { path: String, message: String },
 }
@@ -192,11 +198,12 @@ impl ControlPlane {
         let Some(program) = self.config.api_server.clone().filter(|_| !running) else {
             return Ok(kubeconfig);
         };
-        let write = |e: std::io::Error| ControlPlaneError::Http {
-            path: kubeconfig.display().to_string(),
-            message: e.to_string(),
-        };
-        std::fs::write(&kubeconfig, kubeconfig_for(API_SERVER)).map_err(write)?;
+        std::fs::write(&kubeconfig, kubeconfig_for(API_SERVER)).map_err(|source| {
+            ControlPlaneError::Write {
+                path: kubeconfig.clone(),
+                source,
+            }
+        })?;
         let mut argv: Vec<OsString> = vec![program.into(), "--listen".into(), API_SERVER.into()];
         for dir in &self.config.config_dirs {
             argv.extend(["--config-dir".into(), dir.into()]);
@@ -346,7 +353,7 @@ fn curl(netns: &str, args: &[OsString], stdin: &[u8]) -> Result<(u16, Vec<u8>), 
 }
 
 /// A kubeconfig for the API server at `address` (plain HTTP, as the tests' fake one serves).
-fn kubeconfig_for(address: &str) -> String {
+pub fn kubeconfig_for(address: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: http://{address}\n\
          contexts:\n- name: local\n  context:\n    cluster: local\n    namespace: {NAMESPACE}\n    user: istiod\n\

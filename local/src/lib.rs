@@ -54,7 +54,7 @@ pub mod wait;
 pub use admission::AdmissionError;
 pub use bins::{Binaries, BinariesError, BIN_DIR_ENV};
 pub use cluster::{Cluster, Rollout};
-pub use control_plane::ControlPlaneError;
+pub use control_plane::{kubeconfig_for, ControlPlaneError};
 pub use error::LocalError;
 pub use files::write_atomic;
 pub use manifests::LocalService;

@@ -30,14 +30,13 @@ use remora_injector::token::{Authenticator, LocalTokens};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::watch};
 
+use files::ROOT_NAMESPACE;
 use store::{not_found, Place, Refused, Resource, Store};
 
 /// How often the directories are checked for changes.
 const POLL: Duration = Duration::from_millis(100);
 /// How often a watch with bookmarks allowed gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
-/// Where the control plane's Secrets are.
-const ROOT_NAMESPACE: &str = "istio-system";
 
 /// What the fake API server serves.
 pub struct Options {
@@ -212,20 +211,29 @@ impl Server {
         if audited {
             self.audit(verb, &target);
         }
-        let parsed = || serde_json::from_slice::<Value>(&body);
+        // Only objects are written: anything else is refused as the API server refuses it.
+        let parsed = || match serde_json::from_slice::<Value>(&body) {
+            Ok(value)
+                if value.is_object() && value.get("metadata").is_none_or(Value::is_object) =>
+            {
+                Ok(value)
+            }
+            Ok(_) => Err("the body is not an object with object metadata".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
         let answer = match verb {
             "watch" => return self.watch(&target, &query),
             "list" => Ok(self.list(&target, &query)),
             "get" => self.get(&target),
             "create" if target.resource.1 == "tokenreviews" => match parsed() {
                 Ok(review) => Ok(self.review(review).await),
-                Err(e) => Err(refused(400, "BadRequest", &e.to_string())),
+                Err(e) => Err(refused(400, "BadRequest", &e)),
             },
             "create" | "update" => match parsed() {
                 Ok(object) => self.write(verb, &target, object),
-                Err(e) => Err(refused(400, "BadRequest", &e.to_string())),
+                Err(e) => Err(refused(400, "BadRequest", &e)),
             },
-            "patch" => match parsed() {
+            "patch" => match serde_json::from_slice::<Value>(&body) {
                 Ok(patch) => self.patch(&target, &content_type, &patch),
                 Err(e) => Err(refused(400, "BadRequest", &e.to_string())),
             },
@@ -325,6 +333,13 @@ impl Server {
                 .map_err(|e| refused(422, "Invalid", &e.to_string()))?;
         } else {
             json_patch::merge(&mut object, patch);
+        }
+        if !object.get("metadata").is_some_and(Value::is_object) {
+            return Err(refused(
+                422,
+                "Invalid",
+                "the patched object has no metadata",
+            ));
         }
         object["metadata"]["resourceVersion"] = Value::Null;
         let written = store.replace(&target.resource, place, object)?;

@@ -261,10 +261,7 @@ fn replicas_racing() -> anyhow::Result<String> {
     let api_port = free_port()?;
     fs::write(
         dir.path().join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{api_port}\n\
-             contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
-        ),
+        remora_local::kubeconfig_for(&format!("127.0.0.1:{api_port}")),
     )?;
     let mut api = Command::new(Binaries::get()?.fake_apiserver);
     api.args(["--listen", &format!("127.0.0.1:{api_port}")])

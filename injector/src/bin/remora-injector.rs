@@ -28,8 +28,9 @@ enum Command {
         /// API server (in-cluster config, else KUBECONFIG), as istiod's do.
         #[arg(long, conflicts_with_all = ["config_dirs", "ca_dir", "token_key"])]
         kubernetes: bool,
-        /// The control plane's namespace in a cluster: its CA Secrets, and the mesh and
-        /// injection ConfigMaps (istiod reads the same variable).
+        /// The control plane's namespace in a cluster (istiod reads the same variable): only
+        /// `istio-system`, whose name the mesh config's ConfigMap and the serving certificate
+        /// are read and made for.
         #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
         namespace: String,
         /// In a cluster, the MutatingWebhookConfiguration whose `caBundle` is kept at the mesh
@@ -92,6 +93,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match (kubernetes, ca_dir, token_key) {
             (true, _, _) => {
+                anyhow::ensure!(
+                    namespace == "istio-system",
+                    "--namespace (POD_NAMESPACE) {namespace:?}: the control plane runs in istio-system"
+                );
                 let client = kube::Client::try_default().await.context(
                     "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
                 )?;

@@ -153,6 +153,8 @@ fn what_needs_repair() {
         serde_json::from_value(value).expect("namespace")
     };
     let name = |due: Due| match due {
+        Due::Listing => "listing".to_owned(),
+        Due::Listed => "listed".to_owned(),
         Due::Namespace(n) => format!("namespace {n}"),
         Due::Root(n) => format!("root {n}"),
         Due::Gone(n) => format!("gone {n}"),
@@ -172,7 +174,12 @@ fn what_needs_repair() {
             namespace_due(watcher::Event::Delete(ns("a", false))),
             "gone a",
         ),
-        (namespace_due(watcher::Event::InitDone), "nothing"),
+        (namespace_due(watcher::Event::Init), "listing"),
+        (namespace_due(watcher::Event::InitDone), "listed"),
+        (
+            namespace_due(watcher::Event::InitApply(ns("kube-system", false))),
+            "gone kube-system",
+        ),
         (
             root_due(watcher::Event::Apply(map("a", ROOT)), ROOT),
             "nothing",

@@ -153,7 +153,11 @@ pub fn incoming(
     let (accepted, stream) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, _) = match listener.accept().await {
+            let accepted_now = tokio::select! {
+                accepted_now = listener.accept() => accepted_now,
+                () = accepted.closed() => return,
+            };
+            let (tcp, _) = match accepted_now {
                 Ok(connection) => connection,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a gRPC connection");
@@ -171,9 +175,6 @@ pub fn incoming(
                     Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
                 }
             });
-            if accepted.is_closed() {
-                return;
-            }
         }
     });
     ReceiverStream::new(stream)

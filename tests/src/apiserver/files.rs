@@ -24,7 +24,7 @@ const CLUSTER_SCOPED: [&str; 6] = [
     "ClusterRoleBinding",
 ];
 /// The control plane's namespace.
-const ROOT_NAMESPACE: &str = "istio-system";
+pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Every object of the files, by resource and place.
 pub type Objects = BTreeMap<(Resource, Place), Value>;
