@@ -5,13 +5,13 @@
 
 mod load;
 mod paths;
-mod procstat;
 mod report;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use remora_bench::procstat;
 use remora_e2e::Mesh;
 
 use crate::report::{PathResult, Round, Setup};

@@ -1,0 +1,304 @@
+//! `remora-scale-bench`: the control plane at scale. A synthetic cluster (`--pods` Pods behind
+//! `--services` Services, `--policies` AuthorizationPolicies and VirtualServices) served by the
+//! tests' fake Kubernetes API server, `remora-injector serve --kubernetes` reading it, and
+//! `--sidecars` simulated sidecars, each with its own certificate from the CA, subscribed over
+//! real gRPC + mTLS. It reports how long the initial push takes (all sidecars subscribing at
+//! once, until the last has acknowledged its first snapshot), the control plane's memory, the
+//! snapshots' sizes, and what one Service's endpoint change costs: how many sidecars are sent a
+//! snapshot, how many bytes, and how long until the last arrives.
+
+mod registry;
+mod sidecar;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{SocketAddr, TcpListener},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::Parser;
+use remora_api::{proto::config::Node, SpiffeId};
+use remora_bench::procstat;
+use remora_e2e::{Binaries, Process};
+use remora_injector::token::TokenIssuer;
+use rustls::RootCertStore;
+use tokio::{sync::mpsc, time::Instant};
+
+use registry::Size;
+use sidecar::{Received, Sidecar};
+
+#[derive(Parser)]
+#[command(name = "remora-scale-bench", about = "The control plane at scale")]
+struct Args {
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 1_000)]
+    services: usize,
+    /// AuthorizationPolicies and VirtualServices, half each.
+    #[arg(long, default_value_t = 500)]
+    policies: usize,
+    #[arg(long, default_value_t = 1_000)]
+    sidecars: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.sidecars <= args.pods && args.services > 0,
+        "--sidecars must be at most --pods, and --services more than 0"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn ready(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "-m", "2", "-o", "/dev/null", url])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let size = Size {
+        pods: args.pods,
+        services: args.services,
+        policies: args.policies,
+    };
+    let bins = Binaries::get()?;
+    let dir = tempfile::tempdir()?;
+    let registry = dir.path().join("registry");
+    fs::create_dir(&registry)?;
+    fs::copy(
+        remora_e2e::example_cluster::examples_dir().join("mesh.yaml"),
+        registry.join("mesh.yaml"),
+    )?;
+    fs::write(registry.join("objects.yaml"), registry::objects(size))?;
+    fs::write(
+        registry.join("endpoints.yaml"),
+        registry::endpoint_slices(size),
+    )?;
+    let issuer = TokenIssuer::load_or_generate(dir.path())?;
+
+    let api_port = free_port()?;
+    let mut api = Command::new(&bins.fake_apiserver);
+    api.args(["--listen", &format!("127.0.0.1:{api_port}")])
+        .arg("--config-dir")
+        .arg(&registry)
+        .arg("--token-key")
+        .arg(TokenIssuer::public_key_path(dir.path()));
+    let mut api = Process::spawn("apiserver", api, &dir.path().join("apiserver.log"))?;
+    let pods_url = format!("http://127.0.0.1:{api_port}/api/v1/pods?limit=1");
+    api.wait_until("the API server", Duration::from_secs(120), || {
+        ready(&pods_url)
+    })?;
+    fs::write(
+        dir.path().join("kubeconfig"),
+        remora_local::kubeconfig_for(&format!("127.0.0.1:{api_port}")),
+    )?;
+
+    let (grpc, http, webhook) = (free_port()?, free_port()?, free_port()?);
+    let mut injector = Command::new(bins.dir.join("remora-injector"));
+    injector
+        .args(["serve", "--kubernetes"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
+        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+        .env("RUST_LOG", "warn");
+    let started = Instant::now();
+    let mut injector = Process::spawn("istiod", injector, &dir.path().join("istiod.log"))?;
+    let ready_url = format!("http://127.0.0.1:{http}/ready");
+    injector.wait_until("the control plane", Duration::from_secs(300), || {
+        ready(&ready_url)
+    })?;
+    let catalog_ready = started.elapsed();
+    let rss_ready = procstat::peak_rss_mib(injector.pid());
+
+    // The mesh root, as sidecars get it: the root ConfigMap the control plane publishes.
+    let root_url =
+        format!("http://127.0.0.1:{api_port}/api/v1/namespaces/ns-0/configmaps/istio-ca-root-cert");
+    let roots = wait_for_root(&root_url).await?;
+    let addr: SocketAddr = format!("127.0.0.1:{grpc}").parse()?;
+
+    let mut sidecars = Vec::with_capacity(args.sidecars);
+    for index in 0..args.sidecars {
+        let pod = registry::pod(size, index);
+        let token = dir.path().join(format!("token-{index}"));
+        let minted = issuer.mint(
+            &pod.namespace,
+            &pod.service_account,
+            &pod.name,
+            Duration::from_secs(3600),
+        )?;
+        fs::write(&token, minted)?;
+        sidecars.push(Arc::new(Sidecar {
+            index,
+            id: SpiffeId::new("cluster.local", &pod.namespace, &pod.service_account)?,
+            node: Node {
+                pod_name: pod.name,
+                namespace: pod.namespace,
+                ip: pod.ip,
+            },
+            token,
+        }));
+    }
+
+    // Certificates first (as sidecars have them before they subscribe), 64 at a time.
+    let issuing = Instant::now();
+    let mut certs = Vec::with_capacity(sidecars.len());
+    for batch in sidecars.chunks(64) {
+        let fetches = batch.iter().map(|sidecar| {
+            let (sidecar, roots) = (sidecar.clone(), roots.clone());
+            tokio::spawn(async move { sidecar.certificate(addr, roots).await })
+        });
+        for fetch in fetches.collect::<Vec<_>>() {
+            certs.push(fetch.await??);
+        }
+    }
+    let issued = issuing.elapsed();
+
+    // Everyone subscribes at once.
+    let (reports, mut received) = mpsc::unbounded_channel::<Received>();
+    // Set once measuring is over, when the control plane goes away under the sidecars.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let subscribing = Instant::now();
+    for (sidecar, cert) in sidecars.iter().zip(certs) {
+        let (sidecar, roots, reports) = (sidecar.clone(), roots.clone(), reports.clone());
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            let subscribed = sidecar.subscribe(addr, roots, cert, reports).await;
+            if let (Err(e), false) = (subscribed, stopping.load(Ordering::Relaxed)) {
+                eprintln!("sidecar {}: {e:#}", sidecar.index);
+            }
+        });
+    }
+    let mut first: BTreeMap<usize, Received> = BTreeMap::new();
+    while first.len() < sidecars.len() {
+        let report = tokio::time::timeout(Duration::from_secs(300), received.recv())
+            .await
+            .context("sidecars still waiting for their first snapshot after 300 s")?
+            .context("every sidecar stopped")?;
+        first.entry(report.sidecar).or_insert(report);
+    }
+    let initial = first
+        .values()
+        .map(|r| r.at.duration_since(subscribing))
+        .max()
+        .unwrap_or_default();
+    let sizes: Vec<usize> = first.values().map(|r| r.bytes).collect();
+    let total_initial: usize = sizes.iter().sum();
+    let rss_pushed = procstat::peak_rss_mib(injector.pid());
+    // Let any push still under way settle before the change.
+    drain(&mut received, Duration::from_secs(2)).await;
+
+    // One Service's endpoints change.
+    let changed_at = Instant::now();
+    fs::write(
+        registry.join("endpoints.yaml"),
+        (0..size.services)
+            .map(|service| registry::endpoint_slice(size, service, usize::from(service == 0)))
+            .collect::<String>(),
+    )?;
+    let pushed = drain(&mut received, Duration::from_secs(3)).await;
+    let touched: BTreeMap<usize, usize> = pushed.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.sidecar).or_default() += r.bytes;
+        m
+    });
+    let last = pushed
+        .iter()
+        .map(|r| r.at.duration_since(changed_at))
+        .max()
+        .unwrap_or_default();
+
+    println!("| control plane at scale | value |");
+    println!("|---|---:|");
+    println!(
+        "| pods / services / policies+routes / sidecars | {} / {} / {} / {} |",
+        size.pods,
+        size.services,
+        size.policies,
+        sidecars.len()
+    );
+    println!(
+        "| catalog ready (start to /ready) | {:.2} s |",
+        catalog_ready.as_secs_f64()
+    );
+    println!(
+        "| certificates for every sidecar (64 at a time) | {:.2} s |",
+        issued.as_secs_f64()
+    );
+    println!(
+        "| initial push: all subscribe at once, until the last first snapshot | {:.2} s |",
+        initial.as_secs_f64()
+    );
+    println!(
+        "| snapshot size per sidecar, mean / max | {:.1} / {:.1} KiB |",
+        total_initial as f64 / sizes.len().max(1) as f64 / 1024.0,
+        sizes.iter().max().copied().unwrap_or_default() as f64 / 1024.0
+    );
+    println!(
+        "| initial push, bytes in all | {:.1} MiB |",
+        total_initial as f64 / 1048576.0
+    );
+    println!("| control-plane peak RSS: catalog ready / after the initial push | {rss_ready:.0} / {rss_pushed:.0} MiB |");
+    println!(
+        "| one endpoint change: sidecars sent a snapshot (of {}) | {} |",
+        sidecars.len(),
+        touched.len()
+    );
+    println!(
+        "| one endpoint change: bytes sent | {:.1} MiB |",
+        touched.values().sum::<usize>() as f64 / 1048576.0
+    );
+    println!(
+        "| one endpoint change: file written to the last snapshot received | {:.2} s |",
+        last.as_secs_f64()
+    );
+    stopping.store(true, Ordering::Relaxed);
+    drop(injector);
+    drop(api);
+    Ok(())
+}
+
+/// What arrives until `quiet` passes with nothing.
+async fn drain(received: &mut mpsc::UnboundedReceiver<Received>, quiet: Duration) -> Vec<Received> {
+    let mut got = Vec::new();
+    while let Ok(Some(report)) = tokio::time::timeout(quiet, received.recv()).await {
+        got.push(report);
+    }
+    got
+}
+
+/// The mesh root once the control plane has published it.
+async fn wait_for_root(url: &str) -> anyhow::Result<RootCertStore> {
+    for _ in 0..600 {
+        let out = Command::new("curl").args(["-sf", url]).output()?;
+        if out.status.success() {
+            let map: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            if let Some(pem) = map["data"]["root-cert.pem"].as_str() {
+                let mut roots = RootCertStore::empty();
+                for cert in remora_proxy::identity::parse_certs(pem.as_bytes())
+                    .map_err(anyhow::Error::msg)?
+                {
+                    roots.add(cert)?;
+                }
+                return Ok(roots);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the control plane never published the root at {url}")
+}
