@@ -76,7 +76,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(dir) = &options.plugged_in_ca {
         server.seed_ca(dir)?;
     }
-    tokio::spawn(follow_files(server.clone(), options.dirs));
+    // The files' objects are there before the first request is answered.
+    let (files, objects) = read_files(options.dirs.clone()).await;
+    server.apply_files(&files::Objects::new(), &objects);
+    tokio::spawn(follow_files(server.clone(), options.dirs, files, objects));
     eprintln!("fake API server listening on {}", options.listen);
     loop {
         let (stream, _) = listener.accept().await.context("accepting")?;
@@ -95,10 +98,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 /// Keeps the store's file-made objects as the files say, re-reading them when they change.
-async fn follow_files(server: Arc<Server>, dirs: Vec<PathBuf>) {
-    let mut last_files = Vec::new();
-    let mut last_objects = files::Objects::new();
+async fn follow_files(
+    server: Arc<Server>,
+    dirs: Vec<PathBuf>,
+    mut last_files: Vec<(String, String)>,
+    mut last_objects: files::Objects,
+) {
     loop {
+        tokio::time::sleep(POLL).await;
         let reading = dirs.clone();
         let files = tokio::task::spawn_blocking(move || files::read(&reading))
             .await
@@ -108,8 +115,18 @@ async fn follow_files(server: Arc<Server>, dirs: Vec<PathBuf>) {
             server.apply_files(&last_objects, &objects);
             (last_files, last_objects) = (files, objects);
         }
-        tokio::time::sleep(POLL).await;
     }
+}
+
+/// The manifests under `dirs` and their objects.
+async fn read_files(dirs: Vec<PathBuf>) -> (Vec<(String, String)>, files::Objects) {
+    tokio::task::spawn_blocking(move || {
+        let files = files::read(&dirs);
+        let objects = files::objects(&files);
+        (files, objects)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 impl Server {

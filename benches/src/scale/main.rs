@@ -46,6 +46,9 @@ struct Args {
     policies: usize,
     #[arg(long, default_value_t = 1_000)]
     sidecars: usize,
+    /// Keep the working directory (the registry, the logs) and print where it is.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,17 +81,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         policies: args.policies,
     };
     let bins = Binaries::get()?;
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("remora-scale-")
+        .disable_cleanup(args.keep)
+        .tempdir()?;
+    if args.keep {
+        eprintln!("working directory: {}", dir.path().display());
+    }
     let registry = dir.path().join("registry");
     fs::create_dir(&registry)?;
     fs::copy(
         remora_e2e::example_cluster::examples_dir().join("mesh.yaml"),
         registry.join("mesh.yaml"),
     )?;
-    fs::write(registry.join("objects.yaml"), registry::objects(size))?;
-    fs::write(
-        registry.join("endpoints.yaml"),
-        registry::endpoint_slices(size),
+    write_files(&registry, "objects", &registry::objects(size))?;
+    write_files(
+        &registry,
+        "endpoints",
+        &registry::endpoint_slices(size, None),
     )?;
     let issuer = TokenIssuer::load_or_generate(dir.path())?;
 
@@ -206,11 +216,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // One Service's endpoints change.
     let changed_at = Instant::now();
-    fs::write(
-        registry.join("endpoints.yaml"),
-        (0..size.services)
-            .map(|service| registry::endpoint_slice(size, service, usize::from(service == 0)))
-            .collect::<String>(),
+    // Only the file holding Service 0's slice changes.
+    write_files(
+        &registry,
+        "endpoints",
+        &registry::endpoint_slices(size, Some(0)),
     )?;
     let pushed = drain(&mut received, Duration::from_secs(3)).await;
     let touched: BTreeMap<usize, usize> = pushed.iter().fold(BTreeMap::new(), |mut m, r| {
@@ -270,6 +280,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stopping.store(true, Ordering::Relaxed);
     drop(injector);
     drop(api);
+    Ok(())
+}
+
+/// Writes `files` as `<prefix>-<n>.yaml` in `dir`.
+fn write_files(dir: &std::path::Path, prefix: &str, files: &[String]) -> anyhow::Result<()> {
+    for (n, text) in files.iter().enumerate() {
+        fs::write(dir.join(format!("{prefix}-{n}.yaml")), text)?;
+    }
     Ok(())
 }
 

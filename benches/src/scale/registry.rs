@@ -44,8 +44,11 @@ pub fn pod(size: Size, index: usize) -> PodInfo {
     }
 }
 
-/// Every object but the EndpointSlices, as one multi-document manifest.
-pub fn objects(size: Size) -> String {
+/// The most documents a manifest file holds (a YAML reader bounds documents per file).
+const PER_FILE: usize = 200;
+
+/// Every object but the EndpointSlices, as manifest files of at most [`PER_FILE`] documents.
+pub fn objects(size: Size) -> Vec<String> {
     let mut text = String::new();
     for namespace in 0..NAMESPACES {
         let _ = write!(
@@ -103,7 +106,16 @@ pub fn objects(size: Size) -> String {
             );
         }
     }
-    text
+    files(&text)
+}
+
+/// `documents` (`---`-separated) in files of at most [`PER_FILE`] documents.
+fn files(documents: &str) -> Vec<String> {
+    let documents: Vec<&str> = documents.split("---\n").filter(|d| !d.is_empty()).collect();
+    documents
+        .chunks(PER_FILE)
+        .map(|chunk| chunk.iter().map(|d| format!("---\n{d}")).collect())
+        .collect()
 }
 
 /// The EndpointSlice of Service `service`: its pods, plus `extra` more addresses (an endpoint
@@ -137,9 +149,11 @@ pub fn endpoint_slice(size: Size, service: usize, extra: usize) -> String {
     text
 }
 
-/// Every Service's EndpointSlice.
-pub fn endpoint_slices(size: Size) -> String {
-    (0..size.services)
-        .map(|service| endpoint_slice(size, service, 0))
-        .collect()
+/// Every Service's EndpointSlice, `changed` with one endpoint more, in files of at most
+/// [`PER_FILE`] documents.
+pub fn endpoint_slices(size: Size, changed: Option<usize>) -> Vec<String> {
+    let all: String = (0..size.services)
+        .map(|service| endpoint_slice(size, service, usize::from(changed == Some(service))))
+        .collect();
+    files(&all)
 }

@@ -68,8 +68,15 @@ pub fn objects(files: &[(String, String)]) -> Objects {
     let mut objects = Objects::new();
     let mut namespaces = BTreeSet::from(["default".to_owned(), ROOT_NAMESPACE.to_owned()]);
     for (path, text) in files {
-        let Ok(documents) = Document::split(path, text) else {
-            continue;
+        let documents = match Document::split(path, text) {
+            Ok(documents) => documents,
+            Err(rejection) => {
+                eprintln!(
+                    "fake API server: {}: {}",
+                    rejection.object, rejection.reason
+                );
+                continue;
+            }
         };
         for Document { body, .. } in documents {
             for object in values(body) {
