@@ -38,16 +38,18 @@ pub async fn next(
 ) -> (Value, SendResponse<Response<Body>>) {
     let (request, respond) = handle.next_request().await.expect("a request");
     assert_eq!((request.method(), request.uri().path()), (&method, path));
+    (body_of(request).await, respond)
+}
+
+/// The JSON body of `request` (null without one).
+pub async fn body_of(request: Request<Body>) -> Value {
     let body = request
         .into_body()
         .collect()
         .await
         .expect("body")
         .to_bytes();
-    (
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-        respond,
-    )
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
 }
 
 /// Answers the next request, which must be `method` on `path`, with `status` and `body`;

@@ -13,7 +13,10 @@
 //! looks, left out), so tests can check the control plane's RBAC against what it really did.
 
 mod files;
+mod spawn;
 mod store;
+
+pub use spawn::{free_port, spawn, Spawned};
 
 use std::{
     collections::BTreeSet, convert::Infallible, io::Write, net::SocketAddr, path::PathBuf,

@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeSet,
     fs,
-    net::TcpListener,
     path::Path,
     process::{Command, Output},
     time::Duration,
@@ -13,6 +12,7 @@ use std::{
 
 use anyhow::{ensure, Context};
 use remora_e2e::{
+    apiserver::{self, free_port},
     example_cluster::{curl, ensure_accepted, wait_for, ExampleCluster},
     Binaries, Process,
 };
@@ -189,11 +189,6 @@ fn the_mesh_on_the_api() -> anyhow::Result<String> {
     Ok(mesh.cluster.api_audit())
 }
 
-/// A free port on loopback.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A control-plane replica on loopback, its ports: (gRPC, HTTP, webhook).
 fn replica(dir: &Path, name: &str, ports: (u16, u16, u16)) -> anyhow::Result<Process> {
     let injector = Binaries::get()?.dir.join("remora-injector");
@@ -258,24 +253,14 @@ fn replicas_racing() -> anyhow::Result<String> {
         manifests.join("sidecar-injector.yaml"),
     )?;
     TokenIssuer::load_or_generate(dir.path())?;
-    let api_port = free_port()?;
-    fs::write(
-        dir.path().join("kubeconfig"),
-        remora_local::kubeconfig_for(&format!("127.0.0.1:{api_port}")),
+    let audit = dir.path().join("audit.txt");
+    let api = apiserver::spawn(
+        dir.path(),
+        &manifests,
+        &TokenIssuer::public_key_path(dir.path()),
+        Some(&audit),
     )?;
-    let mut api = Command::new(Binaries::get()?.fake_apiserver);
-    api.args(["--listen", &format!("127.0.0.1:{api_port}")])
-        .arg("--config-dir")
-        .arg(&manifests)
-        .arg("--token-key")
-        .arg(TokenIssuer::public_key_path(dir.path()))
-        .arg("--audit")
-        .arg(dir.path().join("audit.txt"));
-    let mut api = Process::spawn("apiserver", api, &dir.path().join("apiserver.log"))?;
-    let namespaces = format!("http://127.0.0.1:{api_port}/api/v1/namespaces");
-    api.wait_until("the API server", Duration::from_secs(10), || {
-        run_curl(&["-sf", "-m", "2", &namespaces]).is_ok_and(|out| out.status.success())
-    })?;
+    let api_port = api.port;
 
     // Two replicas start together: neither finds a root, both make one, one Secret wins.
     let ports = |_: u8| -> anyhow::Result<(u16, u16, u16)> {
@@ -341,7 +326,7 @@ fn replicas_racing() -> anyhow::Result<String> {
         serves_under(&root_pem, first_ports.2)?,
         "the restarted replica signs with another root"
     );
-    Ok(fs::read_to_string(dir.path().join("audit.txt")).unwrap_or_default())
+    Ok(fs::read_to_string(&audit).unwrap_or_default())
 }
 
 fn install_dir() -> std::path::PathBuf {

@@ -13,7 +13,7 @@ mod sidecar;
 use std::{
     collections::BTreeMap,
     fs,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -25,7 +25,10 @@ use std::{
 use clap::Parser;
 use remora_api::{proto::config::Node, SpiffeId};
 use remora_bench::procstat;
-use remora_e2e::{Binaries, Process};
+use remora_e2e::{
+    apiserver::{self, free_port},
+    Binaries, Process,
+};
 use remora_injector::token::TokenIssuer;
 use rustls::RootCertStore;
 use tokio::{sync::mpsc, time::Instant};
@@ -65,10 +68,6 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn ready(url: &str) -> bool {
     Command::new("curl")
         .args(["-sf", "-m", "2", "-o", "/dev/null", url])
@@ -104,22 +103,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let issuer = TokenIssuer::load_or_generate(dir.path())?;
 
-    let api_port = free_port()?;
-    let mut api = Command::new(&bins.fake_apiserver);
-    api.args(["--listen", &format!("127.0.0.1:{api_port}")])
-        .arg("--config-dir")
-        .arg(&registry)
-        .arg("--token-key")
-        .arg(TokenIssuer::public_key_path(dir.path()));
-    let mut api = Process::spawn("apiserver", api, &dir.path().join("apiserver.log"))?;
-    let pods_url = format!("http://127.0.0.1:{api_port}/api/v1/pods?limit=1");
-    api.wait_until("the API server", Duration::from_secs(120), || {
-        ready(&pods_url)
-    })?;
-    fs::write(
-        dir.path().join("kubeconfig"),
-        remora_local::kubeconfig_for(&format!("127.0.0.1:{api_port}")),
+    let api = apiserver::spawn(
+        dir.path(),
+        &registry,
+        &TokenIssuer::public_key_path(dir.path()),
+        None,
     )?;
+    let api_port = api.port;
 
     let (grpc, http, webhook) = (free_port()?, free_port()?, free_port()?);
     let mut injector = Command::new(bins.dir.join("remora-injector"));
@@ -128,7 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
-        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+        .env("KUBECONFIG", &api.kubeconfig)
         .env("RUST_LOG", "warn");
     let started = Instant::now();
     let mut injector = Process::spawn("istiod", injector, &dir.path().join("istiod.log"))?;

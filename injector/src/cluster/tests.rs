@@ -1,12 +1,11 @@
 use std::collections::BTreeMap;
 
 use http::{Method, Response, StatusCode};
-use http_body_util::BodyExt;
 use kube::client::Body;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::api_mock::{api, failure, reply};
+use crate::api_mock::{api, body_of, failure, reply};
 
 const ROOT: &str = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n";
 const WEBHOOK: &str = "istio-sidecar-injector";
@@ -54,12 +53,7 @@ async fn publishes_the_root_everywhere_repairs_a_deleted_one_and_trusts_it_in_th
     while writes.len() < 3 {
         let (request, respond) = handle.next_request().await.expect("a request");
         let (method, uri) = (request.method().clone(), request.uri().clone());
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let sent = body_of(request).await;
         let path = uri.path();
         let answer = match (&method, path) {
             (&Method::GET, "/api/v1/namespaces") if watching(&uri) => None,
@@ -98,12 +92,11 @@ async fn publishes_the_root_everywhere_repairs_a_deleted_one_and_trusts_it_in_th
                 Some((StatusCode::OK, webhook_configuration("c3RhbGU=")))
             }
             (&Method::PUT, p) if p == format!("{WEBHOOKS}/{WEBHOOK}") => {
-                let sent: Value = serde_json::from_slice(&body).expect("json");
                 writes.push(format!(
                     "PUT webhook caBundle={}",
                     sent["webhooks"][0]["clientConfig"]["caBundle"]
                 ));
-                Some((StatusCode::OK, sent))
+                Some((StatusCode::OK, sent.clone()))
             }
             (&Method::GET, p) if p.ends_with(root_cert::CONFIG_MAP) => {
                 let namespace = p.split('/').nth(4).expect("namespace").to_owned();
@@ -113,12 +106,11 @@ async fn publishes_the_root_everywhere_repairs_a_deleted_one_and_trusts_it_in_th
                 })
             }
             (&Method::POST, p) if p.ends_with("/configmaps") => {
-                let sent: Value = serde_json::from_slice(&body).expect("json");
                 let namespace = p.split('/').nth(4).expect("namespace").to_owned();
                 assert_eq!(sent["data"][root_cert::KEY], ROOT);
                 writes.push(format!("POST root in {namespace}"));
                 maps.insert(namespace, sent.clone());
-                Some((StatusCode::CREATED, sent))
+                Some((StatusCode::CREATED, sent.clone()))
             }
             _ => panic!("unexpected {method} {uri}"),
         };

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tower_test::mock::SendResponse;
 
 use super::*;
-use crate::api_mock::{api, failure, reply, ApiHandle};
+use crate::api_mock::{api, body_of, failure, reply, ApiHandle};
 
 const SERVICES: &str = "/api/v1/services";
 const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
@@ -53,11 +53,7 @@ impl Cluster {
             let (request, respond) = self.handle.next_request().await.expect("a request");
             let (method_seen, uri) = (request.method().clone(), request.uri().clone());
             if self.tested.contains(&uri.path()) && !self.absent.contains(&uri.path()) {
-                let body = http_body_util::BodyExt::collect(request.into_body())
-                    .await
-                    .expect("body")
-                    .to_bytes();
-                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let body = body_of(request).await;
                 if (&method_seen, uri.path()) == (&method, path) {
                     return (uri, body, respond);
                 }
@@ -97,6 +93,13 @@ fn service(name: &str, port: Value, version: &str) -> Value {
                         "managedFields": [{"manager": "kubectl"}],
                         "annotations": {LAST_APPLIED: "{\"big\": true}"}},
            "spec": {"clusterIP": "10.0.0.1", "ports": [{"port": port}]}})
+}
+
+/// AuthorizationPolicy `default/bad` at resourceVersion 7, whose action does not exist.
+fn bad_policy() -> Value {
+    json!({"metadata": {"name": "bad", "namespace": "default", "uid": "uid-bad",
+                        "resourceVersion": "7"},
+           "spec": {"action": "MAYBE"}})
 }
 
 fn watch_body(events: &[(&str, Value)]) -> Response<Body> {
@@ -272,10 +275,7 @@ async fn a_kind_not_installed_is_skipped_then_read_when_it_appears() {
     cluster.absent.clear();
     let (uri, _, respond) = cluster.next(Method::GET, POLICIES).await;
     assert!(!is_watch(&uri), "{uri}");
-    let policy = json!({"metadata": {"name": "bad", "namespace": "default", "uid": "uid-bad",
-                                     "resourceVersion": "7"},
-                        "spec": {"action": "MAYBE"}});
-    respond.send_response(reply(StatusCode::OK, &list(&[policy], "7")));
+    respond.send_response(reply(StatusCode::OK, &list(&[bad_policy()], "7")));
     let read = changed(&mut catalogs).await;
     let [rejection] = read.rejected.as_slice() else {
         panic!("{:?}", read.rejected)
@@ -306,10 +306,7 @@ async fn a_kind_served_only_in_an_older_version_is_read_there() {
     let mut watching = tokio::spawn(source.watch());
     let (uri, _, respond) = cluster.next(Method::GET, POLICIES_V1BETA1).await;
     assert!(!is_watch(&uri), "{uri}");
-    let policy = json!({"metadata": {"name": "bad", "namespace": "default", "uid": "uid-bad",
-                                     "resourceVersion": "7"},
-                        "spec": {"action": "MAYBE"}});
-    respond.send_response(reply(StatusCode::OK, &list(&[policy], "7")));
+    respond.send_response(reply(StatusCode::OK, &list(&[bad_policy()], "7")));
     let catalogs = tokio::select! {
         done = &mut watching => done.expect("source task").expect("first catalog"),
         _ = cluster.next(Method::GET, "/never") => unreachable!("nothing is sent there"),
