@@ -69,7 +69,8 @@ fn api_error(secret: &str, message: impl ToString) -> CaError {
 }
 
 /// The CA in Secret `name`: `ca-cert.pem` and `ca-key.pem`, with `root-cert.pem` and
-/// `cert-chain.pem` for a plugged-in intermediate (a self-signed root is its own root).
+/// `cert-chain.pem` for a plugged-in intermediate (a self-signed root is its own root); or, as
+/// cert-manager writes it and Istio also reads it, `tls.crt`, `tls.key` and `ca.crt`.
 fn authority(secret: &Secret, name: &str) -> Result<Authority, CaError> {
     let data = secret.data.as_ref();
     let text = |key: &str| {
@@ -78,17 +79,28 @@ fn authority(secret: &Secret, name: &str) -> Result<Authority, CaError> {
             .filter(|text| !text.trim().is_empty())
     };
     let missing = |key: &str| api_error(name, format!("has no {key}"));
-    let ca_cert = text(CA_CERT).ok_or_else(|| missing(CA_CERT))?;
-    let key = text(CA_KEY).ok_or_else(|| missing(CA_KEY))?;
-    let roots = text(ROOT_CERT).unwrap_or_else(|| ca_cert.clone());
-    Authority::from_pem(
-        &ca_cert,
-        &key,
-        roots,
-        text(CERT_CHAIN),
-        &format!("Secret {name}"),
-    )
+    let (ca_cert, key, roots, chain) = match (text(CA_CERT), text(TLS_CERT)) {
+        (None, Some(tls_cert)) => (
+            tls_cert,
+            text(TLS_KEY).ok_or_else(|| missing(TLS_KEY))?,
+            text(TLS_ROOT),
+            None,
+        ),
+        (ca_cert, _) => (
+            ca_cert.ok_or_else(|| missing(CA_CERT))?,
+            text(CA_KEY).ok_or_else(|| missing(CA_KEY))?,
+            text(ROOT_CERT),
+            text(CERT_CHAIN),
+        ),
+    };
+    let roots = roots.unwrap_or_else(|| ca_cert.clone());
+    Authority::from_pem(&ca_cert, &key, roots, chain, &format!("Secret {name}"))
 }
+
+/// cert-manager's names for the CA certificate, its key and the root.
+const TLS_CERT: &str = "tls.crt";
+const TLS_KEY: &str = "tls.key";
+const TLS_ROOT: &str = "ca.crt";
 
 /// `istio-ca-secret` holding `ca`, as istiod writes it.
 fn secret_of(ca: &Authority) -> Secret {

@@ -6,8 +6,8 @@
 //! [`Document`]s (here an API object with its resourceVersion), which runs the same per-kind
 //! checks and rejections. Nothing is published until every kind has been listed once (or is
 //! known not to be installed), so sidecars never see a half-read cluster; a kind whose CRD is
-//! missing is logged once and watched on, and its objects arrive when it is installed.
-//! Rejections of new objects are also written where users look, as an Event on the object.
+//! missing is logged once and looked for again, and its objects arrive when it is installed.
+//! New rejections are also written where users look, as an Event on the object.
 
 mod kinds;
 #[cfg(test)]

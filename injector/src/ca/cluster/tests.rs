@@ -145,3 +145,22 @@ async fn no_api_server_no_ca() {
         .to_string();
     assert!(error.contains("has no ca-key.pem"), "{error}");
 }
+
+#[tokio::test]
+async fn a_plugged_in_ca_in_cert_managers_layout_is_read() {
+    let (client, mut handle) = api("istio-system");
+    let plugged = Authority::generate("cluster.local").expect("ca");
+    let mut secret = secret_holding(PLUGGED_IN, &plugged);
+    let data = secret["data"].take();
+    secret["type"] = "kubernetes.io/tls".into();
+    secret["data"] = serde_json::json!({
+        "tls.crt": data["ca-cert.pem"],
+        "tls.key": data["ca-key.pem"],
+        "ca.crt": data["root-cert.pem"],
+    });
+    let (loaded, ()) = tokio::join!(
+        load_or_create(client, "istio-system", "cluster.local"),
+        get(&mut handle, PLUGGED_IN, Some(secret))
+    );
+    assert_eq!(loaded.expect("loaded").roots_pem(), plugged.roots_pem());
+}
