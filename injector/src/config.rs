@@ -35,7 +35,7 @@ pub mod well_known;
 pub(crate) mod yaml;
 
 pub use accepted::Accepted;
-pub use catalog::{version_of, Catalog, WorkloadPolicies};
+pub use catalog::{Catalog, ViewKey, WorkloadPolicies};
 pub use directory::{read_directories, DirectorySource};
 pub use kubernetes::KubernetesSource;
 pub use mesh::ProxyConfigError;

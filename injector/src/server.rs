@@ -139,6 +139,10 @@ pub async fn run<A: Authenticator>(
     tokio::spawn(track_rejections(catalog.clone(), metrics.clone()));
     let (jwks, fetched) = watch::channel(Arc::new(Jwks::default()));
     tokio::spawn(jwks::refresh(catalog.clone(), jwks));
+    let (publisher, published) = watch::channel(Arc::new(discovery::Published::first(
+        catalog.borrow().clone(),
+    )));
+    tokio::spawn(discovery::publish(catalog.clone(), publisher));
 
     let id = SpiffeId::new(&trust_domain, "istio-system", "istiod")
         .map_err(|e| ServeError::Identity(e.to_string()))?;
@@ -171,7 +175,7 @@ pub async fn run<A: Authenticator>(
             metrics: metrics.clone(),
         }))
         .add_service(DiscoveryServer::new(DiscoveryService {
-            catalog,
+            published,
             jwks: fetched,
             metrics,
             status,

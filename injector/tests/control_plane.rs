@@ -1,5 +1,6 @@
 //! The control plane over real gRPC and TLS on loopback: the CA signs exactly the identity a
-//! token proves, the discovery stream pushes full snapshots on change, authenticates sidecars
+//! token proves, the discovery stream pushes a sidecar's resources in full and then only what
+//! changed, authenticates sidecars
 //! by certificate, and counts NACKs, and the injection webhook answers AdmissionReviews over
 //! HTTPS as the API server sends them.
 
@@ -8,12 +9,17 @@ use std::{
     time::Duration,
 };
 
+use prost::Message;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
-use remora_api::proto::{
-    ca::{
-        istio_certificate_service_client::IstioCertificateServiceClient, IstioCertificateRequest,
+use remora_api::{
+    proto::{
+        ca::{
+            istio_certificate_service_client::IstioCertificateServiceClient,
+            IstioCertificateRequest,
+        },
+        config::{discovery_client::DiscoveryClient, Node, Push, Resource, SubscribeRequest},
     },
-    config::{discovery_client::DiscoveryClient, Node, Snapshot, SubscribeRequest},
+    resources::Held,
 };
 use remora_injector::{
     config::DirectorySource,
@@ -193,7 +199,7 @@ impl ControlPlane {
 async fn subscribe(
     channel: Channel,
     node: Node,
-) -> Result<(mpsc::Sender<SubscribeRequest>, Streaming<Snapshot>), tonic::Status> {
+) -> Result<(mpsc::Sender<SubscribeRequest>, Streaming<Push>), tonic::Status> {
     let (answers, requests) = mpsc::channel(4);
     answers
         .send(SubscribeRequest {
@@ -217,10 +223,10 @@ fn sleep_node() -> Node {
     }
 }
 
-async fn next(stream: &mut Streaming<Snapshot>) -> Snapshot {
+async fn next(stream: &mut Streaming<Push>) -> Push {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
-        .expect("a snapshot within 10 s")
+        .expect("a push within 10 s")
         .expect("stream ok")
         .expect("stream open")
 }
@@ -278,9 +284,14 @@ async fn discovery_pushes_changes_only_and_counts_nacks() {
     let (answers, mut stream) = subscribe(cp.channel(Some(cert)).await, sleep_node())
         .await
         .expect("subscribed");
+    // The first push is everything: what it makes is a snapshot with no Services yet.
+    let mut held = Held::default();
     let first = next(&mut stream).await;
-    assert!(first.services.is_empty());
-    assert!(!first.version.is_empty());
+    assert!(first.full);
+    let staged = held.stage(first.clone()).expect("a whole state");
+    assert!(staged.snapshot.services.is_empty());
+    assert!(staged.snapshot.mesh.is_some());
+    held.commit(staged);
     answers
         .send(SubscribeRequest {
             version: first.version.clone(),
@@ -307,6 +318,7 @@ async fn discovery_pushes_changes_only_and_counts_nacks() {
     let quiet = tokio::time::timeout(Duration::from_millis(1500), stream.message()).await;
     assert!(quiet.is_err(), "pushed without a change: {quiet:?}");
 
+    // A Service: only it (and its endpoints) are sent.
     let started = std::time::Instant::now();
     std::fs::write(cp.config.path().join("httpbin.yaml"), SERVICE).expect("write");
     let second = next(&mut stream).await;
@@ -314,8 +326,11 @@ async fn discovery_pushes_changes_only_and_counts_nacks() {
         "file change reached the subscriber in {:?}",
         started.elapsed()
     );
+    assert!(!second.full);
     assert_ne!(second.version, first.version);
-    assert_eq!(second.services[0].addresses, ["198.19.0.10"]);
+    assert_eq!(names(&second), HTTPBIN);
+    let staged = held.stage(second.clone()).expect("applies");
+    assert_eq!(staged.snapshot.services[0].addresses, ["198.19.0.10"]);
     answers
         .send(SubscribeRequest {
             version: second.version.clone(),
@@ -348,10 +363,39 @@ async fn discovery_pushes_changes_only_and_counts_nacks() {
     assert_eq!(answered["acked"], first.version.as_str());
     assert_eq!(answered["rejected"]["version"], second.version.as_str());
     assert_eq!(answered["rejected"]["reason"], "services[0]: not for me");
+
+    // After the NACK the sidecar still holds the first push only: the next change is computed
+    // from that, so the Service is sent again, with its new port.
+    std::fs::write(
+        cp.config.path().join("httpbin.yaml"),
+        SERVICE.replace("port: 8000", "port: 8001"),
+    )
+    .expect("write");
+    let third = next(&mut stream).await;
+    assert_eq!(names(&third), HTTPBIN);
+    let staged = held.stage(third).expect("applies over the first push");
+    assert_eq!(staged.snapshot.services[0].ports[0].port, 8001);
     assert_eq!(cp.metric("pilot_xds").await, 2.0);
-    // Two to the first subscriber; the idle one got its first snapshot, and its second only
-    // if it was already waiting to be sent.
-    assert!(cp.metric("pilot_xds_pushes").await >= 3.0);
+    // Three to the first subscriber; the idle one got its first push and, not answering it,
+    // nothing more.
+    assert_eq!(cp.metric("pilot_xds_pushes").await, 4.0);
+}
+
+/// The resources of Service httpbin.demo.
+const HTTPBIN: [&str; 2] = [
+    "endpoints/httpbin.demo.svc.cluster.local",
+    "service/httpbin.demo.svc.cluster.local",
+];
+
+/// The names of the resources `push` sends, in order.
+fn names(push: &Push) -> Vec<String> {
+    let mut names: Vec<String> = push
+        .resources
+        .iter()
+        .map(|bytes| Resource::decode(bytes.clone()).expect("a resource").name)
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use remora_api::proto::config::Node;
 use remora_injector::{
     ca::Authority,
-    config::{read_directories, version_of, well_known::namespace_of, Catalog, Rejection},
+    config::{read_directories, well_known::namespace_of, Catalog, Rejection},
     token::TokenIssuer,
 };
 
@@ -522,13 +522,14 @@ impl Cluster {
         let deadline = std::time::Instant::now() + self.timeout;
         let mut rejected = None;
         for pod in &mut self.pods {
-            let expected = catalog.snapshot_for(&Node {
+            let node = Node {
                 pod_name: pod.info.name.clone(),
                 namespace: pod.info.namespace.clone(),
                 ip: pod.info.ip.to_string(),
-            });
+            };
+            let expected = catalog.snapshot_for(&node);
             // A sidecar that rejects what it is sent would be waited for in vain.
-            let (id, version) = (pod.info.id(), version_of(&expected));
+            let (id, version) = (pod.info.id(), catalog.version_for(&node));
             let control_plane = &self.control_plane;
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match pod.wait_for_snapshot(&expected, left, || control_plane.rejection(&id, &version))

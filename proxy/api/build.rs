@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Ordered maps (labels): a snapshot's encoding, and so its version hash, must not
         // depend on a hash map's iteration order.
         .btree_map(".")
+        // Encoded once, shared by every push that carries them: reference-counted, not copied.
+        .bytes(".remora.config.v1.Push.resources")
         .message_attribute(
             ".remora.config.v1",
             "#[derive(serde::Serialize, serde::Deserialize)] \

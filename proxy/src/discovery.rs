@@ -1,7 +1,10 @@
-//! The discovery stream: the sidecar subscribes once with who it is, takes each snapshot the
-//! control plane sends (checked whole, swapped atomically) and answers ACK or NACK. A rejected
-//! snapshot leaves the previous one in place. When the stream breaks the sidecar keeps serving
-//! what it has and resubscribes with jittered backoff.
+//! The discovery stream: the sidecar subscribes once with who it is, and takes each push the
+//! control plane sends (its resources in full first, then what changed): the snapshot the
+//! resources then make is checked whole and swapped in atomically, and the sidecar answers ACK
+//! or NACK. A rejected push leaves what was held in place. When the stream breaks (or the
+//! sidecar finds it no longer holds what the control plane thinks it does) the sidecar keeps
+//! serving what it has and resubscribes with jittered backoff, which starts again from a full
+//! push.
 
 use std::{
     sync::Arc,
@@ -12,6 +15,7 @@ use remora_api::{
     proto::config::{
         discovery_client::DiscoveryClient, Node, Snapshot as WireSnapshot, SubscribeRequest,
     },
+    resources::{Held, PushError},
     Snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +34,8 @@ enum StreamError {
     Status(#[from] tonic::Status),
     #[error("the control plane closed the stream")]
     Closed,
+    #[error("{0}")]
+    Diverged(PushError),
 }
 
 /// Everything the stream needs, moved into its task.
@@ -80,19 +86,37 @@ impl Subscription {
                 ..Default::default()
             })
             .await;
-        let mut snapshots = DiscoveryClient::new(channel)
+        let mut pushes = DiscoveryClient::new(channel)
             .subscribe(ReceiverStream::new(requests))
             .await?
             .into_inner();
-        while let Some(wire) = snapshots.message().await? {
+        // A new stream starts from a full push: what was held before is replaced then.
+        let mut held = Held::default();
+        while let Some(push) = pushes.message().await? {
             self.metrics.control_plane_connected(true);
-            let version = wire.version.clone();
-            let error = match accept(wire, &self.trust_domain) {
-                Ok(snapshot) => {
+            let version = push.version.clone();
+            let (full, resources, removed) = (push.full, push.resources.len(), push.removed.len());
+            let mut diverged = None;
+            let staged = held.stage(push).map_err(|e| {
+                let reason = e.to_string();
+                if matches!(e, PushError::Diverged { .. }) {
+                    diverged = Some(e);
+                }
+                reason
+            });
+            let error = match staged.and_then(|mut staged| {
+                let wire = std::mem::take(&mut staged.snapshot);
+                accept(wire, &self.trust_domain).map(|snapshot| (staged, snapshot))
+            }) {
+                Ok((staged, snapshot)) => {
+                    held.commit(staged);
                     tracing::info!(
                         version,
+                        full,
+                        resources,
+                        removed,
                         destinations = snapshot.destination_count(),
-                        "snapshot applied"
+                        "config applied"
                     );
                     self.config.store(snapshot);
                     if let Some(first) = first.take() {
@@ -101,7 +125,7 @@ impl Subscription {
                     String::new()
                 }
                 Err(reason) => {
-                    tracing::warn!(version, %reason, "snapshot rejected; keeping the previous one");
+                    tracing::warn!(version, %reason, "push rejected; keeping what was held");
                     reason
                 }
             };
@@ -116,6 +140,9 @@ impl Subscription {
                 .is_err()
             {
                 break;
+            }
+            if let Some(diverged) = diverged {
+                return Err(StreamError::Diverged(diverged));
             }
         }
         Ok(())

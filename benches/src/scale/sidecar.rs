@@ -1,6 +1,6 @@
 //! A simulated sidecar: what a real one does with the control plane and nothing else. It gets
 //! a certificate from the CA with its service-account token, subscribes to discovery with it
-//! (gRPC over mTLS), and acknowledges every snapshot, saying when each arrived and its size.
+//! (gRPC over mTLS), and acknowledges every push, saying when each arrived and its size.
 
 use std::{io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -22,7 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 /// The name the control plane's certificate is checked for.
 const CONTROL_PLANE: &str = "istiod.istio-system.svc";
 
-/// A snapshot a sidecar received.
+/// A push a sidecar received.
 #[derive(Clone, Copy, Debug)]
 pub struct Received {
     pub sidecar: usize,
@@ -91,7 +91,7 @@ impl Sidecar {
         Ok(Arc::new(CurrentCert::new(issued)))
     }
 
-    /// Subscribes and acknowledges every snapshot, reporting each, until the stream ends.
+    /// Subscribes and acknowledges every push, reporting each, until the stream ends.
     pub async fn subscribe(
         &self,
         addr: SocketAddr,
@@ -107,15 +107,15 @@ impl Sidecar {
                 ..Default::default()
             })
             .await;
-        let mut snapshots = DiscoveryClient::new(channel)
+        let mut pushes = DiscoveryClient::new(channel)
             .subscribe(ReceiverStream::new(requests))
             .await
             .with_context(|| format!("subscribing as {}", self.id))?
             .into_inner();
-        while let Some(snapshot) = snapshots.message().await? {
-            let bytes = snapshot.encoded_len();
+        while let Some(push) = pushes.message().await? {
+            let bytes = push.encoded_len();
             let ack = SubscribeRequest {
-                version: snapshot.version,
+                version: push.version,
                 ..Default::default()
             };
             if answers.send(ack).await.is_err() {

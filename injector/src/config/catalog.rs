@@ -13,28 +13,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{api::core::v1::PodSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use prost::Message;
-use remora_api::proto::config::{self as proto, Node, Snapshot};
+use remora_api::{
+    proto::config::{self as proto, Node, Snapshot},
+    resources::version_of,
+};
 
 use crate::inject::Injector;
 
 use super::{
     accepted::Accepted,
-    cluster_ip::fnv1a64,
     mesh::ProxyConfig,
     objects::{self, Document, Key, Objects, Rejection},
     routing::Routing,
     security,
     service_entry::ServiceEntry,
-    telemetry,
     translate::{self, PodFacts, Translation},
 };
-
-/// The version the control plane gives `snapshot` (whose own `version` is empty): a hash of its
-/// content that is the same in every build, so an unchanged snapshot keeps its version across
-/// control-plane upgrades too, and anyone can tell which version a given content has.
-pub fn version_of(snapshot: &Snapshot) -> String {
-    format!("{:016x}", fnv1a64(&snapshot.encode_to_vec()))
-}
+use resources::Own;
+pub use resources::ViewKey;
 
 /// The policies a workload's sidecar enforces, and its first container port.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +52,8 @@ pub struct Catalog {
     workloads: Vec<proto::Workload>,
     /// The ServiceEntries that register nothing another object holds.
     service_entries: Vec<ServiceEntry>,
+    /// The label keys routing looks at ([`Routing::label_keys`]).
+    routing_label_keys: BTreeSet<String>,
 }
 
 impl Catalog {
@@ -77,6 +75,7 @@ impl Catalog {
         let injector = Injector::with_mesh(values, mesh.clone()).with_policy(policy);
         let translation = translate::translate(&mut objects, &mesh, &mut rejected);
         let routing = Routing::new(objects.routing.values().map(|o| &o.object));
+        let routing_label_keys = routing.label_keys();
         for (namespace, name, reason) in routing.overridden(&translation.services) {
             let key = (namespace, name);
             if let Some(object) = objects.routing.get(&("VirtualService", key.clone())) {
@@ -106,12 +105,12 @@ impl Catalog {
             endpoints: translation.endpoints,
             workloads: translation.workloads,
             service_entries,
+            routing_label_keys,
         }
     }
 
-    /// The snapshot for the sidecar of `node`: the same services and endpoints for every
-    /// sidecar, routed as its namespace and labels see them, mesh settings with its pod's
-    /// `proxy.istio.io/config` applied. `version` is left empty for the server to fill.
+    /// The snapshot for the sidecar of `node`: its resources put together, as the sidecar puts
+    /// them together. `version` is left empty.
     pub fn snapshot_for(&self, node: &Node) -> Snapshot {
         let pod = self
             .pods
@@ -119,47 +118,36 @@ impl Catalog {
         let no_labels = BTreeMap::new();
         self.snapshot_of(
             &node.namespace,
-            pod.map_or(&no_labels, |pod| &pod.labels),
-            pod.and_then(|pod| pod.proxy_config.as_ref()),
-            pod.map(|pod| pod.security.clone()),
+            Own {
+                labels: pod.map_or(&no_labels, |pod| &pod.labels),
+                proxy_config: pod.and_then(|pod| pod.proxy_config.as_ref()),
+                security: pod.map(|pod| pod.security.clone()),
+            },
         )
     }
 
-    fn snapshot_of(
-        &self,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-        proxy_config: Option<&ProxyConfig>,
-        security: Option<proto::Security>,
-    ) -> Snapshot {
-        let mut services = self.services.clone();
-        services.extend(
-            self.service_entries
-                .iter()
-                .filter(|entry| entry.visible_to(namespace))
-                .flat_map(ServiceEntry::services),
+    /// The version of [`Self::snapshot_for`]`(node)` as the discovery server gives it (before
+    /// keys fetched for `jwksUri`s are filled in).
+    pub fn version_for(&self, node: &Node) -> String {
+        let pod = self
+            .pods
+            .get(&(node.namespace.clone(), node.pod_name.clone()));
+        let no_labels = BTreeMap::new();
+        let resources = self.resources_of(
+            &node.namespace,
+            Own {
+                labels: pod.map_or(&no_labels, |pod| &pod.labels),
+                proxy_config: pod.and_then(|pod| pod.proxy_config.as_ref()),
+                security: pod.map(|pod| pod.security.clone()),
+            },
         );
-        Routing::new(self.accepted.objects.routing.values().map(|o| &o.object)).apply(
-            &mut services,
-            namespace,
-            labels,
-            self.accepted.mesh.root_namespace(),
-        );
-        Snapshot {
-            version: String::new(),
-            endpoints: self.endpoints.clone(),
-            services,
-            workloads: self.workloads.clone(),
-            mesh: Some(self.mesh_settings(proxy_config)),
-            security,
-            telemetry: Some(telemetry::resolve(
-                self.accepted.objects.telemetry.values().map(|t| &t.object),
-                namespace,
-                labels,
-                &self.accepted.mesh,
-                proxy_config,
-            )),
-        }
+        let encoded: Vec<Vec<u8>> = resources.iter().map(Message::encode_to_vec).collect();
+        version_of(encoded.iter().map(Vec::as_slice))
+    }
+
+    fn snapshot_of(&self, namespace: &str, own: Own) -> Snapshot {
+        // The catalog's own resources always make a snapshot: each is named for its content.
+        remora_api::resources::assemble(self.resources_of(namespace, own)).unwrap_or_default()
     }
 
     /// The mesh settings a sidecar with `proxy_config` overrides receives, with the cluster
@@ -205,14 +193,23 @@ impl Catalog {
         if let Some(pod) = self.pods.get(&(namespace.to_owned(), name.to_owned())) {
             return Some(self.snapshot_of(
                 namespace,
-                &pod.labels,
-                pod.proxy_config.as_ref(),
-                Some(pod.security.clone()),
+                Own {
+                    labels: &pod.labels,
+                    proxy_config: pod.proxy_config.as_ref(),
+                    security: Some(pod.security.clone()),
+                },
             ));
         }
         let (metadata, _) = self.pod_template(namespace, name)?;
         let (labels, proxy_config) = template_facts(metadata);
-        Some(self.snapshot_of(namespace, &labels, proxy_config.as_ref(), None))
+        Some(self.snapshot_of(
+            namespace,
+            Own {
+                labels: &labels,
+                proxy_config: proxy_config.as_ref(),
+                security: None,
+            },
+        ))
     }
 
     /// What the sidecar of workload `namespace/name` enforces, for `remoractl authz check`: a
@@ -361,5 +358,6 @@ fn socket(ip: &str, port: u32) -> String {
     }
 }
 
+mod resources;
 #[cfg(test)]
 mod tests;

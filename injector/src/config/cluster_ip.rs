@@ -11,6 +11,8 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+pub use remora_api::resources::fnv1a64;
+
 /// First and last assignable addresses of 198.19.0.0/16, the local Service range (the network
 /// and broadcast addresses are left out).
 const FIRST: u32 = u32::from_be_bytes([198, 19, 0, 1]);
@@ -58,15 +60,6 @@ pub fn allocate(services: &[(&str, &str, Option<IpAddr>)]) -> BTreeMap<(String, 
     assigned
 }
 
-/// 64-bit FNV-1a: tiny, and unlike std's `RandomState` the same in every process.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,13 +70,6 @@ mod tests {
 
     fn key(namespace: &str, name: &str) -> (String, String) {
         (namespace.to_owned(), name.to_owned())
-    }
-
-    #[test]
-    fn fnv_matches_reference_values() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

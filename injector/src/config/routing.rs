@@ -12,7 +12,7 @@
 pub(crate) mod gateway;
 pub(crate) mod istio;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use remora_api::proto::config as proto;
 use serde_json::Value;
@@ -81,6 +81,15 @@ impl<'o> Routing<'o> {
             }
         }
         routing
+    }
+
+    /// The label keys any routing decision for a client looks at (`sourceLabels`, a
+    /// DestinationRule's `workloadSelector`): clients whose labels agree on these, in one
+    /// namespace, are routed alike.
+    pub(crate) fn label_keys(&self) -> BTreeSet<String> {
+        let vs = self.virtual_services.iter().flat_map(|vs| vs.label_keys());
+        let dr = self.destination_rules.iter().flat_map(|dr| dr.label_keys());
+        vs.chain(dr).map(str::to_owned).collect()
     }
 
     /// Fills every port of `services` with the routes and policies a sidecar in `namespace`

@@ -1,16 +1,22 @@
 //! The discovery service: each sidecar subscribes once, proven by its workload certificate, and
-//! gets its snapshot in full, then again whenever its snapshot changes.
+//! is sent its resources in full, then, whenever they change, only what changed (delta xDS's
+//! way): one Service's endpoints moving re-sends that one resource, not the mesh.
 //!
-//! Each subscription runs in its own task and reads the latest catalog from a watch channel, so
-//! a slow sidecar only delays itself, and a burst of changes costs one push (changes are
-//! debounced, then the newest catalog is read). A snapshot's version is a hash of its content:
-//! a sidecar whose snapshot did not change is not pushed, and after a control-plane restart an
-//! unchanged snapshot keeps its version.
+//! Each subscription runs in its own task and reads the latest [`Published`] catalog from a
+//! watch channel, so a slow sidecar only delays itself, and a burst of changes costs one push.
+//! One push is in flight per sidecar: the next is computed once the sidecar has answered, from
+//! what it acknowledged holding (after a NACK it still holds that). A push's version is the
+//! sum of its resources' digests, so the same content has the same version in every replica.
+
+mod held;
+mod published;
 
 use std::{sync::Arc, time::Duration};
 
+use prost::Message;
 use remora_api::{
-    proto::config::{discovery_server::Discovery, Node, Snapshot, SubscribeRequest},
+    proto::config::{discovery_server::Discovery, resource::Body, Node, Push, SubscribeRequest},
+    resources::version_text,
     SpiffeId,
 };
 use tokio::sync::{mpsc, watch};
@@ -21,17 +27,16 @@ use super::{
     jwks::Jwks,
     metrics::Metrics,
     sync_status::{Entry, SyncStatus},
-    CatalogWatch,
 };
-use crate::config::{version_of, Catalog};
+use crate::config::Catalog;
+use held::{Change, Contents, Held};
+pub use published::{publish, Published};
 
-/// How long to let a burst of changes settle before computing snapshots.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How long a subscriber has to say who it is.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DiscoveryService {
-    pub catalog: CatalogWatch,
+    pub published: watch::Receiver<Arc<Published>>,
     /// The keys fetched for `jwksUri`s, filled into each snapshot.
     pub jwks: watch::Receiver<Arc<Jwks>>,
     pub metrics: Arc<Metrics>,
@@ -40,7 +45,7 @@ pub struct DiscoveryService {
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
-    type SubscribeStream = ReceiverStream<Result<Snapshot, Status>>;
+    type SubscribeStream = ReceiverStream<Result<Push, Status>>;
 
     async fn subscribe(
         &self,
@@ -60,8 +65,8 @@ impl Discovery for DiscoveryService {
             .map_err(|_| Status::deadline_exceeded("no subscribe request"))??
             .and_then(|first| first.node)
             .ok_or_else(|| Status::invalid_argument("node: required on the first message"))?;
-        authorize(&self.catalog.borrow(), &peer, &node)?;
-        let (snapshots, stream) = mpsc::channel(1);
+        authorize(&self.published.borrow().catalog, &peer, &node)?;
+        let (pushes, stream) = mpsc::channel(1);
         let status = self.status.register(
             format!("{}/{}", node.namespace, node.pod_name),
             peer.to_string(),
@@ -70,10 +75,10 @@ impl Discovery for DiscoveryService {
             status,
             node,
             peer,
-            catalog: self.catalog.clone(),
+            published: self.published.clone(),
             jwks: self.jwks.clone(),
             metrics: self.metrics.clone(),
-            snapshots,
+            pushes,
         };
         tokio::spawn(session.run(requests));
         Ok(Response::new(ReceiverStream::new(stream)))
@@ -106,10 +111,10 @@ struct Session {
     status: Entry,
     node: Node,
     peer: SpiffeId,
-    catalog: CatalogWatch,
+    published: watch::Receiver<Arc<Published>>,
     jwks: watch::Receiver<Arc<Jwks>>,
     metrics: Arc<Metrics>,
-    snapshots: mpsc::Sender<Result<Snapshot, Status>>,
+    pushes: mpsc::Sender<Result<Push, Status>>,
 }
 
 impl Session {
@@ -124,41 +129,47 @@ impl Session {
 
     /// Pushes until the sidecar goes away; returns why it ended.
     async fn serve(&mut self, requests: &mut Streaming<SubscribeRequest>) -> &'static str {
-        let mut sent: Option<String> = None;
+        // What the sidecar has acknowledged holding; `None` until its first ACK.
+        let mut held: Option<Held> = None;
         loop {
-            // Computed outside the watch's lock, which the source needs to publish.
-            let catalog = self.catalog.borrow_and_update().clone();
+            // Read outside the watches' locks, which publishing needs.
+            let published = self.published.borrow_and_update().clone();
             let jwks = self.jwks.borrow_and_update().clone();
-            let snapshot = authorize(&catalog, &self.peer, &self.node).map(|()| {
-                let mut snapshot = catalog.snapshot_for(&self.node);
-                jwks.fill(&mut snapshot);
-                versioned(snapshot)
-            });
-            let snapshot = match snapshot {
-                Ok(snapshot) => snapshot,
-                Err(status) => {
-                    let _ = self.snapshots.send(Err(status)).await;
-                    return "no longer authorized";
-                }
-            };
-            if sent.as_deref() != Some(snapshot.version.as_str()) {
-                let version = snapshot.version.clone();
-                if self.snapshots.send(Ok(snapshot)).await.is_err() {
-                    return "stream closed";
-                }
-                self.metrics.pushes.inc();
-                self.status.sent(&version);
-                tracing::debug!(pod = %self.node.pod_name, version, "snapshot pushed");
-                sent = Some(version);
+            if let Err(status) = authorize(&published.catalog, &self.peer, &self.node) {
+                let _ = self.pushes.send(Err(status)).await;
+                return "no longer authorized";
             }
-            // Wait for the next change, reading ACKs and NACKs meanwhile.
+            let wanted = self.contents(&published, &jwks);
+            let change = match &held {
+                None => held::full(&wanted),
+                Some(held) => held::delta(held, &wanted),
+            };
+            if held.is_some() && change.is_empty() {
+                // Same content, newer parts: later comparisons start from these.
+                held = Some(Held {
+                    contents: wanted,
+                    sum: change.sum,
+                });
+            } else {
+                let sum = change.sum;
+                match self.push(change, held.is_none(), requests).await {
+                    Ok(true) => {
+                        held = Some(Held {
+                            contents: wanted,
+                            sum,
+                        })
+                    }
+                    Ok(false) => {}
+                    Err(ended) => return ended,
+                }
+            }
+            // Wait for the next change, reading (unexpected) answers meanwhile.
             loop {
                 tokio::select! {
-                    changed = self.catalog.changed() => {
+                    changed = self.published.changed() => {
                         if changed.is_err() {
                             return "control plane stopping";
                         }
-                        tokio::time::sleep(DEBOUNCE).await;
                         break;
                     }
                     changed = self.jwks.changed() => {
@@ -168,7 +179,9 @@ impl Session {
                         break;
                     }
                     answer = requests.message() => match answer {
-                        Ok(Some(answer)) => self.answered(&answer),
+                        Ok(Some(answer)) => {
+                            tracing::debug!(pod = %self.node.pod_name, version = answer.version, "answer to no push");
+                        }
                         Ok(None) => return "stream closed",
                         Err(_) => return "stream broken",
                     }
@@ -177,10 +190,72 @@ impl Session {
         }
     }
 
-    fn answered(&self, answer: &SubscribeRequest) {
+    /// What the sidecar should hold now: the shared resources, its view's Services, and its
+    /// own resources (with the keys fetched for its `jwksUri`s).
+    fn contents(&self, published: &Published, jwks: &Jwks) -> Contents {
+        let catalog: &Catalog = &published.catalog;
+        let own = catalog
+            .own_resources(&self.node)
+            .into_iter()
+            .map(|mut resource| {
+                if let Some(Body::Security(security)) = &mut resource.body {
+                    jwks.fill(security);
+                }
+                (
+                    Arc::from(resource.name.as_str()),
+                    published::Encoded::of(&resource),
+                )
+            })
+            .collect();
+        Contents {
+            shared: published.shared.clone(),
+            view: published.view(&catalog.view_of(&self.node)),
+            own,
+        }
+    }
+
+    /// Sends `change` and waits for the answer: `Ok(true)` for an ACK, `Ok(false)` for a
+    /// NACK, `Err` with why the stream ended.
+    async fn push(
+        &self,
+        change: Change,
+        full: bool,
+        requests: &mut Streaming<SubscribeRequest>,
+    ) -> Result<bool, &'static str> {
+        let version = version_text(change.sum);
+        let push = Push {
+            version: version.clone(),
+            full,
+            resources: change.resources,
+            removed: change.removed,
+        };
+        let (count, bytes) = (push.resources.len(), push.encoded_len());
+        if self.pushes.send(Ok(push)).await.is_err() {
+            return Err("stream closed");
+        }
+        self.metrics.pushes.inc();
+        self.status.sent(&version);
+        tracing::debug!(pod = %self.node.pod_name, version, full, resources = count, bytes, "pushed");
+        loop {
+            let answer = match requests.message().await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => return Err("stream closed"),
+                Err(_) => return Err("stream broken"),
+            };
+            if answer.version != version {
+                tracing::debug!(pod = %self.node.pod_name, version = answer.version, "answer to an earlier push");
+                continue;
+            }
+            return Ok(self.answered(&answer));
+        }
+    }
+
+    /// Records an answer; `true` for an ACK.
+    fn answered(&self, answer: &SubscribeRequest) -> bool {
         if answer.error.is_empty() {
             tracing::debug!(pod = %self.node.pod_name, version = answer.version, "ACK");
             self.status.acked(&answer.version);
+            true
         } else {
             self.metrics.nacks.inc();
             self.status.rejected(&answer.version, &answer.error);
@@ -189,38 +264,9 @@ impl Session {
                 pod = self.node.pod_name,
                 version = answer.version,
                 reason = answer.error,
-                "sidecar rejected a snapshot (NACK); it keeps its previous one"
+                "sidecar rejected a push (NACK); it keeps what it had"
             );
+            false
         }
-    }
-}
-
-/// Stamps a snapshot with its version.
-fn versioned(mut snapshot: Snapshot) -> Snapshot {
-    snapshot.version.clear();
-    snapshot.version = version_of(&snapshot);
-    snapshot
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_follow_content() {
-        let a = versioned(Snapshot::default());
-        let b = versioned(Snapshot {
-            version: "ignored".into(),
-            ..Default::default()
-        });
-        assert_eq!(a.version, b.version);
-        let c = versioned(Snapshot {
-            endpoints: vec![remora_api::proto::config::Endpoint {
-                address: "198.18.0.3:8080".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        assert_ne!(a.version, c.version);
     }
 }

@@ -5,7 +5,7 @@
 //! seen, then refreshed every [`REFRESH`]; a failed fetch is retried sooner and keeps the keys
 //! last fetched (none before the first success: tokens of that issuer then fail to verify, as
 //! with Istio). What was fetched is published on a watch channel; discovery sessions fill it into
-//! each snapshot and push again when it changes.
+//! each sidecar's `security` resource and push again when it changes.
 
 mod fetch;
 
@@ -16,7 +16,7 @@ use std::{
 };
 
 use jsonwebtoken::jwk::JwkSet;
-use remora_api::proto::config::Snapshot;
+use remora_api::proto::config::Security;
 use tokio::{sync::watch, time::Instant};
 
 use super::CatalogWatch;
@@ -33,12 +33,11 @@ pub const RETRY: Duration = Duration::from_secs(15);
 pub struct Jwks(BTreeMap<String, String>);
 
 impl Jwks {
-    /// Fills the keys of every `jwksUri` rule in `snapshot` that has been fetched.
-    pub fn fill(&self, snapshot: &mut Snapshot) {
-        let rules = snapshot
-            .security
+    /// Fills the keys of every `jwksUri` rule of `security` that has been fetched.
+    pub fn fill(&self, security: &mut Security) {
+        let rules = security
+            .request_authentications
             .iter_mut()
-            .flat_map(|s| s.request_authentications.iter_mut())
             .flat_map(|r| r.jwt_rules.iter_mut());
         for rule in rules {
             if let Some(keys) = self.0.get(&rule.jwks_uri) {

@@ -69,22 +69,19 @@ fn fetched_keys_fill_the_rules_that_name_their_uri() {
         jwks_uri: uri.into(),
         ..Default::default()
     };
-    let mut snapshot = Snapshot {
-        security: Some(Security {
-            request_authentications: vec![RequestAuthentication {
-                jwt_rules: vec![rule("https://a/keys"), rule("https://b/keys")],
-                ..Default::default()
-            }],
+    let mut security = Security {
+        request_authentications: vec![RequestAuthentication {
+            jwt_rules: vec![rule("https://a/keys"), rule("https://b/keys")],
             ..Default::default()
-        }),
+        }],
         ..Default::default()
     };
     let jwks = Jwks(BTreeMap::from([(
         "https://a/keys".to_owned(),
         KEYS.to_owned(),
     )]));
-    jwks.fill(&mut snapshot);
-    let rules = &snapshot.security.expect("security").request_authentications[0].jwt_rules;
+    jwks.fill(&mut security);
+    let rules = &security.request_authentications[0].jwt_rules;
     assert_eq!(rules[0].jwks, KEYS);
     assert_eq!(rules[1].jwks, "", "not fetched yet: no keys, tokens fail");
 }

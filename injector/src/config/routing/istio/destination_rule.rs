@@ -34,6 +34,13 @@ pub(crate) struct DestinationRule {
 }
 
 impl DestinationRule {
+    /// The label keys its `workloadSelector` looks at.
+    pub(crate) fn label_keys(&self) -> impl Iterator<Item = &str> {
+        self.selector
+            .iter()
+            .flat_map(|s| s.keys().map(String::as_str))
+    }
+
     /// Only visible in its own namespace (Istio's `isPrivateOnly`).
     fn private_only(&self) -> bool {
         self.export_to.len() == 1

@@ -54,6 +54,14 @@ impl VirtualService {
         &self.meta.namespace
     }
 
+    /// The label keys its rules' `sourceLabels` look at.
+    pub(crate) fn label_keys(&self) -> impl Iterator<Item = &str> {
+        let http = self.rules.iter().flat_map(|rule| rule.matches.iter());
+        let l4 = self.l4.iter().flat_map(|rule| rule.conditions());
+        http.chain(l4)
+            .flat_map(|m| m.source_labels.keys().map(String::as_str))
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.meta.name
     }

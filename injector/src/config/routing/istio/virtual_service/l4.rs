@@ -24,6 +24,11 @@ pub(super) struct L4Rule {
 }
 
 impl L4Rule {
+    /// Its matches' client conditions.
+    pub(super) fn conditions(&self) -> impl Iterator<Item = &RuleMatch> {
+        self.matches.iter().map(|(conditions, _)| conditions)
+    }
+
     /// The route for a client calling `port`, or `None` when none of the rule's matches is for
     /// it (a rule without matches takes every connection).
     pub(super) fn route(&self, port: u16, client: &Client) -> Option<proto::TcpRoute> {

@@ -1,0 +1,212 @@
+//! What discovery translates and encodes once per catalog, for every session to share: the
+//! resources all sidecars get alike, and the routed Services of each view, built the first
+//! time a sidecar of that view asks. A session then only encodes its sidecar's own three
+//! resources and compares.
+//!
+//! Each part is compared with the previous catalog's when it is built, and an unchanged part
+//! keeps its previous `Arc` (a session sees at a glance that it has nothing to send), and a
+//! changed shared part lists the names that changed (a session sends those, without looking at
+//! the tens of thousands that did not).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use prost::Message;
+use remora_api::{
+    proto::config::{self as proto, resource::Body},
+    resources::{endpoints_name, fnv1a64},
+};
+use tokio::sync::watch;
+
+use crate::config::{Catalog, ViewKey};
+
+/// One resource, encoded once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    pub bytes: Bytes,
+    /// [`fnv1a64`] of `bytes`: what a state's version sums.
+    pub digest: u64,
+}
+
+impl Encoded {
+    pub fn of(resource: &proto::Resource) -> Self {
+        let bytes = Bytes::from(resource.encode_to_vec());
+        Self {
+            digest: fnv1a64(&bytes),
+            bytes,
+        }
+    }
+}
+
+/// Resources by name.
+pub type Entries = BTreeMap<Arc<str>, Encoded>;
+
+/// The resources every sidecar gets alike, for one catalog.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Counts up by one each time the content changes.
+    pub generation: u64,
+    pub entries: Entries,
+    /// The names added, changed or removed since generation `generation - 1`.
+    pub changed: Vec<Arc<str>>,
+}
+
+impl Shared {
+    /// The shared resources of `catalog`; `previous` itself when nothing changed.
+    fn next(previous: &Arc<Shared>, catalog: &Catalog) -> Arc<Shared> {
+        let entries: Entries = catalog
+            .shared_resources()
+            .map(|r| (Arc::from(r.name.as_str()), Encoded::of(&r)))
+            .collect();
+        let changed = changed_names(&previous.entries, &entries);
+        if changed.is_empty() {
+            return previous.clone();
+        }
+        Arc::new(Shared {
+            generation: previous.generation + 1,
+            entries,
+            changed,
+        })
+    }
+}
+
+/// The names whose content differs between `old` and `new` (present in one only, or with
+/// another digest), in name order.
+pub fn changed_names(old: &Entries, new: &Entries) -> Vec<Arc<str>> {
+    let mut changed = Vec::new();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return changed,
+            (Some((name, _)), None) => {
+                changed.push(Arc::clone(name));
+                a.next();
+            }
+            (None, Some((name, _))) => {
+                changed.push(Arc::clone(name));
+                b.next();
+            }
+            (Some((x, old)), Some((y, new))) => match x.cmp(y) {
+                std::cmp::Ordering::Less => {
+                    changed.push(Arc::clone(x));
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changed.push(Arc::clone(y));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if old.digest != new.digest {
+                        changed.push(Arc::clone(y));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+/// The Services the sidecars of one view see, encoded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// `service/HOST` resources.
+    pub services: Entries,
+    /// The `endpoints/HOST` names of those that are Kubernetes Services (their endpoints are
+    /// shared resources).
+    pub endpoints: BTreeSet<Arc<str>>,
+}
+
+impl View {
+    fn of(catalog: &Catalog, shared: &Shared, key: &ViewKey) -> View {
+        let mut view = View::default();
+        for service in catalog.view_services(key) {
+            let endpoints = endpoints_name(&service.hostname);
+            if let Some((name, _)) = shared.entries.get_key_value(endpoints.as_str()) {
+                view.endpoints.insert(Arc::clone(name));
+            }
+            let resource = proto::Resource {
+                name: format!("service/{}", service.hostname),
+                body: Some(Body::Service(service)),
+            };
+            view.services
+                .insert(Arc::from(resource.name.as_str()), Encoded::of(&resource));
+        }
+        view
+    }
+}
+
+/// One catalog, as discovery serves it.
+#[derive(Debug)]
+pub struct Published {
+    pub catalog: Arc<Catalog>,
+    pub shared: Arc<Shared>,
+    views: Mutex<HashMap<ViewKey, Arc<View>>>,
+    /// The previous catalog's views, reused where they come out the same.
+    previous_views: HashMap<ViewKey, Arc<View>>,
+}
+
+impl Published {
+    pub fn first(catalog: Arc<Catalog>) -> Self {
+        Self::after(&Arc::default(), HashMap::new(), catalog)
+    }
+
+    /// The next catalog's, reusing what did not change.
+    pub fn next(&self, catalog: Arc<Catalog>) -> Self {
+        let views = self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Self::after(&self.shared, views, catalog)
+    }
+
+    fn after(
+        shared: &Arc<Shared>,
+        previous_views: HashMap<ViewKey, Arc<View>>,
+        catalog: Arc<Catalog>,
+    ) -> Self {
+        Self {
+            shared: Shared::next(shared, &catalog),
+            catalog,
+            views: Mutex::default(),
+            previous_views,
+        }
+    }
+
+    /// The Services of view `key`, built on first use.
+    pub fn view(&self, key: &ViewKey) -> Arc<View> {
+        // A panic elsewhere while the lock was held leaves a cache that is still whole.
+        let mut views = self
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(view) = views.get(key) {
+            return view.clone();
+        }
+        let built = View::of(&self.catalog, &self.shared, key);
+        let view = match self.previous_views.get(key) {
+            Some(previous) if **previous == built => previous.clone(),
+            _ => Arc::new(built),
+        };
+        views.insert(key.clone(), view.clone());
+        view
+    }
+}
+
+/// Keeps `published` in step with `catalog` until the catalog's source stops.
+pub async fn publish(
+    mut catalog: watch::Receiver<Arc<Catalog>>,
+    published: watch::Sender<Arc<Published>>,
+) {
+    while catalog.changed().await.is_ok() {
+        let latest = catalog.borrow_and_update().clone();
+        // Built outside the channel's lock, which sessions need to read.
+        let current = published.borrow().clone();
+        let next = current.next(latest);
+        published.send_replace(Arc::new(next));
+    }
+}
