@@ -26,6 +26,7 @@ pub(crate) mod kubernetes;
 pub(crate) mod mesh;
 mod objects;
 mod routing;
+mod scope;
 mod security;
 mod service_entry;
 mod source;

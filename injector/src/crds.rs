@@ -31,10 +31,10 @@ impl JsonSchema for Open {
     }
 }
 
-/// Declares the kinds of one API version: `"Kind"(Spec): "group", "version", "short name",
+/// Declares the kinds of one API version: `"Kind"(Spec): "group", "version", [short names],
 /// "category";` (the derive names the kind's type after the string).
 macro_rules! kinds {
-    ($($kind:literal($spec:ident): $group:literal, $version:literal, $short:literal, $category:literal;)*) => {
+    ($($kind:literal($spec:ident): $group:literal, $version:literal, [$($short:literal),*], $category:literal;)*) => {
         $(
             #[derive(kube::CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
             #[kube(
@@ -43,7 +43,7 @@ macro_rules! kinds {
                 kind = $kind,
                 namespaced,
                 status = "Open",
-                shortname = $short,
+                $(shortname = $short,)*
                 category = "istio-io",
                 category = $category,
                 crates(kube_core = "kube::core", k8s_openapi = "k8s_openapi", schemars = "schemars", serde = "serde", serde_json = "serde_json")
@@ -57,13 +57,14 @@ mod v1 {
     use super::*;
 
     kinds! {
-        "AuthorizationPolicy"(AuthorizationPolicySpec): "security.istio.io", "v1", "ap", "security-istio-io";
-        "PeerAuthentication"(PeerAuthenticationSpec): "security.istio.io", "v1", "pa", "security-istio-io";
-        "RequestAuthentication"(RequestAuthenticationSpec): "security.istio.io", "v1", "ra", "security-istio-io";
-        "VirtualService"(VirtualServiceSpec): "networking.istio.io", "v1", "vs", "networking-istio-io";
-        "DestinationRule"(DestinationRuleSpec): "networking.istio.io", "v1", "dr", "networking-istio-io";
-        "ServiceEntry"(ServiceEntrySpec): "networking.istio.io", "v1", "se", "networking-istio-io";
-        "Telemetry"(TelemetrySpec): "telemetry.istio.io", "v1", "telemetry", "telemetry-istio-io";
+        "AuthorizationPolicy"(AuthorizationPolicySpec): "security.istio.io", "v1", ["ap"], "security-istio-io";
+        "PeerAuthentication"(PeerAuthenticationSpec): "security.istio.io", "v1", ["pa"], "security-istio-io";
+        "RequestAuthentication"(RequestAuthenticationSpec): "security.istio.io", "v1", ["ra"], "security-istio-io";
+        "VirtualService"(VirtualServiceSpec): "networking.istio.io", "v1", ["vs"], "networking-istio-io";
+        "DestinationRule"(DestinationRuleSpec): "networking.istio.io", "v1", ["dr"], "networking-istio-io";
+        "ServiceEntry"(ServiceEntrySpec): "networking.istio.io", "v1", ["se"], "networking-istio-io";
+        "Sidecar"(SidecarSpec): "networking.istio.io", "v1", [], "networking-istio-io";
+        "Telemetry"(TelemetrySpec): "telemetry.istio.io", "v1", ["telemetry"], "telemetry-istio-io";
     }
 }
 
@@ -71,12 +72,13 @@ mod v1beta1 {
     use super::*;
 
     kinds! {
-        "AuthorizationPolicy"(AuthorizationPolicySpec): "security.istio.io", "v1beta1", "ap", "security-istio-io";
-        "PeerAuthentication"(PeerAuthenticationSpec): "security.istio.io", "v1beta1", "pa", "security-istio-io";
-        "RequestAuthentication"(RequestAuthenticationSpec): "security.istio.io", "v1beta1", "ra", "security-istio-io";
-        "VirtualService"(VirtualServiceSpec): "networking.istio.io", "v1beta1", "vs", "networking-istio-io";
-        "DestinationRule"(DestinationRuleSpec): "networking.istio.io", "v1beta1", "dr", "networking-istio-io";
-        "ServiceEntry"(ServiceEntrySpec): "networking.istio.io", "v1beta1", "se", "networking-istio-io";
+        "AuthorizationPolicy"(AuthorizationPolicySpec): "security.istio.io", "v1beta1", ["ap"], "security-istio-io";
+        "PeerAuthentication"(PeerAuthenticationSpec): "security.istio.io", "v1beta1", ["pa"], "security-istio-io";
+        "RequestAuthentication"(RequestAuthenticationSpec): "security.istio.io", "v1beta1", ["ra"], "security-istio-io";
+        "VirtualService"(VirtualServiceSpec): "networking.istio.io", "v1beta1", ["vs"], "networking-istio-io";
+        "DestinationRule"(DestinationRuleSpec): "networking.istio.io", "v1beta1", ["dr"], "networking-istio-io";
+        "ServiceEntry"(ServiceEntrySpec): "networking.istio.io", "v1beta1", ["se"], "networking-istio-io";
+        "Sidecar"(SidecarSpec): "networking.istio.io", "v1beta1", [], "networking-istio-io";
     }
 }
 
@@ -84,9 +86,10 @@ mod v1alpha3 {
     use super::*;
 
     kinds! {
-        "VirtualService"(VirtualServiceSpec): "networking.istio.io", "v1alpha3", "vs", "networking-istio-io";
-        "DestinationRule"(DestinationRuleSpec): "networking.istio.io", "v1alpha3", "dr", "networking-istio-io";
-        "ServiceEntry"(ServiceEntrySpec): "networking.istio.io", "v1alpha3", "se", "networking-istio-io";
+        "VirtualService"(VirtualServiceSpec): "networking.istio.io", "v1alpha3", ["vs"], "networking-istio-io";
+        "DestinationRule"(DestinationRuleSpec): "networking.istio.io", "v1alpha3", ["dr"], "networking-istio-io";
+        "ServiceEntry"(ServiceEntrySpec): "networking.istio.io", "v1alpha3", ["se"], "networking-istio-io";
+        "Sidecar"(SidecarSpec): "networking.istio.io", "v1alpha3", [], "networking-istio-io";
     }
 }
 
@@ -94,13 +97,13 @@ mod v1alpha1 {
     use super::*;
 
     kinds! {
-        "Telemetry"(TelemetrySpec): "telemetry.istio.io", "v1alpha1", "telemetry", "telemetry-istio-io";
+        "Telemetry"(TelemetrySpec): "telemetry.istio.io", "v1alpha1", ["telemetry"], "telemetry-istio-io";
     }
 }
 
 /// Every CRD, one per kind with all its served versions, `v1` stored.
 pub fn crds() -> Result<Vec<CustomResourceDefinition>, MergeError> {
-    let kinds: [Vec<CustomResourceDefinition>; 7] = [
+    let kinds: [Vec<CustomResourceDefinition>; 8] = [
         vec![
             v1::AuthorizationPolicy::crd(),
             v1beta1::AuthorizationPolicy::crd(),
@@ -127,6 +130,11 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, MergeError> {
             v1::ServiceEntry::crd(),
             v1beta1::ServiceEntry::crd(),
             v1alpha3::ServiceEntry::crd(),
+        ],
+        vec![
+            v1::Sidecar::crd(),
+            v1beta1::Sidecar::crd(),
+            v1alpha3::Sidecar::crd(),
         ],
         vec![v1::Telemetry::crd(), v1alpha1::Telemetry::crd()],
     ];

@@ -31,6 +31,7 @@ use crate::inject::{selector, InjectionPolicy, Values};
 use super::{
     mesh::MeshConfig,
     routing::{self, RoutingObject},
+    scope::{self, Scope},
     security::{self, SecurityPolicy},
     service_entry::{self, ServiceEntry},
     telemetry::{self, Telemetry},
@@ -227,6 +228,8 @@ pub(crate) struct Objects {
     /// and key.
     pub(crate) routing: BTreeMap<(&'static str, Key), Labelled<RoutingObject>>,
     pub(crate) service_entries: BTreeMap<Key, Labelled<ServiceEntry>>,
+    /// Istio `Sidecar`s: which Services each workload is sent.
+    pub(crate) scopes: BTreeMap<Key, Labelled<Scope>>,
     /// Telemetry resources (those naming a provider the mesh lacks are rejected once the mesh
     /// config is known, by the catalog).
     pub(crate) telemetry: BTreeMap<Key, Labelled<Telemetry>>,
@@ -366,6 +369,11 @@ impl Objects {
             self.add_read("ServiceEntry", id, origin, rejected, read, |o| {
                 &mut o.service_entries
             });
+            return;
+        }
+        if scope::is_sidecar(&id.api_version, &id.kind) {
+            let read = |key: &Key| scope::read(value, &key.0, &key.1);
+            self.add_read("Sidecar", id, origin, rejected, read, |o| &mut o.scopes);
             return;
         }
         if telemetry::is_telemetry(&id.api_version, &id.kind) {

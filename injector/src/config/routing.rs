@@ -201,7 +201,7 @@ impl<'o> Routing<'o> {
 }
 
 /// `(namespace, name)` of a Service hostname `name.namespace.svc.<domain>`.
-fn split_hostname(hostname: &str) -> (&str, &str) {
+pub(crate) fn split_hostname(hostname: &str) -> (&str, &str) {
     let mut parts = hostname.splitn(3, '.');
     let name = parts.next().unwrap_or_default();
     let namespace = parts.next().unwrap_or_default();

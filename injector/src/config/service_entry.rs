@@ -337,6 +337,10 @@ impl Endpoint {
 
 impl ServiceEntry {
     /// Whether a client in `namespace` sees it (`exportTo`: `*`, `.`, or namespace names).
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     pub(crate) fn visible_to(&self, namespace: &str) -> bool {
         self.export_to.as_ref().is_none_or(|to| {
             to.iter().any(|target| {

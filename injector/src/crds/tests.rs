@@ -59,6 +59,11 @@ fn every_kind_read_is_defined_in_every_version_istio_serves() {
                 names("se")
             ),
             (
+                "sidecars.networking.istio.io".into(),
+                vec![v("v1", true), v("v1alpha3", false), v("v1beta1", false)],
+                vec![]
+            ),
+            (
                 "telemetries.telemetry.istio.io".into(),
                 vec![v("v1", true), v("v1alpha1", false)],
                 names("telemetry")

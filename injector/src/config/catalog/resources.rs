@@ -7,7 +7,7 @@
 //! [`Catalog::snapshot_for`] is these resources put together as the sidecar puts them together,
 //! so the two cannot drift apart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use remora_api::{
     proto::config::{self as proto, resource::Body, Node},
@@ -15,14 +15,21 @@ use remora_api::{
 };
 
 use super::Catalog;
-use crate::config::{mesh::ProxyConfig, routing::Routing, service_entry::ServiceEntry, telemetry};
+use crate::config::{
+    mesh::ProxyConfig,
+    routing::{split_hostname, Routing},
+    scope::{self, Scope},
+    telemetry,
+};
 
-/// What sidecars are told apart by when their Services are routed: their namespace, and the
-/// labels any routing decision looks at. Sidecars with the same key see the same Services.
+/// What sidecars are told apart by when their Services are chosen and routed: their
+/// namespace, the labels any routing decision looks at, and the `Sidecar` that scopes them.
+/// Sidecars with the same key see the same Services.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ViewKey {
     pub namespace: String,
     labels: BTreeMap<String, String>,
+    scope: Option<(String, String)>,
 }
 
 /// A sidecar's own settings: what it reads as its `proxy.istio.io/config` and its policies.
@@ -37,6 +44,24 @@ fn resource(name: String, body: Body) -> proto::Resource {
         name,
         body: Some(body),
     }
+}
+
+/// The annotation that limits where a Kubernetes Service is visible.
+const EXPORT_TO: &str = "networking.istio.io/exportTo";
+
+/// The hosts `service`'s routes send or mirror to.
+fn destinations(service: &proto::Service) -> impl Iterator<Item = String> + '_ {
+    service.ports.iter().flat_map(|port| {
+        let http = port.http_routes.iter().flat_map(|route| {
+            let backends = route.backends.iter().map(|b| b.host.clone());
+            backends.chain(route.mirrors.iter().map(|m| m.host.clone()))
+        });
+        let tcp = port
+            .tcp_routes
+            .iter()
+            .flat_map(|route| route.backends.iter().map(|b| b.host.clone()));
+        http.chain(tcp)
+    })
 }
 
 /// `service` without its ports' endpoints. Spelled out field by field, so that a field added
@@ -124,7 +149,37 @@ impl Catalog {
                 .filter(|(key, _)| self.routing_label_keys.contains(*key))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            scope: self.scope_of(namespace, labels).map(Scope::key),
         }
+    }
+
+    /// The `Sidecar` that applies to a pod in `namespace` with `labels`.
+    fn scope_of(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Option<&Scope> {
+        scope::select(
+            self.accepted.objects.scopes.values().map(|s| &s.object),
+            namespace,
+            labels,
+            self.accepted.mesh.root_namespace(),
+        )
+    }
+
+    /// Whether Kubernetes Service `hostname` is exported to `namespace` (its
+    /// `networking.istio.io/exportTo` annotation: `*`, `.`, `~` or namespace names,
+    /// comma-separated; none: everywhere).
+    fn exported(&self, hostname: &str, namespace: &str) -> bool {
+        let (own, name) = split_hostname(hostname);
+        let annotation = self
+            .accepted
+            .objects
+            .services
+            .get(&(own.to_owned(), name.to_owned()))
+            .and_then(|s| s.object.metadata.annotations.as_ref())
+            .and_then(|a| a.get(EXPORT_TO));
+        annotation.is_none_or(|to| {
+            to.split(',').map(str::trim).any(|target| {
+                target == "*" || target == namespace || (target == "." && own == namespace)
+            })
+        })
     }
 
     /// The view of `node`'s sidecar.
@@ -140,20 +195,58 @@ impl Catalog {
 
     /// The Services the sidecars of `view` see, routed as they route them: Kubernetes Services
     /// without their endpoints (their own resource), ServiceEntries whole.
+    ///
+    /// Every Service exported to the view's namespace is routed, then a `Sidecar` keeps those
+    /// its egress hosts name and those they route or mirror to.
     pub fn view_services(&self, view: &ViewKey) -> Vec<proto::Service> {
-        let mut services: Vec<proto::Service> = self.services.iter().map(skeleton).collect();
-        services.extend(
-            self.service_entries
-                .iter()
-                .filter(|entry| entry.visible_to(&view.namespace))
-                .flat_map(ServiceEntry::services),
-        );
+        let mut services: Vec<proto::Service> = self
+            .services
+            .iter()
+            .filter(|s| self.exported(&s.hostname, &view.namespace))
+            .map(skeleton)
+            .collect();
+        let mut entry_namespaces = BTreeMap::new();
+        for entry in self
+            .service_entries
+            .iter()
+            .filter(|entry| entry.visible_to(&view.namespace))
+        {
+            for service in entry.services() {
+                entry_namespaces.insert(service.hostname.clone(), entry.namespace());
+                services.push(service);
+            }
+        }
         Routing::new(self.accepted.objects.routing.values().map(|o| &o.object)).apply(
             &mut services,
             &view.namespace,
             &view.labels,
             self.accepted.mesh.root_namespace(),
         );
+        let scope = view
+            .scope
+            .as_ref()
+            .and_then(|key| self.accepted.objects.scopes.get(key));
+        if let Some(scope) = scope {
+            let mut kept: BTreeSet<String> = services
+                .iter()
+                .filter(|s| {
+                    // A ServiceEntry's host is in the entry's namespace.
+                    let namespace = entry_namespaces
+                        .get(&s.hostname)
+                        .copied()
+                        .unwrap_or_else(|| split_hostname(&s.hostname).0);
+                    scope.object.includes(namespace, &s.hostname)
+                })
+                .map(|s| s.hostname.clone())
+                .collect();
+            let destinations: Vec<String> = services
+                .iter()
+                .filter(|s| kept.contains(&s.hostname))
+                .flat_map(destinations)
+                .collect();
+            kept.extend(destinations);
+            services.retain(|s| kept.contains(&s.hostname));
+        }
         services
     }
 
@@ -175,10 +268,14 @@ impl Catalog {
     }
 
     pub(super) fn own_of(&self, namespace: &str, own: Own) -> Vec<proto::Resource> {
-        let mut found = vec![resource(
-            "mesh".to_owned(),
-            Body::Mesh(self.mesh_settings(own.proxy_config)),
-        )];
+        let mut mesh = self.mesh_settings(own.proxy_config);
+        if let Some(policy) = self
+            .scope_of(namespace, own.labels)
+            .and_then(|s| s.outbound_policy.clone())
+        {
+            mesh.outbound_traffic_policy = policy;
+        }
+        let mut found = vec![resource("mesh".to_owned(), Body::Mesh(mesh))];
         if let Some(security) = own.security {
             found.push(resource("security".to_owned(), Body::Security(security)));
         }
@@ -198,9 +295,18 @@ impl Catalog {
     /// Every resource of a sidecar in `namespace` with `own` settings, in name order.
     pub(super) fn resources_of(&self, namespace: &str, own: Own) -> Vec<proto::Resource> {
         let view = self.view_key(namespace, own.labels);
-        let mut all: Vec<proto::Resource> = self.shared_resources().collect();
+        let services = self.view_services(&view);
+        let seen: BTreeSet<String> = services
+            .iter()
+            .map(|s| endpoints_name(&s.hostname))
+            .collect();
+        // The endpoints of the Services in view only, as the discovery server sends them.
+        let mut all: Vec<proto::Resource> = self
+            .shared_resources()
+            .filter(|r| !r.name.starts_with("endpoints/") || seen.contains(&r.name))
+            .collect();
         all.extend(
-            self.view_services(&view)
+            services
                 .into_iter()
                 .map(|s| resource(format!("service/{}", s.hostname), Body::Service(s))),
         );

@@ -976,3 +976,76 @@ spec:
             .any(|o| o.metric == "request_bytes" && o.disabled));
     }
 }
+
+/// A `Sidecar` keeps what its egress hosts name and what those route to; a Service's
+/// `networking.istio.io/exportTo` hides it from other namespaces; the Sidecar's
+/// `outboundTrafficPolicy` replaces the mesh's for the pods it applies to.
+#[test]
+fn sidecars_and_export_to_scope_what_a_sidecar_is_sent() {
+    let service = |namespace: &str, name: &str, annotations: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+             \x20 annotations: {{{annotations}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n"
+        )
+    };
+    let pod = |namespace: &str, name: &str, app: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+             \x20 labels: {{app: {app}}}\n  annotations: {{sidecar.istio.io/status: '{{}}'}}\n\
+             spec:\n  containers: [{{name: app}}]\n"
+        )
+    };
+    let text = [
+        service("shop", "a", ""),
+        service("data", "b", "networking.istio.io/exportTo: \".\""),
+        service("pay", "c", ""),
+        service("pay", "d", ""),
+        pod("shop", "client-0", "client"),
+        pod("shop", "web-0", "web"),
+        pod("data", "x-0", "x"),
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {name: a, namespace: shop}\nspec:\n  hosts: [a]\n  http:\n  \
+         - route: [{destination: {host: c.pay.svc.cluster.local}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+         metadata: {name: default, namespace: shop}\nspec:\n  egress: [{hosts: [./*]}]\n  \
+         outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+         metadata: {name: web, namespace: shop}\nspec:\n  \
+         workloadSelector: {labels: {app: web}}\n  egress: [{hosts: [\"*/*\"]}]\n"
+            .to_owned(),
+    ]
+    .concat();
+    let catalog = Catalog::build(vec![("/m/scoped.yaml".to_owned(), text)]);
+    assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
+    let seen = |namespace: &str, pod: &str| {
+        let snapshot = catalog.snapshot_for(&node(namespace, pod));
+        let hosts: Vec<String> = snapshot
+            .services
+            .iter()
+            .map(|s| s.hostname.split('.').take(2).collect::<Vec<_>>().join("."))
+            .collect();
+        let policy = snapshot.mesh.map(|m| m.outbound_traffic_policy);
+        (hosts, policy.unwrap_or_default())
+    };
+    assert_eq!(
+        seen("shop", "client-0"),
+        (vec!["a.shop".into(), "c.pay".into()], "REGISTRY_ONLY".into()),
+        "its namespace's Services, and where they route"
+    );
+    assert_eq!(
+        seen("shop", "web-0"),
+        (
+            vec!["a.shop".into(), "c.pay".into(), "d.pay".into()],
+            "ALLOW_ANY".into()
+        ),
+        "the Sidecar selecting it wins; b is not exported to shop"
+    );
+    assert_eq!(
+        seen("data", "x-0"),
+        (
+            vec!["a.shop".into(), "b.data".into(), "c.pay".into(), "d.pay".into()],
+            "ALLOW_ANY".into()
+        ),
+        "no Sidecar: everything exported to it"
+    );
+}

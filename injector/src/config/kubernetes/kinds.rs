@@ -75,7 +75,7 @@ impl fmt::Display for Kind {
 
 /// Every kind watched, in the order the catalog reads them (the mesh config first, so
 /// everything after is read with it).
-pub(crate) const KINDS: [Kind; 14] = [
+pub(crate) const KINDS: [Kind; 15] = [
     Kind::new("", V1, "ConfigMap").in_root_namespace(),
     Kind::new("", V1, "Namespace"),
     Kind::new("", V1, "Service"),
@@ -87,6 +87,7 @@ pub(crate) const KINDS: [Kind; 14] = [
     Kind::new("networking.istio.io", NETWORKING, "ServiceEntry"),
     Kind::new("networking.istio.io", NETWORKING, "VirtualService"),
     Kind::new("networking.istio.io", NETWORKING, "DestinationRule"),
+    Kind::new("networking.istio.io", NETWORKING, "Sidecar"),
     Kind::new("gateway.networking.k8s.io", &["v1", "v1beta1"], "HTTPRoute"),
     Kind::new("gateway.networking.k8s.io", V1, "GRPCRoute"),
     Kind::new("telemetry.istio.io", &["v1", "v1alpha1"], "Telemetry"),

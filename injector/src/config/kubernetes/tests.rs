@@ -356,6 +356,7 @@ fn watched_kinds_are_served_under_these_plurals() {
             "serviceentries",
             "virtualservices",
             "destinationrules",
+            "sidecars",
             "httproutes",
             "grpcroutes",
             "telemetries",

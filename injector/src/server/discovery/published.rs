@@ -210,3 +210,6 @@ pub async fn publish(
         published.send_replace(Arc::new(next));
     }
 }
+
+#[cfg(test)]
+mod tests;
