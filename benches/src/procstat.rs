@@ -47,17 +47,42 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .sum()
 }
 
+/// CPU time used so far by every thread of `pid`, to the nanosecond (the scheduler's
+/// account, `/proc/<pid>/task/*/schedstat`), for costs far below a clock tick.
+pub fn cpu_nanos(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Resident memory now (`VmRSS`) of `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_kib(pid, "VmRSS:") / 1024.0
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// Peak resident memory (`VmHWM`) of `pid` and its children, in MiB.
 pub fn peak_rss_mib(pid: u32) -> f64 {
     family(pid)
         .into_iter()
-        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
+        .map(|p| status_kib(p, "VmHWM:"))
         .sum::<f64>()
         / 1024.0
 }
@@ -76,6 +101,8 @@ mod tests {
         }
         assert!(x > 0);
         assert!(cpu_seconds(me) > 0.0);
+        assert!(cpu_nanos(me) > 0);
         assert!(peak_rss_mib(me) > 1.0);
+        assert!(rss_mib(me) > 1.0);
     }
 }

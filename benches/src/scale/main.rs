@@ -3,10 +3,13 @@
 //! tests' fake Kubernetes API server, `remora-injector serve --kubernetes` reading it, and
 //! `--sidecars` simulated sidecars, each with its own certificate from the CA, subscribed over
 //! real gRPC + mTLS. It reports how long the initial push takes (all sidecars subscribing at
-//! once, until the last has acknowledged its first snapshot), the control plane's memory, the
-//! snapshots' sizes, and what one Service's endpoint change costs: how many sidecars are sent a
-//! snapshot, how many bytes, and how long until the last arrives.
+//! once, until the last has acknowledged its first push), the control plane's memory, the
+//! pushes' sizes, and what one Service's endpoint change (written through the API) costs: how
+//! many sidecars are sent a push, how many bytes, and how long until the last arrives. One real
+//! sidecar subscribes too, for its memory and the CPU it spends taking the change. `--scoped`
+//! adds a `Sidecar` per namespace that keeps each workload to its own namespace's Services.
 
+mod real;
 mod registry;
 mod sidecar;
 
@@ -33,6 +36,7 @@ use remora_injector::token::TokenIssuer;
 use rustls::RootCertStore;
 use tokio::{sync::mpsc, time::Instant};
 
+use real::RealSidecar;
 use registry::Size;
 use sidecar::{Received, Sidecar};
 
@@ -51,6 +55,9 @@ struct Args {
     policies: usize,
     #[arg(long, default_value_t = 1_000)]
     sidecars: usize,
+    /// A Sidecar resource per namespace (`egress: [{hosts: ["./*"]}]`).
+    #[arg(long)]
+    scoped: bool,
     /// Keep the working directory (the registry, the logs) and print where it is.
     #[arg(long)]
     keep: bool,
@@ -80,6 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pods: args.pods,
         services: args.services,
         policies: args.policies,
+        scoped: args.scoped,
     };
     let bins = Binaries::get()?;
     let dir = tempfile::Builder::new()
@@ -96,11 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registry.join("mesh.yaml"),
     )?;
     write_files(&registry, "objects", &registry::objects(size))?;
-    write_files(
-        &registry,
-        "endpoints",
-        &registry::endpoint_slices(size, None),
-    )?;
+    write_files(&registry, "endpoints", &registry::endpoint_slices(size))?;
     let issuer = TokenIssuer::load_or_generate(dir.path())?;
 
     let api = apiserver::spawn(
@@ -132,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The mesh root, as sidecars get it: the root ConfigMap the control plane publishes.
     let root_url =
         format!("http://127.0.0.1:{api_port}/api/v1/namespaces/ns-0/configmaps/istio-ca-root-cert");
-    let roots = wait_for_root(&root_url).await?;
+    let (roots, roots_pem) = wait_for_root(&root_url).await?;
     let addr: SocketAddr = format!("127.0.0.1:{grpc}").parse()?;
 
     let mut sidecars = Vec::with_capacity(args.sidecars);
@@ -214,18 +218,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sizes: Vec<usize> = first.values().map(|r| r.bytes).collect();
     let total_initial: usize = sizes.iter().sum();
     let rss_pushed = procstat::peak_rss_mib(injector.pid());
+
+    // One real sidecar beside them, for a pod no simulated one stands for when there is one.
+    let real_pod = registry::pod(size, args.sidecars % args.pods);
+    let real_token = dir.path().join("token-real");
+    fs::write(
+        &real_token,
+        issuer.mint(
+            &real_pod.namespace,
+            &real_pod.service_account,
+            &real_pod.name,
+            Duration::from_secs(3600),
+        )?,
+    )?;
+    let real_started = Instant::now();
+    let mut real = RealSidecar::start(&bins, dir.path(), grpc, &real_pod, &real_token, &roots_pem)?;
+    let real_version = real.wait_for_config(None, Duration::from_secs(120))?;
+    let real_first = real_started.elapsed();
+    let (real_peak, real_rss) = (procstat::peak_rss_mib(real.pid()), procstat::rss_mib(real.pid()));
     // Let any push still under way settle before the change.
     drain(&mut received, Duration::from_secs(2)).await;
 
-    // One Service's endpoints change.
+    // One Service's endpoints change: one address more, written through the API.
+    let patch = dir.path().join("patch.json");
+    fs::write(&patch, registry::endpoints_patch(size, 0, 1))?;
+    let real_cpu = procstat::cpu_nanos(real.pid());
     let changed_at = Instant::now();
-    // Only the file holding Service 0's slice changes.
-    write_files(
-        &registry,
-        "endpoints",
-        &registry::endpoint_slices(size, Some(0)),
-    )?;
+    let patched = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-X", "PATCH"])
+        .args(["-H", "Content-Type: application/merge-patch+json"])
+        .arg("--data-binary")
+        .arg(format!("@{}", patch.display()))
+        .arg(format!("http://127.0.0.1:{api_port}{}", registry::slice_path(0)))
+        .status()?;
+    anyhow::ensure!(patched.success(), "the endpoint change was refused: {patched}");
     let pushed = drain(&mut received, Duration::from_secs(3)).await;
+    real.wait_for_config(Some(&real_version), Duration::from_secs(30))?;
+    let real_update = procstat::cpu_nanos(real.pid()).saturating_sub(real_cpu);
     let touched: BTreeMap<usize, usize> = pushed.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.sidecar).or_default() += r.bytes;
         m
@@ -239,7 +268,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("| control plane at scale | value |");
     println!("|---|---:|");
     println!(
-        "| pods / services / policies+routes / sidecars | {} / {} / {} / {} |",
+        "| pods / services / policies+routes / sidecars{} | {} / {} / {} / {} |",
+        if size.scoped { ", a Sidecar per namespace" } else { "" },
         size.pods,
         size.services,
         size.policies,
@@ -254,11 +284,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         issued.as_secs_f64()
     );
     println!(
-        "| initial push: all subscribe at once, until the last first snapshot | {:.2} s |",
+        "| initial push: all subscribe at once, until the last first push | {:.2} s |",
         initial.as_secs_f64()
     );
     println!(
-        "| snapshot size per sidecar, mean / max | {:.1} / {:.1} KiB |",
+        "| first push per sidecar, mean / max | {:.1} / {:.1} KiB |",
         total_initial as f64 / sizes.len().max(1) as f64 / 1024.0,
         sizes.iter().max().copied().unwrap_or_default() as f64 / 1024.0
     );
@@ -268,17 +298,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("| control-plane peak RSS: catalog ready / after the initial push | {rss_ready:.0} / {rss_pushed:.0} MiB |");
     println!(
-        "| one endpoint change: sidecars sent a snapshot (of {}) | {} |",
+        "| one endpoint change: sidecars sent a push (of {}) | {} |",
         sidecars.len(),
         touched.len()
     );
+    let change_bytes = touched.values().sum::<usize>();
     println!(
-        "| one endpoint change: bytes sent | {:.1} MiB |",
-        touched.values().sum::<usize>() as f64 / 1048576.0
+        "| one endpoint change: bytes sent, in all / per sidecar sent to | {:.1} KiB / {} B |",
+        change_bytes as f64 / 1024.0,
+        change_bytes / touched.len().max(1)
     );
     println!(
-        "| one endpoint change: file written to the last snapshot received | {:.2} s |",
-        last.as_secs_f64()
+        "| one endpoint change: API write to the last push received | {:.0} ms |",
+        last.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| real sidecar: first config / RSS peak / RSS after | {:.2} s / {real_peak:.1} MiB / {real_rss:.1} MiB |",
+        real_first.as_secs_f64()
+    );
+    println!(
+        "| real sidecar: CPU taking the endpoint change | {:.1} ms |",
+        real_update as f64 / 1e6
     );
     stopping.store(true, Ordering::Relaxed);
     drop(injector);
@@ -303,8 +343,8 @@ async fn drain(received: &mut mpsc::UnboundedReceiver<Received>, quiet: Duration
     got
 }
 
-/// The mesh root once the control plane has published it.
-async fn wait_for_root(url: &str) -> anyhow::Result<RootCertStore> {
+/// The mesh root once the control plane has published it, and its PEM.
+async fn wait_for_root(url: &str) -> anyhow::Result<(RootCertStore, String)> {
     for _ in 0..600 {
         let out = Command::new("curl").args(["-sf", url]).output()?;
         if out.status.success() {
@@ -316,7 +356,7 @@ async fn wait_for_root(url: &str) -> anyhow::Result<RootCertStore> {
                 {
                     roots.add(cert)?;
                 }
-                return Ok(roots);
+                return Ok((roots, pem.to_owned()));
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,6 +1,7 @@
 //! A synthetic cluster for the control plane's scale bench, as manifests the fake API server
 //! serves: namespaces, Services, the Pods behind them (ready, with IPs), their EndpointSlices,
-//! and AuthorizationPolicies and VirtualServices, half each.
+//! and AuthorizationPolicies and VirtualServices, half each; scoped, a `Sidecar` per namespace
+//! that keeps each workload to its own namespace's Services.
 
 use std::fmt::Write;
 
@@ -13,6 +14,8 @@ pub struct Size {
     pub pods: usize,
     pub services: usize,
     pub policies: usize,
+    /// A Sidecar in each namespace (`egress: [{hosts: ["./*"]}]`).
+    pub scoped: bool,
 }
 
 /// One pod of the registry.
@@ -106,6 +109,16 @@ pub fn objects(size: Size) -> Vec<String> {
             );
         }
     }
+    if size.scoped {
+        for namespace in 0..NAMESPACES {
+            let _ = write!(
+                text,
+                "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+                 metadata: {{name: default, namespace: ns-{namespace}}}\n\
+                 spec:\n  egress: [{{hosts: [\"./*\"]}}]\n"
+            );
+        }
+    }
     files(&text)
 }
 
@@ -118,9 +131,19 @@ fn files(documents: &str) -> Vec<String> {
         .collect()
 }
 
-/// The EndpointSlice of Service `service`: its pods, plus `extra` more addresses (an endpoint
-/// change is one more).
-pub fn endpoint_slice(size: Size, service: usize, extra: usize) -> String {
+/// The ready addresses behind Service `service`: its pods (with their names), plus `extra`
+/// more (an endpoint change is one more).
+fn endpoint_addresses(size: Size, service: usize, extra: usize) -> Vec<(String, Option<String>)> {
+    let pods = (service..size.pods)
+        .step_by(size.services)
+        .map(|index| pod(size, index))
+        .map(|pod| (pod.ip, Some(pod.name)));
+    let added = (0..extra).map(|added| (format!("10.250.{}.{}", added / 256, added % 256), None));
+    pods.chain(added).collect()
+}
+
+/// The EndpointSlice of Service `service`.
+fn endpoint_slice(size: Size, service: usize) -> String {
     let ns = namespace_of(service);
     let mut text = format!(
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
@@ -128,32 +151,43 @@ pub fn endpoint_slice(size: Size, service: usize, extra: usize) -> String {
          \x20 labels: {{kubernetes.io/service-name: svc-{service}}}\n\
          addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
     );
-    for index in (service..size.pods).step_by(size.services) {
-        let pod = pod(size, index);
-        let _ = write!(
-            text,
-            "- addresses: [{ip}]\n  conditions: {{ready: true}}\n\
-             \x20 targetRef: {{kind: Pod, name: {name}, namespace: {ns}}}\n",
-            ip = pod.ip,
-            name = pod.name,
-        );
-    }
-    for added in 0..extra {
-        let _ = write!(
-            text,
-            "- addresses: [10.250.{}.{}]\n  conditions: {{ready: true}}\n",
-            added / 256,
-            added % 256
-        );
+    for (ip, name) in endpoint_addresses(size, service, 0) {
+        let _ = write!(text, "- addresses: [{ip}]\n  conditions: {{ready: true}}\n");
+        if let Some(name) = name {
+            let _ = writeln!(text, "  targetRef: {{kind: Pod, name: {name}, namespace: {ns}}}");
+        }
     }
     text
 }
 
-/// Every Service's EndpointSlice, `changed` with one endpoint more, in files of at most
-/// [`PER_FILE`] documents.
-pub fn endpoint_slices(size: Size, changed: Option<usize>) -> Vec<String> {
+/// Where Service `service`'s EndpointSlice is, under the API server's root.
+pub fn slice_path(service: usize) -> String {
+    format!(
+        "/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices/svc-{service}-x",
+        namespace_of(service)
+    )
+}
+
+/// A JSON merge patch giving Service `service`'s EndpointSlice `extra` more addresses.
+pub fn endpoints_patch(size: Size, service: usize, extra: usize) -> String {
+    let ns = namespace_of(service);
+    let endpoints: Vec<serde_json::Value> = endpoint_addresses(size, service, extra)
+        .into_iter()
+        .map(|(ip, name)| {
+            let mut endpoint = serde_json::json!({"addresses": [ip], "conditions": {"ready": true}});
+            if let Some(name) = name {
+                endpoint["targetRef"] = serde_json::json!({"kind": "Pod", "name": name, "namespace": ns});
+            }
+            endpoint
+        })
+        .collect();
+    serde_json::json!({ "endpoints": endpoints }).to_string()
+}
+
+/// Every Service's EndpointSlice, in files of at most [`PER_FILE`] documents.
+pub fn endpoint_slices(size: Size) -> Vec<String> {
     let all: String = (0..size.services)
-        .map(|service| endpoint_slice(size, service, usize::from(changed == Some(service))))
+        .map(|service| endpoint_slice(size, service))
         .collect();
     files(&all)
 }
