@@ -24,7 +24,10 @@ use remora_api::{
     },
     SpiffeId,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Semaphore},
+};
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
@@ -176,6 +179,7 @@ pub async fn run<A: Authenticator>(
         }))
         .add_service(DiscoveryServer::new(DiscoveryService {
             published,
+            turns: Arc::new(Semaphore::new(discovery::CONCURRENT_PUSHES)),
             jwks: fetched,
             metrics,
             status,

@@ -16,8 +16,8 @@ use remora_api::proto::config::Snapshot;
 use remora_e2e::{
     counter,
     example_cluster::{
-        curl, edit_file, local_get, sidecar_metrics, wait_for, ExampleCluster, SteadyLoad,
-        POD_WITHOUT_SIDECAR,
+        curl, edit_file, ensure_accepted, local_get, sidecar_metrics, wait_for, ExampleCluster,
+        SteadyLoad, POD_WITHOUT_SIDECAR,
     },
 };
 use remora_local::{as_proxy_user, LocalPod};
@@ -472,5 +472,79 @@ fn a_sidecar_that_rejects_a_snapshot_keeps_serving_the_previous_one() -> anyhow:
         || Ok(accepted(&sleep)? > first),
     )?;
     ensure!(rejected(&sleep)? >= 1.0);
+    Ok(())
+}
+
+#[test]
+fn a_sidecar_resource_scopes_what_a_workload_is_sent() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with_dirs("cp-scope", &["traffic"], |_| Ok(()))?;
+    ensure_accepted(&mesh)?;
+    let shop = mesh.pod_in("shop", "sleep")?;
+    let client = mesh.pod("sleep")?;
+    let hosts = |pod: &LocalPod| -> anyhow::Result<BTreeSet<String>> {
+        Ok(snapshot(pod)?
+            .services
+            .into_iter()
+            .map(|s| s.hostname)
+            .collect())
+    };
+    // examples/traffic/sidecar.yaml: shop sees shop (its ServiceEntry included), not demo;
+    // the client, under no Sidecar, sees both.
+    let seen = hosts(&shop)?;
+    ensure!(
+        seen.contains("reviews.shop.svc.cluster.local")
+            && seen
+                .iter()
+                .all(|h| h.ends_with(".shop.svc.cluster.local") || h == "api.payments.example"),
+        "{seen:?}"
+    );
+    let everything = hosts(&client)?;
+    ensure!(
+        everything.contains(HTTPBIN_HOSTNAME)
+            && everything.contains("reviews.shop.svc.cluster.local"),
+        "{everything:?}"
+    );
+    // Out of scope, under ALLOW_ANY: httpbin is reached around the mesh (no client
+    // certificate, so no XFCC at httpbin).
+    let around = curl(&shop, "http://httpbin.demo:8000/headers")?;
+    ensure!(
+        around.status == 200 && !around.body.contains("X-Forwarded-Client-Cert"),
+        "{around:?}"
+    );
+
+    // demo added to the egress hosts: httpbin is sent to shop and called over mTLS.
+    mesh.edit(
+        "traffic/sidecar.yaml",
+        r#"hosts: ["./*", "istio-system/*"]"#,
+        r#"hosts: ["./*", "istio-system/*", "demo/*"]"#,
+    )?;
+    wait_for("httpbin in shop's config", PROPAGATION, || {
+        Ok(hosts(&shop)?.contains(HTTPBIN_HOSTNAME))
+    })?;
+    let through = curl(&shop, "http://httpbin.demo:8000/headers")?;
+    ensure!(
+        through.status == 200 && through.body.contains("URI=spiffe://cluster.local/ns/shop/"),
+        "{through:?}"
+    );
+
+    // The Sidecar's outboundTrafficPolicy: demo out of scope again, and nothing outside it
+    // is dialled.
+    mesh.edit(
+        "traffic/sidecar.yaml",
+        r#"hosts: ["./*", "istio-system/*", "demo/*"]"#,
+        "hosts: [\"./*\", \"istio-system/*\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}",
+    )?;
+    wait_for("httpbin out of shop's config", PROPAGATION, || {
+        Ok(!hosts(&shop)?.contains(HTTPBIN_HOSTNAME))
+    })?;
+    let refused = curl(&shop, "http://httpbin.demo:8000/get")?;
+    ensure!(
+        refused.status == 502 && refused.body.contains("REGISTRY_ONLY"),
+        "{refused:?}"
+    );
+    let reviews = curl(&shop, "http://reviews.shop:9080/")?;
+    ensure!(reviews.status == 200, "{reviews:?}");
+    // The client's own view never changed.
+    ensure!(hosts(&client)? == everything);
     Ok(())
 }

@@ -235,7 +235,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut real = RealSidecar::start(&bins, dir.path(), grpc, &real_pod, &real_token, &roots_pem)?;
     let real_version = real.wait_for_config(None, Duration::from_secs(120))?;
     let real_first = real_started.elapsed();
-    let (real_peak, real_rss) = (procstat::peak_rss_mib(real.pid()), procstat::rss_mib(real.pid()));
+    let (real_peak, real_rss) = (
+        procstat::peak_rss_mib(real.pid()),
+        procstat::rss_mib(real.pid()),
+    );
     // Let any push still under way settle before the change.
     drain(&mut received, Duration::from_secs(2)).await;
 
@@ -249,9 +252,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .args(["-H", "Content-Type: application/merge-patch+json"])
         .arg("--data-binary")
         .arg(format!("@{}", patch.display()))
-        .arg(format!("http://127.0.0.1:{api_port}{}", registry::slice_path(0)))
+        .arg(format!(
+            "http://127.0.0.1:{api_port}{}",
+            registry::slice_path(0)
+        ))
         .status()?;
-    anyhow::ensure!(patched.success(), "the endpoint change was refused: {patched}");
+    anyhow::ensure!(
+        patched.success(),
+        "the endpoint change was refused: {patched}"
+    );
     let pushed = drain(&mut received, Duration::from_secs(3)).await;
     real.wait_for_config(Some(&real_version), Duration::from_secs(30))?;
     let real_update = procstat::cpu_nanos(real.pid()).saturating_sub(real_cpu);
@@ -269,7 +278,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("|---|---:|");
     println!(
         "| pods / services / policies+routes / sidecars{} | {} / {} / {} / {} |",
-        if size.scoped { ", a Sidecar per namespace" } else { "" },
+        if size.scoped {
+            ", a Sidecar per namespace"
+        } else {
+            ""
+        },
         size.pods,
         size.services,
         size.policies,

@@ -109,8 +109,9 @@ impl RealSidecar {
                 );
             }
             if started.elapsed() > timeout {
-                return Err(anyhow::anyhow!("not within {timeout:?}"))
-                    .with_context(|| format!("the real sidecar's config:\n{}", self.process.log()));
+                return Err(anyhow::anyhow!("not within {timeout:?}")).with_context(|| {
+                    format!("the real sidecar's config:\n{}", self.process.log())
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

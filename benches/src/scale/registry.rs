@@ -154,7 +154,10 @@ fn endpoint_slice(size: Size, service: usize) -> String {
     for (ip, name) in endpoint_addresses(size, service, 0) {
         let _ = write!(text, "- addresses: [{ip}]\n  conditions: {{ready: true}}\n");
         if let Some(name) = name {
-            let _ = writeln!(text, "  targetRef: {{kind: Pod, name: {name}, namespace: {ns}}}");
+            let _ = writeln!(
+                text,
+                "  targetRef: {{kind: Pod, name: {name}, namespace: {ns}}}"
+            );
         }
     }
     text
@@ -174,9 +177,11 @@ pub fn endpoints_patch(size: Size, service: usize, extra: usize) -> String {
     let endpoints: Vec<serde_json::Value> = endpoint_addresses(size, service, extra)
         .into_iter()
         .map(|(ip, name)| {
-            let mut endpoint = serde_json::json!({"addresses": [ip], "conditions": {"ready": true}});
+            let mut endpoint =
+                serde_json::json!({"addresses": [ip], "conditions": {"ready": true}});
             if let Some(name) = name {
-                endpoint["targetRef"] = serde_json::json!({"kind": "Pod", "name": name, "namespace": ns});
+                endpoint["targetRef"] =
+                    serde_json::json!({"kind": "Pod", "name": name, "namespace": ns});
             }
             endpoint
         })

@@ -19,7 +19,7 @@ use remora_api::{
     resources::version_text,
     SpiffeId,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -34,9 +34,18 @@ pub use published::{publish, Published};
 
 /// How long a subscriber has to say who it is.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pushes under way at once (Istio's `PILOT_PUSH_THROTTLE` role): a thousand sidecars
+/// subscribing together are sent their first push a few dozen at a time, which bounds the
+/// memory their messages take while they are encoded and sent.
+pub const CONCURRENT_PUSHES: usize = 32;
+/// How long a push holds its turn waiting for the sidecar's answer; a sidecar slower than that
+/// still gets its answer read, without holding up the others.
+const TURN: Duration = Duration::from_secs(5);
 
 pub struct DiscoveryService {
     pub published: watch::Receiver<Arc<Published>>,
+    /// Turns to push ([`CONCURRENT_PUSHES`]).
+    pub turns: Arc<Semaphore>,
     /// The keys fetched for `jwksUri`s, filled into each snapshot.
     pub jwks: watch::Receiver<Arc<Jwks>>,
     pub metrics: Arc<Metrics>,
@@ -78,6 +87,7 @@ impl Discovery for DiscoveryService {
             published: self.published.clone(),
             jwks: self.jwks.clone(),
             metrics: self.metrics.clone(),
+            turns: self.turns.clone(),
             pushes,
         };
         tokio::spawn(session.run(requests));
@@ -114,6 +124,7 @@ struct Session {
     published: watch::Receiver<Arc<Published>>,
     jwks: watch::Receiver<Arc<Jwks>>,
     metrics: Arc<Metrics>,
+    turns: Arc<Semaphore>,
     pushes: mpsc::Sender<Result<Push, Status>>,
 }
 
@@ -132,10 +143,15 @@ impl Session {
         // What the sidecar has acknowledged holding; `None` until its first ACK.
         let mut held: Option<Held> = None;
         loop {
+            // A turn first, then the newest catalog: what waited for its turn is not stale.
+            let Ok(turn) = self.turns.clone().acquire_owned().await else {
+                return "control plane stopping";
+            };
             // Read outside the watches' locks, which publishing needs.
             let published = self.published.borrow_and_update().clone();
             let jwks = self.jwks.borrow_and_update().clone();
             if let Err(status) = authorize(&published.catalog, &self.peer, &self.node) {
+                drop(turn);
                 let _ = self.pushes.send(Err(status)).await;
                 return "no longer authorized";
             }
@@ -145,6 +161,7 @@ impl Session {
                 Some(held) => held::delta(held, &wanted),
             };
             if held.is_some() && change.is_empty() {
+                drop(turn);
                 // Same content, newer parts: later comparisons start from these.
                 held = Some(Held {
                     contents: wanted,
@@ -152,7 +169,7 @@ impl Session {
                 });
             } else {
                 let sum = change.sum;
-                match self.push(change, held.is_none(), requests).await {
+                match self.push(change, held.is_none(), turn, requests).await {
                     Ok(true) => {
                         held = Some(Held {
                             contents: wanted,
@@ -214,12 +231,13 @@ impl Session {
         }
     }
 
-    /// Sends `change` and waits for the answer: `Ok(true)` for an ACK, `Ok(false)` for a
-    /// NACK, `Err` with why the stream ended.
+    /// Sends `change` and waits for the answer, holding `turn` until then or for [`TURN`]:
+    /// `Ok(true)` for an ACK, `Ok(false)` for a NACK, `Err` with why the stream ended.
     async fn push(
         &self,
         change: Change,
         full: bool,
+        turn: OwnedSemaphorePermit,
         requests: &mut Streaming<SubscribeRequest>,
     ) -> Result<bool, &'static str> {
         let version = version_text(change.sum);
@@ -236,8 +254,20 @@ impl Session {
         self.metrics.pushes.inc();
         self.status.sent(&version);
         tracing::debug!(pod = %self.node.pod_name, version, full, resources = count, bytes, "pushed");
+        let mut turn = Some(turn);
         loop {
-            let answer = match requests.message().await {
+            let next = requests.message();
+            let answer = match turn.take() {
+                Some(held) => match tokio::time::timeout(TURN, next).await {
+                    Ok(answer) => {
+                        drop(held);
+                        answer
+                    }
+                    Err(_) => requests.message().await,
+                },
+                None => next.await,
+            };
+            let answer = match answer {
                 Ok(Some(answer)) => answer,
                 Ok(None) => return Err("stream closed"),
                 Err(_) => return Err("stream broken"),

@@ -1029,7 +1029,10 @@ fn sidecars_and_export_to_scope_what_a_sidecar_is_sent() {
     };
     assert_eq!(
         seen("shop", "client-0"),
-        (vec!["a.shop".into(), "c.pay".into()], "REGISTRY_ONLY".into()),
+        (
+            vec!["a.shop".into(), "c.pay".into()],
+            "REGISTRY_ONLY".into()
+        ),
         "its namespace's Services, and where they route"
     );
     assert_eq!(
@@ -1043,7 +1046,12 @@ fn sidecars_and_export_to_scope_what_a_sidecar_is_sent() {
     assert_eq!(
         seen("data", "x-0"),
         (
-            vec!["a.shop".into(), "b.data".into(), "c.pay".into(), "d.pay".into()],
+            vec![
+                "a.shop".into(),
+                "b.data".into(),
+                "c.pay".into(),
+                "d.pay".into()
+            ],
             "ALLOW_ANY".into()
         ),
         "no Sidecar: everything exported to it"
