@@ -15,7 +15,7 @@ use remora_api::{
     proto::config::{
         discovery_client::DiscoveryClient, Node, Snapshot as WireSnapshot, SubscribeRequest,
     },
-    resources::{Held, PushError},
+    resources::{Held, Parts, PushError},
     Snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -92,8 +92,12 @@ impl Subscription {
             .into_inner();
         // A new stream starts from a full push: what was held before is replaced then.
         let mut held = Held::default();
-        while let Some(push) = pushes.message().await? {
+        let mut parts = Parts::default();
+        while let Some(part) = pushes.message().await? {
             self.metrics.control_plane_connected(true);
+            let Some(push) = parts.add(part) else {
+                continue;
+            };
             let version = push.version.clone();
             let (full, resources, removed) = (push.full, push.resources.len(), push.removed.len());
             let mut diverged = None;

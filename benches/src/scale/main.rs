@@ -123,7 +123,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
         .env("KUBECONFIG", &api.kubeconfig)
-        .env("RUST_LOG", "warn");
+        // `REMORA_SCALE_LOG` (a `RUST_LOG` filter) for the control plane's log, kept with --keep.
+        .env(
+            "RUST_LOG",
+            std::env::var("REMORA_SCALE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        );
     let started = Instant::now();
     let mut injector = Process::spawn("istiod", injector, &dir.path().join("istiod.log"))?;
     let ready_url = format!("http://127.0.0.1:{http}/ready");

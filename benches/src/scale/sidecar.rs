@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use prost::Message;
 use remora_api::{
     proto::config::{discovery_client::DiscoveryClient, Node, SubscribeRequest},
+    resources::Parts,
     SpiffeId,
 };
 use remora_proxy::identity::{ca::CaClient, provider, CurrentCert};
@@ -112,8 +113,13 @@ impl Sidecar {
             .await
             .with_context(|| format!("subscribing as {}", self.id))?
             .into_inner();
-        while let Some(push) = pushes.message().await? {
-            let bytes = push.encoded_len();
+        let mut parts = Parts::default();
+        let mut bytes = 0;
+        while let Some(part) = pushes.message().await? {
+            bytes += part.encoded_len();
+            let Some(push) = parts.add(part) else {
+                continue;
+            };
             let ack = SubscribeRequest {
                 version: push.version,
                 ..Default::default()
@@ -124,7 +130,7 @@ impl Sidecar {
             let received = Received {
                 sidecar: self.index,
                 at: Instant::now(),
-                bytes,
+                bytes: std::mem::take(&mut bytes),
             };
             if reports.send(received).is_err() {
                 break;

@@ -54,6 +54,8 @@ pub struct Catalog {
     service_entries: Vec<ServiceEntry>,
     /// The label keys routing looks at ([`Routing::label_keys`]).
     routing_label_keys: BTreeSet<String>,
+    /// A fingerprint of what views are made of ([`Catalog::view_inputs`]).
+    view_inputs: u64,
 }
 
 impl Catalog {
@@ -92,7 +94,7 @@ impl Catalog {
                 }
             },
         );
-        Catalog {
+        let mut catalog = Catalog {
             rejected,
             accepted: Accepted {
                 objects,
@@ -106,41 +108,22 @@ impl Catalog {
             workloads: translation.workloads,
             service_entries,
             routing_label_keys,
-        }
+            view_inputs: 0,
+        };
+        catalog.view_inputs = catalog.fingerprint_views();
+        catalog
     }
 
     /// The snapshot for the sidecar of `node`: its resources put together, as the sidecar puts
     /// them together. `version` is left empty.
     pub fn snapshot_for(&self, node: &Node) -> Snapshot {
-        let pod = self
-            .pods
-            .get(&(node.namespace.clone(), node.pod_name.clone()));
-        let no_labels = BTreeMap::new();
-        self.snapshot_of(
-            &node.namespace,
-            Own {
-                labels: pod.map_or(&no_labels, |pod| &pod.labels),
-                proxy_config: pod.and_then(|pod| pod.proxy_config.as_ref()),
-                security: pod.map(|pod| pod.security.clone()),
-            },
-        )
+        self.snapshot_of(&node.namespace, self.own(node))
     }
 
     /// The version of [`Self::snapshot_for`]`(node)` as the discovery server gives it (before
     /// keys fetched for `jwksUri`s are filled in).
     pub fn version_for(&self, node: &Node) -> String {
-        let pod = self
-            .pods
-            .get(&(node.namespace.clone(), node.pod_name.clone()));
-        let no_labels = BTreeMap::new();
-        let resources = self.resources_of(
-            &node.namespace,
-            Own {
-                labels: pod.map_or(&no_labels, |pod| &pod.labels),
-                proxy_config: pod.and_then(|pod| pod.proxy_config.as_ref()),
-                security: pod.map(|pod| pod.security.clone()),
-            },
-        );
+        let resources = self.resources_of(&node.namespace, self.own(node));
         let encoded: Vec<Vec<u8>> = resources.iter().map(Message::encode_to_vec).collect();
         version_of(encoded.iter().map(Vec::as_slice))
     }

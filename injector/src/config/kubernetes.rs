@@ -230,6 +230,7 @@ async fn rebuild(
         if publish.is_some() && versions == world.last {
             continue;
         }
+        let started = std::time::Instant::now();
         let documents = documents(&objects);
         let Ok(catalog) = tokio::task::spawn_blocking(move || {
             Catalog::from_documents(documents.into_iter().map(Ok))
@@ -249,6 +250,7 @@ async fn rebuild(
         tracing::info!(
             objects = world.last.len(),
             rejected = catalog.rejected.len(),
+            took_ms = started.elapsed().as_millis(),
             "config rebuilt from the Kubernetes API"
         );
         let catalog = Arc::new(catalog);

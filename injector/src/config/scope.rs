@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -68,20 +68,6 @@ enum Name {
     Exact(String),
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Object {
-    #[serde(rename = "apiVersion")]
-    _api_version: String,
-    #[serde(rename = "kind")]
-    _kind: String,
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Spec,
-    #[serde(default, rename = "status")]
-    _status: Value,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Spec {
@@ -128,7 +114,7 @@ struct OutboundTrafficPolicy {
 
 /// Reads a Sidecar `namespace/name`; `Err` names every field at fault, `; `-separated.
 pub(crate) fn read(value: Value, namespace: &str, name: &str) -> Result<Scope, String> {
-    let object: Object = yaml::from_value(value).map_err(|e| e.to_string())?;
+    let object: yaml::Object<Spec> = yaml::from_value(value).map_err(|e| e.to_string())?;
     let spec = object.spec;
     let mut problems = Vec::new();
     let unsupported = |problems: &mut Vec<String>, field: &str, what: &str| {

@@ -58,21 +58,6 @@ struct Endpoint {
     ports: BTreeMap<String, u16>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Object {
-    #[serde(rename = "apiVersion")]
-    _api_version: String,
-    #[serde(rename = "kind")]
-    _kind: String,
-    #[serde(rename = "metadata")]
-    _metadata: Value,
-    #[serde(default)]
-    spec: Spec,
-    #[serde(default, rename = "status")]
-    _status: Value,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Spec {
@@ -139,7 +124,7 @@ pub(crate) fn is_service_entry(api_version: &str, kind: &str) -> bool {
 
 /// Reads a ServiceEntry in `namespace`; `Err` names every field at fault, `; `-separated.
 pub(crate) fn read(value: Value, namespace: &str) -> Result<ServiceEntry, String> {
-    let object: Object = yaml::from_value(value).map_err(|e| e.to_string())?;
+    let object: yaml::Object<Spec> = yaml::from_value(value).map_err(|e| e.to_string())?;
     let spec = object.spec;
     let mut problems = Vec::new();
     let mut unsupported = |field: &str, what: &str| {

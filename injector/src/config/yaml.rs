@@ -4,9 +4,28 @@
 //! Text is first parsed into a generic value and then deserialized while tracking the path,
 //! the same two-step approach `remora-api` uses for bootstrap files.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use remora_api::ConfigError;
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::Value;
+
+/// An object of a kind read field by field: its `metadata` and `spec` (absent: the default),
+/// and nothing else at the top level but `apiVersion`, `kind` and `status`, so that a field
+/// written one level too high is reported by name rather than ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Object<S> {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    #[serde(default)]
+    pub(crate) metadata: ObjectMeta,
+    #[serde(default)]
+    pub(crate) spec: S,
+    #[serde(default, rename = "status")]
+    _status: Value,
+}
 
 /// Why a YAML document cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

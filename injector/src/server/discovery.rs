@@ -16,7 +16,7 @@ use std::{sync::Arc, time::Duration};
 use prost::Message;
 use remora_api::{
     proto::config::{discovery_server::Discovery, resource::Body, Node, Push, SubscribeRequest},
-    resources::version_text,
+    resources::{self, version_text},
     SpiffeId,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -34,6 +34,9 @@ pub use published::{publish, Published};
 
 /// How long a subscriber has to say who it is.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// About how many bytes each part of a push carries: a thousand sidecars' streams each keep
+/// a buffer the size of the largest message sent on them.
+const PART_BYTES: usize = 32 * 1024;
 /// Pushes under way at once (Istio's `PILOT_PUSH_THROTTLE` role): a thousand sidecars
 /// subscribing together are sent their first push a few dozen at a time, which bounds the
 /// memory their messages take while they are encoded and sent.
@@ -241,19 +244,31 @@ impl Session {
         requests: &mut Streaming<SubscribeRequest>,
     ) -> Result<bool, &'static str> {
         let version = version_text(change.sum);
-        let push = Push {
-            version: version.clone(),
-            full,
-            resources: change.resources,
-            removed: change.removed,
-        };
-        let (count, bytes) = (push.resources.len(), push.encoded_len());
-        if self.pushes.send(Ok(push)).await.is_err() {
-            return Err("stream closed");
+        let (count, mut removed) = (change.resources.len(), change.removed);
+        let parts = resources::split(change.resources, PART_BYTES);
+        let last = parts.len() - 1;
+        let mut bytes = 0;
+        for (index, resources) in parts.into_iter().enumerate() {
+            let part = Push {
+                version: version.clone(),
+                full,
+                resources,
+                // The names to drop travel with the last part.
+                removed: if index == last {
+                    std::mem::take(&mut removed)
+                } else {
+                    Vec::new()
+                },
+                more: index != last,
+            };
+            bytes += part.encoded_len();
+            if self.pushes.send(Ok(part)).await.is_err() {
+                return Err("stream closed");
+            }
         }
+        tracing::debug!(pod = %self.node.pod_name, version, full, resources = count, bytes, parts = last + 1, "pushed");
         self.metrics.pushes.inc();
         self.status.sent(&version);
-        tracing::debug!(pod = %self.node.pod_name, version, full, resources = count, bytes, "pushed");
         let mut turn = Some(turn);
         loop {
             let next = requests.message();

@@ -71,6 +71,54 @@ pub enum PushError {
     Diverged { held: String, pushed: String },
 }
 
+/// The parts of a push, put back together as they arrive.
+#[derive(Debug, Default)]
+pub struct Parts(Option<Push>);
+
+impl Parts {
+    /// Takes one part: the whole push once its last part is in.
+    pub fn add(&mut self, part: Push) -> Option<Push> {
+        let more = part.more;
+        let whole = match self.0.take() {
+            None => part,
+            Some(mut so_far) => {
+                so_far.resources.extend(part.resources);
+                so_far.removed.extend(part.removed);
+                so_far.version = part.version;
+                so_far.full |= part.full;
+                so_far
+            }
+        };
+        if more {
+            self.0 = Some(whole);
+            None
+        } else {
+            Some(Push {
+                more: false,
+                ..whole
+            })
+        }
+    }
+}
+
+/// Splits `resources` (encoded) into parts of about `bytes` each (a resource is never split),
+/// for a push sent in parts; at least one part, maybe empty.
+pub fn split(resources: Vec<Bytes>, bytes: usize) -> Vec<Vec<Bytes>> {
+    let mut parts = vec![Vec::new()];
+    let mut size = 0;
+    for resource in resources {
+        if size > 0 && size + resource.len() > bytes {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += resource.len();
+        if let Some(part) = parts.last_mut() {
+            part.push(resource);
+        }
+    }
+    parts
+}
+
 /// The resources a sidecar holds, as received.
 #[derive(Debug, Default)]
 pub struct Held {

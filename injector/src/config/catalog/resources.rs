@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use remora_api::{
     proto::config::{self as proto, resource::Body, Node},
-    resources::endpoints_name,
+    resources::{endpoints_name, fnv1a64},
 };
 
 use super::Catalog;
@@ -140,6 +140,52 @@ impl Catalog {
         addresses.chain(workloads).chain(endpoints)
     }
 
+    /// A fingerprint of everything views are made of: two catalogs with the same one cut the
+    /// same views, so a change that leaves it alone (an endpoint moving) keeps them whole.
+    pub fn view_inputs(&self) -> u64 {
+        self.view_inputs
+    }
+
+    /// The Services without their endpoints, the ServiceEntries, the routing objects, the
+    /// Sidecars, the Services' `exportTo` and the root namespace, hashed. Objects are hashed
+    /// by their `Debug` form, which shows every field: two that differ never hash alike here
+    /// (short of a hash collision), and at worst two alike hash apart, which only costs a
+    /// rebuild.
+    pub(super) fn fingerprint_views(&self) -> u64 {
+        use std::fmt::Write;
+        let mut text = String::new();
+        let objects = &self.accepted.objects;
+        for service in &self.services {
+            let _ = write!(text, "{:?}", skeleton(service));
+        }
+        for (key, service) in &objects.services {
+            let export = service
+                .object
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(EXPORT_TO));
+            let _ = write!(text, "{key:?}{export:?}");
+        }
+        let _ = write!(
+            text,
+            "{:?}{:?}{:?}{}",
+            self.service_entries,
+            objects
+                .routing
+                .values()
+                .map(|o| &o.object)
+                .collect::<Vec<_>>(),
+            objects
+                .scopes
+                .values()
+                .map(|o| &o.object)
+                .collect::<Vec<_>>(),
+            self.accepted.mesh.root_namespace(),
+        );
+        fnv1a64(text.as_bytes())
+    }
+
     /// The view of a sidecar in `namespace` with `labels`.
     pub fn view_key(&self, namespace: &str, labels: &BTreeMap<String, String>) -> ViewKey {
         ViewKey {
@@ -184,13 +230,7 @@ impl Catalog {
 
     /// The view of `node`'s sidecar.
     pub fn view_of(&self, node: &Node) -> ViewKey {
-        let pod = self
-            .pods
-            .get(&(node.namespace.clone(), node.pod_name.clone()));
-        self.view_key(
-            &node.namespace,
-            pod.map_or(&BTreeMap::new(), |pod| &pod.labels),
-        )
+        self.view_key(&node.namespace, self.own(node).labels)
     }
 
     /// The Services the sidecars of `view` see, routed as they route them: Kubernetes Services
@@ -253,18 +293,20 @@ impl Catalog {
     /// `node`'s own resources: mesh settings with its pod's `proxy.istio.io/config` applied,
     /// the policies of its workload, its telemetry.
     pub fn own_resources(&self, node: &Node) -> Vec<proto::Resource> {
+        self.own_of(&node.namespace, self.own(node))
+    }
+
+    /// What `node`'s pod says about its sidecar (nothing, for a pod not known yet).
+    pub(super) fn own(&self, node: &Node) -> Own<'_> {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
         let pod = self
             .pods
             .get(&(node.namespace.clone(), node.pod_name.clone()));
-        let no_labels = BTreeMap::new();
-        self.own_of(
-            &node.namespace,
-            Own {
-                labels: pod.map_or(&no_labels, |pod| &pod.labels),
-                proxy_config: pod.and_then(|pod| pod.proxy_config.as_ref()),
-                security: pod.map(|pod| pod.security.clone()),
-            },
-        )
+        Own {
+            labels: pod.map_or(&NO_LABELS, |pod| &pod.labels),
+            proxy_config: pod.and_then(|pod| pod.proxy_config.as_ref()),
+            security: pod.map(|pod| pod.security.clone()),
+        }
     }
 
     pub(super) fn own_of(&self, namespace: &str, own: Own) -> Vec<proto::Resource> {

@@ -151,29 +151,36 @@ pub struct Published {
 
 impl Published {
     pub fn first(catalog: Arc<Catalog>) -> Self {
-        Self::after(&Arc::default(), HashMap::new(), catalog)
+        Self {
+            shared: Shared::next(&Arc::default(), &catalog),
+            catalog,
+            views: Mutex::default(),
+            previous_views: HashMap::new(),
+        }
     }
 
-    /// The next catalog's, reusing what did not change.
+    /// The next catalog's, reusing what did not change: the views themselves when nothing
+    /// they are made of changed, else those that come out the same.
     pub fn next(&self, catalog: Arc<Catalog>) -> Self {
         let views = self
             .views
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        Self::after(&self.shared, views, catalog)
-    }
-
-    fn after(
-        shared: &Arc<Shared>,
-        previous_views: HashMap<ViewKey, Arc<View>>,
-        catalog: Arc<Catalog>,
-    ) -> Self {
+        let shared = Shared::next(&self.shared, &catalog);
+        if catalog.view_inputs() == self.catalog.view_inputs() {
+            return Self {
+                shared,
+                catalog,
+                views: Mutex::new(views),
+                previous_views: HashMap::new(),
+            };
+        }
         Self {
-            shared: Shared::next(shared, &catalog),
+            shared,
             catalog,
             views: Mutex::default(),
-            previous_views,
+            previous_views: views,
         }
     }
 
@@ -205,8 +212,15 @@ pub async fn publish(
     while catalog.changed().await.is_ok() {
         let latest = catalog.borrow_and_update().clone();
         // Built outside the channel's lock, which sessions need to read.
+        let started = std::time::Instant::now();
         let current = published.borrow().clone();
         let next = current.next(latest);
+        tracing::info!(
+            generation = next.shared.generation,
+            changed = next.shared.changed.len(),
+            took_ms = started.elapsed().as_millis(),
+            "discovery resources encoded"
+        );
         published.send_replace(Arc::new(next));
     }
 }

@@ -67,6 +67,7 @@ fn push(full: bool, resources: Vec<Bytes>, removed: &[&str], version: String) ->
         full,
         resources,
         removed: removed.iter().map(|r| (*r).to_owned()).collect(),
+        more: false,
     }
 }
 
@@ -201,4 +202,38 @@ fn versions_are_stable_sums() {
     );
     assert_ne!(version(&[&a]), version(&[&b]));
     assert_eq!(version(&[]), "0000000000000000");
+}
+
+#[test]
+fn a_push_in_parts_is_the_push_whole() {
+    let resources: Vec<Bytes> = (0..10).map(|i| mesh(&format!("domain-{i}"))).collect();
+    let size = resources[0].len();
+    let parts = split(resources.clone(), size * 3);
+    assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+    assert_eq!(split(vec![], 100), [Vec::<Bytes>::new()]);
+    assert_eq!(
+        split(vec![resources[0].clone()], 1).len(),
+        1,
+        "never split a resource"
+    );
+
+    let mut joined = Parts::default();
+    let count = parts.len();
+    let mut whole = None;
+    for (i, part) in parts.into_iter().enumerate() {
+        let last = i + 1 == count;
+        let got = joined.add(Push {
+            version: "v".into(),
+            full: true,
+            resources: part,
+            removed: if last { vec!["gone".into()] } else { vec![] },
+            more: !last,
+        });
+        assert_eq!(got.is_some(), last);
+        whole = got;
+    }
+    let whole = whole.expect("whole");
+    assert_eq!(whole.resources, resources);
+    assert_eq!(whole.removed, ["gone"]);
+    assert!(whole.full && !whole.more);
 }

@@ -99,6 +99,7 @@ fn push(change: Change, full: bool) -> Push {
         full,
         resources: change.resources,
         removed: change.removed,
+        more: false,
     }
 }
 

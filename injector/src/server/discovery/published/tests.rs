@@ -89,6 +89,7 @@ fn a_full_push_is_the_catalogs_snapshot() {
             full: true,
             resources: change.resources,
             removed: vec![],
+            more: false,
         })
         .expect("applies");
     let mut expected = catalog.snapshot_for(&node);
