@@ -39,7 +39,7 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/config_dump") => json(&serde_json::json!({
                 "bootstrap": self.bootstrap,
-                "snapshot": self.config.load().source,
+                "snapshot": self.config.load().dump.snapshot(),
             })),
             (&Method::GET, "/certs") => {
                 let cert = self.cert.get();

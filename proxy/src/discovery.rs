@@ -16,7 +16,7 @@ use remora_api::{
         discovery_client::DiscoveryClient, Node, Snapshot as WireSnapshot, SubscribeRequest,
     },
     resources::{Held, Parts, PushError},
-    Snapshot,
+    Dump, Snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -113,7 +113,12 @@ impl Subscription {
                 accept(wire, &self.trust_domain).map(|snapshot| (staged, snapshot))
             }) {
                 Ok((staged, snapshot)) => {
-                    held.commit(staged);
+                    let dump = Dump::Resources {
+                        version: version.clone(),
+                        held: held.commit(staged),
+                    };
+                    // The wire snapshot it was compiled from goes: the resources are the dump.
+                    let snapshot = snapshot.with_dump(dump);
                     tracing::info!(
                         version,
                         full,

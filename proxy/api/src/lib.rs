@@ -40,5 +40,5 @@ pub use endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload, Worklo
 pub use load::{from_value, ConfigError};
 pub use mesh::{MeshSettings, OutboundPolicy};
 pub use security::{Outcome, Security};
-pub use snapshot::{Logical, ServicePort, Snapshot};
+pub use snapshot::{Dump, Logical, ServicePort, Snapshot};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -10,7 +10,10 @@
 //! change, and a sidecar can tell when it no longer holds what the control plane thinks it
 //! does.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use prost::{bytes::Bytes, Message};
 
@@ -122,7 +125,8 @@ pub fn split(resources: Vec<Bytes>, bytes: usize) -> Vec<Vec<Bytes>> {
 /// The resources a sidecar holds, as received.
 #[derive(Debug, Default)]
 pub struct Held {
-    resources: BTreeMap<String, Bytes>,
+    /// Shared with the snapshot in use, whose config dump they are.
+    resources: Arc<BTreeMap<String, Bytes>>,
     sum: u64,
 }
 
@@ -180,7 +184,7 @@ impl Held {
         }
         let mut all = Vec::with_capacity(self.resources.len() + set.len());
         if !push.full {
-            for (name, bytes) in &self.resources {
+            for (name, bytes) in self.resources.iter() {
                 if set.contains_key(name) || removed.contains(name) {
                     continue;
                 }
@@ -207,16 +211,19 @@ impl Held {
         })
     }
 
-    /// Holds what `staged` says, once its snapshot is taken.
-    pub fn commit(&mut self, staged: Staged) {
+    /// Holds what `staged` says, once its snapshot is taken; what the snapshot's config dump
+    /// is then made of.
+    pub fn commit(&mut self, staged: Staged) -> Arc<BTreeMap<String, Bytes>> {
         if staged.full {
-            self.resources.clear();
+            self.resources = Arc::default();
         }
+        let resources = Arc::make_mut(&mut self.resources);
         for name in &staged.removed {
-            self.resources.remove(name);
+            resources.remove(name);
         }
-        self.resources.extend(staged.set);
+        resources.extend(staged.set);
         self.sum = staged.sum;
+        self.resources.clone()
     }
 
     /// How many resources are held.

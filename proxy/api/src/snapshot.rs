@@ -8,11 +8,13 @@
 //! questions the sidecar asks.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
+
+use prost::{bytes::Bytes, Message};
 
 use crate::endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload, WorkloadNames};
 use crate::{
@@ -20,17 +22,60 @@ use crate::{
     mesh::{MeshSettings, OutboundPolicy},
     path::PathNormalization,
     proto::config as proto,
+    resources,
     route::{self, Backend, BackendKey, DestinationPolicy, Resolve, RouteTable},
     security::Security,
     spiffe::SpiffeId,
     telemetry::Telemetry,
 };
 
+/// What a snapshot was made of, for the admin config dump: the wire snapshot itself (a
+/// bootstrap's), or the discovery resources it was put together from, kept encoded (far
+/// smaller than the decoded snapshot, which is not kept) and put together again when asked.
+#[derive(Debug)]
+pub enum Dump {
+    Whole(Box<proto::Snapshot>),
+    Resources {
+        version: String,
+        held: Arc<BTreeMap<String, Bytes>>,
+    },
+}
+
+impl Default for Dump {
+    fn default() -> Self {
+        Self::Whole(Box::default())
+    }
+}
+
+impl Dump {
+    /// The wire snapshot, as the sidecar took it.
+    pub fn snapshot(&self) -> proto::Snapshot {
+        match self {
+            Dump::Whole(snapshot) => (**snapshot).clone(),
+            Dump::Resources { version, held } => {
+                let decoded = held
+                    .values()
+                    .filter_map(|bytes| proto::Resource::decode(bytes.clone()).ok());
+                let mut snapshot = resources::assemble(decoded).unwrap_or_default();
+                snapshot.version.clone_from(version);
+                snapshot
+            }
+        }
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Dump::Whole(snapshot) => &snapshot.version,
+            Dump::Resources { version, .. } => version,
+        }
+    }
+}
+
 /// A validated snapshot, indexed by destination address.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// What was received, kept for the admin config dump.
-    pub source: proto::Snapshot,
+    /// What it was made of, for the admin config dump.
+    pub dump: Dump,
     destinations: HashMap<SocketAddr, Destination>,
     services: HashMap<ServiceKey, Arc<ServicePort>>,
     /// Every Service port, and every subset of one, as a backend to balance over.
@@ -94,7 +139,13 @@ pub enum Logical {
 
 impl Snapshot {
     pub fn version(&self) -> &str {
-        &self.source.version
+        self.dump.version()
+    }
+
+    /// The same snapshot, its config dump made from `dump` (the wire snapshot it was compiled
+    /// from is then dropped).
+    pub fn with_dump(self, dump: Dump) -> Self {
+        Self { dump, ..self }
     }
 
     /// Where a connection to `address` goes.
@@ -337,7 +388,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
         let telemetry = Telemetry::compile(source.telemetry.as_ref(), &mut problems);
         ConfigError::from_problems(problems)?;
         Ok(Self {
-            source,
+            dump: Dump::Whole(Box::new(source)),
             destinations,
             services,
             backends,

@@ -380,7 +380,7 @@ async fn overrides_drop_metrics_and_change_labels_on_a_scrape() {
         ],
         ..Default::default()
     };
-    let mut wire = snapshot().source.clone();
+    let mut wire = snapshot().dump.snapshot();
     wire.telemetry = Some(proto::Telemetry {
         client: None,
         server: Some(overrides),
