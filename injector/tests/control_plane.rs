@@ -19,7 +19,7 @@ use remora_api::{
         },
         config::{discovery_client::DiscoveryClient, Node, Push, Resource, SubscribeRequest},
     },
-    resources::Held,
+    resources::{Held, Parts},
 };
 use remora_injector::{
     config::DirectorySource,
@@ -582,4 +582,62 @@ async fn the_webhook_injects_pods_with_the_values_in_force_and_refuses_what_is_n
     }
     let (status, _) = post_review(&cp, "/other", &pod_review("uid-3")).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_big_push_comes_in_parts() {
+    let cp = start().await;
+    let cert = cp
+        .certificate(
+            "client",
+            "sleep",
+            "spiffe://cluster.local/ns/client/sa/sleep",
+        )
+        .await
+        .expect("cert");
+    let (answers, mut stream) = subscribe(cp.channel(Some(cert)).await, sleep_node())
+        .await
+        .expect("subscribed");
+    let mut held = Held::default();
+    let first = next(&mut stream).await;
+    let staged = held.stage(first.clone()).expect("a whole state");
+    held.commit(staged);
+    answers
+        .send(SubscribeRequest {
+            version: first.version,
+            ..Default::default()
+        })
+        .await
+        .expect("ack");
+
+    // Enough Services at once that the change outgrows one part (about 32 KiB).
+    let services: String = (0..400)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: demo}}\n\
+                 spec:\n  clusterIP: 198.19.{}.{}\n  ports: [{{name: http, port: 8000}}]\n",
+                1 + i / 200,
+                1 + i % 200
+            )
+        })
+        .collect();
+    std::fs::write(cp.config.path().join("services.yaml"), services).expect("write");
+    let mut parts = Parts::default();
+    let mut count = 0;
+    let whole = loop {
+        let part = next(&mut stream).await;
+        count += 1;
+        assert!(!part.full, "every part says what the push is");
+        assert!(
+            part.encoded_len() < 64 * 1024,
+            "{} bytes",
+            part.encoded_len()
+        );
+        if let Some(whole) = parts.add(part) {
+            break whole;
+        }
+    };
+    assert!(count > 1, "one part only");
+    let staged = held.stage(whole).expect("the parts make one push");
+    assert_eq!(staged.snapshot.services.len(), 400);
 }

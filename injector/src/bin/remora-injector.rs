@@ -12,6 +12,10 @@ use remora_injector::{
     token::{LocalTokens, TokenReviews},
 };
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "remora-injector", version, about = "Remora control plane")]
 struct Cli {
