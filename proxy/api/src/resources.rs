@@ -151,6 +151,9 @@ impl Held {
                 reason: e.to_string(),
             })?;
             let name = resource.name.clone();
+            // Held on its own: a slice of the message would keep the whole receive buffer
+            // alive for as long as this one resource is held.
+            let bytes = Bytes::copy_from_slice(&bytes);
             if set.insert(name.clone(), (bytes, resource)).is_some() {
                 return Err(PushError::Named {
                     name,
