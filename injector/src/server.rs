@@ -15,6 +15,8 @@ mod serving;
 mod sync_status;
 mod webhook;
 
+pub use discovery::CONCURRENT_PUSHES;
+
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use remora_api::{

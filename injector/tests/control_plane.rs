@@ -209,7 +209,7 @@ async fn subscribe(
         .await
         .expect("queue");
     let stream = DiscoveryClient::new(channel)
-        .subscribe(ReceiverStream::new(requests))
+        .delta_subscribe(ReceiverStream::new(requests))
         .await?
         .into_inner();
     Ok((answers, stream))
@@ -640,4 +640,25 @@ async fn a_big_push_comes_in_parts() {
     assert!(count > 1, "one part only");
     let staged = held.stage(whole).expect("the parts make one push");
     assert_eq!(staged.snapshot.services.len(), 400);
+}
+
+#[tokio::test]
+async fn sidecars_that_never_answer_do_not_hold_up_the_others() {
+    let cp = start().await;
+    let id = "spiffe://cluster.local/ns/client/sa/sleep";
+    // As many as there are turns to push: each is sent its first push and never answers.
+    let mut silent = Vec::new();
+    for _ in 0..server::CONCURRENT_PUSHES {
+        let cert = cp.certificate("client", "sleep", id).await.expect("cert");
+        let stream = subscribe(cp.channel(Some(cert)).await, sleep_node())
+            .await
+            .expect("subscribed");
+        silent.push(stream);
+    }
+    // One more still gets its first push: the silent ones' turns run out.
+    let cert = cp.certificate("client", "sleep", id).await.expect("cert");
+    let (_answers, mut stream) = subscribe(cp.channel(Some(cert)).await, sleep_node())
+        .await
+        .expect("subscribed");
+    assert!(next(&mut stream).await.full);
 }

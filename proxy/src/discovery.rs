@@ -87,7 +87,7 @@ impl Subscription {
             })
             .await;
         let mut pushes = DiscoveryClient::new(channel)
-            .subscribe(ReceiverStream::new(requests))
+            .delta_subscribe(ReceiverStream::new(requests))
             .await?
             .into_inner();
         // A new stream starts from a full push: what was held before is replaced then.
@@ -103,7 +103,7 @@ impl Subscription {
             let mut diverged = None;
             let staged = held.stage(push).map_err(|e| {
                 let reason = e.to_string();
-                if matches!(e, PushError::Diverged { .. }) {
+                if matches!(e, PushError::Diverged(_)) {
                     diverged = Some(e);
                 }
                 reason

@@ -109,7 +109,7 @@ impl Sidecar {
             })
             .await;
         let mut pushes = DiscoveryClient::new(channel)
-            .subscribe(ReceiverStream::new(requests))
+            .delta_subscribe(ReceiverStream::new(requests))
             .await
             .with_context(|| format!("subscribing as {}", self.id))?
             .into_inner();

@@ -55,7 +55,7 @@ pub struct Catalog {
     /// The label keys routing looks at ([`Routing::label_keys`]).
     routing_label_keys: BTreeSet<String>,
     /// A fingerprint of what views are made of ([`Catalog::view_inputs`]).
-    view_inputs: u64,
+    view_inputs: [u8; 32],
 }
 
 impl Catalog {
@@ -108,7 +108,7 @@ impl Catalog {
             workloads: translation.workloads,
             service_entries,
             routing_label_keys,
-            view_inputs: 0,
+            view_inputs: [0; 32],
         };
         catalog.view_inputs = catalog.fingerprint_views();
         catalog

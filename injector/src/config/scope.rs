@@ -9,7 +9,8 @@
 //! exported to the namespace). Several candidates: the oldest wins, then by name.
 //!
 //! A Service is in scope when a host of an egress listener matches it, `NAMESPACE/DNSNAME`:
-//! `NAMESPACE` is `*` (any), `.` (the Sidecar's own), `~` (none) or a name; `DNSNAME` is `*`,
+//! `NAMESPACE` is `*` (any), `.` (the workload's own, which for a Sidecar of the root
+//! namespace is each workload's), `~` (none) or a name; `DNSNAME` is `*`,
 //! `*.SUFFIX` or a full name. The Services that a Service in scope routes or mirrors to are in
 //! scope too (as Istio adds a VirtualService's destinations), or its routes could not be
 //! followed. Listener fields Remora does not act on (`ingress`, an egress `port`, `bind`,
@@ -57,6 +58,9 @@ struct Host {
 enum Namespaces {
     Any,
     None,
+    /// `.`: the namespace of the workload it applies to (a root namespace Sidecar applies
+    /// to workloads of every namespace).
+    Own,
     Named(String),
 }
 
@@ -163,7 +167,7 @@ pub(crate) fn read(value: Value, namespace: &str, name: &str) -> Result<Scope, S
             problems.push(format!("{at}.hosts: required"));
         }
         for (h, text) in listener.hosts.iter().enumerate() {
-            match host(text, namespace) {
+            match host(text) {
                 Ok(found) => hosts.push(found),
                 Err(reason) => problems.push(format!("{at}.hosts[{h}]: {reason}")),
             }
@@ -210,15 +214,15 @@ pub(crate) fn read(value: Value, namespace: &str, name: &str) -> Result<Scope, S
     })
 }
 
-/// One `NAMESPACE/DNSNAME`, `.` meaning `namespace`.
-fn host(text: &str, namespace: &str) -> Result<Host, String> {
+/// One `NAMESPACE/DNSNAME`.
+fn host(text: &str) -> Result<Host, String> {
     let Some((ns, dns)) = text.split_once('/') else {
         return Err(format!("{text:?} is not NAMESPACE/DNSNAME"));
     };
     let namespace = match ns {
         "*" => Namespaces::Any,
         "~" => Namespaces::None,
-        "." => Namespaces::Named(namespace.to_owned()),
+        "." => Namespaces::Own,
         "" => return Err(format!("{text:?} names no namespace")),
         other if other.contains(['*', '/']) => {
             return Err(format!("{text:?}: {other:?} is not a namespace"))
@@ -247,12 +251,19 @@ impl Scope {
         (self.namespace.clone(), self.name.clone())
     }
 
-    /// Whether a Service `hostname` of `namespace` is in scope.
-    pub(crate) fn includes(&self, namespace: &str, hostname: &str) -> bool {
+    /// Whether a Service `hostname` of `namespace` is in scope for a workload of
+    /// `workload_namespace`.
+    pub(crate) fn includes(
+        &self,
+        workload_namespace: &str,
+        namespace: &str,
+        hostname: &str,
+    ) -> bool {
         self.hosts.iter().any(|host| {
             let in_namespace = match &host.namespace {
                 Namespaces::Any => true,
                 Namespaces::None => false,
+                Namespaces::Own => namespace == workload_namespace,
                 Namespaces::Named(name) => name == namespace,
             };
             in_namespace

@@ -168,6 +168,8 @@ pub(crate) fn read(value: Value, namespace: &str) -> Result<ServiceEntry, String
             ));
         } else if host.is_empty() || host.parse::<IpAddr>().is_ok() || host.contains('/') {
             problems.push(format!("spec.hosts[{i}]: {host:?} is not a host name"));
+        } else if hosts.contains(&host.to_ascii_lowercase()) {
+            problems.push(format!("spec.hosts[{i}]: {host:?} is listed twice"));
         } else {
             hosts.push(host.to_ascii_lowercase());
         }

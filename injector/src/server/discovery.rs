@@ -41,8 +41,8 @@ const PART_BYTES: usize = 32 * 1024;
 /// subscribing together are sent their first push a few dozen at a time, which bounds the
 /// memory their messages take while they are encoded and sent.
 pub const CONCURRENT_PUSHES: usize = 32;
-/// How long a push holds its turn waiting for the sidecar's answer; a sidecar slower than that
-/// still gets its answer read, without holding up the others.
+/// How long a push holds its turn, sending and waiting for the sidecar's answer; a sidecar
+/// slower than that is still sent its push and has its answer read, without holding up others.
 const TURN: Duration = Duration::from_secs(5);
 
 pub struct DiscoveryService {
@@ -57,12 +57,12 @@ pub struct DiscoveryService {
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
-    type SubscribeStream = ReceiverStream<Result<Push, Status>>;
+    type DeltaSubscribeStream = ReceiverStream<Result<Push, Status>>;
 
-    async fn subscribe(
+    async fn delta_subscribe(
         &self,
         request: Request<Streaming<SubscribeRequest>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<Response<Self::DeltaSubscribeStream>, Status> {
         let leaf = request
             .peer_certs()
             .and_then(|certs| certs.first().cloned())
@@ -234,7 +234,7 @@ impl Session {
         }
     }
 
-    /// Sends `change` and waits for the answer, holding `turn` until then or for [`TURN`]:
+    /// Sends `change` and waits for the answer, holding `turn` for at most [`TURN`] of that:
     /// `Ok(true)` for an ACK, `Ok(false)` for a NACK, `Err` with why the stream ended.
     async fn push(
         &self,
@@ -243,6 +243,12 @@ impl Session {
         turn: OwnedSemaphorePermit,
         requests: &mut Streaming<SubscribeRequest>,
     ) -> Result<bool, &'static str> {
+        // A sidecar that stops reading (its connection kept alive) or never answers must not
+        // keep its turn: after TURN it goes on without one, and others take it.
+        let mut turn = Turn {
+            permit: Some(turn),
+            until: tokio::time::Instant::now() + TURN,
+        };
         let version = version_text(change.sum);
         let (count, mut removed) = (change.resources.len(), change.removed);
         let parts = resources::split(change.resources, PART_BYTES);
@@ -262,27 +268,17 @@ impl Session {
                 more: index != last,
             };
             bytes += part.encoded_len();
-            if self.pushes.send(Ok(part)).await.is_err() {
-                return Err("stream closed");
-            }
+            let slot = turn
+                .within(self.pushes.reserve())
+                .await
+                .map_err(|_| "stream closed")?;
+            slot.send(Ok(part));
         }
         tracing::debug!(pod = %self.node.pod_name, version, full, resources = count, bytes, parts = last + 1, "pushed");
         self.metrics.pushes.inc();
         self.status.sent(&version);
-        let mut turn = Some(turn);
         loop {
-            let next = requests.message();
-            let answer = match turn.take() {
-                Some(held) => match tokio::time::timeout(TURN, next).await {
-                    Ok(answer) => {
-                        drop(held);
-                        answer
-                    }
-                    Err(_) => requests.message().await,
-                },
-                None => next.await,
-            };
-            let answer = match answer {
+            let answer = match turn.within(requests.message()).await {
                 Ok(Some(answer)) => answer,
                 Ok(None) => return Err("stream closed"),
                 Err(_) => return Err("stream broken"),
@@ -313,5 +309,25 @@ impl Session {
             );
             false
         }
+    }
+}
+
+/// A push's turn, given back when its time is up even if the push is not done.
+struct Turn {
+    permit: Option<OwnedSemaphorePermit>,
+    until: tokio::time::Instant,
+}
+
+impl Turn {
+    /// Awaits `step`, holding the turn until its time is up, then without it.
+    async fn within<F: std::future::Future>(&mut self, step: F) -> F::Output {
+        let mut step = std::pin::pin!(step);
+        if self.permit.is_some() {
+            if let Ok(done) = tokio::time::timeout_at(self.until, &mut step).await {
+                return done;
+            }
+            self.permit = None;
+        }
+        step.await
     }
 }

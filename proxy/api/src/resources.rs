@@ -68,10 +68,10 @@ pub enum PushError {
     Resource { index: usize, reason: String },
     #[error("{name}: {reason}")]
     Named { name: String, reason: String },
-    /// What the sidecar would hold is not what the control plane says: only a full push mends
-    /// that.
-    #[error("version: the resources held after this push make {held}, not {pushed}: this sidecar and the control plane disagree on what it holds")]
-    Diverged { held: String, pushed: String },
+    /// What the sidecar holds is not what the control plane thinks it holds: only a full
+    /// push mends that.
+    #[error("{0}: this sidecar and the control plane disagree on what it holds")]
+    Diverged(String),
 }
 
 /// The parts of a push, put back together as they arrive.
@@ -165,10 +165,10 @@ impl Held {
         let mut sum = if push.full { 0 } else { self.sum };
         if !push.full {
             for name in &removed {
-                let held = self.resources.get(*name).ok_or_else(|| PushError::Named {
-                    name: (*name).clone(),
-                    reason: "removed, but not held".to_owned(),
-                })?;
+                let held = self
+                    .resources
+                    .get(*name)
+                    .ok_or_else(|| PushError::Diverged(format!("{name}: removed, but not held")))?;
                 sum = sum.wrapping_sub(fnv1a64(held));
             }
         }
@@ -180,10 +180,10 @@ impl Held {
         }
         let held = version_text(sum);
         if held != push.version {
-            return Err(PushError::Diverged {
-                held,
-                pushed: push.version,
-            });
+            return Err(PushError::Diverged(format!(
+                "version: the resources held after this push make {held}, not {}",
+                push.version
+            )));
         }
         let mut all = Vec::with_capacity(self.resources.len() + set.len());
         if !push.full {
@@ -278,10 +278,10 @@ pub fn assemble(resources: impl IntoIterator<Item = Resource>) -> Result<Snapsho
         }
     }
     if let Some(host) = endpoints.keys().next() {
-        return Err(PushError::Named {
-            name: endpoints_name(host),
-            reason: format!("no service/{host} holds them"),
-        });
+        return Err(PushError::Diverged(format!(
+            "{}: no service/{host} holds them",
+            endpoints_name(host)
+        )));
     }
     Ok(snapshot)
 }

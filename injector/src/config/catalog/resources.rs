@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use remora_api::{
     proto::config::{self as proto, resource::Body, Node},
-    resources::{endpoints_name, fnv1a64},
+    resources::endpoints_name,
 };
 
 use super::Catalog;
@@ -142,16 +142,16 @@ impl Catalog {
 
     /// A fingerprint of everything views are made of: two catalogs with the same one cut the
     /// same views, so a change that leaves it alone (an endpoint moving) keeps them whole.
-    pub fn view_inputs(&self) -> u64 {
+    pub fn view_inputs(&self) -> [u8; 32] {
         self.view_inputs
     }
 
     /// The Services without their endpoints, the ServiceEntries, the routing objects, the
-    /// Sidecars, the Services' `exportTo` and the root namespace, hashed. Objects are hashed
-    /// by their `Debug` form, which shows every field: two that differ never hash alike here
-    /// (short of a hash collision), and at worst two alike hash apart, which only costs a
-    /// rebuild.
-    pub(super) fn fingerprint_views(&self) -> u64 {
+    /// Sidecars, the Services' `exportTo` and the root namespace, hashed with SHA-256 (views
+    /// kept on a collision would be stale, so no weaker hash). Objects are hashed by their
+    /// `Debug` form, which shows every field: two that differ never hash alike, and at worst
+    /// two alike hash apart, which only costs a rebuild.
+    pub(super) fn fingerprint_views(&self) -> [u8; 32] {
         use std::fmt::Write;
         let mut text = String::new();
         let objects = &self.accepted.objects;
@@ -183,7 +183,10 @@ impl Catalog {
                 .collect::<Vec<_>>(),
             self.accepted.mesh.root_namespace(),
         );
-        fnv1a64(text.as_bytes())
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
+        fingerprint
     }
 
     /// The view of a sidecar in `namespace` with `labels`.
@@ -220,7 +223,9 @@ impl Catalog {
             .services
             .get(&(own.to_owned(), name.to_owned()))
             .and_then(|s| s.object.metadata.annotations.as_ref())
-            .and_then(|a| a.get(EXPORT_TO));
+            .and_then(|a| a.get(EXPORT_TO))
+            // Istio reads an empty annotation as none.
+            .filter(|to| !to.trim().is_empty());
         annotation.is_none_or(|to| {
             to.split(',').map(str::trim).any(|target| {
                 target == "*" || target == namespace || (target == "." && own == namespace)
@@ -275,7 +280,9 @@ impl Catalog {
                         .get(&s.hostname)
                         .copied()
                         .unwrap_or_else(|| split_hostname(&s.hostname).0);
-                    scope.object.includes(namespace, &s.hostname)
+                    scope
+                        .object
+                        .includes(&view.namespace, namespace, &s.hostname)
                 })
                 .map(|s| s.hostname.clone())
                 .collect();

@@ -38,17 +38,31 @@ fn egress_hosts_decide_what_is_in_scope() {
     ];
     for (namespace, host, expected) in cases {
         assert_eq!(
-            scope.includes(namespace, host),
+            scope.includes("shop", namespace, host),
             expected,
             "{namespace}/{host}"
         );
     }
     // No egress at all: everything, as Istio's default listener.
     let open = sidecar("shop", "open", json!({})).expect("valid");
-    assert!(open.includes("payments", "pay.payments.svc.cluster.local"));
+    assert!(open.includes("shop", "payments", "pay.payments.svc.cluster.local"));
     // `~/*`: nothing.
     let none = sidecar("shop", "none", json!({"egress": [{"hosts": ["~/*"]}]})).expect("valid");
-    assert!(!none.includes("shop", "cart.shop.svc.cluster.local"));
+    assert!(!none.includes("shop", "shop", "cart.shop.svc.cluster.local"));
+    // The mesh-wide default in the root namespace: `.` is each workload's own namespace.
+    let mesh = sidecar(
+        "istio-system",
+        "default",
+        json!({"egress": [{"hosts": ["./*", "istio-system/*"]}]}),
+    )
+    .expect("valid");
+    assert!(mesh.includes("shop", "shop", "cart.shop.svc.cluster.local"));
+    assert!(mesh.includes(
+        "shop",
+        "istio-system",
+        "istiod.istio-system.svc.cluster.local"
+    ));
+    assert!(!mesh.includes("shop", "payments", "pay.payments.svc.cluster.local"));
 }
 
 #[test]

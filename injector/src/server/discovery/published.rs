@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use bytes::Bytes;
@@ -57,9 +57,19 @@ pub struct Shared {
 impl Shared {
     /// The shared resources of `catalog`; `previous` itself when nothing changed.
     fn next(previous: &Arc<Shared>, catalog: &Catalog) -> Arc<Shared> {
+        // An unchanged resource keeps its previous bytes (and name), so that generations a
+        // lagging session still holds share them rather than each holding a copy.
         let entries: Entries = catalog
             .shared_resources()
-            .map(|r| (Arc::from(r.name.as_str()), Encoded::of(&r)))
+            .map(|r| {
+                let encoded = Encoded::of(&r);
+                match previous.entries.get_key_value(r.name.as_str()) {
+                    Some((name, old)) if old.digest == encoded.digest => {
+                        (Arc::clone(name), old.clone())
+                    }
+                    _ => (Arc::from(r.name.as_str()), encoded),
+                }
+            })
             .collect();
         let changed = changed_names(&previous.entries, &entries);
         if changed.is_empty() {
@@ -139,12 +149,16 @@ impl View {
     }
 }
 
+/// Views by key, each built once by whichever session asks first (others asking for the same
+/// one wait for it; those asking for another do not).
+type Views = HashMap<ViewKey, Arc<OnceLock<Arc<View>>>>;
+
 /// One catalog, as discovery serves it.
 #[derive(Debug)]
 pub struct Published {
     pub catalog: Arc<Catalog>,
     pub shared: Arc<Shared>,
-    views: Mutex<HashMap<ViewKey, Arc<View>>>,
+    views: Mutex<Views>,
     /// The previous catalog's views, reused where they come out the same.
     previous_views: HashMap<ViewKey, Arc<View>>,
 }
@@ -162,13 +176,17 @@ impl Published {
     /// The next catalog's, reusing what did not change: the views themselves when nothing
     /// they are made of changed, else those that come out the same.
     pub fn next(&self, catalog: Arc<Catalog>) -> Self {
-        let views = self
-            .views
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let built: HashMap<ViewKey, Arc<View>> = self
+            .lock_views()
+            .iter()
+            .filter_map(|(key, cell)| Some((key.clone(), cell.get()?.clone())))
+            .collect();
         let shared = Shared::next(&self.shared, &catalog);
         if catalog.view_inputs() == self.catalog.view_inputs() {
+            let views = built
+                .into_iter()
+                .map(|(key, view)| (key, Arc::new(OnceLock::from(view))))
+                .collect();
             return Self {
                 shared,
                 catalog,
@@ -180,27 +198,28 @@ impl Published {
             shared,
             catalog,
             views: Mutex::default(),
-            previous_views: views,
+            previous_views: built,
         }
     }
 
-    /// The Services of view `key`, built on first use.
+    /// The Services of view `key`, built on first use (outside the lock on all views).
     pub fn view(&self, key: &ViewKey) -> Arc<View> {
-        // A panic elsewhere while the lock was held leaves a cache that is still whole.
-        let mut views = self
-            .views
+        let cell = self.lock_views().entry(key.clone()).or_default().clone();
+        cell.get_or_init(|| {
+            let built = View::of(&self.catalog, &self.shared, key);
+            match self.previous_views.get(key) {
+                Some(previous) if **previous == built => previous.clone(),
+                _ => Arc::new(built),
+            }
+        })
+        .clone()
+    }
+
+    fn lock_views(&self) -> std::sync::MutexGuard<'_, Views> {
+        // A panic elsewhere while the lock was held leaves a map that is still whole.
+        self.views
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(view) = views.get(key) {
-            return view.clone();
-        }
-        let built = View::of(&self.catalog, &self.shared, key);
-        let view = match self.previous_views.get(key) {
-            Some(previous) if **previous == built => previous.clone(),
-            _ => Arc::new(built),
-        };
-        views.insert(key.clone(), view.clone());
-        view
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -214,7 +233,11 @@ pub async fn publish(
         // Built outside the channel's lock, which sessions need to read.
         let started = std::time::Instant::now();
         let current = published.borrow().clone();
-        let next = current.next(latest);
+        // Encoding a big mesh takes a while: off the runtime's threads, which serve sessions.
+        let Ok(next) = tokio::task::spawn_blocking(move || current.next(latest)).await else {
+            tracing::warn!("encoding the discovery resources failed; serving the last ones");
+            continue;
+        };
         tracing::info!(
             generation = next.shared.generation,
             changed = next.shared.changed.len(),
