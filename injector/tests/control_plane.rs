@@ -215,6 +215,23 @@ async fn subscribe(
     Ok((answers, stream))
 }
 
+/// A subscription for `client/sleep-0`, with its own certificate.
+async fn subscribed_as_sleep(
+    cp: &ControlPlane,
+) -> (mpsc::Sender<SubscribeRequest>, Streaming<Push>) {
+    let cert = cp
+        .certificate(
+            "client",
+            "sleep",
+            "spiffe://cluster.local/ns/client/sa/sleep",
+        )
+        .await
+        .expect("cert");
+    subscribe(cp.channel(Some(cert)).await, sleep_node())
+        .await
+        .expect("subscribed")
+}
+
 fn sleep_node() -> Node {
     Node {
         pod_name: "sleep-0".into(),
@@ -273,17 +290,7 @@ async fn the_ca_signs_only_what_the_token_proves() {
 #[tokio::test]
 async fn discovery_pushes_changes_only_and_counts_nacks() {
     let cp = start().await;
-    let cert = cp
-        .certificate(
-            "client",
-            "sleep",
-            "spiffe://cluster.local/ns/client/sa/sleep",
-        )
-        .await
-        .expect("cert");
-    let (answers, mut stream) = subscribe(cp.channel(Some(cert)).await, sleep_node())
-        .await
-        .expect("subscribed");
+    let (answers, mut stream) = subscribed_as_sleep(&cp).await;
     // The first push is everything: what it makes is a snapshot with no Services yet.
     let mut held = Held::default();
     let first = next(&mut stream).await;
@@ -587,17 +594,7 @@ async fn the_webhook_injects_pods_with_the_values_in_force_and_refuses_what_is_n
 #[tokio::test]
 async fn a_big_push_comes_in_parts() {
     let cp = start().await;
-    let cert = cp
-        .certificate(
-            "client",
-            "sleep",
-            "spiffe://cluster.local/ns/client/sa/sleep",
-        )
-        .await
-        .expect("cert");
-    let (answers, mut stream) = subscribe(cp.channel(Some(cert)).await, sleep_node())
-        .await
-        .expect("subscribed");
+    let (answers, mut stream) = subscribed_as_sleep(&cp).await;
     let mut held = Held::default();
     let first = next(&mut stream).await;
     let staged = held.stage(first.clone()).expect("a whole state");
@@ -645,20 +642,12 @@ async fn a_big_push_comes_in_parts() {
 #[tokio::test]
 async fn sidecars_that_never_answer_do_not_hold_up_the_others() {
     let cp = start().await;
-    let id = "spiffe://cluster.local/ns/client/sa/sleep";
     // As many as there are turns to push: each is sent its first push and never answers.
     let mut silent = Vec::new();
     for _ in 0..server::CONCURRENT_PUSHES {
-        let cert = cp.certificate("client", "sleep", id).await.expect("cert");
-        let stream = subscribe(cp.channel(Some(cert)).await, sleep_node())
-            .await
-            .expect("subscribed");
-        silent.push(stream);
+        silent.push(subscribed_as_sleep(&cp).await);
     }
     // One more still gets its first push: the silent ones' turns run out.
-    let cert = cp.certificate("client", "sleep", id).await.expect("cert");
-    let (_answers, mut stream) = subscribe(cp.channel(Some(cert)).await, sleep_node())
-        .await
-        .expect("subscribed");
+    let (_answers, mut stream) = subscribed_as_sleep(&cp).await;
     assert!(next(&mut stream).await.full);
 }
