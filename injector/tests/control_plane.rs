@@ -308,17 +308,7 @@ async fn discovery_pushes_changes_only_and_counts_nacks() {
         .expect("ack");
 
     // A second subscriber that never reads what it is sent must not hold the first one up.
-    let idle_cert = cp
-        .certificate(
-            "client",
-            "sleep",
-            "spiffe://cluster.local/ns/client/sa/sleep",
-        )
-        .await
-        .expect("cert");
-    let _idle = subscribe(cp.channel(Some(idle_cert)).await, sleep_node())
-        .await
-        .expect("subscribed");
+    let _idle = subscribed_as_sleep(&cp).await;
 
     // A file that changes nothing the sidecar sees: no push.
     std::fs::write(cp.config.path().join("notes.yaml"), "# nothing\n").expect("write");
