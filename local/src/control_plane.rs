@@ -166,6 +166,8 @@ impl ControlPlane {
                 ("KUBECONFIG", kubeconfig.into()),
                 ("POD_NAMESPACE", NAMESPACE.into()),
                 ("POD_NAME", "istiod".into()),
+                // As the install runs it: Istio objects' statuses say whether they were taken.
+                ("PILOT_ENABLE_STATUS", "true".into()),
             ]);
         } else {
             for dir in &self.config.config_dirs {

@@ -3,7 +3,9 @@
 //!
 //! - list and watch any resource (resourceVersions, `fieldSelector` on `metadata.name` and
 //!   `metadata.namespace`, bookmarks, `410 Gone` for a watch from a compacted version);
-//! - create, get, replace (with resourceVersion conflicts), merge-patch and delete any object;
+//! - create, get, replace (with resourceVersion conflicts), merge-patch and delete any object,
+//!   replace its `status` subresource; `metadata.generation` counts changes to what is neither
+//!   metadata nor status;
 //! - TokenReview, answered with the local launcher's token key, as the API server answers for
 //!   its own service-account tokens;
 //! - the objects of directories of manifests, kept as `kubectl apply` would keep them (files
@@ -321,6 +323,23 @@ impl Server {
             .ok_or_else(|| refused(422, "Invalid", "metadata.name: Required value"))?;
         let place = (target.namespace.clone().unwrap_or_default(), name);
         let mut store = self.store.lock();
+        let object = match target.subresource.as_deref() {
+            None => object,
+            // The status subresource takes the status alone, the rest stays as stored.
+            Some("status") if verb == "update" => {
+                let mut stored = store
+                    .get(&target.resource, &place)
+                    .cloned()
+                    .ok_or_else(|| not_found(&target.resource, &place))?;
+                stored["metadata"]["resourceVersion"] =
+                    object["metadata"]["resourceVersion"].clone();
+                stored["status"] = object["status"].clone();
+                stored
+            }
+            Some(other) => {
+                return Err(refused(404, "NotFound", &format!("no subresource {other}")))
+            }
+        };
         let written = if verb == "create" {
             store
                 .create(&target.resource, place, object)

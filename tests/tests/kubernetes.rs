@@ -170,12 +170,9 @@ fn the_mesh_on_the_api() -> anyhow::Result<String> {
         Ok(api_get(&mesh, map)?["data"] == root["data"])
     })?;
 
-    // A broken policy is rejected, and the rejection is written on the object as an Event.
-    mesh.write(
-        "broken-policy.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-         metadata: {name: broken, namespace: team-b}\nspec: {action: MAYBE}\n",
-    )?;
+    // A broken policy is rejected, and the rejection is written on the object as an Event
+    // and in its status; the objects taken say so in theirs (one of each Istio kind).
+    mesh.write("istio-objects.yaml", ISTIO_OBJECTS)?;
     wait_for("the rejection's Event", CHANGE, || {
         let events = api_get(&mesh, "/apis/events.k8s.io/v1/namespaces/team-b/events")?;
         Ok(events["items"].as_array().into_iter().flatten().any(|e| {
@@ -186,8 +183,75 @@ fn the_mesh_on_the_api() -> anyhow::Result<String> {
                     .is_some_and(|n| n.contains("spec.action"))
         }))
     })?;
+    // The object's Accepted condition, when it is about the object's current generation.
+    let accepted = |path: &str| -> anyhow::Result<Option<Value>> {
+        let object = api_get(&mesh, path)?;
+        let conditions = object["status"]["conditions"].as_array().cloned();
+        Ok(conditions.into_iter().flatten().find(|c| {
+            c["type"] == "Accepted" && c["observedGeneration"] == object["metadata"]["generation"]
+        }))
+    };
+    let broken = "/apis/security.istio.io/v1/namespaces/team-b/authorizationpolicies/broken";
+    wait_for("the rejection in the object's status", CHANGE, || {
+        Ok(accepted(broken)?.is_some_and(|c| {
+            c["status"] == "False"
+                && c["reason"] == "Invalid"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spec.action"))
+        }))
+    })?;
+    let taken = [
+        "/apis/security.istio.io/v1/namespaces/team-a/authorizationpolicies/httpbin-allow-curl",
+        "/apis/security.istio.io/v1/namespaces/team-b/peerauthentications/default",
+        "/apis/security.istio.io/v1/namespaces/team-b/requestauthentications/jwt",
+        "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/reviews",
+        "/apis/networking.istio.io/v1/namespaces/shop/destinationrules/reviews",
+        "/apis/networking.istio.io/v1/namespaces/shop/sidecars/default",
+        "/apis/networking.istio.io/v1/namespaces/team-b/serviceentries/api",
+        "/apis/telemetry.istio.io/v1/namespaces/team-b/telemetries/logs",
+    ];
+    for path in taken {
+        wait_for(&format!("{path} accepted in its status"), CHANGE, || {
+            Ok(accepted(path)?.is_some_and(|c| c["status"] == "True"))
+        })?;
+    }
     Ok(mesh.cluster.api_audit())
 }
+
+/// A rejected AuthorizationPolicy, and the Istio kinds the examples run here lack.
+const ISTIO_OBJECTS: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: team-b}
+spec: {action: MAYBE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: team-b}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: team-b}
+spec:
+  selector: {matchLabels: {app: nobody}}
+  jwtRules: [{issuer: https://issuer.example, jwks: '{\"keys\": []}'}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: team-b}
+spec:
+  hosts: [api.example.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: logs, namespace: team-b}
+spec:
+  accessLogging: [{disabled: true}]
+";
 
 /// A control-plane replica on loopback, its ports: (gRPC, HTTP, webhook).
 fn replica(dir: &Path, name: &str, ports: (u16, u16, u16)) -> anyhow::Result<Process> {

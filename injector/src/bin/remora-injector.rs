@@ -41,6 +41,10 @@ enum Command {
         /// root.
         #[arg(long, default_value = "istio-sidecar-injector")]
         webhook_configuration: String,
+        /// In a cluster, keep a condition in every Istio object's `status` saying whether the
+        /// control plane took it and, if not, why (istiod's variable of the same name).
+        #[arg(long, env = "PILOT_ENABLE_STATUS", requires = "kubernetes")]
+        write_status: bool,
         /// A directory of manifests (multi-document YAML) and `mesh.yaml`; repeat for more.
         /// Files are re-read when they change.
         #[arg(long = "config-dir", required_unless_present = "kubernetes")]
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         kubernetes,
         namespace,
         webhook_configuration,
+        write_status,
         config_dirs,
         ca_dir,
         token_key,
@@ -104,11 +109,14 @@ fn main() -> anyhow::Result<()> {
                 let client = kube::Client::try_default().await.context(
                     "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
                 )?;
-                let source = KubernetesSource::new(
+                let mut source = KubernetesSource::new(
                     client.clone(),
                     &namespace,
                     std::env::var("POD_NAME").ok(),
                 );
+                if write_status {
+                    source = source.writing_status();
+                }
                 let ca = CaStore::Cluster {
                     client: client.clone(),
                     namespace,

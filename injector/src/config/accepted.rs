@@ -7,7 +7,7 @@
 //! records EndpointSlices for the accepted Services. Reading them here, from the very catalog the
 //! control plane serves, means the two can never disagree about what was admitted.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{borrow::Borrow, collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
@@ -46,7 +46,7 @@ impl Accepted {
         self.objects
             .namespaces
             .get(&(String::new(), name.to_owned()))
-            .map(|namespace| &namespace.object)
+            .map(|namespace| &*namespace.object)
     }
 
     /// The Deployments, by namespace and name.
@@ -90,6 +90,8 @@ impl Accepted {
     }
 }
 
-fn objects_of<T>(kept: &BTreeMap<Key, Labelled<T>>) -> impl Iterator<Item = &T> {
-    kept.values().map(|labelled| &labelled.object)
+fn objects_of<'a, T: 'a, O: Borrow<T>>(
+    kept: &'a BTreeMap<Key, Labelled<O>>,
+) -> impl Iterator<Item = &'a T> {
+    kept.values().map(|labelled| labelled.object.borrow())
 }

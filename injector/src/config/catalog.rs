@@ -23,7 +23,7 @@ use crate::inject::Injector;
 use super::{
     accepted::Accepted,
     mesh::ProxyConfig,
-    objects::{self, Document, Key, Objects, Rejection},
+    objects::{self, Document, Key, Objects, Read, Rejection},
     routing::Routing,
     security,
     service_entry::ServiceEntry,
@@ -71,7 +71,16 @@ impl Catalog {
     pub fn from_documents(
         documents: impl IntoIterator<Item = Result<Document, Rejection>>,
     ) -> Catalog {
-        let (mut objects, mut rejected) = Objects::from_documents(documents);
+        Self::from_objects(Objects::from_documents(documents))
+    }
+
+    /// Builds a catalog from objects already read (a source may read an unchanged object once
+    /// and hand it over on every rebuild), in order, as [`Catalog::from_documents`] does.
+    pub(crate) fn from_reads(reads: impl IntoIterator<Item = Read>) -> Catalog {
+        Self::from_objects(Objects::from_reads(reads))
+    }
+
+    fn from_objects((mut objects, mut rejected): (Objects, Vec<Rejection>)) -> Catalog {
         let mesh = objects.mesh.take().unwrap_or_default();
         let (values, policy) = objects.injection.take().unwrap_or_default();
         let injector = Injector::with_mesh(values, mesh.clone()).with_policy(policy);

@@ -15,13 +15,14 @@ use super::well_known::{namespace_of, SERVICE_NAME_LABEL};
 /// Whether `slice` is one of Service `namespace/name`'s (by its `kubernetes.io/service-name`
 /// label, in the Service's namespace).
 pub fn is_slice_of(slice: &EndpointSlice, namespace: &str, name: &str) -> bool {
-    namespace_of(&slice.metadata) == namespace
-        && slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-            .is_some_and(|service| service == name)
+    service_of(slice) == Some((namespace, name))
+}
+
+/// The Service `(namespace, name)` whose slice `slice` is, by its `kubernetes.io/service-name`
+/// label; `None` without one.
+pub fn service_of(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((namespace_of(&slice.metadata), service))
 }
 
 /// The ready `ip:port`s behind Service port `port` among `slices` (the Service's own): in each

@@ -7,15 +7,20 @@
 //! checks and rejections. Nothing is published until every kind has been listed once (or is
 //! known not to be installed), so sidecars never see a half-read cluster; a kind whose CRD is
 //! missing is logged once and looked for again, and its objects arrive when it is installed.
-//! New rejections are also written where users look, as an Event on the object.
+//! New rejections are also written where users look, as an Event on the object, and with
+//! `--write-status` in Istio objects' `status.conditions` ([`status`]).
+//!
+//! Each object is read (parsed and checked) once per resourceVersion and its reading kept: a
+//! rebuild after one endpoint changed reads that one object again, not the whole cluster.
 
 mod kinds;
+mod status;
 #[cfg(test)]
 mod tests;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     api::{Api, ApiResource, DynamicObject},
     runtime::{
@@ -30,7 +35,10 @@ use tokio_stream::StreamExt;
 
 use kinds::{Kind, Scope, KINDS};
 
+use status::{Judged, StatusWriter, Verdict};
+
 use super::{
+    objects::Read,
     source::{log_new_rejections, new_rejections, seen, settle, Seen, Watching},
     Body, Catalog, Document, Source, SourceError, Subject,
 };
@@ -49,6 +57,8 @@ pub struct KubernetesSource {
     root_namespace: String,
     /// Who writes the Events on rejected objects (the control plane's pod).
     reporter: Reporter,
+    /// Writes Istio objects' `status.conditions`, when asked to.
+    status: Option<StatusWriter>,
 }
 
 impl KubernetesSource {
@@ -60,7 +70,15 @@ impl KubernetesSource {
                 client: client.clone(),
                 instance: instance.unwrap_or_else(|| CONTROLLER.to_owned()),
             },
+            status: None,
         }
+    }
+
+    /// Also keeps a condition in every Istio object's `status` saying whether it was taken
+    /// (istiod's `PILOT_ENABLE_STATUS`).
+    pub fn writing_status(mut self) -> Self {
+        self.status = Some(StatusWriter::new(self.client.clone()));
+        self
     }
 }
 
@@ -79,9 +97,12 @@ impl Source for KubernetesSource {
                 tokio::spawn(reflect(index, api, writer, signals.clone()));
             }
             drop(signals);
-            let reporter = Arc::new(self.reporter);
+            let writers = Writers {
+                events: Arc::new(self.reporter),
+                status: self.status.map(Arc::new),
+            };
             let (first, published) = oneshot::channel();
-            tokio::spawn(rebuild(stores, signalled, reporter, first));
+            tokio::spawn(rebuild(stores, signalled, writers, first));
             published.await.map_err(|_| SourceError::Stopped)
         })
     }
@@ -114,8 +135,8 @@ fn prune(object: &mut DynamicObject) {
 /// What a kind's reflector says to the rebuild.
 #[derive(Debug)]
 enum Signal {
-    /// Listed (again): its store holds the whole kind.
-    Listed(usize),
+    /// Listed (again) in one of its versions: its store holds the whole kind.
+    Listed(usize, &'static str),
     /// An object was added, edited or deleted.
     Changed,
     /// Its CRD is not installed.
@@ -151,7 +172,7 @@ async fn reflect(
                                 } else if version != &kind.versions[0] {
                                     tracing::warn!(kind = %kind, version, "served only in this older version: reading it there");
                                 }
-                                Signal::Listed(index)
+                                Signal::Listed(index, version)
                             }
                             watcher::Event::Apply(_) | watcher::Event::Delete(_) => Signal::Changed,
                             watcher::Event::Init | watcher::Event::InitApply(_) => continue,
@@ -196,9 +217,18 @@ fn not_installed(error: &watcher::Error) -> bool {
 /// Whether each kind has been listed (or found missing), and what was last published.
 struct World {
     stores: Vec<Store<DynamicObject>>,
-    ready: Vec<bool>,
+    /// The version each kind is read in, once listed (or `None`: not served).
+    ready: Vec<Option<Option<&'static str>>>,
     /// The objects at the last build.
     last: Versions,
+    /// Each object's reading, by kind, namespace and name, with the resourceVersion read.
+    read: HashMap<(usize, String, String), (String, Vec<Read>)>,
+}
+
+/// Where rejections and conditions are written.
+struct Writers {
+    events: Arc<Reporter>,
+    status: Option<Arc<StatusWriter>>,
 }
 
 /// Rebuilds the catalog after each burst of signals once every kind is ready; the first catalog
@@ -206,14 +236,15 @@ struct World {
 async fn rebuild(
     stores: Vec<Store<DynamicObject>>,
     mut signals: mpsc::UnboundedReceiver<Signal>,
-    reporter: Arc<Reporter>,
+    writers: Writers,
     first: oneshot::Sender<watch::Receiver<Arc<Catalog>>>,
 ) {
-    let ready = vec![false; stores.len()];
+    let ready = vec![None; stores.len()];
     let mut world = World {
         stores,
         ready,
         last: Vec::new(),
+        read: HashMap::new(),
     };
     let mut first = Some(first);
     let mut publish: Option<watch::Sender<Arc<Catalog>>> = None;
@@ -222,31 +253,37 @@ async fn rebuild(
         if !settle(&mut signals, |signal| world.note(signal)).await {
             return;
         }
-        if world.ready.contains(&false) {
-            continue;
-        }
-        let objects = world.objects();
-        let versions = versions(&objects);
-        if publish.is_some() && versions == world.last {
+        if world.ready.contains(&None) {
             continue;
         }
         let started = std::time::Instant::now();
-        let documents = documents(&objects);
-        let Ok(catalog) = tokio::task::spawn_blocking(move || {
-            Catalog::from_documents(documents.into_iter().map(Ok))
+        let unchanged = publish.is_some();
+        // Reading objects and building the catalog take long enough at scale to keep them off
+        // the runtime's threads.
+        let Ok((returned, catalog)) = tokio::task::spawn_blocking(move || {
+            let objects = world.objects();
+            let versions = versions(&objects);
+            if unchanged && versions == world.last {
+                return (world, None);
+            }
+            let reads = world.reads(&objects);
+            world.last = versions;
+            (world, Some(Catalog::from_reads(reads)))
         })
         .await
         else {
-            tracing::warn!("building the config catalog failed; keeping the last config");
-            continue;
+            tracing::error!("building the config catalog failed; no more config is read");
+            return;
         };
-        world.last = versions;
+        world = returned;
+        let Some(catalog) = catalog else { continue };
         let before = publish
             .as_ref()
             .map(|p| seen(&p.borrow()))
             .unwrap_or_default();
         log_new_rejections(&catalog, &before);
         let events = world.events(&catalog, &before);
+        let judged = writers.status.as_ref().map(|_| world.judged(&catalog));
         tracing::info!(
             objects = world.last.len(),
             rejected = catalog.rejected.len(),
@@ -256,9 +293,12 @@ async fn rebuild(
         let catalog = Arc::new(catalog);
         match &publish {
             Some(sender) => {
-                if sender.send(catalog).is_err() {
+                if sender.receiver_count() == 0 {
                     return;
                 }
+                let old = sender.send_replace(catalog);
+                // The last holder of a whole-cluster catalog pays for freeing it.
+                tokio::task::spawn_blocking(move || drop(old));
             }
             None => {
                 let (sender, receiver) = watch::channel(catalog);
@@ -271,7 +311,12 @@ async fn rebuild(
         }
         // After publishing: an API server slow to take Events must not hold config back.
         if !events.is_empty() {
-            tokio::spawn(report(reporter.clone(), events));
+            tokio::spawn(report(writers.events.clone(), events));
+        }
+        if let (Some(writer), Some(judged)) = (&writers.status, judged) {
+            if !judged.is_empty() {
+                tokio::spawn(writer.clone().write(world.stores.clone(), judged));
+            }
         }
     }
 }
@@ -279,7 +324,8 @@ async fn rebuild(
 impl World {
     fn note(&mut self, signal: Signal) {
         match signal {
-            Signal::Listed(index) | Signal::Absent(index) => self.ready[index] = true,
+            Signal::Listed(index, version) => self.ready[index] = Some(Some(version)),
+            Signal::Absent(index) => self.ready[index] = Some(None),
             Signal::Changed => {}
         }
     }
@@ -290,13 +336,39 @@ impl World {
         let mut objects = Vec::new();
         for (index, store) in self.stores.iter().enumerate() {
             let mut state = store.state();
-            state.sort_by(|a, b| {
-                let age = |o: &DynamicObject| o.metadata.creation_timestamp.clone();
-                (age(a), a.namespace(), a.name_any()).cmp(&(age(b), b.namespace(), b.name_any()))
-            });
+            state.sort_by(|a, b| order(a).cmp(&order(b)));
             objects.extend(state.into_iter().map(|object| (index, object)));
         }
         objects
+    }
+
+    /// The readings of `objects`, in order: kept from the last build for an object whose
+    /// resourceVersion is unchanged, read now for the others. Readings of objects gone are
+    /// dropped.
+    fn reads(&mut self, objects: &[(usize, Arc<DynamicObject>)]) -> Vec<Read> {
+        let mut kept = HashMap::with_capacity(objects.len());
+        let mut reads = Vec::with_capacity(objects.len());
+        for (index, object) in objects {
+            let key = (
+                *index,
+                object.namespace().unwrap_or_default(),
+                object.name_any(),
+            );
+            let version = object.resource_version().unwrap_or_default();
+            let (version, read) = match self.read.remove(&key) {
+                Some((last, read)) if last == version => (last, read),
+                _ => (
+                    version,
+                    document(*index, object)
+                        .map(Document::read)
+                        .unwrap_or_default(),
+                ),
+            };
+            reads.extend(read.iter().cloned());
+            kept.insert(key, (version, read));
+        }
+        self.read = kept;
+        reads
     }
 
     /// The objects newly rejected in `catalog`, as Events refer to them, and why.
@@ -304,6 +376,48 @@ impl World {
         new_rejections(catalog, before)
             .filter_map(|r| Some((self.reference(&r.subject)?, r.reason.clone())))
             .collect()
+    }
+
+    /// What `catalog` made of each Istio object: its rejections' reasons, or none.
+    fn judged(&self, catalog: &Catalog) -> Vec<Judged> {
+        let mut reasons: HashMap<(&str, &str, &str), Vec<&str>> = HashMap::new();
+        for rejection in &catalog.rejected {
+            if let Subject::Object {
+                kind,
+                namespace,
+                name,
+            } = &rejection.subject
+            {
+                reasons
+                    .entry((kind, namespace, name))
+                    .or_default()
+                    .push(&rejection.reason);
+            }
+        }
+        let mut judged = Vec::new();
+        for (index, kind) in KINDS.iter().enumerate() {
+            let Some(Some(version)) = self.ready[index].filter(|_| kind.is_istio()) else {
+                continue;
+            };
+            for object in self.stores[index].state() {
+                let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+                let verdict: Verdict = match reasons.get(&(kind.kind, &namespace, &name)) {
+                    Some(reasons) => Err(reasons.join("; ")),
+                    None => Ok(()),
+                };
+                let generation = object.metadata.generation;
+                if status::differs(object.data.get("status"), generation, &verdict) {
+                    judged.push(Judged {
+                        kind: index,
+                        version,
+                        namespace,
+                        name,
+                        verdict,
+                    });
+                }
+            }
+        }
+        judged
     }
 
     /// The stored object a rejection is about, as an Event refers to it.
@@ -335,6 +449,13 @@ impl World {
     }
 }
 
+/// Where an object comes in [`World::objects`]: by age, namespace and name.
+fn order(object: &DynamicObject) -> (Option<&Time>, Option<&str>, Option<&str>) {
+    let meta = &object.metadata;
+    let age = meta.creation_timestamp.as_ref();
+    (age, meta.namespace.as_deref(), meta.name.as_deref())
+}
+
 /// What identifies the world's state: every object's kind, namespace, name and resourceVersion.
 type Versions = Vec<(usize, String, String, String)>;
 
@@ -353,27 +474,22 @@ fn versions(objects: &[(usize, Arc<DynamicObject>)]) -> Versions {
         .collect()
 }
 
-/// The objects as the documents a catalog is built from. List items carry no `apiVersion` and
-/// `kind`; the kind watched says what they are.
-fn documents(objects: &[(usize, Arc<DynamicObject>)]) -> Vec<Document> {
-    objects
-        .iter()
-        .filter_map(|(index, object)| {
-            let mut value = serde_json::to_value(&**object).ok()?;
-            let resource = KINDS[*index].resource();
-            let fields = value.as_object_mut()?;
-            fields.insert("apiVersion".into(), Value::String(resource.api_version));
-            fields.insert("kind".into(), Value::String(resource.kind));
-            Some(Document {
-                origin: ORIGIN.to_owned(),
-                position: format!(
-                    "resourceVersion {}",
-                    object.resource_version().unwrap_or_default()
-                ),
-                body: Body::Object(value),
-            })
-        })
-        .collect()
+/// An object of kind `index` as the document a catalog is built from. List items carry no
+/// `apiVersion` and `kind`; the kind watched says what they are.
+fn document(index: usize, object: &DynamicObject) -> Option<Document> {
+    let mut value = serde_json::to_value(object).ok()?;
+    let resource = KINDS[index].resource();
+    let fields = value.as_object_mut()?;
+    fields.insert("apiVersion".into(), Value::String(resource.api_version));
+    fields.insert("kind".into(), Value::String(resource.kind));
+    Some(Document {
+        origin: ORIGIN.to_owned(),
+        position: format!(
+            "resourceVersion {}",
+            object.resource_version().unwrap_or_default()
+        ),
+        body: Body::Object(value),
+    })
 }
 
 /// Writes the rejections' Events.

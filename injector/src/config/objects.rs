@@ -12,7 +12,7 @@
 //! splits its files with [`Document::split`], a source watching the API server hands over the
 //! objects it holds, and both feed the same per-kind checks ([`Objects::from_documents`]).
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc};
 
 use k8s_openapi::{
     api::{
@@ -187,6 +187,150 @@ impl Document {
     }
 }
 
+impl Document {
+    /// Its objects, each read and checked on its own: one, or a List's items (`kind: List` as
+    /// `kubectl get -o yaml` writes it, or a typed one such as `ServiceList`), which `kubectl
+    /// apply` reads one by one, each named by its position (`document 1, items[2]`). Lists in
+    /// lists are flattened, and a List without items is empty, as kubectl reads them.
+    pub(crate) fn read(self) -> Vec<Read> {
+        let Document {
+            origin,
+            position,
+            body,
+        } = self;
+        let parsed = |kind: &str, label: String, parsed: Result<Kept, String>| {
+            let id = Identity {
+                api_version: String::new(),
+                kind: kind.to_owned(),
+                key: Key::default(),
+                label,
+            };
+            vec![Read::object(id, &origin, Parsed::Builtin(parsed))]
+        };
+        match body {
+            Body::Object(value) => {
+                let mut reads = Vec::new();
+                read_value(value, &origin, &position, &mut reads);
+                reads
+            }
+            Body::MeshConfig(text) => parsed(
+                "MeshConfig",
+                format!("MeshConfig in {origin}"),
+                MeshConfig::parse(&text)
+                    .map(|mesh| Kept::Mesh(Box::new(mesh)))
+                    .map_err(|e| e.to_string()),
+            ),
+            Body::InjectionValues(text) => parsed(
+                "InjectionValues",
+                format!("injection values in {origin}"),
+                Values::parse(&text)
+                    .map(|values| Kept::Injection(Box::new((values, InjectionPolicy::default())))),
+            ),
+        }
+    }
+}
+
+/// One object of a document, read and checked on its own but not yet kept (whether it is
+/// depends on the objects before it: a later duplicate is rejected). A source may keep it and
+/// hand it over again while the object is unchanged: a cluster's objects are read once per
+/// resourceVersion, not on every rebuild.
+#[derive(Clone)]
+pub(crate) struct Read(Reading);
+
+#[derive(Clone)]
+enum Reading {
+    /// A file, document or object that cannot be told apart from others: its rejection.
+    Unidentified(Rejection),
+    /// A kind the control plane does not read.
+    Ignored,
+    Object(Box<ReadObject>),
+}
+
+#[derive(Clone)]
+struct ReadObject {
+    id: Identity,
+    origin: String,
+    parsed: Parsed,
+}
+
+/// What reading an identified object gave, by kind.
+#[derive(Clone)]
+enum Parsed {
+    /// A security policy, in its most restrictive form when rejected.
+    Security(&'static str, security::Read),
+    Routing(&'static str, Result<RoutingObject, String>),
+    ServiceEntry(Result<ServiceEntry, String>),
+    Sidecar(Result<Scope, String>),
+    Telemetry(Result<Telemetry, String>),
+    /// Kubernetes' own kinds, the mesh config and the injection values.
+    Builtin(Result<Kept, String>),
+}
+
+impl Read {
+    fn object(id: Identity, origin: &str, parsed: Parsed) -> Self {
+        Self(Reading::Object(Box::new(ReadObject {
+            id,
+            origin: origin.to_owned(),
+            parsed,
+        })))
+    }
+}
+
+/// The objects of `value`, found at `position` of `origin`: one, or a List's items.
+fn read_value(value: Value, origin: &str, position: &str, reads: &mut Vec<Read>) {
+    let place = format!("{origin} ({position})");
+    if !is_list(&value) {
+        reads.push(read_object(value, origin, &place));
+        return;
+    }
+    match yaml::from_value::<List>(value) {
+        Ok(list) => {
+            for (index, item) in list.items.into_iter().flatten().enumerate() {
+                read_value(item, origin, &format!("{position}, items[{index}]"), reads);
+            }
+        }
+        Err(e) => reads.push(Read(Reading::Unidentified(Rejection::unidentified(
+            origin,
+            format!("List in {place}"),
+            e.to_string(),
+        )))),
+    }
+}
+
+/// One object of file `origin`, found at `place`, read by its kind's checks.
+fn read_object(value: Value, origin: &str, place: &str) -> Read {
+    let Some(id) = Identity::of(&value, place) else {
+        return Read(Reading::Unidentified(Rejection::unidentified(
+            origin,
+            place.to_owned(),
+            "apiVersion and kind are required".to_owned(),
+        )));
+    };
+    let (namespace, name) = (id.key.0.as_str(), id.key.1.as_str());
+    let parsed = if let Some(kind) = security_kind(&id) {
+        Parsed::Security(kind, security::read(kind, value, namespace, name))
+    } else if let Some(kind) = routing::routing_kind(&id.api_version, &id.kind) {
+        Parsed::Routing(kind, routing::read(kind, value, namespace, name))
+    } else if service_entry::is_service_entry(&id.api_version, &id.kind) {
+        Parsed::ServiceEntry(service_entry::read(value, namespace))
+    } else if scope::is_sidecar(&id.api_version, &id.kind) {
+        Parsed::Sidecar(scope::read(value, namespace, name))
+    } else if telemetry::is_telemetry(&id.api_version, &id.kind) {
+        Parsed::Telemetry(telemetry::read(value, namespace, name))
+    } else if let Some(reason) = unknown_builtin_kind(&id) {
+        // Whatever it was meant to be (a Deployment with a typo?), it may be any object.
+        return Read(Reading::Unidentified(Rejection::unidentified(
+            origin, id.label, reason,
+        )));
+    } else if let Some(checked) = checked(value, &id) {
+        Parsed::Builtin(checked)
+    } else {
+        tracing::debug!(object = %id.label, "ignoring a kind the control plane does not read");
+        return Read(Reading::Ignored);
+    };
+    Read::object(id, origin, parsed)
+}
+
 /// A kept object and the description of where it came from, for rejections found later.
 #[derive(Debug)]
 pub(crate) struct Labelled<T> {
@@ -216,11 +360,11 @@ impl<T> Labelled<T> {
 /// ServiceAccounts are checked (so mistakes surface) but not kept: nothing reads them yet.
 #[derive(Debug, Default)]
 pub(crate) struct Objects {
-    pub(crate) namespaces: BTreeMap<Key, Labelled<Namespace>>,
+    pub(crate) namespaces: BTreeMap<Key, Labelled<Arc<Namespace>>>,
     pub(crate) deployments: BTreeMap<Key, Labelled<Deployment>>,
-    pub(crate) pods: BTreeMap<Key, Labelled<Pod>>,
-    pub(crate) services: BTreeMap<Key, Labelled<Service>>,
-    pub(crate) endpoint_slices: BTreeMap<Key, Labelled<EndpointSlice>>,
+    pub(crate) pods: BTreeMap<Key, Labelled<Arc<Pod>>>,
+    pub(crate) services: BTreeMap<Key, Labelled<Arc<Service>>>,
+    pub(crate) endpoint_slices: BTreeMap<Key, Labelled<Arc<EndpointSlice>>>,
     /// PeerAuthentications, AuthorizationPolicies and RequestAuthentications, by kind and key;
     /// a rejected one in its most restrictive form.
     pub(crate) security: BTreeMap<(&'static str, Key), Labelled<SecurityPolicy>>,
@@ -256,145 +400,65 @@ impl Objects {
     pub(crate) fn from_documents(
         documents: impl IntoIterator<Item = Result<Document, Rejection>>,
     ) -> (Self, Vec<Rejection>) {
+        Self::from_reads(documents.into_iter().flat_map(|document| match document {
+            Ok(document) => document.read(),
+            Err(rejection) => vec![Read(Reading::Unidentified(rejection))],
+        }))
+    }
+
+    /// Keeps the objects `reads` hold, in order: each valid one unless an earlier one has its
+    /// kind, namespace and name; the rest are rejected.
+    pub(crate) fn from_reads(reads: impl IntoIterator<Item = Read>) -> (Self, Vec<Rejection>) {
         let mut objects = Self::default();
         let mut rejected = Vec::new();
-        for document in documents {
-            let Document {
-                origin,
-                position,
-                body,
-            } = match document {
-                Ok(document) => document,
-                Err(rejection) => {
-                    rejected.push(rejection);
-                    continue;
-                }
-            };
-            match body {
-                Body::Object(value) => {
-                    objects.add_document(value, &origin, &position, &mut rejected);
-                }
-                Body::MeshConfig(text) => {
-                    let label = format!("MeshConfig in {origin}");
-                    match MeshConfig::parse(&text) {
-                        Ok(mesh) => objects.keep_mesh(mesh, label, &origin, &mut rejected),
-                        Err(e) => rejected.push(Rejection::of(
-                            "MeshConfig",
-                            &Key::default(),
-                            &origin,
-                            label,
-                            e.to_string(),
-                        )),
-                    }
-                }
-                Body::InjectionValues(text) => {
-                    let label = format!("injection values in {origin}");
-                    match Values::parse(&text) {
-                        Ok(values) => objects.keep_injection(
-                            (values, InjectionPolicy::default()),
-                            label,
-                            &origin,
-                            &mut rejected,
-                        ),
-                        Err(e) => rejected.push(Rejection::of(
-                            "InjectionValues",
-                            &Key::default(),
-                            &origin,
-                            label,
-                            e,
-                        )),
-                    }
+        for Read(reading) in reads {
+            match reading {
+                Reading::Unidentified(rejection) => rejected.push(rejection),
+                Reading::Ignored => {}
+                Reading::Object(object) => {
+                    let ReadObject { id, origin, parsed } = *object;
+                    objects.keep_parsed(id, &origin, parsed, &mut rejected);
                 }
             }
         }
         (objects, rejected)
     }
 
-    /// The document at `position` of file `origin` (`document 2`): one object, or a List of
-    /// them (`kind: List` as `kubectl get -o yaml` writes it, or a typed one such as
-    /// `ServiceList`), whose items `kubectl apply` reads one by one, so each is checked and kept
-    /// or rejected on its own, named by its position (`document 1, items[2]`). Lists in lists
-    /// are flattened, and a List without items is empty, as kubectl reads them.
-    fn add_document(
+    /// One object, read as `parsed`, kept or rejected.
+    fn keep_parsed(
         &mut self,
-        value: Value,
+        id: Identity,
         origin: &str,
-        position: &str,
+        parsed: Parsed,
         rejected: &mut Vec<Rejection>,
     ) {
-        let place = format!("{origin} ({position})");
-        if !is_list(&value) {
-            self.add(value, origin, &place, rejected);
-            return;
-        }
-        match yaml::from_value::<List>(value) {
-            Ok(list) => {
-                for (index, item) in list.items.into_iter().flatten().enumerate() {
-                    self.add_document(
-                        item,
-                        origin,
-                        &format!("{position}, items[{index}]"),
-                        rejected,
-                    );
-                }
+        let kept = match parsed {
+            Parsed::Security(kind, read) => {
+                self.add_security(kind, read, id, origin, rejected);
+                return;
             }
-            Err(e) => rejected.push(Rejection::unidentified(
-                origin,
-                format!("List in {place}"),
-                e.to_string(),
-            )),
-        }
-    }
-
-    /// One object of file `origin`, found at `place`.
-    fn add(&mut self, value: Value, origin: &str, place: &str, rejected: &mut Vec<Rejection>) {
-        let Some(id) = Identity::of(&value, place) else {
-            rejected.push(Rejection::unidentified(
-                origin,
-                place.to_owned(),
-                "apiVersion and kind are required".to_owned(),
-            ));
-            return;
-        };
-        if let Some(kind) = security_kind(&id) {
-            self.add_security(kind, value, id, origin, rejected);
-            return;
-        }
-        if let Some(kind) = routing::routing_kind(&id.api_version, &id.kind) {
-            self.add_routing(kind, value, id, origin, rejected);
-            return;
-        }
-        if service_entry::is_service_entry(&id.api_version, &id.kind) {
-            let read = |key: &Key| service_entry::read(value, &key.0);
-            self.add_read("ServiceEntry", id, origin, rejected, read, |o| {
-                &mut o.service_entries
-            });
-            return;
-        }
-        if scope::is_sidecar(&id.api_version, &id.kind) {
-            let read = |key: &Key| scope::read(value, &key.0, &key.1);
-            self.add_read("Sidecar", id, origin, rejected, read, |o| &mut o.scopes);
-            return;
-        }
-        if telemetry::is_telemetry(&id.api_version, &id.kind) {
-            let read = |key: &Key| telemetry::read(value, &key.0, &key.1);
-            self.add_read("Telemetry", id, origin, rejected, read, |o| {
-                &mut o.telemetry
-            });
-            return;
-        }
-        if let Some(reason) = unknown_builtin_kind(&id) {
-            // Whatever it was meant to be (a Deployment with a typo?), it may be any object.
-            rejected.push(Rejection::unidentified(origin, id.label, reason));
-            return;
-        }
-        let Some(result) = checked(value, &id) else {
-            tracing::debug!(object = %id.label, "ignoring a kind the control plane does not read");
-            return;
-        };
-        let kept = match result {
-            Ok(kept) => kept,
-            Err(reason) => {
+            Parsed::Routing(kind, read) => {
+                self.add_routing(kind, read, id, origin, rejected);
+                return;
+            }
+            Parsed::ServiceEntry(read) => {
+                self.add_read("ServiceEntry", id, origin, rejected, read, |o| {
+                    &mut o.service_entries
+                });
+                return;
+            }
+            Parsed::Sidecar(read) => {
+                self.add_read("Sidecar", id, origin, rejected, read, |o| &mut o.scopes);
+                return;
+            }
+            Parsed::Telemetry(read) => {
+                self.add_read("Telemetry", id, origin, rejected, read, |o| {
+                    &mut o.telemetry
+                });
+                return;
+            }
+            Parsed::Builtin(Ok(kept)) => kept,
+            Parsed::Builtin(Err(reason)) => {
                 rejected.push(Rejection::of(&id.kind, &id.key, origin, id.label, reason));
                 return;
             }
@@ -407,7 +471,7 @@ impl Objects {
                 self.first_of(kind, &key, &label, origin, rejected);
             }
             Kept::Namespace(namespace) => {
-                let object = Labelled::new(&label, origin, *namespace);
+                let object = Labelled::new(&label, origin, namespace);
                 self.keep("Namespace", key, object, |o| &mut o.namespaces, rejected);
             }
             Kept::Deployment(deployment) => {
@@ -415,11 +479,11 @@ impl Objects {
                 self.keep("Deployment", key, object, |o| &mut o.deployments, rejected);
             }
             Kept::Pod(pod) => {
-                let object = Labelled::new(&label, origin, *pod);
+                let object = Labelled::new(&label, origin, pod);
                 self.keep("Pod", key, object, |o| &mut o.pods, rejected);
             }
             Kept::Service(service) => {
-                let object = Labelled::new(&label, origin, *service);
+                let object = Labelled::new(&label, origin, service);
                 self.keep("Service", key, object, |o| &mut o.services, rejected);
             }
             Kept::WebhookConfiguration(configuration) => {
@@ -433,7 +497,7 @@ impl Objects {
                 );
             }
             Kept::EndpointSlice(slice) => {
-                let object = Labelled::new(&label, origin, *slice);
+                let object = Labelled::new(&label, origin, slice);
                 self.keep(
                     "EndpointSlice",
                     key,
@@ -450,7 +514,7 @@ impl Objects {
     fn add_security(
         &mut self,
         kind: &'static str,
-        value: Value,
+        read: security::Read,
         id: Identity,
         origin: &str,
         rejected: &mut Vec<Rejection>,
@@ -458,7 +522,6 @@ impl Objects {
         if !self.named_first(kind, &id, origin, rejected) {
             return;
         }
-        let read = security::read(kind, value, &id.key.0, &id.key.1);
         if let Some(problem) = read.problem {
             rejected.push(Rejection::of(
                 kind,
@@ -477,7 +540,7 @@ impl Objects {
     fn add_routing(
         &mut self,
         kind: &'static str,
-        value: Value,
+        read: Result<RoutingObject, String>,
         id: Identity,
         origin: &str,
         rejected: &mut Vec<Rejection>,
@@ -485,7 +548,7 @@ impl Objects {
         if !self.named_first(kind, &id, origin, rejected) {
             return;
         }
-        match routing::read(kind, value, &id.key.0, &id.key.1) {
+        match read {
             Ok(object) => {
                 self.routing
                     .insert((kind, id.key), Labelled::new(&id.label, origin, object));
@@ -494,7 +557,7 @@ impl Objects {
         }
     }
 
-    /// A namespaced object of `kind` that `read` checks alone: kept in the map `into` gives
+    /// A namespaced object of `kind` checked alone as `read`: kept in the map `into` gives
     /// when valid (and the first of its name), rejected alone otherwise.
     fn add_read<T>(
         &mut self,
@@ -502,13 +565,13 @@ impl Objects {
         id: Identity,
         origin: &str,
         rejected: &mut Vec<Rejection>,
-        read: impl FnOnce(&Key) -> Result<T, String>,
+        read: Result<T, String>,
         into: fn(&mut Self) -> &mut BTreeMap<Key, Labelled<T>>,
     ) {
         if !self.named_first(kind, &id, origin, rejected) {
             return;
         }
-        match read(&id.key) {
+        match read {
             Ok(object) => {
                 into(self).insert(id.key, Labelled::new(&id.label, origin, object));
             }
@@ -613,6 +676,7 @@ fn is_list(value: &Value) -> bool {
 }
 
 /// What a document claims to be, read before it is checked so even a rejection can name it.
+#[derive(Clone)]
 struct Identity {
     api_version: String,
     kind: String,
@@ -664,19 +728,19 @@ fn checked(value: Value, id: &Identity) -> Option<Result<Kept, String>> {
     let (namespace, name) = (id.key.0.as_str(), id.key.1.as_str());
     Some(match (id.api_version.as_str(), id.kind.as_str()) {
         ("v1", "Namespace") => check(value, |_: &Namespace, _| {})
-            .map(|namespace| Kept::Namespace(Box::new(namespace))),
+            .map(|namespace| Kept::Namespace(Arc::new(namespace))),
         ("v1", "ServiceAccount") => {
             check(value, |_: &ServiceAccount, _| {}).map(|_| Kept::Other("ServiceAccount"))
         }
         ("apps/v1", "Deployment") => {
             check(value, check_deployment).map(|deployment| Kept::Deployment(Box::new(deployment)))
         }
-        ("v1", "Pod") => check(value, check_pod).map(|pod| Kept::Pod(Box::new(pod))),
+        ("v1", "Pod") => check(value, check_pod).map(|pod| Kept::Pod(Arc::new(pod))),
         ("v1", "Service") => {
-            check(value, check_service).map(|service| Kept::Service(Box::new(service)))
+            check(value, check_service).map(|service| Kept::Service(Arc::new(service)))
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            check(value, check_endpoint_slice).map(|slice| Kept::EndpointSlice(Box::new(slice)))
+            check(value, check_endpoint_slice).map(|slice| Kept::EndpointSlice(Arc::new(slice)))
         }
         ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
             check(value, check_webhook_configuration)
@@ -756,13 +820,15 @@ fn unknown_builtin_kind(id: &Identity) -> Option<String> {
     })
 }
 
-/// A document that passed its checks.
+/// A document that passed its checks. What a cluster has many of is shared, so a kept read
+/// is cheap to hand over again.
+#[derive(Clone)]
 enum Kept {
-    Namespace(Box<Namespace>),
+    Namespace(Arc<Namespace>),
     Deployment(Box<Deployment>),
-    Pod(Box<Pod>),
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
+    Pod(Arc<Pod>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
     WebhookConfiguration(Box<MutatingWebhookConfiguration>),
     Mesh(Box<MeshConfig>),
     Injection(Box<(Values, InjectionPolicy)>),

@@ -92,6 +92,7 @@ pub(crate) struct PeerMtls {
 }
 
 /// The outcome of reading one security object.
+#[derive(Clone)]
 pub(crate) struct Read {
     pub(crate) kept: SecurityPolicy,
     /// Why it is not used as written (a rejection), or a warning about how it is enforced.

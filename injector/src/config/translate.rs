@@ -8,8 +8,9 @@
 //! so the same objects always give byte-identical snapshots (and the same version hash).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -24,7 +25,7 @@ use super::{
     cluster_ip, endpoints,
     mesh::{MeshConfig, ProxyConfig},
     objects::{Key, Labelled, Objects, Rejection},
-    security,
+    security::{self, SecurityPolicy},
     well_known::{
         service_account_of, service_hostname, DEFAULT_SERVICE_ACCOUNT, SIDECAR_STATUS_ANNOTATION,
     },
@@ -126,8 +127,10 @@ pub(crate) fn translate(
 ) -> Translation {
     let mut translation = Translation::default();
     let mut workloads = BTreeMap::new();
+    let policies = PoliciesByNamespace::new(objects);
     for (key, pod) in &objects.pods {
-        if let Some((facts, workload)) = pod_facts(key, pod, mesh, objects, &workloads, rejected) {
+        let facts = pod_facts(key, pod, mesh, &policies, &workloads, rejected);
+        if let Some((facts, workload)) = facts {
             translation.pods.insert(key.clone(), facts);
             if let Some(workload) = workload {
                 workloads.insert(workload.ip, workload);
@@ -145,13 +148,52 @@ pub(crate) fn translate(
     translation
 }
 
+/// The security policies in the catalog's order, by the namespace they are in: those that may
+/// apply to a pod are its own namespace's and the root namespace's, so each pod looks at only
+/// these rather than at every policy in the mesh.
+struct PoliciesByNamespace<'a> {
+    all: Vec<&'a SecurityPolicy>,
+    /// Positions in `all`, ascending.
+    by_namespace: HashMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> PoliciesByNamespace<'a> {
+    fn new(objects: &'a Objects) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        let all = objects
+            .security
+            .iter()
+            .enumerate()
+            .map(|(position, ((_, (namespace, _)), policy))| {
+                by_namespace.entry(namespace).or_default().push(position);
+                &policy.object
+            })
+            .collect();
+        Self { all, by_namespace }
+    }
+
+    /// The policies of `namespace` and `root`, in the catalog's order.
+    fn of(&self, namespace: &str, root: &str) -> Vec<&'a SecurityPolicy> {
+        let positions = |ns: &str| self.by_namespace.get(ns).map_or(&[][..], Vec::as_slice);
+        let mut merged: Vec<usize> = positions(namespace).to_vec();
+        if namespace != root {
+            merged.extend_from_slice(positions(root));
+            merged.sort_unstable();
+        }
+        merged
+            .into_iter()
+            .map(|position| self.all[position])
+            .collect()
+    }
+}
+
 /// Checks one pod against the mesh: its overrides, its identity, and that its IP is its own.
 /// `None` rejects the pod; the inner `None` means it has no (live) IP.
 fn pod_facts(
     key: &Key,
-    pod: &Labelled<Pod>,
+    pod: &Labelled<Arc<Pod>>,
     mesh: &MeshConfig,
-    objects: &Objects,
+    policies: &PoliciesByNamespace,
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
 ) -> Option<(PodFacts, Option<Workload>)> {
@@ -181,7 +223,7 @@ fn pod_facts(
     let no_labels = BTreeMap::new();
     let labels = pod.object.metadata.labels.as_ref().unwrap_or(&no_labels);
     let security = security::select(
-        objects.security.values().map(|policy| &policy.object),
+        policies.of(&key.0, mesh.root_namespace()).into_iter(),
         &key.0,
         labels,
         mesh.root_namespace(),
@@ -271,7 +313,7 @@ fn services(
     rejected: &mut Vec<Rejection>,
 ) -> (Vec<proto::Service>, BTreeMap<Key, IpAddr>) {
     // Headless and ExternalName Services have no cluster IP to capture.
-    let mut with_ip: Vec<(&Key, &Labelled<Service>, Option<IpAddr>)> = Vec::new();
+    let mut with_ip: Vec<(&Key, &Labelled<Arc<Service>>, Option<IpAddr>)> = Vec::new();
     let mut explicit: BTreeMap<IpAddr, &Key> = BTreeMap::new();
     let mut conflicting = Vec::new();
     for (key, service) in &objects.services {
@@ -302,11 +344,20 @@ fn services(
         .map(|((namespace, name), _, ip)| (namespace.as_str(), name.as_str(), *ip))
         .collect();
     let addresses = cluster_ip::allocate(&requests);
+    // Each Service's slices, found once rather than by looking at every slice per Service.
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in objects.endpoint_slices.values() {
+        if let Some(service) = endpoints::service_of(&slice.object) {
+            slices.entry(service).or_default().push(&slice.object);
+        }
+    }
     let mut services: Vec<proto::Service> = with_ip
         .into_iter()
         .filter_map(|(key, service, _)| {
             let ip = addresses.get(key)?;
-            Some(service_entry(key, &service.object, *ip, objects, workloads))
+            let slices = slices.get(&(key.0.as_str(), key.1.as_str()));
+            let slices = slices.map_or(&[][..], Vec::as_slice);
+            Some(service_entry(key, &service.object, *ip, slices, workloads))
         })
         .collect();
     services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
@@ -320,15 +371,9 @@ fn service_entry(
     (namespace, name): &Key,
     service: &Service,
     ip: IpAddr,
-    objects: &Objects,
+    slices: &[&EndpointSlice],
     workloads: &BTreeMap<IpAddr, Workload>,
 ) -> proto::Service {
-    let slices: Vec<&EndpointSlice> = objects
-        .endpoint_slices
-        .values()
-        .map(|slice| &slice.object)
-        .filter(|slice| endpoints::is_slice_of(slice, namespace, name))
-        .collect();
     let mut ports: Vec<proto::ServicePort> = service
         .spec
         .iter()
@@ -339,7 +384,7 @@ fn service_entry(
                 port: u32::try_from(port.port).ok()?,
                 name: port.name.clone().unwrap_or_default(),
                 app_protocol: app_protocol(port),
-                endpoints: ready_endpoints(port, &slices, workloads),
+                endpoints: ready_endpoints(port, slices, workloads),
                 ..Default::default()
             })
         })

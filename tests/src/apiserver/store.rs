@@ -98,6 +98,7 @@ impl Store {
         let meta = &mut object["metadata"];
         meta["uid"] = json!(uid);
         meta["creationTimestamp"] = json!(now());
+        meta["generation"] = json!(1);
         if !place.0.is_empty() {
             meta["namespace"] = json!(place.0);
         }
@@ -129,9 +130,19 @@ impl Store {
                 ),
             ));
         }
+        // As for a kind with a status subresource: what is neither metadata nor status is the
+        // spec, whose every change is a new generation.
+        let generation = stored["metadata"]["generation"].as_i64().unwrap_or(1);
+        let generation =
+            if without_metadata_and_status(stored) == without_metadata_and_status(&object) {
+                generation
+            } else {
+                generation + 1
+            };
         for field in ["uid", "creationTimestamp"] {
             object["metadata"][field] = stored["metadata"][field].clone();
         }
+        object["metadata"]["generation"] = json!(generation);
         if !place.0.is_empty() {
             object["metadata"]["namespace"] = json!(place.0);
         }
@@ -183,6 +194,16 @@ impl Store {
             object,
         });
     }
+}
+
+fn without_metadata_and_status(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(fields) = object.as_object_mut() {
+        for field in ["metadata", "status", "apiVersion", "kind"] {
+            fields.remove(field);
+        }
+    }
+    object
 }
 
 pub fn not_found(resource: &Resource, place: &Place) -> Refused {

@@ -51,6 +51,11 @@ impl Kind {
         }
     }
 
+    /// Whether it is one of Istio's kinds, whose `status.conditions` the status writer keeps.
+    pub(crate) fn is_istio(&self) -> bool {
+        self.group.ends_with(".istio.io")
+    }
+
     /// The kind in its preferred version, as the catalog is handed it (the versions of a kind
     /// hold the same fields).
     pub(crate) fn resource(&self) -> ApiResource {

@@ -321,6 +321,55 @@ async fn a_kind_served_only_in_an_older_version_is_read_there() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn with_status_on_an_objects_verdict_is_written_in_its_status_in_the_version_read() {
+    const STATUS: &str =
+        "/apis/security.istio.io/v1beta1/namespaces/default/authorizationpolicies/bad/status";
+    let (client, handle) = api("default");
+    let mut cluster = Cluster::new(
+        handle,
+        vec![POLICIES],
+        vec![POLICIES_V1BETA1, EVENTS, STATUS],
+    );
+    let source = KubernetesSource::new(client, "istio-system", None).writing_status();
+    let _watching = tokio::spawn(Box::new(source).watch());
+    let (_, _, respond) = cluster.next(Method::GET, POLICIES_V1BETA1).await;
+    respond.send_response(reply(StatusCode::OK, &list(&[bad_policy()], "7")));
+    // An update of the status subresource, of the object as read (its resourceVersion makes
+    // a write that raced another fail).
+    let (_, written, respond) = cluster.next(Method::PUT, STATUS).await;
+    assert_eq!(
+        (
+            &written["apiVersion"],
+            &written["kind"],
+            &written["metadata"]["resourceVersion"],
+            &written["spec"],
+        ),
+        (
+            &json!("security.istio.io/v1beta1"),
+            &json!("AuthorizationPolicy"),
+            &json!("7"),
+            &json!({"action": "MAYBE"})
+        )
+    );
+    let condition = &written["status"]["conditions"][0];
+    assert_eq!(
+        (
+            &condition["type"],
+            &condition["status"],
+            &condition["reason"]
+        ),
+        (&json!("Accepted"), &json!("False"), &json!("Invalid"))
+    );
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.action")),
+        "{condition}"
+    );
+    respond.send_response(reply(StatusCode::OK, &written));
+}
+
 #[test]
 fn the_versions_watched_are_the_versions_read() {
     let versions = |api_versions: &[&str]| -> Vec<String> {
