@@ -313,7 +313,7 @@ fn services(
     rejected: &mut Vec<Rejection>,
 ) -> (Vec<proto::Service>, BTreeMap<Key, IpAddr>) {
     // Headless and ExternalName Services have no cluster IP to capture.
-    let mut with_ip: Vec<(&Key, &Labelled<Arc<Service>>, Option<IpAddr>)> = Vec::new();
+    let mut with_ip: Vec<(&Key, &Service, Option<IpAddr>)> = Vec::new();
     let mut explicit: BTreeMap<IpAddr, &Key> = BTreeMap::new();
     let mut conflicting = Vec::new();
     for (key, service) in &objects.services {
@@ -337,7 +337,7 @@ fn services(
             }
             explicit.insert(ip, key);
         }
-        with_ip.push((key, service, ip));
+        with_ip.push((key, &service.object, ip));
     }
     let requests: Vec<(&str, &str, Option<IpAddr>)> = with_ip
         .iter()
@@ -357,7 +357,7 @@ fn services(
             let ip = addresses.get(key)?;
             let slices = slices.get(&(key.0.as_str(), key.1.as_str()));
             let slices = slices.map_or(&[][..], Vec::as_slice);
-            Some(service_entry(key, &service.object, *ip, slices, workloads))
+            Some(service_entry(key, service, *ip, slices, workloads))
         })
         .collect();
     services.sort_by(|a, b| a.hostname.cmp(&b.hostname));

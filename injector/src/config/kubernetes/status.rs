@@ -170,7 +170,7 @@ mod tests {
     const NOW: &str = "2026-12-07T10:00:00Z";
 
     fn condition(status: &Value) -> &Value {
-        &status["conditions"]
+        status["conditions"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["type"] == CONDITION))
             .expect("the condition is there")
