@@ -26,10 +26,7 @@ use remora_api::{
     },
     SpiffeId,
 };
-use tokio::{
-    net::TcpListener,
-    sync::{watch, Semaphore},
-};
+use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
@@ -181,7 +178,7 @@ pub async fn run<A: Authenticator>(
         }))
         .add_service(DiscoveryServer::new(DiscoveryService {
             published,
-            turns: Arc::new(Semaphore::new(discovery::CONCURRENT_PUSHES)),
+            turns: discovery::Turns::default(),
             jwks: fetched,
             metrics,
             status,

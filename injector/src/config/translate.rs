@@ -36,6 +36,8 @@ const NAMED_PROTOCOLS: [&str; 9] = [
     "http", "http2", "https", "grpc", "tcp", "tls", "mongo", "redis", "mysql",
 ];
 
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// The shared part of every snapshot, and what is known about each pod and Service.
 #[derive(Debug, Default)]
 pub(crate) struct Translation {
@@ -60,9 +62,9 @@ pub(crate) struct PodFacts {
 }
 
 /// What translation needs about a running pod.
-struct Workload {
+struct Workload<'a> {
     pod: Key,
-    labels: BTreeMap<String, String>,
+    labels: &'a BTreeMap<String, String>,
     /// The workload it belongs to (its owner, as istiod derives it).
     owner: String,
     ip: IpAddr,
@@ -73,7 +75,7 @@ struct Workload {
     peer_authentication: proto::PeerAuthentication,
 }
 
-impl Workload {
+impl Workload<'_> {
     /// The identity callers of `port` must verify; empty (send in the clear) without a
     /// sidecar, or when its PeerAuthentication is DISABLE on that port.
     fn identity_on(&self, port: u16) -> String {
@@ -110,8 +112,8 @@ impl Workload {
             identity: self.identity.clone(),
             addresses: vec![self.ip.to_string()],
             workload_name: self.owner.clone(),
-            canonical_service: metadata::canonical_service(&self.labels, &self.owner),
-            canonical_revision: metadata::canonical_revision(&self.labels),
+            canonical_service: metadata::canonical_service(self.labels, &self.owner),
+            canonical_revision: metadata::canonical_revision(self.labels),
             app: self.labels.get("app").cloned().unwrap_or_default(),
             version: self.labels.get("version").cloned().unwrap_or_default(),
         }
@@ -144,7 +146,13 @@ pub(crate) fn translate(
         .flat_map(|workload| workload.ports.iter().map(|port| workload.endpoint(*port)))
         .collect();
     translation.workloads = workloads.values().map(Workload::record).collect();
-    (translation.services, translation.cluster_ips) = services(objects, &workloads, rejected);
+    let conflicting;
+    (translation.services, translation.cluster_ips, conflicting) =
+        services(objects, &workloads, rejected);
+    drop(workloads);
+    for key in conflicting {
+        objects.services.remove(&key);
+    }
     translation
 }
 
@@ -189,14 +197,14 @@ impl<'a> PoliciesByNamespace<'a> {
 
 /// Checks one pod against the mesh: its overrides, its identity, and that its IP is its own.
 /// `None` rejects the pod; the inner `None` means it has no (live) IP.
-fn pod_facts(
+fn pod_facts<'a>(
     key: &Key,
-    pod: &Labelled<Arc<Pod>>,
+    pod: &'a Labelled<Arc<Pod>>,
     mesh: &MeshConfig,
     policies: &PoliciesByNamespace,
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
-) -> Option<(PodFacts, Option<Workload>)> {
+) -> Option<(PodFacts, Option<Workload<'a>>)> {
     let mut reject = |reason: String| rejected.push(pod.rejection("Pod", key, reason));
     let annotations = pod.object.metadata.annotations.as_ref();
     // A bad override is reported but does not stop the pod: it runs with the mesh defaults.
@@ -220,8 +228,7 @@ fn pod_facts(
     } else {
         String::new()
     };
-    let no_labels = BTreeMap::new();
-    let labels = pod.object.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let labels = pod.object.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
     let security = security::select(
         policies.of(&key.0, mesh.root_namespace()).into_iter(),
         &key.0,
@@ -256,7 +263,7 @@ fn pod_facts(
                 .collect();
             Some(Workload {
                 pod: key.clone(),
-                labels: labels.clone(),
+                labels,
                 owner: metadata::Workload::of_pod(&pod.object, &key.0).name,
                 ip,
                 identity,
@@ -304,14 +311,14 @@ fn is_tcp(protocol: Option<&str>) -> bool {
     protocol.is_none_or(|p| p == "TCP")
 }
 
-/// Every Service with a cluster IP, sorted by hostname, its ports sorted by number, and the
-/// cluster IPs by Service. A Service asking for a cluster IP an earlier one holds is rejected
-/// and removed from `objects`.
+/// Every Service with a cluster IP, sorted by hostname, its ports sorted by number, the
+/// cluster IPs by Service, and the Services rejected for asking for a cluster IP an earlier
+/// one holds.
 fn services(
-    objects: &mut Objects,
+    objects: &Objects,
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
-) -> (Vec<proto::Service>, BTreeMap<Key, IpAddr>) {
+) -> (Vec<proto::Service>, BTreeMap<Key, IpAddr>, Vec<Key>) {
     // Headless and ExternalName Services have no cluster IP to capture.
     let mut with_ip: Vec<(&Key, &Service, Option<IpAddr>)> = Vec::new();
     let mut explicit: BTreeMap<IpAddr, &Key> = BTreeMap::new();
@@ -361,10 +368,7 @@ fn services(
         })
         .collect();
     services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-    for key in conflicting {
-        objects.services.remove(&key);
-    }
-    (services, addresses)
+    (services, addresses, conflicting)
 }
 
 fn service_entry(

@@ -37,18 +37,22 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// About how many bytes each part of a push carries: a thousand sidecars' streams each keep
 /// a buffer the size of the largest message sent on them.
 const PART_BYTES: usize = 32 * 1024;
-/// Pushes under way at once (Istio's `PILOT_PUSH_THROTTLE` role): a thousand sidecars
-/// subscribing together are sent their first push a few dozen at a time, which bounds the
-/// memory their messages take while they are encoded and sent.
+/// First pushes under way at once: a thousand sidecars subscribing together are sent their
+/// whole view a few dozen at a time, which bounds the memory and CPU their pushes take while
+/// they are worked out, encoded and sent.
 pub const CONCURRENT_PUSHES: usize = 32;
+/// Later pushes under way at once (Istio's `PILOT_PUSH_THROTTLE` default): what changed is
+/// usually a few hundred bytes, and a push holds at most one part queued whatever its size, so
+/// an endpoint change reaches a thousand sidecars in ten rounds rather than thirty.
+pub const CONCURRENT_CHANGES: usize = 100;
 /// How long a push holds its turn, sending and waiting for the sidecar's answer; a sidecar
 /// slower than that is still sent its push and has its answer read, without holding up others.
 const TURN: Duration = Duration::from_secs(5);
 
 pub struct DiscoveryService {
     pub published: watch::Receiver<Arc<Published>>,
-    /// Turns to push ([`CONCURRENT_PUSHES`]).
-    pub turns: Arc<Semaphore>,
+    /// Turns to push.
+    pub turns: Turns,
     /// The keys fetched for `jwksUri`s, filled into each snapshot.
     pub jwks: watch::Receiver<Arc<Jwks>>,
     pub metrics: Arc<Metrics>,
@@ -120,6 +124,31 @@ fn authorize(catalog: &Catalog, peer: &SpiffeId, node: &Node) -> Result<(), Stat
     }
 }
 
+/// Turns to push: a sidecar's first push takes one of [`CONCURRENT_PUSHES`], a later one one
+/// of [`CONCURRENT_CHANGES`].
+#[derive(Clone)]
+pub struct Turns {
+    first: Arc<Semaphore>,
+    changes: Arc<Semaphore>,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Self {
+            first: Arc::new(Semaphore::new(CONCURRENT_PUSHES)),
+            changes: Arc::new(Semaphore::new(CONCURRENT_CHANGES)),
+        }
+    }
+}
+
+impl Turns {
+    /// A turn for a first push, or for a later one; `None` once the control plane stops.
+    async fn take(&self, first: bool) -> Option<OwnedSemaphorePermit> {
+        let turns = if first { &self.first } else { &self.changes };
+        turns.clone().acquire_owned().await.ok()
+    }
+}
+
 struct Session {
     status: Entry,
     node: Node,
@@ -127,7 +156,7 @@ struct Session {
     published: watch::Receiver<Arc<Published>>,
     jwks: watch::Receiver<Arc<Jwks>>,
     metrics: Arc<Metrics>,
-    turns: Arc<Semaphore>,
+    turns: Turns,
     pushes: mpsc::Sender<Result<Push, Status>>,
 }
 
@@ -147,7 +176,7 @@ impl Session {
         let mut held: Option<Held> = None;
         loop {
             // A turn first, then the newest catalog: what waited for its turn is not stale.
-            let Ok(turn) = self.turns.clone().acquire_owned().await else {
+            let Some(turn) = self.turns.take(held.is_none()).await else {
                 return "control plane stopping";
             };
             // Read outside the watches' locks, which publishing needs.
