@@ -10,31 +10,35 @@
 //! New rejections are also written where users look, as an Event on the object, and with
 //! `--write-status` in Istio objects' `status.conditions` ([`status`]).
 //!
-//! Each object is read (parsed and checked) once per resourceVersion and its reading kept: a
-//! rebuild after one endpoint changed reads that one object again, not the whole cluster.
+//! Each object is read (parsed and checked) when it arrives, once per resourceVersion, and only
+//! its reading is kept ([`held`]), not its JSON: a rebuild after one endpoint changed reads
+//! nothing again, and a cluster costs its parsed objects.
 
+mod held;
 mod kinds;
 mod status;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
-use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     api::{Api, ApiResource, DynamicObject},
-    runtime::{
-        reflector::{self, Store},
-        watcher, WatchStreamExt,
-    },
+    runtime::{watcher, WatchStreamExt},
     ResourceExt,
 };
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 
+use held::{order_of, Held};
 use kinds::{Kind, Scope, KINDS};
-
 use status::{Judged, StatusWriter, Verdict};
 
 use super::{
@@ -87,14 +91,14 @@ impl Source for KubernetesSource {
         Box::pin(async move {
             let (signals, signalled) = mpsc::unbounded_channel();
             let mut stores = Vec::with_capacity(KINDS.len());
-            for (index, kind) in KINDS.iter().enumerate() {
-                let writer = reflector::store::Writer::new(kind.resource());
-                stores.push(writer.as_reader());
+            for index in 0..KINDS.len() {
+                let store = Store::default();
+                stores.push(store.clone());
                 let api = Apis {
                     client: self.client.clone(),
                     root_namespace: self.root_namespace.clone(),
                 };
-                tokio::spawn(reflect(index, api, writer, signals.clone()));
+                tokio::spawn(reflect(index, api, store, signals.clone()));
             }
             drop(signals);
             let writers = Writers {
@@ -125,11 +129,45 @@ impl Apis {
     }
 }
 
-/// Drops what the catalog never reads and can be large: managed fields and `kubectl apply`'s
-/// copy of the object.
-fn prune(object: &mut DynamicObject) {
+/// Drops what the catalog never reads and can be large, before an object is read: managed
+/// fields and `kubectl apply`'s copy of the object, and of a Pod all but what says who it is,
+/// where and on which ports (its volumes, environment, probes and container statuses are most
+/// of a real pod, and a cluster has thousands).
+/// (List items carry no `kind`: the kind watched says whether it is a Pod.)
+fn prune(object: &mut DynamicObject, is_pod: bool) {
     object.metadata.managed_fields = None;
     object.annotations_mut().remove(LAST_APPLIED);
+    if is_pod {
+        prune_pod(&mut object.data);
+    }
+}
+
+/// The Pod fields the catalog reads (`config::translate`, `Catalog::workload`).
+const POD_SPEC: [&str; 4] = [
+    "serviceAccountName",
+    "serviceAccount",
+    "hostNetwork",
+    "containers",
+];
+const POD_CONTAINER: [&str; 2] = ["name", "ports"];
+const POD_STATUS: [&str; 3] = ["phase", "podIP", "podIPs"];
+
+fn prune_pod(data: &mut Value) {
+    let keep_only = |value: Option<&mut Value>, fields: &[&str]| {
+        if let Some(Value::Object(map)) = value {
+            map.retain(|field, _| fields.contains(&field.as_str()));
+        }
+    };
+    keep_only(data.get_mut("status"), &POD_STATUS);
+    let spec = data.get_mut("spec");
+    if let Some(Value::Object(spec)) = spec {
+        spec.retain(|field, _| POD_SPEC.contains(&field.as_str()));
+        if let Some(Value::Array(containers)) = spec.get_mut("containers") {
+            for container in containers {
+                keep_only(Some(container), &POD_CONTAINER);
+            }
+        }
+    }
 }
 
 /// What a kind's reflector says to the rebuild.
@@ -143,15 +181,13 @@ enum Signal {
     Absent(usize),
 }
 
-/// Runs kind `index`'s reflector until the rebuild stops listening: watched in the newest of
-/// its versions the API server serves; when it serves none (a CRD not installed, or deleted:
-/// its objects are gone), looked for again every [`RECHECK`].
-async fn reflect(
-    index: usize,
-    apis: Apis,
-    mut writer: reflector::store::Writer<DynamicObject>,
-    signals: mpsc::UnboundedSender<Signal>,
-) {
+/// One kind's objects, shared by its watch (which writes) and the rebuild (which reads).
+type Store = Arc<Mutex<Held>>;
+
+/// Runs kind `index`'s watch until the rebuild stops listening, keeping what it reads in
+/// `store`: watched in the newest of its versions the API server serves; when it serves none
+/// (a CRD not installed, or deleted: its objects are gone), looked for again every [`RECHECK`].
+async fn reflect(index: usize, apis: Apis, store: Store, signals: mpsc::UnboundedSender<Signal>) {
     let kind = &KINDS[index];
     let mut absent = false;
     loop {
@@ -159,24 +195,38 @@ async fn reflect(
             let api = apis.of(kind, &kind.resource_in(version));
             let events = watcher(api, watcher::Config::default())
                 .default_backoff()
-                .modify(prune);
+                .modify(move |object| prune(object, kind.kind == "Pod"));
             let mut events = std::pin::pin!(events);
+            // A (re)list's objects, kept whole once it is done.
+            let mut listed: Option<BTreeMap<held::Order, held::Kept>> = None;
             while let Some(event) = events.next().await {
                 let signal = match event {
-                    Ok(event) => {
-                        writer.apply_watcher_event(&event);
-                        match event {
-                            watcher::Event::InitDone => {
-                                if std::mem::take(&mut absent) {
-                                    tracing::info!(kind = %kind, version, "now served: reading it");
-                                } else if version != &kind.versions[0] {
-                                    tracing::warn!(kind = %kind, version, "served only in this older version: reading it there");
-                                }
-                                Signal::Listed(index, version)
-                            }
-                            watcher::Event::Apply(_) | watcher::Event::Delete(_) => Signal::Changed,
-                            watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                    Ok(watcher::Event::Init) => {
+                        listed = Some(BTreeMap::new());
+                        continue;
+                    }
+                    Ok(watcher::Event::InitApply(object)) => {
+                        let (order, kept) = keep(&store, index, &object);
+                        listed.get_or_insert_default().insert(order, kept);
+                        continue;
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        store.lock().replace(listed.take().unwrap_or_default());
+                        if std::mem::take(&mut absent) {
+                            tracing::info!(kind = %kind, version, "now served: reading it");
+                        } else if version != &kind.versions[0] {
+                            tracing::warn!(kind = %kind, version, "served only in this older version: reading it there");
                         }
+                        Signal::Listed(index, version)
+                    }
+                    Ok(watcher::Event::Apply(object)) => {
+                        let (order, kept) = keep(&store, index, &object);
+                        store.lock().apply(order, kept);
+                        Signal::Changed
+                    }
+                    Ok(watcher::Event::Delete(object)) => {
+                        store.lock().delete(&order_of(&object));
+                        Signal::Changed
                     }
                     Err(e) if not_installed(&e) => break,
                     Err(e) => {
@@ -190,9 +240,8 @@ async fn reflect(
             }
         }
         // Served in none of its versions: whatever was stored is gone with it.
-        let had_objects = !writer.as_reader().is_empty();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let had_objects = !store.lock().is_empty();
+        store.lock().replace(BTreeMap::new());
         if !std::mem::replace(&mut absent, true) {
             tracing::info!(kind = %kind, "not served by this cluster (CRD not installed): skipped until it is");
             if signals.send(Signal::Absent(index)).is_err() {
@@ -203,6 +252,16 @@ async fn reflect(
         }
         tokio::time::sleep(RECHECK).await;
     }
+}
+
+/// `object` of kind `index` as `store` should keep it: read now, unless held at this version.
+fn keep(store: &Store, index: usize, object: &DynamicObject) -> (held::Order, held::Kept) {
+    let with_status = KINDS[index].is_istio();
+    store.lock().keep(object, with_status, || {
+        document(index, object)
+            .map(Document::read)
+            .unwrap_or_default()
+    })
 }
 
 /// Whether a watch failed because the API server does not serve the kind (a CRD not installed).
@@ -216,13 +275,11 @@ fn not_installed(error: &watcher::Error) -> bool {
 
 /// Whether each kind has been listed (or found missing), and what was last published.
 struct World {
-    stores: Vec<Store<DynamicObject>>,
+    stores: Vec<Store>,
     /// The version each kind is read in, once listed (or `None`: not served).
     ready: Vec<Option<Option<&'static str>>>,
-    /// The objects at the last build.
-    last: Versions,
-    /// Each object's reading, by kind, namespace and name, with the resourceVersion read.
-    read: HashMap<(usize, String, String), (String, Vec<Read>)>,
+    /// Each store's count of changes at the last build.
+    last: Vec<u64>,
 }
 
 /// Where rejections and conditions are written.
@@ -234,7 +291,7 @@ struct Writers {
 /// Rebuilds the catalog after each burst of signals once every kind is ready; the first catalog
 /// goes to `first` with the channel later ones are published on.
 async fn rebuild(
-    stores: Vec<Store<DynamicObject>>,
+    stores: Vec<Store>,
     mut signals: mpsc::UnboundedReceiver<Signal>,
     writers: Writers,
     first: oneshot::Sender<watch::Receiver<Arc<Catalog>>>,
@@ -244,7 +301,6 @@ async fn rebuild(
         stores,
         ready,
         last: Vec::new(),
-        read: HashMap::new(),
     };
     let mut first = Some(first);
     let mut publish: Option<watch::Sender<Arc<Catalog>>> = None;
@@ -261,13 +317,12 @@ async fn rebuild(
         // Reading objects and building the catalog take long enough at scale to keep them off
         // the runtime's threads.
         let Ok((returned, catalog)) = tokio::task::spawn_blocking(move || {
-            let objects = world.objects();
-            let versions = versions(&objects);
-            if unchanged && versions == world.last {
+            let changes: Vec<u64> = world.stores.iter().map(|s| s.lock().changes()).collect();
+            if unchanged && changes == world.last {
                 return (world, None);
             }
-            let reads = world.reads(&objects);
-            world.last = versions;
+            let reads = world.reads();
+            world.last = changes;
             (world, Some(Catalog::from_reads(reads)))
         })
         .await
@@ -285,7 +340,11 @@ async fn rebuild(
         let events = world.events(&catalog, &before);
         let judged = writers.status.as_ref().map(|_| world.judged(&catalog));
         tracing::info!(
-            objects = world.last.len(),
+            objects = world
+                .stores
+                .iter()
+                .map(|s| s.lock().objects().count())
+                .sum::<usize>(),
             rejected = catalog.rejected.len(),
             took_ms = started.elapsed().as_millis(),
             "config rebuilt from the Kubernetes API"
@@ -330,44 +389,16 @@ impl World {
         }
     }
 
-    /// Every stored object in a fixed order: kind by kind, oldest first (Istio breaks ties
-    /// between conflicting objects by age), then by namespace and name.
-    fn objects(&self) -> Vec<(usize, Arc<DynamicObject>)> {
-        let mut objects = Vec::new();
-        for (index, store) in self.stores.iter().enumerate() {
-            let mut state = store.state();
-            state.sort_by(|a, b| order(a).cmp(&order(b)));
-            objects.extend(state.into_iter().map(|object| (index, object)));
+    /// Every object's readings in the catalog's order: kind by kind, oldest first (Istio
+    /// breaks ties between conflicting objects by age), then by namespace and name.
+    fn reads(&self) -> Vec<Read> {
+        let mut reads = Vec::new();
+        for store in &self.stores {
+            let store = store.lock();
+            for (_, kept) in store.objects() {
+                reads.extend(kept.reads.iter().cloned());
+            }
         }
-        objects
-    }
-
-    /// The readings of `objects`, in order: kept from the last build for an object whose
-    /// resourceVersion is unchanged, read now for the others. Readings of objects gone are
-    /// dropped.
-    fn reads(&mut self, objects: &[(usize, Arc<DynamicObject>)]) -> Vec<Read> {
-        let mut kept = HashMap::with_capacity(objects.len());
-        let mut reads = Vec::with_capacity(objects.len());
-        for (index, object) in objects {
-            let key = (
-                *index,
-                object.namespace().unwrap_or_default(),
-                object.name_any(),
-            );
-            let version = object.resource_version().unwrap_or_default();
-            let (version, read) = match self.read.remove(&key) {
-                Some((last, read)) if last == version => (last, read),
-                _ => (
-                    version,
-                    document(*index, object)
-                        .map(Document::read)
-                        .unwrap_or_default(),
-                ),
-            };
-            reads.extend(read.iter().cloned());
-            kept.insert(key, (version, read));
-        }
-        self.read = kept;
         reads
     }
 
@@ -399,19 +430,18 @@ impl World {
             let Some(Some(version)) = self.ready[index].filter(|_| kind.is_istio()) else {
                 continue;
             };
-            for object in self.stores[index].state() {
-                let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-                let verdict: Verdict = match reasons.get(&(kind.kind, &namespace, &name)) {
+            let store = self.stores[index].lock();
+            for ((_, namespace, name), kept) in store.objects() {
+                let verdict: Verdict = match reasons.get(&(kind.kind, namespace, name)) {
                     Some(reasons) => Err(reasons.join("; ")),
                     None => Ok(()),
                 };
-                let generation = object.metadata.generation;
-                if status::differs(object.data.get("status"), generation, &verdict) {
+                if status::differs(kept.status.as_ref(), kept.generation, &verdict) {
                     judged.push(Judged {
                         kind: index,
                         version,
-                        namespace,
-                        name,
+                        namespace: namespace.clone(),
+                        name: name.clone(),
                         verdict,
                     });
                 }
@@ -434,44 +464,19 @@ impl World {
             .iter()
             .enumerate()
             .find(|(_, k)| k.kind == kind.as_str())?;
-        let object = self.stores[index]
-            .find(|o| o.name_any() == *name && o.namespace().unwrap_or_default() == *namespace)?;
+        let store = self.stores[index].lock();
+        let object = store.find(namespace, name)?;
         let resource = KINDS[index].resource();
         Some(ObjectReference {
             api_version: Some(resource.api_version),
             kind: Some(resource.kind),
-            namespace: object.namespace(),
-            name: Some(object.name_any()),
-            uid: object.uid(),
-            resource_version: object.resource_version(),
+            namespace: (!namespace.is_empty()).then(|| namespace.clone()),
+            name: Some(name.clone()),
+            uid: object.uid.clone(),
+            resource_version: Some(object.resource_version.clone()),
             field_path: None,
         })
     }
-}
-
-/// Where an object comes in [`World::objects`]: by age, namespace and name.
-fn order(object: &DynamicObject) -> (Option<&Time>, Option<&str>, Option<&str>) {
-    let meta = &object.metadata;
-    let age = meta.creation_timestamp.as_ref();
-    (age, meta.namespace.as_deref(), meta.name.as_deref())
-}
-
-/// What identifies the world's state: every object's kind, namespace, name and resourceVersion.
-type Versions = Vec<(usize, String, String, String)>;
-
-fn versions(objects: &[(usize, Arc<DynamicObject>)]) -> Versions {
-    objects
-        .iter()
-        .map(|(index, o)| {
-            let version = o.resource_version().unwrap_or_default();
-            (
-                *index,
-                o.namespace().unwrap_or_default(),
-                o.name_any(),
-                version,
-            )
-        })
-        .collect()
 }
 
 /// An object of kind `index` as the document a catalog is built from. List items carry no

@@ -14,14 +14,12 @@
 use std::sync::Arc;
 
 use kube::{
-    api::{Api, DynamicObject, PostParams},
+    api::{Api, DynamicObject, ObjectMeta, PostParams},
     core::TypeMeta,
-    runtime::reflector::Store,
-    ResourceExt,
 };
 use serde_json::{json, Map, Value};
 
-use super::kinds::KINDS;
+use super::{kinds::KINDS, Store};
 
 /// The condition type written.
 pub(crate) const CONDITION: &str = "Accepted";
@@ -115,36 +113,40 @@ impl StatusWriter {
         }
     }
 
-    /// Writes the condition of each of `judged` whose stored object (in `stores`, looked at
-    /// again just before writing: an earlier batch may have written it) does not say it yet.
-    pub(crate) async fn write(
-        self: Arc<Self>,
-        stores: Vec<Store<DynamicObject>>,
-        judged: Vec<Judged>,
-    ) {
+    /// Writes the condition of each of `judged` whose object (in `stores`, looked at again
+    /// just before writing: an earlier batch may have written it) does not say it yet. The
+    /// object is sent with its status alone: the API server keeps the rest of it as stored.
+    pub(crate) async fn write(self: Arc<Self>, stores: Vec<Store>, judged: Vec<Judged>) {
         let _batch = self.batch.lock().await;
         for judged in judged {
-            let Some(stored) = stores[judged.kind].find(|o| {
-                o.name_any() == judged.name && o.namespace().unwrap_or_default() == judged.namespace
-            }) else {
-                continue;
-            };
             let now = k8s_openapi::jiff::Timestamp::now()
                 .round(k8s_openapi::jiff::Unit::Second)
                 .map_or_else(|_| String::new(), |t| t.to_string());
-            let generation = stored.metadata.generation;
-            let Some(status) =
-                updated(stored.data.get("status"), generation, &judged.verdict, &now)
-            else {
-                continue;
+            let (status, resource_version) = {
+                let store = stores[judged.kind].lock();
+                let Some(stored) = store.find(&judged.namespace, &judged.name) else {
+                    continue;
+                };
+                let status = stored.status.as_ref();
+                let Some(status) = updated(status, stored.generation, &judged.verdict, &now) else {
+                    continue;
+                };
+                (status, stored.resource_version.clone())
             };
             let resource = KINDS[judged.kind].resource_in(judged.version);
-            let mut object = (*stored).clone();
-            object.types = Some(TypeMeta {
-                api_version: resource.api_version.clone(),
-                kind: resource.kind.clone(),
-            });
-            object.data["status"] = status;
+            let object = DynamicObject {
+                types: Some(TypeMeta {
+                    api_version: resource.api_version.clone(),
+                    kind: resource.kind.clone(),
+                }),
+                metadata: ObjectMeta {
+                    name: Some(judged.name.clone()),
+                    namespace: Some(judged.namespace.clone()),
+                    resource_version: Some(resource_version),
+                    ..ObjectMeta::default()
+                },
+                data: json!({ "status": status }),
+            };
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &judged.namespace, &resource);
             match api
