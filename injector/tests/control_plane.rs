@@ -597,7 +597,7 @@ async fn a_big_push_comes_in_parts() {
         .await
         .expect("ack");
 
-    // Enough Services at once that the change outgrows one part (about 32 KiB).
+    // Enough Services at once that the change outgrows one part (about 8 KiB).
     let services: String = (0..400)
         .map(|i| {
             format!(
@@ -616,7 +616,7 @@ async fn a_big_push_comes_in_parts() {
         count += 1;
         assert!(!part.full, "every part says what the push is");
         assert!(
-            part.encoded_len() < 64 * 1024,
+            part.encoded_len() < 16 * 1024,
             "{} bytes",
             part.encoded_len()
         );

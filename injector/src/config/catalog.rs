@@ -77,14 +77,19 @@ impl Catalog {
     /// Builds a catalog from objects already read (a source may read an unchanged object once
     /// and hand it over on every rebuild), in order, as [`Catalog::from_documents`] does.
     pub(crate) fn from_reads(reads: impl IntoIterator<Item = Read>) -> Catalog {
-        Self::from_objects(Objects::from_reads(reads))
+        let started = std::time::Instant::now();
+        let objects = Objects::from_reads(reads);
+        tracing::debug!(took_ms = started.elapsed().as_millis(), "objects kept");
+        Self::from_objects(objects)
     }
 
     fn from_objects((mut objects, mut rejected): (Objects, Vec<Rejection>)) -> Catalog {
         let mesh = objects.mesh.take().unwrap_or_default();
         let (values, policy) = objects.injection.take().unwrap_or_default();
         let injector = Injector::with_mesh(values, mesh.clone()).with_policy(policy);
+        let started = std::time::Instant::now();
         let translation = translate::translate(&mut objects, &mesh, &mut rejected);
+        let translated = started.elapsed();
         let routing = Routing::new(objects.routing.values().map(|o| &o.object));
         let routing_label_keys = routing.label_keys();
         for (namespace, name, reason) in routing.overridden(&translation.services) {
@@ -120,6 +125,11 @@ impl Catalog {
             view_inputs: [0; 32],
         };
         catalog.view_inputs = catalog.fingerprint_views();
+        tracing::debug!(
+            translate_ms = translated.as_millis(),
+            rest_ms = (started.elapsed() - translated).as_millis(),
+            "catalog built"
+        );
         catalog
     }
 

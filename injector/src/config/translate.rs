@@ -127,6 +127,7 @@ pub(crate) fn translate(
     mesh: &MeshConfig,
     rejected: &mut Vec<Rejection>,
 ) -> Translation {
+    let started = std::time::Instant::now();
     let mut translation = Translation::default();
     let mut workloads = BTreeMap::new();
     let policies = PoliciesByNamespace::new(objects);
@@ -139,6 +140,7 @@ pub(crate) fn translate(
             }
         }
     }
+    let pods = started.elapsed();
     add_endpoint_slice_ports(objects, &mut workloads);
     translation.endpoints = workloads
         .values()
@@ -146,6 +148,7 @@ pub(crate) fn translate(
         .flat_map(|workload| workload.ports.iter().map(|port| workload.endpoint(*port)))
         .collect();
     translation.workloads = workloads.values().map(Workload::record).collect();
+    let records = started.elapsed();
     let conflicting;
     (translation.services, translation.cluster_ips, conflicting) =
         services(objects, &workloads, rejected);
@@ -153,6 +156,12 @@ pub(crate) fn translate(
     for key in conflicting {
         objects.services.remove(&key);
     }
+    tracing::debug!(
+        pods_ms = pods.as_millis(),
+        records_ms = (records - pods).as_millis(),
+        services_ms = (started.elapsed() - records).as_millis(),
+        "translated"
+    );
     translation
 }
 

@@ -35,8 +35,8 @@ pub use published::{publish, Published};
 /// How long a subscriber has to say who it is.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// About how many bytes each part of a push carries: a thousand sidecars' streams each keep
-/// a buffer the size of the largest message sent on them.
-const PART_BYTES: usize = 32 * 1024;
+/// a buffer the size of the largest message sent on them (8 KiB is tonic's own buffer size).
+const PART_BYTES: usize = 8 * 1024;
 /// First pushes under way at once: a thousand sidecars subscribing together are sent their
 /// whole view a few dozen at a time, which bounds the memory and CPU their pushes take while
 /// they are worked out, encoded and sent.
