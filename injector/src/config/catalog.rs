@@ -9,7 +9,10 @@
 //! [`Catalog::accepted`] lists, with the trust domain the control plane serves, so the two can
 //! never disagree about them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::{api::core::v1::PodSpec, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use prost::Message;
@@ -27,7 +30,7 @@ use super::{
     routing::Routing,
     security,
     service_entry::ServiceEntry,
-    translate::{self, PodFacts, Translation},
+    translate::{self, Memo, PodFacts, Translation},
 };
 use resources::Own;
 pub use resources::ViewKey;
@@ -46,10 +49,10 @@ pub struct Catalog {
     /// Every object or file that was not applied, and why.
     pub rejected: Vec<Rejection>,
     accepted: Accepted,
-    pods: BTreeMap<Key, PodFacts>,
+    pods: BTreeMap<Key, Arc<PodFacts>>,
     services: Vec<proto::Service>,
     endpoints: Vec<proto::Endpoint>,
-    workloads: Vec<proto::Workload>,
+    workloads: Vec<Arc<proto::Workload>>,
     /// The ServiceEntries that register nothing another object holds.
     service_entries: Vec<ServiceEntry>,
     /// The label keys routing looks at ([`Routing::label_keys`]).
@@ -71,24 +74,28 @@ impl Catalog {
     pub fn from_documents(
         documents: impl IntoIterator<Item = Result<Document, Rejection>>,
     ) -> Catalog {
-        Self::from_objects(Objects::from_documents(documents))
+        Self::from_objects(Objects::from_documents(documents), &mut Memo::default())
     }
 
     /// Builds a catalog from objects already read (a source may read an unchanged object once
-    /// and hand it over on every rebuild), in order, as [`Catalog::from_documents`] does.
-    pub(crate) fn from_reads(reads: impl IntoIterator<Item = Read>) -> Catalog {
+    /// and hand it over on every rebuild), in order, as [`Catalog::from_documents`] does;
+    /// `memo` keeps what translating each pod gave, for the next build to reuse.
+    pub(crate) fn from_reads(reads: impl IntoIterator<Item = Read>, memo: &mut Memo) -> Catalog {
         let started = std::time::Instant::now();
         let objects = Objects::from_reads(reads);
         tracing::debug!(took_ms = started.elapsed().as_millis(), "objects kept");
-        Self::from_objects(objects)
+        Self::from_objects(objects, memo)
     }
 
-    fn from_objects((mut objects, mut rejected): (Objects, Vec<Rejection>)) -> Catalog {
+    fn from_objects(
+        (mut objects, mut rejected): (Objects, Vec<Rejection>),
+        memo: &mut Memo,
+    ) -> Catalog {
         let mesh = objects.mesh.take().unwrap_or_default();
         let (values, policy) = objects.injection.take().unwrap_or_default();
         let injector = Injector::with_mesh(values, mesh.clone()).with_policy(policy);
         let started = std::time::Instant::now();
-        let translation = translate::translate(&mut objects, &mesh, &mut rejected);
+        let translation = translate::translate(&mut objects, &mesh, memo, &mut rejected);
         let translated = started.elapsed();
         let routing = Routing::new(objects.routing.values().map(|o| &o.object));
         let routing_label_keys = routing.label_keys();

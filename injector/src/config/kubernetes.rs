@@ -44,6 +44,7 @@ use status::{Judged, StatusWriter, Verdict};
 use super::{
     objects::Read,
     source::{log_new_rejections, new_rejections, seen, settle, Seen, Watching},
+    translate::Memo,
     Body, Catalog, Document, Source, SourceError, Subject,
 };
 
@@ -280,6 +281,8 @@ struct World {
     ready: Vec<Option<Option<&'static str>>>,
     /// Each store's count of changes at the last build.
     last: Vec<u64>,
+    /// What the last build made of each pod.
+    memo: Memo,
 }
 
 /// Where rejections and conditions are written.
@@ -301,6 +304,7 @@ async fn rebuild(
         stores,
         ready,
         last: Vec::new(),
+        memo: Memo::default(),
     };
     let mut first = Some(first);
     let mut publish: Option<watch::Sender<Arc<Catalog>>> = None;
@@ -323,7 +327,8 @@ async fn rebuild(
             }
             let reads = world.reads();
             world.last = changes;
-            (world, Some(Catalog::from_reads(reads)))
+            let catalog = Catalog::from_reads(reads, &mut world.memo);
+            (world, Some(catalog))
         })
         .await
         else {

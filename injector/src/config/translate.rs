@@ -7,28 +7,28 @@
 //! traffic to it in the clear, as Istio does for workloads outside the mesh. Output is sorted
 //! so the same objects always give byte-identical snapshots (and the same version hash).
 
+mod pods;
+
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
     sync::Arc,
 };
 
 use k8s_openapi::api::{
-    core::v1::{Pod, Service, ServicePort},
+    core::v1::{Service, ServicePort},
     discovery::v1::EndpointSlice,
 };
-use remora_api::{proto::config as proto, SpiffeId};
+use remora_api::proto::config as proto;
 
-use crate::inject::metadata;
+pub(crate) use pods::Memo;
+use pods::{PoliciesByNamespace, Workload};
 
 use super::{
     cluster_ip, endpoints,
     mesh::{MeshConfig, ProxyConfig},
-    objects::{Key, Labelled, Objects, Rejection},
-    security::{self, SecurityPolicy},
-    well_known::{
-        service_account_of, service_hostname, DEFAULT_SERVICE_ACCOUNT, SIDECAR_STATUS_ANNOTATION,
-    },
+    objects::{Key, Objects, Rejection},
+    well_known::service_hostname,
 };
 /// Port name prefixes Istio reads as protocols (`http-web`, `grpc`); Istio's
 /// `protocol.Parse`, minus UDP, which the sidecar never sees.
@@ -36,16 +36,14 @@ const NAMED_PROTOCOLS: [&str; 9] = [
     "http", "http2", "https", "grpc", "tcp", "tls", "mongo", "redis", "mysql",
 ];
 
-static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-
 /// The shared part of every snapshot, and what is known about each pod and Service.
 #[derive(Debug, Default)]
 pub(crate) struct Translation {
-    pub(crate) pods: BTreeMap<Key, PodFacts>,
+    pub(crate) pods: BTreeMap<Key, Arc<PodFacts>>,
     pub(crate) services: Vec<proto::Service>,
     pub(crate) endpoints: Vec<proto::Endpoint>,
     /// The pods behind `endpoints` and the Services' endpoints.
-    pub(crate) workloads: Vec<proto::Workload>,
+    pub(crate) workloads: Vec<Arc<proto::Workload>>,
     /// The cluster IP of every Service that has one.
     pub(crate) cluster_ips: BTreeMap<Key, IpAddr>,
 }
@@ -61,93 +59,62 @@ pub(crate) struct PodFacts {
     pub(crate) security: proto::Security,
 }
 
-/// What translation needs about a running pod.
-struct Workload<'a> {
-    pod: Key,
-    labels: &'a BTreeMap<String, String>,
-    /// The workload it belongs to (its owner, as istiod derives it).
-    owner: String,
-    ip: IpAddr,
-    /// Empty when the pod runs without a sidecar.
-    identity: String,
-    ports: BTreeSet<u16>,
-    /// How its sidecar takes mTLS (PeerAuthentication), to tell callers which ports take none.
-    peer_authentication: proto::PeerAuthentication,
-}
-
-impl Workload<'_> {
-    /// The identity callers of `port` must verify; empty (send in the clear) without a
-    /// sidecar, or when its PeerAuthentication is DISABLE on that port.
-    fn identity_on(&self, port: u16) -> String {
-        if self.identity.is_empty() || !security::takes_mtls(&self.peer_authentication, port) {
-            String::new()
-        } else {
-            self.identity.clone()
-        }
-    }
-
-    /// Its endpoint on `port`.
-    fn endpoint(&self, port: u16) -> proto::Endpoint {
-        proto::Endpoint {
-            address: SocketAddr::new(self.ip, port).to_string(),
-            identity: self.identity_on(port),
-            workload: self.name(),
-        }
-    }
-
-    /// `namespace/name`, as endpoints refer to its record.
-    fn name(&self) -> String {
-        format!("{}/{}", self.pod.0, self.pod.1)
-    }
-
-    fn record(&self) -> proto::Workload {
-        proto::Workload {
-            namespace: self.pod.0.clone(),
-            name: self.pod.1.clone(),
-            labels: self
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            identity: self.identity.clone(),
-            addresses: vec![self.ip.to_string()],
-            workload_name: self.owner.clone(),
-            canonical_service: metadata::canonical_service(self.labels, &self.owner),
-            canonical_revision: metadata::canonical_revision(self.labels),
-            app: self.labels.get("app").cloned().unwrap_or_default(),
-            version: self.labels.get("version").cloned().unwrap_or_default(),
-        }
-    }
-}
-
 /// Translates `objects`; a Service rejected here (for a cluster IP another one holds) is
 /// removed from them, so what remains is exactly what was accepted.
 pub(crate) fn translate(
     objects: &mut Objects,
     mesh: &MeshConfig,
+    memo: &mut Memo,
     rejected: &mut Vec<Rejection>,
 ) -> Translation {
     let started = std::time::Instant::now();
     let mut translation = Translation::default();
-    let mut workloads = BTreeMap::new();
+    let mut workloads: BTreeMap<IpAddr, Workload> = BTreeMap::new();
     let policies = PoliciesByNamespace::new(objects);
+    let mut memoized = memo.begin(pods::context(objects, mesh));
     for (key, pod) in &objects.pods {
-        let facts = pod_facts(key, pod, mesh, &policies, &workloads, rejected);
-        if let Some((facts, workload)) = facts {
-            translation.pods.insert(key.clone(), facts);
-            if let Some(workload) = workload {
-                workloads.insert(workload.ip, workload);
+        let translated = match memoized.remove(key) {
+            Some((object, translated)) if Arc::ptr_eq(&object, &pod.object) => translated,
+            _ => pods::translate_pod(key, pod, mesh, &policies),
+        };
+        rejected.extend(translated.rejections.iter().cloned());
+        if let Some(kept) = &translated.kept {
+            // An IP is the first pod's (in the catalog's order: the oldest).
+            let taken = kept.workload.as_ref().and_then(|seed| {
+                let (namespace, name) = workloads.get(&seed.ip)?.pod;
+                Some(format!(
+                    "status.podIP: {} is already the IP of Pod {namespace}/{name}",
+                    seed.ip
+                ))
+            });
+            match taken {
+                Some(reason) => rejected.push(pod.rejection("Pod", key, reason)),
+                None => {
+                    translation.pods.insert(key.clone(), kept.facts.clone());
+                    if let Some(seed) = &kept.workload {
+                        let workload = Workload {
+                            pod: key,
+                            seed: seed.clone(),
+                            ports: seed.ports.clone(),
+                        };
+                        workloads.insert(seed.ip, workload);
+                    }
+                }
             }
         }
+        memo.keep(key, &pod.object, translated);
     }
     let pods = started.elapsed();
     add_endpoint_slice_ports(objects, &mut workloads);
     translation.endpoints = workloads
         .values()
-        .filter(|workload| !workload.identity.is_empty())
+        .filter(|workload| workload.has_identity())
         .flat_map(|workload| workload.ports.iter().map(|port| workload.endpoint(*port)))
         .collect();
-    translation.workloads = workloads.values().map(Workload::record).collect();
+    translation.workloads = workloads
+        .values()
+        .map(|workload| workload.seed.record.clone())
+        .collect();
     let records = started.elapsed();
     let conflicting;
     (translation.services, translation.cluster_ips, conflicting) =
@@ -163,134 +130,6 @@ pub(crate) fn translate(
         "translated"
     );
     translation
-}
-
-/// The security policies in the catalog's order, by the namespace they are in: those that may
-/// apply to a pod are its own namespace's and the root namespace's, so each pod looks at only
-/// these rather than at every policy in the mesh.
-struct PoliciesByNamespace<'a> {
-    all: Vec<&'a SecurityPolicy>,
-    /// Positions in `all`, ascending.
-    by_namespace: HashMap<&'a str, Vec<usize>>,
-}
-
-impl<'a> PoliciesByNamespace<'a> {
-    fn new(objects: &'a Objects) -> Self {
-        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
-        let all = objects
-            .security
-            .iter()
-            .enumerate()
-            .map(|(position, ((_, (namespace, _)), policy))| {
-                by_namespace.entry(namespace).or_default().push(position);
-                &policy.object
-            })
-            .collect();
-        Self { all, by_namespace }
-    }
-
-    /// The policies of `namespace` and `root`, in the catalog's order.
-    fn of(&self, namespace: &str, root: &str) -> Vec<&'a SecurityPolicy> {
-        let positions = |ns: &str| self.by_namespace.get(ns).map_or(&[][..], Vec::as_slice);
-        let mut merged: Vec<usize> = positions(namespace).to_vec();
-        if namespace != root {
-            merged.extend_from_slice(positions(root));
-            merged.sort_unstable();
-        }
-        merged
-            .into_iter()
-            .map(|position| self.all[position])
-            .collect()
-    }
-}
-
-/// Checks one pod against the mesh: its overrides, its identity, and that its IP is its own.
-/// `None` rejects the pod; the inner `None` means it has no (live) IP.
-fn pod_facts<'a>(
-    key: &Key,
-    pod: &'a Labelled<Arc<Pod>>,
-    mesh: &MeshConfig,
-    policies: &PoliciesByNamespace,
-    workloads: &BTreeMap<IpAddr, Workload>,
-    rejected: &mut Vec<Rejection>,
-) -> Option<(PodFacts, Option<Workload<'a>>)> {
-    let mut reject = |reason: String| rejected.push(pod.rejection("Pod", key, reason));
-    let annotations = pod.object.metadata.annotations.as_ref();
-    // A bad override is reported but does not stop the pod: it runs with the mesh defaults.
-    let proxy_config = ProxyConfig::of_pod(annotations)
-        .map_err(|e| reject(e.to_string()))
-        .ok()
-        .flatten();
-    let spec = pod.object.spec.as_ref();
-    let service_account = spec
-        .map_or(DEFAULT_SERVICE_ACCOUNT, service_account_of)
-        .to_owned();
-    let sidecar = annotations.is_some_and(|a| a.contains_key(SIDECAR_STATUS_ANNOTATION));
-    let identity = if sidecar {
-        match SpiffeId::new(mesh.trust_domain(), &key.0, &service_account) {
-            Ok(id) => id.to_string(),
-            Err(e) => {
-                reject(format!("no valid SPIFFE identity: {e}"));
-                return None;
-            }
-        }
-    } else {
-        String::new()
-    };
-    let labels = pod.object.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
-    let security = security::select(
-        policies.of(&key.0, mesh.root_namespace()).into_iter(),
-        &key.0,
-        labels,
-        mesh.root_namespace(),
-    );
-    let status = pod.object.status.as_ref();
-    // A finished pod keeps its `podIP` after the address went to another pod.
-    let finished = status
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|phase| matches!(phase, "Succeeded" | "Failed"));
-    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-    let ip = status
-        .and_then(|s| s.pod_ip.as_deref())
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
-        .filter(|_| !finished && !host_network);
-    let workload = match ip {
-        Some(ip) => {
-            if let Some(owner) = workloads.get(&ip) {
-                let (namespace, name) = &owner.pod;
-                reject(format!(
-                    "status.podIP: {ip} is already the IP of Pod {namespace}/{name}"
-                ));
-                return None;
-            }
-            let ports = spec
-                .iter()
-                .flat_map(|s| s.containers.iter())
-                .flat_map(|c| c.ports.iter().flatten())
-                .filter(|p| is_tcp(p.protocol.as_deref()))
-                .filter_map(|p| u16::try_from(p.container_port).ok())
-                .collect();
-            Some(Workload {
-                pod: key.clone(),
-                labels,
-                owner: metadata::Workload::of_pod(&pod.object, &key.0).name,
-                ip,
-                identity,
-                ports,
-                peer_authentication: security.peer_authentication.clone().unwrap_or_default(),
-            })
-        }
-        None => None,
-    };
-    Some((
-        PodFacts {
-            service_account,
-            labels: labels.clone(),
-            proxy_config,
-            security,
-        },
-        workload,
-    ))
 }
 
 /// Ports a pod serves on, as its EndpointSlices list them (a container need not declare them).
@@ -455,6 +294,67 @@ fn ready_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::objects::documents_of;
+
+    /// Two pods with sidecars; `b` claims `a`'s IP.
+    const PODS: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: demo, creationTimestamp: '2026-01-01T00:00:00Z',
+           annotations: {sidecar.istio.io/status: '{}'}}
+spec: {serviceAccountName: web, containers: [{name: app, ports: [{containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: demo, creationTimestamp: '2026-01-02T00:00:00Z',
+           annotations: {sidecar.istio.io/status: '{}'}}
+spec: {containers: [{name: app}]}
+status: {phase: Running, podIP: 10.0.0.1}
+";
+
+    #[test]
+    fn pods_are_translated_again_only_when_they_or_their_context_change() {
+        let files = [("pods.yaml", PODS)];
+        let (mut objects, _) = Objects::from_documents(documents_of(&files));
+        let a = ("demo".to_owned(), "a".to_owned());
+        let mut memo = Memo::default();
+        let translate_with = |objects: &mut Objects, memo: &mut Memo, mesh: &MeshConfig| {
+            let mut rejected = Vec::new();
+            let translation = translate(objects, mesh, memo, &mut rejected);
+            (translation, rejected)
+        };
+        let mesh = MeshConfig::default();
+        let (first, rejected) = translate_with(&mut objects, &mut memo, &mesh);
+        let (second, again) = translate_with(&mut objects, &mut memo, &mesh);
+        // The same pods in the same context: the same translation, the conflict found anew.
+        assert!(Arc::ptr_eq(&first.pods[&a], &second.pods[&a]));
+        assert!(Arc::ptr_eq(&first.workloads[0], &second.workloads[0]));
+        assert_eq!(first.workloads.len(), 1);
+        for rejected in [&rejected, &again] {
+            let [rejection] = rejected.as_slice() else {
+                panic!("{rejected:?}")
+            };
+            assert!(
+                rejection.reason.contains("already the IP of Pod demo/a"),
+                "{}",
+                rejection.reason
+            );
+        }
+        // Another trust domain: translated again, with identities in it.
+        let other = MeshConfig::parse("trustDomain: example.org").expect("mesh config");
+        let (third, _) = translate_with(&mut objects, &mut memo, &other);
+        assert!(!Arc::ptr_eq(&second.pods[&a], &third.pods[&a]));
+        assert_eq!(
+            third.workloads[0].identity,
+            "spiffe://example.org/ns/demo/sa/web"
+        );
+        // The same pod read again (a new object): translated again.
+        let (mut reread, _) = Objects::from_documents(documents_of(&files));
+        let (fourth, _) = translate_with(&mut reread, &mut memo, &other);
+        assert!(!Arc::ptr_eq(&third.pods[&a], &fourth.pods[&a]));
+        assert_eq!(third.workloads, fourth.workloads);
+    }
 
     #[test]
     fn app_protocol_from_field_or_port_name() {

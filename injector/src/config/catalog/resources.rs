@@ -120,7 +120,7 @@ impl Catalog {
         let workloads = self.workloads.iter().map(|w| {
             resource(
                 format!("workload/{}/{}", w.namespace, w.name),
-                Body::Workload(w.clone()),
+                Body::Workload((**w).clone()),
             )
         });
         let endpoints = self.services.iter().map(|s| {
