@@ -33,7 +33,7 @@ use super::{
     translate::{self, Memo, PodFacts, Translation},
 };
 use resources::Own;
-pub use resources::ViewKey;
+pub use resources::{OwnSource, ViewKey};
 
 /// The policies a workload's sidecar enforces, and its first container port.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +59,9 @@ pub struct Catalog {
     routing_label_keys: BTreeSet<String>,
     /// A fingerprint of what views are made of ([`Catalog::view_inputs`]).
     view_inputs: [u8; 32],
+    /// A fingerprint of what sidecars' own resources are made of besides their pods' facts
+    /// ([`Catalog::own_source`]).
+    own_inputs: [u8; 32],
 }
 
 impl Catalog {
@@ -130,8 +133,10 @@ impl Catalog {
             service_entries,
             routing_label_keys,
             view_inputs: [0; 32],
+            own_inputs: [0; 32],
         };
         catalog.view_inputs = catalog.fingerprint_views();
+        catalog.own_inputs = catalog.fingerprint_own();
         tracing::debug!(
             translate_ms = translated.as_millis(),
             rest_ms = (started.elapsed() - translated).as_millis(),

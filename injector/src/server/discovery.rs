@@ -28,8 +28,9 @@ use super::{
     metrics::Metrics,
     sync_status::{Entry, SyncStatus},
 };
-use crate::config::Catalog;
+use crate::config::{Catalog, OwnSource};
 use held::{Change, Contents, Held};
+use published::Entries;
 pub use published::{publish, Published};
 
 /// How long a subscriber has to say who it is.
@@ -96,6 +97,7 @@ impl Discovery for DiscoveryService {
             metrics: self.metrics.clone(),
             turns: self.turns.clone(),
             pushes,
+            own: None,
         };
         tokio::spawn(session.run(requests));
         Ok(Response::new(ReceiverStream::new(stream)))
@@ -158,6 +160,9 @@ struct Session {
     metrics: Arc<Metrics>,
     turns: Turns,
     pushes: mpsc::Sender<Result<Push, Status>>,
+    /// The own resources last made, what they were made of and the keys filled in: most
+    /// changes leave them alone, and a thousand sessions need not make them again.
+    own: Option<(OwnSource, Arc<Jwks>, Entries)>,
 }
 
 impl Session {
@@ -241,10 +246,30 @@ impl Session {
 
     /// What the sidecar should hold now: the shared resources, its view's Services, and its
     /// own resources (with the keys fetched for its `jwksUri`s).
-    fn contents(&self, published: &Published, jwks: &Jwks) -> Contents {
+    fn contents(&mut self, published: &Published, jwks: &Arc<Jwks>) -> Contents {
         let catalog: &Catalog = &published.catalog;
-        let own = catalog
-            .own_resources(&self.node)
+        let source = catalog.own_source(&self.node);
+        let own = match &self.own {
+            Some((made_of, keys, own)) if *made_of == source && Arc::ptr_eq(keys, jwks) => {
+                own.clone()
+            }
+            _ => {
+                let own = Self::own_resources(catalog, &self.node, jwks);
+                self.own = Some((source, jwks.clone(), own.clone()));
+                own
+            }
+        };
+        Contents {
+            shared: published.shared.clone(),
+            view: published.view(&catalog.view_of(&self.node)),
+            own,
+        }
+    }
+
+    /// `node`'s own resources, encoded, with the keys fetched for its `jwksUri`s.
+    fn own_resources(catalog: &Catalog, node: &Node, jwks: &Jwks) -> Entries {
+        catalog
+            .own_resources(node)
             .into_iter()
             .map(|mut resource| {
                 if let Some(Body::Security(security)) = &mut resource.body {
@@ -255,12 +280,7 @@ impl Session {
                     published::Encoded::of(&resource),
                 )
             })
-            .collect();
-        Contents {
-            shared: published.shared.clone(),
-            view: published.view(&catalog.view_of(&self.node)),
-            own,
-        }
+            .collect()
     }
 
     /// Sends `change` and waits for the answer, holding `turn` for at most [`TURN`] of that:

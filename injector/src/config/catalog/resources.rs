@@ -7,7 +7,10 @@
 //! [`Catalog::snapshot_for`] is these resources put together as the sidecar puts them together,
 //! so the two cannot drift apart.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use remora_api::{
     proto::config::{self as proto, resource::Body, Node},
@@ -20,6 +23,7 @@ use crate::config::{
     routing::{split_hostname, Routing},
     scope::{self, Scope},
     telemetry,
+    translate::PodFacts,
 };
 
 /// What sidecars are told apart by when their Services are chosen and routed: their
@@ -33,6 +37,25 @@ pub struct ViewKey {
 }
 
 /// A sidecar's own settings: what it reads as its `proxy.istio.io/config` and its policies.
+/// What a sidecar's own resources are made of ([`Catalog::own_source`]).
+#[derive(Clone)]
+pub struct OwnSource {
+    /// Its pod's facts: the same `Arc` while the pod and its context are unchanged.
+    facts: Option<Arc<PodFacts>>,
+    inputs: [u8; 32],
+}
+
+impl PartialEq for OwnSource {
+    fn eq(&self, other: &Self) -> bool {
+        let same_facts = match (&self.facts, &other.facts) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_facts && self.inputs == other.inputs
+    }
+}
+
 pub(super) struct Own<'a> {
     pub(super) labels: &'a BTreeMap<String, String>,
     pub(super) proxy_config: Option<&'a ProxyConfig>,
@@ -301,6 +324,35 @@ impl Catalog {
     /// the policies of its workload, its telemetry.
     pub fn own_resources(&self, node: &Node) -> Vec<proto::Resource> {
         self.own_of(&node.namespace, self.own(node))
+    }
+
+    /// What [`Catalog::own_resources`]`(node)` is made of: equal in two catalogs, it is the
+    /// same in both, so a sidecar's session need not make and encode it again.
+    pub fn own_source(&self, node: &Node) -> OwnSource {
+        let pod = self
+            .pods
+            .get(&(node.namespace.clone(), node.pod_name.clone()));
+        OwnSource {
+            facts: pod.cloned(),
+            inputs: self.own_inputs,
+        }
+    }
+
+    /// The mesh config, the injection values, the Telemetry resources and the Sidecars,
+    /// hashed with SHA-256: with a pod's facts, what its own resources are made of.
+    pub(super) fn fingerprint_own(&self) -> [u8; 32] {
+        let objects = &self.accepted.objects;
+        let telemetry: Vec<_> = objects.telemetry.values().map(|t| &t.object).collect();
+        let scopes: Vec<_> = objects.scopes.values().map(|s| &s.object).collect();
+        let text = format!(
+            "{:?}{:?}{telemetry:?}{scopes:?}",
+            self.accepted.mesh,
+            self.accepted.injector.values()
+        );
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
+        fingerprint
     }
 
     /// What `node`'s pod says about its sidecar (nothing, for a pod not known yet).
