@@ -1059,3 +1059,38 @@ fn sidecars_and_export_to_scope_what_a_sidecar_is_sent() {
         "no Sidecar: everything exported to it"
     );
 }
+
+#[test]
+fn own_resources_are_made_of_the_same_things_while_nothing_they_read_changes() {
+    let pod =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: demo, labels: {app: web}}\n\
+               spec: {containers: [{name: app}]}\nstatus: {podIP: 10.0.0.1}\n";
+    let telemetry = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\n\
+                     metadata: {name: quiet, namespace: demo}\n\
+                     spec: {metrics: [{providers: [{name: prometheus}], \
+                     overrides: [{match: {metric: ALL_METRICS}, disabled: true}]}]}\n";
+    let reads = |text: &str| -> Vec<Read> {
+        objects::documents_of(&[("a.yaml", text)])
+            .into_iter()
+            .flat_map(|d| d.map(Document::read).unwrap_or_default())
+            .collect()
+    };
+    let web = node("demo", "web-0");
+    let mut memo = Memo::default();
+    let pods = reads(pod);
+    let first = Catalog::from_reads(pods.clone(), &mut memo);
+    let again = Catalog::from_reads(pods.clone(), &mut memo);
+    assert!(first.own_source(&web) == again.own_source(&web));
+    // A Telemetry resource: the same pod, other own resources.
+    let mut with_telemetry = pods.clone();
+    with_telemetry.extend(reads(telemetry));
+    let changed = Catalog::from_reads(with_telemetry, &mut memo);
+    assert!(again.own_source(&web) != changed.own_source(&web));
+    assert_ne!(again.own_resources(&web), changed.own_resources(&web));
+    // The pod read again (a new object, as after an edit): its facts are made again.
+    let reread = Catalog::from_reads(reads(pod), &mut memo);
+    assert!(first.own_source(&web) != reread.own_source(&web));
+    // A pod the catalog does not know yet: nothing of its own but the catalog's inputs.
+    let unknown = node("demo", "web-1");
+    assert!(first.own_source(&unknown) == again.own_source(&unknown));
+}
