@@ -36,7 +36,8 @@ pub mod well_known;
 pub(crate) mod yaml;
 
 pub use accepted::Accepted;
-pub use catalog::{Catalog, OwnSource, ViewKey, WorkloadPolicies};
+pub(crate) use catalog::SharedPart;
+pub use catalog::{Catalog, Encoded, OwnSource, ViewKey, WorkloadPolicies};
 pub use directory::{read_directories, DirectorySource};
 pub use kubernetes::KubernetesSource;
 pub use mesh::ProxyConfigError;

@@ -33,7 +33,8 @@ use super::{
     translate::{self, Memo, PodFacts, Translation},
 };
 use resources::Own;
-pub use resources::{OwnSource, ViewKey};
+pub use resources::{Encoded, OwnSource, ViewKey};
+pub(crate) use resources::{SharedPart, WorkloadRecord};
 
 /// The policies a workload's sidecar enforces, and its first container port.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +53,7 @@ pub struct Catalog {
     pods: BTreeMap<Key, Arc<PodFacts>>,
     services: Vec<proto::Service>,
     endpoints: Vec<proto::Endpoint>,
-    workloads: Vec<Arc<proto::Workload>>,
+    workloads: Vec<Arc<WorkloadRecord>>,
     /// The ServiceEntries that register nothing another object holds.
     service_entries: Vec<ServiceEntry>,
     /// The label keys routing looks at ([`Routing::label_keys`]).

@@ -25,6 +25,7 @@ pub(crate) use pods::Memo;
 use pods::{PoliciesByNamespace, Workload};
 
 use super::{
+    catalog::WorkloadRecord,
     cluster_ip, endpoints,
     mesh::{MeshConfig, ProxyConfig},
     objects::{Key, Objects, Rejection},
@@ -43,7 +44,7 @@ pub(crate) struct Translation {
     pub(crate) services: Vec<proto::Service>,
     pub(crate) endpoints: Vec<proto::Endpoint>,
     /// The pods behind `endpoints` and the Services' endpoints.
-    pub(crate) workloads: Vec<Arc<proto::Workload>>,
+    pub(crate) workloads: Vec<Arc<WorkloadRecord>>,
     /// The cluster IP of every Service that has one.
     pub(crate) cluster_ips: BTreeMap<Key, IpAddr>,
 }
@@ -346,14 +347,14 @@ status: {phase: Running, podIP: 10.0.0.1}
         let (third, _) = translate_with(&mut objects, &mut memo, &other);
         assert!(!Arc::ptr_eq(&second.pods[&a], &third.pods[&a]));
         assert_eq!(
-            third.workloads[0].identity,
+            third.workloads[0].record.identity,
             "spiffe://example.org/ns/demo/sa/web"
         );
         // The same pod read again (a new object): translated again.
         let (mut reread, _) = Objects::from_documents(documents_of(&files));
         let (fourth, _) = translate_with(&mut reread, &mut memo, &other);
         assert!(!Arc::ptr_eq(&third.pods[&a], &fourth.pods[&a]));
-        assert_eq!(third.workloads, fourth.workloads);
+        assert_eq!(third.workloads[0].encoded, fourth.workloads[0].encoded);
     }
 
     #[test]

@@ -12,9 +12,12 @@ use std::{
     sync::Arc,
 };
 
+use bytes::Bytes;
+use prost::Message;
+
 use remora_api::{
     proto::config::{self as proto, resource::Body, Node},
-    resources::endpoints_name,
+    resources::{endpoints_name, fnv1a64},
 };
 
 use super::Catalog;
@@ -37,6 +40,58 @@ pub struct ViewKey {
 }
 
 /// A sidecar's own settings: what it reads as its `proxy.istio.io/config` and its policies.
+/// One resource, encoded once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    pub bytes: Bytes,
+    /// [`fnv1a64`] of `bytes`: what a state's version sums.
+    pub digest: u64,
+}
+
+impl Encoded {
+    pub fn of(resource: &proto::Resource) -> Self {
+        let bytes = Bytes::from(resource.encode_to_vec());
+        Self {
+            digest: fnv1a64(&bytes),
+            bytes,
+        }
+    }
+}
+
+/// A running pod's workload record (`workload/NS/NAME`), encoded when the pod is translated.
+#[derive(Debug)]
+pub(crate) struct WorkloadRecord {
+    pub(crate) record: proto::Workload,
+    pub(crate) name: Arc<str>,
+    pub(crate) encoded: Encoded,
+}
+
+impl WorkloadRecord {
+    pub(crate) fn new(record: proto::Workload) -> Self {
+        let name = format!("workload/{}/{}", record.namespace, record.name);
+        let resource = resource(name, Body::Workload(record));
+        let encoded = Encoded::of(&resource);
+        let Some(Body::Workload(record)) = resource.body else {
+            unreachable!("made with a workload body just above")
+        };
+        Self {
+            record,
+            name: Arc::from(resource.name),
+            encoded,
+        }
+    }
+
+    fn resource(&self) -> proto::Resource {
+        resource(self.name.to_string(), Body::Workload(self.record.clone()))
+    }
+}
+
+/// A shared resource as the catalog hands it over.
+pub(crate) enum SharedPart<'a> {
+    Made(Box<proto::Resource>),
+    Workload(&'a WorkloadRecord),
+}
+
 /// What a sidecar's own resources are made of ([`Catalog::own_source`]).
 #[derive(Clone)]
 pub struct OwnSource {
@@ -136,16 +191,23 @@ impl Catalog {
     /// Kubernetes Service's endpoints (which change on their own, so they travel apart from
     /// the Service).
     pub fn shared_resources(&self) -> impl Iterator<Item = proto::Resource> + '_ {
-        let addresses = self
-            .endpoints
-            .iter()
-            .map(|e| resource(format!("address/{}", e.address), Body::Address(e.clone())));
-        let workloads = self.workloads.iter().map(|w| {
-            resource(
-                format!("workload/{}/{}", w.namespace, w.name),
-                Body::Workload((**w).clone()),
-            )
+        self.shared_parts().map(|part| match part {
+            SharedPart::Made(resource) => *resource,
+            SharedPart::Workload(workload) => workload.resource(),
+        })
+    }
+
+    /// [`Catalog::shared_resources`], the workload records as translation made and encoded
+    /// them (once per pod, not once per build).
+    pub(crate) fn shared_parts(&self) -> impl Iterator<Item = SharedPart<'_>> + '_ {
+        let addresses = self.endpoints.iter().map(|e| {
+            let address = resource(format!("address/{}", e.address), Body::Address(e.clone()));
+            SharedPart::Made(Box::new(address))
         });
+        let workloads = self
+            .workloads
+            .iter()
+            .map(|workload| SharedPart::Workload(workload));
         let endpoints = self.services.iter().map(|s| {
             let ports = s
                 .ports
@@ -155,10 +217,10 @@ impl Catalog {
                     endpoints: p.endpoints.clone(),
                 })
                 .collect();
-            resource(
+            SharedPart::Made(Box::new(resource(
                 endpoints_name(&s.hostname),
                 Body::Endpoints(proto::ServiceEndpoints { ports }),
-            )
+            )))
         });
         addresses.chain(workloads).chain(endpoints)
     }

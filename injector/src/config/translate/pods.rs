@@ -20,6 +20,7 @@ use crate::inject::metadata;
 
 use super::{
     super::{
+        catalog::WorkloadRecord,
         mesh::{MeshConfig, ProxyConfig},
         objects::{Key, Labelled, Objects, Rejection},
         security::{self, SecurityPolicy},
@@ -57,7 +58,7 @@ pub(super) struct Seed {
     peer_authentication: proto::PeerAuthentication,
     /// `namespace/name`, as endpoints refer to its record.
     name: String,
-    pub(super) record: Arc<proto::Workload>,
+    pub(super) record: Arc<WorkloadRecord>,
 }
 
 /// A pod's workload in one translation.
@@ -246,7 +247,7 @@ pub(super) fn translate_pod(
             ports,
             peer_authentication: security.peer_authentication.clone().unwrap_or_default(),
             name: format!("{}/{}", key.0, key.1),
-            record: Arc::new(record),
+            record: Arc::new(WorkloadRecord::new(record)),
         })
     });
     let facts = PodFacts {

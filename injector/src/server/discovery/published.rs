@@ -13,33 +13,15 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use bytes::Bytes;
-use prost::Message;
 use remora_api::{
     proto::config::{self as proto, resource::Body},
-    resources::{endpoints_name, fnv1a64},
+    resources::endpoints_name,
 };
 use tokio::sync::watch;
 
-use crate::config::{Catalog, ViewKey};
+use crate::config::{Catalog, SharedPart, ViewKey};
 
-/// One resource, encoded once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Encoded {
-    pub bytes: Bytes,
-    /// [`fnv1a64`] of `bytes`: what a state's version sums.
-    pub digest: u64,
-}
-
-impl Encoded {
-    pub fn of(resource: &proto::Resource) -> Self {
-        let bytes = Bytes::from(resource.encode_to_vec());
-        Self {
-            digest: fnv1a64(&bytes),
-            bytes,
-        }
-    }
-}
+pub use crate::config::Encoded;
 
 /// Resources by name.
 pub type Entries = BTreeMap<Arc<str>, Encoded>;
@@ -60,14 +42,18 @@ impl Shared {
         // An unchanged resource keeps its previous bytes (and name), so that generations a
         // lagging session still holds share them rather than each holding a copy.
         let entries: Entries = catalog
-            .shared_resources()
-            .map(|r| {
-                let encoded = Encoded::of(&r);
-                match previous.entries.get_key_value(r.name.as_str()) {
-                    Some((name, old)) if old.digest == encoded.digest => {
-                        (Arc::clone(name), old.clone())
+            .shared_parts()
+            .map(|part| match part {
+                // Encoded when its pod was translated, and kept while the pod is unchanged.
+                SharedPart::Workload(workload) => (workload.name.clone(), workload.encoded.clone()),
+                SharedPart::Made(r) => {
+                    let encoded = Encoded::of(&r);
+                    match previous.entries.get_key_value(r.name.as_str()) {
+                        Some((name, old)) if old.digest == encoded.digest => {
+                            (Arc::clone(name), old.clone())
+                        }
+                        _ => (Arc::from(r.name.as_str()), encoded),
                     }
-                    _ => (Arc::from(r.name.as_str()), encoded),
                 }
             })
             .collect();
