@@ -42,7 +42,6 @@ use kinds::{Kind, Scope, KINDS};
 use status::{Judged, StatusWriter, Verdict};
 
 use super::{
-    objects::Read,
     source::{log_new_rejections, new_rejections, seen, settle, Seen, Watching},
     translate::Memo,
     Body, Catalog, Document, Source, SourceError, Subject,
@@ -274,15 +273,47 @@ fn not_installed(error: &watcher::Error) -> bool {
     }
 }
 
-/// Whether each kind has been listed (or found missing), and what was last published.
+/// Whether each kind has been listed (or found missing).
 struct World {
     stores: Vec<Store>,
     /// The version each kind is read in, once listed (or `None`: not served).
     ready: Vec<Option<Option<&'static str>>>,
-    /// Each store's count of changes at the last build.
+}
+
+/// What builds catalogs (on a blocking thread): the stores, what the last build saw of them,
+/// and what it made of each pod.
+struct Builder {
+    stores: Vec<Store>,
     last: Vec<u64>,
-    /// What the last build made of each pod.
     memo: Memo,
+}
+
+/// A build's outcome: the change counts it saw, and the catalog unless nothing had changed.
+type Built = (Builder, Vec<u64>, Option<Catalog>);
+
+impl Builder {
+    fn counts(&self) -> Vec<u64> {
+        self.stores.iter().map(|s| s.lock().changes()).collect()
+    }
+
+    /// A catalog of the stores as they are now; none when nothing changed since the last
+    /// build, unless `first`.
+    fn build(mut self, first: bool) -> Built {
+        let counts = self.counts();
+        if !first && counts == self.last {
+            return (self, counts, None);
+        }
+        let mut reads = Vec::new();
+        for store in &self.stores {
+            let store = store.lock();
+            for (_, kept) in store.objects() {
+                reads.extend(kept.reads.iter().cloned());
+            }
+        }
+        self.last.clone_from(&counts);
+        let catalog = Catalog::from_reads(reads, &mut self.memo);
+        (self, counts, Some(catalog))
+    }
 }
 
 /// Where rejections and conditions are written.
@@ -300,42 +331,45 @@ async fn rebuild(
     first: oneshot::Sender<watch::Receiver<Arc<Catalog>>>,
 ) {
     let ready = vec![None; stores.len()];
-    let mut world = World {
-        stores,
-        ready,
+    // Away (building) only while a burst settles.
+    let mut builder = Some(Builder {
+        stores: stores.clone(),
         last: Vec::new(),
         memo: Memo::default(),
-    };
+    });
+    let mut world = World { stores, ready };
     let mut first = Some(first);
     let mut publish: Option<watch::Sender<Arc<Catalog>>> = None;
     while let Some(signal) = signals.recv().await {
         world.note(signal);
+        // Once every kind is read, building starts with the burst rather than after it: most
+        // bursts are one change, whose catalog is then ready when the burst has settled (it
+        // is built again if more changes came meanwhile). Building is long enough at scale to
+        // keep off the runtime's threads.
+        let fresh = publish.is_none();
+        let early = start(&mut builder, &world, fresh);
         if !settle(&mut signals, |signal| world.note(signal)).await {
             return;
         }
-        if world.ready.contains(&None) {
+        // Every kind read only while the burst settled: building starts now.
+        let Some(building) = early.or_else(|| start(&mut builder, &world, fresh)) else {
             continue;
-        }
+        };
         let started = std::time::Instant::now();
-        let unchanged = publish.is_some();
-        // Reading objects and building the catalog take long enough at scale to keep them off
-        // the runtime's threads.
-        let Ok((returned, catalog)) = tokio::task::spawn_blocking(move || {
-            let changes: Vec<u64> = world.stores.iter().map(|s| s.lock().changes()).collect();
-            if unchanged && changes == world.last {
-                return (world, None);
-            }
-            let reads = world.reads();
-            world.last = changes;
-            let catalog = Catalog::from_reads(reads, &mut world.memo);
-            (world, Some(catalog))
-        })
-        .await
-        else {
+        let Ok((mut returned, counts, mut catalog)) = building.await else {
             tracing::error!("building the config catalog failed; no more config is read");
             return;
         };
-        world = returned;
+        if counts != returned.counts() {
+            let Ok((again, _, rebuilt)) =
+                tokio::task::spawn_blocking(move || returned.build(fresh)).await
+            else {
+                tracing::error!("building the config catalog failed; no more config is read");
+                return;
+            };
+            (returned, catalog) = (again, rebuilt);
+        }
+        builder = Some(returned);
         let Some(catalog) = catalog else { continue };
         let before = publish
             .as_ref()
@@ -351,7 +385,7 @@ async fn rebuild(
                 .map(|s| s.lock().objects().count())
                 .sum::<usize>(),
             rejected = catalog.rejected.len(),
-            took_ms = started.elapsed().as_millis(),
+            waited_ms = started.elapsed().as_millis(),
             "config rebuilt from the Kubernetes API"
         );
         let catalog = Arc::new(catalog);
@@ -385,6 +419,16 @@ async fn rebuild(
     }
 }
 
+/// Starts a build once every kind is read (`builder` is away until it is done).
+fn start(
+    builder: &mut Option<Builder>,
+    world: &World,
+    fresh: bool,
+) -> Option<tokio::task::JoinHandle<Built>> {
+    let ready = builder.take_if(|_| world.ready.iter().all(Option::is_some))?;
+    Some(tokio::task::spawn_blocking(move || ready.build(fresh)))
+}
+
 impl World {
     fn note(&mut self, signal: Signal) {
         match signal {
@@ -392,19 +436,6 @@ impl World {
             Signal::Absent(index) => self.ready[index] = Some(None),
             Signal::Changed => {}
         }
-    }
-
-    /// Every object's readings in the catalog's order: kind by kind, oldest first (Istio
-    /// breaks ties between conflicting objects by age), then by namespace and name.
-    fn reads(&self) -> Vec<Read> {
-        let mut reads = Vec::new();
-        for store in &self.stores {
-            let store = store.lock();
-            for (_, kept) in store.objects() {
-                reads.extend(kept.reads.iter().cloned());
-            }
-        }
-        reads
     }
 
     /// The objects newly rejected in `catalog`, as Events refer to them, and why.
