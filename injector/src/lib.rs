@@ -12,6 +12,8 @@
 //! ([`config::read_directories`], [`config::Catalog::accepted`]) and issue with [`ca`] and
 //! [`token`], so they agree with the control plane by construction.
 
+#![forbid(unsafe_code)]
+
 #[cfg(test)]
 mod api_mock;
 pub mod ca;

@@ -16,6 +16,19 @@ use remora_injector::{
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts (before `main`). A control plane's memory comes in
+/// bursts (a catalog built while the old one is still held, a push's encoded parts) from many
+/// blocking threads; with jemalloc's defaults each of those threads' arenas keeps its own
+/// freed pages for 10 s, and only purges them when that arena is next used. One arena, a
+/// background thread that purges, and freed pages given back after a second keep the
+/// resident set close to what is live (the scale bench at 10,000 pods: 257–274 MiB at peak
+/// rather than 322 MiB, pushes as fast). `_RJEM_MALLOC_CONF` in the environment still overrides these.
+#[cfg(feature = "jemalloc")]
+#[allow(unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 70] =
+    b"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(name = "remora-injector", version, about = "Remora control plane")]
 struct Cli {
