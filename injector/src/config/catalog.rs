@@ -163,10 +163,11 @@ impl Catalog {
     fn snapshot_of(&self, namespace: &str, own: Own) -> Snapshot {
         // The catalog's own resources always make a snapshot (each is named for its content,
         // and endpoints come with their Service); were that ever broken, say so loudly.
-        remora_api::resources::assemble(self.resources_of(namespace, own)).unwrap_or_else(|e| {
-            tracing::error!(error = %e, namespace, "the catalog's resources make no snapshot");
-            Snapshot::default()
-        })
+        remora_api::resources::assemble(self.resources_of(namespace, own).into_iter().map(Ok))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, namespace, "the catalog's resources make no snapshot");
+                Snapshot::default()
+            })
     }
 
     /// The mesh settings a sidecar with `proxy_config` overrides receives, with the cluster

@@ -3,7 +3,6 @@
 //! them, and the routes, which resolve to them.
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -64,12 +63,48 @@ pub struct Workload {
     pub namespace: String,
     /// The pod's name.
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The identity its sidecar proves; `None` when it runs without one.
     pub identity: Option<SpiffeId>,
     pub addresses: Vec<IpAddr>,
     /// Telemetry's names for it, as istiod derives them (see [`WorkloadNames`]).
     pub names: WorkloadNames,
+}
+
+/// A workload's labels, sorted by key. A sidecar holds one set per workload in the mesh, and
+/// a pod has a handful: a `BTreeMap` would give each set a node sized for eleven, so at ten
+/// thousand pods this is megabytes smaller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    /// The value of label `key`, if the workload carries it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Later pairs win over earlier ones with the same key, as a map's inserts would.
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (Box::from(k.as_ref()), Box::from(v.as_ref())))
+            .collect();
+        // Stable, so that of equal keys the last stays last and survives the dedup below.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.reverse();
+        pairs.dedup_by(|later, earlier| later.0 == earlier.0);
+        pairs.reverse();
+        Self(pairs.into_boxed_slice())
+    }
 }
 
 /// What Istio's standard metrics and spans call a workload: the workload it belongs to (a
@@ -82,4 +117,27 @@ pub struct WorkloadNames {
     pub canonical_revision: String,
     pub app: String,
     pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Labels;
+
+    #[test]
+    fn labels_are_found_by_key_and_a_later_pair_wins() {
+        let labels: Labels = [("version", "v1"), ("app", "httpbin"), ("version", "v2")]
+            .into_iter()
+            .collect();
+        for (key, expected) in [
+            ("app", Some("httpbin")),
+            ("version", Some("v2")),
+            ("tier", None),
+            ("", None),
+        ] {
+            assert_eq!(labels.get(key), expected, "{key}");
+        }
+        assert!(!labels.is_empty());
+        assert!(Labels::default().is_empty());
+        assert_eq!(Labels::default().get("app"), None);
+    }
 }

@@ -185,30 +185,27 @@ impl Held {
                 push.version
             )));
         }
-        let mut all = Vec::with_capacity(self.resources.len() + set.len());
-        if !push.full {
-            for (name, bytes) in self.resources.iter() {
-                if set.contains_key(name) || removed.contains(name) {
-                    continue;
-                }
-                let resource = Resource::decode(bytes.clone()).map_err(|e| PushError::Named {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-                all.push(resource);
-            }
+        let mut received = Vec::with_capacity(set.len());
+        let mut set_bytes = Vec::with_capacity(set.len());
+        for (name, (bytes, resource)) in set {
+            set_bytes.push((name, bytes));
+            received.push(resource);
         }
-        all.extend(set.values().map(|(_, resource)| resource.clone()));
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut snapshot = assemble(all)?;
+        // What is held and stays is decoded as the snapshot is put together, merged in name
+        // order with what came: never all decoded beside one another before that.
+        let kept = self.resources.iter().filter(|(name, _)| {
+            !push.full
+                && !removed.contains(name)
+                && set_bytes
+                    .binary_search_by(|(set, _)| set.as_str().cmp(name.as_str()))
+                    .is_err()
+        });
+        let mut snapshot = assemble(merged(kept, received))?;
         snapshot.version = push.version;
         Ok(Staged {
             snapshot,
             full: push.full,
-            set: set
-                .into_iter()
-                .map(|(name, (bytes, _))| (name, bytes))
-                .collect(),
+            set: set_bytes,
             removed: push.removed,
             sum,
         })
@@ -239,13 +236,42 @@ impl Held {
     }
 }
 
+/// Held resources (encoded) and received ones (decoded), each in name order, as one sequence
+/// in name order, the held ones decoded as they are reached.
+fn merged<'a>(
+    held: impl Iterator<Item = (&'a String, &'a Bytes)>,
+    received: Vec<Resource>,
+) -> impl Iterator<Item = Result<Resource, PushError>> {
+    let mut held = held.peekable();
+    let mut received = received.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let held_first = match (held.peek(), received.peek()) {
+            (Some((name, _)), Some(next)) => name.as_str() < next.name.as_str(),
+            (held, _) => held.is_some(),
+        };
+        if !held_first {
+            return received.next().map(Ok);
+        }
+        let (name, bytes) = held.next()?;
+        Some(
+            Resource::decode(bytes.clone()).map_err(|e| PushError::Named {
+                name: name.clone(),
+                reason: e.to_string(),
+            }),
+        )
+    })
+}
+
 /// The snapshot that `resources` (in name order) make; `version` is left empty. Each resource
 /// must be what its name says; a Service's ports take their endpoints from its `endpoints/`
-/// resource when there is one.
-pub fn assemble(resources: impl IntoIterator<Item = Resource>) -> Result<Snapshot, PushError> {
+/// resource when there is one. The first resource that could not be read is the error.
+pub fn assemble(
+    resources: impl IntoIterator<Item = Result<Resource, PushError>>,
+) -> Result<Snapshot, PushError> {
     let mut snapshot = Snapshot::default();
     let mut endpoints: HashMap<String, ServiceEndpoints> = HashMap::new();
-    for Resource { name, body } in resources {
+    for resource in resources {
+        let Resource { name, body } = resource?;
         let problem = |reason: String| PushError::Named {
             name: name.clone(),
             reason,

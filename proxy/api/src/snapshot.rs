@@ -55,7 +55,8 @@ impl Dump {
             Dump::Resources { version, held } => {
                 let decoded = held
                     .values()
-                    .filter_map(|bytes| proto::Resource::decode(bytes.clone()).ok());
+                    .filter_map(|bytes| proto::Resource::decode(bytes.clone()).ok())
+                    .map(Ok);
                 let mut snapshot = resources::assemble(decoded).unwrap_or_default();
                 snapshot.version.clone_from(version);
                 snapshot
@@ -479,11 +480,7 @@ fn workloads(
         let record = Arc::new(Workload {
             namespace: workload.namespace.clone(),
             name: workload.name.clone(),
-            labels: workload
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: workload.labels.iter().collect(),
             identity,
             addresses,
             names: WorkloadNames {
@@ -594,7 +591,7 @@ fn add_backends(
                     subset
                         .labels
                         .iter()
-                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                        .all(|(k, v)| w.labels.get(k) == Some(v.as_str()))
                 })
             })
             .cloned()

@@ -214,7 +214,6 @@ impl SeriesLabels {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use remora_api::WorkloadNames;
 
@@ -228,7 +227,7 @@ mod tests {
         Workload {
             namespace: "demo".into(),
             name: "httpbin-5d8f-x1".into(),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             identity: Some(id("spiffe://cluster.local/ns/demo/sa/httpbin")),
             addresses: vec![],
             names: WorkloadNames {
