@@ -7,6 +7,8 @@
 //! way to the app, [`outbound`] the only way out to the mesh, [`tunnel`] the sidecar-to-sidecar
 //! protocol, [`respond`] the one place a failure becomes a response, and [`app`] wires them.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod app;
