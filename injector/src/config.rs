@@ -21,6 +21,7 @@ mod accepted;
 mod catalog;
 pub mod cluster_ip;
 pub(crate) mod directory;
+mod encoded;
 pub mod endpoints;
 pub(crate) mod kubernetes;
 pub(crate) mod mesh;
@@ -37,8 +38,9 @@ pub(crate) mod yaml;
 
 pub use accepted::Accepted;
 pub(crate) use catalog::SharedPart;
-pub use catalog::{Catalog, Encoded, OwnSource, ViewKey, WorkloadPolicies};
+pub use catalog::{Catalog, OwnSource, ViewKey, WorkloadPolicies};
 pub use directory::{read_directories, DirectorySource};
+pub use encoded::Encoded;
 pub use kubernetes::KubernetesSource;
 pub use mesh::ProxyConfigError;
 pub use objects::{Body, Document, Rejection, Subject};

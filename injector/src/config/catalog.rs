@@ -23,6 +23,7 @@ use remora_api::{
 
 use crate::inject::Injector;
 
+use super::encoded::WorkloadRecord;
 use super::{
     accepted::Accepted,
     mesh::ProxyConfig,
@@ -33,8 +34,8 @@ use super::{
     translate::{self, Memo, PodFacts, Translation},
 };
 use resources::Own;
-pub use resources::{Encoded, OwnSource, ViewKey};
-pub(crate) use resources::{SharedPart, WorkloadRecord};
+pub(crate) use resources::SharedPart;
+pub use resources::{OwnSource, ViewKey};
 
 /// The policies a workload's sidecar enforces, and its first container port.
 #[derive(Debug, Clone, PartialEq)]

@@ -25,8 +25,9 @@ pub(crate) use pods::Memo;
 use pods::{PoliciesByNamespace, Workload};
 
 use super::{
-    catalog::WorkloadRecord,
-    cluster_ip, endpoints,
+    cluster_ip,
+    encoded::WorkloadRecord,
+    endpoints,
     mesh::{MeshConfig, ProxyConfig},
     objects::{Key, Objects, Rejection},
     well_known::service_hostname,

@@ -12,16 +12,14 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
-use prost::Message;
-
 use remora_api::{
     proto::config::{self as proto, resource::Body, Node},
-    resources::{endpoints_name, fnv1a64},
+    resources::endpoints_name,
 };
 
 use super::Catalog;
 use crate::config::{
+    encoded::WorkloadRecord,
     mesh::ProxyConfig,
     routing::{split_hostname, Routing},
     scope::{self, Scope},
@@ -37,53 +35,6 @@ pub struct ViewKey {
     pub namespace: String,
     labels: BTreeMap<String, String>,
     scope: Option<(String, String)>,
-}
-
-/// A sidecar's own settings: what it reads as its `proxy.istio.io/config` and its policies.
-/// One resource, encoded once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Encoded {
-    pub bytes: Bytes,
-    /// [`fnv1a64`] of `bytes`: what a state's version sums.
-    pub digest: u64,
-}
-
-impl Encoded {
-    pub fn of(resource: &proto::Resource) -> Self {
-        let bytes = Bytes::from(resource.encode_to_vec());
-        Self {
-            digest: fnv1a64(&bytes),
-            bytes,
-        }
-    }
-}
-
-/// A running pod's workload record (`workload/NS/NAME`), encoded when the pod is translated.
-#[derive(Debug)]
-pub(crate) struct WorkloadRecord {
-    pub(crate) record: proto::Workload,
-    pub(crate) name: Arc<str>,
-    pub(crate) encoded: Encoded,
-}
-
-impl WorkloadRecord {
-    pub(crate) fn new(record: proto::Workload) -> Self {
-        let name = format!("workload/{}/{}", record.namespace, record.name);
-        let resource = resource(name, Body::Workload(record));
-        let encoded = Encoded::of(&resource);
-        let Some(Body::Workload(record)) = resource.body else {
-            unreachable!("made with a workload body just above")
-        };
-        Self {
-            record,
-            name: Arc::from(resource.name),
-            encoded,
-        }
-    }
-
-    fn resource(&self) -> proto::Resource {
-        resource(self.name.to_string(), Body::Workload(self.record.clone()))
-    }
 }
 
 /// A shared resource as the catalog hands it over.

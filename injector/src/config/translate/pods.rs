@@ -20,7 +20,7 @@ use crate::inject::metadata;
 
 use super::{
     super::{
-        catalog::WorkloadRecord,
+        encoded::WorkloadRecord,
         mesh::{MeshConfig, ProxyConfig},
         objects::{Key, Labelled, Objects, Rejection},
         security::{self, SecurityPolicy},
