@@ -3,6 +3,7 @@
 //! them, and the routes, which resolve to them.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -94,16 +95,11 @@ impl Labels {
 /// Later pairs win over earlier ones with the same key, as a map's inserts would.
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
-        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+        let sorted: BTreeMap<Box<str>, Box<str>> = pairs
             .into_iter()
             .map(|(k, v)| (Box::from(k.as_ref()), Box::from(v.as_ref())))
             .collect();
-        // Stable, so that of equal keys the last stays last and survives the dedup below.
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        pairs.reverse();
-        pairs.dedup_by(|later, earlier| later.0 == earlier.0);
-        pairs.reverse();
-        Self(pairs.into_boxed_slice())
+        Self(sorted.into_iter().collect())
     }
 }
 
