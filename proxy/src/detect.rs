@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use remora_api::protocol::Declared;
+
 use crate::prefixed::PrefixedIo;
 
 /// How long to wait for a client's first bytes before treating the connection as a protocol
@@ -80,8 +82,52 @@ pub struct Detected<S> {
 
 /// Reads until the protocol is known, the peer stops sending (EOF), or `timeout` passes.
 pub async fn detect<S: AsyncRead + Unpin>(
+    io: S,
+    timeout: Duration,
+) -> std::io::Result<Detected<S>> {
+    read_until(io, timeout, classify, Protocol::Opaque).await
+}
+
+/// What a connection to a port that declares `declared` is served as (Istio's protocol
+/// selection): a TCP port's at once, nothing read; an HTTP port's by only as much as tells
+/// HTTP/2's preface and TLS from HTTP/1, and HTTP/1 otherwise, so that a partial or malformed
+/// request is the HTTP server's to hold or refuse, never bytes passed to the app; any other
+/// port's by [`detect`].
+pub async fn detect_declared<S: AsyncRead + Unpin>(
+    io: S,
+    declared: Declared,
+    timeout: Duration,
+) -> std::io::Result<Detected<S>> {
+    match declared {
+        Declared::Tcp => Ok(Detected {
+            protocol: Protocol::Opaque,
+            io: PrefixedIo::unread(io),
+        }),
+        Declared::Http => read_until(io, timeout, classify_http, Protocol::Http1).await,
+        Declared::Tls | Declared::Undeclared => detect(io, timeout).await,
+    }
+}
+
+/// On a port declared HTTP: HTTP/2 with prior knowledge, TLS, or else HTTP/1.
+fn classify_http(buf: &[u8]) -> Option<Protocol> {
+    let preface = buf.len().min(H2_PREFACE.len());
+    match buf {
+        [] | [0x16] => None,
+        [0x16, 0x03, ..] => Some(Protocol::Tls),
+        _ if buf[..preface] == H2_PREFACE[..preface] => {
+            (preface == H2_PREFACE.len()).then_some(Protocol::Http2)
+        }
+        _ => Some(Protocol::Http1),
+    }
+}
+
+/// Reads until `classify` knows the protocol; `otherwise` when the peer stops sending (EOF)
+/// or `timeout` passes first.
+async fn read_until<S: AsyncRead + Unpin>(
     mut io: S,
     timeout: Duration,
+    classify: fn(&[u8]) -> Option<Protocol>,
+    otherwise: Protocol,
 ) -> std::io::Result<Detected<S>> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -90,7 +136,7 @@ pub async fn detect<S: AsyncRead + Unpin>(
             break protocol;
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => break classify(&buf).unwrap_or(Protocol::Opaque),
+            Ok(Ok(0)) | Err(_) => break classify(&buf).unwrap_or(otherwise),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
@@ -134,6 +180,54 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
+    }
+
+    #[test]
+    fn a_port_declared_http_sees_http_in_all_but_h2_and_tls() {
+        let cases: &[(&[u8], Option<Protocol>)] = &[
+            (b"", None),
+            (b"G", Some(Protocol::Http1)),
+            (b"GET /get?x HT", Some(Protocol::Http1)),
+            (b"hello world\n", Some(Protocol::Http1)),
+            (b"\x00\x01\x02", Some(Protocol::Http1)),
+            (b"SSH-2.0-OpenSSH_9.2\r\n", Some(Protocol::Http1)),
+            (b"POST / HTTP/1.1\r\n", Some(Protocol::Http1)),
+            (b"PRI * HTTP/2.0\r\n", None),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::Http2)),
+            (b"\x16", None),
+            (b"\x16\x03\x01", Some(Protocol::Tls)),
+            (b"\x16\x04", Some(Protocol::Http1)),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                classify_http(bytes),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_declared_tcp_reads_nothing_and_waits_for_nothing() {
+        let (_far, near) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let detected = detect_declared(near, Declared::Tcp, Duration::from_millis(500))
+            .await
+            .expect("detect");
+        assert_eq!(detected.protocol, Protocol::Opaque);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let (prefix, _) = detected.io.into_parts();
+        assert!(prefix.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_on_a_port_declared_http_is_still_http() {
+        let (_far, near) = tokio::io::duplex(64);
+        let detected = detect_declared(near, Declared::Http, Duration::from_millis(100))
+            .await
+            .expect("detect");
+        assert_eq!(detected.protocol, Protocol::Http1);
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub enum ConnectionError {
     NotThisPod(SocketAddr),
     #[error("reading the original destination: {0}")]
     OriginalDst(#[source] io::Error),
+    /// TLS on a port declared HTTP whose ClientHello was cut short or malformed: not passed
+    /// to anyone as raw bytes.
+    #[error("refusing an incomplete or malformed TLS ClientHello on a port declared HTTP")]
+    NotHttp,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("mesh mTLS: {0}")]

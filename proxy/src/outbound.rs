@@ -4,9 +4,12 @@
 //! as a logical target: a Service port (its routes kept current by `routes`, its backends'
 //! endpoints balanced per request by [`balance`]), a mesh workload, an address outside the
 //! registry (passed through untouched under `ALLOW_ANY`), or a black hole (`REGISTRY_ONLY`).
-//! HTTP/1.x and HTTP/2 are then served request by request by `http` (routing, retries,
-//! mirrors); anything else (opaque TCP, the app's own TLS, protocols whose server speaks first)
-//! by `tcp`, on one endpoint of the port for the connection's life. Endpoints with a sidecar are reached
+//! What the connection speaks is what the Service port declares, else what its first bytes
+//! say ([`crate::detect::detect_declared`]): a port declared TCP is not read first, one
+//! declared HTTP is always HTTP (TLS only as a whole ClientHello). HTTP/1.x and HTTP/2 are then
+//! served request by request by `http` (routing, retries, mirrors); anything else (opaque TCP,
+//! the app's own TLS, protocols whose server speaks first) by `tcp`, on one endpoint of the
+//! port for the connection's life. Endpoints with a sidecar are reached
 //! through the tunnel ([`crate::tunnel::client`]), which checks the identity the snapshot names;
 //! endpoints without one directly, in the clear.
 
@@ -30,6 +33,7 @@ use std::{
 };
 
 use remora_api::{
+    protocol::Declared,
     route::{DestinationPolicy, Target},
     Logical,
 };
@@ -42,7 +46,7 @@ use tokio::{
 use crate::{
     access_log::{Direction, Downstream},
     config::Config,
-    detect::{detect, Protocol, DETECT_TIMEOUT},
+    detect::{detect_declared, Protocol, DETECT_TIMEOUT},
     drain::Drain,
     http_client::{Connect, HttpClient},
     listen::{Accepted, ConnectionError},
@@ -208,6 +212,10 @@ where
         server_name: None,
     };
     let logical = outbound.config.load().lookup(accepted.orig_dst);
+    let declared = match &logical {
+        Logical::Service(port) => port.protocol,
+        _ => Declared::Undeclared,
+    };
     let backend = match logical {
         Logical::Passthrough(dst) => {
             // Not in the mesh registry: passed through as addressed.
@@ -238,7 +246,7 @@ where
         Logical::Blackhole(dst) => Backend::Blackhole(dst),
     };
     let original = Original::new(accepted.orig_dst);
-    let detected = detect(accepted.io, outbound.detect_timeout).await?;
+    let detected = detect_declared(accepted.io, declared, outbound.detect_timeout).await?;
     outbound
         .metrics
         .connection("outbound", detected.protocol.name());
@@ -255,9 +263,14 @@ where
             )
             .await
         }
-        Protocol::Tls if backend.routes_by_sni() => {
+        Protocol::Tls if backend.routes_by_sni() || declared == Declared::Http => {
             let (hello, io) = tls::client_hello(detected.io, outbound.detect_timeout).await?;
-            let upstream = backend.pick(hello.server_name.as_deref(), &original);
+            // On a port declared HTTP, TLS is the app's own only as a whole ClientHello.
+            if hello.is_none() && declared == Declared::Http {
+                return Err(ConnectionError::NotHttp);
+            }
+            let server_name = hello.and_then(|hello| hello.server_name);
+            let upstream = backend.pick(server_name.as_deref(), &original);
             let recorder = backend.recorder(&outbound, downstream);
             tcp::forward(&outbound, upstream, io, recorder).await
         }

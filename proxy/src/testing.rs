@@ -92,6 +92,18 @@ impl SnapshotBuilder {
         self
     }
 
+    /// What the last Service's port declares it speaks (its `appProtocol`, or a port name).
+    pub fn declared(mut self, protocol: &str) -> Self {
+        let port = self
+            .0
+            .services
+            .last_mut()
+            .and_then(|service| service.ports.last_mut())
+            .expect("a Service to declare");
+        protocol.clone_into(&mut port.app_protocol);
+        self
+    }
+
     /// A mesh workload at `address` whose sidecar is `identity`.
     pub fn workload(mut self, address: SocketAddr, identity: &SpiffeId) -> Self {
         self.0.endpoints.push(proto::Endpoint {

@@ -239,7 +239,7 @@ pub fn server_name<IO>(stream: &ServerStream<IO>) -> Option<Arc<str>> {
 }
 
 /// What a ClientHello says, read before any TLS is terminated.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ClientHello {
     /// It asks for mesh mTLS by ALPN.
     pub mesh: bool,
@@ -248,13 +248,13 @@ pub struct ClientHello {
 }
 
 /// Reads the rest of a TLS ClientHello (whose first bytes detection already read) and tells
-/// what it asks for. The bytes stay in front of the stream either way, so mesh TLS can be
-/// terminated from the start and an app's own TLS passed through untouched. A ClientHello
-/// that cannot be parsed, or is not complete in time, asks for nothing.
+/// what it asks for: `None` when it cannot be parsed or is not complete in time. The bytes
+/// stay in front of the stream either way, so mesh TLS can be terminated from the start and an
+/// app's own TLS passed through untouched.
 pub async fn client_hello<S: AsyncRead + Unpin>(
     io: PrefixedIo<S>,
     timeout: Duration,
-) -> std::io::Result<(ClientHello, PrefixedIo<S>)> {
+) -> std::io::Result<(Option<ClientHello>, PrefixedIo<S>)> {
     let (prefix, mut inner) = io.into_parts();
     let mut buf = BytesMut::from(prefix);
     let mut acceptor = Acceptor::default();
@@ -269,18 +269,18 @@ pub async fn client_hello<S: AsyncRead + Unpin>(
         match acceptor.accept() {
             Ok(Some(accepted)) => {
                 let hello = accepted.client_hello();
-                break ClientHello {
+                break Some(ClientHello {
                     mesh: hello
                         .alpn()
                         .is_some_and(|mut protocols| protocols.any(is_mesh_alpn)),
                     server_name: hello.server_name().map(str::to_owned),
-                };
+                });
             }
-            Err(_) => break ClientHello::default(),
+            Err(_) => break None,
             Ok(None) => {}
         }
         match tokio::time::timeout_at(deadline, inner.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => break ClientHello::default(),
+            Ok(Ok(0)) | Err(_) => break None,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
@@ -294,7 +294,7 @@ pub async fn offers_mesh_alpn<S: AsyncRead + Unpin>(
     timeout: Duration,
 ) -> std::io::Result<(bool, PrefixedIo<S>)> {
     let (hello, io) = client_hello(io, timeout).await?;
-    Ok((hello.mesh, io))
+    Ok((hello.is_some_and(|hello| hello.mesh), io))
 }
 
 #[cfg(test)]

@@ -320,6 +320,78 @@ async fn opaque_tcp_is_tunnelled_with_half_close() {
     assert_eq!(opened(&server, &destination), 1.0, "{server}");
 }
 
+/// One Service in front of `app` whose port declares `protocol`.
+fn declared(app: SocketAddr, protocol: &'static str) -> impl FnOnce(&SpiffeId) -> Snapshot {
+    move |server| {
+        SnapshotBuilder::default()
+            .service(
+                "httpbin.default.svc.cluster.local",
+                addr(CLUSTER_IP),
+                &[(app, Some(server))],
+            )
+            .declared(protocol)
+            .build()
+    }
+}
+
+#[tokio::test]
+async fn a_port_declared_tcp_passes_even_an_http_request_on_as_bytes() {
+    let app = counting_app().await;
+    let mesh = mesh(declared(app, "tcp-db")).await;
+    let mut io = mesh.dial(CLUSTER_IP);
+    io.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    io.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    io.read_to_string(&mut answer).await.expect("read");
+    assert_eq!(answer, "got 27 bytes");
+}
+
+#[tokio::test]
+async fn garbage_on_a_port_declared_http_gets_400_and_never_reaches_the_app() {
+    let app = counting_app().await;
+    for protocol in ["http", "grpc", "kubernetes.io/h2c"] {
+        let mesh = mesh(declared(app, protocol)).await;
+        let mut io = mesh.dial(CLUSTER_IP);
+        io.write_all(b"\x00\x01\x02 not a request\r\n\r\n")
+            .await
+            .expect("write");
+        io.shutdown().await.expect("half-close");
+        let mut answer = String::new();
+        io.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{protocol}: {answer}");
+        // The counting app answers whatever reaches it; nothing did.
+        assert!(!answer.contains("got"), "{protocol}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_cut_short_client_hello_on_a_port_declared_http_is_refused() {
+    let app = counting_app().await;
+    let mesh = mesh(declared(app, "http")).await;
+    let mut io = mesh.dial(CLUSTER_IP);
+    // A TLS handshake record header announcing 512 bytes, and only 4 of them.
+    io.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc")
+        .await
+        .expect("write");
+    io.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    io.read_to_end(&mut answer).await.expect("read");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    // Undeclared, the same bytes are the app's own TLS, passed on.
+    let mesh = self::mesh(one_service(app)).await;
+    let mut io = mesh.dial(CLUSTER_IP);
+    io.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc")
+        .await
+        .expect("write");
+    io.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    io.read_to_string(&mut answer).await.expect("read");
+    assert_eq!(answer, "got 9 bytes");
+}
+
 #[tokio::test]
 async fn plaintext_on_the_capture_port_reaches_the_app_without_forged_headers() {
     let app = echo_app(false).await;

@@ -24,6 +24,7 @@ mod mesh;
 pub mod path;
 pub mod peer_authn;
 pub mod proto;
+pub mod protocol;
 pub mod resources;
 pub mod route;
 mod security;

@@ -22,6 +22,7 @@ use crate::{
     mesh::{MeshSettings, OutboundPolicy},
     path::PathNormalization,
     proto::config as proto,
+    protocol::Declared,
     resources,
     route::{self, Backend, BackendKey, DestinationPolicy, Resolve, RouteTable},
     security::Security,
@@ -110,6 +111,8 @@ pub struct ServicePort {
     pub routes: RouteTable,
     /// A ServiceEntry with `resolution: NONE`: requests go to the address the app dialled.
     pub passthrough: bool,
+    /// What the port declares it speaks, which decides whether its connections are sniffed.
+    pub protocol: Declared,
 }
 
 /// Two ports are the same when they name the same Service port with the same endpoints (their
@@ -330,6 +333,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                 endpoints,
                 routes,
                 passthrough,
+                protocol: Declared::of(&port.app_protocol),
             });
             services.insert(service_port.key.clone(), service_port.clone());
             for ip in &addresses {
