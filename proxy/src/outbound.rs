@@ -246,6 +246,11 @@ where
         Logical::Blackhole(dst) => Backend::Blackhole(dst),
     };
     let original = Original::new(accepted.orig_dst);
+    // Routes that match by server name need the ClientHello read, whatever the port declares.
+    let declared = match declared {
+        Declared::Tcp if backend.routes_by_sni() => Declared::Tls,
+        declared => declared,
+    };
     let detected = detect_declared(accepted.io, declared, outbound.detect_timeout).await?;
     outbound
         .metrics
