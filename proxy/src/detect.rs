@@ -152,6 +152,16 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    fn assert_classifies(
+        classify: fn(&[u8]) -> Option<Protocol>,
+        cases: &[(&[u8], Option<Protocol>)],
+    ) {
+        for (bytes, expected) in cases {
+            let found = classify(bytes);
+            assert_eq!(found, *expected, "{:?}", String::from_utf8_lossy(bytes));
+        }
+    }
+
     #[test]
     fn classifies_first_bytes() {
         let cases: &[(&[u8], Option<Protocol>)] = &[
@@ -172,14 +182,7 @@ mod tests {
             (b"PRI * HTTP/1.1\r\nHost: x\r\n", Some(Protocol::Http1)),
             (b"SSH-2.0-OpenSSH_9.2\r\n", Some(Protocol::Opaque)),
         ];
-        for (bytes, expected) in cases {
-            assert_eq!(
-                classify(bytes),
-                *expected,
-                "{:?}",
-                String::from_utf8_lossy(bytes)
-            );
-        }
+        assert_classifies(classify, cases);
     }
 
     #[test]
@@ -198,14 +201,7 @@ mod tests {
             (b"\x16\x03\x01", Some(Protocol::Tls)),
             (b"\x16\x04", Some(Protocol::Http1)),
         ];
-        for (bytes, expected) in cases {
-            assert_eq!(
-                classify_http(bytes),
-                *expected,
-                "{:?}",
-                String::from_utf8_lossy(bytes)
-            );
-        }
+        assert_classifies(classify_http, cases);
     }
 
     #[tokio::test(start_paused = true)]

@@ -181,6 +181,17 @@ impl Mesh {
         caller_end
     }
 
+    /// Sends `bytes` to `dst` through the client sidecar, half-closes, and reads all that
+    /// comes back.
+    async fn exchange(&self, dst: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut io = self.dial(dst);
+        io.write_all(bytes).await.expect("write");
+        io.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        io.read_to_end(&mut answer).await.expect("read");
+        answer
+    }
+
     fn xfcc(&self) -> String {
         format!("By={};URI={}", self.server, self.client)
     }
@@ -338,14 +349,10 @@ fn declared(app: SocketAddr, protocol: &'static str) -> impl FnOnce(&SpiffeId) -
 async fn a_port_declared_tcp_passes_even_an_http_request_on_as_bytes() {
     let app = counting_app().await;
     let mesh = mesh(declared(app, "tcp-db")).await;
-    let mut io = mesh.dial(CLUSTER_IP);
-    io.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    io.shutdown().await.expect("half-close");
-    let mut answer = String::new();
-    io.read_to_string(&mut answer).await.expect("read");
-    assert_eq!(answer, "got 27 bytes");
+    let answer = mesh
+        .exchange(CLUSTER_IP, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(String::from_utf8_lossy(&answer), "got 27 bytes");
 }
 
 #[tokio::test]
@@ -353,13 +360,10 @@ async fn garbage_on_a_port_declared_http_gets_400_and_never_reaches_the_app() {
     let app = counting_app().await;
     for protocol in ["http", "grpc", "kubernetes.io/h2c"] {
         let mesh = mesh(declared(app, protocol)).await;
-        let mut io = mesh.dial(CLUSTER_IP);
-        io.write_all(b"\x00\x01\x02 not a request\r\n\r\n")
-            .await
-            .expect("write");
-        io.shutdown().await.expect("half-close");
-        let mut answer = String::new();
-        io.read_to_string(&mut answer).await.expect("read");
+        let answer = mesh
+            .exchange(CLUSTER_IP, b"\x00\x01\x02 not a request\r\n\r\n")
+            .await;
+        let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{protocol}: {answer}");
         // The counting app answers whatever reaches it; nothing did.
         assert!(!answer.contains("got"), "{protocol}: {answer}");
@@ -368,28 +372,20 @@ async fn garbage_on_a_port_declared_http_gets_400_and_never_reaches_the_app() {
 
 #[tokio::test]
 async fn a_cut_short_client_hello_on_a_port_declared_http_is_refused() {
-    let app = counting_app().await;
-    let mesh = mesh(declared(app, "http")).await;
-    let mut io = mesh.dial(CLUSTER_IP);
     // A TLS handshake record header announcing 512 bytes, and only 4 of them.
-    io.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc")
+    const CUT_SHORT: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc";
+    let app = counting_app().await;
+    let answer = mesh(declared(app, "http"))
         .await
-        .expect("write");
-    io.shutdown().await.expect("half-close");
-    let mut answer = Vec::new();
-    io.read_to_end(&mut answer).await.expect("read");
+        .exchange(CLUSTER_IP, CUT_SHORT)
+        .await;
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
-
     // Undeclared, the same bytes are the app's own TLS, passed on.
-    let mesh = self::mesh(one_service(app)).await;
-    let mut io = mesh.dial(CLUSTER_IP);
-    io.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc")
+    let answer = mesh(one_service(app))
         .await
-        .expect("write");
-    io.shutdown().await.expect("half-close");
-    let mut answer = String::new();
-    io.read_to_string(&mut answer).await.expect("read");
-    assert_eq!(answer, "got 9 bytes");
+        .exchange(CLUSTER_IP, CUT_SHORT)
+        .await;
+    assert_eq!(String::from_utf8_lossy(&answer), "got 9 bytes");
 }
 
 #[tokio::test]
