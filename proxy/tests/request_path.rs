@@ -143,17 +143,9 @@ async fn mesh(snapshot: impl FnOnce(&SpiffeId) -> Snapshot) -> Mesh {
     }
 }
 
-/// One Service in front of `app`, whose sidecar is `server`.
+/// One Service in front of `app`, whose sidecar is `server`; its port declares no protocol.
 fn one_service(app: SocketAddr) -> impl FnOnce(&SpiffeId) -> Snapshot {
-    move |server| {
-        SnapshotBuilder::default()
-            .service(
-                "httpbin.default.svc.cluster.local",
-                addr(CLUSTER_IP),
-                &[(app, Some(server))],
-            )
-            .build()
-    }
+    declared(app, "")
 }
 
 impl Mesh {
@@ -331,7 +323,7 @@ async fn opaque_tcp_is_tunnelled_with_half_close() {
     assert_eq!(opened(&server, &destination), 1.0, "{server}");
 }
 
-/// One Service in front of `app` whose port declares `protocol`.
+/// One Service in front of `app`, whose sidecar is `server`, its port declaring `protocol`.
 fn declared(app: SocketAddr, protocol: &'static str) -> impl FnOnce(&SpiffeId) -> Snapshot {
     move |server| {
         SnapshotBuilder::default()
