@@ -323,18 +323,18 @@ async fn opaque_tcp_is_tunnelled_with_half_close() {
     assert_eq!(opened(&server, &destination), 1.0, "{server}");
 }
 
+/// The httpbin Service at the cluster IP, in front of `app`, whose sidecar is `server`.
+fn httpbin(app: SocketAddr, server: &SpiffeId) -> SnapshotBuilder {
+    SnapshotBuilder::default().service(
+        "httpbin.default.svc.cluster.local",
+        addr(CLUSTER_IP),
+        &[(app, Some(server))],
+    )
+}
+
 /// One Service in front of `app`, whose sidecar is `server`, its port declaring `protocol`.
 fn declared(app: SocketAddr, protocol: &'static str) -> impl FnOnce(&SpiffeId) -> Snapshot {
-    move |server| {
-        SnapshotBuilder::default()
-            .service(
-                "httpbin.default.svc.cluster.local",
-                addr(CLUSTER_IP),
-                &[(app, Some(server))],
-            )
-            .declared(protocol)
-            .build()
-    }
+    move |server| httpbin(app, server).declared(protocol).build()
 }
 
 #[tokio::test]
@@ -613,12 +613,7 @@ async fn body_app(fail: usize) -> (SocketAddr, Arc<Seen>) {
 /// The Service in front of `app`, routed by a VirtualService that retries 5xx twice.
 fn retrying_on_5xx(app: SocketAddr) -> impl FnOnce(&SpiffeId) -> Snapshot {
     move |server| {
-        SnapshotBuilder::default()
-            .service(
-                "httpbin.default.svc.cluster.local",
-                addr(CLUSTER_IP),
-                &[(app, Some(server))],
-            )
+        httpbin(app, server)
             .routes(serde_json::json!([{
                 "kind": "VirtualService",
                 "namespace": "default",
