@@ -108,6 +108,33 @@ pub async fn detect_declared<S: AsyncRead + Unpin>(
     }
 }
 
+/// What a connection to own port `declared` that came in on the capture port is served as:
+/// as [`detect_declared`], except that where the sidecar takes mesh mTLS (`takes_mtls`: any
+/// PeerAuthentication mode but DISABLE) a port declared TCP is read for a TLS record header
+/// first, since an Istio sidecar's mTLS arrives on every port; anything else there is opaque.
+pub async fn detect_inbound<S: AsyncRead + Unpin>(
+    io: S,
+    declared: Declared,
+    takes_mtls: bool,
+    timeout: Duration,
+) -> std::io::Result<Detected<S>> {
+    match declared {
+        Declared::Tcp if takes_mtls => {
+            read_until(io, timeout, classify_tls, Protocol::Opaque).await
+        }
+        declared => detect_declared(io, declared, timeout).await,
+    }
+}
+
+/// On a port declared TCP: TLS, or else opaque.
+fn classify_tls(buf: &[u8]) -> Option<Protocol> {
+    match buf {
+        [] | [0x16] => None,
+        [0x16, 0x03, ..] => Some(Protocol::Tls),
+        _ => Some(Protocol::Opaque),
+    }
+}
+
 /// On a port declared HTTP: HTTP/2 with prior knowledge, TLS, or else HTTP/1.
 fn classify_http(buf: &[u8]) -> Option<Protocol> {
     let preface = buf.len().min(H2_PREFACE.len());
@@ -202,6 +229,19 @@ mod tests {
             (b"\x16\x04", Some(Protocol::Http1)),
         ];
         assert_classifies(classify_http, cases);
+    }
+
+    #[test]
+    fn a_port_declared_tcp_taking_mtls_sees_tls_or_bytes() {
+        let cases: &[(&[u8], Option<Protocol>)] = &[
+            (b"", None),
+            (b"\x16", None),
+            (b"\x16\x03\x01", Some(Protocol::Tls)),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Some(Protocol::Opaque)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::Opaque)),
+            (b"\x16\x04", Some(Protocol::Opaque)),
+        ];
+        assert_classifies(classify_tls, cases);
     }
 
     #[tokio::test(start_paused = true)]

@@ -189,9 +189,7 @@ mod tests {
                 trust_domain: trust_domain.into(),
                 ..Default::default()
             }),
-            security: None,
-            workloads: vec![],
-            telemetry: None,
+            ..Default::default()
         }
     }
 

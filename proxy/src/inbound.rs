@@ -23,7 +23,7 @@ pub mod tunnel;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ::http::HeaderValue;
-use remora_api::{peer_authn::MtlsMode, SpiffeId};
+use remora_api::{peer_authn::MtlsMode, protocol::Declared, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
@@ -182,9 +182,13 @@ impl Inbound {
         authorize::connection(&self.config.load(), &self.metrics, conn).is_ok()
     }
 
-    /// The PeerAuthentication mode of app port `port`.
-    fn mtls_mode(&self, port: u16) -> MtlsMode {
-        self.config.load().security.mtls.mode(port)
+    /// What app port `port` declares it speaks, and its PeerAuthentication mode.
+    fn port_settings(&self, port: u16) -> (Declared, MtlsMode) {
+        let snapshot = self.config.load();
+        (
+            snapshot.inbound_ports.declared(port),
+            snapshot.security.mtls.mode(port),
+        )
     }
 
     /// Envoy's `x-forwarded-client-cert` for the callers of `conn`.

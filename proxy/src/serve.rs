@@ -1,6 +1,8 @@
 //! Serving one accepted connection as HTTP/1 or HTTP/2 with a [`tower::Service`] per request,
 //! until the caller closes or a drain has let the requests in flight finish.
 
+mod head_timeout;
+
 use std::convert::Infallible;
 
 use http::{Request, Response};
@@ -12,6 +14,8 @@ use hyper_util::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use bytes::Bytes;
+
+use head_timeout::{HeadLimits, HEAD_TIMEOUT};
 
 use crate::{
     body::{Body, BoxError},
@@ -58,9 +62,10 @@ where
     S: HttpService<B>,
     B: ResponseBody,
 {
-    // With a timer, hyper enforces its header read timeout (30 s) against slow clients.
+    let (io, timer) = head_timeout::watch(io, HeadLimits::default());
     let conn = conn::http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(timer)
+        .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(conn);

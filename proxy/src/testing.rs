@@ -104,6 +104,16 @@ impl SnapshotBuilder {
         self
     }
 
+    /// What the sidecar's own workload port `port` declares it speaks (an `appProtocol`, or
+    /// a port name).
+    pub fn own_port(mut self, port: u16, protocol: &str) -> Self {
+        self.0.inbound_ports.push(proto::InboundPort {
+            port: u32::from(port),
+            app_protocol: protocol.to_owned(),
+        });
+        self
+    }
+
     /// A mesh workload at `address` whose sidecar is `identity`.
     pub fn workload(mut self, address: SocketAddr, identity: &SpiffeId) -> Self {
         self.0.endpoints.push(proto::Endpoint {

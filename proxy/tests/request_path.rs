@@ -380,6 +380,80 @@ async fn a_cut_short_client_hello_on_a_port_declared_http_is_refused() {
     assert_eq!(String::from_utf8_lossy(&answer), "got 9 bytes");
 }
 
+impl Mesh {
+    /// The server sidecar told that its own port `port` declares `protocol`.
+    fn declare_own_port(&self, port: u16, protocol: &str) {
+        let snapshot = SnapshotBuilder::default().own_port(port, protocol).build();
+        self.server_config.store(snapshot);
+    }
+
+    /// Sends `bytes` to the app at `app` through the server sidecar's capture port,
+    /// half-closes, and reads all that comes back.
+    async fn exchange_inbound(&self, app: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+        let mut io = self.dial_inbound(app);
+        io.write_all(bytes).await.expect("write");
+        io.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        io.read_to_end(&mut answer).await.expect("read");
+        answer
+    }
+}
+
+#[tokio::test]
+async fn an_own_port_declared_http_holds_what_is_not_a_whole_request() {
+    let app = counting_app().await;
+    let mesh = mesh(one_service(app)).await;
+    // Undeclared, a request line cut short is bytes for the app, as is garbage.
+    let partial = mesh.exchange_inbound(app, b"GET /get?x HT").await;
+    assert_eq!(String::from_utf8_lossy(&partial), "got 13 bytes");
+    mesh.declare_own_port(app.port(), "http-web");
+    let partial = mesh.exchange_inbound(app, b"GET /get?x HT").await;
+    assert!(!String::from_utf8_lossy(&partial).contains("got"));
+    let garbage = mesh
+        .exchange_inbound(app, b"\x00\x01\x02 not a request\r\n\r\n")
+        .await;
+    let garbage = String::from_utf8_lossy(&garbage);
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    assert!(!garbage.contains("got"), "{garbage}");
+    // A cut-short ClientHello is not the app's own TLS there either.
+    let hello = mesh
+        .exchange_inbound(app, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc")
+        .await;
+    assert!(hello.is_empty(), "{}", String::from_utf8_lossy(&hello));
+}
+
+#[tokio::test]
+async fn an_own_port_declared_tcp_passes_an_http_request_on_as_bytes() {
+    let app = counting_app().await;
+    let mesh = mesh(one_service(app)).await;
+    mesh.declare_own_port(app.port(), "tcp");
+    let answer = mesh.exchange_inbound(app, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+        .await
+        .expect("an answer: served as HTTP, the request would wait for the app's response");
+    assert_eq!(String::from_utf8_lossy(&answer), "got 27 bytes");
+}
+
+#[tokio::test]
+async fn a_stream_to_an_own_port_declared_http_is_served_as_http() {
+    // The client sidecar dials the pod's address, whose port it knows nothing about: it sniffs,
+    // and sends what it cannot read as HTTP through the tunnel as bytes.
+    let app = counting_app().await;
+    let mesh = mesh(|server| SnapshotBuilder::default().workload(app, server).build()).await;
+    let dst = app.to_string();
+    let answer = mesh
+        .exchange(&dst, b"\x00\x01\x02 not a request\r\n\r\n")
+        .await;
+    assert_eq!(String::from_utf8_lossy(&answer), "got 21 bytes");
+    mesh.declare_own_port(app.port(), "http");
+    let answer = mesh
+        .exchange(&dst, b"\x00\x01\x02 not a request\r\n\r\n")
+        .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!answer.contains("got"), "{answer}");
+}
+
 #[tokio::test]
 async fn plaintext_on_the_capture_port_reaches_the_app_without_forged_headers() {
     let app = echo_app(false).await;

@@ -55,6 +55,8 @@ pub struct Catalog {
     services: Vec<proto::Service>,
     endpoints: Vec<proto::Endpoint>,
     workloads: Vec<Arc<WorkloadRecord>>,
+    /// What each pod's own ports declare ([`translate::Translation::inbound_ports`]).
+    inbound_ports: BTreeMap<Key, Arc<[proto::InboundPort]>>,
     /// The ServiceEntries that register nothing another object holds.
     service_entries: Vec<ServiceEntry>,
     /// The label keys routing looks at ([`Routing::label_keys`]).
@@ -132,6 +134,7 @@ impl Catalog {
             services: translation.services,
             endpoints: translation.endpoints,
             workloads: translation.workloads,
+            inbound_ports: translation.inbound_ports,
             service_entries,
             routing_label_keys,
             view_inputs: [0; 32],
@@ -211,13 +214,15 @@ impl Catalog {
     /// The snapshot the sidecar of workload `namespace/name` (a Pod, or a Deployment's pods)
     /// receives, for `remoractl route check`.
     pub fn workload_snapshot(&self, namespace: &str, name: &str) -> Option<Snapshot> {
-        if let Some(pod) = self.pods.get(&(namespace.to_owned(), name.to_owned())) {
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(pod) = self.pods.get(&key) {
             return Some(self.snapshot_of(
                 namespace,
                 Own {
                     labels: &pod.labels,
                     proxy_config: pod.proxy_config.as_ref(),
                     security: Some(pod.security.clone()),
+                    inbound_ports: self.inbound_ports.get(&key).cloned(),
                 },
             ));
         }
@@ -229,6 +234,7 @@ impl Catalog {
                 labels: &labels,
                 proxy_config: proxy_config.as_ref(),
                 security: None,
+                inbound_ports: None,
             },
         ))
     }

@@ -8,7 +8,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use k8s_openapi::api::{core::v1::ServicePort, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::ServicePort,
+    discovery::v1::{Endpoint, EndpointSlice},
+};
 
 use super::well_known::{namespace_of, SERVICE_NAME_LABEL};
 
@@ -33,6 +36,30 @@ pub fn ready_endpoints<'a>(
     port: &ServicePort,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> BTreeSet<SocketAddr> {
+    endpoints_where(port, slices, |endpoint| {
+        endpoint
+            .conditions
+            .as_ref()
+            .and_then(|c| c.ready)
+            .unwrap_or(true)
+    })
+}
+
+/// Every `ip:port` behind Service port `port` among `slices`, ready or not: the workload
+/// ports the Service port stands for (its `targetPort`, resolved by the slices' controller).
+pub fn all_endpoints<'a>(
+    port: &ServicePort,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeSet<SocketAddr> {
+    endpoints_where(port, slices, |_| true)
+}
+
+/// The `ip:port`s behind Service port `port` among `slices`, at the endpoints `wanted` keeps.
+fn endpoints_where<'a>(
+    port: &ServicePort,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    wanted: fn(&Endpoint) -> bool,
+) -> BTreeSet<SocketAddr> {
     let name = port.name.as_deref().unwrap_or_default();
     let mut found = BTreeSet::new();
     for slice in slices {
@@ -53,12 +80,11 @@ pub fn ready_endpoints<'a>(
         else {
             continue;
         };
-        let ready = slice
-            .endpoints
-            .iter()
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true));
         found.extend(
-            ready
+            slice
+                .endpoints
+                .iter()
+                .filter(|e| wanted(e))
                 .flat_map(|e| e.addresses.iter())
                 .filter_map(|address| address.parse::<IpAddr>().ok())
                 .map(|ip| SocketAddr::new(ip, number)),
@@ -136,5 +162,9 @@ mod tests {
             ["[2001:2::a]:80"]
         );
         assert!(ready_endpoints(&port(Some("grpc")), all).is_empty());
+        assert_eq!(
+            addresses(all_endpoints(&port(Some("http")), all)),
+            ["198.18.0.10:8080", "198.18.0.11:8080", "198.18.0.12:8080"]
+        );
     }
 }

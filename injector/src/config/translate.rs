@@ -48,6 +48,8 @@ pub(crate) struct Translation {
     pub(crate) workloads: Vec<Arc<WorkloadRecord>>,
     /// The cluster IP of every Service that has one.
     pub(crate) cluster_ips: BTreeMap<Key, IpAddr>,
+    /// What each pod's own ports declare, for pods behind a Service port that declares one.
+    pub(crate) inbound_ports: BTreeMap<Key, Arc<[proto::InboundPort]>>,
 }
 
 #[derive(Debug)]
@@ -118,13 +120,22 @@ pub(crate) fn translate(
         .map(|workload| workload.seed.record.clone())
         .collect();
     let records = started.elapsed();
+    // Each Service's slices, found once rather than by looking at every slice per Service.
+    let mut slices: SlicesByService = HashMap::new();
+    for slice in objects.endpoint_slices.values() {
+        if let Some(service) = endpoints::service_of(&slice.object) {
+            slices.entry(service).or_default().push(&slice.object);
+        }
+    }
     let conflicting;
     (translation.services, translation.cluster_ips, conflicting) =
-        services(objects, &workloads, rejected);
-    drop(workloads);
+        services(objects, &slices, &workloads, rejected);
     for key in conflicting {
         objects.services.remove(&key);
     }
+    translation.inbound_ports = inbound_ports(objects, &slices, &workloads);
+    drop(slices);
+    drop(workloads);
     tracing::debug!(
         pods_ms = pods.as_millis(),
         records_ms = (records - pods).as_millis(),
@@ -164,8 +175,12 @@ fn is_tcp(protocol: Option<&str>) -> bool {
 /// Every Service with a cluster IP, sorted by hostname, its ports sorted by number, the
 /// cluster IPs by Service, and the Services rejected for asking for a cluster IP an earlier
 /// one holds.
+/// Every Service's slices, by the Service's `(namespace, name)`.
+type SlicesByService<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
 fn services(
     objects: &Objects,
+    slices: &SlicesByService,
     workloads: &BTreeMap<IpAddr, Workload>,
     rejected: &mut Vec<Rejection>,
 ) -> (Vec<proto::Service>, BTreeMap<Key, IpAddr>, Vec<Key>) {
@@ -201,13 +216,6 @@ fn services(
         .map(|((namespace, name), _, ip)| (namespace.as_str(), name.as_str(), *ip))
         .collect();
     let addresses = cluster_ip::allocate(&requests);
-    // Each Service's slices, found once rather than by looking at every slice per Service.
-    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for slice in objects.endpoint_slices.values() {
-        if let Some(service) = endpoints::service_of(&slice.object) {
-            slices.entry(service).or_default().push(&slice.object);
-        }
-    }
     let mut services: Vec<proto::Service> = with_ip
         .into_iter()
         .filter_map(|(key, service, _)| {
@@ -255,6 +263,56 @@ fn service_entry(
 
 /// `appProtocol` when set, else what Istio infers from the port name: the part before the
 /// first `-`, when it names a protocol.
+/// What each pod's own ports declare: for every declared TCP port of a Service, the workload
+/// ports behind it (ready or not, as its slices resolve `targetPort`). Where two Services
+/// declare the same workload port, the first by namespace and name decides.
+fn inbound_ports(
+    objects: &Objects,
+    slices: &SlicesByService,
+    workloads: &BTreeMap<IpAddr, Workload>,
+) -> BTreeMap<Key, Arc<[proto::InboundPort]>> {
+    let mut found: BTreeMap<&Key, BTreeMap<u16, String>> = BTreeMap::new();
+    for (key, service) in &objects.services {
+        let Some(slices) = slices.get(&(key.0.as_str(), key.1.as_str())) else {
+            continue;
+        };
+        let ports = service
+            .object
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten());
+        for port in ports.filter(|port| is_tcp(port.protocol.as_deref())) {
+            let declared = app_protocol(port);
+            if declared.is_empty() {
+                continue;
+            }
+            for address in endpoints::all_endpoints(port, slices.iter().copied()) {
+                let Some(workload) = workloads.get(&address.ip()) else {
+                    continue;
+                };
+                found
+                    .entry(workload.pod)
+                    .or_default()
+                    .entry(address.port())
+                    .or_insert_with(|| declared.clone());
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(pod, ports)| {
+            let ports = ports
+                .into_iter()
+                .map(|(port, app_protocol)| proto::InboundPort {
+                    port: u32::from(port),
+                    app_protocol,
+                })
+                .collect();
+            (pod.clone(), ports)
+        })
+        .collect()
+}
+
 fn app_protocol(port: &ServicePort) -> String {
     if let Some(protocol) = port.app_protocol.as_deref().filter(|p| !p.is_empty()) {
         return protocol.to_owned();

@@ -6,6 +6,8 @@
 //! declared TCP port is passed on at once, with no wait for bytes a server-first protocol's
 //! client never sends.
 
+use crate::proto::config as proto;
+
 /// How connections to a port are served.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Declared {
@@ -46,9 +48,40 @@ impl Declared {
     }
 }
 
+/// What each of a workload's own ports declares (the inbound half of protocol selection),
+/// compiled once per push; a port not listed is [`Declared::Undeclared`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboundPorts(Box<[(u16, Declared)]>);
+
+impl InboundPorts {
+    /// Compiles `ports` (`inboundPorts`), recording each problem with its path.
+    pub fn compile(ports: &[proto::InboundPort], problems: &mut Vec<String>) -> Self {
+        let mut compiled: Vec<(u16, Declared)> = Vec::with_capacity(ports.len());
+        for (i, port) in ports.iter().enumerate() {
+            let path = format!("inboundPorts[{i}].port");
+            match u16::try_from(port.port) {
+                Ok(0) | Err(_) => problems.push(format!("{path}: {} is not a port", port.port)),
+                Ok(number) if compiled.iter().any(|(p, _)| *p == number) => {
+                    problems.push(format!("{path}: {number} is listed twice"));
+                }
+                Ok(number) => compiled.push((number, Declared::of(&port.app_protocol))),
+            }
+        }
+        Self(compiled.into_boxed_slice())
+    }
+
+    /// What connections to own port `port` are served as.
+    pub fn declared(&self, port: u16) -> Declared {
+        self.0
+            .iter()
+            .find_map(|(p, declared)| (*p == port).then_some(*declared))
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Declared;
+    use super::{proto, Declared, InboundPorts};
 
     #[test]
     fn ports_are_declared_as_istio_reads_them() {
@@ -80,5 +113,35 @@ mod tests {
         ] {
             assert_eq!(Declared::of(declared), expected, "{declared:?}");
         }
+    }
+
+    #[test]
+    fn own_ports_are_looked_up_and_checked() {
+        let port = |port, app_protocol: &str| proto::InboundPort {
+            port,
+            app_protocol: app_protocol.to_owned(),
+        };
+        let mut problems = Vec::new();
+        let ports = InboundPorts::compile(
+            &[
+                port(8080, "http"),
+                port(5432, "tcp-db"),
+                port(70_000, "http"),
+                port(0, "tcp"),
+                port(8080, "tcp"),
+            ],
+            &mut problems,
+        );
+        assert_eq!(ports.declared(8080), Declared::Http);
+        assert_eq!(ports.declared(5432), Declared::Tcp);
+        assert_eq!(ports.declared(9090), Declared::Undeclared);
+        assert_eq!(
+            problems,
+            [
+                "inboundPorts[2].port: 70000 is not a port",
+                "inboundPorts[3].port: 0 is not a port",
+                "inboundPorts[4].port: 8080 is listed twice",
+            ]
+        );
     }
 }

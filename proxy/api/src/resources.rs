@@ -1,7 +1,8 @@
 //! A sidecar's config as named discovery resources, and how they make its [`Snapshot`].
 //!
 //! The control plane cuts a sidecar's snapshot into resources (`service/HOST`,
-//! `endpoints/HOST`, `address/IP:PORT`, `workload/NS/NAME`, `mesh`, `security`, `telemetry`)
+//! `endpoints/HOST`, `address/IP:PORT`, `workload/NS/NAME`, `mesh`, `security`, `telemetry`,
+//! `inbound`)
 //! so that a change re-sends only what changed: one Service's endpoints, not the mesh. Both
 //! ends use this module: the control plane to say which snapshot a set of resources is (the
 //! local launcher waits for it), the sidecar to keep what it holds and put it together.
@@ -53,6 +54,7 @@ pub fn name_of(body: &Body) -> Option<String> {
         Body::Mesh(_) => "mesh".to_owned(),
         Body::Security(_) => "security".to_owned(),
         Body::Telemetry(_) => "telemetry".to_owned(),
+        Body::Inbound(_) => "inbound".to_owned(),
     })
 }
 
@@ -295,6 +297,7 @@ pub fn assemble(
             Body::Mesh(mesh) => snapshot.mesh = Some(mesh),
             Body::Security(security) => snapshot.security = Some(security),
             Body::Telemetry(telemetry) => snapshot.telemetry = Some(telemetry),
+            Body::Inbound(inbound) => snapshot.inbound_ports = inbound.ports,
             Body::Endpoints(_) => {}
         }
     }

@@ -22,7 +22,7 @@ use crate::{
     mesh::{MeshSettings, OutboundPolicy},
     path::PathNormalization,
     proto::config as proto,
-    protocol::Declared,
+    protocol::{Declared, InboundPorts},
     resources,
     route::{self, Backend, BackendKey, DestinationPolicy, Resolve, RouteTable},
     security::Security,
@@ -87,6 +87,8 @@ pub struct Snapshot {
     pub security: Security,
     /// What this sidecar records, per side.
     pub telemetry: Telemetry,
+    /// What its own workload's ports declare they speak.
+    pub inbound_ports: InboundPorts,
     /// Every workload record, by `namespace/name` and by address.
     workloads: HashMap<String, Arc<Workload>>,
     workloads_at: HashMap<IpAddr, Arc<Workload>>,
@@ -391,6 +393,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
             })
             .unwrap_or_default();
         let telemetry = Telemetry::compile(source.telemetry.as_ref(), &mut problems);
+        let inbound_ports = InboundPorts::compile(&source.inbound_ports, &mut problems);
         ConfigError::from_problems(problems)?;
         Ok(Self {
             dump: Dump::Whole(Box::new(source)),
@@ -400,6 +403,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
             mesh,
             security,
             telemetry,
+            inbound_ports,
             workloads,
             workloads_at,
         })
@@ -678,10 +682,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
-            mesh: None,
-            security: None,
-            workloads: Vec::new(),
-            telemetry: None,
+            ..Default::default()
         }
     }
 

@@ -1,19 +1,22 @@
 //! The capture port 15006: everything dialled to the pod that did not come through the tunnel.
 //!
-//! The first bytes say what the caller speaks. TLS offering a mesh ALPN is an Istio sidecar's
-//! mTLS: it is terminated here and the peer's SPIFFE identity read from its certificate; other
-//! TLS is the app's own and passes through unopened; anything else is plaintext. All are
-//! accepted (PeerAuthentication PERMISSIVE, Istio's default) unless the connection hook says
-//! otherwise (STRICT refuses all but mesh mTLS). On a port whose mode is DISABLE nothing is
-//! terminated here: every TLS connection is the app's.
+//! What the app port declares decides first (Istio's protocol selection): a port declared HTTP
+//! is served as HTTP whatever arrives, a port declared TCP is passed through unread, and only an
+//! undeclared port is sniffed. TLS offering a mesh ALPN is an Istio sidecar's mTLS, which can
+//! arrive on any port: it is terminated here, the peer's SPIFFE identity read from its
+//! certificate, and what it carries is served by the same declaration. Other TLS is the app's
+//! own and passes through unopened (on a port declared HTTP, only as a whole ClientHello);
+//! anything else is plaintext. All are accepted (PeerAuthentication PERMISSIVE, Istio's
+//! default) unless the connection hook says otherwise (STRICT refuses all but mesh mTLS). On a
+//! port whose mode is DISABLE nothing is terminated here: every TLS connection is the app's.
 
 use std::sync::Arc;
 
-use remora_api::peer_authn::MtlsMode;
+use remora_api::{peer_authn::MtlsMode, protocol::Declared};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    detect::{detect, Protocol},
+    detect::{detect_declared, detect_inbound, Protocol},
     listen::{Accepted, ConnectionError},
     tls,
 };
@@ -33,7 +36,10 @@ where
         io,
     } = accepted;
     let _open = inbound.metrics.open("inbound");
-    let detected = detect(io, inbound.detect_timeout).await?;
+    let (declared, mode) = inbound.port_settings(app.port());
+    // Under DISABLE the sidecar takes no mTLS on the port: even a mesh ALPN is the app's.
+    let terminates = mode != MtlsMode::Disable;
+    let detected = detect_inbound(io, declared, terminates, inbound.detect_timeout).await?;
     inbound
         .metrics
         .connection("inbound", detected.protocol.name());
@@ -41,10 +47,16 @@ where
         let conn = inbound.connection(client, app, PeerTls::Plaintext, detected.protocol, None)?;
         return serve(inbound, conn, detected.io).await;
     }
-    // Under DISABLE the sidecar takes no mTLS on the port: even a mesh ALPN is the app's.
-    let terminates = inbound.mtls_mode(app.port()) != MtlsMode::Disable;
-    let (mesh, io) = match terminates {
-        true => tls::offers_mesh_alpn(detected.io, inbound.detect_timeout).await?,
+    let whole_hello = declared == Declared::Http;
+    let (mesh, io) = match terminates || whole_hello {
+        true => {
+            let (hello, io) = tls::client_hello(detected.io, inbound.detect_timeout).await?;
+            // On a port declared HTTP, TLS is the app's own only as a whole ClientHello.
+            if hello.is_none() && whole_hello {
+                return Err(ConnectionError::NotHttp);
+            }
+            (terminates && hello.is_some_and(|hello| hello.mesh), io)
+        }
         false => (false, detected.io),
     };
     if !mesh {
@@ -53,7 +65,7 @@ where
     }
     let (tls, peer) = inbound.tls.accept(io).await?;
     let sni = tls::server_name(&tls);
-    let inner = detect(tls, inbound.detect_timeout).await?;
+    let inner = detect_declared(tls, declared, inbound.detect_timeout).await?;
     let conn = inbound.connection(client, app, PeerTls::IstioMtls(peer), inner.protocol, sni)?;
     serve(inbound, conn, inner.io).await
 }

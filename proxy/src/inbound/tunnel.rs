@@ -4,9 +4,9 @@
 //! Each caller sidecar keeps one mTLS HTTP/2 connection here. A request names its app port in
 //! `remora-dst-port` and is served by that port's HTTP service, made (past the connection hook)
 //! the first time the caller's connection asks for the port and reused for the connection's
-//! life. A `CONNECT ip:port` stream is a connection of its own: HTTP/1 served as HTTP when it
-//! says it carries it, spliced otherwise. Requests for the sidecar's own ports or for another
-//! address are refused.
+//! life. A `CONNECT ip:port` stream is a connection of its own: served as HTTP when it says it
+//! carries HTTP/1 or its app port is declared HTTP, spliced otherwise. Requests for the
+//! sidecar's own ports or for another address are refused.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -17,14 +17,14 @@ use arc_swap::ArcSwap;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use remora_api::SpiffeId;
+use remora_api::{protocol::Declared, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 
 use crate::{
     access_log::{Direction, Downstream},
     body::{self, Body},
-    detect::Protocol,
+    detect::{detect_declared, Protocol},
     listen::{Accepted, ConnectionError},
     metrics::{RecordedBody, RequestRecord, Security},
     ports::{self, is_proxy_port},
@@ -154,6 +154,10 @@ impl TunnelConn {
             _ => return response(&RequestError::ConnectTarget(self.pod_ip), false),
         };
         let carries_http = tunnel::orig_proto(req.headers()).is_some();
+        let (declared, _) = self.inbound.port_settings(app.port());
+        if !carries_http && declared == Declared::Http {
+            return self.connect_declared_http(req, app);
+        }
         let protocol = if carries_http {
             Protocol::Http1
         } else {
@@ -199,6 +203,38 @@ impl TunnelConn {
             };
             if let Err(error) = result {
                 tracing::debug!(%error, %app, "tunnel ended");
+            }
+        });
+        Response::new(body::empty())
+    }
+
+    /// A stream of bytes for an app port declared HTTP (its caller's sidecar, which dialled
+    /// the pod's address, could not know): the declaration holds here, so it is served as
+    /// HTTP, or passed on as the app's own TLS only as a whole ClientHello, and answered at
+    /// once; what is read decides how it is let in.
+    fn connect_declared_http(&self, mut req: Request<Incoming>, app: SocketAddr) -> Response<Body> {
+        let upgrade = hyper::upgrade::on(&mut req);
+        let inbound = self.inbound.clone();
+        let (client, peer, sni) = (self.client, self.peer.clone(), self.sni.clone());
+        self.inbound.drain.spawn(async move {
+            let served = async {
+                let stream = upgrade.await?;
+                let timeout = inbound.detect_timeout;
+                let detected =
+                    detect_declared(TokioIo::new(stream), Declared::Http, timeout).await?;
+                let io = match detected.protocol {
+                    Protocol::Tls => match tls::client_hello(detected.io, timeout).await? {
+                        (Some(_), io) => io,
+                        (None, _) => return Err(ConnectionError::NotHttp),
+                    },
+                    _ => detected.io,
+                };
+                let tls = PeerTls::Tunnel(peer);
+                let conn = inbound.connection(client, app, tls, detected.protocol, sni)?;
+                serve_conn(inbound, conn, io).await
+            };
+            if let Err(error) = served.await {
+                tracing::debug!(%error, %app, "tunnel to an HTTP port ended");
             }
         });
         Response::new(body::empty())

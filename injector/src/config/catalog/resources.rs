@@ -48,6 +48,8 @@ pub(crate) enum SharedPart<'a> {
 pub struct OwnSource {
     /// Its pod's facts: the same `Arc` while the pod and its context are unchanged.
     facts: Option<Arc<PodFacts>>,
+    /// What its ports declare, from the Services in front of it.
+    inbound_ports: Option<Arc<[proto::InboundPort]>>,
     inputs: [u8; 32],
 }
 
@@ -58,7 +60,7 @@ impl PartialEq for OwnSource {
             (None, None) => true,
             _ => false,
         };
-        same_facts && self.inputs == other.inputs
+        same_facts && self.inbound_ports == other.inbound_ports && self.inputs == other.inputs
     }
 }
 
@@ -66,6 +68,7 @@ pub(super) struct Own<'a> {
     pub(super) labels: &'a BTreeMap<String, String>,
     pub(super) proxy_config: Option<&'a ProxyConfig>,
     pub(super) security: Option<proto::Security>,
+    pub(super) inbound_ports: Option<Arc<[proto::InboundPort]>>,
 }
 
 fn resource(name: String, body: Body) -> proto::Resource {
@@ -334,7 +337,7 @@ impl Catalog {
     }
 
     /// `node`'s own resources: mesh settings with its pod's `proxy.istio.io/config` applied,
-    /// the policies of its workload, its telemetry.
+    /// the policies of its workload, its telemetry, what its ports declare.
     pub fn own_resources(&self, node: &Node) -> Vec<proto::Resource> {
         self.own_of(&node.namespace, self.own(node))
     }
@@ -342,11 +345,10 @@ impl Catalog {
     /// What [`Catalog::own_resources`]`(node)` is made of: equal in two catalogs, it is the
     /// same in both, so a sidecar's session need not make and encode it again.
     pub fn own_source(&self, node: &Node) -> OwnSource {
-        let pod = self
-            .pods
-            .get(&(node.namespace.clone(), node.pod_name.clone()));
+        let key = (node.namespace.clone(), node.pod_name.clone());
         OwnSource {
-            facts: pod.cloned(),
+            facts: self.pods.get(&key).cloned(),
+            inbound_ports: self.inbound_ports.get(&key).cloned(),
             inputs: self.own_inputs,
         }
     }
@@ -371,13 +373,13 @@ impl Catalog {
     /// What `node`'s pod says about its sidecar (nothing, for a pod not known yet).
     pub(super) fn own(&self, node: &Node) -> Own<'_> {
         static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-        let pod = self
-            .pods
-            .get(&(node.namespace.clone(), node.pod_name.clone()));
+        let key = (node.namespace.clone(), node.pod_name.clone());
+        let pod = self.pods.get(&key);
         Own {
             labels: pod.map_or(&NO_LABELS, |pod| &pod.labels),
             proxy_config: pod.and_then(|pod| pod.proxy_config.as_ref()),
             security: pod.map(|pod| pod.security.clone()),
+            inbound_ports: self.inbound_ports.get(&key).cloned(),
         }
     }
 
@@ -392,6 +394,11 @@ impl Catalog {
         let mut found = vec![resource("mesh".to_owned(), Body::Mesh(mesh))];
         if let Some(security) = own.security {
             found.push(resource("security".to_owned(), Body::Security(security)));
+        }
+        if let Some(ports) = own.inbound_ports {
+            let ports = ports.to_vec();
+            let inbound = proto::InboundPorts { ports };
+            found.push(resource("inbound".to_owned(), Body::Inbound(inbound)));
         }
         found.push(resource(
             "telemetry".to_owned(),

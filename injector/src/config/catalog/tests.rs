@@ -1094,3 +1094,49 @@ fn own_resources_are_made_of_the_same_things_while_nothing_they_read_changes() {
     let unknown = node("demo", "web-1");
     assert!(first.own_source(&unknown) == again.own_source(&unknown));
 }
+
+#[test]
+fn pods_learn_what_their_own_ports_declare() {
+    // A second Service in front of httpbin-0's 8080, declaring it TCP: the first Service by
+    // name decides.
+    const RAW: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: aaa-raw}
+spec:
+  selector: {app: httpbin, version: v1}
+  ports:
+  - {name: tcp-raw, port: 9000, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: aaa-raw-abcde
+  labels: {kubernetes.io/service-name: aaa-raw}
+addressType: IPv4
+ports:
+- {name: tcp-raw, port: 8080}
+endpoints:
+- addresses: [198.18.0.10]
+"#;
+    let mut files = example();
+    files.push(("/dir/raw.yaml".to_owned(), RAW.to_owned()));
+    let catalog = Catalog::build(files);
+    let declared = |pod: &str| -> Vec<(u32, String)> {
+        let snapshot = catalog.snapshot_for(&node("default", pod));
+        snapshot
+            .inbound_ports
+            .into_iter()
+            .map(|p| (p.port, p.app_protocol))
+            .collect()
+    };
+    assert_eq!(declared("httpbin-0"), [(8080, "tcp".to_owned())]);
+    // Not ready yet, and still told: its port speaks HTTP whenever it is reached.
+    assert_eq!(declared("httpbin-1"), [(8080, "http".to_owned())]);
+    // `appProtocol` over the name; by the slices' resolution of each port.
+    assert_eq!(
+        declared("reviews-0"),
+        [(9090, "grpc".to_owned()), (15014, "http".to_owned())]
+    );
+    assert_eq!(declared("unknown-0"), []);
+}
