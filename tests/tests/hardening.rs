@@ -1,0 +1,265 @@
+//! A hostile client against the demo mesh, from a pod outside it (`client/plain`) and from the
+//! meshed `client/sleep`: slow request heads and garbage sent to httpbin's port, which its
+//! Service declares HTTP (`name: http`), are the sidecar's to hold or refuse and never reach
+//! the app; the same bytes sent to a port no Service declares (an echo app's) pass on as the
+//! app's own.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    process::{Child, ChildStdin, ChildStdout, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context};
+use remora_e2e::{
+    counter,
+    example_cluster::{
+        curl, ensure_accepted, sidecar_metrics, wait_for, ExampleCluster, POD_WITHOUT_SIDECAR,
+    },
+    two_pods::fixture,
+};
+use remora_local::LocalPod;
+use serde_json::Value;
+
+/// The port of httpbin's container, behind the Service port named `http`.
+const HTTPBIN_PORT: u16 = 8080;
+/// The echo app's port, behind a Service port named `raw`: nothing the mesh recognises.
+const ECHO_PORT: u16 = 9000;
+
+/// A partial request line on each of this many connections.
+const SLOW_HEADS: usize = 1000;
+
+/// A request line that is not one.
+const GARBAGE_HEX: &str = "000102206e6f742061207265717565737420200d0a0d0a";
+/// A TLS handshake record header announcing 512 bytes, and only 4 of them.
+const CUT_SHORT_HELLO_HEX: &str = "160301020001000100fc";
+
+/// The echo app in `demo` (with a sidecar) and its Service, whose port declares nothing.
+fn echo() -> String {
+    let server = fixture("echo_server.py");
+    format!(
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: demo}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: raw, port: {ECHO_PORT}, targetPort: {ECHO_PORT}}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo, namespace: demo}}
+spec:
+  selector:
+    matchLabels: {{app: echo}}
+  template:
+    metadata:
+      labels: {{app: echo}}
+    spec:
+      containers:
+        - name: echo
+          image: python
+          command: ["python3", "{server}", "{ECHO_PORT}"]
+          ports: [{{containerPort: {ECHO_PORT}}}]
+"#
+    )
+}
+
+/// The demo, with the echo app and a pod outside the mesh; every object accepted.
+fn cluster(name: &str) -> anyhow::Result<ExampleCluster> {
+    let mesh = ExampleCluster::up_with(name, |dir| {
+        let manifest = format!("{}{POD_WITHOUT_SIDECAR}", echo());
+        fs::write(dir.join("hardening.yaml"), manifest)?;
+        Ok(())
+    })?;
+    ensure_accepted(&mesh)?;
+    Ok(mesh)
+}
+
+/// TCP connections the sidecar of `pod` opened to its app (Istio's server-side count).
+fn spliced_to_app(pod: &LocalPod) -> anyhow::Result<f64> {
+    Ok(counter(
+        &sidecar_metrics(pod)?,
+        "istio_tcp_connections_opened_total",
+        &[r#"reporter="destination""#],
+    ))
+}
+
+/// Runs `send_bytes.py` in `pod` against `ip:port` and parses what it reports.
+fn send_bytes(pod: &LocalPod, ip: &str, port: u16, kind: &str) -> anyhow::Result<Value> {
+    let script = fixture("send_bytes.py");
+    let out = pod.run(&["python3", &script, ip, &port.to_string(), kind])?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "send_bytes.py {ip} {port} {kind} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Whether `send_bytes.py` got the sidecar's own 400 (an app's would have a body saying what
+/// it disliked).
+fn sidecar_400(sent: &Value) -> bool {
+    let head = sent["head"].as_str().unwrap_or_default();
+    head.starts_with("http/1.1 400 bad request") && head.contains("content-length: 0")
+}
+
+/// `slow_heads.py`, running in a pod: asked, it says what became of its connections.
+struct SlowHeads {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl SlowHeads {
+    fn start(pod: &LocalPod, ip: &str, port: u16, count: usize) -> anyhow::Result<Self> {
+        let script = fixture("slow_heads.py");
+        let mut child = pod
+            .command(&[
+                "python3",
+                &script,
+                ip,
+                &port.to_string(),
+                &count.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting slow_heads.py")?;
+        let stdin = child.stdin.take().context("its stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("its stdout")?);
+        let mut slow = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        let line = slow.line()?;
+        ensure!(
+            line.trim() == format!("holding {count}"),
+            "slow_heads.py: {line:?}"
+        );
+        Ok(slow)
+    }
+
+    /// What became of the connections so far.
+    fn ask(&mut self) -> anyhow::Result<Value> {
+        // A write that fails means the script ended: its next line says why.
+        let _ = self
+            .stdin
+            .write_all(b"?\n")
+            .and_then(|()| self.stdin.flush());
+        let line = self.line()?;
+        serde_json::from_str(&line).with_context(|| format!("slow_heads.py printed {line:?}"))
+    }
+
+    /// The script's next line; what it said on stderr if it has none.
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                err.read_to_string(&mut stderr)?;
+            }
+            anyhow::bail!("slow_heads.py ended: {stderr}");
+        }
+        Ok(line)
+    }
+}
+
+impl Drop for SlowHeads {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn slow_heads_on_a_declared_http_port_are_held_by_the_sidecar() -> anyhow::Result<()> {
+    let mesh = cluster("slowloris")?;
+    let (plain, sleep) = (mesh.pod_in("client", "plain")?, mesh.pod("sleep")?);
+    let httpbin = mesh.pod("httpbin")?;
+    let ip = httpbin.ip.to_string();
+    let mut slow = SlowHeads::start(&plain, &ip, HTTPBIN_PORT, SLOW_HEADS)?;
+    // Well past the sidecar's 500 ms wait for a protocol to show, while all are held, httpbin
+    // (one gunicorn worker, which a single spliced connection would block) keeps answering.
+    for _ in 0..10 {
+        let got = curl(&sleep, "http://httpbin.demo:8000/get")?;
+        ensure!(got.status == 200, "while slow heads are held: {got:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let plain_get = format!("http://{ip}:{HTTPBIN_PORT}/get");
+    let got = curl(&plain, &plain_get)?;
+    ensure!(got.status == 200, "from outside the mesh: {got:?}");
+    let held = slow.ask()?;
+    ensure!(
+        held["open"] == SLOW_HEADS && held["answered"] == 0,
+        "the slow heads: {held}"
+    );
+    ensure!(
+        spliced_to_app(&httpbin)? == 0.0,
+        "bytes were spliced to httpbin"
+    );
+    // Ten seconds after its first byte, a head not yet whole is closed.
+    wait_for("the slow heads closed", Duration::from_secs(30), || {
+        Ok(slow.ask()?["closed"] == SLOW_HEADS)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn garbage_is_refused_on_http_ports_and_passed_on_undeclared_ones() -> anyhow::Result<()> {
+    let mesh = cluster("garbage")?;
+    let (plain, sleep) = (mesh.pod_in("client", "plain")?, mesh.pod("sleep")?);
+    let (httpbin, echo) = (mesh.pod("httpbin")?, mesh.pod("echo")?);
+    let (httpbin_ip, echo_ip) = (httpbin.ip.to_string(), echo.ip.to_string());
+    let garbage = format!("hex:{GARBAGE_HEX}");
+    let cut_short = format!("hex:{CUT_SHORT_HELLO_HEX}");
+    // From outside the mesh (the capture port) and from a meshed pod by the pod's address (a
+    // stream through the tunnel) and by the Service (the client sidecar's own declaration).
+    for (from, ip, port) in [
+        (&plain, httpbin_ip.as_str(), HTTPBIN_PORT),
+        (&sleep, httpbin_ip.as_str(), HTTPBIN_PORT),
+        (&sleep, "httpbin.demo", 8000),
+    ] {
+        let line = send_bytes(from, ip, port, &garbage)?;
+        ensure!(
+            sidecar_400(&line),
+            "garbage from {} to {ip}:{port}: {line}",
+            from.id()
+        );
+        let hello = send_bytes(from, ip, port, &cut_short)?;
+        ensure!(
+            hello["received"] == 0,
+            "a cut-short ClientHello from {} to {ip}:{port}: {hello}",
+            from.id()
+        );
+        let random = send_bytes(from, ip, port, "random:65536")?;
+        // Refused while it still arrives: the 400, or a reset that overtook it.
+        ensure!(
+            random["received"] == 0 || sidecar_400(&random),
+            "64 KiB of random bytes from {} to {ip}:{port}: {random}",
+            from.id()
+        );
+    }
+    ensure!(
+        spliced_to_app(&httpbin)? == 0.0,
+        "bytes were spliced to httpbin"
+    );
+    // The same bytes to a port nothing declares are the app's.
+    for from in [&plain, &sleep] {
+        for kind in [garbage.as_str(), cut_short.as_str(), "random:65536"] {
+            let line = send_bytes(from, &echo_ip, ECHO_PORT, kind)?;
+            ensure!(
+                line["echoed"] == true,
+                "{kind} from {} to the echo app: {line}",
+                from.id()
+            );
+        }
+    }
+    ensure!(spliced_to_app(&echo)? >= 6.0, "the echo app's connections");
+    Ok(())
+}
