@@ -28,6 +28,7 @@ use crate::{
     listen::{self, Accepted, Destination, Lifetime},
     metrics::{Metrics, Own},
     outbound::{self, Outbound},
+    overload::{ConnectionPermit, Listener, Overload},
     ports, serve,
     status::{self, Readiness, StatusPort},
     tls::MeshTls,
@@ -123,10 +124,12 @@ pub async fn run(
         destinations = config.load().destination_count(),
         "identity and config loaded"
     );
+    let overload = Overload::new(config.clone(), metrics.clone());
     let outbound = Outbound::new(
         config.clone(),
         TunnelClient::new(tls.clone()),
         metrics.clone(),
+        overload.clone(),
         drain.clone(),
     );
     let inbound = Inbound::new(
@@ -134,6 +137,7 @@ pub async fn run(
         config.clone(),
         tls,
         metrics,
+        overload.clone(),
         drain.clone(),
     );
     // Outbound keeps accepting through a drain: the app may still be shutting down and need
@@ -143,6 +147,7 @@ pub async fn run(
         "outbound",
         Lifetime::ThroughDrain(drain.clone()),
         Destination::Original,
+        admit(&overload, Listener::Outbound),
         move |accepted| outbound::handle(outbound.clone(), accepted),
     )?;
     let capture = inbound.clone();
@@ -151,6 +156,7 @@ pub async fn run(
         "inbound",
         Lifetime::UntilDrain(drain.clone()),
         Destination::OriginalLocal,
+        admit(&overload, Listener::Inbound),
         move |accepted| inbound::capture::handle(capture.clone(), accepted),
     )?;
     spawn_listeners(
@@ -158,6 +164,7 @@ pub async fn run(
         "tunnel",
         Lifetime::UntilDrain(drain.clone()),
         Destination::Listener,
+        admit(&overload, Listener::Tunnel),
         move |accepted| inbound::tunnel::handle(inbound.clone(), accepted),
     )?;
     readiness.set_ready();
@@ -262,15 +269,27 @@ async fn start(
     Ok(Started { identity })
 }
 
-/// Binds `port` and accepts connections on it with `handle` for `lifetime`.
-fn spawn_listeners<H, F>(
+/// What lets connections to `listener` in.
+fn admit(
+    overload: &Arc<Overload>,
+    listener: Listener,
+) -> impl Fn() -> Option<ConnectionPermit> + Clone + Send + 'static {
+    let overload = overload.clone();
+    move || overload.admit(listener)
+}
+
+/// Binds `port` and accepts connections on it that `admit` lets in with `handle` for
+/// `lifetime`.
+fn spawn_listeners<A, H, F>(
     port: u16,
     name: &'static str,
     lifetime: Lifetime,
     destination: Destination,
+    admit: A,
     handle: H,
 ) -> anyhow::Result<()>
 where
+    A: Fn() -> Option<ConnectionPermit> + Clone + Send + 'static,
     H: Fn(Accepted) -> F + Clone + Send + 'static,
     F: Future<Output = Result<(), listen::ConnectionError>> + Send + 'static,
 {
@@ -280,6 +299,7 @@ where
             name,
             lifetime.clone(),
             destination,
+            admit.clone(),
             handle.clone(),
         ));
     }
@@ -298,6 +318,7 @@ where
         name,
         Lifetime::Forever,
         Destination::Listener,
+        || Some(()),
         move |accepted| {
             let handle = handle.clone();
             let never = never.clone();

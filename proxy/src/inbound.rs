@@ -34,6 +34,7 @@ use crate::{
     headers,
     listen::ConnectionError,
     metrics::{Metrics, Recorder, Security},
+    overload::{Listener, Overload, RequestGate},
     prefixed::PrefixedIo,
     respond::RequestError,
     tls::MeshTls,
@@ -48,6 +49,7 @@ pub struct Inbound {
     tls: MeshTls,
     app: AppClient,
     metrics: Arc<Metrics>,
+    overload: Arc<Overload>,
     drain: Drain,
     detect_timeout: Duration,
 }
@@ -126,6 +128,7 @@ impl Inbound {
         config: Arc<Config>,
         tls: MeshTls,
         metrics: Arc<Metrics>,
+        overload: Arc<Overload>,
         drain: Drain,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -134,6 +137,7 @@ impl Inbound {
             tls,
             app: AppClient::new(),
             metrics,
+            overload,
             drain,
             detect_timeout: DETECT_TIMEOUT,
         })
@@ -189,6 +193,14 @@ impl Inbound {
             snapshot.inbound_ports.declared(port),
             snapshot.security.mtls.mode(port),
         )
+    }
+
+    /// What lets the requests of connections that came in through `door` in.
+    fn requests(&self, door: Listener) -> RequestGate {
+        RequestGate {
+            overload: self.overload.clone(),
+            listener: door,
+        }
     }
 
     /// Envoy's `x-forwarded-client-cert` for the callers of `conn`.

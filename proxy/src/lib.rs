@@ -26,6 +26,7 @@ pub mod inbound;
 pub mod listen;
 pub mod metrics;
 pub mod outbound;
+pub mod overload;
 mod pool;
 pub mod ports;
 pub mod prefixed;

@@ -137,14 +137,18 @@ pub enum Lifetime {
     ThroughDrain(Drain),
 }
 
-/// Accepts connections and runs `handle` on each, for the listener's `lifetime`.
-pub async fn accept<H, F, E>(
+/// Accepts connections and runs `handle` on each that `admit` lets in (its permit held until
+/// the connection ends; one it refuses is closed at once), for the listener's `lifetime`.
+pub async fn accept<A, P, H, F, E>(
     listener: TcpListener,
     name: &'static str,
     lifetime: Lifetime,
     destination: Destination,
+    admit: A,
     handle: H,
 ) where
+    A: Fn() -> Option<P>,
+    P: Send + 'static,
     H: Fn(Accepted) -> F,
     F: Future<Output = Result<(), E>> + Send + 'static,
     E: Display,
@@ -166,6 +170,10 @@ pub async fn accept<H, F, E>(
                 continue;
             }
         };
+        let Some(permit) = admit() else {
+            tracing::debug!(%peer, listener = name, "over the connection limit: closed");
+            continue;
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "setting TCP_NODELAY");
         }
@@ -185,6 +193,7 @@ pub async fn accept<H, F, E>(
             if let Err(error) = conn.await {
                 tracing::info!(%error, %peer, listener = name, "connection failed");
             }
+            drop(permit);
         };
         match &lifetime {
             Lifetime::UntilDrain(drain) | Lifetime::ThroughDrain(drain) => drain.spawn(task),

@@ -55,6 +55,8 @@ struct Health {
     cert_expiry: IntGauge,
     connections: IntCounterVec,
     open: IntGaugeVec,
+    refused_connections: IntCounterVec,
+    refused_requests: IntCounterVec,
     denied: IntCounterVec,
     audit: IntCounterVec,
     dry_run: IntCounterVec,
@@ -137,6 +139,20 @@ impl Health {
                 "remora_proxy_open_connections",
                 "Connections open now, by listener (outbound, inbound, tunnel)",
                 &["direction"],
+            ),
+            refused_connections: counter_vec(
+                registry,
+                "remora_proxy_overload_connections_refused_total",
+                "Connections closed as soon as accepted because their listener (or the whole \
+                 sidecar) had as many open as it takes, by listener",
+                &["listener"],
+            ),
+            refused_requests: counter_vec(
+                registry,
+                "remora_proxy_overload_requests_refused_total",
+                "Requests answered 503 because their listener had as many waiting for a \
+                 response as it takes, by listener",
+                &["listener"],
             ),
             denied: counter_vec(
                 registry,
@@ -363,6 +379,22 @@ impl Metrics {
         let gauge = self.health.open.with_label_values(&[direction]);
         gauge.inc();
         OpenConnection(gauge)
+    }
+
+    /// Counts a connection closed at accept on `listener`'s, over its limit.
+    pub fn overload_refused_connection(&self, listener: &'static str) {
+        self.health
+            .refused_connections
+            .with_label_values(&[listener])
+            .inc();
+    }
+
+    /// Counts a request refused on `listener`'s, over its limit.
+    pub fn overload_refused_request(&self, listener: &'static str) {
+        self.health
+            .refused_requests
+            .with_label_values(&[listener])
+            .inc();
     }
 
     pub fn authz_denied(&self, policy: &str) {

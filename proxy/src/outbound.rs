@@ -51,6 +51,7 @@ use crate::{
     http_client::{Connect, HttpClient},
     listen::{Accepted, ConnectionError},
     metrics::{Metrics, Recorder, Series, Unresolved},
+    overload::{Listener, Overload, RequestGate},
     prefixed::PrefixedIo,
     respond::RequestError,
     tls, transport,
@@ -69,6 +70,8 @@ pub struct Outbound {
     balancers: Balancers,
     routes: Routes,
     metrics: Arc<Metrics>,
+    /// Lets its requests in (or not).
+    requests: RequestGate,
     drain: Drain,
     detect_timeout: Duration,
 }
@@ -79,6 +82,7 @@ impl Outbound {
         config: Arc<Config>,
         tunnel: TunnelClient,
         metrics: Arc<Metrics>,
+        overload: Arc<Overload>,
         drain: Drain,
     ) -> Arc<Self> {
         let changes = config.changes();
@@ -89,6 +93,10 @@ impl Outbound {
             balancers: Balancers::default(),
             routes: Routes::default(),
             metrics,
+            requests: RequestGate {
+                overload,
+                listener: Listener::Outbound,
+            },
             drain,
             detect_timeout: DETECT_TIMEOUT,
         });

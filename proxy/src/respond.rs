@@ -23,6 +23,7 @@ use remora_api::route::Abort;
 use crate::{
     body::{empty, local_response, Body},
     metrics::{Flag, RecordedBody, Recorder, RequestRecord},
+    overload::RequestGate,
     serve::HttpService,
 };
 
@@ -35,15 +36,23 @@ pub trait Stages: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Response<Body>, RequestError>> + Send + 'a;
 }
 
-/// The service `serve` runs for one connection: `stages` answer each request, failures become
-/// Envoy's answers, and each request is recorded by `recorder` (under the series the stages
-/// name, if they do).
-pub fn respond<S: Stages>(stages: Arc<S>, recorder: Recorder) -> impl HttpService<RecordedBody> {
+/// The service `serve` runs for one connection: `stages` answer each request `gate` lets in,
+/// failures become Envoy's answers, and each request is recorded by `recorder` (under the
+/// series the stages name, if they do).
+pub fn respond<S: Stages>(
+    stages: Arc<S>,
+    recorder: Recorder,
+    gate: RequestGate,
+) -> impl HttpService<RecordedBody> {
     tower::service_fn(move |mut req: Request<Incoming>| {
         let stages = stages.clone();
+        let gate = gate.clone();
         let record = recorder.start(&mut req);
         async move {
-            let answer = stages.call(req, &record).await;
+            let answer = match gate.admit() {
+                Some(_waiting) => stages.call(req, &record).await,
+                None => Err(RequestError::Overloaded),
+            };
             let (response, details) = match answer {
                 Ok(response) => (response, "via_upstream"),
                 Err(error) => {
@@ -112,6 +121,10 @@ pub enum RequestError {
     /// A path that cannot be normalized (an encoded NUL).
     #[error("{0}")]
     InvalidPath(#[from] remora_api::path::PathError),
+    /// The listener has as many requests waiting for a response as it takes (Envoy's overload
+    /// manager refusing).
+    #[error("envoy overloaded")]
+    Overloaded,
     /// The upstream (a peer sidecar, an endpoint, or the app) could not be reached, or reset
     /// the stream before answering.
     #[error("{upstream}: {source}")]
@@ -144,9 +157,10 @@ impl RequestError {
             Self::JwtInvalid => StatusCode::UNAUTHORIZED,
             Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
             Self::Blackhole(_) => StatusCode::BAD_GATEWAY,
-            Self::NoHealthyUpstream | Self::Unavailable { .. } | Self::Overflow => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoHealthyUpstream
+            | Self::Unavailable { .. }
+            | Self::Overflow
+            | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoBackend { status, .. } => *status,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -167,6 +181,7 @@ impl RequestError {
             Self::Timeout => Some(Flag::UpstreamTimeout),
             Self::FaultAbort(_) => Some(Flag::FaultInjected),
             Self::Overflow => Some(Flag::UpstreamOverflow),
+            Self::Overloaded => Some(Flag::OverloadManager),
             Self::ConnectNotSupported
             | Self::InvalidAuthority(_)
             | Self::MissingDstPort
@@ -193,6 +208,7 @@ impl RequestError {
             Self::Timeout => "response_timeout",
             Self::FaultAbort(_) => "fault_filter_abort",
             Self::Overflow => "upstream_reset_before_response_started{overflow}",
+            Self::Overloaded => "overload_manager",
             Self::Denied | Self::MtlsRequired(_) => "rbac_access_denied",
             Self::JwtInvalid => "jwt_authn_access_denied",
             Self::InvalidPath(_) => "path_normalization_failed",
@@ -207,7 +223,10 @@ impl RequestError {
     /// refusals, as Envoy's RBAC and JWT filters answer gRPC.
     pub fn grpc_status(&self) -> Option<&'static str> {
         match self {
-            Self::NoHealthyUpstream | Self::Unavailable { .. } | Self::Overflow => Some("14"),
+            Self::NoHealthyUpstream
+            | Self::Unavailable { .. }
+            | Self::Overflow
+            | Self::Overloaded => Some("14"),
             Self::Denied | Self::MtlsRequired(_) => Some("7"),
             Self::JwtInvalid => Some("16"),
             Self::FaultAbort(Abort::Grpc(code)) => GRPC_CODES.get(*code as usize).copied(),
@@ -240,7 +259,8 @@ impl RequestError {
             | Self::JwtInvalid
             | Self::Timeout
             | Self::FaultAbort(_)
-            | Self::Overflow => self.to_string(),
+            | Self::Overflow
+            | Self::Overloaded => self.to_string(),
             other => format!("{other}\n"),
         }
     }
@@ -263,10 +283,16 @@ pub fn response(error: &RequestError, grpc: bool) -> Response<Body> {
         other => tracing::debug!(error = %other, "request refused"),
     }
     let body = error.body();
-    match error.grpc_status().filter(|_| grpc) {
+    let mut response = match error.grpc_status().filter(|_| grpc) {
         Some(status) => grpc_trailers_only(status, &body),
         None => local_response(error.status(), body),
+    };
+    if let RequestError::Overloaded = error {
+        response
+            .headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
     }
+    response
 }
 
 /// A trailers-only gRPC response (status in the headers), which gRPC clients understand.
@@ -299,6 +325,14 @@ mod tests {
             .expect("body")
             .to_bytes();
         String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn an_overloaded_answer_says_so() {
+        let answer = response(&RequestError::Overloaded, false);
+        assert_eq!(answer.headers()["x-envoy-overloaded"], "true");
+        let grpc = response(&RequestError::Overloaded, true);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
     }
 
     #[tokio::test]
@@ -342,6 +376,7 @@ mod tests {
                 "no healthy upstream",
                 "UH",
             ),
+            (RequestError::Overloaded, 503, "envoy overloaded", "OM"),
             (
                 RequestError::Blackhole("10.0.0.1:443".parse().expect("addr")),
                 502,

@@ -17,6 +17,7 @@ use remora_proxy::{
     listen::{self, Accepted, Destination, Lifetime},
     metrics::Metrics,
     outbound::{self, Outbound},
+    overload::Overload,
     testing::{SnapshotBuilder, TestCa},
     tls::MeshTls,
     tunnel::TunnelClient,
@@ -112,6 +113,7 @@ async fn mesh(snapshot: impl FnOnce(&SpiffeId) -> Snapshot) -> Mesh {
         server_config.clone(),
         MeshTls::new(&server).expect("server TLS"),
         server_metrics.clone(),
+        Overload::new(server_config.clone(), server_metrics.clone()),
         drain.clone(),
     );
     let tunnel = TcpListener::bind("127.0.0.1:0").await.expect("bind tunnel");
@@ -122,14 +124,17 @@ async fn mesh(snapshot: impl FnOnce(&SpiffeId) -> Snapshot) -> Mesh {
         "tunnel",
         Lifetime::Forever,
         Destination::Listener,
+        || Some(()),
         move |accepted| inbound::tunnel::handle(door.clone(), accepted),
     ));
 
     let client_metrics = Arc::new(Metrics::default());
+    let client_config = Arc::new(Config::new(snapshot(&server.id)));
     let outbound = Outbound::new(
-        Arc::new(Config::new(snapshot(&server.id))),
+        client_config.clone(),
         TunnelClient::with_port(MeshTls::new(&client).expect("client TLS"), tunnel_port),
         client_metrics.clone(),
+        Overload::new(client_config, client_metrics.clone()),
         drain,
     );
     Mesh {

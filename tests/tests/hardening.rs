@@ -2,7 +2,8 @@
 //! meshed `client/sleep`: slow request heads and garbage sent to httpbin's port, which its
 //! Service declares HTTP (`name: http`), are the sidecar's to hold or refuse and never reach
 //! the app; the same bytes sent to a port no Service declares (an echo app's) pass on as the
-//! app's own.
+//! app's own. A connection limit set in the pod's `proxy.istio.io/config` refuses and counts
+//! the connections over it.
 
 use std::{
     fs,
@@ -16,7 +17,8 @@ use anyhow::{ensure, Context};
 use remora_e2e::{
     counter,
     example_cluster::{
-        curl, ensure_accepted, sidecar_metrics, wait_for, ExampleCluster, POD_WITHOUT_SIDECAR,
+        curl, edit_file, ensure_accepted, sidecar_metrics, wait_for, ExampleCluster,
+        POD_WITHOUT_SIDECAR,
     },
     two_pods::fixture,
 };
@@ -261,5 +263,64 @@ fn garbage_is_refused_on_http_ports_and_passed_on_undeclared_ones() -> anyhow::R
         }
     }
     ensure!(spliced_to_app(&echo)? >= 6.0, "the echo app's connections");
+    Ok(())
+}
+
+/// httpbin's pod template, annotated to take at most [`LIMIT`] connections per listener.
+const LIMITED: &str = "      annotations:
+        proxy.istio.io/config: |
+          runtimeValues:
+            remora.listener_max_connections: \"100\"
+      labels:
+        app: httpbin
+";
+const LIMIT: usize = 100;
+
+#[test]
+fn a_connection_limit_refuses_and_counts_what_is_over_it() -> anyhow::Result<()> {
+    let mesh = ExampleCluster::up_with("limits", |dir| {
+        fs::write(dir.join("plain.yaml"), POD_WITHOUT_SIDECAR)?;
+        edit_file(
+            &dir.join("httpbin.yaml"),
+            "      labels:\n        app: httpbin\n",
+            LIMITED,
+        )
+    })?;
+    ensure_accepted(&mesh)?;
+    let (plain, sleep) = (mesh.pod_in("client", "plain")?, mesh.pod("sleep")?);
+    let httpbin = mesh.pod("httpbin")?;
+    let ip = httpbin.ip.to_string();
+    let refused = || -> anyhow::Result<f64> {
+        Ok(counter(
+            &sidecar_metrics(&httpbin)?,
+            "remora_proxy_overload_connections_refused_total",
+            &[r#"listener="inbound""#],
+        ))
+    };
+    let mut slow = SlowHeads::start(&plain, &ip, HTTPBIN_PORT, LIMIT + 50)?;
+    // Each is refused as the sidecar accepts it, from the kernel's accept queue.
+    wait_for(
+        "connections over the limit closed",
+        Duration::from_secs(10),
+        || {
+            let held = slow.ask()?;
+            ensure!(
+                held["open"].as_u64() >= Some(LIMIT as u64),
+                "too many closed: {held}"
+            );
+            Ok(held["open"] == LIMIT && held["closed"] == 50)
+        },
+    )?;
+    ensure!(refused()? == 50.0, "refusals counted: {}", refused()?);
+    // The tunnel is a listener of its own: the mesh's requests still get in.
+    let got = curl(&sleep, "http://httpbin.demo:8000/get")?;
+    ensure!(got.status == 200, "through the tunnel: {got:?}");
+    // Places come back as connections end.
+    drop(slow);
+    wait_for(
+        "a place on the capture listener",
+        Duration::from_secs(10),
+        || Ok(curl(&plain, &format!("http://{ip}:{HTTPBIN_PORT}/get"))?.status == 200),
+    )?;
     Ok(())
 }

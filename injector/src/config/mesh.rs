@@ -11,6 +11,8 @@ use remora_api::{proto::config as proto, SpiffeId, SpiffeIdError, DEFAULT_DRAIN_
 use serde::{de, Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
+use runtime_values::RuntimeValues;
+
 use super::{
     well_known::PROXY_CONFIG_ANNOTATION,
     yaml::{self, YamlError},
@@ -145,6 +147,8 @@ pub(crate) struct ProxyConfig {
     gateway_topology: GatewayTopology,
     /// Start the app only once the sidecar is ready (injection puts the sidecar first).
     pub(crate) hold_application_until_proxy_starts: Option<bool>,
+    /// Envoy runtime keys; the sidecar honours the load limits among them.
+    runtime_values: RuntimeValues,
 }
 
 /// `gatewayTopology`: what lies in front of the proxy.
@@ -487,6 +491,7 @@ impl MeshConfig {
             num_trusted_proxies: proxy.gateway_topology.num_trusted_proxies.unwrap_or(0),
             // Injection's, filled in by the catalog.
             cluster_id: String::new(),
+            overload: Some(proxy.runtime_values.overload()),
         }
     }
 }
@@ -529,6 +534,7 @@ impl ProxyConfig {
             hold_application_until_proxy_starts: pod
                 .hold_application_until_proxy_starts
                 .or(self.hold_application_until_proxy_starts),
+            runtime_values: self.runtime_values.overridden_by(&pod.runtime_values),
         }
     }
 
@@ -567,6 +573,12 @@ impl ProxyConfig {
             json.insert(
                 "proxyMetadata".to_owned(),
                 serde_json::to_value(&self.proxy_metadata).unwrap_or_default(),
+            );
+        }
+        if !self.runtime_values.is_empty() {
+            json.insert(
+                "runtimeValues".to_owned(),
+                serde_json::to_value(self.runtime_values.values()).unwrap_or_default(),
             );
         }
         Value::Object(json).to_string()
@@ -676,6 +688,7 @@ impl<'de> de::Visitor<'de> for ProviderVisitor {
     }
 }
 
+mod runtime_values;
 #[cfg(test)]
 mod tests;
 mod tracer;

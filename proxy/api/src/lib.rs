@@ -39,7 +39,7 @@ pub use bootstrap::{
 pub use certificate::CertificateIdError;
 pub use endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload, WorkloadNames};
 pub use load::{from_value, ConfigError};
-pub use mesh::{MeshSettings, OutboundPolicy};
+pub use mesh::{MeshSettings, OutboundPolicy, OverloadLimits};
 pub use security::{Outcome, Security};
 pub use snapshot::{Dump, Logical, ServicePort, Snapshot};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -26,6 +26,55 @@ pub struct MeshSettings {
     pub num_trusted_proxies: u32,
     /// The cluster the mesh's workloads run in; see [`MeshSettings::cluster_id`].
     pub cluster_id: Option<String>,
+    /// How much load the sidecar takes before refusing more.
+    pub overload: OverloadLimits,
+}
+
+/// How much load a sidecar takes before refusing more: connections open at once, per listener
+/// and over all of them, and requests per listener waiting for their response's head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverloadLimits {
+    pub listener_connections: usize,
+    pub global_connections: usize,
+    pub listener_pending_requests: usize,
+}
+
+impl Default for OverloadLimits {
+    /// Far above what a pod's app serves, and below what exhausts a sidecar: 16,384 open
+    /// connections per listener (each costs a descriptor or two), and as many requests in
+    /// flight; no limit over all listeners beyond the per-listener ones (Envoy's default).
+    fn default() -> Self {
+        Self {
+            listener_connections: 16_384,
+            global_connections: usize::MAX,
+            listener_pending_requests: 16_384,
+        }
+    }
+}
+
+impl OverloadLimits {
+    /// The limits `source` sets, each unset one (0) the default.
+    pub fn from_proto(source: Option<&crate::proto::config::OverloadLimits>) -> Self {
+        let defaults = Self::default();
+        let Some(source) = source else {
+            return defaults;
+        };
+        let or = |value: u64, default: usize| match value {
+            0 => default,
+            value => usize::try_from(value).unwrap_or(usize::MAX),
+        };
+        Self {
+            listener_connections: or(
+                source.listener_max_connections,
+                defaults.listener_connections,
+            ),
+            global_connections: or(source.global_max_connections, defaults.global_connections),
+            listener_pending_requests: or(
+                source.listener_max_pending_requests,
+                defaults.listener_pending_requests,
+            ),
+        }
+    }
 }
 
 /// Istio's cluster id when none is configured.

@@ -19,7 +19,7 @@ use prost::{bytes::Bytes, Message};
 use crate::endpoint::{DnsEndpoints, DnsName, Endpoint, ServiceKey, Workload, WorkloadNames};
 use crate::{
     load::ConfigError,
-    mesh::{MeshSettings, OutboundPolicy},
+    mesh::{MeshSettings, OutboundPolicy, OverloadLimits},
     path::PathNormalization,
     proto::config as proto,
     protocol::{Declared, InboundPorts},
@@ -370,6 +370,7 @@ impl TryFrom<proto::Snapshot> for Snapshot {
                     }),
                 num_trusted_proxies: mesh.num_trusted_proxies,
                 cluster_id: Some(mesh.cluster_id.clone()).filter(|c| !c.is_empty()),
+                overload: OverloadLimits::from_proto(mesh.overload.as_ref()),
                 outbound: match mesh.outbound_traffic_policy.as_str() {
                     "" | "ALLOW_ANY" => OutboundPolicy::AllowAny,
                     "REGISTRY_ONLY" => OutboundPolicy::RegistryOnly,

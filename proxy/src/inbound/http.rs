@@ -16,6 +16,7 @@ use crate::{
     headers,
     listen::ConnectionError,
     metrics::{RecordedBody, RequestRecord, Series},
+    overload::Listener,
     prefixed::PrefixedIo,
     respond::{respond, RequestError, Stages},
     serve, tunnel, upgrade,
@@ -62,7 +63,12 @@ impl AppHandler {
     /// The service `serve` runs: this handler, answered and recorded by [`respond`].
     pub(super) fn service(self: Arc<Self>) -> impl serve::HttpService<RecordedBody> {
         let recorder = self.conn.recorder().clone();
-        respond(self, recorder)
+        let door = match self.conn.tls {
+            PeerTls::Tunnel(_) => Listener::Tunnel,
+            _ => Listener::Inbound,
+        };
+        let requests = self.inbound.requests(door);
+        respond(self, recorder, requests)
     }
 
     /// What its requests are counted under.

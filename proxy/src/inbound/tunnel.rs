@@ -27,6 +27,7 @@ use crate::{
     detect::{detect_declared, Protocol},
     listen::{Accepted, ConnectionError},
     metrics::{RecordedBody, RequestRecord, Security},
+    overload::Listener,
     ports::{self, is_proxy_port},
     prefixed::PrefixedIo,
     respond::{respond, response, RequestError, Stages},
@@ -67,7 +68,11 @@ where
         };
         metrics.recorder(Direction::Server, series, downstream)
     };
-    let requests = respond(conn.clone(), recorder);
+    let requests = respond(
+        conn.clone(),
+        recorder,
+        conn.inbound.requests(Listener::Tunnel),
+    );
     // A CONNECT opens a stream, not a request: it is recorded as a TCP connection (opaque) or
     // by the requests it carries (HTTP/1), never as a request of its own.
     let service = tower::service_fn(move |req: Request<Incoming>| {

@@ -30,10 +30,12 @@ pub enum Flag {
     RetryLimitExceeded = 1 << 9,
     /// The route's backend (a Service or subset) does not exist.
     NoCluster = 1 << 10,
+    /// The sidecar refused the request, over its load limits.
+    OverloadManager = 1 << 11,
 }
 
 /// In the order Envoy prints them.
-const ORDER: [(Flag, &str); 11] = [
+const ORDER: [(Flag, &str); 12] = [
     (Flag::NoHealthyUpstream, "UH"),
     (Flag::UpstreamTimeout, "UT"),
     (Flag::UpstreamConnectFailure, "UF"),
@@ -45,6 +47,7 @@ const ORDER: [(Flag, &str); 11] = [
     (Flag::DownstreamTerminated, "DC"),
     (Flag::RetryLimitExceeded, "URX"),
     (Flag::NoCluster, "NC"),
+    (Flag::OverloadManager, "OM"),
 ];
 
 /// A set of [`Flag`]s.

@@ -56,12 +56,13 @@ where
 {
     let drain = outbound.drain.clone();
     let recorder = backend.recorder(&outbound, downstream);
+    let requests = outbound.requests.clone();
     let target = Arc::new(Destination {
         outbound,
         backend,
         original,
     });
-    serve::http(protocol, io, &drain, respond(target, recorder)).await?;
+    serve::http(protocol, io, &drain, respond(target, recorder, requests)).await?;
     Ok(())
 }
 

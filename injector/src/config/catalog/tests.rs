@@ -1140,3 +1140,19 @@ endpoints:
     );
     assert_eq!(declared("unknown-0"), []);
 }
+
+#[test]
+fn a_pods_runtime_values_set_its_load_limits() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: demo\n  \
+               annotations:\n    proxy.istio.io/config: |\n      runtimeValues:\n        \
+               remora.listener_max_connections: \"100\"\n\
+               spec: {containers: [{name: app}]}\nstatus: {podIP: 10.0.0.1}\n";
+    let catalog = Catalog::build(documents(&[("/dir/pod.yaml", pod)]));
+    assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
+    let mesh = catalog
+        .snapshot_for(&node("demo", "web-0"))
+        .mesh
+        .expect("mesh");
+    let overload = mesh.overload.expect("limits");
+    assert_eq!(overload.listener_max_connections, 100);
+}

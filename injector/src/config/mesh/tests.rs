@@ -18,6 +18,8 @@ defaultConfig:
     sampling: 12.5
   gatewayTopology:
     numTrustedProxies: 2
+  runtimeValues:
+    overload.global_downstream_max_connections: "20000"
   discoveryAddress: istiod.istio-system.svc:15012
 extensionProviders:
 - name: otel
@@ -76,6 +78,10 @@ fn parses_every_field() {
             ],
             num_trusted_proxies: 2,
             cluster_id: String::new(),
+            overload: Some(proto::OverloadLimits {
+                global_max_connections: 20_000,
+                ..Default::default()
+            }),
         }
     );
 }
@@ -100,6 +106,7 @@ fn empty_config_has_istio_defaults() {
             extension_providers: Vec::new(),
             num_trusted_proxies: 0,
             cluster_id: String::new(),
+            overload: Some(proto::OverloadLimits::default()),
         }
     );
     assert_eq!(MeshConfig::default().settings(None), settings);
