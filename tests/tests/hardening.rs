@@ -109,53 +109,47 @@ fn sidecar_400(sent: &Value) -> bool {
     head.starts_with("http/1.1 400 bad request") && head.contains("content-length: 0")
 }
 
-/// `slow_heads.py`, running in a pod: asked, it says what became of its connections.
-struct SlowHeads {
+/// A fixture script running in a pod that holds connections, answering a line on its stdin
+/// with a line on its stdout; killed when dropped.
+struct Held {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
-impl SlowHeads {
-    fn start(pod: &LocalPod, ip: &str, port: u16, count: usize) -> anyhow::Result<Self> {
-        let script = fixture("slow_heads.py");
+impl Held {
+    /// Starts `script` with `args` in `pod` and waits for its first line, which must be `ready`.
+    fn start(pod: &LocalPod, script: &str, args: &[&str], ready: &str) -> anyhow::Result<Self> {
+        let path = fixture(script);
+        let mut argv = vec!["python3", path.as_str()];
+        argv.extend(args);
         let mut child = pod
-            .command(&[
-                "python3",
-                &script,
-                ip,
-                &port.to_string(),
-                &count.to_string(),
-            ])
+            .command(&argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting slow_heads.py")?;
+            .with_context(|| format!("starting {script}"))?;
         let stdin = child.stdin.take().context("its stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("its stdout")?);
-        let mut slow = Self {
+        let mut held = Self {
             child,
             stdin,
             stdout,
         };
-        let line = slow.line()?;
-        ensure!(
-            line.trim() == format!("holding {count}"),
-            "slow_heads.py: {line:?}"
-        );
-        Ok(slow)
+        let line = held.line()?;
+        ensure!(line.trim() == ready, "{script}: {line:?}");
+        Ok(held)
     }
 
-    /// What became of the connections so far.
-    fn ask(&mut self) -> anyhow::Result<Value> {
+    /// Sends a line, and returns the one it prints back.
+    fn ask(&mut self) -> anyhow::Result<String> {
         // A write that fails means the script ended: its next line says why.
         let _ = self
             .stdin
             .write_all(b"?\n")
             .and_then(|()| self.stdin.flush());
-        let line = self.line()?;
-        serde_json::from_str(&line).with_context(|| format!("slow_heads.py printed {line:?}"))
+        self.line()
     }
 
     /// The script's next line; what it said on stderr if it has none.
@@ -166,17 +160,34 @@ impl SlowHeads {
             if let Some(mut err) = self.child.stderr.take() {
                 err.read_to_string(&mut stderr)?;
             }
-            anyhow::bail!("slow_heads.py ended: {stderr}");
+            anyhow::bail!("the script ended: {stderr}");
         }
         Ok(line)
     }
 }
 
-impl Drop for SlowHeads {
+impl Drop for Held {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `slow_heads.py`: a partial request head on each of `count` connections to `ip:port`.
+fn slow_heads(pod: &LocalPod, ip: &str, port: u16, count: usize) -> anyhow::Result<Held> {
+    let (port, n) = (port.to_string(), count.to_string());
+    Held::start(
+        pod,
+        "slow_heads.py",
+        &[ip, &port, &n],
+        &format!("holding {count}"),
+    )
+}
+
+/// What `slow_heads.py` says became of its connections.
+fn held_heads(slow: &mut Held) -> anyhow::Result<Value> {
+    let line = slow.ask()?;
+    serde_json::from_str(&line).with_context(|| format!("slow_heads.py printed {line:?}"))
 }
 
 #[test]
@@ -185,7 +196,7 @@ fn slow_heads_on_a_declared_http_port_are_held_by_the_sidecar() -> anyhow::Resul
     let (plain, sleep) = (mesh.pod_in("client", "plain")?, mesh.pod("sleep")?);
     let httpbin = mesh.pod("httpbin")?;
     let ip = httpbin.ip.to_string();
-    let mut slow = SlowHeads::start(&plain, &ip, HTTPBIN_PORT, SLOW_HEADS)?;
+    let mut slow = slow_heads(&plain, &ip, HTTPBIN_PORT, SLOW_HEADS)?;
     // Well past the sidecar's 500 ms wait for a protocol to show, while all are held, httpbin
     // (one gunicorn worker, which a single spliced connection would block) keeps answering.
     for _ in 0..10 {
@@ -196,7 +207,7 @@ fn slow_heads_on_a_declared_http_port_are_held_by_the_sidecar() -> anyhow::Resul
     let plain_get = format!("http://{ip}:{HTTPBIN_PORT}/get");
     let got = curl(&plain, &plain_get)?;
     ensure!(got.status == 200, "from outside the mesh: {got:?}");
-    let held = slow.ask()?;
+    let held = held_heads(&mut slow)?;
     ensure!(
         held["open"] == SLOW_HEADS && held["answered"] == 0,
         "the slow heads: {held}"
@@ -207,7 +218,7 @@ fn slow_heads_on_a_declared_http_port_are_held_by_the_sidecar() -> anyhow::Resul
     );
     // Ten seconds after its first byte, a head not yet whole is closed.
     wait_for("the slow heads closed", Duration::from_secs(30), || {
-        Ok(slow.ask()?["closed"] == SLOW_HEADS)
+        Ok(held_heads(&mut slow)?["closed"] == SLOW_HEADS)
     })?;
     Ok(())
 }
@@ -297,13 +308,13 @@ fn a_connection_limit_refuses_and_counts_what_is_over_it() -> anyhow::Result<()>
             &[r#"listener="inbound""#],
         ))
     };
-    let mut slow = SlowHeads::start(&plain, &ip, HTTPBIN_PORT, LIMIT + 50)?;
+    let mut slow = slow_heads(&plain, &ip, HTTPBIN_PORT, LIMIT + 50)?;
     // Each is refused as the sidecar accepts it, from the kernel's accept queue.
     wait_for(
         "connections over the limit closed",
         Duration::from_secs(10),
         || {
-            let held = slow.ask()?;
+            let held = held_heads(&mut slow)?;
             ensure!(
                 held["open"].as_u64() >= Some(LIMIT as u64),
                 "too many closed: {held}"
@@ -322,5 +333,68 @@ fn a_connection_limit_refuses_and_counts_what_is_over_it() -> anyhow::Result<()>
         Duration::from_secs(10),
         || Ok(curl(&plain, &format!("http://{ip}:{HTTPBIN_PORT}/get"))?.status == 200),
     )?;
+    Ok(())
+}
+
+/// Resident memory of the sidecar of `pod`, in KiB (its process found among the pod's).
+fn sidecar_rss_kib(pod: &LocalPod) -> anyhow::Result<u64> {
+    let out = remora_local::run_checked(
+        std::process::Command::new("ip").args(["netns", "pids", &pod.netns]),
+    )?;
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "remora-proxy" {
+            continue;
+        }
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS in its status")?;
+        return Ok(rss);
+    }
+    anyhow::bail!("no remora-proxy process in {}", pod.netns)
+}
+
+/// Connections through the client sidecar in the burst.
+const BURST: usize = 2000;
+
+#[test]
+fn memory_comes_back_after_a_burst_of_abandoned_requests() -> anyhow::Result<()> {
+    let mesh = cluster("burst")?;
+    let sleep = mesh.pod("sleep")?;
+    // Warm: the tunnel to httpbin's sidecar is up, the sidecar's pools are made.
+    for _ in 0..5 {
+        let got = curl(&sleep, "http://httpbin.demo:8000/get")?;
+        ensure!(got.status == 200, "{got:?}");
+    }
+    let baseline = sidecar_rss_kib(&sleep)?;
+    let (n, port) = (BURST.to_string(), "8000".to_owned());
+    let args = ["httpbin.demo", port.as_str(), n.as_str()];
+    let mut burst = Held::start(&sleep, "half_bodies.py", &args, &format!("sent {BURST}"))?;
+    let peak = sidecar_rss_kib(&sleep)?;
+    let dropped = burst.ask()?;
+    ensure!(dropped.trim() == "dropped", "half_bodies.py: {dropped:?}");
+    drop(burst);
+    let mut settled = peak;
+    wait_for(
+        "the sidecar's memory back within 20% of before the burst",
+        Duration::from_secs(30),
+        || {
+            settled = sidecar_rss_kib(&sleep)?;
+            Ok(settled * 10 <= baseline * 12)
+        },
+    )
+    .with_context(|| {
+        format!("RSS before {baseline} KiB, in the burst {peak} KiB, after {settled} KiB")
+    })?;
+    eprintln!(
+        "sidecar RSS: {baseline} KiB before {BURST} abandoned requests, {peak} KiB with them \
+         open, {settled} KiB after"
+    );
+    // And the sidecar still serves.
+    let got = curl(&sleep, "http://httpbin.demo:8000/get")?;
+    ensure!(got.status == 200, "after the burst: {got:?}");
     Ok(())
 }
