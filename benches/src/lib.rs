@@ -1,3 +1,5 @@
-//! What Remora's benchmarks share: reading a process's CPU time and memory.
+//! What Remora's benchmarks share: running the load generators, reading a process's CPU time
+//! and memory.
 
+pub mod load;
 pub mod procstat;

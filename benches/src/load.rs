@@ -2,7 +2,7 @@
 //! request rate with latency correction, so a slow response delays no later request and
 //! coordinated omission does not hide tail latency) and `wrk` for the closed-loop saturation run.
 
-use std::time::Duration;
+use std::{process::Output, time::Duration};
 
 use anyhow::{bail, Context};
 use remora_e2e::Pod;
@@ -25,7 +25,23 @@ pub fn open_loop(
     connections: u32,
     duration: Duration,
 ) -> anyhow::Result<Latency> {
-    let out = pod.run(&[
+    let run = |argv: &[&str]| pod.run(argv);
+    open_loop_in(&run, url, rate, connections, duration, true)
+}
+
+/// [`open_loop`] with `oha` started by `run` (in some pod), on connections kept alive or, without
+/// `keep_alive`, one new connection per request.
+pub fn open_loop_in(
+    run: &dyn Fn(&[&str]) -> anyhow::Result<Output>,
+    url: &str,
+    rate: u32,
+    connections: u32,
+    duration: Duration,
+    keep_alive: bool,
+) -> anyhow::Result<Latency> {
+    let (rate, connections) = (rate.to_string(), connections.to_string());
+    let seconds = format!("{}s", duration.as_secs().max(1));
+    let mut argv = vec![
         "oha",
         "--no-tui",
         "--output-format",
@@ -33,13 +49,17 @@ pub fn open_loop(
         "--latency-correction",
         "--wait-ongoing-requests-after-deadline",
         "-q",
-        &rate.to_string(),
+        &rate,
         "-c",
-        &connections.to_string(),
+        &connections,
         "-z",
-        &format!("{}s", duration.as_secs().max(1)),
-        url,
-    ])?;
+        &seconds,
+    ];
+    if !keep_alive {
+        argv.push("--disable-keepalive");
+    }
+    argv.push(url);
+    let out = run(&argv)?;
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("oha's JSON report")?;
     parse_oha(&report)

@@ -3,7 +3,6 @@
 //! the app share the machine's cores, and reported as medians with ratios. Needs root (it
 //! builds pods with the local mesh harness). `--smoke` runs a few seconds, for CI.
 
-mod load;
 mod paths;
 mod report;
 
@@ -11,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use remora_bench::procstat;
+use remora_bench::{load, procstat};
 use remora_e2e::Mesh;
 
 use crate::report::{PathResult, Round, Setup};

@@ -108,6 +108,19 @@ impl LocalPod {
         exec_in(&self.netns, argv)
     }
 
+    /// The pid of its sidecar (the `remora-proxy` among the processes in its network
+    /// namespace), for benchmarks and tests that watch its memory or descriptors.
+    pub fn sidecar_pid(&self) -> Result<Option<u32>, CommandError> {
+        let out = run_checked(Command::new("ip").args(["netns", "pids", &self.netns]))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .find(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "remora-proxy")
+            }))
+    }
+
     /// Runs `argv` in the pod to completion, whatever its exit status.
     pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> io::Result<Output> {
         self.command(argv).stdin(Stdio::null()).output()

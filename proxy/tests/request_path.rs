@@ -28,6 +28,9 @@ use tokio::{
     net::TcpListener,
 };
 
+#[path = "request_path/h2_abuse.rs"]
+mod h2_abuse;
+
 /// Where the app under test thinks it connects: a Service's cluster IP.
 const CLUSTER_IP: &str = "198.19.0.1:8000";
 const CALLER: &str = "127.0.0.1:40000";

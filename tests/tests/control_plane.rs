@@ -331,9 +331,8 @@ fn certificates_rotate_under_load_without_failed_requests() -> anyhow::Result<()
     let mesh = ExampleCluster::up_with("cp-rotate", |dir| {
         edit_file(
             &dir.join("httpbin.yaml"),
-            "        app: httpbin\n        version: v1\n",
-            "        app: httpbin\n        version: v1\n      annotations:\n        \
-             proxy.istio.io/config: '{\"proxyMetadata\": {\"SECRET_TTL\": \"20s\"}}'\n",
+            "          runtimeValues:\n",
+            "          proxyMetadata: {SECRET_TTL: 20s}\n          runtimeValues:\n",
         )
     })?;
     let sleep = mesh.pod("sleep")?;

@@ -196,6 +196,7 @@ fn slow_heads_on_a_declared_http_port_are_held_by_the_sidecar() -> anyhow::Resul
     let (plain, sleep) = (mesh.pod_in("client", "plain")?, mesh.pod("sleep")?);
     let httpbin = mesh.pod("httpbin")?;
     let ip = httpbin.ip.to_string();
+    let before = sidecar_rss_kib(&httpbin)?;
     let mut slow = slow_heads(&plain, &ip, HTTPBIN_PORT, SLOW_HEADS)?;
     // Well past the sidecar's 500 ms wait for a protocol to show, while all are held, httpbin
     // (one gunicorn worker, which a single spliced connection would block) keeps answering.
@@ -215,6 +216,11 @@ fn slow_heads_on_a_declared_http_port_are_held_by_the_sidecar() -> anyhow::Resul
     ensure!(
         spliced_to_app(&httpbin)? == 0.0,
         "bytes were spliced to httpbin"
+    );
+    let held_kib = sidecar_rss_kib(&httpbin)?.saturating_sub(before);
+    eprintln!(
+        "httpbin's sidecar holding {SLOW_HEADS} slow heads: +{held_kib} KiB RSS, {} B each",
+        held_kib * 1024 / SLOW_HEADS as u64
     );
     // Ten seconds after its first byte, a head not yet whole is closed.
     wait_for("the slow heads closed", Duration::from_secs(30), || {
@@ -277,14 +283,7 @@ fn garbage_is_refused_on_http_ports_and_passed_on_undeclared_ones() -> anyhow::R
     Ok(())
 }
 
-/// httpbin's pod template, annotated to take at most [`LIMIT`] connections per listener.
-const LIMITED: &str = "      annotations:
-        proxy.istio.io/config: |
-          runtimeValues:
-            remora.listener_max_connections: \"100\"
-      labels:
-        app: httpbin
-";
+/// The connection limit the test gives httpbin's sidecar, in place of the demo's.
 const LIMIT: usize = 100;
 
 #[test]
@@ -293,8 +292,8 @@ fn a_connection_limit_refuses_and_counts_what_is_over_it() -> anyhow::Result<()>
         fs::write(dir.join("plain.yaml"), POD_WITHOUT_SIDECAR)?;
         edit_file(
             &dir.join("httpbin.yaml"),
-            "      labels:\n        app: httpbin\n",
-            LIMITED,
+            "remora.listener_max_connections: \"4096\"",
+            &format!("remora.listener_max_connections: \"{LIMIT}\""),
         )
     })?;
     ensure_accepted(&mesh)?;
@@ -336,25 +335,15 @@ fn a_connection_limit_refuses_and_counts_what_is_over_it() -> anyhow::Result<()>
     Ok(())
 }
 
-/// Resident memory of the sidecar of `pod`, in KiB (its process found among the pod's).
+/// Resident memory of the sidecar of `pod`, in KiB.
 fn sidecar_rss_kib(pod: &LocalPod) -> anyhow::Result<u64> {
-    let out = remora_local::run_checked(
-        std::process::Command::new("ip").args(["netns", "pids", &pod.netns]),
-    )?;
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() != "remora-proxy" {
-            continue;
-        }
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS in its status")?;
-        return Ok(rss);
-    }
-    anyhow::bail!("no remora-proxy process in {}", pod.netns)
+    let pid = pod.sidecar_pid()?.context("no sidecar process")?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS in its status")
 }
 
 /// Connections through the client sidecar in the burst.

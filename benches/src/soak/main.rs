@@ -1,0 +1,292 @@
+//! `remora-soak`: a Remora pair under steady load for minutes, through what a long-lived mesh
+//! lives through: certificates rotated every two minutes, a config push every minute, clients
+//! that come and go. A local cluster (the launcher, with its control plane) runs a client pod
+//! and an nginx app pod, both with sidecars; `oha` sends `--rate` requests per second, a tenth
+//! of them on a new connection each. Every 10 s the sidecars' RSS and open descriptors are
+//! sampled; the run passes when no request failed and neither grew more than 10% from minute
+//! 2 to the end. Not in CI (it runs for minutes): `scripts/soak.sh`.
+
+use std::{
+    fs,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use remora_bench::{load, procstat};
+use remora_local::{Cluster, LocalPod, Options};
+
+#[derive(Parser)]
+#[command(name = "remora-soak", about = "A Remora pair under load for minutes")]
+struct Args {
+    /// How long the load runs.
+    #[arg(long, default_value_t = 10)]
+    minutes: u64,
+    /// Requests per second, all told.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Keep the cluster's state directory (logs) afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The app's port, behind Service `app.soak` port `http`.
+const APP_PORT: u16 = 8080;
+/// Certificates live four minutes, so the sidecars renew them every two (at half their life).
+const CERT_TTL: &str = "240s";
+/// How often the sidecars' memory and descriptors are sampled.
+const SAMPLE: Duration = Duration::from_secs(10);
+/// From when growth counts: the first minutes fill pools and caches.
+const SETTLED: Duration = Duration::from_secs(120);
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::Builder::new()
+        .prefix("remora-soak-")
+        .disable_cleanup(args.keep)
+        .tempdir()?;
+    write_manifests(dir.path())?;
+    let cluster = Cluster::up(
+        &dir.path().join("manifests"),
+        Options {
+            name: "rmr-soak".to_owned(),
+            keep_state: args.keep,
+            ..Options::default()
+        },
+    )?;
+    let client = cluster
+        .first_pod("soak", "client")
+        .context("no client pod")?
+        .clone();
+    let server = cluster
+        .first_pod("soak", "app")
+        .context("no app pod")?
+        .clone();
+    let sidecars = [
+        ("client", sidecar_pid(&client)?),
+        ("server", sidecar_pid(&server)?),
+    ];
+    let duration = Duration::from_secs(args.minutes * 60);
+    let url = format!("http://app.soak:{APP_PORT}/");
+    eprintln!(
+        "soak: {} req/s for {} min, certificates renewed every 2 min, a push every minute",
+        args.rate, args.minutes
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let (done, manifests) = (done.clone(), dir.path().join("manifests"));
+        thread::spawn(move || push_every_minute(&manifests, &done))
+    };
+    let keepalive = {
+        let (client, url) = (client.clone(), url.clone());
+        let rate = args.rate - args.rate / 10;
+        thread::spawn(move || load::open_loop_in(&run_in(&client), &url, rate, 32, duration, true))
+    };
+    let churn = {
+        let (client, url) = (client.clone(), url.clone());
+        let rate = args.rate / 10;
+        thread::spawn(move || load::open_loop_in(&run_in(&client), &url, rate, 8, duration, false))
+    };
+    let start = Instant::now();
+    let mut rows: Vec<(Duration, Vec<(f64, usize)>)> = Vec::new();
+    while start.elapsed() < duration {
+        thread::sleep(SAMPLE);
+        let sample = sidecars
+            .iter()
+            .map(|(_, pid)| (procstat::rss_mib(*pid), open_fds(*pid)))
+            .collect();
+        rows.push((start.elapsed(), sample));
+    }
+    let keepalive = keepalive
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))?
+        .context("keep-alive load")?;
+    let churn = churn
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))?
+        .context("connection churn")?;
+    done.store(true, Ordering::Relaxed);
+    let pushes = pusher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the push thread panicked"))??;
+
+    println!("| t | client RSS MiB | client fds | server RSS MiB | server fds |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (at, sample) in &rows {
+        let cells: Vec<String> = sample
+            .iter()
+            .flat_map(|(rss, fds)| [format!("{rss:.1}"), fds.to_string()])
+            .collect();
+        println!("| {}s | {} |", at.as_secs(), cells.join(" | "));
+    }
+    println!(
+        "\n{} requests kept alive, {} on new connections, all 200 (p99 {:.2} / {:.2} ms); \
+         {pushes} config pushes",
+        keepalive.requests, churn.requests, keepalive.p99, churn.p99
+    );
+    let mut flat = true;
+    for (i, (side, _)) in sidecars.iter().enumerate() {
+        let settled: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|(at, _)| *at >= SETTLED)
+            .map(|(_, sample)| (sample[i].0, sample[i].1 as f64))
+            .collect();
+        let Some(first) = settled.first() else {
+            continue;
+        };
+        let most = settled.iter().fold((0.0f64, 0.0f64), |(r, f), (rss, fds)| {
+            (r.max(*rss), f.max(*fds))
+        });
+        let rss_growth = most.0 / first.0 - 1.0;
+        let fd_growth = most.1 / first.1.max(1.0) - 1.0;
+        println!(
+            "{side} sidecar from minute 2: RSS {:+.1}%, descriptors {:+.1}%",
+            rss_growth * 100.0,
+            fd_growth * 100.0
+        );
+        flat &= rss_growth <= 0.10 && fd_growth <= 0.10;
+    }
+    ensure!(flat, "a sidecar grew more than 10% after minute 2");
+    drop(cluster);
+    Ok(())
+}
+
+/// How to run a command in `pod`, for the load generator.
+fn run_in(pod: &LocalPod) -> impl Fn(&[&str]) -> anyhow::Result<std::process::Output> + '_ {
+    move |argv| Ok(pod.run(argv)?)
+}
+
+/// Namespace `soak` with injection, an nginx app answering 1 KB behind Service `app`, a client
+/// pod, both sidecars renewing their certificates every two minutes; and the mesh config.
+fn write_manifests(dir: &Path) -> anyhow::Result<()> {
+    let manifests = dir.join("manifests");
+    let nginx = dir.join("nginx");
+    fs::create_dir_all(&manifests)?;
+    fs::create_dir_all(nginx.join("tmp"))?;
+    let body = "x".repeat(1024);
+    let conf = format!(
+        "worker_processes 1;
+        daemon off;
+        pid {nginx}/nginx.pid;
+        error_log {nginx}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            client_body_temp_path {nginx}/tmp/body;
+            proxy_temp_path {nginx}/tmp/proxy;
+            fastcgi_temp_path {nginx}/tmp/fastcgi;
+            uwsgi_temp_path {nginx}/tmp/uwsgi;
+            scgi_temp_path {nginx}/tmp/scgi;
+            server {{
+                listen {APP_PORT};
+                keepalive_requests 1000000;
+                location / {{ default_type text/plain; return 200 \"{body}\"; }}
+            }}
+        }}",
+        nginx = nginx.display(),
+    );
+    let conf_path = nginx.join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let examples = remora_e2e::example_cluster::examples_dir();
+    fs::copy(examples.join("mesh.yaml"), manifests.join("mesh.yaml"))?;
+    let proxy_config = format!(
+        "proxy.istio.io/config: '{{\"proxyMetadata\": {{\"SECRET_TTL\": \"{CERT_TTL}\"}}}}'"
+    );
+    let pods = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: soak, labels: {{istio-injection: enabled}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: soak}}
+spec:
+  selector: {{app: app}}
+  ports: [{{name: http, port: {APP_PORT}, targetPort: {APP_PORT}}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: app, namespace: soak}}
+spec:
+  selector: {{matchLabels: {{app: app}}}}
+  template:
+    metadata:
+      labels: {{app: app}}
+      annotations: {{{proxy_config}}}
+    spec:
+      containers:
+        - name: nginx
+          image: nginx
+          command: ["nginx", "-c", "{conf}"]
+          ports: [{{containerPort: {APP_PORT}}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: client, namespace: soak}}
+spec:
+  selector: {{matchLabels: {{app: client}}}}
+  template:
+    metadata:
+      labels: {{app: client}}
+      annotations: {{{proxy_config}}}
+    spec:
+      containers:
+        - name: client
+          image: curlimages/curl
+          command: ["sleep", "infinity"]
+"#,
+        conf = conf_path.display(),
+    );
+    fs::write(manifests.join("soak.yaml"), pods)?;
+    fs::write(manifests.join("route.yaml"), route(0))?;
+    Ok(())
+}
+
+/// The app's VirtualService, its timeout changed by `minute`: each version is a push.
+fn route(minute: u64) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: app, namespace: soak}}
+spec:
+  hosts: [app.soak.svc.cluster.local]
+  http:
+    - timeout: {}s
+      route: [{{destination: {{host: app.soak.svc.cluster.local}}}}]
+",
+        30 + minute
+    )
+}
+
+/// Rewrites the route once a minute until `done`; how many times it did.
+fn push_every_minute(manifests: &Path, done: &AtomicBool) -> anyhow::Result<u64> {
+    let mut pushes = 0;
+    let mut next = Instant::now() + Duration::from_secs(60);
+    while !done.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(200));
+        if Instant::now() >= next {
+            pushes += 1;
+            remora_local::write_atomic(&manifests.join("route.yaml"), route(pushes).as_bytes())?;
+            next += Duration::from_secs(60);
+        }
+    }
+    Ok(pushes)
+}
+
+/// The sidecar process of `pod`.
+fn sidecar_pid(pod: &LocalPod) -> anyhow::Result<u32> {
+    pod.sidecar_pid()?
+        .with_context(|| format!("no sidecar in {}", pod.id()))
+}
+
+/// How many descriptors `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
