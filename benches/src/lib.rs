@@ -2,4 +2,5 @@
 //! and memory.
 
 pub mod load;
+pub mod nginx;
 pub mod procstat;

@@ -18,13 +18,14 @@
 //!   client certificates verified on both sides, keep-alive upstreams and certificates from the
 //!   same mesh CA as Remora's.
 
-use std::{fmt, fs, net::SocketAddr};
+use std::{fmt, net::SocketAddr};
 
 use anyhow::Context;
 use remora_api::proto::config::{
     AuthorizationPolicy, Endpoint, HttpRoute, Operation, RouteBackend, Rule, Security, Service,
     ServicePort, Source, Subset, Telemetry, TelemetrySide, TraceProvider, TracingPolicy, Workload,
 };
+use remora_bench::nginx;
 use remora_e2e::{two_pods::fixture, Mesh, Pod, SidecarOptions, TRUST_DOMAIN};
 
 const APP_PORT: u16 = 8080;
@@ -433,15 +434,14 @@ fn nginx(mesh: &Mesh) -> anyhow::Result<RequestPath> {
 
 /// The app: nginx answering every request with 1 KB, so the app costs next to nothing.
 fn start_app(mesh: &Mesh, server: &Pod) -> anyhow::Result<()> {
-    let body = "x".repeat(1024);
-    let app = format!(
-        "server {{
-            listen {APP_PORT} reuseport;
-            keepalive_requests 1000000;
-            location / {{ default_type text/plain; return 200 \"{body}\"; }}
-        }}"
-    );
-    start_nginx(mesh, server, "app", 1, &app, APP_PORT)
+    start_nginx(
+        mesh,
+        server,
+        "app",
+        1,
+        &nginx::one_kilobyte_app(APP_PORT),
+        APP_PORT,
+    )
 }
 
 /// Runs nginx in the foreground with `http` as its whole `http {}` block.
@@ -453,30 +453,7 @@ fn start_nginx(
     http: &str,
     port: u16,
 ) -> anyhow::Result<()> {
-    let dir = pod.dir.join(name);
-    let temp = dir.join("tmp");
-    fs::create_dir_all(&temp).with_context(|| format!("creating {}", temp.display()))?;
-    let temp = temp.display();
-    let config = format!(
-        "user root;
-        worker_processes {workers};
-        daemon off;
-        pid {dir}/nginx.pid;
-        error_log {dir}/error.log warn;
-        events {{ worker_connections 4096; }}
-        http {{
-            access_log off;
-            client_body_temp_path {temp}/body;
-            proxy_temp_path {temp}/proxy;
-            fastcgi_temp_path {temp}/fastcgi;
-            uwsgi_temp_path {temp}/uwsgi;
-            scgi_temp_path {temp}/scgi;
-            {http}
-        }}",
-        dir = dir.display(),
-    );
-    let path = dir.join("nginx.conf");
-    fs::write(&path, config)?;
+    let path = nginx::write_config(&pod.dir.join(name), workers, http)?;
     let path = path.to_string_lossy().into_owned();
     mesh.start_app(pod, name, &["nginx", "-c", &path], port)
 }

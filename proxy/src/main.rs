@@ -18,8 +18,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// background thread gives freed pages back after about a second (at 10,000 pods, the memory
 /// a full push leaves behind drops from 54 to 27 MiB). Threads cache freed blocks of up to
 /// 4 KiB only (jemalloc's default is 32 KiB): the connection buffers a burst of connections
-/// grew would otherwise stay cached per thread, where no purge reaches them (after 2,000
-/// abandoned requests, RSS settled 22% above its level before, now 16%).
+/// grew would otherwise stay cached per thread, where no purge reaches them (in a debug build,
+/// after 2,000 abandoned requests, RSS settled 22% above its level before; now 16%).
 /// `_RJEM_MALLOC_CONF` in the environment still overrides these.
 #[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)]

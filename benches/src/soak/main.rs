@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use remora_bench::{load, procstat};
+use remora_bench::{load, nginx, procstat};
 use remora_local::{Cluster, LocalPod, Options};
 
 #[derive(Parser)]
@@ -94,6 +94,8 @@ fn main() -> anyhow::Result<()> {
         let rate = args.rate / 10;
         thread::spawn(move || load::open_loop_in(&run_in(&client), &url, rate, 8, duration, false))
     };
+    let pods = [&client, &server];
+    let first = pods.map(sidecar_state);
     let start = Instant::now();
     let mut rows: Vec<(Duration, Vec<(f64, usize)>)> = Vec::new();
     while start.elapsed() < duration {
@@ -116,6 +118,7 @@ fn main() -> anyhow::Result<()> {
     let pushes = pusher
         .join()
         .map_err(|_| anyhow::anyhow!("the push thread panicked"))??;
+    let last = pods.map(sidecar_state);
 
     println!("| t | client RSS MiB | client fds | server RSS MiB | server fds |");
     println!("|---:|---:|---:|---:|---:|");
@@ -128,9 +131,28 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "\n{} requests kept alive, {} on new connections, all 200 (p99 {:.2} / {:.2} ms); \
-         {pushes} config pushes",
+         {pushes} config pushes written",
         keepalive.requests, churn.requests, keepalive.p99, churn.p99
     );
+    // A run long enough for a renewal and a push must have had both, on both sides.
+    let mut exercised = true;
+    for (((side, _), first), last) in sidecars.iter().zip(&first).zip(&last) {
+        let (first, last) = (first.as_ref(), last.as_ref());
+        match (first, last) {
+            (Ok(first), Ok(last)) => {
+                let accepted = last.accepted - first.accepted;
+                let renewed = last.expiry != first.expiry;
+                println!(
+                    "{side} sidecar: {accepted} snapshots accepted, certificate renewed: {renewed}"
+                );
+                exercised &= accepted >= 1.0 && renewed;
+            }
+            _ => {
+                println!("{side} sidecar: metrics unreadable ({first:?}, {last:?})");
+                exercised = false;
+            }
+        }
+    }
     let mut flat = true;
     for (i, (side, _)) in sidecars.iter().enumerate() {
         let settled: Vec<(f64, f64)> = rows
@@ -154,6 +176,10 @@ fn main() -> anyhow::Result<()> {
         flat &= rss_growth <= 0.10 && fd_growth <= 0.10;
     }
     ensure!(flat, "a sidecar grew more than 10% after minute 2");
+    ensure!(
+        exercised || args.minutes < 3,
+        "the run saw no certificate renewal or no push on a sidecar"
+    );
     drop(cluster);
     Ok(())
 }
@@ -167,33 +193,8 @@ fn run_in(pod: &LocalPod) -> impl Fn(&[&str]) -> anyhow::Result<std::process::Ou
 /// pod, both sidecars renewing their certificates every two minutes; and the mesh config.
 fn write_manifests(dir: &Path) -> anyhow::Result<()> {
     let manifests = dir.join("manifests");
-    let nginx = dir.join("nginx");
     fs::create_dir_all(&manifests)?;
-    fs::create_dir_all(nginx.join("tmp"))?;
-    let body = "x".repeat(1024);
-    let conf = format!(
-        "worker_processes 1;
-        daemon off;
-        pid {nginx}/nginx.pid;
-        error_log {nginx}/error.log warn;
-        events {{ worker_connections 4096; }}
-        http {{
-            access_log off;
-            client_body_temp_path {nginx}/tmp/body;
-            proxy_temp_path {nginx}/tmp/proxy;
-            fastcgi_temp_path {nginx}/tmp/fastcgi;
-            uwsgi_temp_path {nginx}/tmp/uwsgi;
-            scgi_temp_path {nginx}/tmp/scgi;
-            server {{
-                listen {APP_PORT};
-                keepalive_requests 1000000;
-                location / {{ default_type text/plain; return 200 \"{body}\"; }}
-            }}
-        }}",
-        nginx = nginx.display(),
-    );
-    let conf_path = nginx.join("nginx.conf");
-    fs::write(&conf_path, conf)?;
+    let conf_path = nginx::write_config(&dir.join("nginx"), 1, &nginx::one_kilobyte_app(APP_PORT))?;
     let examples = remora_e2e::example_cluster::examples_dir();
     fs::copy(examples.join("mesh.yaml"), manifests.join("mesh.yaml"))?;
     let proxy_config = format!(
@@ -284,6 +285,28 @@ fn push_every_minute(manifests: &Path, done: &AtomicBool) -> anyhow::Result<u64>
 fn sidecar_pid(pod: &LocalPod) -> anyhow::Result<u32> {
     pod.sidecar_pid()?
         .with_context(|| format!("no sidecar in {}", pod.id()))
+}
+
+/// What a sidecar's metrics say about its config and certificate.
+#[derive(Debug)]
+struct SidecarState {
+    /// Snapshots it accepted so far.
+    accepted: f64,
+    /// When the certificate in use expires.
+    expiry: f64,
+}
+
+fn sidecar_state(pod: &&LocalPod) -> anyhow::Result<SidecarState> {
+    let out = pod.run(&["curl", "-sSf", "-m", "5", "http://127.0.0.1:15090/stats/prometheus"])?;
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    Ok(SidecarState {
+        accepted: remora_e2e::counter(
+            &metrics,
+            "remora_config_updates_total",
+            &[r#"result="accepted""#],
+        ),
+        expiry: remora_e2e::counter(&metrics, "remora_certificate_expiry_timestamp_seconds", &[]),
+    })
 }
 
 /// How many descriptors `pid` has open.
