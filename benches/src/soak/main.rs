@@ -296,8 +296,14 @@ struct SidecarState {
     expiry: f64,
 }
 
-fn sidecar_state(pod: &&LocalPod) -> anyhow::Result<SidecarState> {
-    let out = pod.run(&["curl", "-sSf", "-m", "5", "http://127.0.0.1:15090/stats/prometheus"])?;
+fn sidecar_state(pod: &LocalPod) -> anyhow::Result<SidecarState> {
+    let out = pod.run(&[
+        "curl",
+        "-sSf",
+        "-m",
+        "5",
+        "http://127.0.0.1:15090/stats/prometheus",
+    ])?;
     let metrics = String::from_utf8_lossy(&out.stdout);
     Ok(SidecarState {
         accepted: remora_e2e::counter(
