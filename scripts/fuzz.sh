@@ -22,6 +22,8 @@ rustup toolchain list | grep -q '^nightly' || {
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 dir=fuzz/libfuzzer
+# The targets build against the versions the workspace ships with (cargo adds libFuzzer's).
+cp -f Cargo.lock "$dir/Cargo.lock"
 printf '%-18s %14s %10s %8s\n' target executions coverage corpus
 for target in "${targets[@]}"; do
   work=$dir/corpus/$target

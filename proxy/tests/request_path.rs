@@ -184,17 +184,21 @@ impl Mesh {
     /// Sends `bytes` to `dst` through the client sidecar, half-closes, and reads all that
     /// comes back.
     async fn exchange(&self, dst: &str, bytes: &[u8]) -> Vec<u8> {
-        let mut io = self.dial(dst);
-        io.write_all(bytes).await.expect("write");
-        io.shutdown().await.expect("half-close");
-        let mut answer = Vec::new();
-        io.read_to_end(&mut answer).await.expect("read");
-        answer
+        exchange_over(self.dial(dst), bytes).await
     }
 
     fn xfcc(&self) -> String {
         format!("By={};URI={}", self.server, self.client)
     }
+}
+
+/// Sends `bytes` on `io`, half-closes, and reads all that comes back.
+async fn exchange_over(mut io: DuplexStream, bytes: &[u8]) -> Vec<u8> {
+    io.write_all(bytes).await.expect("write");
+    io.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    io.read_to_end(&mut answer).await.expect("read");
+    answer
 }
 
 /// A request with the headers an app could try to forge.
@@ -398,12 +402,7 @@ impl Mesh {
     /// Sends `bytes` to the app at `app` through the server sidecar's capture port,
     /// half-closes, and reads all that comes back.
     async fn exchange_inbound(&self, app: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-        let mut io = self.dial_inbound(app);
-        io.write_all(bytes).await.expect("write");
-        io.shutdown().await.expect("half-close");
-        let mut answer = Vec::new();
-        io.read_to_end(&mut answer).await.expect("read");
-        answer
+        exchange_over(self.dial_inbound(app), bytes).await
     }
 }
 

@@ -54,6 +54,46 @@ spec:
           command: ["sleep", "infinity"]
 "#;
 
+/// The port of [`echo_app`].
+pub const ECHO_PORT: u16 = 9000;
+
+/// An echo server (the client speaks first) in namespace `demo` (with a sidecar), as
+/// `echo.demo:9000`, its Service port named `port_name` (which says whether, and what, it
+/// declares): YAML documents to write on their own or after a `---`.
+pub fn echo_app(port_name: &str) -> String {
+    let server = crate::two_pods::fixture("echo_server.py");
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: echo, namespace: demo}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: demo, labels: {{app: echo}}}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: {port_name}, port: {ECHO_PORT}, targetPort: {ECHO_PORT}}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo, namespace: demo}}
+spec:
+  selector:
+    matchLabels: {{app: echo}}
+  template:
+    metadata:
+      labels: {{app: echo}}
+    spec:
+      serviceAccountName: echo
+      containers:
+        - name: echo
+          image: python
+          command: ["python3", "{server}", "{ECHO_PORT}"]
+          ports: [{{containerPort: {ECHO_PORT}}}]
+"#
+    )
+}
+
 pub struct ExampleCluster {
     // Fields drop in order: the cluster, then its manifests (the control plane reads them
     // until it stops), then the lock.

@@ -17,8 +17,8 @@ use anyhow::{ensure, Context};
 use remora_e2e::{
     counter,
     example_cluster::{
-        curl, edit_file, ensure_accepted, sidecar_metrics, wait_for, ExampleCluster,
-        POD_WITHOUT_SIDECAR,
+        curl, echo_app, edit_file, ensure_accepted, sidecar_metrics, wait_for, ExampleCluster,
+        ECHO_PORT, POD_WITHOUT_SIDECAR,
     },
     two_pods::fixture,
 };
@@ -27,8 +27,6 @@ use serde_json::Value;
 
 /// The port of httpbin's container, behind the Service port named `http`.
 const HTTPBIN_PORT: u16 = 8080;
-/// The echo app's port, behind a Service port named `raw`: nothing the mesh recognises.
-const ECHO_PORT: u16 = 9000;
 
 /// A partial request line on each of this many connections.
 const SLOW_HEADS: usize = 1000;
@@ -38,42 +36,11 @@ const GARBAGE_HEX: &str = "000102206e6f742061207265717565737420200d0a0d0a";
 /// A TLS handshake record header announcing 512 bytes, and only 4 of them.
 const CUT_SHORT_HELLO_HEX: &str = "160301020001000100fc";
 
-/// The echo app in `demo` (with a sidecar) and its Service, whose port declares nothing.
-fn echo() -> String {
-    let server = fixture("echo_server.py");
-    format!(
-        r#"
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: demo}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: raw, port: {ECHO_PORT}, targetPort: {ECHO_PORT}}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo, namespace: demo}}
-spec:
-  selector:
-    matchLabels: {{app: echo}}
-  template:
-    metadata:
-      labels: {{app: echo}}
-    spec:
-      containers:
-        - name: echo
-          image: python
-          command: ["python3", "{server}", "{ECHO_PORT}"]
-          ports: [{{containerPort: {ECHO_PORT}}}]
-"#
-    )
-}
-
 /// The demo, with the echo app and a pod outside the mesh; every object accepted.
 fn cluster(name: &str) -> anyhow::Result<ExampleCluster> {
     let mesh = ExampleCluster::up_with(name, |dir| {
-        let manifest = format!("{}{POD_WITHOUT_SIDECAR}", echo());
+        // `raw`: a port name that declares nothing.
+        let manifest = format!("{}{POD_WITHOUT_SIDECAR}", echo_app("raw"));
         fs::write(dir.join("hardening.yaml"), manifest)?;
         Ok(())
     })?;

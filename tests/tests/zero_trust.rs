@@ -20,8 +20,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use remora_e2e::{
     counter,
     example_cluster::{
-        curl, edit_file, ensure_accepted, examples_dir, rejections, sidecar_metrics, wait_for,
-        ExampleCluster, POD_WITHOUT_SIDECAR,
+        curl, echo_app, edit_file, ensure_accepted, examples_dir, rejections, sidecar_metrics,
+        wait_for, ExampleCluster, ECHO_PORT, POD_WITHOUT_SIDECAR,
     },
     two_pods::{fixture, CurlResult},
     Binaries, Capture, Process,
@@ -526,43 +526,6 @@ fn authorization_policies_admit_only_the_callers_they_name() -> anyhow::Result<(
 // ---------------------------------------------------------------------------------------------
 // TCP
 
-const ECHO_PORT: u16 = 9000;
-
-/// An echo server (client speaks first) in namespace `demo`, as `echo.demo:9000`.
-fn echo_app() -> String {
-    let server = fixture("echo_server.py");
-    format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: echo, namespace: demo}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: demo, labels: {{app: echo}}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: tcp-echo, port: {ECHO_PORT}, targetPort: {ECHO_PORT}}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo, namespace: demo}}
-spec:
-  selector:
-    matchLabels: {{app: echo}}
-  template:
-    metadata:
-      labels: {{app: echo}}
-    spec:
-      serviceAccountName: echo
-      containers:
-        - name: echo
-          image: python
-          command: ["python3", "{server}", "{ECHO_PORT}"]
-          ports: [{{containerPort: {ECHO_PORT}}}]
-"#
-    )
-}
-
 const DENY_ECHO: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -589,7 +552,7 @@ fn echo_once(pod: &LocalPod, payload: &str) -> anyhow::Result<String> {
 #[test]
 fn a_tcp_deny_refuses_new_connections_and_closes_open_ones() -> anyhow::Result<()> {
     let mesh = ExampleCluster::up_with("zt-tcp", |dir| {
-        fs::write(dir.join("echo.yaml"), echo_app())?;
+        fs::write(dir.join("echo.yaml"), echo_app("tcp-echo"))?;
         Ok(())
     })?;
     ensure_accepted(&mesh)?;
