@@ -234,7 +234,7 @@ const POLICIES: &str = r#"{
   ]
 }"#;
 
-/// `data` as a request to a workload with [`POLICIES`], from a mesh peer and from a caller
+/// `data` as a request to a workload with `POLICIES`, from a mesh peer and from a caller
 /// in the clear: a decision, never a panic, and one whose verdict agrees with what decided it.
 pub fn authz(data: &[u8]) {
     static SECURITY: OnceLock<Security> = OnceLock::new();
@@ -299,7 +299,7 @@ const ROUTED: &str = r#"{
   ]
 }"#;
 
-/// `data` as a request to a Service routed by [`ROUTED`]: the last route matches everything,
+/// `data` as a request to a Service routed by `ROUTED`: the last route matches everything,
 /// so every request is routed.
 pub fn route(data: &[u8]) {
     static SNAPSHOT: OnceLock<Arc<Snapshot>> = OnceLock::new();
