@@ -44,6 +44,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if !self.prefix.has_remaining() {
+                // Let go of the buffer the prefix was read into (an emptied `Bytes` keeps it).
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

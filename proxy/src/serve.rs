@@ -1,7 +1,7 @@
 //! Serving one accepted connection as HTTP/1 or HTTP/2 with a [`tower::Service`] per request,
 //! until the caller closes or a drain has let the requests in flight finish.
 
-mod head_timeout;
+mod head_wait;
 
 use std::convert::Infallible;
 
@@ -15,12 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use bytes::Bytes;
 
-use head_timeout::{HeadLimits, HEAD_TIMEOUT};
+use head_wait::{first_bytes, take_home, HeadLimits, Home, HEAD_TIMEOUT};
 
 use crate::{
     body::{Body, BoxError},
     detect::Protocol,
     drain::Drain,
+    prefixed::PrefixedIo,
     tunnel::H2_SETTINGS,
 };
 
@@ -55,25 +56,65 @@ pub trait ResponseBody: http_body::Body<Data = Bytes, Error = BoxError> + Send +
 
 impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static> ResponseBody for B {}
 
-/// Serves HTTP/1.x (upgrades allowed) on `io`.
+/// Serves HTTP/1.x (upgrades allowed) on `io`. Between requests, a connection silent for a
+/// second rests without hyper's state (see [`head_wait`]) until its next head arrives.
 pub async fn http1<IO, S, B>(io: IO, drain: &Drain, service: S) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<B>,
     B: ResponseBody,
 {
-    let (io, timer) = head_timeout::watch(io, HeadLimits::default());
-    let conn = conn::http1::Builder::new()
-        .timer(timer)
-        .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        done = conn.as_mut() => return done,
-        () = drain.started() => conn.as_mut().graceful_shutdown(),
+    let limits = HeadLimits::default();
+    let home: Home<PrefixedIo<IO>> = Home::default();
+    let mut io = PrefixedIo::unread(io);
+    // The idle timeout counts from the last response, which a rested connection is past by
+    // `limits.rest` already.
+    let mut idle = limits.idle;
+    loop {
+        let (unread, mut inner) = io.into_parts();
+        let first = if unread.is_empty() {
+            let first = tokio::select! {
+                first = tokio::time::timeout(idle, first_bytes(&mut inner)) => first,
+                () = drain.started() => return Ok(()),
+            };
+            // Silent for the idle timeout, closed, or broken while idle: nothing to answer.
+            let Ok(Ok(Some(first))) = first else {
+                return Ok(());
+            };
+            first
+        } else {
+            unread
+        };
+        let (watched, timer) =
+            head_wait::watch(PrefixedIo::new(first, inner), home.clone(), limits);
+        // Boxed, so a resting connection's task does not keep room for it.
+        let mut conn = Box::pin(
+            conn::http1::Builder::new()
+                .timer(timer)
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(
+                    TokioIo::new(watched),
+                    TowerToHyperService::new(service.clone()),
+                )
+                .with_upgrades(),
+        );
+        let done = tokio::select! {
+            done = conn.as_mut() => done,
+            () = drain.started() => {
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+        };
+        // hyper's connection hands the socket home as it goes.
+        drop(conn);
+        match take_home(&home) {
+            Some(rested) if done.is_ok() => {
+                io = rested;
+                idle = limits.idle.saturating_sub(limits.rest);
+            }
+            _ => return done,
+        }
     }
-    conn.await
 }
 
 /// Serves HTTP/2 on `io`; a drain sends GOAWAY and lets the open streams finish.
