@@ -3,14 +3,15 @@
 //! Service declares HTTP (`name: http`), are the sidecar's to hold or refuse and never reach
 //! the app; the same bytes sent to a port no Service declares (an echo app's) pass on as the
 //! app's own. A connection limit set in the pod's `proxy.istio.io/config` refuses and counts
-//! the connections over it.
+//! the connections over it. Idle HTTP/1 connections, used or not, cost their sidecar at most
+//! 16 KiB each, and what a burst of abandoned requests took comes back.
 
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     process::{Child, ChildStdin, ChildStdout, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context};
@@ -311,6 +312,70 @@ fn sidecar_rss_kib(pod: &LocalPod) -> anyhow::Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmRSS in its status")
+}
+
+/// Idle connections held open on each side of a sidecar.
+const IDLE: usize = 1000;
+
+/// What an idle HTTP/1 connection may cost its sidecar: 16 KiB.
+const IDLE_CONNECTION_BYTES: u64 = 16 * 1024;
+
+#[test]
+fn an_idle_http1_connection_costs_its_sidecar_at_most_16_kib() -> anyhow::Result<()> {
+    let mesh = cluster("idle")?;
+    let (plain, sleep, httpbin) = (
+        mesh.pod_in("client", "plain")?,
+        mesh.pod("sleep")?,
+        mesh.pod("httpbin")?,
+    );
+    let got = curl(&sleep, "http://httpbin.demo:8000/get")?;
+    ensure!(got.status == 200, "{got:?}");
+    let ip = httpbin.ip.to_string();
+    // Each side: who connects, whose sidecar is measured, and where to.
+    let into_httpbin = (&plain, &httpbin, ip.as_str(), HTTPBIN_PORT);
+    let out_of_sleep = (&sleep, &sleep, "httpbin.demo", 8000);
+    // Connections never used first: the memory used ones give back is reused by the next.
+    let cases = [
+        ("into httpbin's sidecar, never used", into_httpbin, "silent"),
+        ("out of sleep's sidecar, never used", out_of_sleep, "silent"),
+        (
+            "into httpbin's sidecar, after a request",
+            into_httpbin,
+            "request",
+        ),
+        (
+            "out of sleep's sidecar, after a request",
+            out_of_sleep,
+            "request",
+        ),
+    ];
+    for (what, (client, sidecar, host, port), mode) in cases {
+        let before = sidecar_rss_kib(sidecar)?;
+        let (port, n) = (port.to_string(), IDLE.to_string());
+        let mut idle = Held::start(
+            client,
+            "idle_connections.py",
+            &[host, &port, &n, mode],
+            &format!("idle {IDLE}"),
+        )?;
+        // A connection silent for a second rests: hyper's buffers are let go (and jemalloc
+        // purges what they took within another second). Measured once RSS holds still.
+        let (mut each, mut last, mut since) = (u64::MAX, u64::MAX, Instant::now());
+        let settled = wait_for(what, Duration::from_secs(15), || {
+            let kib = sidecar_rss_kib(sidecar)?.saturating_sub(before);
+            if kib != last {
+                (last, since) = (kib, Instant::now());
+            }
+            each = kib * 1024 / IDLE as u64;
+            Ok(each <= IDLE_CONNECTION_BYTES && since.elapsed() >= Duration::from_millis(1500))
+        });
+        eprintln!("{IDLE} idle connections {what}: {each} B each");
+        settled.with_context(|| format!("{IDLE} idle connections {what}: {each} B each"))?;
+        let line = idle.ask()?;
+        let held: Value = serde_json::from_str(&line).with_context(|| line.clone())?;
+        ensure!(held["open"] == IDLE, "{what}: {held}");
+    }
+    Ok(())
 }
 
 /// Connections through the client sidecar in the burst.
