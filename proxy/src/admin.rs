@@ -3,7 +3,8 @@
 //! - `GET /certs`: the workload certificate in use (identity, serial, validity), as JSON;
 //! - `POST /logging?level=<filter>`: change the log filter (e.g. `debug`, `remora_proxy=trace`);
 //! - `POST /drain`: start a graceful drain, as SIGTERM does;
-//! - `GET /stats/prometheus`: the same metrics as 15090.
+//! - `GET /stats/prometheus`: the same metrics as 15090;
+//! - `GET /memory`: what the allocator holds, as Envoy reports it (see [`crate::memory`]).
 
 use std::{
     sync::Arc,
@@ -18,6 +19,7 @@ use crate::{
     config::Config,
     drain::Drain,
     identity::CurrentCert,
+    memory,
     metrics::Metrics,
     status,
 };
@@ -73,6 +75,10 @@ impl Admin {
                 local_response(StatusCode::OK, "draining\n")
             }
             (&Method::GET, "/stats/prometheus") => status::stats(&self.metrics, req),
+            (&Method::GET, "/memory") => match memory::stats() {
+                Ok(stats) => json(&stats),
+                Err(error) => local_response(StatusCode::NOT_IMPLEMENTED, format!("{error}\n")),
+            },
             _ => local_response(StatusCode::NOT_FOUND, ""),
         }
     }

@@ -24,6 +24,7 @@ pub mod http_client;
 pub mod identity;
 pub mod inbound;
 pub mod listen;
+mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod overload;
