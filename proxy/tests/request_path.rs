@@ -624,7 +624,8 @@ async fn a_new_policy_closes_an_open_connection_it_denies() {
     assert_eq!(answer, "");
 }
 
-/// What a [`body_app`] received: how many requests, and a signal on each.
+/// What a [`body_app`] received: how many requests (connections, for an app that counts
+/// those), and a signal on each.
 #[derive(Default)]
 struct Seen {
     requests: std::sync::atomic::AtomicUsize,
