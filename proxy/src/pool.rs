@@ -8,6 +8,11 @@
 //! streams still open on them finish first. A key may limit the requests one connection carries
 //! (DestinationRule `maxRequestsPerConnection`): the connection that reached it takes no new
 //! request, finishes the ones it has, and the next request dials its successor.
+//!
+//! A connection that a burst filled with more than [`BURST_STREAMS`] requests at once is retired
+//! the same way once the burst is over (none left waiting for its response): h2 keeps the
+//! stream store a burst grew (about 3 MiB after 2,000 streams) for the connection's life, and a
+//! successor starts small again. Steady traffic below that never redials.
 
 use std::{
     collections::HashMap,
@@ -99,6 +104,58 @@ struct Entry {
 struct Conn {
     generation: u64,
     sender: http2::SendRequest<Body>,
+    load: Arc<Load>,
+}
+
+/// Requests waiting for their response on one connection: now, and at most since it was dialed.
+#[derive(Default)]
+struct Load {
+    waiting: AtomicU32,
+    peak: AtomicU32,
+}
+
+/// Requests at once on a connection above which it is retired once they are done.
+const BURST_STREAMS: u32 = 256;
+
+/// One request waiting for its response on `conn`; when the last of a burst is done, the
+/// connection is retired (see the module docs).
+struct Waiting<'a> {
+    entry: &'a Entry,
+    generation: u64,
+    load: Arc<Load>,
+}
+
+impl<'a> Waiting<'a> {
+    fn on(entry: &'a Entry, conn: &Conn) -> Self {
+        let waiting = conn.load.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        if waiting > BURST_STREAMS {
+            conn.load.peak.fetch_max(waiting, Ordering::Relaxed);
+        }
+        Self {
+            entry,
+            generation: conn.generation,
+            load: conn.load.clone(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let was = self.load.waiting.fetch_sub(1, Ordering::Relaxed);
+        if was == 1 && self.load.peak.load(Ordering::Relaxed) > BURST_STREAMS {
+            let mut live = self.entry.live.lock();
+            if live
+                .as_ref()
+                .is_some_and(|c| c.generation == self.generation)
+            {
+                tracing::debug!(
+                    generation = self.generation,
+                    "retiring a connection a burst grew"
+                );
+                *live = None;
+            }
+        }
+    }
 }
 
 /// The outcome of the last dial, when it failed: callers that queued behind it fail at once with
@@ -202,13 +259,16 @@ async fn send<D: Dial>(
 ) -> Result<Response<Incoming>, PoolError> {
     entry.last_used_ms.store(now_ms, Ordering::Relaxed);
     let mut conn = checkout(entry, dial, None).await?;
+    let waiting = Waiting::on(entry, &conn);
     match conn.sender.try_send_request(req).await {
         Ok(response) => Ok(response),
         Err(mut failed) => match failed.take_message() {
             // The connection broke before the request left: retry once on a new one.
             Some(req) => {
                 tracing::debug!(error = %failed.error(), "retrying an unsent request");
+                drop(waiting);
                 let mut conn = checkout(entry, dial, Some(conn.generation)).await?;
+                let _waiting = Waiting::on(entry, &conn);
                 Ok(conn.sender.send_request(req).await?)
             }
             None => Err(failed.into_error().into()),
@@ -265,7 +325,11 @@ async fn dial_new<D: Dial>(
     match dialed {
         Ok(sender) => {
             *failure = None;
-            let conn = Conn { generation, sender };
+            let conn = Conn {
+                generation,
+                sender,
+                load: Arc::default(),
+            };
             let mut live = entry.live.lock();
             // This caller's request is the new connection's first.
             entry.taken.store(1, Ordering::Relaxed);

@@ -68,6 +68,32 @@ async fn a_burst_of_requests_shares_one_connection() {
     assert_eq!(dialer.dials.load(Ordering::SeqCst), 1);
 }
 
+/// Sends `burst` requests at once to `pool`'s `"app"`, then one more: how many dials it took.
+async fn dials_for_a_burst_and_one_more(burst: u32) -> usize {
+    let pool = H2Pool::new(Duration::from_secs(60));
+    let dialer = PipeDialer::default();
+    let requests: Vec<_> = (0..burst)
+        .map(|_| {
+            let pool = pool.clone();
+            let dialer = dialer.clone();
+            tokio::spawn(async move { pool.send(&"app", &dialer, get()).await })
+        })
+        .collect();
+    for request in requests {
+        let response = request.await.expect("join").expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let after = pool.send(&"app", &dialer, get()).await.expect("after");
+    assert_eq!(after.status(), StatusCode::OK);
+    dialer.dials.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_connection_a_burst_filled_is_retired_once_the_burst_is_over() {
+    assert_eq!(dials_for_a_burst_and_one_more(BURST_STREAMS).await, 1);
+    assert_eq!(dials_for_a_burst_and_one_more(BURST_STREAMS + 44).await, 2);
+}
+
 #[tokio::test]
 async fn a_connection_carries_at_most_its_limit_of_requests() {
     for (limit, requests, dials) in [(0, 7, 1), (1, 3, 3), (3, 7, 3), (3, 6, 2)] {
