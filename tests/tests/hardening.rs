@@ -378,6 +378,17 @@ fn an_idle_http1_connection_costs_its_sidecar_at_most_16_kib() -> anyhow::Result
     Ok(())
 }
 
+/// What the allocator of the sidecar of `pod` holds live, in bytes (admin `GET /memory`).
+fn allocated(pod: &LocalPod) -> anyhow::Result<u64> {
+    let got = curl(pod, "http://127.0.0.1:15000/memory")?;
+    ensure!(got.status == 200, "GET /memory: {got:?}");
+    let memory: Value = serde_json::from_str(&got.body).with_context(|| got.body.clone())?;
+    memory["allocated"]
+        .as_str()
+        .and_then(|bytes| bytes.parse().ok())
+        .with_context(|| format!("allocated in {memory}"))
+}
+
 /// Connections through the client sidecar in the burst.
 const BURST: usize = 2000;
 
@@ -390,7 +401,7 @@ fn memory_comes_back_after_a_burst_of_abandoned_requests() -> anyhow::Result<()>
         let got = curl(&sleep, "http://httpbin.demo:8000/get")?;
         ensure!(got.status == 200, "{got:?}");
     }
-    let baseline = sidecar_rss_kib(&sleep)?;
+    let (baseline, live_before) = (sidecar_rss_kib(&sleep)?, allocated(&sleep)?);
     let (n, port) = (BURST.to_string(), "8000".to_owned());
     let args = ["httpbin.demo", port.as_str(), n.as_str()];
     let mut burst = Held::start(&sleep, "half_bodies.py", &args, &format!("sent {BURST}"))?;
@@ -398,21 +409,29 @@ fn memory_comes_back_after_a_burst_of_abandoned_requests() -> anyhow::Result<()>
     let dropped = burst.ask()?;
     ensure!(dropped.trim() == "dropped", "half_bodies.py: {dropped:?}");
     drop(burst);
-    // What the burst took is given back (jemalloc's background purge): at least 95% of it.
-    // What stays, about 6 MiB in a debug or a release build, is not accounted for yet
-    // (ARCHITECTURE, next features).
-    let mut settled = peak;
+    // Within 30 s, everything the burst allocated is freed (the tunnel connection it filled is
+    // replaced by one that starts small, `pool.rs`), and the pages it took are given back
+    // (jemalloc's background purge) but for what jemalloc keeps for good: the records of the
+    // extents it mapped at the peak, about 2 MiB here. The sidecar settles within 20% of its
+    // RSS before in a debug build (+10 to 13%), at +21 to 27% in a release build, whose
+    // baseline is smaller: 30% is asserted.
+    let mut settled = (peak, u64::MAX);
     wait_for(
-        "the sidecar's memory given back after the burst",
+        "the burst's memory given back",
         Duration::from_secs(30),
         || {
-            settled = sidecar_rss_kib(&sleep)?;
-            Ok(settled.saturating_sub(baseline) * 20 <= peak.saturating_sub(baseline))
+            settled = (sidecar_rss_kib(&sleep)?, allocated(&sleep)?);
+            Ok(settled.0 * 10 <= baseline * 13 && settled.1 <= live_before + 1024 * 1024)
         },
     )
     .with_context(|| {
-        format!("RSS before {baseline} KiB, in the burst {peak} KiB, after {settled} KiB")
+        format!(
+            "RSS before {baseline} KiB, in the burst {peak} KiB, after {} KiB; allocated \
+             before {live_before} B, after {} B",
+            settled.0, settled.1
+        )
     })?;
+    let settled = settled.0;
     eprintln!(
         "sidecar RSS: {baseline} KiB before {BURST} abandoned requests, {peak} KiB with them \
          open, {settled} KiB after"
