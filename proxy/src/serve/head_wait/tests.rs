@@ -124,6 +124,12 @@ async fn response(client: &mut DuplexStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// Sends a request and reads its answer, a 200.
+async fn answered(client: &mut DuplexStream) {
+    client.write_all(REQUEST).await.expect("write");
+    assert!(response(client).await.starts_with("HTTP/1.1 200"));
+}
+
 /// How long from now until the server closes the connection (what it sent meanwhile is
 /// skipped).
 async fn closed_after(client: &mut DuplexStream) -> Duration {
@@ -156,20 +162,17 @@ async fn a_head_trickled_in_is_held_to_its_first_byte() {
 #[tokio::test(start_paused = true)]
 async fn an_idle_keep_alive_connection_is_kept_until_the_idle_timeout() {
     let mut client = connect();
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     // Well past the head timeout, the pooled connection still serves.
     tokio::time::sleep(HEAD_TIMEOUT * 6).await;
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     assert_eq!(closed_after(&mut client).await, IDLE_TIMEOUT);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_next_head_gets_its_own_ten_seconds_from_its_first_byte() {
     let mut client = connect();
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     client
         .write_all(b"GET /get HTTP/1.1\r\nho")
@@ -187,27 +190,23 @@ async fn a_silent_connection_waits_for_the_idle_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_connection_rests_after_a_second_without_a_head_and_serves_on() {
     let (mut client, app) = connect_counted(Drain::default());
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     // Requests closer together than the rest share one hyper connection.
     tokio::time::sleep(REST_AFTER - Duration::from_millis(1)).await;
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     assert_eq!(app.hyper_connections(), 1);
     // A second of silence: hyper's connection is let go; the next head gets a new one.
     tokio::time::sleep(REST_AFTER + Duration::from_millis(1)).await;
     tokio::task::yield_now().await;
     assert_eq!(app.hyper_connections(), 1);
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     assert_eq!(app.hyper_connections(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_head_begun_after_a_rest_has_ten_seconds() {
     let mut client = connect();
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     tokio::time::sleep(REST_AFTER * 5).await;
     client.write_all(b"GET /get HT").await.expect("write");
     assert_eq!(closed_after(&mut client).await, HEAD_TIMEOUT);
@@ -239,8 +238,7 @@ async fn a_pipelined_head_left_unfinished_is_closed_when_the_connection_rests() 
 #[tokio::test(start_paused = true)]
 async fn a_rested_connection_upgrades() {
     let mut client = connect();
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     tokio::time::sleep(REST_AFTER * 2).await;
     client
         .write_all(
@@ -261,8 +259,7 @@ async fn a_rested_connection_upgrades() {
 async fn a_drain_closes_a_resting_connection_at_once() {
     let drain = Drain::default();
     let (mut client, _) = connect_counted(drain.clone());
-    client.write_all(REQUEST).await.expect("write");
-    assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+    answered(&mut client).await;
     tokio::time::sleep(REST_AFTER * 2).await;
     let start = Instant::now();
     drain.start();
