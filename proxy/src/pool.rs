@@ -122,19 +122,19 @@ const BURST_STREAMS: u32 = 256;
 struct Waiting<'a> {
     entry: &'a Entry,
     generation: u64,
-    load: Arc<Load>,
+    load: &'a Load,
 }
 
 impl<'a> Waiting<'a> {
-    fn on(entry: &'a Entry, conn: &Conn) -> Self {
-        let waiting = conn.load.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+    fn on(entry: &'a Entry, generation: u64, load: &'a Load) -> Self {
+        let waiting = load.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         if waiting > BURST_STREAMS {
-            conn.load.peak.fetch_max(waiting, Ordering::Relaxed);
+            load.peak.fetch_max(waiting, Ordering::Relaxed);
         }
         Self {
             entry,
-            generation: conn.generation,
-            load: conn.load.clone(),
+            generation,
+            load,
         }
     }
 }
@@ -259,17 +259,27 @@ async fn send<D: Dial>(
 ) -> Result<Response<Incoming>, PoolError> {
     entry.last_used_ms.store(now_ms, Ordering::Relaxed);
     let mut conn = checkout(entry, dial, None).await?;
-    let waiting = Waiting::on(entry, &conn);
-    match conn.sender.try_send_request(req).await {
+    let Conn {
+        generation,
+        sender,
+        load,
+    } = &mut conn;
+    let waiting = Waiting::on(entry, *generation, load);
+    match sender.try_send_request(req).await {
         Ok(response) => Ok(response),
         Err(mut failed) => match failed.take_message() {
             // The connection broke before the request left: retry once on a new one.
             Some(req) => {
                 tracing::debug!(error = %failed.error(), "retrying an unsent request");
                 drop(waiting);
-                let mut conn = checkout(entry, dial, Some(conn.generation)).await?;
-                let _waiting = Waiting::on(entry, &conn);
-                Ok(conn.sender.send_request(req).await?)
+                let mut conn = checkout(entry, dial, Some(*generation)).await?;
+                let Conn {
+                    generation,
+                    sender,
+                    load,
+                } = &mut conn;
+                let _waiting = Waiting::on(entry, *generation, load);
+                Ok(sender.send_request(req).await?)
             }
             None => Err(failed.into_error().into()),
         },
