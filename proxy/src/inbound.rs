@@ -222,6 +222,8 @@ where
 {
     match conn.protocol {
         Protocol::Http1 | Protocol::Http2 => http::serve(inbound, conn, io).await,
-        Protocol::Tls | Protocol::Opaque => tcp::serve(&inbound, &conn, io).await,
+        // Boxed: inline, a splice's state would size the task of every connection, the HTTP
+        // ones (most of them) included.
+        Protocol::Tls | Protocol::Opaque => Box::pin(tcp::serve(&inbound, &conn, io)).await,
     }
 }

@@ -46,7 +46,7 @@ use tokio::{
 use crate::{
     access_log::{Direction, Downstream},
     config::Config,
-    detect::{detect_declared, Protocol, DETECT_TIMEOUT},
+    detect::{detect_declared, Detected, Protocol, DETECT_TIMEOUT},
     drain::Drain,
     http_client::{Connect, HttpClient},
     listen::{Accepted, ConnectionError},
@@ -227,16 +227,7 @@ where
     let backend = match logical {
         Logical::Passthrough(dst) => {
             // Not in the mesh registry: passed through as addressed.
-            outbound.metrics.connection("outbound", "passthrough");
-            let upstream = transport::connect(dst).await?;
-            let snapshot = outbound.config.load();
-            let metrics = &outbound.metrics;
-            let series = metrics.outbound_unresolved(&snapshot, Unresolved::Passthrough);
-            let recorder = metrics.recorder(Direction::Client, series, downstream);
-            let mut record = recorder.tcp();
-            record.upstream(dst, None);
-            transport::splice_recorded(record, PrefixedIo::unread(accepted.io), upstream).await?;
-            return Ok(());
+            return Box::pin(passthrough(&outbound, dst, accepted.io, downstream)).await;
         }
         Logical::Service(port) => Backend::Routed(outbound.routes.get(
             &port,
@@ -276,23 +267,67 @@ where
             )
             .await
         }
-        Protocol::Tls if backend.routes_by_sni() || declared == Declared::Http => {
-            let (hello, io) = tls::client_hello(detected.io, outbound.detect_timeout).await?;
-            // On a port declared HTTP, TLS is the app's own only as a whole ClientHello.
-            if hello.is_none() && declared == Declared::Http {
-                return Err(ConnectionError::NotHttp);
-            }
-            let server_name = hello.and_then(|hello| hello.server_name);
-            let upstream = backend.pick(server_name.as_deref(), &original);
-            let recorder = backend.recorder(&outbound, downstream);
-            tcp::forward(&outbound, upstream, io, recorder).await
-        }
+        // Boxed: inline, the state of a TCP or TLS connection would size the task of every
+        // connection, the HTTP ones (most of them) included.
         Protocol::Tls | Protocol::Opaque => {
-            let upstream = backend.pick(None, &original);
-            let recorder = backend.recorder(&outbound, downstream);
-            tcp::forward(&outbound, upstream, detected.io, recorder).await
+            Box::pin(forward_opaque(
+                outbound, backend, original, declared, detected, downstream,
+            ))
+            .await
         }
     }
+}
+
+/// Forwards a connection that is not HTTP to an endpoint of `backend`: TLS by its ClientHello's
+/// server name when routes match on it, anything else as it is.
+async fn forward_opaque<IO>(
+    outbound: Arc<Outbound>,
+    backend: Backend,
+    original: Original,
+    declared: Declared,
+    detected: Detected<IO>,
+    downstream: Downstream,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if detected.protocol == Protocol::Tls && (backend.routes_by_sni() || declared == Declared::Http)
+    {
+        let (hello, io) = tls::client_hello(detected.io, outbound.detect_timeout).await?;
+        // On a port declared HTTP, TLS is the app's own only as a whole ClientHello.
+        if hello.is_none() && declared == Declared::Http {
+            return Err(ConnectionError::NotHttp);
+        }
+        let server_name = hello.and_then(|hello| hello.server_name);
+        let upstream = backend.pick(server_name.as_deref(), &original);
+        let recorder = backend.recorder(&outbound, downstream);
+        return tcp::forward(&outbound, upstream, io, recorder).await;
+    }
+    let upstream = backend.pick(None, &original);
+    let recorder = backend.recorder(&outbound, downstream);
+    tcp::forward(&outbound, upstream, detected.io, recorder).await
+}
+
+/// Splices a connection to `dst`, outside the mesh registry, as addressed.
+async fn passthrough<IO>(
+    outbound: &Outbound,
+    dst: SocketAddr,
+    io: IO,
+    downstream: Downstream,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    outbound.metrics.connection("outbound", "passthrough");
+    let upstream = transport::connect(dst).await?;
+    let snapshot = outbound.config.load();
+    let metrics = &outbound.metrics;
+    let series = metrics.outbound_unresolved(&snapshot, Unresolved::Passthrough);
+    let recorder = metrics.recorder(Direction::Client, series, downstream);
+    let mut record = recorder.tcp();
+    record.upstream(dst, None);
+    transport::splice_recorded(record, PrefixedIo::unread(io), upstream).await?;
+    Ok(())
 }
 
 /// Dials endpoints that run no sidecar, as addressed.

@@ -124,17 +124,19 @@ where
     S: HttpService<B>,
     B: ResponseBody,
 {
-    let conn = conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(H2_SETTINGS.stream_window)
-        .initial_connection_window_size(H2_SETTINGS.connection_window)
-        .max_frame_size(H2_SETTINGS.max_frame_size)
-        .max_concurrent_streams(H2_SETTINGS.max_concurrent_streams)
-        .max_header_list_size(H2_SETTINGS.max_header_list_size)
-        .keep_alive_interval(H2_SETTINGS.keep_alive_interval)
-        .keep_alive_timeout(H2_SETTINGS.keep_alive_timeout)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
-    tokio::pin!(conn);
+    // Boxed, so the task of a connection that is not HTTP/2 does not keep room for it.
+    let mut conn = Box::pin(
+        conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_SETTINGS.stream_window)
+            .initial_connection_window_size(H2_SETTINGS.connection_window)
+            .max_frame_size(H2_SETTINGS.max_frame_size)
+            .max_concurrent_streams(H2_SETTINGS.max_concurrent_streams)
+            .max_header_list_size(H2_SETTINGS.max_header_list_size)
+            .keep_alive_interval(H2_SETTINGS.keep_alive_interval)
+            .keep_alive_timeout(H2_SETTINGS.keep_alive_timeout)
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service)),
+    );
     tokio::select! {
         done = conn.as_mut() => return done,
         () = drain.started() => conn.as_mut().graceful_shutdown(),

@@ -50,7 +50,8 @@ where
     let whole_hello = declared == Declared::Http;
     let (mesh, io) = match terminates || whole_hello {
         true => {
-            let (hello, io) = tls::client_hello(detected.io, inbound.detect_timeout).await?;
+            let (hello, io) =
+                Box::pin(tls::client_hello(detected.io, inbound.detect_timeout)).await?;
             // On a port declared HTTP, TLS is the app's own only as a whole ClientHello.
             if hello.is_none() && whole_hello {
                 return Err(ConnectionError::NotHttp);
