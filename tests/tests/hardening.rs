@@ -2,8 +2,8 @@
 //! meshed `client/sleep`: slow request heads and garbage sent to httpbin's port, which its
 //! Service declares HTTP (`name: http`), are the sidecar's to hold or refuse and never reach
 //! the app; the same bytes sent to a port no Service declares (an echo app's) pass on as the
-//! app's own. A connection limit set in the pod's `proxy.istio.io/config` refuses and counts
-//! the connections over it. Idle HTTP/1 connections, used or not, cost their sidecar at most
+//! app's own. A connection limit and a pending-request limit set in the pod's
+//! `proxy.istio.io/config` refuse and count the connections and requests over them. Idle HTTP/1 connections, used or not, cost their sidecar at most
 //! 8 KiB each, an open request at most 40 KiB beyond the body it holds, and what a burst of
 //! abandoned requests took comes back.
 
@@ -255,14 +255,21 @@ fn garbage_is_refused_on_http_ports_and_passed_on_undeclared_ones() -> anyhow::R
 /// The connection limit the test gives httpbin's sidecar, in place of the demo's.
 const LIMIT: usize = 100;
 
+/// The pending-request limit set on httpbin's sidecar in the same test.
+const PENDING: usize = 2;
+
 #[test]
-fn a_connection_limit_refuses_and_counts_what_is_over_it() -> anyhow::Result<()> {
+fn connection_and_pending_request_limits_refuse_and_count_what_is_over_them() -> anyhow::Result<()>
+{
     let mesh = ExampleCluster::up_with("limits", |dir| {
         fs::write(dir.join("plain.yaml"), POD_WITHOUT_SIDECAR)?;
         edit_file(
             &dir.join("httpbin.yaml"),
             "remora.listener_max_connections: \"4096\"",
-            &format!("remora.listener_max_connections: \"{LIMIT}\""),
+            &format!(
+                "remora.listener_max_connections: \"{LIMIT}\"\n            \
+                 remora.listener_max_pending_requests: \"{PENDING}\""
+            ),
         )
     })?;
     ensure_accepted(&mesh)?;
@@ -301,6 +308,49 @@ fn a_connection_limit_refuses_and_counts_what_is_over_it() -> anyhow::Result<()>
         Duration::from_secs(10),
         || Ok(curl(&plain, &format!("http://{ip}:{HTTPBIN_PORT}/get"))?.status == 200),
     )?;
+    // Requests waiting for their response head: httpbin (one worker) answers slow requests one
+    // at a time, so of three sent at once two wait on the listener and the third is over its
+    // limit: Envoy's 503, counted.
+    let slow_url = format!("http://{ip}:{HTTPBIN_PORT}/delay/3");
+    let slow: Vec<_> = (0..=PENDING)
+        .map(|_| {
+            let (pod, url) = (plain.clone(), slow_url.clone());
+            thread::spawn(move || -> anyhow::Result<String> {
+                let out = pod.exec(&["curl", "-sS", "-i", "-m", "15", url.as_str()])?;
+                Ok(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in slow {
+        let answer = request
+            .join()
+            .map_err(|_| anyhow::anyhow!("a slow request's thread panicked"))??;
+        answers.push(answer);
+    }
+    let overloaded = |answer: &String| {
+        answer.starts_with("http/1.1 503")
+            && answer.contains("x-envoy-overloaded: true")
+            && answer.ends_with("envoy overloaded")
+    };
+    let answered = answers
+        .iter()
+        .filter(|a| a.starts_with("http/1.1 200"))
+        .count();
+    let refused = answers.iter().filter(|a| overloaded(a)).count();
+    ensure!(
+        answered == PENDING && refused == 1,
+        "{PENDING} answered and 1 refused expected: {answers:?}"
+    );
+    let refused_requests = counter(
+        &sidecar_metrics(&httpbin)?,
+        "remora_proxy_overload_requests_refused_total",
+        &[r#"listener="inbound""#],
+    );
+    ensure!(
+        refused_requests == 1.0,
+        "requests refused: {refused_requests}"
+    );
     Ok(())
 }
 
