@@ -3,9 +3,10 @@
 //! Service declares HTTP (`name: http`), are the sidecar's to hold or refuse and never reach
 //! the app; the same bytes sent to a port no Service declares (an echo app's) pass on as the
 //! app's own. A connection limit and a pending-request limit set in the pod's
-//! `proxy.istio.io/config` refuse and count the connections and requests over them. Idle HTTP/1 connections, used or not, cost their sidecar at most
-//! 8 KiB each, an open request at most 40 KiB beyond the body it holds, and what a burst of
-//! abandoned requests took comes back.
+//! `proxy.istio.io/config` refuse and count the connections and requests over them. Idle
+//! HTTP/1 connections, used or not, cost their sidecar at most 8 KiB each, an open request at
+//! most 40 KiB beyond the body it holds, and what a burst of abandoned requests took comes
+//! back.
 
 use std::{
     fs,
