@@ -26,7 +26,10 @@ use std::{
 };
 
 use http::{Request, Response};
-use hyper::{body::Incoming, client::conn::http2};
+use hyper::{
+    body::Incoming,
+    client::conn::{http2, TrySendError},
+};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::{
@@ -66,6 +69,13 @@ pub enum DialError {
 pub trait Dial: Send + Sync {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn dial(&self) -> impl Future<Output = Result<Self::Io, PoolError>> + Send;
+}
+
+impl<D: Dial> Dial for &D {
+    type Io = D::Io;
+    fn dial(&self) -> impl Future<Output = Result<Self::Io, PoolError>> + Send {
+        (**self).dial()
+    }
 }
 
 pub struct H2Pool<K> {
@@ -242,48 +252,55 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> H2Pool<K> {
 }
 
 impl PoolHandle {
-    pub async fn send<D: Dial>(
-        &self,
-        dial: &D,
+    /// Not an `async fn`: the future is [`send`]'s own, so a request's future does not carry
+    /// a second copy of the request in a wrapper.
+    pub fn send<'a, D: Dial + 'a>(
+        &'a self,
+        dial: D,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, PoolError> {
-        send(&self.entry, self.clock.now_ms(), dial, req).await
+    ) -> impl Future<Output = Result<Response<Incoming>, PoolError>> + Send + 'a {
+        send(&self.entry, self.clock.now_ms(), dial, req)
     }
 }
 
-async fn send<D: Dial>(
-    entry: &Entry,
+/// Sends `req` on `entry`'s connection. Written as a block, not an `async fn`, so the request
+/// is held once (an `async fn` keeps its argument and a moved copy), and the rare resend on a
+/// broken connection is boxed: this future is part of every request's.
+#[expect(clippy::manual_async_fn, reason = "an `async fn` would hold the request twice")]
+fn send<'a, D: Dial + 'a>(
+    entry: &'a Entry,
     now_ms: u64,
-    dial: &D,
+    dial: D,
     req: Request<Body>,
-) -> Result<Response<Incoming>, PoolError> {
-    entry.last_used_ms.store(now_ms, Ordering::Relaxed);
-    let mut conn = checkout(entry, dial, None).await?;
-    let Conn {
-        generation,
-        sender,
-        load,
-    } = &mut conn;
-    let waiting = Waiting::on(entry, *generation, load);
-    match sender.try_send_request(req).await {
-        Ok(response) => Ok(response),
-        Err(mut failed) => match failed.take_message() {
-            // The connection broke before the request left: retry once on a new one.
-            Some(req) => {
-                tracing::debug!(error = %failed.error(), "retrying an unsent request");
-                drop(waiting);
-                let mut conn = checkout(entry, dial, Some(*generation)).await?;
-                let Conn {
-                    generation,
-                    sender,
-                    load,
-                } = &mut conn;
-                let _waiting = Waiting::on(entry, *generation, load);
-                Ok(sender.send_request(req).await?)
-            }
-            None => Err(failed.into_error().into()),
-        },
+) -> impl Future<Output = Result<Response<Incoming>, PoolError>> + Send + 'a {
+    async move {
+        entry.last_used_ms.store(now_ms, Ordering::Relaxed);
+        let mut conn = checkout(entry, &dial, None).await?;
+        let waiting = Waiting::on(entry, conn.generation, &conn.load);
+        let failed = match conn.sender.try_send_request(req).await {
+            Ok(response) => return Ok(response),
+            Err(failed) => failed,
+        };
+        drop(waiting);
+        Box::pin(resend(entry, &dial, conn.generation, failed)).await
     }
+}
+
+/// `failed`'s request again, on a new connection: the `broken` one failed before the request
+/// left, so the peer never saw it.
+async fn resend<D: Dial>(
+    entry: &Entry,
+    dial: &D,
+    broken: u64,
+    mut failed: TrySendError<Request<Body>>,
+) -> Result<Response<Incoming>, PoolError> {
+    let Some(req) = failed.take_message() else {
+        return Err(failed.into_error().into());
+    };
+    tracing::debug!(error = %failed.error(), "retrying an unsent request");
+    let mut conn = checkout(entry, dial, Some(broken)).await?;
+    let _waiting = Waiting::on(entry, conn.generation, &conn.load);
+    Ok(conn.sender.send_request(req).await?)
 }
 
 /// The live connection of `entry` for one more request, unless it is closed, is the `broken`

@@ -5,7 +5,7 @@
 //! backend's retry budget (20% of its requests plus 10 a second, tower's `TpsBudget`), so a
 //! failing backend is not hit by a storm; a body that cannot be sent again is not retried.
 
-use std::{error::Error as StdError, net::SocketAddr, sync::Arc};
+use std::{error::Error as StdError, future::Future, net::SocketAddr, sync::Arc};
 
 use http::{request::Parts, HeaderValue, Request, Response};
 use http_body::Body as _;
@@ -93,84 +93,96 @@ pub fn no_upstream(reason: NoUpstream) -> RequestError {
 
 /// Sends the request (`parts`, `first` body, replayed from `body`) to `balancer`'s endpoints
 /// until an answer is not retried, or tries run out.
-pub async fn tries(
-    outbound: &Outbound,
-    balancer: &Arc<Balancer>,
-    original: &Original,
-    policy: &RetryPolicy,
+///
+/// A block rather than an `async fn`, so the request is taken apart before it is held: an
+/// `async fn` would keep the whole `Outgoing` besides its parts, in every request's future.
+pub fn tries<'a>(
+    outbound: &'a Outbound,
+    balancer: &'a Arc<Balancer>,
+    original: &'a Original,
+    policy: &'a RetryPolicy,
     request: Outgoing,
-    record: &RequestRecord,
-) -> Result<Response<Body>, RequestError> {
+    record: &'a RequestRecord,
+) -> impl Future<Output = Result<Response<Body>, RequestError>> + Send + 'a {
     let Outgoing {
         mut parts,
         body,
         first,
     } = request;
-    let pool = balancer.policy();
-    balancer.budget.deposit();
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut next_body = Some(first);
-    let mut attempt: u32 = 1;
-    let mut _slot = None;
-    loop {
-        let last = attempt > policy.attempts;
-        let admitted = balancer.admit(&pool.pool).await.map_err(no_upstream)?;
-        let upstream = balancer.pick(&tried, original).map_err(no_upstream)?;
-        upstream.answers(record, &outbound.metrics, &outbound.config);
-        let Some(try_body) = next_body.take() else {
-            return Err(RequestError::NoHealthyUpstream);
-        };
-        let head = if last {
-            std::mem::replace(&mut parts, copy_head_empty())
-        } else {
-            copy_head(&parts)
-        };
-        let mut req = Request::from_parts(head, try_body);
-        req.headers_mut()
-            .insert(ATTEMPT_COUNT, attempt_count(attempt));
-        let in_flight = upstream.start(balancer.timed());
-        // Boxed: the try's future is large (the tunnel's and the pool's futures), and kept
-        // inline it would be copied through every future that holds this one, per request.
-        let try_once = Box::pin(send(outbound, &upstream, req, record.trace()));
-        let result = match policy.per_try_timeout {
-            Some(limit) => tokio::time::timeout(limit, try_once)
-                .await
-                .unwrap_or(Err(RequestError::Timeout)),
-            None => try_once.await,
-        };
-        drop(in_flight);
-        drop(admitted);
-        let outcome = attempt_of(&result);
-        balancer.report(&upstream, outcome);
-        if !policy.retries(outcome) {
-            return result;
+    async move {
+        let pool = balancer.policy();
+        balancer.budget.deposit();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut next_body = Some(first);
+        let mut attempt: u32 = 1;
+        let mut _slot = None;
+        loop {
+            let last = attempt > policy.attempts;
+            let admitted = balancer.admit(&pool.pool).await.map_err(no_upstream)?;
+            let upstream = balancer.pick(&tried, original).map_err(no_upstream)?;
+            upstream.answers(record, &outbound.metrics, &outbound.config);
+            let Some(try_body) = next_body.take() else {
+                return Err(RequestError::NoHealthyUpstream);
+            };
+            let head = if last {
+                std::mem::replace(&mut parts, copy_head_empty())
+            } else {
+                copy_head(&parts)
+            };
+            let req = numbered(head, try_body, attempt);
+            let in_flight = upstream.start(balancer.timed());
+            // Boxed: the try's future is large (the tunnel's and the pool's futures), and kept
+            // inline it would be copied through every future that holds this one, per request.
+            let try_once = Box::pin(send(outbound, &upstream, req, record.trace()));
+            let result = match policy.per_try_timeout {
+                Some(limit) => tokio::time::timeout(limit, try_once)
+                    .await
+                    .unwrap_or(Err(RequestError::Timeout)),
+                None => try_once.await,
+            };
+            drop(in_flight);
+            drop(admitted);
+            let outcome = attempt_of(&result);
+            balancer.report(&upstream, outcome);
+            if !policy.retries(outcome) {
+                return result;
+            }
+            // From here the try failed in a way the policy retries: a way not to is Envoy's URX.
+            let exceeded = |result| {
+                record.flag(Flag::RetryLimitExceeded);
+                result
+            };
+            if last {
+                return exceeded(result);
+            }
+            let Some(again) = body.again() else {
+                return result;
+            };
+            if !balancer.budget.withdraw() {
+                tracing::debug!(endpoint = %upstream.endpoint.address, "retry budget exhausted");
+                return exceeded(result);
+            }
+            let Some(slot) = balancer.retry_slot(&pool.pool) else {
+                return exceeded(result);
+            };
+            _slot = Some(slot);
+            outbound.metrics.retry();
+            tracing::debug!(endpoint = %upstream.endpoint.address, ?outcome, attempt, "retrying");
+            next_body = Some(again);
+            tried.push(upstream.endpoint.address);
+            tokio::time::sleep(policy.backoff(attempt, rand::random())).await;
+            attempt += 1;
         }
-        // From here the try failed in a way the policy retries: a way not to is Envoy's URX.
-        let exceeded = |result| {
-            record.flag(Flag::RetryLimitExceeded);
-            result
-        };
-        if last {
-            return exceeded(result);
-        }
-        let Some(again) = body.again() else {
-            return result;
-        };
-        if !balancer.budget.withdraw() {
-            tracing::debug!(endpoint = %upstream.endpoint.address, "retry budget exhausted");
-            return exceeded(result);
-        }
-        let Some(slot) = balancer.retry_slot(&pool.pool) else {
-            return exceeded(result);
-        };
-        _slot = Some(slot);
-        outbound.metrics.retry();
-        tracing::debug!(endpoint = %upstream.endpoint.address, ?outcome, attempt, "retrying");
-        next_body = Some(again);
-        tried.push(upstream.endpoint.address);
-        tokio::time::sleep(policy.backoff(attempt, rand::random())).await;
-        attempt += 1;
     }
+}
+
+/// Try `attempt`'s request, numbered in `x-envoy-attempt-count`. Built outside the tries'
+/// future: a request borrowed there would be kept in it after it is sent.
+fn numbered(head: Parts, body: Body, attempt: u32) -> Request<Body> {
+    let mut req = Request::from_parts(head, body);
+    req.headers_mut()
+        .insert(ATTEMPT_COUNT, attempt_count(attempt));
+    req
 }
 
 /// A placeholder head, for when the last try takes the real one.

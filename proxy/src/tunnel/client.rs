@@ -5,11 +5,16 @@
 //! connection without a map lookup.
 
 use std::{
+    future::Future,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
+use futures_util::{
+    future::{self, Either},
+    TryFutureExt,
+};
 use http::{
     header, uri::PathAndQuery, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -137,8 +142,22 @@ impl PeerChannel {
         self.peer.max_requests
     }
 
-    /// Sends an app's HTTP request to the destination.
-    pub async fn request(&self, mut req: Request<Body>) -> Result<Response<Incoming>, TunnelError> {
+    /// Sends an app's HTTP request to the destination. Not an `async fn`: the head is rewritten
+    /// here, and the future is the pool's own (see [`PoolHandle::send`]).
+    pub fn request(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TunnelError>> + Send + '_ {
+        match self.tunnelled(req) {
+            Ok(req) => Either::Left(self.send(req).err_into()),
+            Err(error) => Either::Right(future::ready(Err(error))),
+        }
+    }
+
+    /// `req` as the tunnel carries it: hop-by-hop and mesh headers gone, HTTP/1 turned into
+    /// HTTP/2 (its authority in the URI, its version in `remora-orig-proto`), and the app port
+    /// it is for.
+    fn tunnelled(&self, mut req: Request<Body>) -> Result<Request<Body>, TunnelError> {
         headers::strip_hop_by_hop(req.headers_mut());
         strip_mesh(req.headers_mut());
         if let Some(orig) = orig_proto_value(req.version()) {
@@ -155,7 +174,7 @@ impl PeerChannel {
             *req.version_mut() = Version::HTTP_2;
         }
         req.headers_mut().insert(DST_PORT, self.dst_port.clone());
-        Ok(self.send(req).await?)
+        Ok(req)
     }
 
     /// Opens a byte stream to the destination. `carries` names the HTTP/1.x version spoken
@@ -185,13 +204,16 @@ impl PeerChannel {
             .map_err(TunnelError::Upgrade)
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, PoolError> {
+    fn send(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Incoming>, PoolError>> + Send + '_ {
         let dialer = PeerDialer {
             peer: &self.peer,
             port: self.port,
             tls: &self.tls,
         };
-        self.handle.send(&dialer, req).await
+        self.handle.send(dialer, req)
     }
 }
 
