@@ -266,7 +266,10 @@ impl PoolHandle {
 /// Sends `req` on `entry`'s connection. Written as a block, not an `async fn`, so the request
 /// is held once (an `async fn` keeps its argument and a moved copy), and the rare resend on a
 /// broken connection is boxed: this future is part of every request's.
-#[expect(clippy::manual_async_fn, reason = "an `async fn` would hold the request twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold the request twice"
+)]
 fn send<'a, D: Dial + 'a>(
     entry: &'a Entry,
     now_ms: u64,

@@ -11,7 +11,12 @@
 //! without a sidecar). The caller gets its own HTTP version back, whatever the hop in between
 //! spoke.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    future::{self, Future},
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+};
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -92,32 +97,35 @@ struct Destination {
     original: Original,
 }
 
+/// A request's future past its destination: boxed, one allocation per request, as its size
+/// differs by path (routed, fixed, a host outside the registry) and the largest would
+/// otherwise be every request's.
+type Forwarded<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, RequestError>> + Send + 'a>>;
+
 impl Destination {
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        record: &RequestRecord,
-    ) -> Result<Response<Body>, RequestError> {
+    /// Not an `async fn`: the path is chosen here and its boxed future is the request's, with
+    /// no wrapper keeping a second copy of the request.
+    fn forward<'a>(&'a self, req: Request<Incoming>, record: &'a RequestRecord) -> Forwarded<'a> {
         if req.method() == Method::CONNECT {
             // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
-            return Err(RequestError::ConnectNotSupported);
+            return Box::pin(future::ready(Err(RequestError::ConnectNotSupported)));
         }
-        // Each path's future is boxed: kept inline they would make this future (which the
-        // connection's service moves per request) as large as the largest of them.
         match &self.backend {
-            Backend::Routed(routes) => Box::pin(self.routed(routes.load(), req, record)).await,
+            Backend::Routed(routes) => Box::pin(self.routed(routes.load(), req, record)),
             Backend::Fixed(upstream) => {
                 let upstream = upstream.clone();
                 upstream.answers(record, &self.outbound.metrics, &self.outbound.config);
                 if headers::is_upgrade(&req) {
-                    return Box::pin(upgrade_to(&self.outbound, &upstream, req, record.trace()))
-                        .await;
+                    return Box::pin(async move {
+                        upgrade_to(&self.outbound, &upstream, req, record.trace()).await
+                    });
                 }
                 let (parts, body) = req.into_parts();
                 let req = Request::from_parts(parts, body.into());
-                Box::pin(send(&self.outbound, &upstream, req, record.trace())).await
+                Box::pin(async move { send(&self.outbound, &upstream, req, record.trace()).await })
             }
-            Backend::Blackhole(dst) => Box::pin(self.by_host(*dst, req, record)).await,
+            Backend::Blackhole(dst) => Box::pin(self.by_host(*dst, req, record)),
         }
     }
 

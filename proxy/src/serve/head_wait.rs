@@ -23,6 +23,7 @@
 use std::{
     future::{poll_fn, Future},
     io,
+    mem::MaybeUninit,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -126,6 +127,14 @@ pub fn watch<IO>(io: IO, home: Home<IO>, limits: HeadLimits) -> (Watched<IO>, He
     (watched, timer)
 }
 
+/// The most one read hands hyper. hyper doubles its read buffer (8 KiB, 16, 32, ...) each time
+/// a read fills it, and a buffer still holding part of a body cannot be reused, so a request
+/// sending 32 KiB at once left three buffers of 16 and 32 KiB, each a large allocation of its
+/// own, whose records jemalloc keeps for good once it has made them: a burst of such requests
+/// left RSS higher for good. Read through a buffer on the stack, at most this much at a time,
+/// hyper's buffer stays at 8 KiB: one copy of what was read, and nothing zeroed.
+const READ_MAX: usize = 8 * 1024 - 1;
+
 /// A connection that notes when bytes arrive and ends its stream when it is due to rest.
 #[derive(Debug)]
 pub struct Watched<IO> {
@@ -167,7 +176,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        match self.io()?.poll_read(cx, buf) {
+        let polled = if buf.remaining() > READ_MAX {
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_MAX];
+            let mut capped = ReadBuf::uninit(&mut stack);
+            let polled = self.io()?.poll_read(cx, &mut capped);
+            buf.put_slice(capped.filled());
+            polled
+        } else {
+            self.io()?.poll_read(cx, buf)
+        };
+        match polled {
             Poll::Pending if self.cell.rest_due.load(Ordering::Relaxed) => {
                 self.rested = true;
                 Poll::Ready(Ok(()))
