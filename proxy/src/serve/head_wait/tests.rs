@@ -268,3 +268,29 @@ async fn a_drain_closes_a_resting_connection_at_once() {
         Duration::ZERO
     );
 }
+
+#[tokio::test]
+async fn reads_hand_hyper_less_than_its_first_buffer_so_it_never_grows() {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    client
+        .write_all(&[b'x'; 20_000])
+        .await
+        .expect("write a body");
+    let (mut watched, _timer) = super::watch(server, super::Home::default(), Default::default());
+    // As hyper reads: into a buffer larger than its first 8 KiB once it has grown.
+    let mut buffer = vec![0; 64 * 1024];
+    let mut reads = Vec::new();
+    while reads.iter().sum::<usize>() < 20_000 {
+        reads.push(watched.read(&mut buffer).await.expect("read"));
+    }
+    assert_eq!(reads, [8191, 8191, 3618]);
+    assert!(buffer[..3618].iter().all(|b| *b == b'x'));
+    // A smaller buffer is read into directly, as much as it takes.
+    client
+        .write_all(b"GET / HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let mut small = [0; 4];
+    assert_eq!(watched.read(&mut small).await.expect("read"), 4);
+    assert_eq!(&small, b"GET ");
+}
