@@ -83,7 +83,7 @@ async fn upgrade_once(
 ///
 /// This and the functions under it are not `async fn`s but build their future from the one
 /// below: each `async fn` layer would keep a dead copy of the request, and this future is part
-/// of every request's (it was 4.5 KiB as `async fn`s, and is a quarter of that now).
+/// of every request's (4.5 KiB as `async fn`s, 0.9 KiB now).
 pub(super) fn send<'a>(
     outbound: &'a Outbound,
     upstream: &'a Upstream,

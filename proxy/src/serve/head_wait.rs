@@ -129,10 +129,10 @@ pub fn watch<IO>(io: IO, home: Home<IO>, limits: HeadLimits) -> (Watched<IO>, He
 
 /// The most one read hands hyper. hyper doubles its read buffer (8 KiB, 16, 32, ...) each time
 /// a read fills it, and a buffer still holding part of a body cannot be reused, so a request
-/// sending 32 KiB at once left three buffers of 16 and 32 KiB, each a large allocation of its
-/// own, whose records jemalloc keeps for good once it has made them: a burst of such requests
-/// left RSS higher for good. Read through a buffer on the stack, at most this much at a time,
-/// hyper's buffer stays at 8 KiB: one copy of what was read, and nothing zeroed.
+/// sending 32 KiB at once left buffers of 16, 32 and 32 KiB behind, each a large allocation
+/// of its own, whose record jemalloc keeps for good: a burst of such requests left RSS higher
+/// for good. Read through a buffer on the stack, at most this much at a time, hyper's buffer
+/// stays at 8 KiB: one copy of what was read, and nothing zeroed.
 const READ_MAX: usize = 8 * 1024 - 1;
 
 /// A connection that notes when bytes arrive and ends its stream when it is due to rest.
