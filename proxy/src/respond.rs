@@ -13,6 +13,7 @@ use std::{
     error::Error as StdError,
     future::Future,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::Arc,
 };
 
@@ -26,6 +27,11 @@ use crate::{
     overload::RequestGate,
     serve::HttpService,
 };
+
+/// A request's answer still to come, boxed: for a path whose future differs in size by branch,
+/// so the largest branch is not every request's.
+pub type BoxedAnswer<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, RequestError>> + Send + 'a>>;
 
 /// The per-request stages of a connection: answer `req`, telling `record` what happened.
 pub trait Stages: Send + Sync + 'static {

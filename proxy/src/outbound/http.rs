@@ -14,7 +14,6 @@
 use std::{
     future::{self, Future},
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
 };
 
@@ -34,7 +33,7 @@ use crate::{
     listen::ConnectionError,
     metrics::RequestRecord,
     prefixed::PrefixedIo,
-    respond::{respond, RequestError, Stages},
+    respond::{respond, BoxedAnswer, RequestError, Stages},
     serve,
 };
 
@@ -97,16 +96,11 @@ struct Destination {
     original: Original,
 }
 
-/// A request's future past its destination: boxed, one allocation per request, as its size
-/// differs by path (routed, fixed, a host outside the registry) and the largest would
-/// otherwise be every request's.
-type Forwarded<'a> =
-    Pin<Box<dyn Future<Output = Result<Response<Body>, RequestError>> + Send + 'a>>;
-
 impl Destination {
-    /// Not an `async fn`: the path is chosen here and its boxed future is the request's, with
-    /// no wrapper keeping a second copy of the request.
-    fn forward<'a>(&'a self, req: Request<Incoming>, record: &'a RequestRecord) -> Forwarded<'a> {
+    /// Not an `async fn`: the path (routed, fixed, a host outside the registry) is chosen here
+    /// and its boxed future, one allocation per request, is the request's, with no wrapper
+    /// keeping a second copy of the request.
+    fn forward<'a>(&'a self, req: Request<Incoming>, record: &'a RequestRecord) -> BoxedAnswer<'a> {
         if req.method() == Method::CONNECT {
             // An app asking this hop to open a tunnel: Remora is not the app's forward proxy.
             return Box::pin(future::ready(Err(RequestError::ConnectNotSupported)));

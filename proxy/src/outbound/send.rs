@@ -5,7 +5,7 @@
 //! so each is a span of the request's trace here: its context written on the request, the span
 //! reported when the try has its answer (or is given up).
 
-use std::{future::Future, pin::Pin};
+use std::future::Future;
 
 use futures_util::{future::Either, FutureExt};
 use http::{request::Parts, Request, Response, Version};
@@ -17,7 +17,7 @@ use crate::{
     headers,
     http_client::Connect,
     metrics::Flags,
-    respond::RequestError,
+    respond::{BoxedAnswer, RequestError},
     trace::Trace,
     tunnel::{self, TunnelError},
     upgrade,
@@ -122,10 +122,6 @@ where
     })
 }
 
-/// A try's future to an endpoint without a sidecar: boxed, as the plain clients' futures are
-/// large and such endpoints rare.
-type Unmeshed<'a> = Pin<Box<dyn Future<Output = Result<Response<Body>, RequestError>> + Send + 'a>>;
-
 fn send_once<'a>(
     outbound: &'a Outbound,
     upstream: &'a Upstream,
@@ -146,16 +142,17 @@ fn send_once<'a>(
             }
             Err(error) => Err(RequestError::unavailable(channel.dst(), error)),
         })),
+        // Boxed: the plain clients' futures are large, and endpoints without a sidecar rare.
         Way::Direct => {
             let http1 = (version != Version::HTTP_2).then_some(version);
-            let unmeshed: Unmeshed<'a> = Box::pin(async move {
+            let unmeshed: BoxedAnswer<'a> = Box::pin(async move {
                 let response = outbound.direct.forward(address, http1, req).await?;
                 Ok(response.map(Body::Incoming))
             });
             Either::Right(unmeshed)
         }
         Way::Originate(originator) => {
-            let unmeshed: Unmeshed<'a> = Box::pin(async move {
+            let unmeshed: BoxedAnswer<'a> = Box::pin(async move {
                 let response = originator.forward(address, req).await?;
                 Ok(response.map(Body::Incoming))
             });
